@@ -1,0 +1,1964 @@
+// hermes.hpp - Hermes 1.0.0, a push gateway for Prometheus metrics over UDP. MIT licence.
+//
+// Worker processes push samples as small JSON datagrams over UDP; Hermes keeps them
+// in a registry and serves them at /metrics for Prometheus to scrape. A worker never
+// waits for Hermes and never breaks when Hermes is gone.
+//
+// ---- Embedding ----------------------------------------------------------------------
+//
+//     #include "hermes.hpp"             // needs picojson.h; link nothing else
+//
+//     std::atomic<bool> stop{false};
+//     hermes::Config config = hermes::load_config("config.json");
+//     hermes::Options options;           // UDP 0.0.0.0:7789, HTTP 0.0.0.0:8080
+//     options.udp_port = 0;              // 0 lets the kernel choose
+//     hermes::Server server(config, options);
+//     std::thread gateway([&] { server.run(stop); });
+//     hermes::Client("127.0.0.1", server.udp_port()).increment_counter("jobs_total", {{"queue", "mail"}});
+//     stop = true; gateway.join();
+//
+// ---- Config file ----------------------------------------------------------------------
+//
+//     {"service_name": "testing-service",                  required, non-empty
+//      "gauges":   [{"metric_name": "sample_gauge",         required, [a-zA-Z_:][a-zA-Z0-9_:]*
+//                    "metric_description": "...",          optional HELP text
+//                    "labels": ["label_1", "label_2"]}],   optional, [a-zA-Z_][a-zA-Z0-9_]*
+//      "counters": [ ...same keys... ],
+//      "listen_address": "0.0.0.0", "listen_port": 7789}   optional UDP address and port
+//
+// Unknown keys, repeated names and names starting with hermes_ or process_ (the
+// daemon's own) are errors: ConfigError names the file, the place and the problem.
+//
+// ---- Datagrams ------------------------------------------------------------------------
+//
+// One UDP datagram holds one sample object, or a JSON array of them (a batch):
+//
+//     {"metric_name": "sample_counter", "payload": {"labels": {"label_1": "a"}}}
+//     {"metric_name": "sample_gauge", "payload": {"labels": {...}, "value": 65.4, "operation": "set"}}
+//
+// A counter adds `value` (finite, >= 0; default 1). A gauge sets `value`, or with
+// "operation": "increment" / "decrement" moves by `value` (default 1). `labels` holds
+// exactly the configured label names with string values. JSON null counts as absent.
+// A sample that is not applied is counted in hermes_samples_rejected_total under one
+// reason: malformed_json, malformed_sample, unknown_metric, label_mismatch,
+// invalid_label_value, invalid_value, invalid_operation, too_large.
+//
+// ---- HTTP -----------------------------------------------------------------------------
+//
+// HTTP/1.0, one request per connection:
+//     GET|HEAD /metrics          200, Prometheus text format 0.0.4
+//     GET|HEAD /-/healthy, /-/ready, /    200, short text
+//     other paths 404; other methods 405 (Allow: GET, HEAD); a malformed request 400;
+//     a request head over HERMES_MAX_REQUEST_HEAD 431; a major version other than 1, 505.
+//
+// ---- Limits (define before including to change) ------------------------------------------
+//
+//     HERMES_MAX_DATAGRAM_SIZE      8192   bytes; a longer datagram is rejected as too_large
+//     HERMES_MAX_JSON_DEPTH           16   nested arrays and objects in a datagram or config
+//     HERMES_MAX_CONFIG_SIZE     1048576   bytes of config file
+//     HERMES_MAX_REQUEST_HEAD       8192   bytes of HTTP request line and headers
+//     HERMES_MAX_CONNECTIONS          64   open HTTP connections
+//     HERMES_HTTP_READ_TIMEOUT_MS   5000   time a client has to send its request head
+//     HERMES_HTTP_WRITE_TIMEOUT_MS 10000   time a client has to read its response
+//     HERMES_HTTP_LINGER_MS         1000   time a client has to close after its response
+//     HERMES_DATAGRAMS_PER_STEP      256   datagrams read before HTTP gets a turn
+//     HERMES_POLL_INTERVAL_MS        200   longest sleep in run(); bounds the reaction to stop
+//     HERMES_REJECT_LOG_INTERVAL_S    10   seconds between warn lines summarising rejects
+
+#ifndef HERMES_HPP
+#define HERMES_HPP
+
+// ===== VERSION ============================================================================
+
+#define HERMES_VERSION_MAJOR 1
+#define HERMES_VERSION_MINOR 0
+#define HERMES_VERSION_PATCH 0
+#define HERMES_VERSION (HERMES_VERSION_MAJOR * 10000 + HERMES_VERSION_MINOR * 100 + HERMES_VERSION_PATCH)
+#define HERMES_VERSION_STR "1.0.0"
+
+// ===== LIMITS =============================================================================
+
+#ifndef HERMES_MAX_DATAGRAM_SIZE
+#define HERMES_MAX_DATAGRAM_SIZE 8192 // receive buffer; a longer datagram is too_large
+#endif
+#ifndef HERMES_MAX_JSON_DEPTH
+#define HERMES_MAX_JSON_DEPTH 16 // a datagram needs 4 levels, a config 4
+#endif
+#ifndef HERMES_MAX_CONFIG_SIZE
+#define HERMES_MAX_CONFIG_SIZE (1024 * 1024) // a larger file is not a config
+#endif
+#ifndef HERMES_MAX_REQUEST_HEAD
+#define HERMES_MAX_REQUEST_HEAD 8192 // request line and headers; more is answered 431
+#endif
+#ifndef HERMES_MAX_CONNECTIONS
+#define HERMES_MAX_CONNECTIONS 64 // when full, the oldest connection still reading is dropped
+#endif
+#ifndef HERMES_HTTP_READ_TIMEOUT_MS
+#define HERMES_HTTP_READ_TIMEOUT_MS 5000 // from accept to a complete request head
+#endif
+#ifndef HERMES_HTTP_WRITE_TIMEOUT_MS
+#define HERMES_HTTP_WRITE_TIMEOUT_MS 10000 // from the request head to the last byte sent
+#endif
+#ifndef HERMES_HTTP_LINGER_MS
+#define HERMES_HTTP_LINGER_MS 1000 // after the response, how long to wait for the client to close
+#endif
+#ifndef HERMES_DATAGRAMS_PER_STEP
+#define HERMES_DATAGRAMS_PER_STEP 256 // then HTTP clients get their turn
+#endif
+#ifndef HERMES_POLL_INTERVAL_MS
+#define HERMES_POLL_INTERVAL_MS 200 // run() looks at its stop flag at least this often
+#endif
+#ifndef HERMES_REJECT_LOG_INTERVAL_S
+#define HERMES_REJECT_LOG_INTERVAL_S 10 // at most one warn line about rejects per interval
+#endif
+#ifndef HERMES_LISTEN_BACKLOG
+#define HERMES_LISTEN_BACKLOG 128 // pending TCP connections the kernel queues for accept
+#endif
+
+#if HERMES_MAX_DATAGRAM_SIZE < 64 || HERMES_MAX_DATAGRAM_SIZE > 65536
+#error "HERMES_MAX_DATAGRAM_SIZE must be between 64 and 65536 bytes"
+#endif
+#if HERMES_MAX_JSON_DEPTH < 4
+#error "HERMES_MAX_JSON_DEPTH must be at least 4: a batch of samples nests 4 levels deep"
+#endif
+#if HERMES_MAX_REQUEST_HEAD < 256
+#error "HERMES_MAX_REQUEST_HEAD must be at least 256 bytes"
+#endif
+#if HERMES_MAX_CONNECTIONS < 1
+#error "HERMES_MAX_CONNECTIONS must be at least 1"
+#endif
+
+// ===== INCLUDES ===========================================================================
+
+#include <picojson.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cctype>
+#include <cerrno>
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+namespace hermes {
+
+// ===== PUBLIC API: ERRORS =================================================================
+
+// A config file that cannot be used: the message names the file, the place and the problem.
+class ConfigError : public std::runtime_error {
+public:
+  using std::runtime_error::runtime_error;
+};
+
+// A bad command-line or environment value: the message names the variable.
+class UsageError : public std::runtime_error {
+public:
+  using std::runtime_error::runtime_error;
+};
+
+// A socket that cannot be set up: the message names the address and the system error.
+class SocketError : public std::runtime_error {
+public:
+  using std::runtime_error::runtime_error;
+};
+
+// ===== PUBLIC API: CONFIG =================================================================
+
+enum class MetricType { counter, gauge };
+inline const char *to_string(MetricType type);
+
+struct MetricConfig {
+  std::string name;
+  std::string help;
+  MetricType type = MetricType::counter;
+  std::vector<std::string> labels;
+};
+
+struct Config {
+  std::string service_name;
+  std::vector<MetricConfig> metrics;       // in the order of the file
+  std::string listen_address;              // UDP address from the file; empty when not set
+  std::optional<std::uint16_t> listen_port; // UDP port from the file
+};
+
+// Parses and validates a config; `origin` (the file name) starts every error message.
+inline Config parse_config(std::string_view json, const std::string &origin);
+// Reads, parses and validates a config file. Throws ConfigError.
+inline Config load_config(const std::string &path);
+
+// ===== PUBLIC API: OPTIONS ================================================================
+
+enum class LogLevel { debug, info, warn, error };
+inline const char *to_string(LogLevel level);
+inline std::optional<LogLevel> parse_log_level(std::string_view text); // any case
+inline std::optional<std::uint16_t> parse_port(std::string_view text); // decimal 0..65535
+
+// Receives each log line (logfmt, no newline). Empty: lines go to stderr.
+using LogSink = std::function<void(const std::string &line)>;
+
+struct Options {
+  std::string udp_address = "0.0.0.0";
+  std::uint16_t udp_port = 7789; // 0: the kernel chooses
+  std::string http_address = "0.0.0.0";
+  std::uint16_t http_port = 8080;
+  LogLevel log_level = LogLevel::info;
+  LogSink log_sink;
+};
+
+// Looks a variable up, as std::getenv does: nullptr when unset.
+using Environment = std::function<const char *(const char *name)>;
+
+// Options from the environment over the config file's listen_* keys over the defaults:
+// HERMES_UDP_ADDRESS (or LISTEN_ADDRESS), HERMES_UDP_PORT (or LISTEN_PORT),
+// HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (or LOG_LEVEL).
+// An empty variable counts as unset. Throws UsageError naming a bad variable.
+inline Options options_from_environment(const Config &config, const Environment &env);
+
+// ===== PUBLIC API: SAMPLES ================================================================
+
+// Why a sample was not applied; each is a value of hermes_samples_rejected_total's reason.
+enum class Reject {
+  malformed_json,      // the datagram is not JSON
+  malformed_sample,    // JSON of the wrong shape
+  unknown_metric,      // no such metric in the config
+  label_mismatch,      // a label missing, extra or not a string
+  invalid_label_value, // a label value that is not valid UTF-8
+  invalid_value,       // value missing, not a number, or a negative counter increment
+  invalid_operation,   // a gauge operation other than set, increment, decrement
+  too_large,           // a datagram longer than HERMES_MAX_DATAGRAM_SIZE
+};
+constexpr std::size_t reject_reason_count = 8;
+inline const char *to_string(Reject reason);
+
+// What one datagram did: samples applied, and samples rejected by reason.
+struct IngestResult {
+  std::size_t accepted = 0;
+  std::array<std::size_t, reject_reason_count> rejected{};
+  std::size_t rejected_total() const;
+};
+
+// ===== PUBLIC API: REGISTRY ===============================================================
+
+namespace detail {
+struct Metric;
+}
+
+struct ServerStats;
+
+// The metrics of a config and their series. Not thread-safe: one owner applies and renders.
+class Registry {
+public:
+  explicit Registry(const Config &config);
+  Registry(Registry &&) noexcept;
+  Registry &operator=(Registry &&) noexcept;
+  ~Registry();
+
+  // Parses one datagram and applies every sample in it. Never throws on bad input.
+  IngestResult ingest(std::string_view datagram);
+  // Counts a datagram rejected before parsing, such as one that was too large.
+  void count_rejected(Reject reason);
+
+  const std::string &service_name() const { return service_name_; }
+  // The value of one series, label values in configured order; nullopt when it does not exist.
+  std::optional<double> value(std::string_view metric, const std::vector<std::string> &label_values) const;
+  std::size_t series_count() const; // live series of all configured metrics
+  std::uint64_t accepted() const { return accepted_; }
+  std::uint64_t rejected(Reject reason) const { return rejected_[static_cast<std::size_t>(reason)]; }
+
+private:
+  friend std::string render_metrics(const Registry &registry, const ServerStats &stats);
+  std::optional<Reject> apply(const picojson::value &sample);
+  detail::Metric *find(std::string_view name);
+  const detail::Metric *find(std::string_view name) const;
+
+  std::string service_name_;
+  std::vector<detail::Metric> metrics_; // sorted by name
+  std::uint64_t accepted_ = 0;
+  std::array<std::uint64_t, reject_reason_count> rejected_{};
+};
+
+// ===== PUBLIC API: FORMATTING =============================================================
+
+// The process metrics of the standard Prometheus client libraries.
+struct ProcessStats {
+  double cpu_seconds = 0;
+  double resident_memory_bytes = 0;
+  double virtual_memory_bytes = 0;
+  double start_time_seconds = 0;
+  double open_fds = 0;
+  double max_fds = 0;
+};
+// Reads this process' figures from /proc; a figure that cannot be read stays 0.
+inline ProcessStats read_process_stats();
+
+// The daemon's own figures beside the registry's.
+struct ServerStats {
+  std::uint64_t udp_packets = 0;
+  std::map<int, std::uint64_t> http_requests; // by status code; every code Hermes sends, from 0
+  ProcessStats process;
+  ServerStats();
+};
+
+// The /metrics body in Prometheus text format 0.0.4: every family once, sorted by name.
+inline std::string render_metrics(const Registry &registry, const ServerStats &stats);
+
+// ===== PUBLIC API: SERVER =================================================================
+
+// Owns the UDP and HTTP sockets and the registry. Single-threaded: drive it from one thread.
+class Server {
+public:
+  // Binds both sockets and logs where it listens. Throws SocketError.
+  Server(const Config &config, Options options);
+  Server(const Server &) = delete;
+  Server &operator=(const Server &) = delete;
+  ~Server();
+
+  // Waits up to timeout_ms for traffic and handles what arrived.
+  void poll_once(int timeout_ms);
+  // Steps until `stop` is set; sees it within HERMES_POLL_INTERVAL_MS.
+  void run(const std::atomic<bool> &stop);
+
+  std::uint16_t udp_port() const;
+  std::uint16_t http_port() const;
+  std::string udp_endpoint() const; // as bound: "0.0.0.0:7789", "[::1]:7789"
+  std::string http_endpoint() const;
+  const Registry &registry() const;
+  const ServerStats &stats() const;
+  std::string render(); // the /metrics body as of now
+
+private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// ===== PUBLIC API: CLIENT =================================================================
+
+using Labels = std::vector<std::pair<std::string, std::string>>;
+
+// Sends samples to a Hermes over UDP. Sending never blocks and never throws: a lost
+// datagram is the price of a worker that never waits.
+class Client {
+public:
+  // Resolves host once. Throws SocketError when it cannot.
+  Client(const std::string &host, std::uint16_t port);
+  Client(const Client &) = delete;
+  Client &operator=(const Client &) = delete;
+  ~Client();
+
+  bool send(std::string_view datagram); // false when the kernel refused it
+  bool increment_counter(std::string_view metric, const Labels &labels, double by = 1);
+  bool set_gauge(std::string_view metric, const Labels &labels, double value);
+  bool increment_gauge(std::string_view metric, const Labels &labels, double by = 1);
+  bool decrement_gauge(std::string_view metric, const Labels &labels, double by = 1);
+
+private:
+  // false without sending when the value is not finite: JSON cannot carry it.
+  bool send_sample(std::string_view metric, const Labels &labels, double value, const char *operation);
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+} // namespace hermes
+
+// ===== DETAIL: DECLARATIONS ===============================================================
+
+namespace hermes {
+namespace detail {
+
+// Series of one metric, keyed by label values in configured order. The comparator is
+// transparent so a lookup can use views into the datagram instead of new strings.
+struct LabelValuesLess {
+  using is_transparent = void;
+  template <typename A, typename B> bool operator()(const A &a, const B &b) const {
+    return std::lexicographical_compare(a.begin(), a.end(), b.begin(), b.end(),
+                                        [](std::string_view x, std::string_view y) { return x < y; });
+  }
+};
+
+struct Metric {
+  MetricConfig config;
+  std::map<std::vector<std::string>, double, LabelValuesLess> series;
+};
+
+} // namespace detail
+} // namespace hermes
+
+// ===== DETAIL: TEXT ======================================================================
+
+namespace hermes {
+namespace detail {
+
+inline bool is_valid_utf8(std::string_view text) {
+  std::size_t i = 0;
+  while (i < text.size()) {
+    const auto byte = static_cast<unsigned char>(text[i]);
+    std::size_t extra = 0;
+    std::uint32_t code = 0, minimum = 0;
+    if (byte < 0x80) {
+      ++i;
+      continue;
+    } else if ((byte & 0xE0) == 0xC0) {
+      extra = 1, code = byte & 0x1Fu, minimum = 0x80;
+    } else if ((byte & 0xF0) == 0xE0) {
+      extra = 2, code = byte & 0x0Fu, minimum = 0x800;
+    } else if ((byte & 0xF8) == 0xF0) {
+      extra = 3, code = byte & 0x07u, minimum = 0x10000;
+    } else {
+      return false;
+    }
+    if (i + extra >= text.size()) return false; // the sequence is cut off
+    for (std::size_t k = 1; k <= extra; ++k) {
+      const auto next = static_cast<unsigned char>(text[i + k]);
+      if ((next & 0xC0) != 0x80) return false;
+      code = (code << 6) | (next & 0x3Fu);
+    }
+    // Overlong forms, UTF-16 surrogates and code points past Unicode are not UTF-8.
+    if (code < minimum || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) return false;
+    i += extra + 1;
+  }
+  return true;
+}
+
+inline bool is_metric_name(std::string_view name) {
+  if (name.empty()) return false;
+  for (std::size_t i = 0; i < name.size(); ++i) {
+    const char c = name[i];
+    const bool letter = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c == ':';
+    if (!letter && !(i > 0 && c >= '0' && c <= '9')) return false;
+  }
+  return true;
+}
+
+inline bool is_label_name(std::string_view name) {
+  return is_metric_name(name) && name.find(':') == std::string_view::npos;
+}
+
+inline bool starts_with(std::string_view text, std::string_view prefix) {
+  return text.substr(0, prefix.size()) == prefix;
+}
+
+inline std::string lowercase(std::string_view text) {
+  std::string out(text);
+  for (char &c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+// A JSON value shortened for an error message.
+inline std::string quote_json(const picojson::value &value) {
+  std::string text = value.serialize();
+  constexpr std::size_t max_shown = 60;
+  return text.size() > max_shown ? text.substr(0, max_shown) + "..." : text;
+}
+
+// Shortest text that reads back to the same double; NaN and infinities as Prometheus spells them.
+inline void append_double(std::string &out, double value) {
+  if (std::isnan(value)) {
+    out += "NaN";
+  } else if (std::isinf(value)) {
+    out += value > 0 ? "+Inf" : "-Inf";
+  } else {
+    char buffer[32];
+    const auto result = std::to_chars(buffer, buffer + sizeof buffer, value);
+    out.append(buffer, result.ptr);
+  }
+}
+
+inline std::string format_double(double value) {
+  std::string out;
+  append_double(out, value);
+  return out;
+}
+
+inline void append_json_string(std::string &out, std::string_view text) {
+  out += '"';
+  for (const char c : text) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      char escape[8];
+      std::snprintf(escape, sizeof escape, "\\u%04x", static_cast<unsigned>(c));
+      out += escape;
+    } else {
+      out += c;
+    }
+  }
+  out += '"';
+}
+
+} // namespace detail
+} // namespace hermes
+
+// ===== DETAIL: JSON =======================================================================
+
+namespace hermes {
+namespace detail {
+
+// Builds a picojson tree like picojson's default context, with two differences that
+// matter for hostile input: nesting of arrays and objects alike is bounded, and a
+// number beyond the range of double does not throw. Such a number stands in the tree
+// as a boolean, so that every field expecting a number or a string rejects it with
+// that field's own reason, as it would any other non-number.
+class BoundedJsonContext {
+public:
+  BoundedJsonContext(picojson::value *out, std::size_t depth_left) : out_(out), depth_left_(depth_left) {}
+  bool set_null() { return *out_ = picojson::value(), true; }
+  bool set_bool(bool b) { return *out_ = picojson::value(b), true; }
+  bool set_number(double f) {
+    *out_ = std::isfinite(f) ? picojson::value(f) : picojson::value(true);
+    return true;
+  }
+  template <typename Iter> bool parse_string(picojson::input<Iter> &in) {
+    *out_ = picojson::value(picojson::string_type, false);
+    return picojson::_parse_string(out_->get<std::string>(), in);
+  }
+  bool parse_array_start() { return enter(picojson::array_type); }
+  template <typename Iter> bool parse_array_item(picojson::input<Iter> &in, std::size_t) {
+    auto &array = out_->get<picojson::array>();
+    array.emplace_back();
+    BoundedJsonContext item(&array.back(), depth_left_);
+    return picojson::_parse(item, in);
+  }
+  bool parse_array_stop(std::size_t) { return true; }
+  bool parse_object_start() { return enter(picojson::object_type); }
+  template <typename Iter> bool parse_object_item(picojson::input<Iter> &in, const std::string &key) {
+    BoundedJsonContext item(&out_->get<picojson::object>()[key], depth_left_);
+    return picojson::_parse(item, in);
+  }
+  bool parse_object_stop() { return true; }
+
+private:
+  bool enter(int type) { // picojson names its types in an unnamed enum
+    if (depth_left_ == 0) return false;
+    --depth_left_;
+    *out_ = picojson::value(type, false);
+    return true;
+  }
+  picojson::value *out_;
+  std::size_t depth_left_;
+};
+
+// Parses one whole JSON text; trailing bytes other than white space are an error.
+// On failure `error` (when given) says where, as "syntax error at line N near: ...".
+inline bool parse_json(std::string_view text, picojson::value &out, std::string *error = nullptr) {
+  BoundedJsonContext context(&out, HERMES_MAX_JSON_DEPTH);
+  std::string message;
+  const char *end = picojson::_parse(context, text.data(), text.data() + text.size(), &message);
+  if (!message.empty()) {
+    if (error) *error = message;
+    return false;
+  }
+  const std::string_view rest(end, static_cast<std::size_t>(text.data() + text.size() - end));
+  if (rest.find_first_not_of(" \t\r\n") != std::string_view::npos) {
+    if (error) *error = "unexpected text after the JSON value";
+    return false;
+  }
+  return true;
+}
+
+// The member `key` of an object, treating JSON null as absent.
+inline const picojson::value *member(const picojson::object &object, const std::string &key) {
+  const auto found = object.find(key);
+  if (found == object.end() || found->second.is<picojson::null>()) return nullptr;
+  return &found->second;
+}
+
+inline const char *json_type_name(const picojson::value &value) {
+  if (value.is<picojson::null>()) return "null";
+  if (value.is<bool>()) return "a boolean";
+  if (value.is<double>()) return "a number";
+  if (value.is<std::string>()) return "a string";
+  if (value.is<picojson::array>()) return "a list";
+  return "an object";
+}
+
+} // namespace detail
+} // namespace hermes
+
+// ===== DETAIL: CONFIG =====================================================================
+
+namespace hermes {
+namespace detail {
+
+// Reads a config tree; every error names the file and the JSON path of the place.
+class ConfigReader {
+public:
+  explicit ConfigReader(std::string origin) : origin_(std::move(origin)) {}
+
+  Config read(const picojson::value &root) {
+    if (!root.is<picojson::object>()) fail("", std::string("expected an object, got ") + json_type_name(root));
+    const auto &top = root.get<picojson::object>();
+    reject_unknown_keys(top, "", {"service_name", "gauges", "counters", "listen_address", "listen_port"});
+    Config config;
+    config.service_name = read_service_name(top);
+    read_metrics(top, "gauges", MetricType::gauge, config.metrics);
+    read_metrics(top, "counters", MetricType::counter, config.metrics);
+    if (const auto *address = member(top, "listen_address")) config.listen_address = string_at(*address, "listen_address");
+    if (const auto *port = member(top, "listen_port")) config.listen_port = port_at(*port, "listen_port");
+    return config;
+  }
+
+private:
+  [[noreturn]] void fail(const std::string &place, const std::string &problem) const {
+    throw ConfigError(origin_ + ": " + (place.empty() ? "" : place + ": ") + problem);
+  }
+
+  void reject_unknown_keys(const picojson::object &object, const std::string &place,
+                           std::initializer_list<const char *> known) const {
+    for (const auto &entry : object) {
+      const bool is_known = std::any_of(known.begin(), known.end(), [&](const char *k) { return entry.first == k; });
+      if (is_known) continue;
+      std::string expected;
+      for (const char *k : known) expected += (expected.empty() ? "" : ", ") + std::string(k);
+      fail(join(place, entry.first), "unknown key (expected one of: " + expected + ")");
+    }
+  }
+
+  static std::string join(const std::string &place, const std::string &key) {
+    return place.empty() ? key : place + "." + key;
+  }
+
+  std::string string_at(const picojson::value &value, const std::string &place) const {
+    if (!value.is<std::string>()) fail(place, std::string("expected a string, got ") + json_type_name(value));
+    return value.get<std::string>();
+  }
+
+  std::uint16_t port_at(const picojson::value &value, const std::string &place) const {
+    std::optional<std::uint16_t> port;
+    if (value.is<double>()) {
+      const double number = value.get<double>();
+      if (number >= 0 && number <= 65535 && number == std::floor(number)) port = static_cast<std::uint16_t>(number);
+    } else if (value.is<std::string>()) {
+      port = parse_port(value.get<std::string>());
+    }
+    if (!port) fail(place, quote_json(value) + " is not a port number (0-65535)");
+    return *port;
+  }
+
+  std::string read_service_name(const picojson::object &top) const {
+    const auto *name = member(top, "service_name");
+    if (!name) fail("service_name", "missing: every config names its service");
+    std::string text = string_at(*name, "service_name");
+    if (text.empty()) fail("service_name", "must not be empty");
+    if (!is_valid_utf8(text)) fail("service_name", "is not valid UTF-8");
+    return text;
+  }
+
+  void read_metrics(const picojson::object &top, const char *key, MetricType type, std::vector<MetricConfig> &out) {
+    const auto *list = member(top, key);
+    if (!list) return;
+    if (!list->is<picojson::array>()) fail(key, std::string("expected a list, got ") + json_type_name(*list));
+    const auto &items = list->get<picojson::array>();
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      out.push_back(read_metric(items[i], std::string(key) + "[" + std::to_string(i) + "]", type));
+      check_unique(out.back().name, join(std::string(key) + "[" + std::to_string(i) + "]", "metric_name"));
+    }
+  }
+
+  MetricConfig read_metric(const picojson::value &item, const std::string &place, MetricType type) const {
+    if (!item.is<picojson::object>()) fail(place, std::string("expected an object, got ") + json_type_name(item));
+    const auto &object = item.get<picojson::object>();
+    reject_unknown_keys(object, place, {"metric_name", "metric_description", "labels"});
+    MetricConfig metric;
+    metric.type = type;
+    metric.name = read_metric_name(object, join(place, "metric_name"));
+    if (const auto *help = member(object, "metric_description")) {
+      metric.help = string_at(*help, join(place, "metric_description"));
+      if (!is_valid_utf8(metric.help)) fail(join(place, "metric_description"), "is not valid UTF-8");
+    }
+    if (const auto *labels = member(object, "labels")) metric.labels = read_labels(*labels, join(place, "labels"));
+    return metric;
+  }
+
+  std::string read_metric_name(const picojson::object &object, const std::string &place) const {
+    const auto *name = member(object, "metric_name");
+    if (!name) fail(place, "missing");
+    std::string text = string_at(*name, place);
+    if (!is_metric_name(text)) fail(place, quote_json(*name) + " is not a valid metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)");
+    if (starts_with(text, "hermes_") || starts_with(text, "process_"))
+      fail(place, quote_json(*name) + " is reserved: hermes_* and process_* are Hermes' own metrics");
+    return text;
+  }
+
+  std::vector<std::string> read_labels(const picojson::value &labels, const std::string &place) const {
+    if (!labels.is<picojson::array>()) fail(place, std::string("expected a list, got ") + json_type_name(labels));
+    std::vector<std::string> names;
+    const auto &items = labels.get<picojson::array>();
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      const std::string item_place = place + "[" + std::to_string(i) + "]";
+      std::string name = string_at(items[i], item_place);
+      if (!is_label_name(name)) fail(item_place, quote_json(items[i]) + " is not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*)");
+      if (starts_with(name, "__")) fail(item_place, quote_json(items[i]) + " is reserved: names starting with __ are Prometheus' own");
+      if (std::find(names.begin(), names.end(), name) != names.end()) fail(item_place, quote_json(items[i]) + " is listed twice");
+      names.push_back(std::move(name));
+    }
+    return names;
+  }
+
+  void check_unique(const std::string &name, const std::string &place) {
+    if (std::find(seen_names_.begin(), seen_names_.end(), name) != seen_names_.end())
+      fail(place, "\"" + name + "\" is defined twice");
+    seen_names_.push_back(name);
+  }
+
+  std::string origin_;
+  std::vector<std::string> seen_names_;
+};
+
+} // namespace detail
+} // namespace hermes
+
+// ===== DETAIL: SOCKETS ====================================================================
+
+namespace hermes {
+namespace detail {
+
+// Owns one file descriptor and closes it; movable, not copyable.
+class FileDescriptor {
+public:
+  explicit FileDescriptor(int fd = -1) : fd_(fd) {}
+  FileDescriptor(FileDescriptor &&other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  FileDescriptor &operator=(FileDescriptor &&other) noexcept {
+    if (this != &other) reset(std::exchange(other.fd_, -1));
+    return *this;
+  }
+  FileDescriptor(const FileDescriptor &) = delete;
+  FileDescriptor &operator=(const FileDescriptor &) = delete;
+  ~FileDescriptor() { reset(); }
+
+  int get() const { return fd_; }
+  explicit operator bool() const { return fd_ >= 0; }
+  void reset(int fd = -1) {
+    if (fd_ >= 0) ::close(fd_); // close is not retried on EINTR: Linux frees the descriptor anyway
+    fd_ = fd;
+  }
+
+private:
+  int fd_;
+};
+
+// Runs a system call again while a signal interrupts it, so callers see only real results.
+template <typename Call> auto retry_on_eintr(Call call) -> decltype(call()) {
+  decltype(call()) result;
+  do {
+    result = call();
+  } while (result == -1 && errno == EINTR);
+  return result;
+}
+
+// EAGAIN means "not now": the socket is non-blocking and has nothing more for us.
+inline bool is_not_now(int error) { return error == EAGAIN || error == EWOULDBLOCK; }
+
+// "bind 0.0.0.0:80: Permission denied": the call, the address and the system error.
+inline std::string system_error_message(const std::string &what, int error) {
+  return what + ": " + std::strerror(error);
+}
+
+// Waits for the descriptors. A signal ends the wait early, with no events, so the
+// caller can look at its stop flag at once instead of sleeping on.
+inline int wait_for_events(std::vector<pollfd> &fds, int timeout_ms) {
+  const int ready = ::poll(fds.data(), static_cast<nfds_t>(fds.size()), timeout_ms);
+  if (ready < 0 && errno == EINTR) return 0;
+  return ready;
+}
+
+struct SocketAddress {
+  sockaddr_storage storage{};
+  socklen_t length = 0;
+  const sockaddr *get() const { return reinterpret_cast<const sockaddr *>(&storage); }
+};
+
+// "1.2.3.4:80" or "[::1]:80".
+inline std::string format_endpoint(const sockaddr *address) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  std::uint16_t port = 0;
+  if (address->sa_family == AF_INET6) {
+    const auto *v6 = reinterpret_cast<const sockaddr_in6 *>(address);
+    ::inet_ntop(AF_INET6, &v6->sin6_addr, host, sizeof host);
+    port = ntohs(v6->sin6_port);
+    return std::string("[") + host + "]:" + std::to_string(port);
+  }
+  const auto *v4 = reinterpret_cast<const sockaddr_in *>(address);
+  ::inet_ntop(AF_INET, &v4->sin_addr, host, sizeof host);
+  port = ntohs(v4->sin_port);
+  return std::string(host) + ":" + std::to_string(port);
+}
+
+// Accepts "[::1]" as well as "::1", as addresses are often written next to ports.
+inline std::string strip_brackets(const std::string &host) {
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') return host.substr(1, host.size() - 2);
+  return host;
+}
+
+inline SocketAddress resolve(const std::string &host, std::uint16_t port, int socket_type, bool passive) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = socket_type;
+  hints.ai_flags = passive ? AI_PASSIVE : 0;
+  addrinfo *found = nullptr;
+  const std::string name = strip_brackets(host);
+  const int status = ::getaddrinfo(name.c_str(), std::to_string(port).c_str(), &hints, &found);
+  if (status != 0) throw SocketError("cannot resolve address \"" + host + "\": " + ::gai_strerror(status));
+  SocketAddress address;
+  std::memcpy(&address.storage, found->ai_addr, found->ai_addrlen);
+  address.length = found->ai_addrlen;
+  ::freeaddrinfo(found);
+  return address;
+}
+
+inline std::string local_endpoint(int fd) {
+  SocketAddress address;
+  address.length = sizeof address.storage;
+  if (::getsockname(fd, reinterpret_cast<sockaddr *>(&address.storage), &address.length) != 0) return "?";
+  return format_endpoint(address.get());
+}
+
+inline FileDescriptor open_socket(const SocketAddress &address, int socket_type, const std::string &what) {
+  FileDescriptor fd(::socket(address.storage.ss_family, socket_type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) throw SocketError(system_error_message("socket " + what, errno));
+  return fd;
+}
+
+inline void bind_socket(const FileDescriptor &fd, const SocketAddress &address, const std::string &what) {
+  if (::bind(fd.get(), address.get(), address.length) != 0)
+    throw SocketError(system_error_message("bind " + what + " " + format_endpoint(address.get()), errno));
+}
+
+inline FileDescriptor open_udp_listener(const std::string &host, std::uint16_t port) {
+  const SocketAddress address = resolve(host, port, SOCK_DGRAM, true);
+  FileDescriptor fd = open_socket(address, SOCK_DGRAM, "udp");
+  bind_socket(fd, address, "udp");
+  return fd;
+}
+
+inline FileDescriptor open_tcp_listener(const std::string &host, std::uint16_t port) {
+  const SocketAddress address = resolve(host, port, SOCK_STREAM, true);
+  FileDescriptor fd = open_socket(address, SOCK_STREAM, "http");
+  // A restarted daemon must bind again at once, while old connections sit in TIME_WAIT.
+  const int on = 1;
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+  bind_socket(fd, address, "http");
+  if (::listen(fd.get(), HERMES_LISTEN_BACKLOG) != 0)
+    throw SocketError(system_error_message("listen http " + format_endpoint(address.get()), errno));
+  return fd;
+}
+
+inline std::uint16_t local_port(int fd) {
+  sockaddr_storage storage{};
+  socklen_t length = sizeof storage;
+  if (::getsockname(fd, reinterpret_cast<sockaddr *>(&storage), &length) != 0) return 0;
+  if (storage.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6 *>(&storage)->sin6_port);
+  return ntohs(reinterpret_cast<const sockaddr_in *>(&storage)->sin_port);
+}
+
+} // namespace detail
+} // namespace hermes
+
+// ===== DETAIL: HTTP =======================================================================
+
+namespace hermes {
+namespace detail {
+
+struct HttpRequest {
+  std::string method;
+  std::string path; // the target without its query string
+  std::string version;
+  std::vector<std::pair<std::string, std::string>> headers;
+};
+
+// Where the request head ends (just past the blank line), or npos while it is incomplete.
+// Bare LF line ends are accepted as well as CRLF, as robust servers do.
+inline std::size_t find_head_end(std::string_view buffer) {
+  for (std::size_t i = buffer.find('\n'); i != std::string_view::npos; i = buffer.find('\n', i + 1)) {
+    if (i + 1 < buffer.size() && buffer[i + 1] == '\n') return i + 2;
+    if (i + 2 < buffer.size() && buffer[i + 1] == '\r' && buffer[i + 2] == '\n') return i + 3;
+  }
+  return std::string_view::npos;
+}
+
+inline bool is_token_char(char c) {
+  return std::isalnum(static_cast<unsigned char>(c)) || std::strchr("!#$%&'*+-.^_`|~", c) != nullptr;
+}
+
+inline bool is_token(std::string_view text) {
+  return !text.empty() && std::all_of(text.begin(), text.end(), is_token_char);
+}
+
+// Splits the head into lines without their CR.
+inline std::vector<std::string_view> head_lines(std::string_view head) {
+  std::vector<std::string_view> lines;
+  while (!head.empty()) {
+    const std::size_t end = head.find('\n');
+    std::string_view line = head.substr(0, end);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    lines.push_back(line);
+    if (end == std::string_view::npos) break;
+    head.remove_prefix(end + 1);
+  }
+  while (!lines.empty() && lines.back().empty()) lines.pop_back();
+  return lines;
+}
+
+inline std::string_view trim(std::string_view text) {
+  const std::size_t first = text.find_first_not_of(" \t");
+  if (first == std::string_view::npos) return {};
+  return text.substr(first, text.find_last_not_of(" \t") - first + 1);
+}
+
+// "GET /metrics?x=1 HTTP/1.1": method, target and version; absolute-form targets
+// (http://host/metrics) are reduced to their path.
+inline bool parse_request_line(std::string_view line, HttpRequest &request) {
+  const std::size_t first_space = line.find(' ');
+  const std::size_t last_space = line.rfind(' ');
+  if (first_space == std::string_view::npos || first_space == last_space) return false;
+  const std::string_view method = line.substr(0, first_space);
+  std::string_view target = line.substr(first_space + 1, last_space - first_space - 1);
+  const std::string_view version = line.substr(last_space + 1);
+  if (!is_token(method) || target.empty() || target.find(' ') != std::string_view::npos) return false;
+  const bool version_ok = version.size() == 8 && starts_with(version, "HTTP/") && std::isdigit(static_cast<unsigned char>(version[5])) &&
+                          version[6] == '.' && std::isdigit(static_cast<unsigned char>(version[7]));
+  if (!version_ok) return false;
+  if (starts_with(target, "http://") || starts_with(target, "https://")) {
+    const std::size_t path_start = target.find('/', target.find("//") + 2);
+    target = path_start == std::string_view::npos ? std::string_view("/") : target.substr(path_start);
+  }
+  if (target.front() != '/' && target != "*") return false;
+  request.method = std::string(method);
+  request.path = std::string(target.substr(0, target.find('?')));
+  request.version = std::string(version);
+  return true;
+}
+
+// Parses a complete request head; nullopt when it is malformed (answered 400).
+inline std::optional<HttpRequest> parse_request_head(std::string_view head) {
+  const std::vector<std::string_view> lines = head_lines(head);
+  HttpRequest request;
+  if (lines.empty() || !parse_request_line(lines[0], request)) return std::nullopt;
+  for (std::size_t i = 1; i < lines.size(); ++i) {
+    const std::size_t colon = lines[i].find(':');
+    // No colon, a folded line or white space before the colon: RFC 9112 says reject.
+    if (colon == std::string_view::npos || !is_token(lines[i].substr(0, colon))) return std::nullopt;
+    request.headers.emplace_back(lowercase(lines[i].substr(0, colon)), std::string(trim(lines[i].substr(colon + 1))));
+  }
+  return request;
+}
+
+inline const char *status_text(int status) {
+  switch (status) {
+  case 200: return "OK";
+  case 400: return "Bad Request";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 431: return "Request Header Fields Too Large";
+  case 503: return "Service Unavailable";
+  case 505: return "HTTP Version Not Supported";
+  default: return "Unknown";
+  }
+}
+
+// Every status Hermes sends; hermes_http_requests_total lists each from the start.
+constexpr std::array<int, 7> http_statuses{200, 400, 404, 405, 431, 503, 505};
+
+struct HttpResponse {
+  int status = 200;
+  std::string content_type = "text/plain; charset=utf-8";
+  std::string body;
+  bool head_only = false; // HEAD: the headers of GET, no body
+};
+
+inline std::string serialize_response(const HttpResponse &response) {
+  std::string out = "HTTP/1.0 " + std::to_string(response.status) + " " + status_text(response.status) + "\r\n";
+  out += "Content-Type: " + response.content_type + "\r\n";
+  out += "Content-Length: " + std::to_string(response.body.size()) + "\r\n";
+  if (response.status == 405) out += "Allow: GET, HEAD\r\n";
+  out += "Connection: close\r\n\r\n";
+  if (!response.head_only) out += response.body;
+  return out;
+}
+
+inline HttpResponse error_response(int status) {
+  HttpResponse response;
+  response.status = status;
+  response.body = std::to_string(status) + " " + status_text(status) + "\n";
+  return response;
+}
+
+constexpr const char *metrics_content_type = "text/plain; version=0.0.4; charset=utf-8";
+
+inline const char *index_page() {
+  return "Hermes " HERMES_VERSION_STR ", a push gateway for Prometheus metrics.\n\n"
+         "/metrics     the metrics, in Prometheus text format\n"
+         "/-/healthy   200 while the process runs\n"
+         "/-/ready     200 while it accepts samples\n";
+}
+
+// Answers one parsed request; `render` makes the /metrics body when it is needed.
+template <typename Render> HttpResponse route(const HttpRequest &request, Render &&render) {
+  if (request.version[5] != '1') return error_response(505);
+  if (request.method != "GET" && request.method != "HEAD") return error_response(405);
+  HttpResponse response;
+  response.head_only = request.method == "HEAD";
+  if (request.path == "/metrics") {
+    response.content_type = metrics_content_type;
+    response.body = render();
+  } else if (request.path == "/-/healthy") {
+    response.body = "Hermes is Healthy.\n";
+  } else if (request.path == "/-/ready") {
+    response.body = "Hermes is Ready.\n";
+  } else if (request.path == "/") {
+    response.body = index_page();
+  } else {
+    const bool head_only = response.head_only;
+    response = error_response(404);
+    response.head_only = head_only;
+  }
+  return response;
+}
+
+// One HTTP client: its request head as it arrives, then its response as it leaves.
+// After the response it lingers: reads and drops what the client still sends until
+// the client closes, because closing a socket with unread input resets the connection
+// and can destroy the response before the client has read it.
+struct Connection {
+  enum class Phase { reading, writing, lingering, done };
+  FileDescriptor fd;
+  std::uint64_t sequence = 0; // order of accept; the lowest is the oldest
+  Phase phase = Phase::reading;
+  std::string input;
+  std::string output;
+  std::size_t sent = 0;
+  std::chrono::steady_clock::time_point deadline;
+};
+
+} // namespace detail
+} // namespace hermes
+
+// ===== DETAIL: LOGGING ====================================================================
+
+namespace hermes {
+namespace detail {
+
+// A logfmt value: bare when it is a plain word, else quoted with \ " and controls escaped.
+inline void append_logfmt_value(std::string &out, std::string_view value) {
+  const bool plain = !value.empty() && std::all_of(value.begin(), value.end(), [](char c) {
+    return static_cast<unsigned char>(c) > 0x20 && c != '=' && c != '"' && c != '\\' && c != 0x7f;
+  });
+  if (plain) {
+    out += value;
+    return;
+  }
+  out += '"';
+  for (const char c : value) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      char escape[8];
+      std::snprintf(escape, sizeof escape, "\\x%02x", static_cast<unsigned>(static_cast<unsigned char>(c)));
+      out += escape;
+    } else {
+      out += c;
+    }
+  }
+  out += '"';
+}
+
+using LogFields = std::initializer_list<std::pair<std::string_view, std::string_view>>;
+
+// Writes `level=info msg="..." key=value` lines to the sink, or to stderr.
+class Logger {
+public:
+  Logger(LogLevel minimum, LogSink sink) : minimum_(minimum), sink_(std::move(sink)) {}
+  bool enabled(LogLevel level) const { return level >= minimum_; }
+  void log(LogLevel level, std::string_view message, LogFields fields = {}) const {
+    if (!enabled(level)) return;
+    std::string line = "level=";
+    line += to_string(level);
+    line += " msg=";
+    append_logfmt_value(line, message);
+    for (const auto &field : fields) {
+      line += ' ';
+      line += field.first;
+      line += '=';
+      append_logfmt_value(line, field.second);
+    }
+    if (sink_) {
+      sink_(line);
+    } else {
+      line += '\n';
+      std::fwrite(line.data(), 1, line.size(), stderr);
+    }
+  }
+
+private:
+  LogLevel minimum_;
+  LogSink sink_;
+};
+
+} // namespace detail
+} // namespace hermes
+
+// ===== DETAIL: PROCESS ====================================================================
+
+namespace hermes {
+namespace detail {
+
+inline std::string read_small_file(const char *path) {
+  std::ifstream file(path, std::ios::binary);
+  std::ostringstream text;
+  text << file.rdbuf();
+  return text.str();
+}
+
+// The fields of /proc/self/stat from the third (state) on; the second, the command
+// name in parentheses, may itself hold spaces and parentheses.
+inline std::vector<std::string> proc_stat_fields() {
+  const std::string text = read_small_file("/proc/self/stat");
+  const std::size_t close = text.rfind(')');
+  std::vector<std::string> fields;
+  if (close == std::string::npos) return fields;
+  std::istringstream rest(text.substr(close + 1));
+  for (std::string field; rest >> field;) fields.push_back(field);
+  return fields;
+}
+
+// Field N of proc(5)'s numbering (1-based, counting pid and comm).
+inline double proc_stat_field(const std::vector<std::string> &fields, std::size_t number) {
+  const std::size_t index = number - 3;
+  return index < fields.size() ? std::strtod(fields[index].c_str(), nullptr) : 0;
+}
+
+inline double boot_time_seconds() {
+  std::istringstream lines(read_small_file("/proc/stat"));
+  for (std::string line; std::getline(lines, line);)
+    if (starts_with(line, "btime ")) return std::strtod(line.c_str() + 6, nullptr);
+  return 0;
+}
+
+inline double process_start_time_seconds() {
+  const double ticks = static_cast<double>(::sysconf(_SC_CLK_TCK));
+  const double started = proc_stat_field(proc_stat_fields(), 22);
+  return ticks > 0 && started > 0 ? boot_time_seconds() + started / ticks : 0;
+}
+
+inline double count_open_fds() {
+  DIR *dir = ::opendir("/proc/self/fd");
+  if (!dir) return 0;
+  double count = 0;
+  while (const dirent *entry = ::readdir(dir))
+    if (entry->d_name[0] != '.') ++count;
+  ::closedir(dir);
+  return count - 1; // the directory being read is itself open
+}
+
+} // namespace detail
+} // namespace hermes
+
+// ===== CONFIG =============================================================================
+
+namespace hermes {
+
+inline const char *to_string(MetricType type) { return type == MetricType::counter ? "counter" : "gauge"; }
+
+inline Config parse_config(std::string_view json, const std::string &origin) {
+  picojson::value root;
+  std::string error;
+  if (!detail::parse_json(json, root, &error)) throw ConfigError(origin + ": not valid JSON: " + error);
+  return detail::ConfigReader(origin).read(root);
+}
+
+inline Config load_config(const std::string &path) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) throw ConfigError(path + ": cannot open: " + std::strerror(errno));
+  std::string text(HERMES_MAX_CONFIG_SIZE + 1, '\0');
+  file.read(&text[0], static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<std::size_t>(file.gcount()));
+  if (file.bad()) throw ConfigError(path + ": cannot read: " + std::strerror(errno));
+  if (text.size() > HERMES_MAX_CONFIG_SIZE)
+    throw ConfigError(path + ": larger than " + std::to_string(HERMES_MAX_CONFIG_SIZE) + " bytes");
+  return parse_config(text, path);
+}
+
+// ===== OPTIONS ============================================================================
+
+inline const char *to_string(LogLevel level) {
+  switch (level) {
+  case LogLevel::debug: return "debug";
+  case LogLevel::info: return "info";
+  case LogLevel::warn: return "warn";
+  default: return "error";
+  }
+}
+
+inline std::optional<LogLevel> parse_log_level(std::string_view text) {
+  const std::string name = detail::lowercase(text);
+  for (const LogLevel level : {LogLevel::debug, LogLevel::info, LogLevel::warn, LogLevel::error})
+    if (name == to_string(level)) return level;
+  if (name == "warning") return LogLevel::warn;
+  return std::nullopt;
+}
+
+inline std::optional<std::uint16_t> parse_port(std::string_view text) {
+  unsigned value = 0;
+  const auto result = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || result.ec != std::errc() || result.ptr != text.data() + text.size() || value > 65535)
+    return std::nullopt;
+  return static_cast<std::uint16_t>(value);
+}
+
+namespace detail {
+
+// The first of `names` that is set and not empty, with the name it was found under.
+inline std::optional<std::pair<std::string, std::string>> first_set(const Environment &env,
+                                                                    std::initializer_list<const char *> names) {
+  for (const char *name : names) {
+    const char *value = env(name);
+    if (value && *value) return std::make_pair(std::string(name), std::string(value));
+  }
+  return std::nullopt;
+}
+
+inline void override_port(std::uint16_t &port, const Environment &env, std::initializer_list<const char *> names) {
+  if (const auto found = first_set(env, names)) {
+    const auto parsed = parse_port(found->second);
+    if (!parsed) throw UsageError(found->first + ": \"" + found->second + "\" is not a port number (0-65535)");
+    port = *parsed;
+  }
+}
+
+} // namespace detail
+
+inline Options options_from_environment(const Config &config, const Environment &env) {
+  Options options;
+  if (!config.listen_address.empty()) options.udp_address = config.listen_address;
+  if (config.listen_port) options.udp_port = *config.listen_port;
+  if (const auto found = detail::first_set(env, {"HERMES_UDP_ADDRESS", "LISTEN_ADDRESS"})) options.udp_address = found->second;
+  if (const auto found = detail::first_set(env, {"HERMES_HTTP_ADDRESS"})) options.http_address = found->second;
+  detail::override_port(options.udp_port, env, {"HERMES_UDP_PORT", "LISTEN_PORT"});
+  detail::override_port(options.http_port, env, {"HERMES_HTTP_PORT"});
+  if (const auto found = detail::first_set(env, {"HERMES_LOG_LEVEL", "LOG_LEVEL"})) {
+    const auto level = parse_log_level(found->second);
+    if (!level) throw UsageError(found->first + ": \"" + found->second + "\" is not a log level (debug, info, warn, error)");
+    options.log_level = *level;
+  }
+  return options;
+}
+
+// ===== SAMPLES ============================================================================
+
+inline const char *to_string(Reject reason) {
+  switch (reason) {
+  case Reject::malformed_json: return "malformed_json";
+  case Reject::malformed_sample: return "malformed_sample";
+  case Reject::unknown_metric: return "unknown_metric";
+  case Reject::label_mismatch: return "label_mismatch";
+  case Reject::invalid_label_value: return "invalid_label_value";
+  case Reject::invalid_value: return "invalid_value";
+  case Reject::invalid_operation: return "invalid_operation";
+  default: return "too_large";
+  }
+}
+
+inline std::size_t IngestResult::rejected_total() const {
+  std::size_t total = 0;
+  for (const std::size_t count : rejected) total += count;
+  return total;
+}
+
+namespace detail {
+
+// How a sample changes its series.
+struct Update {
+  bool replace = false; // set the value instead of adding to it
+  double amount = 0;
+};
+
+// The label values of a sample in the configured order, as views into the sample.
+inline std::optional<Reject> read_label_values(const MetricConfig &metric, const picojson::value *labels,
+                                               std::vector<std::string_view> &values) {
+  values.clear();
+  const picojson::object no_labels;
+  if (labels && !labels->is<picojson::object>()) return Reject::malformed_sample;
+  const auto &given = labels ? labels->get<picojson::object>() : no_labels;
+  if (given.size() != metric.labels.size()) return Reject::label_mismatch;
+  for (const std::string &name : metric.labels) {
+    const auto found = given.find(name);
+    if (found == given.end() || !found->second.is<std::string>()) return Reject::label_mismatch;
+    const std::string &value = found->second.get<std::string>();
+    if (!is_valid_utf8(value)) return Reject::invalid_label_value;
+    values.push_back(value);
+  }
+  return std::nullopt;
+}
+
+inline std::optional<Reject> read_counter_update(const picojson::value *value, Update &update) {
+  update.amount = value ? value->get<double>() : 1;
+  if (update.amount < 0) return Reject::invalid_value; // counters only go up
+  return std::nullopt;
+}
+
+inline std::optional<Reject> read_gauge_update(const picojson::value *value, const picojson::value *operation,
+                                               Update &update) {
+  if (operation && !operation->is<std::string>()) return Reject::invalid_operation;
+  const std::string_view name = operation ? std::string_view(operation->get<std::string>()) : "set";
+  const double by = value ? value->get<double>() : 1;
+  if (name == "set") {
+    if (!value) return Reject::invalid_value;
+    update = {true, by};
+  } else if (name == "increment") {
+    update = {false, by};
+  } else if (name == "decrement") {
+    update = {false, -by};
+  } else {
+    return Reject::invalid_operation;
+  }
+  return std::nullopt;
+}
+
+inline std::optional<Reject> read_update(MetricType type, const picojson::object &payload, Update &update) {
+  const picojson::value *value = member(payload, "value");
+  if (value && !value->is<double>()) return Reject::invalid_value; // also numbers beyond double
+  if (type == MetricType::counter) return read_counter_update(value, update);
+  return read_gauge_update(value, member(payload, "operation"), update);
+}
+
+} // namespace detail
+
+// ===== REGISTRY ===========================================================================
+
+inline Registry::Registry(const Config &config) : service_name_(config.service_name) {
+  for (const MetricConfig &metric_config : config.metrics) {
+    detail::Metric metric{metric_config, {}};
+    // A metric without labels has exactly one series; it shows 0 before the first push.
+    if (metric_config.labels.empty()) metric.series.emplace(std::vector<std::string>{}, 0.0);
+    metrics_.push_back(std::move(metric));
+  }
+  std::sort(metrics_.begin(), metrics_.end(),
+            [](const detail::Metric &a, const detail::Metric &b) { return a.config.name < b.config.name; });
+}
+
+inline Registry::Registry(Registry &&) noexcept = default;
+inline Registry &Registry::operator=(Registry &&) noexcept = default;
+inline Registry::~Registry() = default;
+
+inline const detail::Metric *Registry::find(std::string_view name) const {
+  const auto found = std::lower_bound(metrics_.begin(), metrics_.end(), name,
+                                      [](const detail::Metric &m, std::string_view n) { return m.config.name < n; });
+  return found != metrics_.end() && found->config.name == name ? &*found : nullptr;
+}
+
+inline detail::Metric *Registry::find(std::string_view name) {
+  return const_cast<detail::Metric *>(static_cast<const Registry *>(this)->find(name));
+}
+
+inline IngestResult Registry::ingest(std::string_view datagram) {
+  IngestResult result;
+  const auto count = [&](std::optional<Reject> reason) {
+    if (reason) {
+      ++result.rejected[static_cast<std::size_t>(*reason)];
+      ++rejected_[static_cast<std::size_t>(*reason)];
+    } else {
+      ++result.accepted;
+      ++accepted_;
+    }
+  };
+  picojson::value root;
+  if (!detail::parse_json(datagram, root)) {
+    count(Reject::malformed_json);
+  } else if (root.is<picojson::array>()) {
+    const auto &batch = root.get<picojson::array>();
+    if (batch.empty()) count(Reject::malformed_sample); // a batch of nothing is still counted
+    for (const picojson::value &sample : batch) count(apply(sample));
+  } else {
+    count(apply(root));
+  }
+  return result;
+}
+
+inline void Registry::count_rejected(Reject reason) { ++rejected_[static_cast<std::size_t>(reason)]; }
+
+inline std::optional<Reject> Registry::apply(const picojson::value &sample) {
+  if (!sample.is<picojson::object>()) return Reject::malformed_sample;
+  const auto &fields = sample.get<picojson::object>();
+  const picojson::value *name = detail::member(fields, "metric_name");
+  const picojson::value *payload = detail::member(fields, "payload");
+  if (!name || !name->is<std::string>() || (payload && !payload->is<picojson::object>())) return Reject::malformed_sample;
+  detail::Metric *metric = find(name->get<std::string>());
+  if (!metric) return Reject::unknown_metric;
+
+  const picojson::object no_payload;
+  const auto &body = payload ? payload->get<picojson::object>() : no_payload;
+  std::vector<std::string_view> label_values;
+  if (const auto reason = detail::read_label_values(metric->config, detail::member(body, "labels"), label_values))
+    return reason;
+  detail::Update update;
+  if (const auto reason = detail::read_update(metric->config.type, body, update)) return reason;
+
+  auto series = metric->series.find(label_values);
+  if (series == metric->series.end())
+    series = metric->series.emplace(std::vector<std::string>(label_values.begin(), label_values.end()), 0.0).first;
+  series->second = update.replace ? update.amount : series->second + update.amount;
+  return std::nullopt;
+}
+
+inline std::optional<double> Registry::value(std::string_view metric, const std::vector<std::string> &label_values) const {
+  const detail::Metric *found = find(metric);
+  if (!found) return std::nullopt;
+  const auto series = found->series.find(label_values);
+  if (series == found->series.end()) return std::nullopt;
+  return series->second;
+}
+
+inline std::size_t Registry::series_count() const {
+  std::size_t count = 0;
+  for (const detail::Metric &metric : metrics_) count += metric.series.size();
+  return count;
+}
+
+} // namespace hermes
+
+// ===== FORMATTING =========================================================================
+
+namespace hermes {
+
+inline ProcessStats read_process_stats() {
+  ProcessStats stats;
+  const std::vector<std::string> fields = detail::proc_stat_fields();
+  const double ticks = static_cast<double>(::sysconf(_SC_CLK_TCK));
+  const double page_size = static_cast<double>(::sysconf(_SC_PAGESIZE));
+  if (ticks > 0) stats.cpu_seconds = (detail::proc_stat_field(fields, 14) + detail::proc_stat_field(fields, 15)) / ticks;
+  stats.virtual_memory_bytes = detail::proc_stat_field(fields, 23);
+  stats.resident_memory_bytes = detail::proc_stat_field(fields, 24) * page_size;
+  stats.open_fds = detail::count_open_fds();
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) == 0) stats.max_fds = static_cast<double>(limit.rlim_cur);
+  return stats;
+}
+
+inline ServerStats::ServerStats() {
+  for (const int status : detail::http_statuses) http_requests[status] = 0;
+}
+
+namespace detail {
+
+// HELP text escapes backslash and newline; label values also escape the double quote.
+inline void append_escaped(std::string &out, std::string_view text, bool escape_quote) {
+  for (const char c : text) {
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '"' && escape_quote) {
+      out += "\\\"";
+    } else {
+      out += c;
+    }
+  }
+}
+
+inline void append_family_head(std::string &out, std::string_view name, std::string_view help, const char *type) {
+  out += "# HELP ";
+  out += name;
+  if (!help.empty()) {
+    out += ' ';
+    append_escaped(out, help, false);
+  }
+  out += "\n# TYPE ";
+  out += name;
+  out += ' ';
+  out += type;
+  out += '\n';
+}
+
+template <typename Values>
+void append_sample(std::string &out, std::string_view name, const std::vector<std::string> &label_names,
+                   const Values &label_values, double value) {
+  out += name;
+  if (!label_names.empty()) {
+    out += '{';
+    for (std::size_t i = 0; i < label_names.size(); ++i) {
+      if (i > 0) out += ',';
+      out += label_names[i];
+      out += "=\"";
+      append_escaped(out, label_values[i], true);
+      out += '"';
+    }
+    out += '}';
+  }
+  out += ' ';
+  append_double(out, value);
+  out += '\n';
+}
+
+// A family of one series with no labels.
+inline void append_single(std::string &out, std::string_view name, std::string_view help, const char *type, double value) {
+  append_family_head(out, name, help, type);
+  append_sample(out, name, {}, std::vector<std::string>{}, value);
+}
+
+inline void append_metric(std::string &out, const Metric &metric) {
+  append_family_head(out, metric.config.name, metric.config.help, to_string(metric.config.type));
+  for (const auto &series : metric.series) append_sample(out, metric.config.name, metric.config.labels, series.first, series.second);
+}
+
+// One family of the /metrics body: its name, and how to write it.
+struct FamilyWriter {
+  std::string_view name;
+  std::function<void(std::string &)> write;
+};
+
+inline std::vector<FamilyWriter> self_families(const Registry &registry, const ServerStats &stats) {
+  const ProcessStats &process = stats.process;
+  return {
+      {"hermes_build_info", [&](std::string &out) {
+         append_family_head(out, "hermes_build_info", "Hermes version and the configured service, always 1.", "gauge");
+         append_sample(out, "hermes_build_info", {"version", "service"},
+                       std::vector<std::string>{HERMES_VERSION_STR, registry.service_name()}, 1);
+       }},
+      {"hermes_udp_packets_total", [&](std::string &out) {
+         append_single(out, "hermes_udp_packets_total", "UDP datagrams received.", "counter", static_cast<double>(stats.udp_packets));
+       }},
+      {"hermes_samples_accepted_total", [&](std::string &out) {
+         append_single(out, "hermes_samples_accepted_total", "Samples applied to the registry.", "counter",
+                       static_cast<double>(registry.accepted()));
+       }},
+      {"hermes_samples_rejected_total", [&](std::string &out) {
+         append_family_head(out, "hermes_samples_rejected_total", "Samples dropped, by reason.", "counter");
+         for (std::size_t i = 0; i < reject_reason_count; ++i) {
+           const auto reason = static_cast<Reject>(i);
+           append_sample(out, "hermes_samples_rejected_total", {"reason"}, std::vector<std::string>{to_string(reason)},
+                         static_cast<double>(registry.rejected(reason)));
+         }
+       }},
+      {"hermes_series", [&](std::string &out) {
+         append_single(out, "hermes_series", "Live series of the configured metrics.", "gauge",
+                       static_cast<double>(registry.series_count()));
+       }},
+      {"hermes_http_requests_total", [&](std::string &out) {
+         append_family_head(out, "hermes_http_requests_total", "HTTP requests answered, by status code.", "counter");
+         for (const auto &entry : stats.http_requests)
+           append_sample(out, "hermes_http_requests_total", {"code"}, std::vector<std::string>{std::to_string(entry.first)},
+                         static_cast<double>(entry.second));
+       }},
+      {"process_cpu_seconds_total", [&](std::string &out) {
+         append_single(out, "process_cpu_seconds_total", "Total user and system CPU time spent in seconds.", "counter",
+                       process.cpu_seconds);
+       }},
+      {"process_max_fds", [&](std::string &out) {
+         append_single(out, "process_max_fds", "Maximum number of open file descriptors.", "gauge", process.max_fds);
+       }},
+      {"process_open_fds", [&](std::string &out) {
+         append_single(out, "process_open_fds", "Number of open file descriptors.", "gauge", process.open_fds);
+       }},
+      {"process_resident_memory_bytes", [&](std::string &out) {
+         append_single(out, "process_resident_memory_bytes", "Resident memory size in bytes.", "gauge",
+                       process.resident_memory_bytes);
+       }},
+      {"process_start_time_seconds", [&](std::string &out) {
+         append_single(out, "process_start_time_seconds", "Start time of the process since unix epoch in seconds.", "gauge",
+                       process.start_time_seconds);
+       }},
+      {"process_virtual_memory_bytes", [&](std::string &out) {
+         append_single(out, "process_virtual_memory_bytes", "Virtual memory size in bytes.", "gauge",
+                       process.virtual_memory_bytes);
+       }},
+  };
+}
+
+} // namespace detail
+
+inline std::string render_metrics(const Registry &registry, const ServerStats &stats) {
+  std::vector<detail::FamilyWriter> families = detail::self_families(registry, stats);
+  for (const detail::Metric &metric : registry.metrics_)
+    families.push_back({metric.config.name, [&metric](std::string &out) { detail::append_metric(out, metric); }});
+  std::sort(families.begin(), families.end(),
+            [](const detail::FamilyWriter &a, const detail::FamilyWriter &b) { return a.name < b.name; });
+  std::string out;
+  for (const detail::FamilyWriter &family : families) family.write(out);
+  return out;
+}
+
+} // namespace hermes
+
+// ===== SERVER =============================================================================
+
+namespace hermes {
+
+struct Server::Impl {
+  using Clock = std::chrono::steady_clock;
+  using Connection = detail::Connection;
+
+  Impl(const Config &config, Options &options)
+      : registry(config), logger(options.log_level, std::move(options.log_sink)),
+        udp(detail::open_udp_listener(options.udp_address, options.udp_port)),
+        http(detail::open_tcp_listener(options.http_address, options.http_port)),
+        datagram_buffer(HERMES_MAX_DATAGRAM_SIZE), start_time_seconds(detail::process_start_time_seconds()) {}
+
+  void poll_once(int timeout_ms);
+  std::string render();
+
+  // UDP ingest
+  void receive_datagrams();
+  void note_rejects(const IngestResult &result, std::string_view datagram, Clock::time_point now);
+  void log_reject_summary(Clock::time_point now, bool force);
+
+  // HTTP
+  void accept_connections(Clock::time_point now);
+  void admit(detail::FileDescriptor fd, Clock::time_point now);
+  bool close_oldest_reader();
+  void serve(Connection &connection, Clock::time_point now);
+  void read_request(Connection &connection, Clock::time_point now);
+  void respond(Connection &connection, const detail::HttpResponse &response, Clock::time_point now);
+  void write_response(Connection &connection, Clock::time_point now);
+  void drain(Connection &connection);
+  void expire_and_remove(Clock::time_point now);
+  int poll_timeout(int timeout_ms, Clock::time_point now) const;
+
+  Registry registry;
+  ServerStats stats;
+  detail::Logger logger;
+  detail::FileDescriptor udp;
+  detail::FileDescriptor http;
+  std::vector<std::unique_ptr<Connection>> connections;
+  std::vector<pollfd> poll_fds;
+  std::vector<char> datagram_buffer;
+  double start_time_seconds;
+  std::uint64_t accepted_connections = 0;
+  std::array<std::uint64_t, reject_reason_count> pending_rejects{};
+  Clock::time_point next_reject_log{};
+  Clock::time_point accept_paused_until{};
+  Clock::time_point next_fd_warning{};
+};
+
+inline Server::Server(const Config &config, Options options) : impl_(std::make_unique<Impl>(config, options)) {
+  impl_->logger.log(LogLevel::info, "hermes listening",
+                    {{"udp", udp_endpoint()}, {"http", http_endpoint()}, {"service", config.service_name},
+                     {"version", HERMES_VERSION_STR}});
+}
+
+inline Server::~Server() = default;
+
+inline void Server::poll_once(int timeout_ms) { impl_->poll_once(timeout_ms); }
+
+inline void Server::run(const std::atomic<bool> &stop) {
+  while (!stop.load()) impl_->poll_once(HERMES_POLL_INTERVAL_MS);
+  impl_->log_reject_summary(Impl::Clock::now(), true);
+  impl_->logger.log(LogLevel::info, "hermes stopped");
+}
+
+inline std::uint16_t Server::udp_port() const { return detail::local_port(impl_->udp.get()); }
+inline std::uint16_t Server::http_port() const { return detail::local_port(impl_->http.get()); }
+inline std::string Server::udp_endpoint() const { return detail::local_endpoint(impl_->udp.get()); }
+inline std::string Server::http_endpoint() const { return detail::local_endpoint(impl_->http.get()); }
+inline const Registry &Server::registry() const { return impl_->registry; }
+inline const ServerStats &Server::stats() const { return impl_->stats; }
+inline std::string Server::render() { return impl_->render(); }
+
+inline std::string Server::Impl::render() {
+  stats.process = read_process_stats();
+  stats.process.start_time_seconds = start_time_seconds;
+  return render_metrics(registry, stats);
+}
+
+// One step: wait for any socket, then UDP first (it cannot wait), existing HTTP
+// clients next, new HTTP clients last.
+inline void Server::Impl::poll_once(int timeout_ms) {
+  Clock::time_point now = Clock::now();
+  poll_fds.clear();
+  poll_fds.push_back({udp.get(), POLLIN, 0});
+  // A negative descriptor is skipped by poll(): accepting pauses while descriptors run out.
+  poll_fds.push_back({now >= accept_paused_until ? http.get() : -1, POLLIN, 0});
+  for (const auto &connection : connections)
+    poll_fds.push_back({connection->fd.get(), connection->phase == Connection::Phase::writing ? short(POLLOUT) : short(POLLIN), 0});
+  const int ready = detail::wait_for_events(poll_fds, poll_timeout(timeout_ms, now));
+  now = Clock::now();
+  if (ready > 0) {
+    if (poll_fds[0].revents) receive_datagrams();
+    const std::size_t polled = poll_fds.size() - 2;
+    for (std::size_t i = 0; i < polled; ++i)
+      if (poll_fds[i + 2].revents) serve(*connections[i], now);
+    if (poll_fds[1].revents) accept_connections(now);
+  }
+  expire_and_remove(now);
+  log_reject_summary(now, false);
+}
+
+inline int Server::Impl::poll_timeout(int timeout_ms, Clock::time_point now) const {
+  Clock::time_point wake = now + std::chrono::milliseconds(std::max(timeout_ms, 0));
+  for (const auto &connection : connections) wake = std::min(wake, connection->deadline);
+  if (accept_paused_until > now) wake = std::min(wake, accept_paused_until);
+  const auto pending = std::any_of(pending_rejects.begin(), pending_rejects.end(), [](std::uint64_t n) { return n > 0; });
+  if (pending) wake = std::min(wake, next_reject_log);
+  if (timeout_ms < 0 && connections.empty() && !pending && accept_paused_until <= now) return -1;
+  const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now).count();
+  return static_cast<int>(std::max<std::int64_t>(wait, 0) + (wake > now ? 1 : 0)); // round up: wake after, not before
+}
+
+// ----- UDP ingest --------------------------------------------------------------------------
+
+inline void Server::Impl::receive_datagrams() {
+  for (int i = 0; i < HERMES_DATAGRAMS_PER_STEP; ++i) {
+    iovec chunk{datagram_buffer.data(), datagram_buffer.size()};
+    msghdr message{};
+    message.msg_iov = &chunk;
+    message.msg_iovlen = 1;
+    const ssize_t length = detail::retry_on_eintr([&] { return ::recvmsg(udp.get(), &message, 0); });
+    if (length < 0) return; // EAGAIN: all read
+    ++stats.udp_packets;
+    const std::string_view datagram(datagram_buffer.data(), static_cast<std::size_t>(length));
+    if (message.msg_flags & MSG_TRUNC) { // the kernel cut it to fit: never parse a cut datagram
+      IngestResult result;
+      result.rejected[static_cast<std::size_t>(Reject::too_large)] = 1;
+      registry.count_rejected(Reject::too_large);
+      note_rejects(result, datagram, Clock::now());
+      continue;
+    }
+    note_rejects(registry.ingest(datagram), datagram, Clock::now());
+  }
+}
+
+inline void Server::Impl::note_rejects(const IngestResult &result, std::string_view datagram, Clock::time_point now) {
+  if (result.rejected_total() == 0) return;
+  constexpr std::size_t shown = 200; // of the datagram, in the debug line
+  for (std::size_t i = 0; i < reject_reason_count; ++i) {
+    if (result.rejected[i] == 0) continue;
+    pending_rejects[i] += result.rejected[i];
+    if (logger.enabled(LogLevel::debug))
+      logger.log(LogLevel::debug, "sample rejected",
+                 {{"reason", to_string(static_cast<Reject>(i))}, {"count", std::to_string(result.rejected[i])},
+                  {"datagram", datagram.substr(0, shown)}});
+  }
+  log_reject_summary(now, false);
+}
+
+// One warn line per interval at most, with the count of each reason since the last one.
+inline void Server::Impl::log_reject_summary(Clock::time_point now, bool force) {
+  if (!force && now < next_reject_log) return;
+  std::vector<std::pair<std::string, std::string>> counts;
+  for (std::size_t i = 0; i < reject_reason_count; ++i)
+    if (pending_rejects[i] > 0) counts.emplace_back(to_string(static_cast<Reject>(i)), std::to_string(pending_rejects[i]));
+  if (counts.empty()) return;
+  std::string line;
+  for (const auto &count : counts) line += (line.empty() ? "" : " ") + count.first + "=" + count.second;
+  logger.log(LogLevel::warn, "samples rejected", {{"counts", line}});
+  pending_rejects.fill(0);
+  next_reject_log = now + std::chrono::seconds(HERMES_REJECT_LOG_INTERVAL_S);
+}
+
+// ----- HTTP --------------------------------------------------------------------------------
+
+inline void Server::Impl::accept_connections(Clock::time_point now) {
+  for (int i = 0; i < HERMES_MAX_CONNECTIONS; ++i) {
+    const int fd = detail::retry_on_eintr([&] { return ::accept4(http.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC); });
+    if (fd >= 0) {
+      admit(detail::FileDescriptor(fd), now);
+      continue;
+    }
+    if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+      // The pending connection stays queued and the socket stays readable: without a
+      // pause, poll() would wake at once, again and again.
+      accept_paused_until = now + std::chrono::milliseconds(100);
+      if (now >= next_fd_warning) {
+        logger.log(LogLevel::warn, "cannot accept HTTP connections", {{"error", std::strerror(errno)}});
+        next_fd_warning = now + std::chrono::seconds(HERMES_REJECT_LOG_INTERVAL_S);
+      }
+    }
+    if (errno != ECONNABORTED) return;
+  }
+}
+
+inline void Server::Impl::admit(detail::FileDescriptor fd, Clock::time_point now) {
+  if (connections.size() >= HERMES_MAX_CONNECTIONS && !close_oldest_reader()) {
+    const std::string busy = detail::serialize_response(detail::error_response(503));
+    ::send(fd.get(), busy.data(), busy.size(), MSG_NOSIGNAL); // best effort; the socket is new and empty
+    ++stats.http_requests[503];
+    return;
+  }
+  auto connection = std::make_unique<Connection>();
+  connection->fd = std::move(fd);
+  connection->sequence = ++accepted_connections;
+  connection->deadline = now + std::chrono::milliseconds(HERMES_HTTP_READ_TIMEOUT_MS);
+  connections.push_back(std::move(connection));
+}
+
+// A full house is most often idle or slow clients: the one waiting longest for its
+// request head gives its place to the newcomer.
+inline bool Server::Impl::close_oldest_reader() {
+  Connection *oldest = nullptr;
+  for (const auto &connection : connections)
+    if (connection->phase == Connection::Phase::reading && (!oldest || connection->sequence < oldest->sequence))
+      oldest = connection.get();
+  if (!oldest) return false;
+  const auto position = std::find_if(connections.begin(), connections.end(), [&](const auto &c) { return c.get() == oldest; });
+  connections.erase(position);
+  return true;
+}
+
+inline void Server::Impl::serve(Connection &connection, Clock::time_point now) {
+  switch (connection.phase) {
+  case Connection::Phase::reading: read_request(connection, now); break;
+  case Connection::Phase::writing: write_response(connection, now); break;
+  case Connection::Phase::lingering: drain(connection); break;
+  case Connection::Phase::done: break;
+  }
+}
+
+inline void Server::Impl::read_request(Connection &connection, Clock::time_point now) {
+  char buffer[4096];
+  for (;;) {
+    const std::size_t room = std::min(sizeof buffer, HERMES_MAX_REQUEST_HEAD + 1 - connection.input.size());
+    const ssize_t length = detail::retry_on_eintr([&] { return ::recv(connection.fd.get(), buffer, room, 0); });
+    if (length <= 0) {
+      // End of stream before a whole head, or an error: nobody to answer.
+      if (length == 0 || !detail::is_not_now(errno)) connection.phase = Connection::Phase::done;
+      return;
+    }
+    const std::size_t searched = connection.input.size() >= 2 ? connection.input.size() - 2 : 0;
+    connection.input.append(buffer, static_cast<std::size_t>(length));
+    const std::size_t head_end = detail::find_head_end(std::string_view(connection.input).substr(searched));
+    if (head_end == std::string::npos && connection.input.size() <= HERMES_MAX_REQUEST_HEAD) continue;
+    if (head_end == std::string::npos || searched + head_end > HERMES_MAX_REQUEST_HEAD)
+      return respond(connection, detail::error_response(431), now);
+    const auto request = detail::parse_request_head(std::string_view(connection.input).substr(0, searched + head_end));
+    if (!request) return respond(connection, detail::error_response(400), now);
+    return respond(connection, detail::route(*request, [this] { return render(); }), now);
+  }
+}
+
+inline void Server::Impl::respond(Connection &connection, const detail::HttpResponse &response, Clock::time_point now) {
+  ++stats.http_requests[response.status];
+  connection.output = detail::serialize_response(response);
+  connection.input.clear();
+  connection.input.shrink_to_fit();
+  connection.phase = Connection::Phase::writing;
+  connection.deadline = now + std::chrono::milliseconds(HERMES_HTTP_WRITE_TIMEOUT_MS);
+  write_response(connection, now); // most responses fit the socket buffer at once
+}
+
+inline void Server::Impl::write_response(Connection &connection, Clock::time_point now) {
+  while (connection.sent < connection.output.size()) {
+    const char *data = connection.output.data() + connection.sent;
+    const std::size_t left = connection.output.size() - connection.sent;
+    const ssize_t length = detail::retry_on_eintr([&] { return ::send(connection.fd.get(), data, left, MSG_NOSIGNAL); });
+    if (length < 0) {
+      if (!detail::is_not_now(errno)) connection.phase = Connection::Phase::done; // the client went away
+      return;
+    }
+    connection.sent += static_cast<std::size_t>(length);
+  }
+  connection.output.clear();
+  connection.output.shrink_to_fit();
+  ::shutdown(connection.fd.get(), SHUT_WR); // the end of the body, for an HTTP/1.0 client
+  connection.phase = Connection::Phase::lingering;
+  connection.deadline = now + std::chrono::milliseconds(HERMES_HTTP_LINGER_MS);
+}
+
+inline void Server::Impl::drain(Connection &connection) {
+  char buffer[4096];
+  for (;;) {
+    const ssize_t length = detail::retry_on_eintr([&] { return ::recv(connection.fd.get(), buffer, sizeof buffer, 0); });
+    if (length > 0) continue;
+    if (length == 0 || !detail::is_not_now(errno)) connection.phase = Connection::Phase::done;
+    return;
+  }
+}
+
+inline void Server::Impl::expire_and_remove(Clock::time_point now) {
+  for (const auto &connection : connections)
+    if (now >= connection->deadline) connection->phase = Connection::Phase::done;
+  connections.erase(std::remove_if(connections.begin(), connections.end(),
+                                   [](const auto &c) { return c->phase == Connection::Phase::done; }),
+                    connections.end());
+}
+
+} // namespace hermes
+
+// ===== CLIENT =============================================================================
+
+namespace hermes {
+
+struct Client::Impl {
+  detail::FileDescriptor socket;
+};
+
+inline Client::Client(const std::string &host, std::uint16_t port) : impl_(std::make_unique<Impl>()) {
+  const detail::SocketAddress address = detail::resolve(host, port, SOCK_DGRAM, false);
+  impl_->socket = detail::open_socket(address, SOCK_DGRAM, "client");
+  // Connected, so each send names no address and the kernel checks it once.
+  if (::connect(impl_->socket.get(), address.get(), address.length) != 0)
+    throw SocketError(detail::system_error_message("connect " + detail::format_endpoint(address.get()), errno));
+}
+
+inline Client::~Client() = default;
+
+inline bool Client::send(std::string_view datagram) {
+  const ssize_t sent = detail::retry_on_eintr(
+      [&] { return ::send(impl_->socket.get(), datagram.data(), datagram.size(), MSG_NOSIGNAL | MSG_DONTWAIT); });
+  return sent == static_cast<ssize_t>(datagram.size());
+}
+
+inline bool Client::send_sample(std::string_view metric, const Labels &labels, double value, const char *operation) {
+  if (!std::isfinite(value)) return false;
+  std::string json = "{\"metric_name\":";
+  detail::append_json_string(json, metric);
+  json += ",\"payload\":{\"labels\":{";
+  for (std::size_t i = 0; i < labels.size(); ++i) {
+    if (i > 0) json += ',';
+    detail::append_json_string(json, labels[i].first);
+    json += ':';
+    detail::append_json_string(json, labels[i].second);
+  }
+  json += "},\"value\":";
+  detail::append_double(json, value);
+  if (operation) {
+    json += ",\"operation\":";
+    detail::append_json_string(json, operation);
+  }
+  json += "}}";
+  return send(json);
+}
+
+inline bool Client::increment_counter(std::string_view metric, const Labels &labels, double by) {
+  return send_sample(metric, labels, by, nullptr);
+}
+inline bool Client::set_gauge(std::string_view metric, const Labels &labels, double value) {
+  return send_sample(metric, labels, value, "set");
+}
+inline bool Client::increment_gauge(std::string_view metric, const Labels &labels, double by) {
+  return send_sample(metric, labels, by, "increment");
+}
+inline bool Client::decrement_gauge(std::string_view metric, const Labels &labels, double by) {
+  return send_sample(metric, labels, by, "decrement");
+}
+
+} // namespace hermes
+
+#endif // HERMES_HPP

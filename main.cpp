@@ -1,0 +1,104 @@
+// main.cpp - the hermes daemon: reads the command line and the environment, then runs
+// hermes::Server until SIGTERM or SIGINT. Everything else lives in hermes.hpp.
+
+#include "hermes.hpp"
+
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+
+namespace {
+
+// The one global: the signal handler's only way to reach the loop.
+std::atomic<bool> stop_requested{false};
+
+void request_stop(int) { stop_requested = true; }
+
+constexpr const char *usage_text =
+    "usage: hermes [--check-config] [--version] [--help] [CONFIG_PATH]\n"
+    "\n"
+    "Receives metric samples as JSON over UDP and serves them to Prometheus at /metrics.\n"
+    "\n"
+    "  CONFIG_PATH     the config file; else $HERMES_CONFIG_PATH, $CONFIG_FILE_PATH, config.json\n"
+    "  --check-config  validate the config file, then exit: 0 when it is good, 2 when not\n"
+    "  --version       print the version and exit\n"
+    "  --help          print this text and exit\n"
+    "\n"
+    "Environment: HERMES_UDP_ADDRESS (LISTEN_ADDRESS), HERMES_UDP_PORT (LISTEN_PORT),\n"
+    "HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (LOG_LEVEL).\n";
+
+struct CommandLine {
+  bool check_config = false;
+  bool version = false;
+  bool help = false;
+  std::string config_path;
+};
+
+CommandLine parse_command_line(int argc, char **argv) {
+  CommandLine line;
+  for (int i = 1; i < argc; ++i) {
+    const std::string argument = argv[i];
+    if (argument == "--check-config") {
+      line.check_config = true;
+    } else if (argument == "--version") {
+      line.version = true;
+    } else if (argument == "--help" || argument == "-h") {
+      line.help = true;
+    } else if (argument.size() > 1 && argument[0] == '-') {
+      throw hermes::UsageError("unknown option " + argument + " (see hermes --help)");
+    } else if (!line.config_path.empty()) {
+      throw hermes::UsageError("more than one config path: " + line.config_path + " and " + argument);
+    } else {
+      line.config_path = argument;
+    }
+  }
+  return line;
+}
+
+const char *environment(const char *name) { return std::getenv(name); }
+
+std::string config_path(const CommandLine &line) {
+  if (!line.config_path.empty()) return line.config_path;
+  for (const char *name : {"HERMES_CONFIG_PATH", "CONFIG_FILE_PATH"})
+    if (const char *value = environment(name); value && *value) return value;
+  return "config.json";
+}
+
+// Without SA_RESTART, so that a signal ends the server's poll() at once.
+void install_signal_handlers() {
+  struct sigaction action {};
+  action.sa_handler = request_stop;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
+  std::signal(SIGPIPE, SIG_IGN); // a client that hangs up is an error code, not a death
+}
+
+int fail(int code, const std::string &message) {
+  std::fprintf(stderr, "hermes: %s\n", message.c_str());
+  return code;
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  try {
+    const CommandLine line = parse_command_line(argc, argv);
+    if (line.help) return std::fputs(usage_text, stdout), 0;
+    if (line.version) return std::printf("hermes %s\n", HERMES_VERSION_STR), 0;
+    const std::string path = config_path(line);
+    const hermes::Config config = hermes::load_config(path);
+    if (line.check_config) return std::printf("%s: ok, %zu metrics\n", path.c_str(), config.metrics.size()), 0;
+    const hermes::Options options = hermes::options_from_environment(config, environment);
+    install_signal_handlers();
+    hermes::Server server(config, options);
+    server.run(stop_requested);
+    return 0;
+  } catch (const hermes::UsageError &error) {
+    return fail(2, error.what());
+  } catch (const hermes::ConfigError &error) {
+    return fail(2, error.what());
+  } catch (const hermes::SocketError &error) {
+    return fail(1, error.what());
+  }
+}

@@ -1,0 +1,28 @@
+#!/bin/sh
+# ensure.sh KIND:NAME:PACKAGE ... - makes sure each NAME exists (KIND is header or command),
+# installing the missing PACKAGEs with one apt-get run when root on Debian or Ubuntu, and
+# otherwise stopping with one line that says what to install.
+missing=""
+have() {
+  case $1 in
+    header) printf '#include <%s>\n' "$2" | ${CXX:-g++} -std=c++17 -x c++ -E - >/dev/null 2>&1 ;;
+    command) command -v "$2" >/dev/null 2>&1 ;;
+  esac
+}
+for wanted in "$@"; do
+  IFS=: read -r kind name package <<EOT
+$wanted
+EOT
+  have "$kind" "$name" || missing="$missing $package"
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "hermes: installing$missing" >&2
+  if apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >&2; then
+    exit 0
+  fi
+  echo "hermes: apt-get install$missing failed" >&2
+  exit 1
+fi
+echo "hermes: missing$missing: install with 'apt-get install$missing' (as root)" >&2
+exit 1
