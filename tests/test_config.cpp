@@ -1,0 +1,221 @@
+// Config loading and validation: what loads, and the exact message of every error.
+#include "helpers.hpp"
+
+#include <cstdlib>
+#include <map>
+
+using hermes::MetricType;
+using test::config_error;
+
+TEST_CASE("the sample config loads with every field") {
+  const hermes::Config config = test::sample_config();
+  CHECK(config.service_name == "testing-service");
+  REQUIRE(config.metrics.size() == 2);
+  CHECK(config.metrics[0].name == "sample_gauge");
+  CHECK(config.metrics[0].type == MetricType::gauge);
+  CHECK(config.metrics[0].help == "gauges are awesome");
+  CHECK(config.metrics[0].labels == std::vector<std::string>{"label_1", "label_2"});
+  CHECK(config.metrics[1].name == "sample_counter");
+  CHECK(config.metrics[1].type == MetricType::counter);
+  CHECK(config.metrics[1].labels == std::vector<std::string>{"label_1"});
+  CHECK(config.listen_address.empty());
+  CHECK_FALSE(config.listen_port.has_value());
+}
+
+TEST_CASE("the top-level config.json is the sample config") {
+  const hermes::Config config = hermes::load_config(test::test_path("../config.json"));
+  CHECK(config.service_name == "testing-service");
+  REQUIRE(config.metrics.size() == 2);
+  CHECK(config.metrics[0].name == "sample_gauge");
+  CHECK(config.metrics[1].name == "sample_counter");
+}
+
+TEST_CASE("optional parts may be left out") {
+  const hermes::Config config = hermes::parse_config(R"({"service_name": "s", "counters": [{"metric_name": "c"}]})", "f");
+  REQUIRE(config.metrics.size() == 1);
+  CHECK(config.metrics[0].help.empty());
+  CHECK(config.metrics[0].labels.empty());
+  CHECK(hermes::parse_config(R"({"service_name": "s"})", "f").metrics.empty());
+  CHECK(hermes::parse_config(R"({"service_name": "s", "gauges": null, "counters": []})", "f").metrics.empty());
+}
+
+TEST_CASE("listen_address and listen_port are read as the original reads them") {
+  const auto config = hermes::parse_config(R"({"service_name": "s", "listen_address": "::1", "listen_port": 9000})", "f");
+  CHECK(config.listen_address == "::1");
+  CHECK(config.listen_port == std::optional<std::uint16_t>(9000));
+  CHECK(hermes::parse_config(R"({"service_name": "s", "listen_port": "7001"})", "f").listen_port == std::optional<std::uint16_t>(7001));
+  CHECK(config_error(R"({"service_name": "s", "listen_port": 70000})") ==
+        "config.json: listen_port: 70000 is not a port number (0-65535)");
+  CHECK(config_error(R"({"service_name": "s", "listen_port": 1.5})") ==
+        "config.json: listen_port: 1.5 is not a port number (0-65535)");
+  CHECK(config_error(R"({"service_name": "s", "listen_address": 5})") ==
+        "config.json: listen_address: expected a string, got a number");
+}
+
+TEST_CASE("JSON syntax errors name the file and the line") {
+  CHECK(config_error("{\"service_name\": \"s\",\n \"gauges\": [\n  {\"metric_name\" \"x\"}]}") ==
+        "config.json: not valid JSON: syntax error at line 3 near: \"x\"}]}");
+  CHECK(config_error("") == "config.json: not valid JSON: syntax error at line 1 near: ");
+  CHECK(config_error(R"({"service_name": "s"} trailing)") == "config.json: not valid JSON: unexpected text after the JSON value");
+  CHECK(config_error("[]") == "config.json: expected an object, got a list");
+}
+
+TEST_CASE("service_name is required, a non-empty string") {
+  CHECK(config_error(R"({"gauges": []})") == "config.json: service_name: missing: every config names its service");
+  CHECK(config_error(R"({"service_name": ""})") == "config.json: service_name: must not be empty");
+  CHECK(config_error(R"({"service_name": 3})") == "config.json: service_name: expected a string, got a number");
+}
+
+TEST_CASE("wrong types name the place") {
+  CHECK(config_error(R"({"service_name": "s", "gauges": {}})") == "config.json: gauges: expected a list, got an object");
+  CHECK(config_error(R"({"service_name": "s", "counters": ["c"]})") == "config.json: counters[0]: expected an object, got a string");
+  CHECK(config_error(R"({"service_name": "s", "counters": [{"metric_name": 1}]})") ==
+        "config.json: counters[0].metric_name: expected a string, got a number");
+  CHECK(config_error(R"({"service_name": "s", "counters": [{"metric_name": "c", "labels": "a"}]})") ==
+        "config.json: counters[0].labels: expected a list, got a string");
+  CHECK(config_error(R"({"service_name": "s", "counters": [{"metric_name": "c", "labels": [true]}]})") ==
+        "config.json: counters[0].labels[0]: expected a string, got a boolean");
+  CHECK(config_error(R"({"service_name": "s", "counters": [{"metric_name": "c", "metric_description": []}]})") ==
+        "config.json: counters[0].metric_description: expected a string, got a list");
+  CHECK(config_error(R"({"service_name": "s", "counters": [{}]})") == "config.json: counters[0].metric_name: missing");
+}
+
+TEST_CASE("metric names must be Prometheus names") {
+  CHECK(config_error(R"({"service_name": "s", "counters": [{"metric_name": "ok"}, {"metric_name": "bad-name"}]})") ==
+        "config.json: counters[1].metric_name: \"bad-name\" is not a valid metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)");
+  CHECK(config_error(R"({"service_name": "s", "gauges": [{"metric_name": "9lives"}]})") ==
+        "config.json: gauges[0].metric_name: \"9lives\" is not a valid metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)");
+  CHECK(config_error(R"({"service_name": "s", "gauges": [{"metric_name": ""}]})") ==
+        "config.json: gauges[0].metric_name: \"\" is not a valid metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)");
+  CHECK(config_error(R"({"service_name": "s", "gauges": [{"metric_name": "a:b_C9"}]})").empty());
+}
+
+TEST_CASE("label names must be Prometheus label names, not reserved, not repeated") {
+  const auto with_labels = [](const std::string &labels) {
+    return config_error(R"({"service_name": "s", "gauges": [{"metric_name": "g", "labels": )" + labels + "}]}");
+  };
+  CHECK(with_labels(R"(["a:b"])") ==
+        "config.json: gauges[0].labels[0]: \"a:b\" is not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*)");
+  CHECK(with_labels(R"(["ok", "1a"])") ==
+        "config.json: gauges[0].labels[1]: \"1a\" is not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*)");
+  CHECK(with_labels(R"(["__name__"])") ==
+        "config.json: gauges[0].labels[0]: \"__name__\" is reserved: names starting with __ are Prometheus' own");
+  CHECK(with_labels(R"(["a", "b", "a"])") == "config.json: gauges[0].labels[2]: \"a\" is listed twice");
+  CHECK(with_labels(R"(["_a", "B_2"])").empty());
+}
+
+TEST_CASE("a metric name is defined once, across kinds too") {
+  CHECK(config_error(R"({"service_name": "s", "gauges": [{"metric_name": "x"}], "counters": [{"metric_name": "x"}]})") ==
+        "config.json: counters[0].metric_name: \"x\" is defined twice");
+  CHECK(config_error(R"({"service_name": "s", "gauges": [{"metric_name": "x"}, {"metric_name": "x"}]})") ==
+        "config.json: gauges[1].metric_name: \"x\" is defined twice");
+}
+
+TEST_CASE("Hermes' own metric names are reserved") {
+  CHECK(config_error(R"({"service_name": "s", "counters": [{"metric_name": "hermes_udp_packets_total"}]})") ==
+        "config.json: counters[0].metric_name: \"hermes_udp_packets_total\" is reserved: hermes_* and process_* are Hermes' own metrics");
+  CHECK(config_error(R"({"service_name": "s", "gauges": [{"metric_name": "process_open_fds"}]})") ==
+        "config.json: gauges[0].metric_name: \"process_open_fds\" is reserved: hermes_* and process_* are Hermes' own metrics");
+}
+
+TEST_CASE("unknown keys are errors, so a typo is never ignored") {
+  CHECK(config_error(R"({"service_name": "s", "counters": [{"metric_name": "c", "lables": ["a"]}]})") ==
+        "config.json: counters[0].lables: unknown key (expected one of: metric_name, metric_description, labels)");
+  CHECK(config_error(R"({"service_name": "s", "gauge": []})") ==
+        "config.json: gauge: unknown key (expected one of: service_name, gauges, counters, listen_address, listen_port)");
+}
+
+TEST_CASE("load_config names a file it cannot read, and one that is too large") {
+  CHECK_THROWS_WITH_AS(hermes::load_config("/nonexistent/hermes.json"), "/nonexistent/hermes.json: cannot open: No such file or directory",
+                       hermes::ConfigError);
+  const std::string big = "/tmp/hermes-test-big-config.json";
+  {
+    std::ofstream file(big);
+    file << "{\"service_name\": \"" << std::string(HERMES_MAX_CONFIG_SIZE, 'x') << "\"}";
+  }
+  CHECK_THROWS_WITH_AS(hermes::load_config(big), (big + ": larger than 1048576 bytes").c_str(), hermes::ConfigError);
+  std::remove(big.c_str());
+}
+
+TEST_CASE("deep nesting in a config is a syntax error, not a crash") {
+  const std::string deep = "{\"service_name\": \"s\", \"x\": " + std::string(100000, '[') + std::string(100000, ']') + "}";
+  CHECK(config_error(deep).rfind("config.json: not valid JSON: syntax error at line 1 near: ", 0) == 0);
+}
+
+// ---- options from the environment ----------------------------------------------------------
+
+namespace {
+struct FakeEnvironment {
+  std::map<std::string, std::string> values;
+  hermes::Environment lookup() const {
+    return [this](const char *name) -> const char * {
+      const auto found = values.find(name);
+      return found == values.end() ? nullptr : found->second.c_str();
+    };
+  }
+};
+
+std::string usage_error(const hermes::Config &config, const FakeEnvironment &env) {
+  try {
+    hermes::options_from_environment(config, env.lookup());
+  } catch (const hermes::UsageError &error) {
+    return error.what();
+  }
+  return "";
+}
+} // namespace
+
+TEST_CASE("options default to the original's ports") {
+  const hermes::Options options = hermes::options_from_environment(test::sample_config(), FakeEnvironment{}.lookup());
+  CHECK(options.udp_address == "0.0.0.0");
+  CHECK(options.udp_port == 7789);
+  CHECK(options.http_address == "0.0.0.0");
+  CHECK(options.http_port == 8080);
+  CHECK(options.log_level == hermes::LogLevel::info);
+}
+
+TEST_CASE("the environment wins over the file, the file over the defaults") {
+  hermes::Config config = test::sample_config();
+  config.listen_address = "127.0.0.2";
+  config.listen_port = 9100;
+  FakeEnvironment env;
+  CHECK(hermes::options_from_environment(config, env.lookup()).udp_address == "127.0.0.2");
+  CHECK(hermes::options_from_environment(config, env.lookup()).udp_port == 9100);
+  env.values = {{"LISTEN_ADDRESS", "::1"}, {"LISTEN_PORT", "9200"}, {"LOG_LEVEL", "WARN"}};
+  hermes::Options options = hermes::options_from_environment(config, env.lookup());
+  CHECK(options.udp_address == "::1");
+  CHECK(options.udp_port == 9200);
+  CHECK(options.log_level == hermes::LogLevel::warn);
+  env.values = {{"LISTEN_PORT", "9200"}, {"HERMES_UDP_PORT", "9300"}, {"HERMES_UDP_ADDRESS", "10.0.0.1"}, {"LISTEN_ADDRESS", "::1"},
+                {"HERMES_HTTP_ADDRESS", "::"}, {"HERMES_HTTP_PORT", "0"}, {"HERMES_LOG_LEVEL", "Debug"}, {"LOG_LEVEL", "error"}};
+  options = hermes::options_from_environment(config, env.lookup());
+  CHECK(options.udp_address == "10.0.0.1");
+  CHECK(options.udp_port == 9300);
+  CHECK(options.http_address == "::");
+  CHECK(options.http_port == 0);
+  CHECK(options.log_level == hermes::LogLevel::debug);
+  env.values = {{"HERMES_UDP_PORT", ""}, {"LISTEN_PORT", "9400"}};
+  CHECK(hermes::options_from_environment(config, env.lookup()).udp_port == 9400);
+}
+
+TEST_CASE("a bad environment value names the variable") {
+  const hermes::Config config = test::sample_config();
+  CHECK(usage_error(config, {{{"HERMES_UDP_PORT", "abc"}}}) == "HERMES_UDP_PORT: \"abc\" is not a port number (0-65535)");
+  CHECK(usage_error(config, {{{"LISTEN_PORT", "70000"}}}) == "LISTEN_PORT: \"70000\" is not a port number (0-65535)");
+  CHECK(usage_error(config, {{{"HERMES_HTTP_PORT", "-1"}}}) == "HERMES_HTTP_PORT: \"-1\" is not a port number (0-65535)");
+  CHECK(usage_error(config, {{{"HERMES_HTTP_PORT", "80 "}}}) == "HERMES_HTTP_PORT: \"80 \" is not a port number (0-65535)");
+  CHECK(usage_error(config, {{{"HERMES_LOG_LEVEL", "loud"}}}) ==
+        "HERMES_LOG_LEVEL: \"loud\" is not a log level (debug, info, warn, error)");
+}
+
+TEST_CASE("parse_port and parse_log_level") {
+  CHECK(hermes::parse_port("0") == std::optional<std::uint16_t>(0));
+  CHECK(hermes::parse_port("65535") == std::optional<std::uint16_t>(65535));
+  CHECK_FALSE(hermes::parse_port("65536"));
+  CHECK_FALSE(hermes::parse_port(""));
+  CHECK_FALSE(hermes::parse_port("+1"));
+  CHECK_FALSE(hermes::parse_port("0x10"));
+  CHECK(hermes::parse_log_level("ERROR") == std::optional<hermes::LogLevel>(hermes::LogLevel::error));
+  CHECK(hermes::parse_log_level("warning") == std::optional<hermes::LogLevel>(hermes::LogLevel::warn));
+  CHECK_FALSE(hermes::parse_log_level("trace"));
+}

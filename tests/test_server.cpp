@@ -1,0 +1,195 @@
+// The server over real sockets on loopback, stepped from the test's own thread.
+#include "helpers.hpp"
+
+#include <thread>
+
+using test::body_of;
+using test::http;
+
+namespace {
+
+bool contains_line(const std::string &body, const std::string &line) {
+  return ("\n" + body).find("\n" + line + "\n") != std::string::npos;
+}
+
+std::string scrape(hermes::Server &server) { return body_of(http(server, "GET /metrics HTTP/1.0\r\n\r\n")); }
+
+} // namespace
+
+TEST_CASE("samples pushed over UDP appear at /metrics") {
+  std::vector<std::string> log;
+  hermes::Server server(test::sample_config(), test::loopback_options(&log));
+  test::push(server, {R"({"metric_name": "sample_counter", "payload": {"labels": {"label_1": "testing label 1"}}})",
+                      R"({"metric_name": "sample_counter", "payload": {"labels": {"label_1": "testing label 1"}}})",
+                      R"({"metric_name": "sample_gauge", "payload": {"labels": {"label_1": "a", "label_2": "b"}, "value": 65.4}})",
+                      R"([{"metric_name": "sample_counter", "payload": {"labels": {"label_1": "x"}, "value": 5}}, {"metric_name": "nope"}])",
+                      "not json"});
+  const std::string body = scrape(server);
+  CHECK(contains_line(body, "sample_counter{label_1=\"testing label 1\"} 2"));
+  CHECK(contains_line(body, "sample_counter{label_1=\"x\"} 5"));
+  CHECK(contains_line(body, "sample_gauge{label_1=\"a\",label_2=\"b\"} 65.4"));
+  CHECK(contains_line(body, "hermes_udp_packets_total 5"));
+  CHECK(contains_line(body, "hermes_samples_accepted_total 4"));
+  CHECK(contains_line(body, "hermes_samples_rejected_total{reason=\"unknown_metric\"} 1"));
+  CHECK(contains_line(body, "hermes_samples_rejected_total{reason=\"malformed_json\"} 1"));
+  CHECK(contains_line(body, "hermes_series 3"));
+  CHECK(contains_line(body, "hermes_build_info{version=\"" HERMES_VERSION_STR "\",service=\"testing-service\"} 1"));
+}
+
+TEST_CASE("a datagram of exactly the limit is read; one byte more is too_large and never parsed") {
+  hermes::Server server(test::sample_config(), test::loopback_options());
+  std::string fits = R"({"metric_name": "sample_counter", "payload": {"labels": {"label_1": "x"}}})";
+  fits += std::string(HERMES_MAX_DATAGRAM_SIZE - fits.size(), ' ');
+  std::string too_large = R"({"metric_name": "sample_counter", "payload": {"labels": {"label_1": "y"}}})";
+  too_large += std::string(HERMES_MAX_DATAGRAM_SIZE + 1 - too_large.size(), ' ');
+  test::push(server, {fits, too_large, std::string(65507, '{')});
+  CHECK(server.registry().value("sample_counter", {"x"}) == std::optional<double>(1));
+  CHECK_FALSE(server.registry().value("sample_counter", {"y"}).has_value());
+  CHECK(server.registry().rejected(hermes::Reject::too_large) == 2);
+  CHECK(server.registry().rejected(hermes::Reject::malformed_json) == 0);
+}
+
+TEST_CASE("HTTP answers: status, headers and bodies") {
+  hermes::Server server(test::sample_config(), test::loopback_options());
+  const std::string metrics = http(server, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+  const std::string body = body_of(metrics);
+  CHECK(metrics.rfind("HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: " +
+                          std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n",
+                      0) == 0);
+  CHECK(body.back() == '\n');
+  const std::string head = http(server, "HEAD /metrics HTTP/1.0\r\n\r\n");
+  CHECK(head.rfind("HTTP/1.0 200 OK\r\n", 0) == 0);
+  CHECK(body_of(head).empty());
+  CHECK(head.find("Content-Length: 0\r\n") == std::string::npos);
+  CHECK(http(server, "GET /-/healthy HTTP/1.0\r\n\r\n") ==
+        "HTTP/1.0 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 19\r\nConnection: close\r\n\r\nHermes is Healthy.\n");
+  CHECK(body_of(http(server, "GET /-/ready HTTP/1.0\r\n\r\n")) == "Hermes is Ready.\n");
+  CHECK(body_of(http(server, "GET / HTTP/1.0\r\n\r\n")).find("/metrics") != std::string::npos);
+  CHECK(http(server, "GET /other HTTP/1.0\r\n\r\n").rfind("HTTP/1.0 404 Not Found\r\n", 0) == 0);
+  const std::string post = http(server, "POST /metrics HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc");
+  CHECK(post.rfind("HTTP/1.0 405 Method Not Allowed\r\n", 0) == 0);
+  CHECK(post.find("\r\nAllow: GET, HEAD\r\n") != std::string::npos);
+  CHECK(http(server, "BLAH\r\n\r\n").rfind("HTTP/1.0 400 Bad Request\r\n", 0) == 0);
+  CHECK(http(server, "GET / HTTP/3.0\r\n\r\n").rfind("HTTP/1.0 505 HTTP Version Not Supported\r\n", 0) == 0);
+  const std::string huge = "GET /metrics HTTP/1.0\r\nX-Fill: " + std::string(HERMES_MAX_REQUEST_HEAD, 'a') + "\r\n\r\n";
+  CHECK(http(server, huge).rfind("HTTP/1.0 431 Request Header Fields Too Large\r\n", 0) == 0);
+  const std::string counted = scrape(server);
+  CHECK(contains_line(counted, "hermes_http_requests_total{code=\"200\"} 5"));
+  CHECK(contains_line(counted, "hermes_http_requests_total{code=\"404\"} 1"));
+  CHECK(contains_line(counted, "hermes_http_requests_total{code=\"405\"} 1"));
+  CHECK(contains_line(counted, "hermes_http_requests_total{code=\"400\"} 1"));
+  CHECK(contains_line(counted, "hermes_http_requests_total{code=\"431\"} 1"));
+  CHECK(contains_line(counted, "hermes_http_requests_total{code=\"505\"} 1"));
+  CHECK(contains_line(counted, "hermes_http_requests_total{code=\"503\"} 0"));
+}
+
+TEST_CASE("a request head that arrives in pieces is answered once whole") {
+  hermes::Server server(test::sample_config(), test::loopback_options());
+  test::RawClient client(server.http_port());
+  for (const char *piece : {"GET /-/rea", "dy HTTP/1.0\r", "\nHost: x\r\n", "\r", "\n"}) {
+    client.send(piece);
+    for (int i = 0; i < 5; ++i) server.poll_once(1);
+  }
+  CHECK(body_of(client.finish(server)) == "Hermes is Ready.\n");
+}
+
+TEST_CASE("a slow client stalls neither UDP ingest nor other scrapes") {
+  hermes::Server server(test::sample_config(), test::loopback_options());
+  test::RawClient slow(server.http_port());
+  slow.send("GET /metr");
+  server.poll_once(1);
+  test::push(server, {R"({"metric_name": "sample_counter", "payload": {"labels": {"label_1": "during"}}})"});
+  CHECK(server.registry().value("sample_counter", {"during"}) == std::optional<double>(1));
+  CHECK(contains_line(scrape(server), "sample_counter{label_1=\"during\"} 1"));
+  slow.send("ics HTTP/1.0\r\n\r\n");
+  CHECK(contains_line(body_of(slow.finish(server)), "sample_counter{label_1=\"during\"} 1"));
+}
+
+TEST_CASE("when every connection is taken, the oldest idle one makes room") {
+  hermes::Server server(test::sample_config(), test::loopback_options());
+  std::vector<std::unique_ptr<test::RawClient>> idle;
+  for (int i = 0; i < HERMES_MAX_CONNECTIONS; ++i) {
+    idle.push_back(std::make_unique<test::RawClient>(server.http_port()));
+    server.poll_once(1);
+  }
+  for (int i = 0; i < 10; ++i) server.poll_once(1);
+  REQUIRE_FALSE(idle.front()->read_available());
+  CHECK(body_of(http(server, "GET /-/healthy HTTP/1.0\r\n\r\n")) == "Hermes is Healthy.\n");
+  CHECK(idle.front()->read_available()); // closed to make room
+  CHECK_FALSE(idle.back()->read_available());
+}
+
+TEST_CASE("the server logs where it listens, rejected samples at debug, and a warn summary") {
+  std::vector<std::string> log;
+  hermes::Server server(test::sample_config(), test::loopback_options(&log));
+  REQUIRE(log.size() == 1);
+  CHECK(log[0] == "level=info msg=\"hermes listening\" udp=127.0.0.1:" + std::to_string(server.udp_port()) +
+                      " http=127.0.0.1:" + std::to_string(server.http_port()) + " service=testing-service version=" HERMES_VERSION_STR);
+  test::push(server, {R"({"metric_name": "nope"})", R"({"metric_name": "nope"})"});
+  REQUIRE(log.size() == 4);
+  CHECK(log[1] == R"(level=debug msg="sample rejected" reason=unknown_metric count=1 datagram="{\"metric_name\": \"nope\"}")");
+  CHECK(log[2] == R"(level=warn msg="samples rejected" counts="unknown_metric=1")");
+  CHECK(log[3] == log[1]); // the second waits for the next summary
+  std::atomic<bool> stop{true};
+  server.run(stop);
+  REQUIRE(log.size() == 6);
+  CHECK(log[4] == R"(level=warn msg="samples rejected" counts="unknown_metric=1")");
+  CHECK(log[5] == R"(level=info msg="hermes stopped")");
+}
+
+TEST_CASE("a port in use is a SocketError naming the address and the system error") {
+  hermes::Server first(test::sample_config(), test::loopback_options());
+  hermes::Options options = test::loopback_options();
+  options.http_port = first.http_port();
+  CHECK_THROWS_WITH_AS(hermes::Server(test::sample_config(), options),
+                       ("bind http 127.0.0.1:" + std::to_string(first.http_port()) + ": Address already in use").c_str(),
+                       hermes::SocketError);
+  options = test::loopback_options();
+  options.udp_address = "not an address";
+  CHECK_THROWS_AS(hermes::Server(test::sample_config(), options), hermes::SocketError);
+}
+
+TEST_CASE("IPv6 loopback works and is shown in brackets") {
+  hermes::Options options = test::loopback_options();
+  options.udp_address = "::1";
+  options.http_address = "[::1]";
+  std::unique_ptr<hermes::Server> server;
+  try {
+    server = std::make_unique<hermes::Server>(test::sample_config(), options);
+  } catch (const hermes::SocketError &error) {
+    FAIL("IPv6 loopback is not available here: " << error.what());
+  }
+  CHECK(server->udp_endpoint() == "[::1]:" + std::to_string(server->udp_port()));
+  CHECK(server->http_endpoint() == "[::1]:" + std::to_string(server->http_port()));
+  hermes::Client client("::1", server->udp_port());
+  REQUIRE(client.increment_counter("sample_counter", {{"label_1", "v6"}}));
+  REQUIRE(test::pump_until(*server, [&] { return server->stats().udp_packets == 1; }));
+  CHECK(server->registry().value("sample_counter", {"v6"}) == std::optional<double>(1));
+}
+
+TEST_CASE("the Client sends every kind of sample the server accepts") {
+  hermes::Server server(test::sample_config(), test::loopback_options());
+  hermes::Client client("127.0.0.1", server.udp_port());
+  const hermes::Labels gauge_labels = {{"label_1", "a \"quoted\"\n"}, {"label_2", "b\\"}};
+  CHECK(client.increment_counter("sample_counter", {{"label_1", "c"}}));
+  CHECK(client.increment_counter("sample_counter", {{"label_1", "c"}}, 2.5));
+  CHECK(client.set_gauge("sample_gauge", gauge_labels, 10));
+  CHECK(client.increment_gauge("sample_gauge", gauge_labels, 5));
+  CHECK(client.decrement_gauge("sample_gauge", gauge_labels));
+  CHECK_FALSE(client.set_gauge("sample_gauge", gauge_labels, std::nan("")));
+  REQUIRE(test::pump_until(server, [&] { return server.stats().udp_packets == 5; }));
+  CHECK(server.registry().accepted() == 5);
+  CHECK(server.registry().value("sample_counter", {"c"}) == std::optional<double>(3.5));
+  CHECK(server.registry().value("sample_gauge", {"a \"quoted\"\n", "b\\"}) == std::optional<double>(14));
+}
+
+TEST_CASE("run() returns soon after stop is set from another thread") {
+  hermes::Server server(test::sample_config(), test::loopback_options());
+  std::atomic<bool> stop{false};
+  const auto started = std::chrono::steady_clock::now();
+  std::thread runner([&] { server.run(stop); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  stop = true;
+  runner.join();
+  CHECK(std::chrono::steady_clock::now() - started < std::chrono::milliseconds(50 + 2 * HERMES_POLL_INTERVAL_MS));
+}
