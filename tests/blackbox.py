@@ -1,0 +1,385 @@
+#!/usr/bin/env python3
+"""Black-box tests of the built hermes binary: start it on loopback port 0 with a
+temporary config, push real datagrams, scrape, signal it, and read its exit codes.
+
+usage: blackbox.py PATH_TO_HERMES
+Ends with the line "blackbox: N passed, N failed".
+"""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+HERMES = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "./hermes")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = []
+
+SAMPLE_CONFIG = {
+    "service_name": "testing-service",
+    "gauges": [{"metric_name": "sample_gauge", "metric_description": "gauges are awesome",
+                "labels": ["label_1", "label_2"]}],
+    "counters": [{"metric_name": "sample_counter", "metric_description": "counters are awesome too",
+                  "labels": ["label_1"]},
+                 {"metric_name": "plain_counter"}],
+}
+
+
+def test(function):
+    TESTS.append(function)
+    return function
+
+
+def write_config(content):
+    handle, path = tempfile.mkstemp(prefix="hermes-", suffix=".json")
+    with os.fdopen(handle, "w") as file:
+        file.write(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+def clean_env(**extra):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("HERMES_") and k not in ("LISTEN_ADDRESS", "LISTEN_PORT", "LOG_LEVEL", "CONFIG_FILE_PATH")}
+    env.update(extra)
+    return env
+
+
+class Hermes:
+    """A running hermes on loopback, ports chosen by the kernel."""
+
+    def __init__(self, config=None, env=None, args=None, address="127.0.0.1"):
+        self.config_path = write_config(config or SAMPLE_CONFIG)
+        base = {"HERMES_UDP_ADDRESS": address, "HERMES_HTTP_ADDRESS": address,
+                "HERMES_UDP_PORT": "0", "HERMES_HTTP_PORT": "0"}
+        base.update(env or {})
+        command = [HERMES] + (args if args is not None else [self.config_path])
+        self.process = subprocess.Popen(command, env=clean_env(**base), stderr=subprocess.PIPE, text=True)
+        self.log = []
+        line = self.read_log_line()
+        match = re.search(r" udp=(\S+):(\d+) http=(\S+):(\d+) ", line)
+        assert match, f"no listening line, got {line!r}"
+        self.udp_host, self.udp_port = match.group(1).strip("[]"), int(match.group(2))
+        self.http_host, self.http_port = match.group(3).strip("[]"), int(match.group(4))
+
+    def read_log_line(self):
+        line = self.process.stderr.readline()
+        self.log.append(line)
+        return line
+
+    def push(self, *datagrams):
+        """Sends datagrams and waits until hermes has counted them all."""
+        before = self.metric("hermes_udp_packets_total")
+        family = socket.AF_INET6 if ":" in self.udp_host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            for datagram in datagrams:
+                sock.sendto(datagram if isinstance(datagram, bytes) else datagram.encode(), (self.udp_host, self.udp_port))
+        self.wait_for("hermes_udp_packets_total", before + len(datagrams))
+
+    def request(self, raw):
+        family = socket.AF_INET6 if ":" in self.http_host else socket.AF_INET
+        with socket.create_connection((self.http_host, self.http_port), timeout=5) as sock:
+            sock.sendall(raw if isinstance(raw, bytes) else raw.encode())
+            chunks = []
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8")
+
+    def scrape(self):
+        response = self.request("GET /metrics HTTP/1.0\r\n\r\n")
+        head, _, body = response.partition("\r\n\r\n")
+        assert head.startswith("HTTP/1.0 200 OK\r\n"), head
+        return body
+
+    def metric(self, series):
+        for line in self.scrape().splitlines():
+            if line.startswith(series + " "):
+                return float(line[len(series) + 1:])
+        return None
+
+    def wait_for(self, series, value, seconds=3):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.metric(series) == value:
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"{series} is {self.metric(series)}, expected {value}")
+
+    def stop(self, sig=signal.SIGTERM):
+        """Signals hermes; returns its exit code and the seconds it took."""
+        started = time.monotonic()
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout=5)
+        self.log.extend(self.process.stderr.readlines())
+        return code, time.monotonic() - started
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process.stderr.close()
+        os.unlink(self.config_path)
+
+
+def run_hermes(args, env=None, timeout=5):
+    result = subprocess.run([HERMES] + args, env=clean_env(**(env or {})), capture_output=True, text=True, timeout=timeout)
+    return result.returncode, result.stdout, result.stderr
+
+
+def check_equal(actual, expected, what=""):
+    assert actual == expected, f"{what}: expected {expected!r}, got {actual!r}"
+
+
+# ---- tests ----------------------------------------------------------------------------------
+
+@test
+def every_datagram_kind_is_applied_exactly(hermes):
+    hermes.push(
+        '{"metric_name": "sample_counter", "payload": {"labels": {"label_1": "testing label 1"}}}',
+        '{"metric_name":"sample_counter","payload":{"labels":{"label_1":"testing label 1"}}}',
+        '{"metric_name": "sample_counter", "payload": {"labels": {"label_1": "x"}, "value": 2.5}}',
+        '{"metric_name": "plain_counter"}',
+        '{"metric_name":"plain_counter","payload":{"labels":null}}',
+        '{"metric_name": "sample_gauge", "payload": {"labels": {"label_1": "a", "label_2": "b"}, "value": 65.4}}',
+        '{"metric_name": "sample_gauge", "payload": {"operation": "increment", "labels": {"label_1": "a", "label_2": "b"}, "value": null}}',
+        '{"metric_name":"sample_gauge","payload":{"operation":"decrement","value":null,"labels":{"label_1":"c","label_2":"d"}}}',
+        '{"metric_name":"sample_gauge","payload":{"operation":"set","value":-3e-7,"labels":{"label_1":"e","label_2":"f"}}}',
+        '[{"metric_name": "plain_counter", "payload": {"value": 10}}, {"metric_name": "plain_counter"}]',
+    )
+    body = hermes.scrape()
+    for line in ('sample_counter{label_1="testing label 1"} 2', 'sample_counter{label_1="x"} 2.5', "plain_counter 13",
+                 'sample_gauge{label_1="a",label_2="b"} 66.4', 'sample_gauge{label_1="c",label_2="d"} -1',
+                 'sample_gauge{label_1="e",label_2="f"} -3e-07', "hermes_samples_accepted_total 11", "hermes_series 6",
+                 "hermes_udp_packets_total 10"):
+        assert line in body.splitlines(), f"missing {line!r} in\n{body}"
+
+
+@test
+def every_reject_reason_is_counted(hermes):
+    hermes.push(
+        "{not json",
+        '{"metric": "sample_counter"}',
+        '{"metric_name": "missing_metric"}',
+        '{"metric_name": "sample_counter", "payload": {"labels": {"label_9": "x"}}}',
+        b'{"metric_name": "sample_counter", "payload": {"labels": {"label_1": "\xff\xfe"}}}',
+        '{"metric_name": "plain_counter", "payload": {"value": -1}}',
+        '{"metric_name": "sample_gauge", "payload": {"labels": {"label_1": "a", "label_2": "b"}, "operation": "reset"}}',
+        "[" + " " * 9000 + "]",
+        '{"metric_name": "plain_counter", "payload": {"value": 1}}',
+    )
+    body = hermes.scrape().splitlines()
+    for reason in ("malformed_json", "malformed_sample", "unknown_metric", "label_mismatch", "invalid_label_value",
+                   "invalid_value", "invalid_operation", "too_large"):
+        assert f'hermes_samples_rejected_total{{reason="{reason}"}} 1' in body, f"{reason} not counted once"
+    assert "plain_counter 1" in body
+    assert "hermes_samples_accepted_total 1" in body
+
+
+@test
+def the_example_script_pushes_the_sample_metrics(hermes):
+    subprocess.run([sys.executable, os.path.join(ROOT, "example", "send_metric.py"), "127.0.0.1", str(hermes.udp_port)],
+                   check=True, capture_output=True)
+    hermes.wait_for("hermes_udp_packets_total", 2)
+    body = hermes.scrape().splitlines()
+    assert 'sample_counter{label_1="testing label 1"} 1' in body
+    assert 'sample_gauge{label_1="testing label 1",label_2="testing label 2"} 67.4' in body
+
+
+@test
+def http_answers(hermes):
+    metrics = hermes.request("GET /metrics?x=1 HTTP/1.1\r\nHost: h\r\n\r\n")
+    head, _, body = metrics.partition("\r\n\r\n")
+    check_equal(head, "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+                      f"Content-Length: {len(body.encode())}\r\nConnection: close", "GET /metrics")
+    check_equal(hermes.request("HEAD /metrics HTTP/1.0\r\n\r\n").partition("\r\n\r\n")[2], "", "HEAD body")
+    check_equal(hermes.request("GET /-/healthy HTTP/1.0\r\n\r\n").partition("\r\n\r\n")[2], "Hermes is Healthy.\n")
+    check_equal(hermes.request("GET /-/ready HTTP/1.0\r\n\r\n").partition("\r\n\r\n")[2], "Hermes is Ready.\n")
+    assert "/metrics" in hermes.request("GET / HTTP/1.0\r\n\r\n")
+    assert hermes.request("GET /nope HTTP/1.0\r\n\r\n").startswith("HTTP/1.0 404 Not Found\r\n")
+    answer = hermes.request("PUT /metrics HTTP/1.0\r\n\r\n")
+    assert answer.startswith("HTTP/1.0 405 Method Not Allowed\r\n") and "\r\nAllow: GET, HEAD\r\n" in answer, answer
+    assert hermes.request("garbage\r\n\r\n").startswith("HTTP/1.0 400 Bad Request\r\n")
+    huge = "GET / HTTP/1.0\r\nX: " + "a" * 9000 + "\r\n\r\n"
+    assert hermes.request(huge).startswith("HTTP/1.0 431 Request Header Fields Too Large\r\n")
+    body = hermes.scrape().splitlines()
+    for code, count in (("200", 5), ("404", 1), ("405", 1), ("400", 1), ("431", 1)):
+        assert f'hermes_http_requests_total{{code="{code}"}} {count}' in body, f"code {code} not {count}"
+
+
+@test
+def a_silent_client_is_closed_and_stalls_nothing(hermes):
+    with socket.create_connection((hermes.http_host, hermes.http_port)) as silent:
+        silent.sendall(b"GET /metr")
+        started = time.monotonic()
+        hermes.push('{"metric_name": "plain_counter"}')
+        assert "plain_counter 1" in hermes.scrape().splitlines()
+        silent.settimeout(10)
+        check_equal(silent.recv(100), b"", "a silent client's connection")
+        waited = time.monotonic() - started
+        assert 4 < waited < 7, f"closed after {waited:.1f}s, expected the 5s read timeout"
+
+
+@test
+def sigterm_and_sigint_exit_0_within_a_second(hermes):
+    hermes.push('{"metric_name": "plain_counter"}')
+    code, took = hermes.stop(signal.SIGTERM)
+    check_equal(code, 0, "exit code after SIGTERM")
+    assert took < 1, f"took {took:.2f}s"
+    assert 'level=info msg="hermes stopped"' in "".join(hermes.log)
+    other = Hermes()
+    try:
+        code, took = other.stop(signal.SIGINT)
+        check_equal(code, 0, "exit code after SIGINT")
+        assert took < 1, f"took {took:.2f}s"
+    finally:
+        other.close()
+
+
+@test
+def the_listening_line_names_actual_addresses(hermes):
+    line = hermes.log[0]
+    assert line.startswith('level=info msg="hermes listening" udp=127.0.0.1:'), line
+    assert f"udp=127.0.0.1:{hermes.udp_port} http=127.0.0.1:{hermes.http_port} service=testing-service" in line, line
+    assert hermes.udp_port != 0 and hermes.http_port != 0
+    v6 = Hermes(address="::1")
+    try:
+        assert f"udp=[::1]:{v6.udp_port} http=[::1]:{v6.http_port}" in v6.log[0], v6.log[0]
+        v6.push('{"metric_name": "plain_counter"}')
+        assert "plain_counter 1" in v6.scrape().splitlines()
+    finally:
+        v6.close()
+
+
+@test
+def debug_logging_names_each_reject_reason(hermes):
+    debug = Hermes(env={"LOG_LEVEL": "DEBUG"})
+    try:
+        debug.push('{"metric_name": "nope"}')
+        line = debug.read_log_line()
+        check_equal(line.strip(), 'level=debug msg="sample rejected" reason=unknown_metric count=1 '
+                                  'datagram="{\\"metric_name\\": \\"nope\\"}"', "debug line")
+        check_equal(debug.read_log_line().strip(), 'level=warn msg="samples rejected" counts="unknown_metric=1"', "warn")
+    finally:
+        debug.close()
+
+
+@test
+def config_errors_stop_start_up_with_exit_2(hermes):
+    cases = [
+        ('{"service_name": "s",\n "counters": [{"metric_name": "ok"}, {"metric_name": "bad-name"}]}',
+         ': counters[1].metric_name: "bad-name" is not a valid metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)'),
+        ('{"service_name": "s",\n "gauges": [\n', ": not valid JSON: syntax error at line 3 near: "),
+        ('{"gauges": []}', ": service_name: missing: every config names its service"),
+        ('{"service_name": "s", "counters": [{"metric_name": "c", "lables": []}]}',
+         ": counters[0].lables: unknown key (expected one of: metric_name, metric_description, labels)"),
+    ]
+    for content, message in cases:
+        path = write_config(content)
+        try:
+            code, out, err = run_hermes([path])
+            check_equal(code, 2, f"exit code for {content!r}")
+            check_equal(err, f"hermes: {path}{message}\n", "message")
+            code, out, err = run_hermes(["--check-config", path])
+            check_equal(code, 2, "--check-config exit code")
+            check_equal(err, f"hermes: {path}{message}\n", "--check-config message")
+        finally:
+            os.unlink(path)
+    code, _, err = run_hermes(["/nonexistent/config.json"])
+    check_equal((code, err), (2, "hermes: /nonexistent/config.json: cannot open: No such file or directory\n"))
+
+
+@test
+def check_config_version_help_and_usage(hermes):
+    code, out, err = run_hermes(["--check-config", hermes.config_path])
+    check_equal((code, out, err), (0, f"{hermes.config_path}: ok, 3 metrics\n", ""))
+    code, out, _ = run_hermes(["--version"])
+    assert code == 0 and re.fullmatch(r"hermes \d+\.\d+\.\d+\n", out), out
+    code, out, _ = run_hermes(["--help"])
+    assert code == 0 and out.startswith("usage: hermes [--check-config]"), out
+    code, _, err = run_hermes(["--frobnicate"])
+    check_equal((code, err), (2, "hermes: unknown option --frobnicate (see hermes --help)\n"))
+    code, _, err = run_hermes(["a.json", "b.json"])
+    check_equal((code, err), (2, "hermes: more than one config path: a.json and b.json\n"))
+
+
+@test
+def bad_environment_values_exit_2_naming_the_variable(hermes):
+    for name, value, message in (("HERMES_UDP_PORT", "abc", "is not a port number (0-65535)"),
+                                 ("LISTEN_PORT", "70000", "is not a port number (0-65535)"),
+                                 ("HERMES_HTTP_PORT", "-5", "is not a port number (0-65535)"),
+                                 ("HERMES_LOG_LEVEL", "chatty", "is not a log level (debug, info, warn, error)")):
+        code, _, err = run_hermes([hermes.config_path], env={name: value})
+        check_equal((code, err), (2, f'hermes: {name}: "{value}" {message}\n'), name)
+
+
+@test
+def a_port_in_use_exits_1_naming_address_and_error(hermes):
+    code, _, err = run_hermes([hermes.config_path], env={"HERMES_HTTP_ADDRESS": "127.0.0.1",
+                                                         "HERMES_HTTP_PORT": str(hermes.http_port), "HERMES_UDP_PORT": "0"})
+    check_equal((code, err), (1, f"hermes: bind http 127.0.0.1:{hermes.http_port}: Address already in use\n"))
+    code, _, err = run_hermes([hermes.config_path], env={"HERMES_UDP_ADDRESS": "127.0.0.1",
+                                                         "HERMES_UDP_PORT": str(hermes.udp_port), "HERMES_HTTP_PORT": "0"})
+    check_equal((code, err), (1, f"hermes: bind udp 127.0.0.1:{hermes.udp_port}: Address already in use\n"))
+
+
+@test
+def the_original_environment_names_and_config_keys_work(hermes):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        free_port = probe.getsockname()[1]
+    config = dict(SAMPLE_CONFIG, listen_address="127.0.0.1", listen_port=free_port)
+    path = write_config(config)
+    env = {"CONFIG_FILE_PATH": path, "HERMES_HTTP_ADDRESS": "127.0.0.1", "HERMES_HTTP_PORT": "0"}
+    process = subprocess.Popen([HERMES], env=clean_env(**env), stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stderr.readline()
+        assert f"udp=127.0.0.1:{free_port} " in line, line
+    finally:
+        process.terminate()
+        check_equal(process.wait(timeout=5), 0, "exit code")
+        process.stderr.close()
+    env = {"CONFIG_FILE_PATH": path, "LISTEN_ADDRESS": "127.0.0.1", "LISTEN_PORT": "0",
+           "HERMES_HTTP_ADDRESS": "127.0.0.1", "HERMES_HTTP_PORT": "0"}
+    process = subprocess.Popen([HERMES], env=clean_env(**env), stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stderr.readline()
+        assert "udp=127.0.0.1:" in line and f"udp=127.0.0.1:{free_port} " not in line, line
+    finally:
+        process.terminate()
+        check_equal(process.wait(timeout=5), 0, "exit code")
+        process.stderr.close()
+        os.unlink(path)
+
+
+def main():
+    if not os.access(HERMES, os.X_OK):
+        print(f"blackbox: {HERMES} is not an executable; build it first", file=sys.stderr)
+        print("blackbox: 0 passed, 1 failed")
+        return 1
+    passed = failed = 0
+    for function in TESTS:
+        hermes = None
+        try:
+            hermes = Hermes()
+            function(hermes)
+            passed += 1
+            print(f"ok   {function.__name__}")
+        except Exception:  # a failed assertion or a crash both count as a failure
+            failed += 1
+            print(f"FAIL {function.__name__}\n{traceback.format_exc()}")
+        finally:
+            if hermes:
+                hermes.close()
+    print(f"blackbox: {passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
