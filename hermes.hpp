@@ -1711,15 +1711,21 @@ inline void Server::Impl::poll_once(int timeout_ms) {
   log_reject_summary(now, false);
 }
 
+// How long poll() may sleep: the caller's timeout (negative: no limit), or less when a
+// connection deadline, the end of an accept pause or the next reject summary falls due.
 inline int Server::Impl::poll_timeout(int timeout_ms, Clock::time_point now) const {
-  Clock::time_point wake = now + std::chrono::milliseconds(std::max(timeout_ms, 0));
-  for (const auto &connection : connections) wake = std::min(wake, connection->deadline);
-  if (accept_paused_until > now) wake = std::min(wake, accept_paused_until);
-  const auto pending = std::any_of(pending_rejects.begin(), pending_rejects.end(), [](std::uint64_t n) { return n > 0; });
-  if (pending) wake = std::min(wake, next_reject_log);
-  if (timeout_ms < 0 && connections.empty() && !pending && accept_paused_until <= now) return -1;
-  const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now).count();
-  return static_cast<int>(std::max<std::int64_t>(wait, 0) + (wake > now ? 1 : 0)); // round up: wake after, not before
+  std::optional<Clock::time_point> due;
+  const auto consider = [&due](Clock::time_point when) {
+    if (!due || when < *due) due = when;
+  };
+  for (const auto &connection : connections) consider(connection->deadline);
+  if (accept_paused_until > now) consider(accept_paused_until);
+  if (std::any_of(pending_rejects.begin(), pending_rejects.end(), [](std::uint64_t n) { return n > 0; }))
+    consider(next_reject_log);
+  if (!due) return timeout_ms;
+  const auto until_due = std::chrono::ceil<std::chrono::milliseconds>(*due - now).count();
+  const int wait = static_cast<int>(std::clamp<std::int64_t>(until_due, 0, INT32_MAX));
+  return timeout_ms < 0 ? wait : std::min(timeout_ms, wait);
 }
 
 // ----- UDP ingest --------------------------------------------------------------------------

@@ -2,31 +2,33 @@
 # run.sh - runs every test suite and ends with one line "N passed, N failed" over all
 # of them. Exits non-zero when anything failed or a suite could not run.
 cd "$(dirname "$0")/.." || exit 1
+mkdir -p build
 passed=0
 failed=0
 
-# doctest: its summary line reads "[doctest] test cases: T | P passed | F failed | ...".
+# add_counts SUITE PASSED FAILED: adds a suite's counts; empty ones mean it never finished.
+add_counts() {
+  if [ -z "$2" ] || [ -z "$3" ]; then
+    echo "$1: no summary line; it did not run to the end" >&2
+    failed=$((failed + 1))
+  else
+    passed=$((passed + $2))
+    failed=$((failed + $3))
+  fi
+}
+
+# doctest closes with "[doctest] test cases: T | P passed | F failed | S skipped".
 build/unit_tests --no-intro=true 2>&1 | tee build/unit_tests.log
 line=$(grep '^\[doctest\] test cases:' build/unit_tests.log | tail -n 1)
-if [ -z "$line" ]; then
-  echo "unit tests: no summary line; they did not run to the end" >&2
-  failed=$((failed + 1))
-else
-  passed=$((passed + $(echo "$line" | sed -E 's/.*\| *([0-9]+) passed.*/\1/')))
-  failed=$((failed + $(echo "$line" | sed -E 's/.*\| *([0-9]+) failed.*/\1/')))
-fi
+add_counts unit_tests "$(echo "$line" | sed -nE 's/.*\| *([0-9]+) passed.*/\1/p')" \
+  "$(echo "$line" | sed -nE 's/.*\| *([0-9]+) failed.*/\1/p')"
 
-# Python suites print "suite: N passed, N failed" as their last line.
+# The Python suites close with "NAME: P passed, F failed".
 for suite in tests/blackbox.py; do
   python3 "$suite" ./hermes 2>&1 | tee build/suite.log
   line=$(grep -E '^[a-z_-]+: [0-9]+ passed, [0-9]+ failed$' build/suite.log | tail -n 1)
-  if [ -z "$line" ]; then
-    echo "$suite: no summary line; it did not run to the end" >&2
-    failed=$((failed + 1))
-  else
-    passed=$((passed + $(echo "$line" | sed -E 's/.*: ([0-9]+) passed.*/\1/')))
-    failed=$((failed + $(echo "$line" | sed -E 's/.* ([0-9]+) failed$/\1/')))
-  fi
+  add_counts "$suite" "$(echo "$line" | sed -nE 's/.*: ([0-9]+) passed.*/\1/p')" \
+    "$(echo "$line" | sed -nE 's/.* ([0-9]+) failed$/\1/p')"
 done
 
 echo "$passed passed, $failed failed"
