@@ -36,7 +36,7 @@ deps:
 	@tests/ensure.sh header:picojson.h:picojson-dev
 
 test-deps: deps
-	@tests/ensure.sh header:doctest/doctest.h:doctest-dev command:python3:python3
+	@tests/ensure.sh header:doctest/doctest.h:doctest-dev command:python3:python3 command:promtool:prometheus command:prometheus:prometheus
 
 clean:
 	rm -rf hermes $(BUILD)

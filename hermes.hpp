@@ -211,6 +211,9 @@ struct Config {
 inline Config parse_config(std::string_view json, const std::string &origin);
 // Reads, parses and validates a config file. Throws ConfigError.
 inline Config load_config(const std::string &path);
+// Naming advice that `promtool check metrics` would give on the configured metrics, as
+// "name: problem" lines; advice, not errors.
+inline std::vector<std::string> lint_config(const Config &config);
 
 // ===== PUBLIC API: OPTIONS ================================================================
 
@@ -218,6 +221,7 @@ enum class LogLevel { debug, info, warn, error };
 inline const char *to_string(LogLevel level);
 inline std::optional<LogLevel> parse_log_level(std::string_view text); // any case
 inline std::optional<std::uint16_t> parse_port(std::string_view text); // decimal 0..65535
+inline std::optional<bool> parse_switch(std::string_view text);        // on/off, true/false, yes/no, 1/0
 
 // Receives each log line (logfmt, no newline). Empty: lines go to stderr.
 using LogSink = std::function<void(const std::string &line)>;
@@ -228,6 +232,7 @@ struct Options {
   std::string http_address = "0.0.0.0";
   std::uint16_t http_port = 8080;
   LogLevel log_level = LogLevel::info;
+  bool openmetrics = true; // serve OpenMetrics to scrapers that prefer it
   LogSink log_sink;
 };
 
@@ -236,7 +241,7 @@ using Environment = std::function<const char *(const char *name)>;
 
 // Options from the environment over the config file's listen_* keys over the defaults:
 // HERMES_UDP_ADDRESS (or LISTEN_ADDRESS), HERMES_UDP_PORT (or LISTEN_PORT),
-// HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (or LOG_LEVEL).
+// HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (or LOG_LEVEL), HERMES_OPENMETRICS.
 // An empty variable counts as unset. Throws UsageError naming a bad variable.
 inline Options options_from_environment(const Config &config, const Environment &env);
 
@@ -256,6 +261,9 @@ enum class Reject {
 constexpr std::size_t reject_reason_count = 8;
 inline const char *to_string(Reject reason);
 
+// Seconds since the epoch, as the timestamps of /metrics count them.
+inline double wall_clock_seconds();
+
 // What one datagram did: samples applied, and samples rejected by reason.
 struct IngestResult {
   std::size_t accepted = 0;
@@ -270,6 +278,7 @@ struct Metric;
 }
 
 struct ServerStats;
+enum class Format;
 
 // The metrics of a config and their series. Not thread-safe: one owner applies and renders.
 class Registry {
@@ -279,8 +288,9 @@ public:
   Registry &operator=(Registry &&) noexcept;
   ~Registry();
 
-  // Parses one datagram and applies every sample in it. Never throws on bad input.
-  IngestResult ingest(std::string_view datagram);
+  // Parses one datagram and applies every sample in it, at `now_seconds` since the epoch.
+  // Never throws on bad input.
+  IngestResult ingest(std::string_view datagram, double now_seconds = wall_clock_seconds());
   // Counts a datagram rejected before parsing, such as one that was too large.
   void count_rejected(Reject reason);
 
@@ -292,8 +302,8 @@ public:
   std::uint64_t rejected(Reject reason) const { return rejected_[static_cast<std::size_t>(reason)]; }
 
 private:
-  friend std::string render_metrics(const Registry &registry, const ServerStats &stats);
-  std::optional<Reject> apply(const picojson::value &sample);
+  friend std::string render_metrics(const Registry &registry, const ServerStats &stats, Format format);
+  std::optional<Reject> apply(const picojson::value &sample, double now_seconds);
   detail::Metric *find(std::string_view name);
   const detail::Metric *find(std::string_view name) const;
 
@@ -325,8 +335,20 @@ struct ServerStats {
   ServerStats();
 };
 
-// The /metrics body in Prometheus text format 0.0.4: every family once, sorted by name.
-inline std::string render_metrics(const Registry &registry, const ServerStats &stats);
+// The two exposition formats /metrics speaks.
+enum class Format {
+  text,        // Prometheus text format 0.0.4
+  openmetrics, // OpenMetrics 1.0.0: counters named *_total become a family without the
+               // suffix and gain *_created; other counters are typed unknown, as
+               // Prometheus' Go client does; the body ends with # EOF
+};
+inline const char *content_type(Format format);
+
+// The format an Accept header prefers: OpenMetrics only when it ranks above text.
+inline Format negotiate_format(std::string_view accept);
+
+// The /metrics body: every family once, sorted by configured name.
+inline std::string render_metrics(const Registry &registry, const ServerStats &stats, Format format = Format::text);
 
 // ===== PUBLIC API: SERVER =================================================================
 
@@ -350,7 +372,7 @@ public:
   std::string http_endpoint() const;
   const Registry &registry() const;
   const ServerStats &stats() const;
-  std::string render(); // the /metrics body as of now
+  std::string render(Format format = Format::text); // the /metrics body as of now
 
 private:
   struct Impl;
@@ -401,9 +423,14 @@ struct LabelValuesLess {
   }
 };
 
+struct Series {
+  double value = 0;
+  double created = 0; // seconds since the epoch of the push that made it; 0 when made at start
+};
+
 struct Metric {
   MetricConfig config;
-  std::map<std::vector<std::string>, double, LabelValuesLess> series;
+  std::map<std::vector<std::string>, Series, LabelValuesLess> series;
 };
 
 } // namespace detail
@@ -461,6 +488,10 @@ inline bool is_label_name(std::string_view name) {
 
 inline bool starts_with(std::string_view text, std::string_view prefix) {
   return text.substr(0, prefix.size()) == prefix;
+}
+
+inline bool ends_with(std::string_view text, std::string_view suffix) {
+  return text.size() >= suffix.size() && text.substr(text.size() - suffix.size()) == suffix;
 }
 
 inline std::string lowercase(std::string_view text) {
@@ -621,6 +652,7 @@ public:
     read_metrics(top, "counters", MetricType::counter, config.metrics);
     if (const auto *address = member(top, "listen_address")) config.listen_address = string_at(*address, "listen_address");
     if (const auto *port = member(top, "listen_port")) config.listen_port = port_at(*port, "listen_port");
+    check_openmetrics_names(config.metrics);
     return config;
   }
 
@@ -721,6 +753,19 @@ private:
     return names;
   }
 
+  // In OpenMetrics a counter X_total is the family X with the series X_total and
+  // X_created, so no other metric may be called X or X_created.
+  void check_openmetrics_names(const std::vector<MetricConfig> &metrics) const {
+    for (const MetricConfig &counter : metrics) {
+      if (counter.type != MetricType::counter || !ends_with(counter.name, "_total")) continue;
+      const std::string family = counter.name.substr(0, counter.name.size() - 6);
+      for (const MetricConfig &other : metrics)
+        if (other.name == family || other.name == family + "_created")
+          fail("", "\"" + other.name + "\" collides with counter \"" + counter.name +
+                       "\": in OpenMetrics that counter is the family " + family + " with the series " + family + "_created");
+    }
+  }
+
   void check_unique(const std::string &name, const std::string &place) {
     if (std::find(seen_names_.begin(), seen_names_.end(), name) != seen_names_.end())
       fail(place, "\"" + name + "\" is defined twice");
@@ -730,6 +775,68 @@ private:
   std::string origin_;
   std::vector<std::string> seen_names_;
 };
+
+// The unit a name part stands for, with the base unit promtool asks for instead.
+inline std::optional<std::pair<std::string, std::string>> unit_in(std::string_view part) {
+  static constexpr std::pair<const char *, const char *> units[] = {
+      {"amperes", "amperes"}, {"bytes", "bytes"},     {"celsius", "celsius"}, {"grams", "grams"},     {"joules", "joules"},
+      {"kelvin", "kelvin"},   {"meters", "meters"},   {"metres", "metres"},   {"seconds", "seconds"}, {"volts", "volts"},
+      {"minutes", "seconds"}, {"hours", "seconds"},   {"days", "seconds"},    {"weeks", "seconds"},   {"kelvins", "kelvin"},
+      {"fahrenheit", "celsius"}, {"rankine", "celsius"}, {"inches", "meters"}, {"yards", "meters"}, {"miles", "meters"},
+      {"bits", "bytes"},      {"calories", "joules"}, {"pounds", "grams"},    {"ounces", "grams"}};
+  static constexpr const char *prefixes[] = {"", "pico", "nano", "micro", "milli", "centi", "deci", "deca", "hecto", "kilo",
+                                             "kibi", "mega", "mibi", "giga", "gibi", "tera", "tebi", "peta", "pebi"};
+  for (const char *prefix : prefixes) {
+    if (!starts_with(part, prefix)) continue;
+    for (const auto &unit : units)
+      if (part.substr(std::strlen(prefix)) == unit.first) return std::make_pair(std::string(part), std::string(unit.second));
+  }
+  return std::nullopt;
+}
+
+// Whether a name has `word` as a whole _-separated part in the middle or at the end.
+inline bool has_part(std::string_view name, std::string_view word) {
+  const std::string middle = "_" + std::string(word) + "_";
+  return name.find(middle) != std::string_view::npos || ends_with(name, "_" + std::string(word));
+}
+
+inline bool is_camel_case(std::string_view name) {
+  for (std::size_t i = 1; i < name.size(); ++i)
+    if (std::islower(static_cast<unsigned char>(name[i - 1])) && std::isupper(static_cast<unsigned char>(name[i]))) return true;
+  return false;
+}
+
+inline std::vector<std::string> lint_names(const MetricConfig &metric) {
+  std::vector<std::string> problems;
+  const std::string &name = metric.name;
+  const std::string lower = lowercase(name);
+  const bool counter = metric.type == MetricType::counter;
+  if (metric.help.empty()) problems.push_back("no help text");
+  std::istringstream parts(name);
+  for (std::string part; std::getline(parts, part, '_');) {
+    if (const auto unit = unit_in(part)) {
+      if (unit->first != unit->second) problems.push_back("use base unit \"" + unit->second + "\" instead of \"" + unit->first + "\"");
+      break;
+    }
+  }
+  if (counter && !ends_with(name, "_total")) problems.push_back("counter metrics should have \"_total\" suffix");
+  if (!counter && ends_with(name, "_total")) problems.push_back("non-counter metrics should not have \"_total\" suffix");
+  if (ends_with(name, "_bucket")) problems.push_back("non-histogram metrics should not have \"_bucket\" suffix");
+  if (ends_with(name, "_count")) problems.push_back("non-histogram and non-summary metrics should not have \"_count\" suffix");
+  if (ends_with(name, "_sum")) problems.push_back("non-histogram and non-summary metrics should not have \"_sum\" suffix");
+  for (const char *type : {"counter", "gauge", "histogram", "summary"})
+    if (has_part(lower, type)) problems.push_back(std::string("metric name should not include type '") + type + "'");
+  if (name.find(':') != std::string::npos) problems.push_back("metric names should not contain ':'");
+  if (is_camel_case(name)) problems.push_back("metric names should be written in 'snake_case' not 'camelCase'");
+  for (const std::string &label : metric.labels) {
+    if (is_camel_case(label)) problems.push_back("label names should be written in 'snake_case' not 'camelCase'");
+    if (label == "le") problems.push_back("non-histogram metrics should not have \"le\" label");
+    if (label == "quantile") problems.push_back("non-summary metrics should not have \"quantile\" label");
+  }
+  for (const char *abbreviation : {"s", "ms", "us", "ns", "sec", "b", "kb", "mb", "gb", "tb", "pb", "m", "h", "d"})
+    if (has_part(lower, abbreviation)) problems.push_back("metric names should not contain abbreviated units");
+  return problems;
+}
 
 } // namespace detail
 } // namespace hermes
@@ -1009,8 +1116,6 @@ inline HttpResponse error_response(int status) {
   return response;
 }
 
-constexpr const char *metrics_content_type = "text/plain; version=0.0.4; charset=utf-8";
-
 inline const char *index_page() {
   return "Hermes " HERMES_VERSION_STR ", a push gateway for Prometheus metrics.\n\n"
          "/metrics     the metrics, in Prometheus text format\n"
@@ -1018,15 +1123,23 @@ inline const char *index_page() {
          "/-/ready     200 while it accepts samples\n";
 }
 
-// Answers one parsed request; `render` makes the /metrics body when it is needed.
-template <typename Render> HttpResponse route(const HttpRequest &request, Render &&render) {
+inline std::string_view header(const HttpRequest &request, std::string_view name) {
+  for (const auto &entry : request.headers)
+    if (entry.first == name) return entry.second;
+  return {};
+}
+
+// Answers one parsed request; `render(format)` makes the /metrics body when it is needed.
+// OpenMetrics is served when the client prefers it and `openmetrics` allows it.
+template <typename Render> HttpResponse route(const HttpRequest &request, bool openmetrics, Render &&render) {
   if (request.version[5] != '1') return error_response(505);
   if (request.method != "GET" && request.method != "HEAD") return error_response(405);
   HttpResponse response;
   response.head_only = request.method == "HEAD";
   if (request.path == "/metrics") {
-    response.content_type = metrics_content_type;
-    response.body = render();
+    const Format format = openmetrics ? negotiate_format(header(request, "accept")) : Format::text;
+    response.content_type = content_type(format);
+    response.body = render(format);
   } else if (request.path == "/-/healthy") {
     response.body = "Hermes is Healthy.\n";
   } else if (request.path == "/-/ready") {
@@ -1207,6 +1320,13 @@ inline Config load_config(const std::string &path) {
   return parse_config(text, path);
 }
 
+inline std::vector<std::string> lint_config(const Config &config) {
+  std::vector<std::string> advice;
+  for (const MetricConfig &metric : config.metrics)
+    for (const std::string &problem : detail::lint_names(metric)) advice.push_back(metric.name + ": " + problem);
+  return advice;
+}
+
 // ===== OPTIONS ============================================================================
 
 inline const char *to_string(LogLevel level) {
@@ -1232,6 +1352,13 @@ inline std::optional<std::uint16_t> parse_port(std::string_view text) {
   if (text.empty() || result.ec != std::errc() || result.ptr != text.data() + text.size() || value > 65535)
     return std::nullopt;
   return static_cast<std::uint16_t>(value);
+}
+
+inline std::optional<bool> parse_switch(std::string_view text) {
+  const std::string word = detail::lowercase(text);
+  if (word == "on" || word == "true" || word == "yes" || word == "1") return true;
+  if (word == "off" || word == "false" || word == "no" || word == "0") return false;
+  return std::nullopt;
 }
 
 namespace detail {
@@ -1269,6 +1396,11 @@ inline Options options_from_environment(const Config &config, const Environment 
     if (!level) throw UsageError(found->first + ": \"" + found->second + "\" is not a log level (debug, info, warn, error)");
     options.log_level = *level;
   }
+  if (const auto found = detail::first_set(env, {"HERMES_OPENMETRICS"})) {
+    const auto on = parse_switch(found->second);
+    if (!on) throw UsageError(found->first + ": \"" + found->second + "\" is not on or off");
+    options.openmetrics = *on;
+  }
   return options;
 }
 
@@ -1285,6 +1417,10 @@ inline const char *to_string(Reject reason) {
   case Reject::invalid_operation: return "invalid_operation";
   default: return "too_large";
   }
+}
+
+inline double wall_clock_seconds() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
 inline std::size_t IngestResult::rejected_total() const {
@@ -1358,7 +1494,7 @@ inline Registry::Registry(const Config &config) : service_name_(config.service_n
   for (const MetricConfig &metric_config : config.metrics) {
     detail::Metric metric{metric_config, {}};
     // A metric without labels has exactly one series; it shows 0 before the first push.
-    if (metric_config.labels.empty()) metric.series.emplace(std::vector<std::string>{}, 0.0);
+    if (metric_config.labels.empty()) metric.series.emplace(std::vector<std::string>{}, detail::Series{});
     metrics_.push_back(std::move(metric));
   }
   std::sort(metrics_.begin(), metrics_.end(),
@@ -1379,7 +1515,7 @@ inline detail::Metric *Registry::find(std::string_view name) {
   return const_cast<detail::Metric *>(static_cast<const Registry *>(this)->find(name));
 }
 
-inline IngestResult Registry::ingest(std::string_view datagram) {
+inline IngestResult Registry::ingest(std::string_view datagram, double now_seconds) {
   IngestResult result;
   const auto count = [&](std::optional<Reject> reason) {
     if (reason) {
@@ -1396,16 +1532,16 @@ inline IngestResult Registry::ingest(std::string_view datagram) {
   } else if (root.is<picojson::array>()) {
     const auto &batch = root.get<picojson::array>();
     if (batch.empty()) count(Reject::malformed_sample); // a batch of nothing is still counted
-    for (const picojson::value &sample : batch) count(apply(sample));
+    for (const picojson::value &sample : batch) count(apply(sample, now_seconds));
   } else {
-    count(apply(root));
+    count(apply(root, now_seconds));
   }
   return result;
 }
 
 inline void Registry::count_rejected(Reject reason) { ++rejected_[static_cast<std::size_t>(reason)]; }
 
-inline std::optional<Reject> Registry::apply(const picojson::value &sample) {
+inline std::optional<Reject> Registry::apply(const picojson::value &sample, double now_seconds) {
   if (!sample.is<picojson::object>()) return Reject::malformed_sample;
   const auto &fields = sample.get<picojson::object>();
   const picojson::value *name = detail::member(fields, "metric_name");
@@ -1423,9 +1559,12 @@ inline std::optional<Reject> Registry::apply(const picojson::value &sample) {
   if (const auto reason = detail::read_update(metric->config.type, body, update)) return reason;
 
   auto series = metric->series.find(label_values);
-  if (series == metric->series.end())
-    series = metric->series.emplace(std::vector<std::string>(label_values.begin(), label_values.end()), 0.0).first;
-  series->second = update.replace ? update.amount : series->second + update.amount;
+  if (series == metric->series.end()) {
+    const detail::Series created{0, now_seconds};
+    series = metric->series.emplace(std::vector<std::string>(label_values.begin(), label_values.end()), created).first;
+  }
+  double &value = series->second.value;
+  value = update.replace ? update.amount : value + update.amount;
   return std::nullopt;
 }
 
@@ -1434,7 +1573,7 @@ inline std::optional<double> Registry::value(std::string_view metric, const std:
   if (!found) return std::nullopt;
   const auto series = found->series.find(label_values);
   if (series == found->series.end()) return std::nullopt;
-  return series->second;
+  return series->second.value;
 }
 
 inline std::size_t Registry::series_count() const {
@@ -1467,9 +1606,45 @@ inline ServerStats::ServerStats() {
   for (const int status : detail::http_statuses) http_requests[status] = 0;
 }
 
+inline const char *content_type(Format format) {
+  return format == Format::openmetrics ? "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                                       : "text/plain; version=0.0.4; charset=utf-8";
+}
+
 namespace detail {
 
-// HELP text escapes backslash and newline; label values also escape the double quote.
+// The q value of one media range of an Accept header ("type/sub;version=1.0.0;q=0.5").
+inline double accept_quality(std::string_view range) {
+  double quality = 1;
+  for (std::size_t semicolon = range.find(';'); semicolon != std::string_view::npos;) {
+    const std::size_t next = range.find(';', semicolon + 1);
+    const std::string_view parameter = trim(range.substr(semicolon + 1, next - semicolon - 1));
+    if (starts_with(parameter, "q=")) quality = std::strtod(std::string(parameter.substr(2)).c_str(), nullptr);
+    semicolon = next;
+  }
+  return quality;
+}
+
+} // namespace detail
+
+inline Format negotiate_format(std::string_view accept) {
+  double openmetrics = 0, text = 0;
+  while (!accept.empty()) {
+    const std::size_t comma = accept.find(',');
+    const std::string_view range = detail::trim(accept.substr(0, comma));
+    const std::string type = detail::lowercase(detail::trim(range.substr(0, range.find(';'))));
+    const double quality = detail::accept_quality(range);
+    if (type == "application/openmetrics-text") openmetrics = std::max(openmetrics, quality);
+    if (type == "text/plain" || type == "text/*" || type == "*/*") text = std::max(text, quality);
+    accept = comma == std::string_view::npos ? std::string_view() : accept.substr(comma + 1);
+  }
+  return openmetrics > 0 && openmetrics > text ? Format::openmetrics : Format::text;
+}
+
+namespace detail {
+
+// Label values escape backslash, newline and double quote; HELP text escapes the first
+// two in text 0.0.4 and all three in OpenMetrics.
 inline void append_escaped(std::string &out, std::string_view text, bool escape_quote) {
   for (const char c : text) {
     if (c == '\\') {
@@ -1484,125 +1659,163 @@ inline void append_escaped(std::string &out, std::string_view text, bool escape_
   }
 }
 
-inline void append_family_head(std::string &out, std::string_view name, std::string_view help, const char *type) {
-  out += "# HELP ";
-  out += name;
-  if (!help.empty()) {
-    out += ' ';
-    append_escaped(out, help, false);
-  }
-  out += "\n# TYPE ";
-  out += name;
-  out += ' ';
-  out += type;
-  out += '\n';
-}
+// Writes families in one format. In OpenMetrics a counter named *_total is the family
+// without the suffix, and its series carry *_created; a counter without the suffix
+// cannot be an OpenMetrics counter under its name, so it is typed unknown. Either way
+// every sample keeps its configured name, so Prometheus stores the same series.
+class Exposition {
+public:
+  Exposition(std::string &out, Format format) : out_(out), format_(format) {}
 
-template <typename Values>
-void append_sample(std::string &out, std::string_view name, const std::vector<std::string> &label_names,
-                   const Values &label_values, double value) {
-  out += name;
-  if (!label_names.empty()) {
-    out += '{';
-    for (std::size_t i = 0; i < label_names.size(); ++i) {
-      if (i > 0) out += ',';
-      out += label_names[i];
-      out += "=\"";
-      append_escaped(out, label_values[i], true);
-      out += '"';
+  void family(std::string_view name, std::string_view help, MetricType type) {
+    const bool openmetrics = format_ == Format::openmetrics;
+    created_suffix_ = openmetrics && type == MetricType::counter && ends_with(name, "_total");
+    const std::string_view family = created_suffix_ ? name.substr(0, name.size() - 6) : name;
+    const char *type_name = to_string(type);
+    if (openmetrics && type == MetricType::counter && !created_suffix_) type_name = "unknown";
+    out_ += "# HELP ";
+    out_ += family;
+    out_ += ' '; // OpenMetrics wants the space even before an empty text
+    append_escaped(out_, help, openmetrics);
+    out_ += "\n# TYPE ";
+    out_ += family;
+    out_ += ' ';
+    out_ += type_name;
+    out_ += '\n';
+    family_ = family;
+  }
+
+  template <typename Values>
+  void sample(std::string_view name, const std::vector<std::string> &label_names, const Values &label_values, double value) {
+    out_ += name;
+    append_labels(label_names, label_values);
+    out_ += ' ';
+    append_double(out_, value);
+    out_ += '\n';
+  }
+
+  // The series' creation time, where the format has a place for it.
+  template <typename Values>
+  void created(const std::vector<std::string> &label_names, const Values &label_values, double seconds) {
+    if (!created_suffix_ || seconds <= 0) return;
+    out_ += family_;
+    out_ += "_created";
+    append_labels(label_names, label_values);
+    out_ += ' ';
+    append_double(out_, seconds);
+    out_ += '\n';
+  }
+
+  // A family of one series without labels.
+  void single(std::string_view name, std::string_view help, MetricType type, double value) {
+    family(name, help, type);
+    sample(name, {}, std::vector<std::string>{}, value);
+  }
+
+  void finish() {
+    if (format_ == Format::openmetrics) out_ += "# EOF\n";
+  }
+
+private:
+  template <typename Values> void append_labels(const std::vector<std::string> &names, const Values &values) {
+    if (names.empty()) return;
+    out_ += '{';
+    for (std::size_t i = 0; i < names.size(); ++i) {
+      if (i > 0) out_ += ',';
+      out_ += names[i];
+      out_ += "=\"";
+      append_escaped(out_, values[i], true);
+      out_ += '"';
     }
-    out += '}';
+    out_ += '}';
   }
-  out += ' ';
-  append_double(out, value);
-  out += '\n';
-}
 
-// A family of one series with no labels.
-inline void append_single(std::string &out, std::string_view name, std::string_view help, const char *type, double value) {
-  append_family_head(out, name, help, type);
-  append_sample(out, name, {}, std::vector<std::string>{}, value);
-}
+  std::string &out_;
+  Format format_;
+  bool created_suffix_ = false;
+  std::string_view family_;
+};
 
-inline void append_metric(std::string &out, const Metric &metric) {
-  append_family_head(out, metric.config.name, metric.config.help, to_string(metric.config.type));
-  for (const auto &series : metric.series) append_sample(out, metric.config.name, metric.config.labels, series.first, series.second);
+inline void write_metric(Exposition &exposition, const Metric &metric) {
+  const MetricConfig &config = metric.config;
+  exposition.family(config.name, config.help, config.type);
+  for (const auto &series : metric.series) {
+    exposition.sample(config.name, config.labels, series.first, series.second.value);
+    exposition.created(config.labels, series.first, series.second.created);
+  }
 }
 
 // One family of the /metrics body: its name, and how to write it.
 struct FamilyWriter {
   std::string_view name;
-  std::function<void(std::string &)> write;
+  std::function<void(Exposition &)> write;
 };
 
 inline std::vector<FamilyWriter> self_families(const Registry &registry, const ServerStats &stats) {
   const ProcessStats &process = stats.process;
+  constexpr MetricType counter = MetricType::counter, gauge = MetricType::gauge;
   return {
-      {"hermes_build_info", [&](std::string &out) {
-         append_family_head(out, "hermes_build_info", "Hermes version and the configured service, always 1.", "gauge");
-         append_sample(out, "hermes_build_info", {"version", "service"},
-                       std::vector<std::string>{HERMES_VERSION_STR, registry.service_name()}, 1);
+      {"hermes_build_info", [&](Exposition &out) {
+         out.family("hermes_build_info", "Hermes version and the configured service, always 1.", gauge);
+         out.sample("hermes_build_info", {"version", "service"}, std::vector<std::string>{HERMES_VERSION_STR, registry.service_name()}, 1);
        }},
-      {"hermes_udp_packets_total", [&](std::string &out) {
-         append_single(out, "hermes_udp_packets_total", "UDP datagrams received.", "counter", static_cast<double>(stats.udp_packets));
+      {"hermes_udp_packets_total", [&](Exposition &out) {
+         out.single("hermes_udp_packets_total", "UDP datagrams received.", counter, static_cast<double>(stats.udp_packets));
        }},
-      {"hermes_samples_accepted_total", [&](std::string &out) {
-         append_single(out, "hermes_samples_accepted_total", "Samples applied to the registry.", "counter",
-                       static_cast<double>(registry.accepted()));
+      {"hermes_samples_accepted_total", [&](Exposition &out) {
+         out.single("hermes_samples_accepted_total", "Samples applied to the registry.", counter, static_cast<double>(registry.accepted()));
        }},
-      {"hermes_samples_rejected_total", [&](std::string &out) {
-         append_family_head(out, "hermes_samples_rejected_total", "Samples dropped, by reason.", "counter");
+      {"hermes_samples_rejected_total", [&](Exposition &out) {
+         out.family("hermes_samples_rejected_total", "Samples dropped, by reason.", counter);
          for (std::size_t i = 0; i < reject_reason_count; ++i) {
            const auto reason = static_cast<Reject>(i);
-           append_sample(out, "hermes_samples_rejected_total", {"reason"}, std::vector<std::string>{to_string(reason)},
-                         static_cast<double>(registry.rejected(reason)));
+           out.sample("hermes_samples_rejected_total", {"reason"}, std::vector<std::string>{to_string(reason)},
+                      static_cast<double>(registry.rejected(reason)));
          }
        }},
-      {"hermes_series", [&](std::string &out) {
-         append_single(out, "hermes_series", "Live series of the configured metrics.", "gauge",
-                       static_cast<double>(registry.series_count()));
+      {"hermes_series", [&](Exposition &out) {
+         out.single("hermes_series", "Live series of the configured metrics.", gauge, static_cast<double>(registry.series_count()));
        }},
-      {"hermes_http_requests_total", [&](std::string &out) {
-         append_family_head(out, "hermes_http_requests_total", "HTTP requests answered, by status code.", "counter");
+      {"hermes_http_requests_total", [&](Exposition &out) {
+         out.family("hermes_http_requests_total", "HTTP requests answered, by status code.", counter);
          for (const auto &entry : stats.http_requests)
-           append_sample(out, "hermes_http_requests_total", {"code"}, std::vector<std::string>{std::to_string(entry.first)},
-                         static_cast<double>(entry.second));
+           out.sample("hermes_http_requests_total", {"code"}, std::vector<std::string>{std::to_string(entry.first)},
+                      static_cast<double>(entry.second));
        }},
-      {"process_cpu_seconds_total", [&](std::string &out) {
-         append_single(out, "process_cpu_seconds_total", "Total user and system CPU time spent in seconds.", "counter",
-                       process.cpu_seconds);
+      {"process_cpu_seconds_total", [&](Exposition &out) {
+         out.single("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.", counter, process.cpu_seconds);
        }},
-      {"process_max_fds", [&](std::string &out) {
-         append_single(out, "process_max_fds", "Maximum number of open file descriptors.", "gauge", process.max_fds);
+      {"process_max_fds", [&](Exposition &out) {
+         out.single("process_max_fds", "Maximum number of open file descriptors.", gauge, process.max_fds);
        }},
-      {"process_open_fds", [&](std::string &out) {
-         append_single(out, "process_open_fds", "Number of open file descriptors.", "gauge", process.open_fds);
+      {"process_open_fds", [&](Exposition &out) {
+         out.single("process_open_fds", "Number of open file descriptors.", gauge, process.open_fds);
        }},
-      {"process_resident_memory_bytes", [&](std::string &out) {
-         append_single(out, "process_resident_memory_bytes", "Resident memory size in bytes.", "gauge",
-                       process.resident_memory_bytes);
+      {"process_resident_memory_bytes", [&](Exposition &out) {
+         out.single("process_resident_memory_bytes", "Resident memory size in bytes.", gauge, process.resident_memory_bytes);
        }},
-      {"process_start_time_seconds", [&](std::string &out) {
-         append_single(out, "process_start_time_seconds", "Start time of the process since unix epoch in seconds.", "gauge",
-                       process.start_time_seconds);
+      {"process_start_time_seconds", [&](Exposition &out) {
+         out.single("process_start_time_seconds", "Start time of the process since unix epoch in seconds.", gauge,
+                    process.start_time_seconds);
        }},
-      {"process_virtual_memory_bytes", [&](std::string &out) {
-         append_single(out, "process_virtual_memory_bytes", "Virtual memory size in bytes.", "gauge",
-                       process.virtual_memory_bytes);
+      {"process_virtual_memory_bytes", [&](Exposition &out) {
+         out.single("process_virtual_memory_bytes", "Virtual memory size in bytes.", gauge, process.virtual_memory_bytes);
        }},
   };
 }
 
 } // namespace detail
 
-inline std::string render_metrics(const Registry &registry, const ServerStats &stats) {
+inline std::string render_metrics(const Registry &registry, const ServerStats &stats, Format format) {
   std::vector<detail::FamilyWriter> families = detail::self_families(registry, stats);
   for (const detail::Metric &metric : registry.metrics_)
-    families.push_back({metric.config.name, [&metric](std::string &out) { detail::append_metric(out, metric); }});
+    families.push_back({metric.config.name, [&metric](detail::Exposition &out) { detail::write_metric(out, metric); }});
   std::sort(families.begin(), families.end(),
             [](const detail::FamilyWriter &a, const detail::FamilyWriter &b) { return a.name < b.name; });
   std::string out;
-  for (const detail::FamilyWriter &family : families) family.write(out);
+  detail::Exposition exposition(out, format);
+  for (const detail::FamilyWriter &family : families) family.write(exposition);
+  exposition.finish();
   return out;
 }
 
@@ -1617,13 +1830,13 @@ struct Server::Impl {
   using Connection = detail::Connection;
 
   Impl(const Config &config, Options &options)
-      : registry(config), logger(options.log_level, std::move(options.log_sink)),
+      : registry(config), logger(options.log_level, std::move(options.log_sink)), openmetrics(options.openmetrics),
         udp(detail::open_udp_listener(options.udp_address, options.udp_port)),
         http(detail::open_tcp_listener(options.http_address, options.http_port)),
         datagram_buffer(HERMES_MAX_DATAGRAM_SIZE), start_time_seconds(detail::process_start_time_seconds()) {}
 
   void poll_once(int timeout_ms);
-  std::string render();
+  std::string render(Format format);
 
   // UDP ingest
   void receive_datagrams();
@@ -1645,6 +1858,7 @@ struct Server::Impl {
   Registry registry;
   ServerStats stats;
   detail::Logger logger;
+  bool openmetrics;
   detail::FileDescriptor udp;
   detail::FileDescriptor http;
   std::vector<std::unique_ptr<Connection>> connections;
@@ -1680,12 +1894,12 @@ inline std::string Server::udp_endpoint() const { return detail::local_endpoint(
 inline std::string Server::http_endpoint() const { return detail::local_endpoint(impl_->http.get()); }
 inline const Registry &Server::registry() const { return impl_->registry; }
 inline const ServerStats &Server::stats() const { return impl_->stats; }
-inline std::string Server::render() { return impl_->render(); }
+inline std::string Server::render(Format format) { return impl_->render(format); }
 
-inline std::string Server::Impl::render() {
+inline std::string Server::Impl::render(Format format) {
   stats.process = read_process_stats();
   stats.process.start_time_seconds = start_time_seconds;
-  return render_metrics(registry, stats);
+  return render_metrics(registry, stats, format);
 }
 
 // One step: wait for any socket, then UDP first (it cannot wait), existing HTTP
@@ -1855,7 +2069,8 @@ inline void Server::Impl::read_request(Connection &connection, Clock::time_point
       return respond(connection, detail::error_response(431), now);
     const auto request = detail::parse_request_head(std::string_view(connection.input).substr(0, searched + head_end));
     if (!request) return respond(connection, detail::error_response(400), now);
-    return respond(connection, detail::route(*request, [this] { return render(); }), now);
+    const auto render_body = [this](Format format) { return render(format); };
+    return respond(connection, detail::route(*request, openmetrics, render_body), now);
   }
 }
 

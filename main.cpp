@@ -20,12 +20,13 @@ constexpr const char *usage_text =
     "Receives metric samples as JSON over UDP and serves them to Prometheus at /metrics.\n"
     "\n"
     "  CONFIG_PATH     the config file; else $HERMES_CONFIG_PATH, $CONFIG_FILE_PATH, config.json\n"
-    "  --check-config  validate the config file, then exit: 0 when it is good, 2 when not\n"
+    "  --check-config  validate the config file, then exit: 0 when it is good, 2 when not;\n"
+    "                  a good one may still get warnings on names that promtool would lint\n"
     "  --version       print the version and exit\n"
     "  --help          print this text and exit\n"
     "\n"
     "Environment: HERMES_UDP_ADDRESS (LISTEN_ADDRESS), HERMES_UDP_PORT (LISTEN_PORT),\n"
-    "HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (LOG_LEVEL).\n";
+    "HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (LOG_LEVEL), HERMES_OPENMETRICS.\n";
 
 struct CommandLine {
   bool check_config = false;
@@ -74,6 +75,13 @@ void install_signal_handlers() {
   std::signal(SIGPIPE, SIG_IGN); // a client that hangs up is an error code, not a death
 }
 
+// Valid: says so, then gives promtool's naming advice, which does not make it invalid.
+int check_config(const std::string &path, const hermes::Config &config) {
+  std::printf("%s: ok, %zu metrics\n", path.c_str(), config.metrics.size());
+  for (const std::string &advice : hermes::lint_config(config)) std::printf("%s: warning: %s\n", path.c_str(), advice.c_str());
+  return 0;
+}
+
 int fail(int code, const std::string &message) {
   std::fprintf(stderr, "hermes: %s\n", message.c_str());
   return code;
@@ -88,7 +96,7 @@ int main(int argc, char **argv) {
     if (line.version) return std::printf("hermes %s\n", HERMES_VERSION_STR), 0;
     const std::string path = config_path(line);
     const hermes::Config config = hermes::load_config(path);
-    if (line.check_config) return std::printf("%s: ok, %zu metrics\n", path.c_str(), config.metrics.size()), 0;
+    if (line.check_config) return check_config(path, config);
     const hermes::Options options = hermes::options_from_environment(config, environment);
     install_signal_handlers();
     hermes::Server server(config, options);

@@ -298,7 +298,15 @@ def config_errors_stop_start_up_with_exit_2(hermes):
 @test
 def check_config_version_help_and_usage(hermes):
     code, out, err = run_hermes(["--check-config", hermes.config_path])
-    check_equal((code, out, err), (0, f"{hermes.config_path}: ok, 3 metrics\n", ""))
+    path = hermes.config_path
+    check_equal((code, err), (0, ""), "--check-config of a good config")
+    check_equal(out.splitlines(), [f"{path}: ok, 3 metrics",
+                                   f"{path}: warning: sample_gauge: metric name should not include type 'gauge'",
+                                   f'{path}: warning: sample_counter: counter metrics should have "_total" suffix',
+                                   f"{path}: warning: sample_counter: metric name should not include type 'counter'",
+                                   f"{path}: warning: plain_counter: no help text",
+                                   f'{path}: warning: plain_counter: counter metrics should have "_total" suffix',
+                                   f"{path}: warning: plain_counter: metric name should not include type 'counter'"])
     code, out, _ = run_hermes(["--version"])
     assert code == 0 and re.fullmatch(r"hermes \d+\.\d+\.\d+\n", out), out
     code, out, _ = run_hermes(["--help"])
@@ -356,6 +364,32 @@ def the_original_environment_names_and_config_keys_work(hermes):
         check_equal(process.wait(timeout=5), 0, "exit code")
         process.stderr.close()
         os.unlink(path)
+
+
+@test
+def promtool_parses_the_output_and_lints_only_configured_names(hermes):
+    config = {"service_name": "lint",
+              "gauges": [{"metric_name": "sample_gauge", "labels": ["label_1", "label_2"]},
+                         {"metric_name": "latency_ms", "metric_description": "abbreviated"}],
+              "counters": [{"metric_name": "sample_counter", "metric_description": "no suffix", "labels": ["label_1"]},
+                           {"metric_name": "jobs_total", "metric_description": "clean", "labels": ["queue"]}]}
+    linted = Hermes(config)
+    try:
+        linted.push('{"metric_name": "sample_gauge", "payload": {"labels": {"label_1": "a", "label_2": "b"}, "value": 1}}',
+                    '{"metric_name": "sample_counter", "payload": {"labels": {"label_1": "a"}}}',
+                    '{"metric_name": "jobs_total", "payload": {"labels": {"queue": "q\\"\\n"}}}')
+        result = subprocess.run(["promtool", "check", "metrics"], input=linted.scrape(), capture_output=True, text=True)
+        output = (result.stdout + result.stderr).strip().splitlines()
+        assert not any("error" in line for line in output), output
+        findings = sorted(output)
+        _, advice, _ = run_hermes(["--check-config", linted.config_path])
+        prefix = linted.config_path + ": warning: "
+        expected = sorted(line[len(prefix):].replace(": ", " ", 1) for line in advice.splitlines() if line.startswith(prefix))
+        check_equal(findings, expected, "promtool's findings against --check-config's warnings")
+        assert len(expected) == 5, expected
+        assert not any(line.startswith(("hermes_", "process_")) for line in findings), findings
+    finally:
+        linted.close()
 
 
 def main():

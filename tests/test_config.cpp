@@ -206,6 +206,16 @@ TEST_CASE("a bad environment value names the variable") {
   CHECK(usage_error(config, {{{"HERMES_HTTP_PORT", "80 "}}}) == "HERMES_HTTP_PORT: \"80 \" is not a port number (0-65535)");
   CHECK(usage_error(config, {{{"HERMES_LOG_LEVEL", "loud"}}}) ==
         "HERMES_LOG_LEVEL: \"loud\" is not a log level (debug, info, warn, error)");
+  CHECK(usage_error(config, {{{"HERMES_OPENMETRICS", "maybe"}}}) == "HERMES_OPENMETRICS: \"maybe\" is not on or off");
+}
+
+TEST_CASE("HERMES_OPENMETRICS turns OpenMetrics off; it is on by default") {
+  const hermes::Config config = test::sample_config();
+  CHECK(hermes::options_from_environment(config, FakeEnvironment{}.lookup()).openmetrics);
+  for (const char *off : {"off", "OFF", "false", "no", "0"})
+    CHECK_FALSE(hermes::options_from_environment(config, FakeEnvironment{{{"HERMES_OPENMETRICS", off}}}.lookup()).openmetrics);
+  for (const char *on : {"on", "True", "yes", "1"})
+    CHECK(hermes::options_from_environment(config, FakeEnvironment{{{"HERMES_OPENMETRICS", on}}}.lookup()).openmetrics);
 }
 
 TEST_CASE("parse_port and parse_log_level") {
@@ -218,4 +228,40 @@ TEST_CASE("parse_port and parse_log_level") {
   CHECK(hermes::parse_log_level("ERROR") == std::optional<hermes::LogLevel>(hermes::LogLevel::error));
   CHECK(hermes::parse_log_level("warning") == std::optional<hermes::LogLevel>(hermes::LogLevel::warn));
   CHECK_FALSE(hermes::parse_log_level("trace"));
+}
+
+// ---- OpenMetrics names and lint advice ----------------------------------------------------
+
+TEST_CASE("a counter X_total leaves no room for metrics named X or X_created") {
+  CHECK(config_error(R"({"service_name": "s", "counters": [{"metric_name": "jobs_total"}], "gauges": [{"metric_name": "jobs"}]})") ==
+        "config.json: \"jobs\" collides with counter \"jobs_total\": in OpenMetrics that counter is the family jobs with the series jobs_created");
+  CHECK(config_error(R"({"service_name": "s", "counters": [{"metric_name": "jobs_total"}, {"metric_name": "jobs_created"}]})") ==
+        "config.json: \"jobs_created\" collides with counter \"jobs_total\": in OpenMetrics that counter is the family jobs with the series jobs_created");
+  CHECK(config_error(R"({"service_name": "s", "counters": [{"metric_name": "jobs"}], "gauges": [{"metric_name": "jobs_total"}]})").empty());
+}
+
+TEST_CASE("lint_config gives promtool's advice on configured names") {
+  const auto advice = [](const std::string &metrics) {
+    return hermes::lint_config(hermes::parse_config(R"({"service_name": "s", )" + metrics + "}", "test"));
+  };
+  CHECK(advice(R"("counters": [{"metric_name": "jobs_total", "metric_description": "d"}])").empty());
+  CHECK(advice(R"("gauges": [{"metric_name": "queue_length", "metric_description": "d", "labels": ["queue_name"]}])").empty());
+  CHECK(advice(R"("counters": [{"metric_name": "sample_counter", "metric_description": "d"}])") ==
+        std::vector<std::string>{"sample_counter: counter metrics should have \"_total\" suffix",
+                                 "sample_counter: metric name should not include type 'counter'"});
+  CHECK(advice(R"("gauges": [{"metric_name": "latency_ms"}])") ==
+        std::vector<std::string>{"latency_ms: no help text", "latency_ms: metric names should not contain abbreviated units"});
+  CHECK(advice(R"("gauges": [{"metric_name": "uptime_minutes", "metric_description": "d"}])") ==
+        std::vector<std::string>{"uptime_minutes: use base unit \"seconds\" instead of \"minutes\""});
+  CHECK(advice(R"("gauges": [{"metric_name": "read_kilobytes_total", "metric_description": "d"}])") ==
+        std::vector<std::string>{"read_kilobytes_total: use base unit \"bytes\" instead of \"kilobytes\"",
+                                 "read_kilobytes_total: non-counter metrics should not have \"_total\" suffix"});
+  CHECK(advice(R"("gauges": [{"metric_name": "ns:rate_sum", "metric_description": "d", "labels": ["le", "quantile", "camelCase"]}])") ==
+        std::vector<std::string>{"ns:rate_sum: non-histogram and non-summary metrics should not have \"_sum\" suffix",
+                                 "ns:rate_sum: metric names should not contain ':'",
+                                 "ns:rate_sum: non-histogram metrics should not have \"le\" label",
+                                 "ns:rate_sum: non-summary metrics should not have \"quantile\" label",
+                                 "ns:rate_sum: label names should be written in 'snake_case' not 'camelCase'"});
+  CHECK(advice(R"("gauges": [{"metric_name": "requestCount", "metric_description": "d"}])") ==
+        std::vector<std::string>{"requestCount: metric names should be written in 'snake_case' not 'camelCase'"});
 }

@@ -25,16 +25,18 @@ void check_against_file(const std::string &body, const std::string &name) {
 
 } // namespace
 
-TEST_CASE("a fresh registry renders as in expected/initial.prom") {
+TEST_CASE("a fresh registry renders as in expected/initial.prom and initial.om") {
   const hermes::Registry registry(test::sample_config());
   check_against_file(hermes::render_metrics(registry, fixed_stats()), "initial.prom");
+  check_against_file(hermes::render_metrics(registry, fixed_stats(), hermes::Format::openmetrics), "initial.om");
 }
 
-TEST_CASE("pushed series render sorted, escaped and exact, as in expected/pushed.prom") {
+TEST_CASE("pushed series render sorted, escaped and exact, as in expected/pushed.prom and pushed.om") {
   hermes::Registry registry(hermes::parse_config(R"({"service_name": "svc \"quoted\"",
     "gauges": [{"metric_name": "temperature", "metric_description": "back\\slash and\nnewline \"kept\"", "labels": ["room", "floor"]},
                {"metric_name": "zeta"}, {"metric_name": "Upper"}, {"metric_name": ":colon"}, {"metric_name": "ingest_x"}],
-    "counters": [{"metric_name": "jobs_total", "labels": ["queue"]}, {"metric_name": "no_help"}]})",
+    "counters": [{"metric_name": "jobs_total", "labels": ["queue"], "metric_description": "a \"counter\""}, {"metric_name": "no_help"},
+                 {"metric_name": "plain_total"}]})",
                                                  "test"));
   const std::vector<std::string> datagrams = {
       R"({"metric_name": "temperature", "payload": {"labels": {"room": "b", "floor": "1"}, "value": -0.0}})",
@@ -50,10 +52,15 @@ TEST_CASE("pushed series render sorted, escaped and exact, as in expected/pushed
       R"({"metric_name": "jobs_total", "payload": {"labels": {"queue": "mail"}, "value": 3}})",
       R"({"metric_name": "jobs_total", "payload": {"labels": {"queue": ""}}})",
       R"({"metric_name": "jobs_total", "payload": {"labels": {"queue": "Mail"}}})",
+      R"({"metric_name": "jobs_total", "payload": {"labels": {"queue": "mail"}, "value": 0.5}})",
+      R"({"metric_name": "plain_total", "payload": {"value": 7}})",
+      R"({"metric_name": "no_help"})",
   };
-  for (const std::string &datagram : datagrams) REQUIRE(registry.ingest(datagram).accepted == 1);
+  double now = 1764000000.25; // each push a second later, for distinct _created times
+  for (const std::string &datagram : datagrams) REQUIRE(registry.ingest(datagram, now++).accepted == 1);
   registry.ingest("nonsense");
   check_against_file(hermes::render_metrics(registry, fixed_stats()), "pushed.prom");
+  check_against_file(hermes::render_metrics(registry, fixed_stats(), hermes::Format::openmetrics), "pushed.om");
 }
 
 TEST_CASE("numbers are spelled as Prometheus reads them") {

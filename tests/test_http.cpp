@@ -8,7 +8,7 @@ namespace {
 int status_for(const std::string &head) {
   const auto request = parse_request_head(head);
   if (!request) return 400;
-  return hermes::detail::route(*request, [] { return std::string("metrics body\n"); }).status;
+  return hermes::detail::route(*request, true, [](hermes::Format) { return std::string("metrics body\n"); }).status;
 }
 } // namespace
 
@@ -62,20 +62,40 @@ TEST_CASE("routes: paths, methods and versions") {
   CHECK(status_for("GET /metrics HTTP/0.9\r\n\r\n") == 505);
 }
 
-TEST_CASE("the /metrics body is made only when it is asked for") {
-  int renders = 0;
-  const auto render = [&] { return ++renders, std::string("x\n"); };
-  hermes::detail::route(*parse_request_head("GET /-/healthy HTTP/1.0\r\n\r\n"), render);
-  CHECK(renders == 0);
-  const auto response = hermes::detail::route(*parse_request_head("GET /metrics HTTP/1.0\r\n\r\n"), render);
-  CHECK(renders == 1);
+TEST_CASE("the /metrics body is made only when it is asked for, in the negotiated format") {
+  std::vector<hermes::Format> renders;
+  const auto render = [&](hermes::Format format) { return renders.push_back(format), std::string("x\n"); };
+  hermes::detail::route(*parse_request_head("GET /-/healthy HTTP/1.0\r\n\r\n"), true, render);
+  CHECK(renders.empty());
+  auto response = hermes::detail::route(*parse_request_head("GET /metrics HTTP/1.0\r\n\r\n"), true, render);
   CHECK(response.content_type == "text/plain; version=0.0.4; charset=utf-8");
   CHECK(response.body == "x\n");
+  const std::string prometheus_accept = "GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text;version=1.0.0,"
+                                        "application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n\r\n";
+  response = hermes::detail::route(*parse_request_head(prometheus_accept), true, render);
+  CHECK(response.content_type == "application/openmetrics-text; version=1.0.0; charset=utf-8");
+  response = hermes::detail::route(*parse_request_head(prometheus_accept), false, render);
+  CHECK(response.content_type == "text/plain; version=0.0.4; charset=utf-8");
+  CHECK(renders == std::vector<hermes::Format>{hermes::Format::text, hermes::Format::openmetrics, hermes::Format::text});
+}
+
+TEST_CASE("Accept negotiation picks OpenMetrics only when it ranks above text") {
+  using hermes::Format;
+  using hermes::negotiate_format;
+  CHECK(negotiate_format("") == Format::text);
+  CHECK(negotiate_format("*/*") == Format::text);
+  CHECK(negotiate_format("application/openmetrics-text") == Format::openmetrics);
+  CHECK(negotiate_format("Application/OpenMetrics-Text; version=1.0.0") == Format::openmetrics);
+  CHECK(negotiate_format("text/plain;q=0.5, application/openmetrics-text;q=0.6") == Format::openmetrics);
+  CHECK(negotiate_format("text/plain, application/openmetrics-text") == Format::text);
+  CHECK(negotiate_format("application/openmetrics-text;q=0.4, */*;q=0.5") == Format::text);
+  CHECK(negotiate_format("application/openmetrics-text;q=0") == Format::text);
+  CHECK(negotiate_format("application/json") == Format::text);
 }
 
 TEST_CASE("responses are HTTP/1.0 with exact headers") {
   hermes::detail::HttpResponse response;
-  response.content_type = hermes::detail::metrics_content_type;
+  response.content_type = hermes::content_type(hermes::Format::text);
   response.body = "a 1\n";
   CHECK(hermes::detail::serialize_response(response) ==
         "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: 4\r\n"
@@ -92,7 +112,8 @@ TEST_CASE("responses are HTTP/1.0 with exact headers") {
 }
 
 TEST_CASE("HEAD of a missing path is a 404 without a body") {
-  const auto response = hermes::detail::route(*parse_request_head("HEAD /nope HTTP/1.0\r\n\r\n"), [] { return std::string(); });
+  const auto response =
+      hermes::detail::route(*parse_request_head("HEAD /nope HTTP/1.0\r\n\r\n"), true, [](hermes::Format) { return std::string(); });
   CHECK(response.status == 404);
   CHECK(response.head_only);
 }
