@@ -46,7 +46,8 @@
 // ---- HTTP -----------------------------------------------------------------------------
 //
 // HTTP/1.0, one request per connection:
-//     GET|HEAD /metrics          200, Prometheus text format 0.0.4
+//     GET|HEAD /metrics          200, Prometheus text format 0.0.4, or OpenMetrics 1.0.0
+//                                when the Accept header prefers it and Options allow it
 //     GET|HEAD /-/healthy, /-/ready, /    200, short text
 //     other paths 404; other methods 405 (Allow: GET, HEAD); a malformed request 400;
 //     a request head over HERMES_MAX_REQUEST_HEAD 431; a major version other than 1, 505.
