@@ -24,7 +24,12 @@
 //                    "metric_description": "...",          optional HELP text
 //                    "labels": ["label_1", "label_2"]}],   optional, [a-zA-Z_][a-zA-Z0-9_]*
 //      "counters": [ ...same keys... ],
-//      "listen_address": "0.0.0.0", "listen_port": 7789}   optional UDP address and port
+//      "listen_address": "0.0.0.0", "listen_port": 7789,   optional UDP address and port
+//      "max_series": 10000, "ttl_seconds": 0}              optional defaults for every metric
+//
+// A metric may set its own max_series (a push that would make one more series is
+// rejected as series_limit) and ttl_seconds (a labelled series not pushed for that
+// long disappears; 0, the default, keeps series for ever).
 //
 // Unknown keys, repeated names and names starting with hermes_ or process_ (the
 // daemon's own) are errors: ConfigError names the file, the place and the problem.
@@ -41,7 +46,7 @@
 // exactly the configured label names with string values. JSON null counts as absent.
 // A sample that is not applied is counted in hermes_samples_rejected_total under one
 // reason: malformed_json, malformed_sample, unknown_metric, label_mismatch,
-// invalid_label_value, invalid_value, invalid_operation, too_large.
+// invalid_label_value, invalid_value, invalid_operation, series_limit, too_large.
 //
 // ---- HTTP -----------------------------------------------------------------------------
 //
@@ -65,6 +70,8 @@
 //     HERMES_DATAGRAMS_PER_STEP      256   datagrams read before HTTP gets a turn
 //     HERMES_POLL_INTERVAL_MS        200   longest sleep in run(); bounds the reaction to stop
 //     HERMES_REJECT_LOG_INTERVAL_S    10   seconds between warn lines summarising rejects
+//     HERMES_DEFAULT_MAX_SERIES    10000   series per metric unless the config sets max_series
+//     HERMES_MAX_SERIES_LIMIT   10000000   the largest max_series a config may set
 
 #ifndef HERMES_HPP
 #define HERMES_HPP
@@ -111,6 +118,12 @@
 #endif
 #ifndef HERMES_REJECT_LOG_INTERVAL_S
 #define HERMES_REJECT_LOG_INTERVAL_S 10 // at most one warn line about rejects per interval
+#endif
+#ifndef HERMES_DEFAULT_MAX_SERIES
+#define HERMES_DEFAULT_MAX_SERIES 10000 // series per metric, unless the config says otherwise
+#endif
+#ifndef HERMES_MAX_SERIES_LIMIT
+#define HERMES_MAX_SERIES_LIMIT 10000000 // the largest max_series a config may ask for
 #endif
 #ifndef HERMES_LISTEN_BACKLOG
 #define HERMES_LISTEN_BACKLOG 128 // pending TCP connections the kernel queues for accept
@@ -199,6 +212,8 @@ struct MetricConfig {
   std::string help;
   MetricType type = MetricType::counter;
   std::vector<std::string> labels;
+  std::size_t max_series = HERMES_DEFAULT_MAX_SERIES; // a push for one more is rejected: series_limit
+  double ttl_seconds = 0; // a labelled series not pushed for this long is dropped; 0: never
 };
 
 struct Config {
@@ -257,9 +272,10 @@ enum class Reject {
   invalid_label_value, // a label value that is not valid UTF-8
   invalid_value,       // value missing, not a number, or a negative counter increment
   invalid_operation,   // a gauge operation other than set, increment, decrement
+  series_limit,        // a new series for a metric that has max_series already
   too_large,           // a datagram longer than HERMES_MAX_DATAGRAM_SIZE
 };
-constexpr std::size_t reject_reason_count = 8;
+constexpr std::size_t reject_reason_count = 9;
 inline const char *to_string(Reject reason);
 
 // Seconds since the epoch, as the timestamps of /metrics count them.
@@ -294,12 +310,16 @@ public:
   IngestResult ingest(std::string_view datagram, double now_seconds = wall_clock_seconds());
   // Counts a datagram rejected before parsing, such as one that was too large.
   void count_rejected(Reject reason);
+  // Drops the labelled series whose metric has a ttl_seconds and that were not pushed
+  // for that long by `now_seconds`; returns how many. A series without labels stays.
+  std::size_t expire(double now_seconds = wall_clock_seconds());
 
   const std::string &service_name() const { return service_name_; }
   // The value of one series, label values in configured order; nullopt when it does not exist.
   std::optional<double> value(std::string_view metric, const std::vector<std::string> &label_values) const;
   std::size_t series_count() const; // live series of all configured metrics
   std::uint64_t accepted() const { return accepted_; }
+  std::uint64_t expired() const { return expired_; } // series dropped by expire(), ever
   std::uint64_t rejected(Reject reason) const { return rejected_[static_cast<std::size_t>(reason)]; }
 
 private:
@@ -311,6 +331,7 @@ private:
   std::string service_name_;
   std::vector<detail::Metric> metrics_; // sorted by name
   std::uint64_t accepted_ = 0;
+  std::uint64_t expired_ = 0;
   std::array<std::uint64_t, reject_reason_count> rejected_{};
 };
 
@@ -426,7 +447,8 @@ struct LabelValuesLess {
 
 struct Series {
   double value = 0;
-  double created = 0; // seconds since the epoch of the push that made it; 0 when made at start
+  double created = 0;   // seconds since the epoch of the push that made it; 0 when made at start
+  double last_push = 0; // seconds since the epoch of the latest push
 };
 
 struct Metric {
@@ -646,9 +668,11 @@ public:
   Config read(const picojson::value &root) {
     if (!root.is<picojson::object>()) fail("", std::string("expected an object, got ") + json_type_name(root));
     const auto &top = root.get<picojson::object>();
-    reject_unknown_keys(top, "", {"service_name", "gauges", "counters", "listen_address", "listen_port"});
+    reject_unknown_keys(top, "", {"service_name", "gauges", "counters", "listen_address", "listen_port", "max_series",
+                                  "ttl_seconds"});
     Config config;
     config.service_name = read_service_name(top);
+    read_series_limits(top, "", defaults_);
     read_metrics(top, "gauges", MetricType::gauge, config.metrics);
     read_metrics(top, "counters", MetricType::counter, config.metrics);
     if (const auto *address = member(top, "listen_address")) config.listen_address = string_at(*address, "listen_address");
@@ -694,6 +718,22 @@ private:
     return *port;
   }
 
+  // max_series and ttl_seconds, of the top level (the defaults) or of one metric.
+  void read_series_limits(const picojson::object &object, const std::string &place, MetricConfig &limits) const {
+    if (const auto *max = member(object, "max_series")) {
+      const std::string where = join(place, "max_series");
+      const bool whole = max->is<double>() && max->get<double>() == std::floor(max->get<double>());
+      if (!whole || max->get<double>() < 1 || max->get<double>() > HERMES_MAX_SERIES_LIMIT)
+        fail(where, quote_json(*max) + " is not a whole number from 1 to " + std::to_string(HERMES_MAX_SERIES_LIMIT));
+      limits.max_series = static_cast<std::size_t>(max->get<double>());
+    }
+    if (const auto *ttl = member(object, "ttl_seconds")) {
+      if (!ttl->is<double>() || ttl->get<double>() < 0)
+        fail(join(place, "ttl_seconds"), quote_json(*ttl) + " is not a number of seconds (0 or more; 0: never)");
+      limits.ttl_seconds = ttl->get<double>();
+    }
+  }
+
   std::string read_service_name(const picojson::object &top) const {
     const auto *name = member(top, "service_name");
     if (!name) fail("service_name", "missing: every config names its service");
@@ -717,8 +757,9 @@ private:
   MetricConfig read_metric(const picojson::value &item, const std::string &place, MetricType type) const {
     if (!item.is<picojson::object>()) fail(place, std::string("expected an object, got ") + json_type_name(item));
     const auto &object = item.get<picojson::object>();
-    reject_unknown_keys(object, place, {"metric_name", "metric_description", "labels"});
-    MetricConfig metric;
+    reject_unknown_keys(object, place, {"metric_name", "metric_description", "labels", "max_series", "ttl_seconds"});
+    MetricConfig metric = defaults_;
+    read_series_limits(object, place, metric);
     metric.type = type;
     metric.name = read_metric_name(object, join(place, "metric_name"));
     if (const auto *help = member(object, "metric_description")) {
@@ -774,6 +815,7 @@ private:
   }
 
   std::string origin_;
+  MetricConfig defaults_; // the top level's max_series and ttl_seconds
   std::vector<std::string> seen_names_;
 };
 
@@ -1416,6 +1458,7 @@ inline const char *to_string(Reject reason) {
   case Reject::invalid_label_value: return "invalid_label_value";
   case Reject::invalid_value: return "invalid_value";
   case Reject::invalid_operation: return "invalid_operation";
+  case Reject::series_limit: return "series_limit";
   default: return "too_large";
   }
 }
@@ -1542,6 +1585,24 @@ inline IngestResult Registry::ingest(std::string_view datagram, double now_secon
 
 inline void Registry::count_rejected(Reject reason) { ++rejected_[static_cast<std::size_t>(reason)]; }
 
+inline std::size_t Registry::expire(double now_seconds) {
+  std::size_t dropped = 0;
+  for (detail::Metric &metric : metrics_) {
+    if (metric.config.ttl_seconds <= 0 || metric.config.labels.empty()) continue;
+    const double stale_before = now_seconds - metric.config.ttl_seconds;
+    for (auto series = metric.series.begin(); series != metric.series.end();) {
+      if (series->second.last_push <= stale_before) {
+        series = metric.series.erase(series);
+        ++dropped;
+      } else {
+        ++series;
+      }
+    }
+  }
+  expired_ += dropped;
+  return dropped;
+}
+
 inline std::optional<Reject> Registry::apply(const picojson::value &sample, double now_seconds) {
   if (!sample.is<picojson::object>()) return Reject::malformed_sample;
   const auto &fields = sample.get<picojson::object>();
@@ -1561,11 +1622,13 @@ inline std::optional<Reject> Registry::apply(const picojson::value &sample, doub
 
   auto series = metric->series.find(label_values);
   if (series == metric->series.end()) {
-    const detail::Series created{0, now_seconds};
+    if (metric->series.size() >= metric->config.max_series) return Reject::series_limit;
+    const detail::Series created{0, now_seconds, now_seconds};
     series = metric->series.emplace(std::vector<std::string>(label_values.begin(), label_values.end()), created).first;
   }
   double &value = series->second.value;
   value = update.replace ? update.amount : value + update.amount;
+  series->second.last_push = now_seconds;
   return std::nullopt;
 }
 
@@ -1774,6 +1837,10 @@ inline std::vector<FamilyWriter> self_families(const Registry &registry, const S
                       static_cast<double>(registry.rejected(reason)));
          }
        }},
+      {"hermes_series_expired_total", [&](Exposition &out) {
+         out.single("hermes_series_expired_total", "Series dropped after ttl_seconds without a push.", counter,
+                    static_cast<double>(registry.expired()));
+       }},
       {"hermes_series", [&](Exposition &out) {
          out.single("hermes_series", "Live series of the configured metrics.", gauge, static_cast<double>(registry.series_count()));
        }},
@@ -1871,6 +1938,7 @@ struct Server::Impl {
   Clock::time_point next_reject_log{};
   Clock::time_point accept_paused_until{};
   Clock::time_point next_fd_warning{};
+  Clock::time_point next_series_sweep{};
 };
 
 inline Server::Server(const Config &config, Options options) : impl_(std::make_unique<Impl>(config, options)) {
@@ -1898,6 +1966,7 @@ inline const ServerStats &Server::stats() const { return impl_->stats; }
 inline std::string Server::render(Format format) { return impl_->render(format); }
 
 inline std::string Server::Impl::render(Format format) {
+  registry.expire(); // a scrape never shows a series past its ttl
   stats.process = read_process_stats();
   stats.process.start_time_seconds = start_time_seconds;
   return render_metrics(registry, stats, format);
@@ -1924,6 +1993,10 @@ inline void Server::Impl::poll_once(int timeout_ms) {
   }
   expire_and_remove(now);
   log_reject_summary(now, false);
+  if (now >= next_series_sweep) { // frees the memory of stale series, scraped or not
+    registry.expire();
+    next_series_sweep = now + std::chrono::seconds(1);
+  }
 }
 
 // How long poll() may sleep: the caller's timeout (negative: no limit), or less when a

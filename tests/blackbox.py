@@ -162,8 +162,20 @@ def every_datagram_kind_is_applied_exactly(hermes):
 
 
 @test
-def every_reject_reason_is_counted(hermes):
+def every_reject_reason_is_counted(_):
+    config = dict(SAMPLE_CONFIG, counters=SAMPLE_CONFIG["counters"] + [
+        {"metric_name": "limited_counter", "labels": ["id"], "max_series": 1}])
+    hermes = Hermes(config)
+    try:
+        check_every_reject_reason(hermes)
+    finally:
+        hermes.close()
+
+
+def check_every_reject_reason(hermes):
     hermes.push(
+        '{"metric_name": "limited_counter", "payload": {"labels": {"id": "1"}}}',
+        '{"metric_name": "limited_counter", "payload": {"labels": {"id": "2"}}}',
         "{not json",
         '{"metric": "sample_counter"}',
         '{"metric_name": "missing_metric"}',
@@ -176,10 +188,11 @@ def every_reject_reason_is_counted(hermes):
     )
     body = hermes.scrape().splitlines()
     for reason in ("malformed_json", "malformed_sample", "unknown_metric", "label_mismatch", "invalid_label_value",
-                   "invalid_value", "invalid_operation", "too_large"):
+                   "invalid_value", "invalid_operation", "series_limit", "too_large"):
         assert f'hermes_samples_rejected_total{{reason="{reason}"}} 1' in body, f"{reason} not counted once"
     assert "plain_counter 1" in body
-    assert "hermes_samples_accepted_total 1" in body
+    assert 'limited_counter{id="1"} 1' in body
+    assert "hermes_samples_accepted_total 2" in body
 
 
 @test
@@ -278,7 +291,7 @@ def config_errors_stop_start_up_with_exit_2(hermes):
         ('{"service_name": "s",\n "gauges": [\n', ": not valid JSON: syntax error at line 3 near: "),
         ('{"gauges": []}', ": service_name: missing: every config names its service"),
         ('{"service_name": "s", "counters": [{"metric_name": "c", "lables": []}]}',
-         ": counters[0].lables: unknown key (expected one of: metric_name, metric_description, labels)"),
+         ": counters[0].lables: unknown key (expected one of: metric_name, metric_description, labels, max_series, ttl_seconds)"),
     ]
     for content, message in cases:
         path = write_config(content)

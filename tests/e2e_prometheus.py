@@ -200,7 +200,7 @@ def run(openmetrics):
         rejected = {"unknown_metric": 1, "invalid_value": 1, "malformed_json": 1}
         assert stored[("hermes_samples_accepted_total", ())] == accepted, stored[("hermes_samples_accepted_total", ())]
         for reason in ("malformed_json", "malformed_sample", "unknown_metric", "label_mismatch", "invalid_label_value",
-                       "invalid_value", "invalid_operation", "too_large"):
+                       "invalid_value", "invalid_operation", "series_limit", "too_large"):
             check = stored[("hermes_samples_rejected_total", (("reason", reason),))]
             assert check == rejected.get(reason, 0), f"{reason}: {check}"
         assert stored[("hermes_series", ())] == len(expected)

@@ -120,9 +120,9 @@ TEST_CASE("Hermes' own metric names are reserved") {
 
 TEST_CASE("unknown keys are errors, so a typo is never ignored") {
   CHECK(config_error(R"({"service_name": "s", "counters": [{"metric_name": "c", "lables": ["a"]}]})") ==
-        "config.json: counters[0].lables: unknown key (expected one of: metric_name, metric_description, labels)");
+        "config.json: counters[0].lables: unknown key (expected one of: metric_name, metric_description, labels, max_series, ttl_seconds)");
   CHECK(config_error(R"({"service_name": "s", "gauge": []})") ==
-        "config.json: gauge: unknown key (expected one of: service_name, gauges, counters, listen_address, listen_port)");
+        "config.json: gauge: unknown key (expected one of: service_name, gauges, counters, listen_address, listen_port, max_series, ttl_seconds)");
 }
 
 TEST_CASE("load_config names a file it cannot read, and one that is too large") {
@@ -264,4 +264,37 @@ TEST_CASE("lint_config gives promtool's advice on configured names") {
                                  "ns:rate_sum: label names should be written in 'snake_case' not 'camelCase'"});
   CHECK(advice(R"("gauges": [{"metric_name": "requestCount", "metric_description": "d"}])") ==
         std::vector<std::string>{"requestCount: metric names should be written in 'snake_case' not 'camelCase'"});
+}
+
+// ---- series limits --------------------------------------------------------------------------
+
+TEST_CASE("max_series and ttl_seconds: defaults, top-level defaults, per metric") {
+  const hermes::Config config = hermes::parse_config(R"({"service_name": "s", "max_series": 50, "ttl_seconds": 300,
+    "gauges": [{"metric_name": "a"}, {"metric_name": "b", "max_series": 7, "ttl_seconds": 0.5}],
+    "counters": [{"metric_name": "c", "ttl_seconds": 0}]})",
+                                                     "test");
+  CHECK(config.metrics[0].max_series == 50);
+  CHECK(config.metrics[0].ttl_seconds == 300);
+  CHECK(config.metrics[1].max_series == 7);
+  CHECK(config.metrics[1].ttl_seconds == 0.5);
+  CHECK(config.metrics[2].max_series == 50);
+  CHECK(config.metrics[2].ttl_seconds == 0);
+  const hermes::Config plain = test::sample_config();
+  CHECK(plain.metrics[0].max_series == 10000);
+  CHECK(plain.metrics[0].ttl_seconds == 0);
+}
+
+TEST_CASE("bad series limits name their place") {
+  CHECK(config_error(R"({"service_name": "s", "max_series": 0})") ==
+        "config.json: max_series: 0 is not a whole number from 1 to 10000000");
+  CHECK(config_error(R"({"service_name": "s", "gauges": [{"metric_name": "g", "max_series": 2.5}]})") ==
+        "config.json: gauges[0].max_series: 2.5 is not a whole number from 1 to 10000000");
+  CHECK(config_error(R"({"service_name": "s", "max_series": 1e9})") ==
+        "config.json: max_series: 1000000000 is not a whole number from 1 to 10000000");
+  CHECK(config_error(R"({"service_name": "s", "max_series": "5"})") ==
+        "config.json: max_series: \"5\" is not a whole number from 1 to 10000000");
+  CHECK(config_error(R"({"service_name": "s", "counters": [{"metric_name": "c", "ttl_seconds": -1}]})") ==
+        "config.json: counters[0].ttl_seconds: -1 is not a number of seconds (0 or more; 0: never)");
+  CHECK(config_error(R"({"service_name": "s", "ttl_seconds": "1m"})") ==
+        "config.json: ttl_seconds: \"1m\" is not a number of seconds (0 or more; 0: never)");
 }

@@ -54,3 +54,51 @@ TEST_CASE("a registry moves with its series") {
   CHECK(moved.value("sample_counter", {"x"}) == std::optional<double>(4));
   CHECK(moved.accepted() == 1);
 }
+
+TEST_CASE("a metric at max_series rejects new series and keeps updating the ones it has") {
+  hermes::Registry registry(hermes::parse_config(
+      R"({"service_name": "s", "counters": [{"metric_name": "c", "labels": ["id"], "max_series": 3}, {"metric_name": "d", "labels": ["id"]}]})",
+      "test"));
+  const auto push = [&](const char *metric, int id) {
+    return registry.ingest(std::string(R"({"metric_name": ")") + metric + R"(", "payload": {"labels": {"id": ")" +
+                           std::to_string(id) + "\"}}}");
+  };
+  for (int id = 0; id < 1000; ++id) push("c", id);
+  CHECK(registry.series_count() == 3);
+  CHECK(registry.accepted() == 3);
+  CHECK(registry.rejected(hermes::Reject::series_limit) == 997);
+  CHECK(push("c", 1).accepted == 1); // an existing series still updates
+  CHECK(registry.value("c", {"1"}) == std::optional<double>(2));
+  CHECK(push("c", 5).rejected[static_cast<std::size_t>(hermes::Reject::series_limit)] == 1);
+  for (int id = 0; id < 20000; ++id) push("d", id); // the default limit
+  CHECK(registry.series_count() == 3 + 10000);
+  CHECK(registry.rejected(hermes::Reject::series_limit) == 998 + 10000);
+}
+
+TEST_CASE("series not pushed for ttl_seconds expire; the others and label-less ones stay") {
+  hermes::Registry registry(hermes::parse_config(R"({"service_name": "s", "ttl_seconds": 60,
+      "gauges": [{"metric_name": "g", "labels": ["worker"]}, {"metric_name": "plain"},
+                 {"metric_name": "kept", "labels": ["worker"], "ttl_seconds": 0}]})",
+                                                 "test"));
+  const auto set = [&](const char *metric, const char *worker, double now) {
+    registry.ingest(std::string(R"({"metric_name": ")") + metric + R"(", "payload": {"labels": {"worker": ")" + worker +
+                        R"("}, "value": 1}})",
+                    now);
+  };
+  set("g", "dead", 1000);
+  set("g", "alive", 1000);
+  set("kept", "dead", 1000);
+  registry.ingest(R"({"metric_name": "plain", "payload": {"value": 5}})", 1000);
+  set("g", "alive", 1050);
+  CHECK(registry.expire(1059) == 0);
+  CHECK(registry.expire(1060) == 1); // exactly ttl_seconds after its last push
+  CHECK_FALSE(registry.value("g", {"dead"}).has_value());
+  CHECK(registry.value("g", {"alive"}) == std::optional<double>(1));
+  CHECK(registry.value("kept", {"dead"}) == std::optional<double>(1));
+  CHECK(registry.value("plain", {}) == std::optional<double>(5));
+  CHECK(registry.expire(1110) == 1);
+  CHECK(registry.series_count() == 2);
+  CHECK(registry.expired() == 2);
+  set("g", "dead", 2000); // a returning worker starts a new series
+  CHECK(registry.value("g", {"dead"}) == std::optional<double>(1));
+}
