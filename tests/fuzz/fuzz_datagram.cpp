@@ -1,0 +1,37 @@
+// libFuzzer target: one datagram through the whole ingest path (parse, check, apply)
+// and out through both formatters, against one registry that lives across inputs.
+#include "hermes.hpp"
+
+#include <cstdlib>
+
+namespace {
+
+hermes::Registry &registry() {
+  static hermes::Registry instance(hermes::parse_config(R"({"service_name": "fuzz", "max_series": 64,
+    "gauges": [{"metric_name": "g", "labels": ["a", "b"]}, {"metric_name": "plain_gauge"}],
+    "counters": [{"metric_name": "c_total", "labels": ["a"], "ttl_seconds": 5}, {"metric_name": "plain_counter"}]})",
+                                                        "fuzz"));
+  return instance;
+}
+
+void check(bool condition) {
+  if (!condition) std::abort();
+}
+
+} // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size) {
+  static double now = 1e9;
+  hermes::Registry &target = registry();
+  const std::string_view datagram(reinterpret_cast<const char *>(data), size);
+  const hermes::IngestResult result = target.ingest(datagram, now += 0.5);
+  check(result.accepted + result.rejected_total() >= 1); // every datagram is counted
+  check(target.series_count() <= 64 * 2 + 2);
+  target.expire(now);
+  const hermes::ServerStats stats;
+  const std::string text = hermes::render_metrics(target, stats);
+  const std::string openmetrics = hermes::render_metrics(target, stats, hermes::Format::openmetrics);
+  check(!text.empty() && text.back() == '\n');
+  check(openmetrics.size() >= 6 && openmetrics.compare(openmetrics.size() - 6, 6, "# EOF\n") == 0);
+  return 0;
+}
