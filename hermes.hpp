@@ -2076,6 +2076,10 @@ inline void Server::Impl::accept_connections(Clock::time_point now) {
       admit(detail::FileDescriptor(fd), now);
       continue;
     }
+    if (errno == EMFILE || errno == ENFILE) {
+      // Out of descriptors: an idle client gives its own up for the newcomer.
+      if (close_oldest_reader()) continue;
+    }
     if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
       // The pending connection stays queued and the socket stays readable: without a
       // pause, poll() would wake at once, again and again.
