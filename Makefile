@@ -10,7 +10,7 @@ BUILD := build
 UNIT_SOURCES := $(wildcard tests/test_*.cpp) tests/doctest_main.cpp
 UNIT_OBJECTS := $(UNIT_SOURCES:tests/%.cpp=$(BUILD)/%.o)
 
-.PHONY: all run test clean deps test-deps fuzz fuzz-smoke fuzz-deps sanitize valgrind valgrind-deps
+.PHONY: all run test clean deps test-deps fuzz fuzz-smoke fuzz-deps sanitize valgrind valgrind-deps static cross cross-deps
 
 all: hermes
 
@@ -20,7 +20,7 @@ hermes: main.cpp hermes.hpp | deps
 run: hermes
 	./hermes config.json
 
-test: hermes $(BUILD)/unit_tests | test-deps
+test: hermes $(BUILD)/unit_tests $(BUILD)/static/hermes | test-deps
 	@tests/run.sh
 
 # Each test file is its own translation unit including hermes.hpp, so a definition that
@@ -31,6 +31,51 @@ $(BUILD)/unit_tests: $(UNIT_OBJECTS)
 $(BUILD)/%.o: tests/%.cpp hermes.hpp tests/helpers.hpp | test-deps
 	@mkdir -p $(BUILD)
 	$(CXX) $(HERMES_FLAGS) $(CXXFLAGS) -I. -DHERMES_TEST_DIR='"$(CURDIR)/tests"' -c -o $@ $<
+
+# ---- shipping ------------------------------------------------------------------------------
+
+# A static, stripped binary for FROM scratch images and small boards. picojson includes
+# <iostream> for stream operators Hermes never calls; in GCC 12 that header carries a
+# static initializer that links all of iostreams and locales (600 KB). Its guard macro,
+# predefined here with <istream> and <ostream> included in its place, keeps it out.
+# The linker's warning about getaddrinfo is true: without a resolver in the image,
+# addresses must be numeric.
+STATIC_LIMIT := 1572864
+STATIC_FLAGS := -Os -static -s -ffunction-sections -fdata-sections -Wl,--gc-sections \
+  -include istream -include ostream -D_GLIBCXX_IOSTREAM=1
+
+$(BUILD)/static/hermes: main.cpp hermes.hpp | deps
+	@mkdir -p $(BUILD)/static
+	$(CXX) $(HERMES_FLAGS) $(STATIC_FLAGS) -o $@ main.cpp
+
+static: $(BUILD)/static/hermes
+	@size=$$(stat -c %s $<); echo "$<: static, stripped, $$size bytes (limit $(STATIC_LIMIT))"; \
+	  test $$size -le $(STATIC_LIMIT) || { echo "$< is larger than 1.5 MiB"; exit 1; }
+
+# Cross builds for embedded Linux, static so that qemu-user runs them without a sysroot:
+# make cross ARCH=aarch64 (or armhf) builds hermes and the doctest suite for the board
+# and runs the suite under qemu.
+ARCH ?= aarch64
+CROSS_aarch64 := aarch64-linux-gnu
+CROSS_armhf := arm-linux-gnueabihf
+QEMU_aarch64 := qemu-aarch64
+QEMU_armhf := qemu-arm
+CROSS := $(CROSS_$(ARCH))
+CROSS_BUILD := $(BUILD)/$(ARCH)
+CROSS_FLAGS := $(HERMES_FLAGS) -Wno-psabi -isystem $(CROSS_BUILD)/include # psabi: notes on an ABI change of GCC 7
+
+cross: | cross-deps
+	@test -n "$(CROSS)" || { echo "ARCH must be aarch64 or armhf"; exit 1; }
+	@mkdir -p $(CROSS_BUILD)/include && cp /usr/include/picojson.h $(CROSS_BUILD)/include/ && cp -r /usr/include/doctest $(CROSS_BUILD)/include/
+	$(CROSS)-g++ $(CROSS_FLAGS) $(STATIC_FLAGS) -o $(CROSS_BUILD)/hermes main.cpp
+	$(CROSS)-g++ $(CROSS_FLAGS) -O1 -static -I. -DHERMES_TEST_DIR='"$(CURDIR)/tests"' \
+	  -o $(CROSS_BUILD)/unit_tests $(UNIT_SOURCES)
+	@file $(CROSS_BUILD)/hermes | grep -q "statically linked" && echo "$(CROSS_BUILD)/hermes: $$(stat -c %s $(CROSS_BUILD)/hermes) bytes"
+	$(QEMU_$(ARCH)) $(CROSS_BUILD)/hermes --version
+	$(QEMU_$(ARCH)) $(CROSS_BUILD)/unit_tests --no-intro=true
+
+cross-deps:
+	@tests/ensure.sh command:$(CROSS)-g++:g++-$(CROSS) command:$(QEMU_$(ARCH)):qemu-user command:file:file
 
 # ---- the heavier gates, run by CI after make test -----------------------------------------
 
@@ -90,7 +135,8 @@ valgrind-deps:
 	@tests/ensure.sh command:valgrind:valgrind
 
 test-deps: deps
-	@tests/ensure.sh header:doctest/doctest.h:doctest-dev command:python3:python3 command:promtool:prometheus command:prometheus:prometheus
+	@tests/ensure.sh header:doctest/doctest.h:doctest-dev command:python3:python3 command:promtool:prometheus \
+	  command:prometheus:prometheus command:clang++:clang
 
 clean:
 	rm -rf hermes $(BUILD)

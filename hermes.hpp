@@ -31,8 +31,10 @@
 // rejected as series_limit) and ttl_seconds (a labelled series not pushed for that
 // long disappears; 0, the default, keeps series for ever).
 //
-// Unknown keys, repeated names and names starting with hermes_ or process_ (the
-// daemon's own) are errors: ConfigError names the file, the place and the problem.
+// Unknown keys, repeated names, names starting with hermes_ or process_ (the daemon's
+// own), and a metric X or X_created beside a counter X_total (OpenMetrics' names for that
+// counter's family) are errors: ConfigError names the file, the place and the problem.
+// lint_config() gives the naming advice promtool would give, which is not an error.
 //
 // ---- Datagrams ------------------------------------------------------------------------
 //
@@ -157,12 +159,10 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
 #include <optional>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -459,7 +459,7 @@ struct Metric {
 } // namespace detail
 } // namespace hermes
 
-// ===== DETAIL: TEXT ======================================================================
+// ===== DETAIL: TEXT AND FILES ============================================================
 
 namespace hermes {
 namespace detail {
@@ -511,6 +511,37 @@ inline bool is_label_name(std::string_view name) {
 
 inline bool starts_with(std::string_view text, std::string_view prefix) {
   return text.substr(0, prefix.size()) == prefix;
+}
+
+// The parts of `text` between separators, empty ones included.
+inline std::vector<std::string_view> split(std::string_view text, char separator) {
+  std::vector<std::string_view> parts;
+  for (std::size_t start = 0;;) {
+    const std::size_t end = text.find(separator, start);
+    parts.push_back(text.substr(start, end == std::string_view::npos ? std::string_view::npos : end - start));
+    if (end == std::string_view::npos) return parts;
+    start = end + 1;
+  }
+}
+
+// Reads at most `limit` bytes of a file into `out`; returns 0, or the errno of the failure.
+inline int read_file(const char *path, std::size_t limit, std::string &out) {
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  out.clear();
+  char buffer[16384];
+  int error = 0;
+  while (out.size() < limit) {
+    const ssize_t length = ::read(fd, buffer, std::min(sizeof buffer, limit - out.size()));
+    if (length < 0 && errno == EINTR) continue;
+    if (length <= 0) {
+      error = length < 0 ? errno : 0;
+      break;
+    }
+    out.append(buffer, static_cast<std::size_t>(length));
+  }
+  ::close(fd);
+  return error;
 }
 
 inline bool ends_with(std::string_view text, std::string_view suffix) {
@@ -855,8 +886,7 @@ inline std::vector<std::string> lint_names(const MetricConfig &metric) {
   const std::string lower = lowercase(name);
   const bool counter = metric.type == MetricType::counter;
   if (metric.help.empty()) problems.push_back("no help text");
-  std::istringstream parts(name);
-  for (std::string part; std::getline(parts, part, '_');) {
+  for (const std::string_view part : split(name, '_')) {
     if (const auto unit = unit_in(part)) {
       if (unit->first != unit->second) problems.push_back("use base unit \"" + unit->second + "\" instead of \"" + unit->first + "\"");
       break;
@@ -966,14 +996,21 @@ inline std::string strip_brackets(const std::string &host) {
   return host;
 }
 
+// A numeric address first, then a name: a static binary in an empty image has no
+// resolver, and numeric addresses need none.
 inline SocketAddress resolve(const std::string &host, std::uint16_t port, int socket_type, bool passive) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = socket_type;
-  hints.ai_flags = passive ? AI_PASSIVE : 0;
+  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
   addrinfo *found = nullptr;
   const std::string name = strip_brackets(host);
-  const int status = ::getaddrinfo(name.c_str(), std::to_string(port).c_str(), &hints, &found);
+  const std::string service = std::to_string(port);
+  int status = ::getaddrinfo(name.c_str(), service.c_str(), &hints, &found);
+  if (status == EAI_NONAME) {
+    hints.ai_flags &= ~AI_NUMERICHOST;
+    status = ::getaddrinfo(name.c_str(), service.c_str(), &hints, &found);
+  }
   if (status != 0) throw SocketError("cannot resolve address \"" + host + "\": " + ::gai_strerror(status));
   SocketAddress address;
   std::memcpy(&address.storage, found->ai_addr, found->ai_addrlen);
@@ -1288,10 +1325,9 @@ namespace hermes {
 namespace detail {
 
 inline std::string read_small_file(const char *path) {
-  std::ifstream file(path, std::ios::binary);
-  std::ostringstream text;
-  text << file.rdbuf();
-  return text.str();
+  std::string text;
+  read_file(path, 65536, text);
+  return text;
 }
 
 // The fields of /proc/self/stat from the third (state) on; the second, the command
@@ -1299,10 +1335,10 @@ inline std::string read_small_file(const char *path) {
 inline std::vector<std::string> proc_stat_fields() {
   const std::string text = read_small_file("/proc/self/stat");
   const std::size_t close = text.rfind(')');
+  if (close == std::string::npos) return {};
   std::vector<std::string> fields;
-  if (close == std::string::npos) return fields;
-  std::istringstream rest(text.substr(close + 1));
-  for (std::string field; rest >> field;) fields.push_back(field);
+  for (const std::string_view field : split(std::string_view(text).substr(close + 1), ' '))
+    if (!field.empty()) fields.emplace_back(field);
   return fields;
 }
 
@@ -1313,9 +1349,9 @@ inline double proc_stat_field(const std::vector<std::string> &fields, std::size_
 }
 
 inline double boot_time_seconds() {
-  std::istringstream lines(read_small_file("/proc/stat"));
-  for (std::string line; std::getline(lines, line);)
-    if (starts_with(line, "btime ")) return std::strtod(line.c_str() + 6, nullptr);
+  const std::string text = read_small_file("/proc/stat");
+  for (const std::string_view line : split(text, '\n'))
+    if (starts_with(line, "btime ")) return std::strtod(std::string(line.substr(6)).c_str(), nullptr);
   return 0;
 }
 
@@ -1352,12 +1388,9 @@ inline Config parse_config(std::string_view json, const std::string &origin) {
 }
 
 inline Config load_config(const std::string &path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) throw ConfigError(path + ": cannot open: " + std::strerror(errno));
-  std::string text(HERMES_MAX_CONFIG_SIZE + 1, '\0');
-  file.read(&text[0], static_cast<std::streamsize>(text.size()));
-  text.resize(static_cast<std::size_t>(file.gcount()));
-  if (file.bad()) throw ConfigError(path + ": cannot read: " + std::strerror(errno));
+  std::string text;
+  if (const int error = detail::read_file(path.c_str(), HERMES_MAX_CONFIG_SIZE + 1, text))
+    throw ConfigError(path + ": cannot read: " + std::strerror(error));
   if (text.size() > HERMES_MAX_CONFIG_SIZE)
     throw ConfigError(path + ": larger than " + std::to_string(HERMES_MAX_CONFIG_SIZE) + " bytes");
   return parse_config(text, path);

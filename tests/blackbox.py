@@ -52,12 +52,12 @@ def clean_env(**extra):
 class Hermes:
     """A running hermes on loopback, ports chosen by the kernel."""
 
-    def __init__(self, config=None, env=None, args=None, address="127.0.0.1", preexec_fn=None):
+    def __init__(self, config=None, env=None, args=None, address="127.0.0.1", preexec_fn=None, command=None):
         self.config_path = write_config(config or SAMPLE_CONFIG)
         base = {"HERMES_UDP_ADDRESS": address, "HERMES_HTTP_ADDRESS": address,
                 "HERMES_UDP_PORT": "0", "HERMES_HTTP_PORT": "0"}
         base.update(env or {})
-        command = [HERMES] + (args if args is not None else [self.config_path])
+        command = command or [HERMES] + (args if args is not None else [self.config_path])
         self.process = subprocess.Popen(command, env=clean_env(**base), stderr=subprocess.PIPE, text=True,
                                         preexec_fn=preexec_fn)
         self.log = []
@@ -328,7 +328,7 @@ def config_errors_stop_start_up_with_exit_2(hermes):
         finally:
             os.unlink(path)
     code, _, err = run_hermes(["/nonexistent/config.json"])
-    check_equal((code, err), (2, "hermes: /nonexistent/config.json: cannot open: No such file or directory\n"))
+    check_equal((code, err), (2, "hermes: /nonexistent/config.json: cannot read: No such file or directory\n"))
 
 
 @test

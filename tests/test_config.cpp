@@ -126,7 +126,7 @@ TEST_CASE("unknown keys are errors, so a typo is never ignored") {
 }
 
 TEST_CASE("load_config names a file it cannot read, and one that is too large") {
-  CHECK_THROWS_WITH_AS(hermes::load_config("/nonexistent/hermes.json"), "/nonexistent/hermes.json: cannot open: No such file or directory",
+  CHECK_THROWS_WITH_AS(hermes::load_config("/nonexistent/hermes.json"), "/nonexistent/hermes.json: cannot read: No such file or directory",
                        hermes::ConfigError);
   const std::string big = "/tmp/hermes-test-big-config.json";
   {

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""How Hermes ships: the static binary alone in an empty root, as FROM scratch runs it;
+the embedding example; and the header under both compilers' strictest warnings, in two
+translation units of one program.
+
+usage: shipping.py PATH_TO_HERMES   (the static binary is build/static/hermes)
+Ends with the line "shipping: N passed, N failed".
+"""
+import os
+import shutil
+import subprocess
+import tempfile
+
+from blackbox import Hermes, SAMPLE_CONFIG, ROOT, check_equal, run_suite
+
+TESTS = []
+STRICT = ["-std=c++17", "-Wall", "-Wextra", "-Wpedantic", "-Wshadow", "-Wconversion", "-Werror"]
+
+
+def test(function):
+    TESTS.append(function)
+    return function
+
+
+def compile_and_run(compiler, sources, folder, extra=()):
+    binary = os.path.join(folder, "program")
+    result = subprocess.run([compiler, *STRICT, *extra, "-I" + ROOT, "-o", binary, *sources, "-pthread"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, f"{compiler} failed:\n{result.stderr}"
+    return subprocess.run([binary], capture_output=True, text=True, timeout=30)
+
+
+@test
+def the_static_binary_runs_alone_in_an_empty_root(_):
+    static = os.path.join(ROOT, "build", "static", "hermes")
+    assert os.access(static, os.X_OK), f"{static} is missing: make static"
+    root = tempfile.mkdtemp(prefix="hermes-scratch-")
+    try:
+        shutil.copy(static, os.path.join(root, "hermes"))
+        shutil.copy(os.path.join(ROOT, "config.json"), os.path.join(root, "config.json"))
+        check_equal(sorted(os.listdir(root)), ["config.json", "hermes"], "the root holds nothing else")
+        hermes = Hermes(command=["chroot", root, "/hermes", "/config.json"])
+        try:
+            hermes.push('{"metric_name": "sample_counter", "payload": {"labels": {"label_1": "scratch"}}}',
+                        '{"metric_name": "sample_gauge", "payload": {"labels": {"label_1": "a", "label_2": "b"}, "value": 2.5}}')
+            samples = hermes.metrics()
+            check_equal(samples['sample_counter{label_1="scratch"}'], 1, "counter")
+            check_equal(samples['sample_gauge{label_1="a",label_2="b"}'], 2.5, "gauge")
+            check_equal(samples['hermes_build_info{version="1.0.0",service="testing-service"}'], 1, "build info")
+            code, _ = hermes.stop()
+            check_equal(code, 0, "exit code after SIGTERM")
+        finally:
+            hermes.close()
+    finally:
+        shutil.rmtree(root)
+
+
+@test
+def the_embedding_example_builds_and_runs(_):
+    folder = tempfile.mkdtemp(prefix="hermes-embed-")
+    try:
+        result = compile_and_run("g++", [os.path.join(ROOT, "example", "embed.cpp")], folder)
+        check_equal(result.returncode, 0, f"embed's exit code; it said {result.stdout!r} {result.stderr!r}")
+        assert "jobs_total 3, queue_length 11" in result.stdout, result.stdout
+    finally:
+        shutil.rmtree(folder)
+
+
+@test
+def the_header_is_clean_and_inline_in_two_units_under_gcc_and_clang(_):
+    folder = tempfile.mkdtemp(prefix="hermes-units-")
+    try:
+        first, second = os.path.join(folder, "first.cpp"), os.path.join(folder, "second.cpp")
+        with open(first, "w") as file:
+            file.write('#include "hermes.hpp"\nstd::string render_second();\n'
+                       'int main() { return render_second() == hermes::render_metrics(hermes::Registry('
+                       'hermes::parse_config(R"({"service_name": "x"})", "x")), hermes::ServerStats{}) ? 0 : 1; }\n')
+        with open(second, "w") as file:
+            file.write('#include "hermes.hpp"\nstd::string render_second() { return hermes::render_metrics(hermes::Registry('
+                       'hermes::parse_config(R"({"service_name": "x"})", "x")), hermes::ServerStats{}); }\n')
+        for compiler in ("g++", "clang++"):
+            check_equal(compile_and_run(compiler, [first, second], folder).returncode, 0, f"{compiler} program")
+    finally:
+        shutil.rmtree(folder)
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(run_suite("shipping", TESTS))
