@@ -204,8 +204,12 @@ public:
 
 // ===== PUBLIC API: CONFIG =================================================================
 
-enum class MetricType { counter, gauge };
+enum class MetricType { counter, gauge, histogram, summary };
 inline const char *to_string(MetricType type);
+
+// The buckets of a histogram whose config names none: Prometheus' defaults, as the
+// original Hermes uses them.
+inline std::vector<double> default_buckets() { return {.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}; }
 
 struct MetricConfig {
   std::string name;
@@ -214,6 +218,9 @@ struct MetricConfig {
   std::vector<std::string> labels;
   std::size_t max_series = HERMES_DEFAULT_MAX_SERIES; // a push for one more is rejected: series_limit
   double ttl_seconds = 0; // a labelled series not pushed for this long is dropped; 0: never
+  std::vector<double> buckets;                        // histograms: upper bounds, strictly increasing
+  std::vector<std::pair<double, double>> objectives;  // summaries: quantile and its allowed rank error
+  double max_age_seconds = 600;                       // summaries: quantiles cover this window
 };
 
 struct Config {
@@ -323,7 +330,7 @@ public:
   std::uint64_t rejected(Reject reason) const { return rejected_[static_cast<std::size_t>(reason)]; }
 
 private:
-  friend std::string render_metrics(const Registry &registry, const ServerStats &stats, Format format);
+  friend std::string render_metrics(const Registry &registry, const ServerStats &stats, Format format, double now_seconds);
   std::optional<Reject> apply(const picojson::value &sample, double now_seconds);
   detail::Metric *find(std::string_view name);
   const detail::Metric *find(std::string_view name) const;
@@ -369,8 +376,10 @@ inline const char *content_type(Format format);
 // The format an Accept header prefers: OpenMetrics only when it ranks above text.
 inline Format negotiate_format(std::string_view accept);
 
-// The /metrics body: every family once, sorted by configured name.
-inline std::string render_metrics(const Registry &registry, const ServerStats &stats, Format format = Format::text);
+// The /metrics body: every family once, sorted by configured name; summaries' quantiles
+// as of `now_seconds`.
+inline std::string render_metrics(const Registry &registry, const ServerStats &stats, Format format = Format::text,
+                                  double now_seconds = wall_clock_seconds());
 
 // ===== PUBLIC API: SERVER =================================================================
 
@@ -445,10 +454,172 @@ struct LabelValuesLess {
   }
 };
 
+// A stream of observations summarised so that any quantile can be read with a bounded
+// rank error, in bounded memory: the targeted-quantile algorithm of Cormode, Korn,
+// Muthukrishnan and Srivastava ("Effective computation of biased quantiles over data
+// streams", ICDE 2005). It keeps a sorted list of values, each standing for `width`
+// observations with an uncertainty of `delta` in rank, and merges neighbours as long
+// as the allowed error at their rank permits.
+class QuantileStream {
+public:
+  explicit QuantileStream(const std::vector<std::pair<double, double>> *objectives) : objectives_(objectives) {}
+
+  void insert(double value) {
+    buffer_.push_back(value);
+    if (buffer_.size() >= buffer_limit) flush();
+  }
+
+  // The value at quantile q (0 < q < 1); NaN without observations.
+  double query(double q) {
+    flush();
+    if (entries_.empty()) return std::nan("");
+    const double wanted = std::ceil(q * count_) + std::ceil(allowed_error(std::ceil(q * count_)) / 2);
+    double rank = 0;
+    for (std::size_t i = 1; i < entries_.size(); ++i) {
+      rank += entries_[i - 1].width;
+      if (rank + entries_[i].width + entries_[i].delta > wanted) return entries_[i - 1].value;
+    }
+    return entries_.back().value;
+  }
+
+  void reset() {
+    entries_.clear();
+    buffer_.clear();
+    count_ = 0;
+  }
+
+  std::size_t memory_entries() const { return entries_.size() + buffer_.size(); }
+
+private:
+  struct Entry {
+    double value;
+    double width; // observations this entry stands for
+    double delta; // how far its rank may be off
+  };
+  static constexpr std::size_t buffer_limit = 500; // observations sorted and merged at once
+
+  // The rank error allowed at rank r: the tightest over all objectives.
+  double allowed_error(double rank) const {
+    double allowed = std::numeric_limits<double>::max();
+    for (const auto &objective : *objectives_) {
+      const double q = objective.first, error = objective.second;
+      const double here = q * count_ <= rank ? 2 * error * rank / q : 2 * error * (count_ - rank) / (1 - q);
+      allowed = std::min(allowed, here);
+    }
+    return allowed;
+  }
+
+  void flush() {
+    if (buffer_.empty()) return;
+    std::sort(buffer_.begin(), buffer_.end());
+    std::vector<Entry> merged;
+    merged.reserve(entries_.size() + buffer_.size());
+    double rank = 0;
+    std::size_t next = 0;
+    for (const double value : buffer_) {
+      for (; next < entries_.size() && entries_[next].value <= value; ++next) {
+        rank += entries_[next].width;
+        merged.push_back(entries_[next]);
+      }
+      // A new value in the middle may be off by what its place allows; at either end, not at all.
+      const bool inside = next < entries_.size() && !merged.empty();
+      const double delta = inside ? std::max(0.0, std::floor(allowed_error(rank)) - 1) : 0;
+      merged.push_back({value, 1, delta});
+      count_ += 1;
+      rank += 1;
+    }
+    merged.insert(merged.end(), entries_.begin() + static_cast<std::ptrdiff_t>(next), entries_.end());
+    entries_ = std::move(merged);
+    buffer_.clear();
+    compress();
+  }
+
+  // Folds each entry into its right neighbour where the error allowed there permits.
+  void compress() {
+    if (entries_.size() < 2) return;
+    std::vector<Entry> kept;
+    kept.reserve(entries_.size());
+    Entry right = entries_.back();
+    double rank = count_ - 1 - right.width;
+    for (std::size_t i = entries_.size() - 1; i-- > 0;) {
+      const Entry &left = entries_[i];
+      if (left.width + right.width + right.delta <= allowed_error(rank)) {
+        right.width += left.width;
+      } else {
+        kept.push_back(right);
+        right = left;
+      }
+      rank -= left.width;
+    }
+    kept.push_back(right);
+    entries_.assign(kept.rbegin(), kept.rend());
+  }
+
+  const std::vector<std::pair<double, double>> *objectives_;
+  std::vector<Entry> entries_;
+  std::vector<double> buffer_;
+  double count_ = 0;
+};
+
+// Quantiles over the last max_age seconds, as Prometheus' Go client keeps them: five
+// streams all take every observation, each is emptied in turn every max_age / 5, and
+// the oldest one answers, so an answer covers between 4/5 of max_age and max_age.
+class QuantileWindow {
+public:
+  QuantileWindow(const MetricConfig &config, double now)
+      : step_(config.max_age_seconds / streams), head_expires_(now + config.max_age_seconds) {
+    for (std::size_t i = 0; i < streams; ++i) streams_.emplace_back(&config.objectives);
+    // The streams start staggered, so that one of them expires every step.
+    head_expires_ = now + step_;
+  }
+
+  void observe(double value, double now) {
+    rotate(now);
+    for (QuantileStream &stream : streams_) stream.insert(value);
+  }
+
+  double query(double q, double now) {
+    rotate(now);
+    return streams_[head_].query(q);
+  }
+
+  std::size_t memory_entries() const {
+    std::size_t total = 0;
+    for (const QuantileStream &stream : streams_) total += stream.memory_entries();
+    return total;
+  }
+
+private:
+  static constexpr std::size_t streams = 5;
+
+  void rotate(double now) {
+    for (std::size_t turns = 0; now >= head_expires_ && turns < streams; ++turns) {
+      streams_[head_].reset();
+      head_ = (head_ + 1) % streams;
+      head_expires_ += step_;
+    }
+    if (now >= head_expires_) head_expires_ = now + step_; // idle for longer than max_age: all were emptied
+  }
+
+  double step_;
+  double head_expires_;
+  std::size_t head_ = 0;
+  std::vector<QuantileStream> streams_;
+};
+
+// What a histogram or summary series has seen.
+struct Distribution {
+  double sum = 0;
+  std::uint64_t count = 0;
+  std::vector<std::uint64_t> bucket_counts;  // histograms: per bucket, not cumulative; the last is +Inf
+  std::unique_ptr<QuantileWindow> quantiles; // summaries with objectives
+};
+
 struct Series {
   double value = 0;
   double created = 0;   // seconds since the epoch of the push that made it; 0 when made at start
   double last_push = 0; // seconds since the epoch of the latest push
+  std::unique_ptr<Distribution> distribution; // histograms and summaries
 };
 
 struct Metric {
@@ -691,6 +862,26 @@ inline const char *json_type_name(const picojson::value &value) {
 namespace hermes {
 namespace detail {
 
+// The family name of a metric in OpenMetrics: a counter drops its _total.
+inline std::string openmetrics_family(const MetricConfig &metric) {
+  if (metric.type == MetricType::counter && ends_with(metric.name, "_total"))
+    return metric.name.substr(0, metric.name.size() - 6);
+  return metric.name;
+}
+
+// Every name a metric uses in either format: its family and its series' names.
+inline std::vector<std::string> names_taken(const MetricConfig &metric) {
+  const std::string &name = metric.name;
+  const std::string family = openmetrics_family(metric);
+  switch (metric.type) {
+  case MetricType::counter:
+    return family == name ? std::vector<std::string>{name} : std::vector<std::string>{family, name, family + "_created"};
+  case MetricType::histogram: return {name, name + "_bucket", name + "_sum", name + "_count", name + "_created"};
+  case MetricType::summary: return {name, name + "_sum", name + "_count", name + "_created"};
+  default: return {name};
+  }
+}
+
 // Reads a config tree; every error names the file and the JSON path of the place.
 class ConfigReader {
 public:
@@ -699,16 +890,18 @@ public:
   Config read(const picojson::value &root) {
     if (!root.is<picojson::object>()) fail("", std::string("expected an object, got ") + json_type_name(root));
     const auto &top = root.get<picojson::object>();
-    reject_unknown_keys(top, "", {"service_name", "gauges", "counters", "listen_address", "listen_port", "max_series",
-                                  "ttl_seconds"});
+    reject_unknown_keys(top, "", {"service_name", "gauges", "counters", "histograms", "summaries", "listen_address",
+                                  "listen_port", "max_series", "ttl_seconds"});
     Config config;
     config.service_name = read_service_name(top);
     read_series_limits(top, "", defaults_);
     read_metrics(top, "gauges", MetricType::gauge, config.metrics);
     read_metrics(top, "counters", MetricType::counter, config.metrics);
+    read_metrics(top, "histograms", MetricType::histogram, config.metrics);
+    read_metrics(top, "summaries", MetricType::summary, config.metrics);
     if (const auto *address = member(top, "listen_address")) config.listen_address = string_at(*address, "listen_address");
     if (const auto *port = member(top, "listen_port")) config.listen_port = port_at(*port, "listen_port");
-    check_openmetrics_names(config.metrics);
+    check_name_collisions(config.metrics);
     return config;
   }
 
@@ -788,7 +981,13 @@ private:
   MetricConfig read_metric(const picojson::value &item, const std::string &place, MetricType type) const {
     if (!item.is<picojson::object>()) fail(place, std::string("expected an object, got ") + json_type_name(item));
     const auto &object = item.get<picojson::object>();
-    reject_unknown_keys(object, place, {"metric_name", "metric_description", "labels", "max_series", "ttl_seconds"});
+    if (type == MetricType::histogram)
+      reject_unknown_keys(object, place, {"metric_name", "metric_description", "labels", "max_series", "ttl_seconds", "buckets"});
+    else if (type == MetricType::summary)
+      reject_unknown_keys(object, place, {"metric_name", "metric_description", "labels", "max_series", "ttl_seconds",
+                                          "objectives", "max_age_seconds"});
+    else
+      reject_unknown_keys(object, place, {"metric_name", "metric_description", "labels", "max_series", "ttl_seconds"});
     MetricConfig metric = defaults_;
     read_series_limits(object, place, metric);
     metric.type = type;
@@ -798,7 +997,61 @@ private:
       if (!is_valid_utf8(metric.help)) fail(join(place, "metric_description"), "is not valid UTF-8");
     }
     if (const auto *labels = member(object, "labels")) metric.labels = read_labels(*labels, join(place, "labels"));
+    if (type == MetricType::histogram) read_histogram(object, place, metric);
+    if (type == MetricType::summary) read_summary(object, place, metric);
     return metric;
+  }
+
+  void reject_label(const MetricConfig &metric, const std::string &place, const char *label, const char *why) const {
+    const auto found = std::find(metric.labels.begin(), metric.labels.end(), label);
+    if (found != metric.labels.end())
+      fail(join(place, "labels") + "[" + std::to_string(found - metric.labels.begin()) + "]",
+           std::string("\"") + label + "\" is reserved: " + why);
+  }
+
+  void read_histogram(const picojson::object &object, const std::string &place, MetricConfig &metric) const {
+    reject_label(metric, place, "le", "a histogram's buckets use it");
+    metric.buckets = default_buckets();
+    const auto *buckets = member(object, "buckets");
+    if (!buckets) return;
+    const std::string where = join(place, "buckets");
+    if (!buckets->is<picojson::array>()) fail(where, std::string("expected a list, got ") + json_type_name(*buckets));
+    const auto &items = buckets->get<picojson::array>();
+    if (items.empty()) fail(where, "must hold at least one bucket");
+    metric.buckets.clear();
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      const std::string item_place = where + "[" + std::to_string(i) + "]";
+      if (!items[i].is<double>()) fail(item_place, quote_json(items[i]) + " is not a finite number");
+      const double bound = items[i].get<double>();
+      if (!metric.buckets.empty() && bound <= metric.buckets.back())
+        fail(item_place, quote_json(items[i]) + " is not above the bucket before it: buckets must increase strictly");
+      metric.buckets.push_back(bound);
+    }
+  }
+
+  void read_summary(const picojson::object &object, const std::string &place, MetricConfig &metric) const {
+    reject_label(metric, place, "quantile", "a summary's quantiles use it");
+    if (const auto *age = member(object, "max_age_seconds")) {
+      if (!age->is<double>() || age->get<double>() <= 0)
+        fail(join(place, "max_age_seconds"), quote_json(*age) + " is not a number of seconds above 0");
+      metric.max_age_seconds = age->get<double>();
+    }
+    const auto *objectives = member(object, "objectives");
+    if (!objectives) return;
+    const std::string where = join(place, "objectives");
+    if (!objectives->is<picojson::object>())
+      fail(where, std::string("expected an object of quantile: error, got ") + json_type_name(*objectives));
+    for (const auto &entry : objectives->get<picojson::object>()) {
+      const std::string item_place = where + "." + entry.first;
+      char *end = nullptr;
+      const double quantile = std::strtod(entry.first.c_str(), &end);
+      if (entry.first.empty() || *end != '\0' || !(quantile > 0 && quantile < 1))
+        fail(item_place, "\"" + entry.first + "\" is not a quantile between 0 and 1");
+      if (!entry.second.is<double>() || !(entry.second.get<double>() > 0 && entry.second.get<double>() <= 0.5))
+        fail(item_place, quote_json(entry.second) + " is not an allowed rank error above 0 and at most 0.5");
+      metric.objectives.emplace_back(quantile, entry.second.get<double>());
+    }
+    std::sort(metric.objectives.begin(), metric.objectives.end());
   }
 
   std::string read_metric_name(const picojson::object &object, const std::string &place) const {
@@ -826,17 +1079,17 @@ private:
     return names;
   }
 
-  // In OpenMetrics a counter X_total is the family X with the series X_total and
-  // X_created, so no other metric may be called X or X_created.
-  void check_openmetrics_names(const std::vector<MetricConfig> &metrics) const {
-    for (const MetricConfig &counter : metrics) {
-      if (counter.type != MetricType::counter || !ends_with(counter.name, "_total")) continue;
-      const std::string family = counter.name.substr(0, counter.name.size() - 6);
-      for (const MetricConfig &other : metrics)
-        if (other.name == family || other.name == family + "_created")
-          fail("", "\"" + other.name + "\" collides with counter \"" + counter.name +
-                       "\": in OpenMetrics that counter is the family " + family + " with the series " + family + "_created");
-    }
+  // No two metrics may expose the same name in either format: a histogram X also has
+  // X_bucket, X_sum, X_count; in OpenMetrics a counter X_total is the family X, and
+  // counters, histograms and summaries add X_created.
+  void check_name_collisions(const std::vector<MetricConfig> &metrics) const {
+    for (std::size_t i = 0; i < metrics.size(); ++i)
+      for (std::size_t j = i + 1; j < metrics.size(); ++j)
+        for (const std::string &name : names_taken(metrics[i])) {
+          const std::vector<std::string> other = names_taken(metrics[j]);
+          if (std::find(other.begin(), other.end(), name) != other.end())
+            fail("", "\"" + metrics[i].name + "\" and \"" + metrics[j].name + "\" would both expose the name " + name);
+        }
   }
 
   void check_unique(const std::string &name, const std::string &place) {
@@ -894,9 +1147,11 @@ inline std::vector<std::string> lint_names(const MetricConfig &metric) {
   }
   if (counter && !ends_with(name, "_total")) problems.push_back("counter metrics should have \"_total\" suffix");
   if (!counter && ends_with(name, "_total")) problems.push_back("non-counter metrics should not have \"_total\" suffix");
-  if (ends_with(name, "_bucket")) problems.push_back("non-histogram metrics should not have \"_bucket\" suffix");
-  if (ends_with(name, "_count")) problems.push_back("non-histogram and non-summary metrics should not have \"_count\" suffix");
-  if (ends_with(name, "_sum")) problems.push_back("non-histogram and non-summary metrics should not have \"_sum\" suffix");
+  const bool plain = counter || metric.type == MetricType::gauge;
+  if (plain && ends_with(name, "_bucket")) problems.push_back("non-histogram metrics should not have \"_bucket\" suffix");
+  if (plain && ends_with(name, "_count"))
+    problems.push_back("non-histogram and non-summary metrics should not have \"_count\" suffix");
+  if (plain && ends_with(name, "_sum")) problems.push_back("non-histogram and non-summary metrics should not have \"_sum\" suffix");
   for (const char *type : {"counter", "gauge", "histogram", "summary"})
     if (has_part(lower, type)) problems.push_back(std::string("metric name should not include type '") + type + "'");
   if (name.find(':') != std::string::npos) problems.push_back("metric names should not contain ':'");
@@ -1378,7 +1633,14 @@ inline double count_open_fds() {
 
 namespace hermes {
 
-inline const char *to_string(MetricType type) { return type == MetricType::counter ? "counter" : "gauge"; }
+inline const char *to_string(MetricType type) {
+  switch (type) {
+  case MetricType::counter: return "counter";
+  case MetricType::gauge: return "gauge";
+  case MetricType::histogram: return "histogram";
+  default: return "summary";
+  }
+}
 
 inline Config parse_config(std::string_view json, const std::string &origin) {
   picojson::value root;
@@ -1510,7 +1772,7 @@ namespace detail {
 
 // How a sample changes its series.
 struct Update {
-  bool replace = false; // set the value instead of adding to it
+  enum class Kind { add, set, observe } kind = Kind::add;
   double amount = 0;
 };
 
@@ -1545,11 +1807,11 @@ inline std::optional<Reject> read_gauge_update(const picojson::value *value, con
   const double by = value ? value->get<double>() : 1;
   if (name == "set") {
     if (!value) return Reject::invalid_value;
-    update = {true, by};
+    update = {Update::Kind::set, by};
   } else if (name == "increment") {
-    update = {false, by};
+    update = {Update::Kind::add, by};
   } else if (name == "decrement") {
-    update = {false, -by};
+    update = {Update::Kind::add, -by};
   } else {
     return Reject::invalid_operation;
   }
@@ -1557,10 +1819,45 @@ inline std::optional<Reject> read_gauge_update(const picojson::value *value, con
 }
 
 inline std::optional<Reject> read_update(MetricType type, const picojson::object &payload, Update &update) {
-  const picojson::value *value = member(payload, "value");
+  // Histograms and summaries take an observation, under the original's name or as value.
+  const bool observes = type == MetricType::histogram || type == MetricType::summary;
+  const picojson::value *value = observes && member(payload, "observation") ? member(payload, "observation") : member(payload, "value");
   if (value && !value->is<double>()) return Reject::invalid_value; // also numbers beyond double
   if (type == MetricType::counter) return read_counter_update(value, update);
-  return read_gauge_update(value, member(payload, "operation"), update);
+  if (type == MetricType::gauge) return read_gauge_update(value, member(payload, "operation"), update);
+  if (!value) return Reject::invalid_value;
+  update = {Update::Kind::observe, value->get<double>()};
+  return std::nullopt;
+}
+
+// A new series of `metric`, first pushed at `now`.
+inline Series new_series(const MetricConfig &metric, double now) {
+  Series series;
+  series.created = series.last_push = now;
+  if (metric.type == MetricType::histogram || metric.type == MetricType::summary) {
+    series.distribution = std::make_unique<Distribution>();
+    if (metric.type == MetricType::histogram) series.distribution->bucket_counts.assign(metric.buckets.size() + 1, 0);
+    if (!metric.objectives.empty()) series.distribution->quantiles = std::make_unique<QuantileWindow>(metric, now);
+  }
+  return series;
+}
+
+inline void apply_update(const MetricConfig &metric, Series &series, const Update &update, double now) {
+  series.last_push = now;
+  if (update.kind == Update::Kind::set) {
+    series.value = update.amount;
+  } else if (update.kind == Update::Kind::add) {
+    series.value += update.amount;
+  } else {
+    Distribution &seen = *series.distribution;
+    seen.sum += update.amount;
+    seen.count += 1;
+    if (!seen.bucket_counts.empty()) { // the first bucket whose upper bound holds it; else +Inf
+      const auto bucket = std::lower_bound(metric.buckets.begin(), metric.buckets.end(), update.amount);
+      seen.bucket_counts[static_cast<std::size_t>(bucket - metric.buckets.begin())] += 1;
+    }
+    if (seen.quantiles) seen.quantiles->observe(update.amount, now);
+  }
 }
 
 } // namespace detail
@@ -1571,7 +1868,7 @@ inline Registry::Registry(const Config &config) : service_name_(config.service_n
   for (const MetricConfig &metric_config : config.metrics) {
     detail::Metric metric{metric_config, {}};
     // A metric without labels has exactly one series; it shows 0 before the first push.
-    if (metric_config.labels.empty()) metric.series.emplace(std::vector<std::string>{}, detail::Series{});
+    if (metric_config.labels.empty()) metric.series.emplace(std::vector<std::string>{}, detail::new_series(metric_config, 0));
     metrics_.push_back(std::move(metric));
   }
   std::sort(metrics_.begin(), metrics_.end(),
@@ -1656,12 +1953,12 @@ inline std::optional<Reject> Registry::apply(const picojson::value &sample, doub
   auto series = metric->series.find(label_values);
   if (series == metric->series.end()) {
     if (metric->series.size() >= metric->config.max_series) return Reject::series_limit;
-    const detail::Series created{0, now_seconds, now_seconds};
-    series = metric->series.emplace(std::vector<std::string>(label_values.begin(), label_values.end()), created).first;
+    series = metric->series
+                 .emplace(std::vector<std::string>(label_values.begin(), label_values.end()),
+                          detail::new_series(metric->config, now_seconds))
+                 .first;
   }
-  double &value = series->second.value;
-  value = update.replace ? update.amount : value + update.amount;
-  series->second.last_push = now_seconds;
+  detail::apply_update(metric->config, series->second, update, now_seconds);
   return std::nullopt;
 }
 
@@ -1757,35 +2054,37 @@ inline void append_escaped(std::string &out, std::string_view text, bool escape_
 }
 
 // Writes families in one format. In OpenMetrics a counter named *_total is the family
-// without the suffix, and its series carry *_created; a counter without the suffix
-// cannot be an OpenMetrics counter under its name, so it is typed unknown. Either way
-// every sample keeps its configured name, so Prometheus stores the same series.
+// without the suffix; a counter without the suffix cannot be an OpenMetrics counter under
+// its name, so it is typed unknown; and counters, histograms and summaries add *_created
+// to each series a push made. Either way every sample keeps its text-format name, so
+// Prometheus stores the same series.
 class Exposition {
 public:
   Exposition(std::string &out, Format format) : out_(out), format_(format) {}
 
   void family(std::string_view name, std::string_view help, MetricType type) {
     const bool openmetrics = format_ == Format::openmetrics;
-    created_suffix_ = openmetrics && type == MetricType::counter && ends_with(name, "_total");
-    const std::string_view family = created_suffix_ ? name.substr(0, name.size() - 6) : name;
-    const char *type_name = to_string(type);
-    if (openmetrics && type == MetricType::counter && !created_suffix_) type_name = "unknown";
+    const bool total = type == MetricType::counter && ends_with(name, "_total");
+    family_ = openmetrics && total ? name.substr(0, name.size() - 6) : name;
+    const char *type_name = openmetrics && type == MetricType::counter && !total ? "unknown" : to_string(type);
+    with_created_ = openmetrics && (total || type == MetricType::histogram || type == MetricType::summary);
     out_ += "# HELP ";
-    out_ += family;
+    out_ += family_;
     out_ += ' '; // OpenMetrics wants the space even before an empty text
     append_escaped(out_, help, openmetrics);
     out_ += "\n# TYPE ";
-    out_ += family;
+    out_ += family_;
     out_ += ' ';
     out_ += type_name;
     out_ += '\n';
-    family_ = family;
   }
 
+  // One sample; `extra` is a last label of its own, such as a bucket's le.
   template <typename Values>
-  void sample(std::string_view name, const std::vector<std::string> &label_names, const Values &label_values, double value) {
+  void sample(std::string_view name, const std::vector<std::string> &label_names, const Values &label_values, double value,
+              std::pair<std::string_view, std::string_view> extra = {}) {
     out_ += name;
-    append_labels(label_names, label_values);
+    append_labels(label_names, label_values, extra);
     out_ += ' ';
     append_double(out_, value);
     out_ += '\n';
@@ -1794,13 +2093,9 @@ public:
   // The series' creation time, where the format has a place for it.
   template <typename Values>
   void created(const std::vector<std::string> &label_names, const Values &label_values, double seconds) {
-    if (!created_suffix_ || seconds <= 0) return;
-    out_ += family_;
-    out_ += "_created";
-    append_labels(label_names, label_values);
-    out_ += ' ';
-    append_double(out_, seconds);
-    out_ += '\n';
+    if (!with_created_ || seconds <= 0) return;
+    const std::string name = std::string(family_) + "_created";
+    sample(name, label_names, label_values, seconds);
   }
 
   // A family of one series without labels.
@@ -1814,31 +2109,72 @@ public:
   }
 
 private:
-  template <typename Values> void append_labels(const std::vector<std::string> &names, const Values &values) {
-    if (names.empty()) return;
+  template <typename Values>
+  void append_labels(const std::vector<std::string> &names, const Values &values,
+                     std::pair<std::string_view, std::string_view> extra) {
+    if (names.empty() && extra.first.empty()) return;
     out_ += '{';
     for (std::size_t i = 0; i < names.size(); ++i) {
       if (i > 0) out_ += ',';
-      out_ += names[i];
-      out_ += "=\"";
-      append_escaped(out_, values[i], true);
-      out_ += '"';
+      append_label(names[i], values[i]);
+    }
+    if (!extra.first.empty()) {
+      if (!names.empty()) out_ += ',';
+      append_label(extra.first, extra.second);
     }
     out_ += '}';
   }
 
+  void append_label(std::string_view name, std::string_view value) {
+    out_ += name;
+    out_ += "=\"";
+    append_escaped(out_, value, true);
+    out_ += '"';
+  }
+
   std::string &out_;
   Format format_;
-  bool created_suffix_ = false;
+  bool with_created_ = false;
   std::string_view family_;
 };
 
-inline void write_metric(Exposition &exposition, const Metric &metric) {
+// Cumulative buckets with their upper bound as le, then _sum and _count.
+inline void write_histogram(Exposition &out, const MetricConfig &config, const std::vector<std::string> &labels,
+                            const Distribution &seen) {
+  const std::string bucket = config.name + "_bucket";
+  std::uint64_t cumulative = 0;
+  for (std::size_t i = 0; i < seen.bucket_counts.size(); ++i) {
+    cumulative += seen.bucket_counts[i];
+    const std::string le = i < config.buckets.size() ? format_double(config.buckets[i]) : "+Inf";
+    out.sample(bucket, config.labels, labels, static_cast<double>(cumulative), {"le", le});
+  }
+  out.sample(config.name + "_sum", config.labels, labels, seen.sum);
+  out.sample(config.name + "_count", config.labels, labels, static_cast<double>(seen.count));
+}
+
+// Each objective's quantile over the window (NaN while it is empty), then _sum and _count.
+// Reading a quantile brings the window up to `now`, which no reader can tell apart.
+inline void write_summary(Exposition &out, const MetricConfig &config, const std::vector<std::string> &labels,
+                          const Distribution &seen, double now) {
+  for (const auto &objective : config.objectives)
+    out.sample(config.name, config.labels, labels, seen.quantiles->query(objective.first, now),
+               {"quantile", format_double(objective.first)});
+  out.sample(config.name + "_sum", config.labels, labels, seen.sum);
+  out.sample(config.name + "_count", config.labels, labels, static_cast<double>(seen.count));
+}
+
+inline void write_metric(Exposition &out, const Metric &metric, double now) {
   const MetricConfig &config = metric.config;
-  exposition.family(config.name, config.help, config.type);
-  for (const auto &series : metric.series) {
-    exposition.sample(config.name, config.labels, series.first, series.second.value);
-    exposition.created(config.labels, series.first, series.second.created);
+  out.family(config.name, config.help, config.type);
+  for (const auto &[labels, series] : metric.series) {
+    if (config.type == MetricType::histogram) {
+      write_histogram(out, config, labels, *series.distribution);
+    } else if (config.type == MetricType::summary) {
+      write_summary(out, config, labels, *series.distribution, now);
+    } else {
+      out.sample(config.name, config.labels, labels, series.value);
+    }
+    out.created(config.labels, labels, series.created);
   }
 }
 
@@ -1907,10 +2243,10 @@ inline std::vector<FamilyWriter> self_families(const Registry &registry, const S
 
 } // namespace detail
 
-inline std::string render_metrics(const Registry &registry, const ServerStats &stats, Format format) {
+inline std::string render_metrics(const Registry &registry, const ServerStats &stats, Format format, double now_seconds) {
   std::vector<detail::FamilyWriter> families = detail::self_families(registry, stats);
   for (const detail::Metric &metric : registry.metrics_)
-    families.push_back({metric.config.name, [&metric](detail::Exposition &out) { detail::write_metric(out, metric); }});
+    families.push_back({metric.config.name, [&metric, now_seconds](detail::Exposition &out) { detail::write_metric(out, metric, now_seconds); }});
   std::sort(families.begin(), families.end(),
             [](const detail::FamilyWriter &a, const detail::FamilyWriter &b) { return a.name < b.name; });
   std::string out;

@@ -122,7 +122,7 @@ TEST_CASE("unknown keys are errors, so a typo is never ignored") {
   CHECK(config_error(R"({"service_name": "s", "counters": [{"metric_name": "c", "lables": ["a"]}]})") ==
         "config.json: counters[0].lables: unknown key (expected one of: metric_name, metric_description, labels, max_series, ttl_seconds)");
   CHECK(config_error(R"({"service_name": "s", "gauge": []})") ==
-        "config.json: gauge: unknown key (expected one of: service_name, gauges, counters, listen_address, listen_port, max_series, ttl_seconds)");
+        "config.json: gauge: unknown key (expected one of: service_name, gauges, counters, histograms, summaries, listen_address, listen_port, max_series, ttl_seconds)");
 }
 
 TEST_CASE("load_config names a file it cannot read, and one that is too large") {
@@ -234,9 +234,9 @@ TEST_CASE("parse_port and parse_log_level") {
 
 TEST_CASE("a counter X_total leaves no room for metrics named X or X_created") {
   CHECK(config_error(R"({"service_name": "s", "counters": [{"metric_name": "jobs_total"}], "gauges": [{"metric_name": "jobs"}]})") ==
-        "config.json: \"jobs\" collides with counter \"jobs_total\": in OpenMetrics that counter is the family jobs with the series jobs_created");
+        "config.json: \"jobs\" and \"jobs_total\" would both expose the name jobs");
   CHECK(config_error(R"({"service_name": "s", "counters": [{"metric_name": "jobs_total"}, {"metric_name": "jobs_created"}]})") ==
-        "config.json: \"jobs_created\" collides with counter \"jobs_total\": in OpenMetrics that counter is the family jobs with the series jobs_created");
+        "config.json: \"jobs_total\" and \"jobs_created\" would both expose the name jobs_created");
   CHECK(config_error(R"({"service_name": "s", "counters": [{"metric_name": "jobs"}], "gauges": [{"metric_name": "jobs_total"}]})").empty());
 }
 
@@ -297,4 +297,56 @@ TEST_CASE("bad series limits name their place") {
         "config.json: counters[0].ttl_seconds: -1 is not a number of seconds (0 or more; 0: never)");
   CHECK(config_error(R"({"service_name": "s", "ttl_seconds": "1m"})") ==
         "config.json: ttl_seconds: \"1m\" is not a number of seconds (0 or more; 0: never)");
+}
+
+// ---- histograms and summaries -----------------------------------------------------------------
+
+TEST_CASE("a config written for the original, histograms and summaries without options, loads") {
+  const hermes::Config config = hermes::parse_config(R"({"service_name": "original",
+    "histograms": [{"metric_name": "request_seconds", "metric_description": "latency", "labels": ["route"]}],
+    "summaries": [{"metric_name": "payload_bytes", "metric_description": "sizes", "labels": ["route"]}]})",
+                                                     "original.json");
+  REQUIRE(config.metrics.size() == 2);
+  CHECK(config.metrics[0].type == hermes::MetricType::histogram);
+  CHECK(config.metrics[0].buckets == std::vector<double>{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10});
+  CHECK(config.metrics[1].type == hermes::MetricType::summary);
+  CHECK(config.metrics[1].objectives.empty());
+  CHECK(config.metrics[1].max_age_seconds == 600);
+}
+
+TEST_CASE("histogram buckets and summary objectives are read and checked") {
+  const hermes::Config config = hermes::parse_config(R"({"service_name": "s",
+    "histograms": [{"metric_name": "h", "buckets": [-1, 0, 0.5, 1e3]}],
+    "summaries": [{"metric_name": "q", "objectives": {"0.99": 0.001, "0.5": 0.05}, "max_age_seconds": 60}]})",
+                                                     "test");
+  CHECK(config.metrics[0].buckets == std::vector<double>{-1, 0, 0.5, 1000});
+  CHECK(config.metrics[1].objectives == std::vector<std::pair<double, double>>{{0.5, 0.05}, {0.99, 0.001}});
+  CHECK(config.metrics[1].max_age_seconds == 60);
+  CHECK(config_error(R"({"service_name": "s", "histograms": [{"metric_name": "h", "buckets": [1, 1]}]})") ==
+        "config.json: histograms[0].buckets[1]: 1 is not above the bucket before it: buckets must increase strictly");
+  CHECK(config_error(R"({"service_name": "s", "histograms": [{"metric_name": "h", "buckets": [2, "3"]}]})") ==
+        "config.json: histograms[0].buckets[1]: \"3\" is not a finite number");
+  CHECK(config_error(R"({"service_name": "s", "histograms": [{"metric_name": "h", "buckets": []}]})") ==
+        "config.json: histograms[0].buckets: must hold at least one bucket");
+  CHECK(config_error(R"({"service_name": "s", "histograms": [{"metric_name": "h", "labels": ["a", "le"]}]})") ==
+        "config.json: histograms[0].labels[1]: \"le\" is reserved: a histogram's buckets use it");
+  CHECK(config_error(R"({"service_name": "s", "summaries": [{"metric_name": "q", "labels": ["quantile"]}]})") ==
+        "config.json: summaries[0].labels[0]: \"quantile\" is reserved: a summary's quantiles use it");
+  CHECK(config_error(R"({"service_name": "s", "summaries": [{"metric_name": "q", "objectives": {"1.5": 0.1}}]})") ==
+        "config.json: summaries[0].objectives.1.5: \"1.5\" is not a quantile between 0 and 1");
+  CHECK(config_error(R"({"service_name": "s", "summaries": [{"metric_name": "q", "objectives": {"0.9": 0}}]})") ==
+        "config.json: summaries[0].objectives.0.9: 0 is not an allowed rank error above 0 and at most 0.5");
+  CHECK(config_error(R"({"service_name": "s", "summaries": [{"metric_name": "q", "objectives": [0.5]}]})") ==
+        "config.json: summaries[0].objectives: expected an object of quantile: error, got a list");
+  CHECK(config_error(R"({"service_name": "s", "summaries": [{"metric_name": "q", "max_age_seconds": 0}]})") ==
+        "config.json: summaries[0].max_age_seconds: 0 is not a number of seconds above 0");
+  CHECK(config_error(R"({"service_name": "s", "gauges": [{"metric_name": "g", "buckets": [1]}]})") ==
+        "config.json: gauges[0].buckets: unknown key (expected one of: metric_name, metric_description, labels, max_series, ttl_seconds)");
+}
+
+TEST_CASE("a histogram's and a summary's series names are theirs alone") {
+  CHECK(config_error(R"({"service_name": "s", "gauges": [{"metric_name": "h_bucket"}], "histograms": [{"metric_name": "h"}]})") ==
+        "config.json: \"h_bucket\" and \"h\" would both expose the name h_bucket");
+  CHECK(config_error(R"({"service_name": "s", "counters": [{"metric_name": "q_count"}], "summaries": [{"metric_name": "q"}]})") ==
+        "config.json: \"q_count\" and \"q\" would both expose the name q_count");
 }

@@ -1,6 +1,8 @@
 // The registry: which series exist, how they are keyed, and how they are counted.
 #include "helpers.hpp"
 
+#include <random>
+
 TEST_CASE("metrics without labels have their one series from the start; labelled ones have none") {
   const hermes::Registry registry(hermes::parse_config(R"({"service_name": "s",
       "gauges": [{"metric_name": "g"}, {"metric_name": "gl", "labels": ["a"]}],
@@ -101,4 +103,90 @@ TEST_CASE("series not pushed for ttl_seconds expire; the others and label-less o
   CHECK(registry.expired() == 2);
   set("g", "dead", 2000); // a returning worker starts a new series
   CHECK(registry.value("g", {"dead"}) == std::optional<double>(1));
+}
+
+// ---- histograms and summaries -----------------------------------------------------------------
+
+namespace {
+hermes::Registry observing_registry() {
+  return hermes::Registry(hermes::parse_config(R"({"service_name": "s",
+    "histograms": [{"metric_name": "latency", "labels": ["route"], "buckets": [0.1, 1, 10]}, {"metric_name": "plain_h"}],
+    "summaries": [{"metric_name": "sizes", "labels": ["route"], "objectives": {"0.5": 0.05, "0.9": 0.01, "0.99": 0.001}},
+                  {"metric_name": "plain_s"}]})",
+                                               "test"));
+}
+} // namespace
+
+TEST_CASE("observations: the original's field, value too, and what is rejected") {
+  hermes::Registry registry = observing_registry();
+  CHECK(registry.ingest(R"({"metric_name": "latency", "payload": {"labels": {"route": "/"}, "observation": 0.42}})").accepted == 1);
+  CHECK(registry.ingest(R"({"metric_name": "latency", "payload": {"labels": {"route": "/"}, "value": 3}})").accepted == 1);
+  CHECK(registry.ingest(R"({"metric_name": "plain_h", "payload": {"observation": -2, "value": 99}})").accepted == 1);
+  CHECK(registry.ingest(R"({"metric_name": "plain_s", "payload": {"observation": 1}})").accepted == 1);
+  CHECK(registry.ingest(R"({"metric_name": "latency", "payload": {"labels": {"route": "/"}}})").rejected[static_cast<std::size_t>(hermes::Reject::invalid_value)] == 1);
+  CHECK(registry.ingest(R"({"metric_name": "latency", "payload": {"labels": {"route": "/"}, "observation": "1"}})").rejected[static_cast<std::size_t>(hermes::Reject::invalid_value)] == 1);
+  CHECK(registry.ingest(R"({"metric_name": "latency", "payload": {"labels": {"route": "/"}, "observation": 1e999}})").rejected[static_cast<std::size_t>(hermes::Reject::invalid_value)] == 1);
+  CHECK(registry.ingest(R"({"metric_name": "sizes", "payload": {"labels": {}, "observation": 1}})").rejected[static_cast<std::size_t>(hermes::Reject::label_mismatch)] == 1);
+  CHECK(registry.accepted() == 4);
+}
+
+TEST_CASE("histograms and summaries render as in expected/observed.prom and observed.om") {
+  hermes::Registry registry = observing_registry();
+  double now = 1764000000;
+  for (const double observation : {0.05, 0.1, 0.11, 1.0, 9.5, 10.0, 10.5, -3.0})
+    registry.ingest(R"({"metric_name": "latency", "payload": {"labels": {"route": "/a"}, "observation": )" +
+                        hermes::detail::format_double(observation) + "}}",
+                    now);
+  for (int i = 1; i <= 100; ++i)
+    registry.ingest(R"({"metric_name": "sizes", "payload": {"labels": {"route": "/a"}, "observation": )" + std::to_string(i) + "}}", now);
+  registry.ingest(R"({"metric_name": "plain_h", "payload": {"observation": 7}})", now);
+  hermes::ServerStats stats;
+  stats.process = {1, 2, 3, 4, 5, 6};
+  const auto check_file = [&](hermes::Format format, const std::string &name) {
+    const std::string body = hermes::render_metrics(registry, stats, format, now + 1);
+    if (std::getenv("HERMES_UPDATE_EXPECTED")) std::ofstream(test::test_path("expected/" + name), std::ios::binary) << body;
+    CHECK_MESSAGE(body == test::read_file(test::test_path("expected/" + name)), "tests/expected/" << name << " differs:\n" << body);
+  };
+  check_file(hermes::Format::text, "observed.prom");
+  check_file(hermes::Format::openmetrics, "observed.om");
+}
+
+TEST_CASE("summary quantiles stay within their stated rank error, in bounded memory") {
+  hermes::Registry registry = observing_registry();
+  const hermes::MetricConfig config = hermes::parse_config(
+      R"({"service_name": "s", "summaries": [{"metric_name": "q", "objectives": {"0.5": 0.05, "0.9": 0.01, "0.99": 0.001}}]})", "t")
+                                          .metrics[0];
+  hermes::detail::QuantileWindow window(config, 0);
+  constexpr int n = 200000;
+  std::vector<int> values(n);
+  for (int i = 0; i < n; ++i) values[static_cast<std::size_t>(i)] = i + 1; // ranks are the values themselves
+  std::shuffle(values.begin(), values.end(), std::mt19937(7));
+  std::size_t most_memory = 0;
+  for (const int value : values) {
+    window.observe(value, 1);
+    most_memory = std::max(most_memory, window.memory_entries());
+  }
+  for (const auto &[q, error] : config.objectives) {
+    const double estimate = window.query(q, 1);
+    CAPTURE(q);
+    CHECK(estimate >= (q - error) * n);
+    CHECK(estimate <= (q + error) * n);
+  }
+  // Five streams, each a few hundred entries and a 500-value buffer, whatever n is.
+  CHECK(most_memory < 5 * 1500);
+  for (int i = 0; i < n; ++i) window.observe(i, 2);
+  CHECK(window.memory_entries() < 5 * 1500);
+}
+
+TEST_CASE("a summary forgets observations older than max_age_seconds") {
+  const hermes::MetricConfig config = hermes::parse_config(
+      R"({"service_name": "s", "summaries": [{"metric_name": "q", "objectives": {"0.5": 0.05}, "max_age_seconds": 100}]})", "t")
+                                          .metrics[0];
+  hermes::detail::QuantileWindow window(config, 1000);
+  for (int i = 0; i < 1000; ++i) window.observe(5, 1000);
+  CHECK(window.query(0.5, 1050) == 5);
+  for (int i = 0; i < 500; ++i) window.observe(7, 1050);
+  CHECK(window.query(0.5, 1079) == 5); // the oldest stream holds both, and more fives
+  CHECK(window.query(0.5, 1110) == 7); // past max_age of the first, only the second are left
+  CHECK(std::isnan(window.query(0.5, 1300)));
 }
