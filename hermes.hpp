@@ -24,6 +24,8 @@
 //                    "metric_description": "...",          optional HELP text
 //                    "labels": ["label_1", "label_2"]}],   optional, [a-zA-Z_][a-zA-Z0-9_]*
 //      "counters": [ ...same keys... ],
+//      "histograms": [{ ...same keys..., "buckets": [0.1, 1, 10]}],         default: Prometheus'
+//      "summaries": [{ ...same keys..., "objectives": {"0.5": 0.05}, "max_age_seconds": 600}],
 //      "listen_address": "0.0.0.0", "listen_port": 7789,   optional UDP address and port
 //      "max_series": 10000, "ttl_seconds": 0}              optional defaults for every metric
 //
@@ -44,7 +46,8 @@
 //     {"metric_name": "sample_gauge", "payload": {"labels": {...}, "value": 65.4, "operation": "set"}}
 //
 // A counter adds `value` (finite, >= 0; default 1). A gauge sets `value`, or with
-// "operation": "increment" / "decrement" moves by `value` (default 1). `labels` holds
+// "operation": "increment" / "decrement" moves by `value` (default 1). A histogram or
+// summary takes `observation` (or `value`). `labels` holds
 // exactly the configured label names with string values. JSON null counts as absent.
 // A sample that is not applied is counted in hermes_samples_rejected_total under one
 // reason: malformed_json, malformed_sample, unknown_metric, label_mismatch,
@@ -58,6 +61,9 @@
 //     GET|HEAD /-/healthy, /-/ready, /    200, short text
 //     other paths 404; other methods 405 (Allow: GET, HEAD); a malformed request 400;
 //     a request head over HERMES_MAX_REQUEST_HEAD 431; a major version other than 1, 505.
+//
+// Server::reload() (SIGHUP in the daemon) takes the config file again; an optional unix
+// datagram socket (Options::unix_socket_path) takes samples beside UDP.
 //
 // ---- Limits (define before including to change) ------------------------------------------
 //
@@ -177,7 +183,9 @@
 #include <poll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 namespace hermes {
@@ -256,6 +264,9 @@ struct Options {
   std::uint16_t http_port = 8080;
   LogLevel log_level = LogLevel::info;
   bool openmetrics = true; // serve OpenMetrics to scrapers that prefer it
+  std::string config_path; // the file Server::reload() reads again; empty: no reloads
+  std::string unix_socket_path; // a unix datagram socket that takes samples too; empty: none
+  unsigned unix_socket_mode = 0660; // its file mode, so that only its group may push
   LogSink log_sink;
 };
 
@@ -264,7 +275,8 @@ using Environment = std::function<const char *(const char *name)>;
 
 // Options from the environment over the config file's listen_* keys over the defaults:
 // HERMES_UDP_ADDRESS (or LISTEN_ADDRESS), HERMES_UDP_PORT (or LISTEN_PORT),
-// HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (or LOG_LEVEL), HERMES_OPENMETRICS.
+// HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (or LOG_LEVEL), HERMES_OPENMETRICS,
+// HERMES_UNIX_SOCKET and HERMES_UNIX_SOCKET_MODE (octal).
 // An empty variable counts as unset. Throws UsageError naming a bad variable.
 inline Options options_from_environment(const Config &config, const Environment &env);
 
@@ -317,6 +329,13 @@ public:
   IngestResult ingest(std::string_view datagram, double now_seconds = wall_clock_seconds());
   // Counts a datagram rejected before parsing, such as one that was too large.
   void count_rejected(Reject reason);
+  // Takes a new config. A metric whose series have the same shape as before (type,
+  // labels, buckets, objectives, max_age_seconds) keeps them; a changed one starts
+  // afresh; one no longer configured disappears. The counts of samples go on.
+  struct ReloadSummary {
+    std::size_t kept = 0, fresh = 0, removed = 0; // metrics
+  };
+  ReloadSummary reload(const Config &config);
   // Drops the labelled series whose metric has a ttl_seconds and that were not pushed
   // for that long by `now_seconds`; returns how many. A series without labels stays.
   std::size_t expire(double now_seconds = wall_clock_seconds());
@@ -359,6 +378,10 @@ inline ProcessStats read_process_stats();
 // The daemon's own figures beside the registry's.
 struct ServerStats {
   std::uint64_t udp_packets = 0;
+  std::uint64_t unix_datagrams = 0;
+  std::uint64_t reloads_succeeded = 0;
+  std::uint64_t reloads_failed = 0;
+  double last_reload_success_seconds = 0; // the start, until a reload succeeds
   std::map<int, std::uint64_t> http_requests; // by status code; every code Hermes sends, from 0
   ProcessStats process;
   ServerStats();
@@ -394,8 +417,13 @@ public:
 
   // Waits up to timeout_ms for traffic and handles what arrived.
   void poll_once(int timeout_ms);
-  // Steps until `stop` is set; sees it within HERMES_POLL_INTERVAL_MS.
-  void run(const std::atomic<bool> &stop);
+  // Steps until `stop` is set; sees it within HERMES_POLL_INTERVAL_MS. When `reload` is
+  // given, each time it is set the server clears it and reloads.
+  void run(const std::atomic<bool> &stop, std::atomic<bool> *reload = nullptr);
+  // Reads Options::config_path again and takes it (Registry::reload); a config that
+  // fails to load is logged and counted, and the one in force stays. Listen addresses
+  // and ports change only at restart.
+  bool reload();
 
   std::uint16_t udp_port() const;
   std::uint16_t http_port() const;
@@ -462,18 +490,21 @@ struct LabelValuesLess {
 // as the allowed error at their rank permits.
 class QuantileStream {
 public:
-  explicit QuantileStream(const std::vector<std::pair<double, double>> *objectives) : objectives_(objectives) {}
+  using Objectives = std::vector<std::pair<double, double>>; // quantile, allowed rank error
 
-  void insert(double value) {
+  void insert(double value, const Objectives &objectives) {
     buffer_.push_back(value);
-    if (buffer_.size() >= buffer_limit) flush();
+    if (buffer_.size() >= buffer_limit) flush(objectives);
   }
 
   // The value at quantile q (0 < q < 1); NaN without observations.
-  double query(double q) {
-    flush();
+  double query(double q, const Objectives &objectives) {
+    flush(objectives);
     if (entries_.empty()) return std::nan("");
-    const double wanted = std::ceil(q * count_) + std::ceil(allowed_error(std::ceil(q * count_)) / 2);
+    // The first entry whose rank may reach past the wanted rank plus half the allowed
+    // error has gone too far; the one before it answers.
+    const double rank_wanted = std::ceil(q * count_);
+    const double wanted = rank_wanted + allowed_error(rank_wanted, objectives) / 2;
     double rank = 0;
     for (std::size_t i = 1; i < entries_.size(); ++i) {
       rank += entries_[i - 1].width;
@@ -499,9 +530,9 @@ private:
   static constexpr std::size_t buffer_limit = 500; // observations sorted and merged at once
 
   // The rank error allowed at rank r: the tightest over all objectives.
-  double allowed_error(double rank) const {
+  double allowed_error(double rank, const Objectives &objectives) const {
     double allowed = std::numeric_limits<double>::max();
-    for (const auto &objective : *objectives_) {
+    for (const auto &objective : objectives) {
       const double q = objective.first, error = objective.second;
       const double here = q * count_ <= rank ? 2 * error * rank / q : 2 * error * (count_ - rank) / (1 - q);
       allowed = std::min(allowed, here);
@@ -509,7 +540,7 @@ private:
     return allowed;
   }
 
-  void flush() {
+  void flush(const Objectives &objectives) {
     if (buffer_.empty()) return;
     std::sort(buffer_.begin(), buffer_.end());
     std::vector<Entry> merged;
@@ -523,7 +554,7 @@ private:
       }
       // A new value in the middle may be off by what its place allows; at either end, not at all.
       const bool inside = next < entries_.size() && !merged.empty();
-      const double delta = inside ? std::max(0.0, std::floor(allowed_error(rank)) - 1) : 0;
+      const double delta = inside ? std::max(0.0, std::floor(allowed_error(rank, objectives)) - 1) : 0;
       merged.push_back({value, 1, delta});
       count_ += 1;
       rank += 1;
@@ -531,11 +562,11 @@ private:
     merged.insert(merged.end(), entries_.begin() + static_cast<std::ptrdiff_t>(next), entries_.end());
     entries_ = std::move(merged);
     buffer_.clear();
-    compress();
+    compress(objectives);
   }
 
   // Folds each entry into its right neighbour where the error allowed there permits.
-  void compress() {
+  void compress(const Objectives &objectives) {
     if (entries_.size() < 2) return;
     std::vector<Entry> kept;
     kept.reserve(entries_.size());
@@ -543,7 +574,7 @@ private:
     double rank = count_ - 1 - right.width;
     for (std::size_t i = entries_.size() - 1; i-- > 0;) {
       const Entry &left = entries_[i];
-      if (left.width + right.width + right.delta <= allowed_error(rank)) {
+      if (left.width + right.width + right.delta <= allowed_error(rank, objectives)) {
         right.width += left.width;
       } else {
         kept.push_back(right);
@@ -555,7 +586,6 @@ private:
     entries_.assign(kept.rbegin(), kept.rend());
   }
 
-  const std::vector<std::pair<double, double>> *objectives_;
   std::vector<Entry> entries_;
   std::vector<double> buffer_;
   double count_ = 0;
@@ -566,21 +596,19 @@ private:
 // the oldest one answers, so an answer covers between 4/5 of max_age and max_age.
 class QuantileWindow {
 public:
+  // A copy of the objectives, so that the window outlives any config it was made from.
   QuantileWindow(const MetricConfig &config, double now)
-      : step_(config.max_age_seconds / streams), head_expires_(now + config.max_age_seconds) {
-    for (std::size_t i = 0; i < streams; ++i) streams_.emplace_back(&config.objectives);
-    // The streams start staggered, so that one of them expires every step.
-    head_expires_ = now + step_;
-  }
+      : objectives_(config.objectives), step_(config.max_age_seconds / streams), head_expires_(now + step_),
+        streams_(streams) {}
 
   void observe(double value, double now) {
     rotate(now);
-    for (QuantileStream &stream : streams_) stream.insert(value);
+    for (QuantileStream &stream : streams_) stream.insert(value, objectives_);
   }
 
   double query(double q, double now) {
     rotate(now);
-    return streams_[head_].query(q);
+    return streams_[head_].query(q, objectives_);
   }
 
   std::size_t memory_entries() const {
@@ -601,8 +629,9 @@ private:
     if (now >= head_expires_) head_expires_ = now + step_; // idle for longer than max_age: all were emptied
   }
 
+  QuantileStream::Objectives objectives_;
   double step_;
-  double head_expires_;
+  double head_expires_; // when the head stream is emptied and the next one answers
   std::size_t head_ = 0;
   std::vector<QuantileStream> streams_;
 };
@@ -1311,6 +1340,47 @@ inline FileDescriptor open_tcp_listener(const std::string &host, std::uint16_t p
   return fd;
 }
 
+// A unix datagram socket bound to a path, which it removes when it closes. A socket file
+// left by a daemon that died is removed first; any other file at the path is an error.
+class UnixSocket {
+public:
+  UnixSocket(const std::string &path, unsigned mode) : path_(path) {
+    if (path.empty()) return;
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    if (path.size() >= sizeof address.sun_path)
+      throw SocketError("unix socket " + path + ": longer than " + std::to_string(sizeof address.sun_path - 1) + " bytes");
+    std::memcpy(address.sun_path, path.c_str(), path.size() + 1);
+    struct stat existing {};
+    if (::lstat(path.c_str(), &existing) == 0) {
+      if (!S_ISSOCK(existing.st_mode)) throw SocketError("unix socket " + path + ": a file that is not a socket is there");
+      ::unlink(path.c_str());
+    }
+    fd_.reset(::socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (!fd_) throw SocketError(system_error_message("socket unix " + path, errno));
+    if (::bind(fd_.get(), reinterpret_cast<const sockaddr *>(&address), sizeof address) != 0)
+      throw SocketError(system_error_message("bind unix " + path, errno));
+    if (::chmod(path.c_str(), static_cast<mode_t>(mode)) != 0) {
+      const int error = errno;
+      ::unlink(path.c_str());
+      throw SocketError(system_error_message("chmod unix " + path, error));
+    }
+    bound_ = true;
+  }
+  UnixSocket(const UnixSocket &) = delete;
+  UnixSocket &operator=(const UnixSocket &) = delete;
+  ~UnixSocket() {
+    if (bound_) ::unlink(path_.c_str());
+  }
+  int get() const { return fd_.get(); }
+  const std::string &path() const { return path_; }
+
+private:
+  std::string path_;
+  FileDescriptor fd_;
+  bool bound_ = false;
+};
+
 inline std::uint16_t local_port(int fd) {
   sockaddr_storage storage{};
   socklen_t length = sizeof storage;
@@ -1539,7 +1609,7 @@ inline void append_logfmt_value(std::string &out, std::string_view value) {
   out += '"';
 }
 
-using LogFields = std::initializer_list<std::pair<std::string_view, std::string_view>>;
+using LogFields = std::vector<std::pair<std::string_view, std::string_view>>;
 
 // Writes `level=info msg="..." key=value` lines to the sink, or to stderr.
 class Logger {
@@ -1734,6 +1804,14 @@ inline Options options_from_environment(const Config &config, const Environment 
     if (!level) throw UsageError(found->first + ": \"" + found->second + "\" is not a log level (debug, info, warn, error)");
     options.log_level = *level;
   }
+  if (const auto found = detail::first_set(env, {"HERMES_UNIX_SOCKET"})) options.unix_socket_path = found->second;
+  if (const auto found = detail::first_set(env, {"HERMES_UNIX_SOCKET_MODE"})) {
+    unsigned mode = 0;
+    const auto result = std::from_chars(found->second.data(), found->second.data() + found->second.size(), mode, 8);
+    if (result.ec != std::errc() || result.ptr != found->second.data() + found->second.size() || mode > 0777)
+      throw UsageError(found->first + ": \"" + found->second + "\" is not an octal file mode (such as 660)");
+    options.unix_socket_mode = mode;
+  }
   if (const auto found = detail::first_set(env, {"HERMES_OPENMETRICS"})) {
     const auto on = parse_switch(found->second);
     if (!on) throw UsageError(found->first + ": \"" + found->second + "\" is not on or off");
@@ -1914,6 +1992,31 @@ inline IngestResult Registry::ingest(std::string_view datagram, double now_secon
 }
 
 inline void Registry::count_rejected(Reject reason) { ++rejected_[static_cast<std::size_t>(reason)]; }
+
+namespace detail {
+inline bool same_shape(const MetricConfig &a, const MetricConfig &b) {
+  return a.type == b.type && a.labels == b.labels && a.buckets == b.buckets && a.objectives == b.objectives &&
+         a.max_age_seconds == b.max_age_seconds;
+}
+} // namespace detail
+
+inline Registry::ReloadSummary Registry::reload(const Config &config) {
+  ReloadSummary summary;
+  Registry next(config);
+  for (detail::Metric &metric : next.metrics_) {
+    detail::Metric *before = find(metric.config.name);
+    if (before && detail::same_shape(before->config, metric.config)) {
+      metric.series = std::move(before->series);
+      ++summary.kept;
+    } else {
+      ++summary.fresh;
+    }
+  }
+  summary.removed = metrics_.size() - summary.kept;
+  service_name_ = next.service_name_;
+  metrics_ = std::move(next.metrics_);
+  return summary;
+}
 
 inline std::size_t Registry::expire(double now_seconds) {
   std::size_t dropped = 0;
@@ -2192,6 +2295,10 @@ inline std::vector<FamilyWriter> self_families(const Registry &registry, const S
          out.family("hermes_build_info", "Hermes version and the configured service, always 1.", gauge);
          out.sample("hermes_build_info", {"version", "service"}, std::vector<std::string>{HERMES_VERSION_STR, registry.service_name()}, 1);
        }},
+      {"hermes_unix_datagrams_total", [&](Exposition &out) {
+         out.single("hermes_unix_datagrams_total", "Datagrams received on the unix socket.", counter,
+                    static_cast<double>(stats.unix_datagrams));
+       }},
       {"hermes_udp_packets_total", [&](Exposition &out) {
          out.single("hermes_udp_packets_total", "UDP datagrams received.", counter, static_cast<double>(stats.udp_packets));
        }},
@@ -2212,6 +2319,17 @@ inline std::vector<FamilyWriter> self_families(const Registry &registry, const S
        }},
       {"hermes_series", [&](Exposition &out) {
          out.single("hermes_series", "Live series of the configured metrics.", gauge, static_cast<double>(registry.series_count()));
+       }},
+      {"hermes_config_reloads_total", [&](Exposition &out) {
+         out.family("hermes_config_reloads_total", "Config reloads, by result.", counter);
+         out.sample("hermes_config_reloads_total", {"result"}, std::vector<std::string>{"success"},
+                    static_cast<double>(stats.reloads_succeeded));
+         out.sample("hermes_config_reloads_total", {"result"}, std::vector<std::string>{"failure"},
+                    static_cast<double>(stats.reloads_failed));
+       }},
+      {"hermes_config_last_reload_success_timestamp_seconds", [&](Exposition &out) {
+         out.single("hermes_config_last_reload_success_timestamp_seconds",
+                    "When the config in force was loaded, in seconds since the epoch.", gauge, stats.last_reload_success_seconds);
        }},
       {"hermes_http_requests_total", [&](Exposition &out) {
          out.family("hermes_http_requests_total", "HTTP requests answered, by status code.", counter);
@@ -2268,15 +2386,17 @@ struct Server::Impl {
 
   Impl(const Config &config, Options &options)
       : registry(config), logger(options.log_level, std::move(options.log_sink)), openmetrics(options.openmetrics),
+        config_path(options.config_path),
         udp(detail::open_udp_listener(options.udp_address, options.udp_port)),
+        unix_socket(options.unix_socket_path, options.unix_socket_mode),
         http(detail::open_tcp_listener(options.http_address, options.http_port)),
         datagram_buffer(HERMES_MAX_DATAGRAM_SIZE), start_time_seconds(detail::process_start_time_seconds()) {}
 
   void poll_once(int timeout_ms);
   std::string render(Format format);
 
-  // UDP ingest
-  void receive_datagrams();
+  // UDP and unix socket ingest
+  void receive_datagrams(int socket, std::uint64_t &received);
   void note_rejects(const IngestResult &result, std::string_view datagram, Clock::time_point now);
   void log_reject_summary(Clock::time_point now, bool force);
 
@@ -2296,7 +2416,9 @@ struct Server::Impl {
   ServerStats stats;
   detail::Logger logger;
   bool openmetrics;
+  std::string config_path;
   detail::FileDescriptor udp;
+  detail::UnixSocket unix_socket;
   detail::FileDescriptor http;
   std::vector<std::unique_ptr<Connection>> connections;
   std::vector<pollfd> poll_fds;
@@ -2311,19 +2433,43 @@ struct Server::Impl {
 };
 
 inline Server::Server(const Config &config, Options options) : impl_(std::make_unique<Impl>(config, options)) {
-  impl_->logger.log(LogLevel::info, "hermes listening",
-                    {{"udp", udp_endpoint()}, {"http", http_endpoint()}, {"service", config.service_name},
-                     {"version", HERMES_VERSION_STR}});
+  impl_->stats.last_reload_success_seconds = wall_clock_seconds();
+  const std::string udp = udp_endpoint(), http = http_endpoint();
+  detail::LogFields fields = {{"udp", udp}, {"http", http}};
+  if (impl_->unix_socket.get() >= 0) fields.emplace_back("unix", impl_->unix_socket.path());
+  fields.insert(fields.end(), {{"service", config.service_name}, {"version", HERMES_VERSION_STR}});
+  impl_->logger.log(LogLevel::info, "hermes listening", fields);
 }
 
 inline Server::~Server() = default;
 
 inline void Server::poll_once(int timeout_ms) { impl_->poll_once(timeout_ms); }
 
-inline void Server::run(const std::atomic<bool> &stop) {
-  while (!stop.load()) impl_->poll_once(HERMES_POLL_INTERVAL_MS);
+inline void Server::run(const std::atomic<bool> &stop, std::atomic<bool> *reload_requested) {
+  while (!stop.load()) {
+    impl_->poll_once(HERMES_POLL_INTERVAL_MS);
+    if (reload_requested && reload_requested->exchange(false)) reload();
+  }
   impl_->log_reject_summary(Impl::Clock::now(), true);
   impl_->logger.log(LogLevel::info, "hermes stopped");
+}
+
+inline bool Server::reload() {
+  Impl &impl = *impl_;
+  try {
+    if (impl.config_path.empty()) throw ConfigError("no config file to reload");
+    const Registry::ReloadSummary summary = impl.registry.reload(load_config(impl.config_path));
+    ++impl.stats.reloads_succeeded;
+    impl.stats.last_reload_success_seconds = wall_clock_seconds();
+    impl.logger.log(LogLevel::info, "config reloaded",
+                    {{"path", impl.config_path}, {"kept", std::to_string(summary.kept)},
+                     {"fresh", std::to_string(summary.fresh)}, {"removed", std::to_string(summary.removed)}});
+    return true;
+  } catch (const ConfigError &error) {
+    ++impl.stats.reloads_failed;
+    impl.logger.log(LogLevel::error, "config reload failed; the config in force stays", {{"error", error.what()}});
+    return false;
+  }
 }
 
 inline std::uint16_t Server::udp_port() const { return detail::local_port(impl_->udp.get()); }
@@ -2344,21 +2490,25 @@ inline std::string Server::Impl::render(Format format) {
 // One step: wait for any socket, then UDP first (it cannot wait), existing HTTP
 // clients next, new HTTP clients last.
 inline void Server::Impl::poll_once(int timeout_ms) {
+  enum { udp_slot, unix_slot, http_slot, first_connection_slot };
   Clock::time_point now = Clock::now();
   poll_fds.clear();
+  // A negative descriptor is skipped by poll(): no unix socket, or accepting paused
+  // while descriptors run out.
   poll_fds.push_back({udp.get(), POLLIN, 0});
-  // A negative descriptor is skipped by poll(): accepting pauses while descriptors run out.
+  poll_fds.push_back({unix_socket.get(), POLLIN, 0});
   poll_fds.push_back({now >= accept_paused_until ? http.get() : -1, POLLIN, 0});
   for (const auto &connection : connections)
     poll_fds.push_back({connection->fd.get(), connection->phase == Connection::Phase::writing ? short(POLLOUT) : short(POLLIN), 0});
   const int ready = detail::wait_for_events(poll_fds, poll_timeout(timeout_ms, now));
   now = Clock::now();
   if (ready > 0) {
-    if (poll_fds[0].revents) receive_datagrams();
-    const std::size_t polled = poll_fds.size() - 2;
+    if (poll_fds[udp_slot].revents) receive_datagrams(udp.get(), stats.udp_packets);
+    if (poll_fds[unix_slot].revents) receive_datagrams(unix_socket.get(), stats.unix_datagrams);
+    const std::size_t polled = poll_fds.size() - first_connection_slot;
     for (std::size_t i = 0; i < polled; ++i)
-      if (poll_fds[i + 2].revents) serve(*connections[i], now);
-    if (poll_fds[1].revents) accept_connections(now);
+      if (poll_fds[i + first_connection_slot].revents) serve(*connections[i], now);
+    if (poll_fds[http_slot].revents) accept_connections(now);
   }
   expire_and_remove(now);
   log_reject_summary(now, false);
@@ -2387,15 +2537,15 @@ inline int Server::Impl::poll_timeout(int timeout_ms, Clock::time_point now) con
 
 // ----- UDP ingest --------------------------------------------------------------------------
 
-inline void Server::Impl::receive_datagrams() {
+inline void Server::Impl::receive_datagrams(int socket, std::uint64_t &received) {
   for (int i = 0; i < HERMES_DATAGRAMS_PER_STEP; ++i) {
     iovec chunk{datagram_buffer.data(), datagram_buffer.size()};
     msghdr message{};
     message.msg_iov = &chunk;
     message.msg_iovlen = 1;
-    const ssize_t length = detail::retry_on_eintr([&] { return ::recvmsg(udp.get(), &message, 0); });
+    const ssize_t length = detail::retry_on_eintr([&] { return ::recvmsg(socket, &message, 0); });
     if (length < 0) return; // EAGAIN: all read
-    ++stats.udp_packets;
+    ++received;
     const std::string_view datagram(datagram_buffer.data(), static_cast<std::size_t>(length));
     if (message.msg_flags & MSG_TRUNC) { // the kernel cut it to fit: never parse a cut datagram
       IngestResult result;

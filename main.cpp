@@ -9,10 +9,12 @@
 
 namespace {
 
-// The one global: the signal handler's only way to reach the loop.
+// The signal handlers' only way to reach the loop: SIGTERM and SIGINT stop, SIGHUP reloads.
 std::atomic<bool> stop_requested{false};
+std::atomic<bool> reload_requested{false};
 
 void request_stop(int) { stop_requested = true; }
+void request_reload(int) { reload_requested = true; }
 
 constexpr const char *usage_text =
     "usage: hermes [--check-config] [--version] [--help] [CONFIG_PATH]\n"
@@ -26,7 +28,8 @@ constexpr const char *usage_text =
     "  --help          print this text and exit\n"
     "\n"
     "Environment: HERMES_UDP_ADDRESS (LISTEN_ADDRESS), HERMES_UDP_PORT (LISTEN_PORT),\n"
-    "HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (LOG_LEVEL), HERMES_OPENMETRICS.\n";
+    "HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (LOG_LEVEL), HERMES_OPENMETRICS.\n"
+    "Signals: SIGTERM and SIGINT stop; SIGHUP reloads the config file.\n";
 
 struct CommandLine {
   bool check_config = false;
@@ -68,10 +71,12 @@ std::string config_path(const CommandLine &line) {
 // Without SA_RESTART, so that a signal ends the server's poll() at once.
 void install_signal_handlers() {
   struct sigaction action {};
-  action.sa_handler = request_stop;
   sigemptyset(&action.sa_mask);
+  action.sa_handler = request_stop;
   sigaction(SIGTERM, &action, nullptr);
   sigaction(SIGINT, &action, nullptr);
+  action.sa_handler = request_reload;
+  sigaction(SIGHUP, &action, nullptr);
   std::signal(SIGPIPE, SIG_IGN); // a client that hangs up is an error code, not a death
 }
 
@@ -97,10 +102,11 @@ int main(int argc, char **argv) {
     const std::string path = config_path(line);
     const hermes::Config config = hermes::load_config(path);
     if (line.check_config) return check_config(path, config);
-    const hermes::Options options = hermes::options_from_environment(config, environment);
+    hermes::Options options = hermes::options_from_environment(config, environment);
+    options.config_path = path;
     install_signal_handlers();
     hermes::Server server(config, options);
-    server.run(stop_requested);
+    server.run(stop_requested, &reload_requested);
     return 0;
   } catch (const hermes::UsageError &error) {
     return fail(2, error.what());

@@ -428,6 +428,72 @@ def promtool_parses_the_output_and_lints_only_configured_names(hermes):
         linted.close()
 
 
+@test
+def histograms_and_summaries_take_the_original_clients_observations(_):
+    config = dict(SAMPLE_CONFIG,
+                  histograms=[{"metric_name": "request_seconds", "metric_description": "latency", "labels": ["route"]}],
+                  summaries=[{"metric_name": "payload_bytes", "metric_description": "sizes", "labels": ["route"],
+                              "objectives": {"0.5": 0.05}}])
+    hermes = Hermes(config)
+    try:
+        for observation in (0.003, 0.2, 0.2, 7, 11):
+            hermes.push(json.dumps({"metric_name": "request_seconds",
+                                    "payload": {"labels": {"route": "/"}, "observation": observation}}))
+        for size in (100, 200, 300):
+            hermes.push(json.dumps({"metric_name": "payload_bytes", "payload": {"labels": {"route": "/"}, "observation": size}}))
+        samples = hermes.metrics()
+        for le, count in (("0.005", 1), ("0.1", 1), ("0.25", 3), ("5", 3), ("10", 4), ("+Inf", 5)):
+            check_equal(samples[f'request_seconds_bucket{{route="/",le="{le}"}}'], count, f"bucket le={le}")
+        check_equal(samples['request_seconds_sum{route="/"}'], 18.403, "sum")
+        check_equal(samples['request_seconds_count{route="/"}'], 5, "count")
+        check_equal(samples['payload_bytes{route="/",quantile="0.5"}'], 200, "median")
+        check_equal(samples['payload_bytes_count{route="/"}'], 3, "summary count")
+    finally:
+        hermes.close()
+
+
+@test
+def sighup_reloads_the_config_and_a_bad_one_changes_nothing(hermes):
+    hermes.push('{"metric_name": "plain_counter", "payload": {"value": 5}}')
+    with open(hermes.config_path, "w") as file:
+        json.dump(dict(SAMPLE_CONFIG, gauges=SAMPLE_CONFIG["gauges"] + [{"metric_name": "added_gauge"}]), file)
+    hermes.process.send_signal(signal.SIGHUP)
+    check_equal(hermes.read_log_line().strip(),
+                f'level=info msg="config reloaded" path={hermes.config_path} kept=3 fresh=1 removed=0', "reload log")
+    samples = hermes.metrics()
+    check_equal(samples["plain_counter"], 5, "a kept metric's value")
+    check_equal(samples["added_gauge"], 0, "the added metric")
+    check_equal(samples['hermes_config_reloads_total{result="success"}'], 1, "successes")
+    with open(hermes.config_path, "w") as file:
+        file.write('{"service_name": ')
+    hermes.process.send_signal(signal.SIGHUP)
+    line = hermes.read_log_line()
+    assert line.startswith('level=error msg="config reload failed; the config in force stays" error='), line
+    samples = hermes.metrics()
+    check_equal(samples['hermes_config_reloads_total{result="failure"}'], 1, "failures")
+    check_equal(samples["added_gauge"], 0, "the config in force")
+    assert hermes.process.poll() is None
+
+
+@test
+def the_unix_socket_takes_samples(_):
+    folder = tempfile.mkdtemp(prefix="hermes-unix-")
+    path = os.path.join(folder, "hermes.sock")
+    hermes = Hermes(env={"HERMES_UNIX_SOCKET": path, "HERMES_UNIX_SOCKET_MODE": "600"})
+    try:
+        assert f" unix={path} " in hermes.log[0], hermes.log[0]
+        check_equal(oct(os.stat(path).st_mode & 0o777), "0o600", "socket mode")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b'{"metric_name": "plain_counter", "payload": {"value": 2}}', path)
+        hermes.wait_for("hermes_unix_datagrams_total", 1)
+        check_equal(hermes.metric("plain_counter"), 2, "the sample")
+        check_equal(hermes.stop()[0], 0, "exit code")
+        assert not os.path.exists(path), "the socket file is removed at exit"
+    finally:
+        hermes.close()
+        os.rmdir(folder)
+
+
 def run_suite(name, tests):
     """Runs each test with a fresh hermes; ends with "NAME: N passed, N failed"."""
     if not os.access(HERMES, os.X_OK):

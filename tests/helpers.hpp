@@ -8,6 +8,8 @@
 #include <doctest/doctest.h>
 
 #include <fstream>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <sstream>
 #include <string>
 

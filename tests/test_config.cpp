@@ -207,6 +207,15 @@ TEST_CASE("a bad environment value names the variable") {
   CHECK(usage_error(config, {{{"HERMES_LOG_LEVEL", "loud"}}}) ==
         "HERMES_LOG_LEVEL: \"loud\" is not a log level (debug, info, warn, error)");
   CHECK(usage_error(config, {{{"HERMES_OPENMETRICS", "maybe"}}}) == "HERMES_OPENMETRICS: \"maybe\" is not on or off");
+  CHECK(usage_error(config, {{{"HERMES_UNIX_SOCKET_MODE", "999"}}}) ==
+        "HERMES_UNIX_SOCKET_MODE: \"999\" is not an octal file mode (such as 660)");
+  CHECK(usage_error(config, {{{"HERMES_UNIX_SOCKET_MODE", "1777"}}}) ==
+        "HERMES_UNIX_SOCKET_MODE: \"1777\" is not an octal file mode (such as 660)");
+  const hermes::Options with_socket = hermes::options_from_environment(
+      config, FakeEnvironment{{{"HERMES_UNIX_SOCKET", "/run/hermes.sock"}, {"HERMES_UNIX_SOCKET_MODE", "0600"}}}.lookup());
+  CHECK(with_socket.unix_socket_path == "/run/hermes.sock");
+  CHECK(with_socket.unix_socket_mode == 0600);
+  CHECK(hermes::options_from_environment(config, FakeEnvironment{}.lookup()).unix_socket_mode == 0660);
 }
 
 TEST_CASE("HERMES_OPENMETRICS turns OpenMetrics off; it is on by default") {

@@ -190,3 +190,38 @@ TEST_CASE("a summary forgets observations older than max_age_seconds") {
   CHECK(window.query(0.5, 1110) == 7); // past max_age of the first, only the second are left
   CHECK(std::isnan(window.query(0.5, 1300)));
 }
+
+// ---- reload ---------------------------------------------------------------------------------
+
+TEST_CASE("reload keeps the series of unchanged metrics, starts changed ones afresh, drops removed ones") {
+  hermes::Registry registry(hermes::parse_config(R"({"service_name": "before",
+    "gauges": [{"metric_name": "kept", "labels": ["a"]}, {"metric_name": "relabelled", "labels": ["a"]},
+               {"metric_name": "removed"}],
+    "summaries": [{"metric_name": "sizes", "objectives": {"0.5": 0.05}}]})",
+                                                 "before"));
+  registry.ingest(R"({"metric_name": "kept", "payload": {"labels": {"a": "x"}, "value": 1}})");
+  registry.ingest(R"({"metric_name": "relabelled", "payload": {"labels": {"a": "x"}, "value": 2}})");
+  registry.ingest(R"({"metric_name": "removed", "payload": {"value": 3}})");
+  registry.ingest(R"({"metric_name": "sizes", "payload": {"observation": 4}})");
+  registry.ingest("junk");
+  const auto summary = registry.reload(hermes::parse_config(R"({"service_name": "after",
+    "gauges": [{"metric_name": "kept", "labels": ["a"], "metric_description": "new help", "max_series": 5},
+               {"metric_name": "relabelled", "labels": ["a", "b"]}, {"metric_name": "added"}],
+    "summaries": [{"metric_name": "sizes", "objectives": {"0.5": 0.05}}]})",
+                                                            "after"));
+  CHECK(summary.kept == 2);
+  CHECK(summary.fresh == 2);
+  CHECK(summary.removed == 2);
+  CHECK(registry.service_name() == "after");
+  CHECK(registry.value("kept", {"x"}) == std::optional<double>(1));
+  CHECK_FALSE(registry.value("relabelled", {"x"}).has_value());
+  CHECK_FALSE(registry.value("removed", {}).has_value());
+  CHECK(registry.value("added", {}) == std::optional<double>(0));
+  CHECK(registry.accepted() == 4);
+  CHECK(registry.rejected(hermes::Reject::malformed_json) == 1);
+  // The summary kept its window, and answers from it after the old config is gone.
+  const std::string body = hermes::render_metrics(registry, hermes::ServerStats{});
+  CHECK(body.find("\nsizes{quantile=\"0.5\"} 4\n") != std::string::npos);
+  CHECK(body.find("\nsizes_count 1\n") != std::string::npos);
+  CHECK(body.find("# HELP kept new help\n") != std::string::npos);
+}

@@ -193,3 +193,77 @@ TEST_CASE("run() returns soon after stop is set from another thread") {
   runner.join();
   CHECK(std::chrono::steady_clock::now() - started < std::chrono::milliseconds(50 + 2 * HERMES_POLL_INTERVAL_MS));
 }
+
+TEST_CASE("Server::reload reads its config file again; a bad one is counted and changes nothing") {
+  const std::string path = "/tmp/hermes-test-reload.json";
+  const auto write = [&](const std::string &json) { std::ofstream(path) << json; };
+  write(test::sample_config_json);
+  std::vector<std::string> log;
+  hermes::Options options = test::loopback_options(&log);
+  options.config_path = path;
+  hermes::Server server(hermes::load_config(path), options);
+  test::push(server, {R"({"metric_name": "sample_counter", "payload": {"labels": {"label_1": "x"}}})"});
+  write(R"({"service_name": "testing-service", "counters": [{"metric_name": "sample_counter", "labels": ["label_1"]}],
+            "gauges": [{"metric_name": "new_gauge"}]})");
+  CHECK(server.reload());
+  CHECK(log.back() == "level=info msg=\"config reloaded\" path=/tmp/hermes-test-reload.json kept=1 fresh=1 removed=1");
+  CHECK(server.registry().value("sample_counter", {"x"}) == std::optional<double>(1));
+  CHECK(server.registry().value("new_gauge", {}) == std::optional<double>(0));
+  write(R"({"service_name": "testing-service", "counters": [{"metric_name": "bad-name"}]})");
+  CHECK_FALSE(server.reload());
+  CHECK(log.back() == "level=error msg=\"config reload failed; the config in force stays\" error=\"/tmp/hermes-test-reload.json: "
+                      "counters[0].metric_name: \\\"bad-name\\\" is not a valid metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)\"");
+  CHECK(server.registry().value("new_gauge", {}) == std::optional<double>(0));
+  const std::string body = scrape(server);
+  CHECK(contains_line(body, "hermes_config_reloads_total{result=\"success\"} 1"));
+  CHECK(contains_line(body, "hermes_config_reloads_total{result=\"failure\"} 1"));
+  std::atomic<bool> stop{false}, reload{true};
+  std::thread runner([&] { server.run(stop, &reload); });
+  while (reload.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1)); // run() clears it as it reloads
+  stop = true;
+  runner.join();
+  CHECK(contains_line(scrape(server), "hermes_config_reloads_total{result=\"failure\"} 2"));
+  std::remove(path.c_str());
+}
+
+TEST_CASE("a unix datagram socket takes samples too, with its mode, and is removed at the end") {
+  const std::string path = "/tmp/hermes-test.sock";
+  ::unlink(path.c_str());
+  std::vector<std::string> log;
+  hermes::Options options = test::loopback_options(&log);
+  options.unix_socket_path = path;
+  options.unix_socket_mode = 0620;
+  {
+    std::ofstream(path) << "not a socket";
+    CHECK_THROWS_WITH_AS(hermes::Server(test::sample_config(), options), "unix socket /tmp/hermes-test.sock: a file that is not a socket is there",
+                         hermes::SocketError);
+    ::unlink(path.c_str());
+  }
+  {
+    hermes::Server stale(test::sample_config(), options); // leaves no file: removed below by hand, as a crash would not
+  }
+  CHECK(::access(path.c_str(), F_OK) != 0);
+  hermes::detail::FileDescriptor leftover(::socket(AF_UNIX, SOCK_DGRAM, 0));
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path, path.c_str(), path.size() + 1);
+  REQUIRE(::bind(leftover.get(), reinterpret_cast<sockaddr *>(&address), sizeof address) == 0); // a stale socket file
+  log.clear();
+  {
+    hermes::Server server(test::sample_config(), options);
+    CHECK(log[0].find(" unix=/tmp/hermes-test.sock ") != std::string::npos);
+    struct stat info {};
+    REQUIRE(::stat(path.c_str(), &info) == 0);
+    CHECK(S_ISSOCK(info.st_mode));
+    CHECK((info.st_mode & 0777) == 0620);
+    hermes::detail::FileDescriptor sender(::socket(AF_UNIX, SOCK_DGRAM, 0));
+    const std::string datagram = R"({"metric_name": "sample_counter", "payload": {"labels": {"label_1": "unix"}}})";
+    REQUIRE(::sendto(sender.get(), datagram.data(), datagram.size(), 0, reinterpret_cast<sockaddr *>(&address), sizeof address) ==
+            static_cast<ssize_t>(datagram.size()));
+    REQUIRE(test::pump_until(server, [&] { return server.stats().unix_datagrams == 1; }));
+    CHECK(server.registry().value("sample_counter", {"unix"}) == std::optional<double>(1));
+    CHECK(server.stats().udp_packets == 0);
+    CHECK(contains_line(scrape(server), "hermes_unix_datagrams_total 1"));
+  }
+  CHECK(::access(path.c_str(), F_OK) != 0);
+}

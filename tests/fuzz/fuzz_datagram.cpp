@@ -9,7 +9,9 @@ namespace {
 hermes::Registry &registry() {
   static hermes::Registry instance(hermes::parse_config(R"({"service_name": "fuzz", "max_series": 64,
     "gauges": [{"metric_name": "g", "labels": ["a", "b"]}, {"metric_name": "plain_gauge"}],
-    "counters": [{"metric_name": "c_total", "labels": ["a"], "ttl_seconds": 5}, {"metric_name": "plain_counter"}]})",
+    "counters": [{"metric_name": "c_total", "labels": ["a"], "ttl_seconds": 5}, {"metric_name": "plain_counter"}],
+    "histograms": [{"metric_name": "h", "labels": ["a"], "buckets": [-1, 0, 1]}],
+    "summaries": [{"metric_name": "s", "labels": ["a"], "objectives": {"0.5": 0.05, "0.99": 0.001}, "max_age_seconds": 30}]})",
                                                         "fuzz"));
   return instance;
 }
@@ -26,7 +28,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size
   const std::string_view datagram(reinterpret_cast<const char *>(data), size);
   const hermes::IngestResult result = target.ingest(datagram, now += 0.5);
   check(result.accepted + result.rejected_total() >= 1); // every datagram is counted
-  check(target.series_count() <= 64 * 2 + 2);
+  check(target.series_count() <= 64 * 4 + 2);
   target.expire(now);
   const hermes::ServerStats stats;
   const std::string text = hermes::render_metrics(target, stats);
