@@ -10,7 +10,7 @@ BUILD := build
 UNIT_SOURCES := $(wildcard tests/test_*.cpp) tests/doctest_main.cpp
 UNIT_OBJECTS := $(UNIT_SOURCES:tests/%.cpp=$(BUILD)/%.o)
 
-.PHONY: all run test clean deps test-deps fuzz fuzz-smoke fuzz-deps sanitize valgrind valgrind-deps static cross cross-deps
+.PHONY: all run test bench clean deps test-deps fuzz fuzz-smoke fuzz-deps sanitize valgrind valgrind-deps static cross cross-deps
 
 all: hermes
 
@@ -31,6 +31,14 @@ $(BUILD)/unit_tests: $(UNIT_OBJECTS)
 $(BUILD)/%.o: tests/%.cpp hermes.hpp tests/helpers.hpp | test-deps
 	@mkdir -p $(BUILD)
 	$(CXX) $(HERMES_FLAGS) $(CXXFLAGS) -I. -DHERMES_TEST_DIR='"$(CURDIR)/tests"' -c -o $@ $<
+
+# The benchmark: hermes against a bare UDP receiver, and scrapes of up to 100k series.
+$(BUILD)/bench: tests/bench/bench.cpp
+	@mkdir -p $(BUILD)
+	$(CXX) -std=c++17 -O2 $(WARNINGS) -pthread -o $@ $<
+
+bench: hermes $(BUILD)/bench
+	$(BUILD)/bench ./hermes
 
 # ---- shipping ------------------------------------------------------------------------------
 

@@ -75,6 +75,8 @@
 //     HERMES_HTTP_READ_TIMEOUT_MS   5000   time a client has to send its request head
 //     HERMES_HTTP_WRITE_TIMEOUT_MS 10000   time a client has to read its response
 //     HERMES_HTTP_LINGER_MS         1000   time a client has to close after its response
+//     HERMES_RECEIVE_BATCH            32   datagrams one recvmmsg() call may take
+//     HERMES_UDP_RECEIVE_BUFFER  4194304   default SO_RCVBUF of the UDP socket (Options)
 //     HERMES_DATAGRAMS_PER_STEP      256   datagrams read before HTTP gets a turn
 //     HERMES_POLL_INTERVAL_MS        200   longest sleep in run(); bounds the reaction to stop
 //     HERMES_REJECT_LOG_INTERVAL_S    10   seconds between warn lines summarising rejects
@@ -117,6 +119,12 @@
 #endif
 #ifndef HERMES_HTTP_LINGER_MS
 #define HERMES_HTTP_LINGER_MS 1000 // after the response, how long to wait for the client to close
+#endif
+#ifndef HERMES_RECEIVE_BATCH
+#define HERMES_RECEIVE_BATCH 32 // datagrams one recvmmsg() call may take
+#endif
+#ifndef HERMES_UDP_RECEIVE_BUFFER
+#define HERMES_UDP_RECEIVE_BUFFER (4 * 1024 * 1024) // bytes the kernel may queue for us; a burst waits there
 #endif
 #ifndef HERMES_DATAGRAMS_PER_STEP
 #define HERMES_DATAGRAMS_PER_STEP 256 // then HTTP clients get their turn
@@ -260,6 +268,7 @@ using LogSink = std::function<void(const std::string &line)>;
 struct Options {
   std::string udp_address = "0.0.0.0";
   std::uint16_t udp_port = 7789; // 0: the kernel chooses
+  int udp_receive_buffer = HERMES_UDP_RECEIVE_BUFFER; // SO_RCVBUF in bytes; the kernel may grant less
   std::string http_address = "0.0.0.0";
   std::uint16_t http_port = 8080;
   LogLevel log_level = LogLevel::info;
@@ -276,7 +285,7 @@ using Environment = std::function<const char *(const char *name)>;
 // Options from the environment over the config file's listen_* keys over the defaults:
 // HERMES_UDP_ADDRESS (or LISTEN_ADDRESS), HERMES_UDP_PORT (or LISTEN_PORT),
 // HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (or LOG_LEVEL), HERMES_OPENMETRICS,
-// HERMES_UNIX_SOCKET and HERMES_UNIX_SOCKET_MODE (octal).
+// HERMES_UNIX_SOCKET and HERMES_UNIX_SOCKET_MODE (octal), HERMES_UDP_RECEIVE_BUFFER (bytes).
 // An empty variable counts as unset. Throws UsageError naming a bad variable.
 inline Options options_from_environment(const Config &config, const Environment &env);
 
@@ -378,6 +387,8 @@ inline ProcessStats read_process_stats();
 // The daemon's own figures beside the registry's.
 struct ServerStats {
   std::uint64_t udp_packets = 0;
+  std::uint64_t udp_receive_drops = 0; // datagrams the kernel dropped: the receive buffer was full
+  double udp_receive_buffer_bytes = 0;
   std::uint64_t unix_datagrams = 0;
   std::uint64_t reloads_succeeded = 0;
   std::uint64_t reloads_failed = 0;
@@ -1321,12 +1332,71 @@ inline void bind_socket(const FileDescriptor &fd, const SocketAddress &address, 
     throw SocketError(system_error_message("bind " + what + " " + format_endpoint(address.get()), errno));
 }
 
-inline FileDescriptor open_udp_listener(const std::string &host, std::uint16_t port) {
+// A burst larger than the receive buffer is lost in the kernel, so ask for a large one:
+// SO_RCVBUFFORCE passes the system's cap (net.core.rmem_max) where we may, SO_RCVBUF
+// gets what the cap allows elsewhere. SO_RXQ_OVFL has the kernel tell, with each
+// datagram, how many it dropped, so that no loss goes unseen.
+inline FileDescriptor open_udp_listener(const std::string &host, std::uint16_t port, int receive_buffer) {
   const SocketAddress address = resolve(host, port, SOCK_DGRAM, true);
   FileDescriptor fd = open_socket(address, SOCK_DGRAM, "udp");
+  if (::setsockopt(fd.get(), SOL_SOCKET, SO_RCVBUFFORCE, &receive_buffer, sizeof receive_buffer) != 0)
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVBUF, &receive_buffer, sizeof receive_buffer);
+  const int on = 1;
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_RXQ_OVFL, &on, sizeof on);
   bind_socket(fd, address, "udp");
   return fd;
 }
+
+inline int receive_buffer_size(int fd) {
+  int bytes = 0;
+  socklen_t length = sizeof bytes;
+  ::getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, &length);
+  return bytes / 2; // Linux reports twice what it grants, the other half for its bookkeeping
+}
+
+// Where recvmmsg() puts a batch of datagrams: one slot of HERMES_MAX_DATAGRAM_SIZE each,
+// and room for each one's drop counter.
+class ReceiveBatch {
+public:
+  ReceiveBatch() : data_(new char[HERMES_RECEIVE_BATCH * std::size_t{HERMES_MAX_DATAGRAM_SIZE}]) {}
+
+  // Receives what is waiting, up to a batch; returns how many, 0 when nothing is.
+  int receive(int fd) {
+    for (std::size_t i = 0; i < HERMES_RECEIVE_BATCH; ++i) {
+      chunks_[i] = {data_.get() + i * HERMES_MAX_DATAGRAM_SIZE, HERMES_MAX_DATAGRAM_SIZE};
+      messages_[i] = {};
+      messages_[i].msg_hdr.msg_iov = &chunks_[i];
+      messages_[i].msg_hdr.msg_iovlen = 1;
+      messages_[i].msg_hdr.msg_control = controls_[i].data();
+      messages_[i].msg_hdr.msg_controllen = controls_[i].size();
+    }
+    const int got = retry_on_eintr([&] { return ::recvmmsg(fd, messages_.data(), HERMES_RECEIVE_BATCH, MSG_DONTWAIT, nullptr); });
+    return got > 0 ? got : 0;
+  }
+
+  std::string_view datagram(int i) const {
+    return {data_.get() + static_cast<std::size_t>(i) * HERMES_MAX_DATAGRAM_SIZE, messages_[static_cast<std::size_t>(i)].msg_len};
+  }
+  bool truncated(int i) const { return messages_[static_cast<std::size_t>(i)].msg_hdr.msg_flags & MSG_TRUNC; }
+
+  // The kernel's count of datagrams this socket dropped, if this datagram carries it.
+  std::optional<std::uint32_t> drop_counter(int i) {
+    msghdr &header = messages_[static_cast<std::size_t>(i)].msg_hdr;
+    for (cmsghdr *c = CMSG_FIRSTHDR(&header); c; c = CMSG_NXTHDR(&header, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SO_RXQ_OVFL) continue;
+      std::uint32_t dropped = 0;
+      std::memcpy(&dropped, CMSG_DATA(c), sizeof dropped);
+      return dropped;
+    }
+    return std::nullopt;
+  }
+
+private:
+  std::unique_ptr<char[]> data_; // not zeroed: only the slots a burst fills become resident
+  std::array<mmsghdr, HERMES_RECEIVE_BATCH> messages_{};
+  std::array<iovec, HERMES_RECEIVE_BATCH> chunks_{};
+  std::array<std::array<char, CMSG_SPACE(sizeof(std::uint32_t))>, HERMES_RECEIVE_BATCH> controls_{};
+};
 
 inline FileDescriptor open_tcp_listener(const std::string &host, std::uint16_t port) {
   const SocketAddress address = resolve(host, port, SOCK_STREAM, true);
@@ -1803,6 +1873,13 @@ inline Options options_from_environment(const Config &config, const Environment 
     const auto level = parse_log_level(found->second);
     if (!level) throw UsageError(found->first + ": \"" + found->second + "\" is not a log level (debug, info, warn, error)");
     options.log_level = *level;
+  }
+  if (const auto found = detail::first_set(env, {"HERMES_UDP_RECEIVE_BUFFER"})) {
+    int bytes = 0;
+    const auto result = std::from_chars(found->second.data(), found->second.data() + found->second.size(), bytes);
+    if (result.ec != std::errc() || result.ptr != found->second.data() + found->second.size() || bytes < 4096)
+      throw UsageError(found->first + ": \"" + found->second + "\" is not a number of bytes (4096 or more)");
+    options.udp_receive_buffer = bytes;
   }
   if (const auto found = detail::first_set(env, {"HERMES_UNIX_SOCKET"})) options.unix_socket_path = found->second;
   if (const auto found = detail::first_set(env, {"HERMES_UNIX_SOCKET_MODE"})) {
@@ -2299,6 +2376,14 @@ inline std::vector<FamilyWriter> self_families(const Registry &registry, const S
          out.single("hermes_unix_datagrams_total", "Datagrams received on the unix socket.", counter,
                     static_cast<double>(stats.unix_datagrams));
        }},
+      {"hermes_udp_receive_drops_total", [&](Exposition &out) {
+         out.single("hermes_udp_receive_drops_total", "UDP datagrams the kernel dropped because the receive buffer was full.",
+                    counter, static_cast<double>(stats.udp_receive_drops));
+       }},
+      {"hermes_udp_receive_buffer_bytes", [&](Exposition &out) {
+         out.single("hermes_udp_receive_buffer_bytes", "The UDP socket's receive buffer, as the kernel granted it.", gauge,
+                    stats.udp_receive_buffer_bytes);
+       }},
       {"hermes_udp_packets_total", [&](Exposition &out) {
          out.single("hermes_udp_packets_total", "UDP datagrams received.", counter, static_cast<double>(stats.udp_packets));
        }},
@@ -2387,10 +2472,12 @@ struct Server::Impl {
   Impl(const Config &config, Options &options)
       : registry(config), logger(options.log_level, std::move(options.log_sink)), openmetrics(options.openmetrics),
         config_path(options.config_path),
-        udp(detail::open_udp_listener(options.udp_address, options.udp_port)),
+        udp(detail::open_udp_listener(options.udp_address, options.udp_port, options.udp_receive_buffer)),
         unix_socket(options.unix_socket_path, options.unix_socket_mode),
         http(detail::open_tcp_listener(options.http_address, options.http_port)),
-        datagram_buffer(HERMES_MAX_DATAGRAM_SIZE), start_time_seconds(detail::process_start_time_seconds()) {}
+        start_time_seconds(detail::process_start_time_seconds()) {
+    stats.udp_receive_buffer_bytes = detail::receive_buffer_size(udp.get());
+  }
 
   void poll_once(int timeout_ms);
   std::string render(Format format);
@@ -2422,7 +2509,8 @@ struct Server::Impl {
   detail::FileDescriptor http;
   std::vector<std::unique_ptr<Connection>> connections;
   std::vector<pollfd> poll_fds;
-  std::vector<char> datagram_buffer;
+  detail::ReceiveBatch batch;
+  std::uint32_t last_drop_counter = 0;
   double start_time_seconds;
   std::uint64_t accepted_connections = 0;
   std::array<std::uint64_t, reject_reason_count> pending_rejects{};
@@ -2538,23 +2626,28 @@ inline int Server::Impl::poll_timeout(int timeout_ms, Clock::time_point now) con
 // ----- UDP ingest --------------------------------------------------------------------------
 
 inline void Server::Impl::receive_datagrams(int socket, std::uint64_t &received) {
-  for (int i = 0; i < HERMES_DATAGRAMS_PER_STEP; ++i) {
-    iovec chunk{datagram_buffer.data(), datagram_buffer.size()};
-    msghdr message{};
-    message.msg_iov = &chunk;
-    message.msg_iovlen = 1;
-    const ssize_t length = detail::retry_on_eintr([&] { return ::recvmsg(socket, &message, 0); });
-    if (length < 0) return; // EAGAIN: all read
-    ++received;
-    const std::string_view datagram(datagram_buffer.data(), static_cast<std::size_t>(length));
-    if (message.msg_flags & MSG_TRUNC) { // the kernel cut it to fit: never parse a cut datagram
-      IngestResult result;
-      result.rejected[static_cast<std::size_t>(Reject::too_large)] = 1;
-      registry.count_rejected(Reject::too_large);
-      note_rejects(result, datagram, Clock::now());
-      continue;
+  for (int taken = 0; taken < HERMES_DATAGRAMS_PER_STEP;) {
+    const int got = batch.receive(socket);
+    const double now = wall_clock_seconds();
+    for (int i = 0; i < got; ++i) {
+      ++received;
+      if (const auto dropped = batch.drop_counter(i)) { // it wraps at 2^32; the difference does not
+        stats.udp_receive_drops += static_cast<std::uint32_t>(*dropped - last_drop_counter);
+        last_drop_counter = *dropped;
+      }
+      const std::string_view datagram = batch.datagram(i);
+      if (batch.truncated(i)) { // the kernel cut it to fit: never parse a cut datagram
+        IngestResult result;
+        result.rejected[static_cast<std::size_t>(Reject::too_large)] = 1;
+        registry.count_rejected(Reject::too_large);
+        note_rejects(result, datagram, Clock::now());
+        continue;
+      }
+      const IngestResult result = registry.ingest(datagram, now);
+      if (result.rejected_total() > 0) note_rejects(result, datagram, Clock::now());
     }
-    note_rejects(registry.ingest(datagram), datagram, Clock::now());
+    if (got < HERMES_RECEIVE_BATCH) return; // all read
+    taken += got;
   }
 }
 

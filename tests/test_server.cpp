@@ -267,3 +267,21 @@ TEST_CASE("a unix datagram socket takes samples too, with its mode, and is remov
   }
   CHECK(::access(path.c_str(), F_OK) != 0);
 }
+
+TEST_CASE("datagrams the kernel drops for a full receive buffer are counted, so none is lost unseen") {
+  hermes::Options options = test::loopback_options();
+  options.udp_receive_buffer = 4096;
+  hermes::Server server(test::sample_config(), options);
+  CHECK(server.stats().udp_receive_buffer_bytes >= 2048);
+  CHECK(server.stats().udp_receive_buffer_bytes <= 8192);
+  hermes::Client client("127.0.0.1", server.udp_port());
+  for (int i = 0; i < 300; ++i) client.send(R"({"metric_name": "sample_counter", "payload": {"labels": {"label_1": "burst"}}})");
+  for (int i = 0; i < 20; ++i) server.poll_once(5);
+  // The kernel tells the count with the next datagram it queues.
+  client.send(R"({"metric_name": "sample_counter", "payload": {"labels": {"label_1": "after"}}})");
+  REQUIRE(test::pump_until(server, [&] { return server.registry().value("sample_counter", {"after"}).has_value(); }));
+  const auto &stats = server.stats();
+  CHECK(stats.udp_receive_drops > 0);
+  CHECK(stats.udp_packets + stats.udp_receive_drops == 301);
+  CHECK(server.registry().value("sample_counter", {"burst"}) == std::optional<double>(static_cast<double>(stats.udp_packets - 1)));
+}

@@ -1,0 +1,387 @@
+// bench.cpp - measures ./hermes against a bare UDP receiver in one run on loopback.
+//
+//   make bench            (or: build/bench ./hermes)
+//
+// 1. Ingest: the same sender (sendmmsg) pushes the same datagrams into a bare receiver
+//    (recvmmsg, counts, nothing else) and into hermes, at full speed and at fixed rates;
+//    for each: datagrams sent, samples applied, receiving CPU per sample, and the ratio.
+// 2. Scrapes: /metrics with 1k, 10k and 100k series: time, body size, resident memory.
+// 3. Scrapes against ingest: 100k datagrams/s while /metrics with 100k series is
+//    fetched over and over.
+// 4. The size of the stripped binary.
+// Figures on a shared machine wander; the ratios measured in the same run are what count.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+std::string read_text(const std::string &path) {
+  std::string text;
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return text;
+  char buffer[4096];
+  for (ssize_t n; (n = ::read(fd, buffer, sizeof buffer)) > 0;) text.append(buffer, static_cast<std::size_t>(n));
+  ::close(fd);
+  return text;
+}
+
+// CPU seconds (user and system) a process has used, from /proc.
+double cpu_seconds(pid_t pid) {
+  const std::string stat = read_text("/proc/" + std::to_string(pid) + "/stat");
+  const std::size_t close = stat.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::vector<std::string> fields;
+  std::size_t at = close + 2;
+  while (at < stat.size()) {
+    const std::size_t end = stat.find(' ', at);
+    fields.push_back(stat.substr(at, end - at));
+    if (end == std::string::npos) break;
+    at = end + 1;
+  }
+  if (fields.size() < 13) return 0;
+  return (std::stod(fields[11]) + std::stod(fields[12])) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+double rss_mib(pid_t pid) {
+  const std::string status = read_text("/proc/" + std::to_string(pid) + "/status");
+  const std::size_t at = status.find("VmRSS:");
+  return at == std::string::npos ? 0 : std::stod(status.substr(at + 6)) / 1024;
+}
+
+sockaddr_in loopback(std::uint16_t port) {
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(port);
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  return address;
+}
+
+// ---- the two receivers --------------------------------------------------------------------
+
+struct Receiver {
+  pid_t pid = -1;
+  std::uint16_t udp_port = 0;
+  std::uint16_t http_port = 0; // hermes only
+  std::atomic<std::uint64_t> *count = nullptr; // the bare receiver's, in shared memory
+};
+
+// A process that receives datagrams with recvmmsg and counts them: the floor any
+// receiver pays in system calls and copies.
+Receiver start_bare_receiver() {
+  Receiver receiver;
+  void *shared = ::mmap(nullptr, sizeof(std::atomic<std::uint64_t>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  receiver.count = new (shared) std::atomic<std::uint64_t>(0);
+  const int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+  sockaddr_in address = loopback(0);
+  ::bind(fd, reinterpret_cast<sockaddr *>(&address), sizeof address);
+  socklen_t length = sizeof address;
+  ::getsockname(fd, reinterpret_cast<sockaddr *>(&address), &length);
+  receiver.udp_port = ntohs(address.sin_port);
+  receiver.pid = ::fork();
+  if (receiver.pid == 0) {
+    constexpr int batch = 64;
+    static char buffers[batch][8192];
+    mmsghdr messages[batch];
+    iovec chunks[batch];
+    for (;;) {
+      for (int i = 0; i < batch; ++i) {
+        chunks[i] = {buffers[i], sizeof buffers[i]};
+        messages[i] = {};
+        messages[i].msg_hdr.msg_iov = &chunks[i];
+        messages[i].msg_hdr.msg_iovlen = 1;
+      }
+      const int got = ::recvmmsg(fd, messages, batch, MSG_WAITFORONE, nullptr);
+      if (got > 0) receiver.count->fetch_add(static_cast<std::uint64_t>(got));
+    }
+  }
+  ::close(fd);
+  return receiver;
+}
+
+Receiver start_hermes(const std::string &binary, const std::string &config_json) {
+  char config_path[] = "/tmp/hermes-bench-XXXXXX";
+  const int config_fd = ::mkstemp(config_path);
+  if (::write(config_fd, config_json.data(), config_json.size()) < 0) std::perror("write");
+  ::close(config_fd);
+  int pipe_fds[2];
+  if (::pipe(pipe_fds) != 0) std::perror("pipe");
+  Receiver receiver;
+  receiver.pid = ::fork();
+  if (receiver.pid == 0) {
+    ::dup2(pipe_fds[1], 2);
+    ::setenv("HERMES_UDP_ADDRESS", "127.0.0.1", 1);
+    ::setenv("HERMES_HTTP_ADDRESS", "127.0.0.1", 1);
+    ::setenv("HERMES_UDP_PORT", "0", 1);
+    ::setenv("HERMES_HTTP_PORT", "0", 1);
+    ::execl(binary.c_str(), binary.c_str(), config_path, static_cast<char *>(nullptr));
+    std::perror("exec");
+    std::_Exit(1);
+  }
+  ::close(pipe_fds[1]);
+  std::string line;
+  char c;
+  while (::read(pipe_fds[0], &c, 1) == 1 && c != '\n') line += c;
+  const std::size_t udp = line.find(" udp="), http = line.find(" http=");
+  if (udp == std::string::npos || http == std::string::npos) {
+    std::fprintf(stderr, "hermes did not start: %s\n", line.c_str());
+    std::exit(1);
+  }
+  receiver.udp_port = static_cast<std::uint16_t>(std::stoi(line.substr(line.find(':', udp) + 1)));
+  receiver.http_port = static_cast<std::uint16_t>(std::stoi(line.substr(line.find(':', http) + 1)));
+  // Keep reading its log so that it never blocks on a full pipe.
+  std::thread([fd = pipe_fds[0]] {
+    char buffer[4096];
+    while (::read(fd, buffer, sizeof buffer) > 0) {
+    }
+  }).detach();
+  ::unlink(config_path);
+  return receiver;
+}
+
+void stop(Receiver &receiver) {
+  ::kill(receiver.pid, SIGTERM);
+  ::waitpid(receiver.pid, nullptr, 0);
+}
+
+// ---- HTTP ---------------------------------------------------------------------------------
+
+std::string http_get(std::uint16_t port, const char *path) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address = loopback(port);
+  std::string response;
+  if (::connect(fd, reinterpret_cast<sockaddr *>(&address), sizeof address) == 0) {
+    const std::string request = std::string("GET ") + path + " HTTP/1.0\r\n\r\n";
+    if (::send(fd, request.data(), request.size(), 0) > 0) {
+      char buffer[65536];
+      for (ssize_t n; (n = ::recv(fd, buffer, sizeof buffer, 0)) > 0;) response.append(buffer, static_cast<std::size_t>(n));
+    }
+  }
+  ::close(fd);
+  return response;
+}
+
+// One figure from hermes' /metrics, such as "hermes_samples_accepted_total".
+double hermes_metric(const Receiver &hermes, const std::string &series) {
+  const std::string body = http_get(hermes.http_port, "/metrics");
+  const std::size_t at = body.find("\n" + series + " ");
+  return at == std::string::npos ? -1 : std::stod(body.substr(at + series.size() + 2));
+}
+
+// ---- the sender ---------------------------------------------------------------------------
+
+// Sends `datagrams` round-robin for `duration` seconds, at `rate` datagrams a second
+// (0: as fast as it can), with sendmmsg in batches of 32.
+std::uint64_t send_stream(std::uint16_t port, const std::vector<std::string> &datagrams, double rate, double duration) {
+  const int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+  sockaddr_in address = loopback(port);
+  ::connect(fd, reinterpret_cast<sockaddr *>(&address), sizeof address);
+  constexpr unsigned batch = 32;
+  mmsghdr messages[batch];
+  iovec chunks[batch];
+  std::uint64_t sent = 0;
+  std::size_t next = 0;
+  const Clock::time_point start = Clock::now();
+  while (seconds_since(start) < duration) {
+    for (unsigned i = 0; i < batch; ++i, next = (next + 1) % datagrams.size()) {
+      chunks[i] = {const_cast<char *>(datagrams[next].data()), datagrams[next].size()};
+      messages[i] = {};
+      messages[i].msg_hdr.msg_iov = &chunks[i];
+      messages[i].msg_hdr.msg_iovlen = 1;
+    }
+    const int done = ::sendmmsg(fd, messages, batch, 0);
+    if (done > 0) sent += static_cast<std::uint64_t>(done);
+    if (rate > 0) {
+      const double due = static_cast<double>(sent) / rate;
+      while (seconds_since(start) < due) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
+  ::close(fd);
+  return sent;
+}
+
+// Waits until a count stops moving: the receiver has taken all there is.
+template <typename Count> double settle(Count count) {
+  double last = count();
+  for (;;) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    const double now = count();
+    if (now == last) return now;
+    last = now;
+  }
+}
+
+// ---- the measurements ---------------------------------------------------------------------
+
+const char *bench_config = R"({"service_name": "bench",
+  "counters": [{"metric_name": "sample_counter", "metric_description": "pushed", "labels": ["label_1"]}],
+  "gauges": [{"metric_name": "series_gauge", "metric_description": "many series", "labels": ["id"], "max_series": 200000}]})";
+
+std::vector<std::string> sample_datagrams(int per_datagram) {
+  std::vector<std::string> datagrams;
+  for (int worker = 0; worker < 100; ++worker) {
+    std::string sample = R"({"metric_name": "sample_counter", "payload": {"labels": {"label_1": "worker-)" +
+                         std::to_string(worker) + R"("}}})";
+    if (per_datagram == 1) {
+      datagrams.push_back(sample);
+      continue;
+    }
+    std::string batch = "[";
+    for (int i = 0; i < per_datagram; ++i) batch += (i ? ", " : "") + sample;
+    datagrams.push_back(batch + "]");
+  }
+  return datagrams;
+}
+
+struct IngestRow {
+  std::string what;
+  std::uint64_t sent;
+  double received;
+  double drops;
+  double cpu_per_sample_us;
+};
+
+IngestRow measure_bare(const std::string &what, const std::vector<std::string> &datagrams, double rate, double duration) {
+  Receiver bare = start_bare_receiver();
+  const double cpu_before = cpu_seconds(bare.pid);
+  const std::uint64_t sent = send_stream(bare.udp_port, datagrams, rate, duration);
+  const double received = settle([&] { return static_cast<double>(bare.count->load()); });
+  const double cpu = cpu_seconds(bare.pid) - cpu_before;
+  ::kill(bare.pid, SIGKILL);
+  ::waitpid(bare.pid, nullptr, 0);
+  return {what, sent, received, 0, received > 0 ? cpu / received * 1e6 : 0};
+}
+
+IngestRow measure_hermes(const std::string &binary, const std::string &what, const std::vector<std::string> &datagrams,
+                         int per_datagram, double rate, double duration) {
+  Receiver hermes = start_hermes(binary, bench_config);
+  const double cpu_before = cpu_seconds(hermes.pid);
+  const std::uint64_t sent = send_stream(hermes.udp_port, datagrams, rate, duration);
+  const double applied = settle([&] { return hermes_metric(hermes, "hermes_samples_accepted_total"); });
+  const double cpu = cpu_seconds(hermes.pid) - cpu_before;
+  const double drops = hermes_metric(hermes, "hermes_udp_receive_drops_total");
+  const double packets = hermes_metric(hermes, "hermes_udp_packets_total");
+  stop(hermes);
+  if (packets * per_datagram != applied)
+    std::printf("  note: %s applied %.0f samples of %.0f datagrams received\n", what.c_str(), applied, packets);
+  return {what, sent, applied, drops, applied > 0 ? cpu / applied * 1e6 : 0};
+}
+
+void print_ingest(const IngestRow &bare, const IngestRow &hermes, int per_datagram) {
+  const double sent_samples = static_cast<double>(hermes.sent) * per_datagram;
+  std::printf("| %-30s | %10llu | %10.0f | %7.1f%% | %10.0f | %8.2f | %8.2f | %6.2fx |\n", hermes.what.c_str(),
+              static_cast<unsigned long long>(hermes.sent), hermes.received, 100 * hermes.received / sent_samples,
+              hermes.drops, bare.cpu_per_sample_us, hermes.cpu_per_sample_us,
+              hermes.cpu_per_sample_us / (bare.cpu_per_sample_us > 0 ? bare.cpu_per_sample_us : 1));
+  std::printf("|   bare receiver, same datagrams  | %10llu | %10.0f | %7.1f%% |            |          |          |         |\n",
+              static_cast<unsigned long long>(bare.sent), bare.received, 100 * bare.received / static_cast<double>(bare.sent));
+}
+
+void load_series(const Receiver &hermes, int series) {
+  const int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+  sockaddr_in address = loopback(hermes.udp_port);
+  int sent_datagrams = 0;
+  for (int start = 0; start < series; start += 50) {
+    std::string batch = "[";
+    for (int id = start; id < std::min(series, start + 50); ++id)
+      batch += (id > start ? "," : "") + std::string(R"({"metric_name":"series_gauge","payload":{"labels":{"id":")") +
+               std::to_string(id) + R"("},"value":)" + std::to_string(id) + "}}";
+    batch += "]";
+    ::sendto(fd, batch.data(), batch.size(), 0, reinterpret_cast<sockaddr *>(&address), sizeof address);
+    if (++sent_datagrams % 16 == 0) // let it keep up: no datagram may be lost here
+      while (hermes_metric(hermes, "hermes_udp_packets_total") < sent_datagrams) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ::close(fd);
+  while (hermes_metric(hermes, "hermes_series") < series) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+}
+
+void measure_scrapes(const std::string &binary) {
+  std::printf("\n| series | /metrics median of 5 (ms) | body (bytes) | resident (MiB) |\n|---:|---:|---:|---:|\n");
+  for (const int series : {0, 1000, 10000, 100000}) {
+    Receiver hermes = start_hermes(binary, bench_config);
+    load_series(hermes, series);
+    std::vector<double> times;
+    std::size_t size = 0;
+    for (int i = 0; i < 5; ++i) {
+      const Clock::time_point start = Clock::now();
+      size = http_get(hermes.http_port, "/metrics").size();
+      times.push_back(seconds_since(start) * 1000);
+    }
+    std::sort(times.begin(), times.end());
+    std::printf("| %6d | %25.2f | %12zu | %14.2f |\n", series, times[2], size, rss_mib(hermes.pid));
+    stop(hermes);
+  }
+}
+
+void measure_scrapes_against_ingest(const std::string &binary) {
+  Receiver hermes = start_hermes(binary, bench_config);
+  load_series(hermes, 100000);
+  const double before = hermes_metric(hermes, "hermes_samples_accepted_total");
+  std::atomic<bool> done{false};
+  std::atomic<int> scrapes{0};
+  std::thread scraper([&] {
+    while (!done) {
+      http_get(hermes.http_port, "/metrics");
+      ++scrapes;
+    }
+  });
+  const std::uint64_t sent = send_stream(hermes.udp_port, sample_datagrams(1), 100000, 3);
+  done = true;
+  scraper.join();
+  const double applied = settle([&] { return hermes_metric(hermes, "hermes_samples_accepted_total"); }) - before;
+  const double drops = hermes_metric(hermes, "hermes_udp_receive_drops_total");
+  stop(hermes);
+  std::printf("\nScrapes against ingest: %d scrapes of 100k series while sending %llu datagrams at 100k/s: "
+              "%.0f applied (%.2f%%), %.0f dropped by the kernel\n",
+              scrapes.load(), static_cast<unsigned long long>(sent), applied, 100 * applied / static_cast<double>(sent), drops);
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  const std::string binary = argc > 1 ? argv[1] : "./hermes";
+  struct stat info {};
+  if (::stat(binary.c_str(), &info) != 0) {
+    std::fprintf(stderr, "bench: %s not found\n", binary.c_str());
+    return 1;
+  }
+  ::signal(SIGPIPE, SIG_IGN);
+  std::printf("Hermes benchmark: %s, %ld cores\n\n", binary.c_str(), ::sysconf(_SC_NPROCESSORS_ONLN));
+  std::printf("| run (2 s each)                   | dgrams sent | samples applied | applied | kernel drops | bare us/dgram | hermes us/sample | ratio |\n");
+  std::printf("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+  const std::vector<std::string> single = sample_datagrams(1), batched = sample_datagrams(20);
+  for (const double rate : {0.0, 100000.0, 200000.0}) {
+    const std::string name = rate == 0 ? "1 sample/dgram, full speed" : "1 sample/dgram, " + std::to_string(int(rate / 1000)) + "k dgram/s";
+    const IngestRow bare = measure_bare(name, single, rate, 2);
+    print_ingest(bare, measure_hermes(binary, name, single, 1, rate, 2), 1);
+  }
+  {
+    const IngestRow bare = measure_bare("20 samples/dgram, full speed", batched, 0, 2);
+    IngestRow hermes = measure_hermes(binary, "20 samples/dgram, full speed", batched, 20, 0, 2);
+    print_ingest(bare, hermes, 20);
+  }
+  measure_scrapes(binary);
+  measure_scrapes_against_ingest(binary);
+  std::printf("\nBinary: %s, %lld bytes\n", binary.c_str(), static_cast<long long>(info.st_size));
+  return 0;
+}
