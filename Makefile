@@ -37,8 +37,8 @@ $(BUILD)/bench: tests/bench/bench.cpp
 	@mkdir -p $(BUILD)
 	$(CXX) -std=c++17 -O2 $(WARNINGS) -pthread -o $@ $<
 
-bench: hermes $(BUILD)/bench
-	$(BUILD)/bench ./hermes
+bench: hermes $(BUILD)/static/hermes $(BUILD)/bench
+	$(BUILD)/bench ./hermes $(BUILD)/static/hermes
 
 # ---- shipping ------------------------------------------------------------------------------
 

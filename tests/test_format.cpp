@@ -96,3 +96,21 @@ TEST_CASE("every double reads back to itself, in no more digits than %.17g needs
     REQUIRE(text.size() <= std::strlen(longest));
   }
 }
+
+TEST_CASE("whole numbers print exactly as to_chars(double) prints them, only faster") {
+  const auto expected = [](double value) {
+    char buffer[32];
+    return std::string(buffer, std::to_chars(buffer, buffer + sizeof buffer, value).ptr);
+  };
+  std::mt19937_64 random(15);
+  std::vector<double> values;
+  for (int i = -1000; i <= 1000000; ++i) values.push_back(i);
+  for (double power = 1; power < 1e16; power *= 10)
+    for (const double factor : {1.0, 2.0, 10.0, 12.0, 99.0, 1001.0, -1.0, -120.0}) values.push_back(power * factor);
+  for (int i = 0; i < 200000; ++i) values.push_back(static_cast<double>(random() % 1000000000000000ULL) * (i % 2 ? 1 : -1));
+  for (int i = 0; i < 200000; ++i) values.push_back(static_cast<double>((random() % 100000) * 1000000000ULL));
+  for (const double value : values) REQUIRE(hermes::detail::format_double(value) == expected(value));
+  CHECK(hermes::detail::format_double(1000000) == "1e+06");
+  CHECK(hermes::detail::format_double(1200000) == "1200000");
+  CHECK(hermes::detail::format_double(-0.0) == "-0");
+}

@@ -1,6 +1,6 @@
 // bench.cpp - measures ./hermes against a bare UDP receiver in one run on loopback.
 //
-//   make bench            (or: build/bench ./hermes)
+//   make bench            (or: build/bench ./hermes [OTHER_BUILD...])
 //
 // 1. Ingest: the same sender (sendmmsg) pushes the same datagrams into a bare receiver
 //    (recvmmsg, counts, nothing else) and into hermes, at full speed and at fixed rates;
@@ -8,7 +8,8 @@
 // 2. Scrapes: /metrics with 1k, 10k and 100k series: time, body size, resident memory.
 // 3. Scrapes against ingest: 100k datagrams/s while /metrics with 100k series is
 //    fetched over and over.
-// 4. The size of the stripped binary.
+// 4. Each binary's size and resident memory when idle (the first is the one measured
+//    above; make bench adds the static build, which is what images and boards run).
 // Figures on a shared machine wander; the ratios measured in the same run are what count.
 #include <algorithm>
 #include <atomic>
@@ -382,6 +383,14 @@ int main(int argc, char **argv) {
   }
   measure_scrapes(binary);
   measure_scrapes_against_ingest(binary);
-  std::printf("\nBinary: %s, %lld bytes\n", binary.c_str(), static_cast<long long>(info.st_size));
+  std::printf("\n| binary | size (bytes) | resident when idle (MiB) |\n|---|---:|---:|\n");
+  for (int i = 1; i < std::max(argc, 2); ++i) {
+    const std::string path = argc > 1 ? argv[i] : binary;
+    if (::stat(path.c_str(), &info) != 0) continue;
+    Receiver idle = start_hermes(path, bench_config);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    std::printf("| %s | %lld | %.2f |\n", path.c_str(), static_cast<long long>(info.st_size), rss_mib(idle.pid));
+    stop(idle);
+  }
   return 0;
 }
