@@ -320,7 +320,9 @@ struct IngestResult {
 
 namespace detail {
 struct Metric;
-}
+struct ReadSample;
+struct Reading;
+} // namespace detail
 
 struct ServerStats;
 enum class Format;
@@ -359,12 +361,13 @@ public:
 
 private:
   friend std::string render_metrics(const Registry &registry, const ServerStats &stats, Format format, double now_seconds);
-  std::optional<Reject> apply(const picojson::value &sample, double now_seconds);
+  std::optional<Reject> apply(const detail::ReadSample &sample, double now_seconds);
   detail::Metric *find(std::string_view name);
   const detail::Metric *find(std::string_view name) const;
 
   std::string service_name_;
   std::vector<detail::Metric> metrics_; // sorted by name
+  std::unique_ptr<detail::Reading> reading_; // buffers that datagrams are read into, reused
   std::uint64_t accepted_ = 0;
   std::uint64_t expired_ = 0;
   std::array<std::uint64_t, reject_reason_count> rejected_{};
@@ -876,23 +879,190 @@ private:
   std::size_t depth_left_;
 };
 
-// Parses one whole JSON text; trailing bytes other than white space are an error.
-// On failure `error` (when given) says where, as "syntax error at line N near: ...".
-inline bool parse_json(std::string_view text, picojson::value &out, std::string *error = nullptr) {
-  BoundedJsonContext context(&out, HERMES_MAX_JSON_DEPTH);
-  std::string message;
-  const char *end = picojson::_parse(context, text.data(), text.data() + text.size(), &message);
-  if (!message.empty()) {
-    if (error) *error = message;
+// Parses one whole JSON text into a picojson parse context; trailing bytes other than
+// white space are an error. On failure `error` (when given) says where, as
+// "syntax error at line N near: ...".
+template <typename Context> bool parse_json_into(Context &context, std::string_view text, std::string *error = nullptr) {
+  picojson::input<const char *> in(text.data(), text.data() + text.size());
+  if (!picojson::_parse(context, in)) {
+    if (error) { // picojson's own words, built only when asked for: ingest has no use for them
+      *error = "syntax error at line " + std::to_string(in.line()) + " near: ";
+      for (int c = in.getc(); c != -1 && c != '\n'; c = in.getc())
+        if (c >= ' ') error->push_back(static_cast<char>(c));
+    }
     return false;
   }
-  const std::string_view rest(end, static_cast<std::size_t>(text.data() + text.size() - end));
-  if (rest.find_first_not_of(" \t\r\n") != std::string_view::npos) {
+  in.skip_ws();
+  if (in.getc() != -1) {
     if (error) *error = "unexpected text after the JSON value";
     return false;
   }
   return true;
 }
+
+inline bool parse_json(std::string_view text, picojson::value &out, std::string *error = nullptr) {
+  BoundedJsonContext context(&out, HERMES_MAX_JSON_DEPTH);
+  return parse_json_into(context, text, error);
+}
+
+// ---- Reading datagrams without a tree ----------------------------------------------------------
+//
+// A datagram is read straight into the few fields a sample has, in buffers that are
+// reused from one datagram to the next, so ingest allocates nothing once they have
+// grown. The reader notes what kind of JSON value stood at each place; checking it
+// against the config comes after, when the whole datagram has proved to be JSON.
+
+enum class JsonKind { absent, null, other, number, string, array, object };
+
+struct ReadValue {
+  JsonKind kind = JsonKind::absent;
+  double number = 0;
+  std::string text;
+  bool present() const { return kind != JsonKind::absent && kind != JsonKind::null; } // null counts as absent
+};
+
+struct ReadSample {
+  JsonKind shape = JsonKind::absent; // the sample itself
+  ReadValue metric_name, value, observation, operation;
+  JsonKind payload = JsonKind::absent, labels = JsonKind::absent;
+  std::vector<std::pair<std::string, ReadValue>> label_slots; // the first label_count are this sample's
+  std::size_t label_count = 0;
+
+  void reset_payload() {
+    value.kind = observation.kind = operation.kind = JsonKind::absent;
+    labels = JsonKind::absent;
+    label_count = 0;
+  }
+  // The label's slot, the same one again for a repeated name: the last value wins, as in a JSON object.
+  ReadValue &label(const std::string &name) {
+    for (std::size_t i = 0; i < label_count; ++i)
+      if (label_slots[i].first == name) return label_slots[i].second;
+    if (label_count == label_slots.size()) label_slots.emplace_back();
+    auto &slot = label_slots[label_count++];
+    slot.first.assign(name);
+    slot.second.kind = JsonKind::absent;
+    return slot.second;
+  }
+  const ReadValue *find_label(std::string_view name) const {
+    for (std::size_t i = 0; i < label_count; ++i)
+      if (label_slots[i].first == name) return &label_slots[i].second;
+    return nullptr;
+  }
+};
+
+// The samples of one datagram; their buffers stay for the next.
+struct ReadBatch {
+  std::vector<ReadSample> slots;
+  std::size_t count = 0;
+  bool is_array = false;
+
+  void clear() { count = 0, is_array = false; }
+  ReadSample &start(JsonKind shape) {
+    if (count == slots.size()) slots.emplace_back();
+    ReadSample &sample = slots[count++];
+    sample.shape = shape;
+    sample.metric_name.kind = sample.payload = JsonKind::absent;
+    sample.reset_payload();
+    return sample;
+  }
+  ReadSample &current() { return slots[count - 1]; }
+};
+
+// A picojson parse context for one place in a datagram: the datagram itself, a sample,
+// its payload, its labels, a value to keep, or anything to skip. Nesting is bounded as
+// in BoundedJsonContext; a number beyond double's range is kept as kind `other`, so
+// every field that wants a number rejects it.
+class SampleReader {
+public:
+  enum class Place { datagram, sample, payload, labels, value, skip };
+
+  SampleReader(Place place, ReadBatch &batch, std::size_t depth_left, ReadValue *value = nullptr)
+      : place_(place), batch_(batch), depth_left_(depth_left), value_(value) {}
+
+  bool set_null() { return note(JsonKind::null); }
+  bool set_bool(bool) { return note(JsonKind::other); }
+  bool set_number(double f) {
+    if (!std::isfinite(f)) return note(JsonKind::other);
+    if (value_) value_->number = f;
+    return note(JsonKind::number);
+  }
+  template <typename Iter> bool parse_string(picojson::input<Iter> &in) {
+    note(JsonKind::string);
+    if (value_) {
+      value_->text.clear();
+      return picojson::_parse_string(value_->text, in);
+    }
+    picojson::null_parse_context::dummy_str ignored;
+    return picojson::_parse_string(ignored, in);
+  }
+  bool parse_array_start() { return enter() && note(JsonKind::array); }
+  template <typename Iter> bool parse_array_item(picojson::input<Iter> &in, std::size_t) {
+    SampleReader item(place_ == Place::datagram ? Place::sample : Place::skip, batch_, depth_left_);
+    return picojson::_parse(item, in);
+  }
+  bool parse_array_stop(std::size_t) { return true; }
+  bool parse_object_start() { return enter() && note(JsonKind::object); }
+  template <typename Iter> bool parse_object_item(picojson::input<Iter> &in, const std::string &key) {
+    SampleReader item = member_reader(key);
+    return picojson::_parse(item, in);
+  }
+  bool parse_object_stop() { return true; }
+
+private:
+  bool enter() {
+    if (depth_left_ == 0) return false;
+    --depth_left_;
+    return true;
+  }
+
+  // Notes the kind of value that stands at this place.
+  bool note(JsonKind kind) {
+    switch (place_) {
+    case Place::datagram:
+      if (kind == JsonKind::array) batch_.is_array = true;
+      else batch_.start(kind);
+      break;
+    case Place::sample: batch_.start(kind); break;
+    case Place::payload:
+      batch_.current().reset_payload(); // a repeated payload replaces the one before
+      batch_.current().payload = kind;
+      break;
+    case Place::labels:
+      batch_.current().label_count = 0;
+      batch_.current().labels = kind;
+      break;
+    case Place::value: value_->kind = kind; break;
+    case Place::skip: break;
+    }
+    return true;
+  }
+
+  // Where a member of the object at this place goes.
+  SampleReader member_reader(const std::string &key) {
+    const bool in_sample = place_ == Place::datagram || place_ == Place::sample;
+    ReadSample *sample = batch_.count ? &batch_.current() : nullptr;
+    if (in_sample && key == "metric_name") return {Place::value, batch_, depth_left_, &sample->metric_name};
+    if (in_sample && key == "payload") return {Place::payload, batch_, depth_left_};
+    if (place_ == Place::payload) {
+      if (key == "labels") return {Place::labels, batch_, depth_left_};
+      if (key == "value") return {Place::value, batch_, depth_left_, &sample->value};
+      if (key == "observation") return {Place::value, batch_, depth_left_, &sample->observation};
+      if (key == "operation") return {Place::value, batch_, depth_left_, &sample->operation};
+    }
+    if (place_ == Place::labels) return {Place::value, batch_, depth_left_, &sample->label(key)};
+    return {Place::skip, batch_, depth_left_};
+  }
+
+  Place place_;
+  ReadBatch &batch_;
+  std::size_t depth_left_;
+  ReadValue *value_;
+};
+
+struct Reading {
+  ReadBatch batch;
+  std::vector<std::string_view> label_values;
+};
 
 // The member `key` of an object, treating JSON null as absent.
 inline const picojson::value *member(const picojson::object &object, const std::string &key) {
@@ -1953,34 +2123,32 @@ struct Update {
 };
 
 // The label values of a sample in the configured order, as views into the sample.
-inline std::optional<Reject> read_label_values(const MetricConfig &metric, const picojson::value *labels,
+inline std::optional<Reject> read_label_values(const MetricConfig &metric, const ReadSample &sample,
                                                std::vector<std::string_view> &values) {
   values.clear();
-  const picojson::object no_labels;
-  if (labels && !labels->is<picojson::object>()) return Reject::malformed_sample;
-  const auto &given = labels ? labels->get<picojson::object>() : no_labels;
-  if (given.size() != metric.labels.size()) return Reject::label_mismatch;
+  const bool has_labels = sample.payload == JsonKind::object && sample.labels != JsonKind::absent && sample.labels != JsonKind::null;
+  if (has_labels && sample.labels != JsonKind::object) return Reject::malformed_sample;
+  const std::size_t given = has_labels ? sample.label_count : 0;
+  if (given != metric.labels.size()) return Reject::label_mismatch;
   for (const std::string &name : metric.labels) {
-    const auto found = given.find(name);
-    if (found == given.end() || !found->second.is<std::string>()) return Reject::label_mismatch;
-    const std::string &value = found->second.get<std::string>();
-    if (!is_valid_utf8(value)) return Reject::invalid_label_value;
-    values.push_back(value);
+    const ReadValue *found = sample.find_label(name);
+    if (!found || found->kind != JsonKind::string) return Reject::label_mismatch;
+    if (!is_valid_utf8(found->text)) return Reject::invalid_label_value;
+    values.push_back(found->text);
   }
   return std::nullopt;
 }
 
-inline std::optional<Reject> read_counter_update(const picojson::value *value, Update &update) {
-  update.amount = value ? value->get<double>() : 1;
+inline std::optional<Reject> read_counter_update(const ReadValue *value, Update &update) {
+  update.amount = value ? value->number : 1;
   if (update.amount < 0) return Reject::invalid_value; // counters only go up
   return std::nullopt;
 }
 
-inline std::optional<Reject> read_gauge_update(const picojson::value *value, const picojson::value *operation,
-                                               Update &update) {
-  if (operation && !operation->is<std::string>()) return Reject::invalid_operation;
-  const std::string_view name = operation ? std::string_view(operation->get<std::string>()) : "set";
-  const double by = value ? value->get<double>() : 1;
+inline std::optional<Reject> read_gauge_update(const ReadValue *value, const ReadValue *operation, Update &update) {
+  if (operation && operation->kind != JsonKind::string) return Reject::invalid_operation;
+  const std::string_view name = operation ? std::string_view(operation->text) : "set";
+  const double by = value ? value->number : 1;
   if (name == "set") {
     if (!value) return Reject::invalid_value;
     update = {Update::Kind::set, by};
@@ -1994,15 +2162,17 @@ inline std::optional<Reject> read_gauge_update(const picojson::value *value, con
   return std::nullopt;
 }
 
-inline std::optional<Reject> read_update(MetricType type, const picojson::object &payload, Update &update) {
+inline std::optional<Reject> read_update(MetricType type, const ReadSample &sample, Update &update) {
+  const bool has_payload = sample.payload == JsonKind::object;
+  const auto field = [&](const ReadValue &value) { return has_payload && value.present() ? &value : nullptr; };
   // Histograms and summaries take an observation, under the original's name or as value.
   const bool observes = type == MetricType::histogram || type == MetricType::summary;
-  const picojson::value *value = observes && member(payload, "observation") ? member(payload, "observation") : member(payload, "value");
-  if (value && !value->is<double>()) return Reject::invalid_value; // also numbers beyond double
+  const ReadValue *value = observes && field(sample.observation) ? field(sample.observation) : field(sample.value);
+  if (value && value->kind != JsonKind::number) return Reject::invalid_value; // also numbers beyond double
   if (type == MetricType::counter) return read_counter_update(value, update);
-  if (type == MetricType::gauge) return read_gauge_update(value, member(payload, "operation"), update);
+  if (type == MetricType::gauge) return read_gauge_update(value, field(sample.operation), update);
   if (!value) return Reject::invalid_value;
-  update = {Update::Kind::observe, value->get<double>()};
+  update = {Update::Kind::observe, value->number};
   return std::nullopt;
 }
 
@@ -2040,7 +2210,8 @@ inline void apply_update(const MetricConfig &metric, Series &series, const Updat
 
 // ===== REGISTRY ===========================================================================
 
-inline Registry::Registry(const Config &config) : service_name_(config.service_name) {
+inline Registry::Registry(const Config &config)
+    : service_name_(config.service_name), reading_(std::make_unique<detail::Reading>()) {
   for (const MetricConfig &metric_config : config.metrics) {
     detail::Metric metric{metric_config, {}};
     // A metric without labels has exactly one series; it shows 0 before the first push.
@@ -2076,15 +2247,15 @@ inline IngestResult Registry::ingest(std::string_view datagram, double now_secon
       ++accepted_;
     }
   };
-  picojson::value root;
-  if (!detail::parse_json(datagram, root)) {
-    count(Reject::malformed_json);
-  } else if (root.is<picojson::array>()) {
-    const auto &batch = root.get<picojson::array>();
-    if (batch.empty()) count(Reject::malformed_sample); // a batch of nothing is still counted
-    for (const picojson::value &sample : batch) count(apply(sample, now_seconds));
+  detail::ReadBatch &batch = reading_->batch;
+  batch.clear();
+  detail::SampleReader reader(detail::SampleReader::Place::datagram, batch, HERMES_MAX_JSON_DEPTH);
+  if (!detail::parse_json_into(reader, datagram)) {
+    count(Reject::malformed_json); // nothing of a datagram that is not JSON as a whole is applied
+  } else if (batch.is_array && batch.count == 0) {
+    count(Reject::malformed_sample); // a batch of nothing is still counted
   } else {
-    count(apply(root, now_seconds));
+    for (std::size_t i = 0; i < batch.count; ++i) count(apply(batch.slots[i], now_seconds));
   }
   return result;
 }
@@ -2134,22 +2305,17 @@ inline std::size_t Registry::expire(double now_seconds) {
   return dropped;
 }
 
-inline std::optional<Reject> Registry::apply(const picojson::value &sample, double now_seconds) {
-  if (!sample.is<picojson::object>()) return Reject::malformed_sample;
-  const auto &fields = sample.get<picojson::object>();
-  const picojson::value *name = detail::member(fields, "metric_name");
-  const picojson::value *payload = detail::member(fields, "payload");
-  if (!name || !name->is<std::string>() || (payload && !payload->is<picojson::object>())) return Reject::malformed_sample;
-  detail::Metric *metric = find(name->get<std::string>());
+inline std::optional<Reject> Registry::apply(const detail::ReadSample &sample, double now_seconds) {
+  using detail::JsonKind;
+  const bool payload_ok = sample.payload == JsonKind::absent || sample.payload == JsonKind::null || sample.payload == JsonKind::object;
+  if (sample.shape != JsonKind::object || sample.metric_name.kind != JsonKind::string || !payload_ok)
+    return Reject::malformed_sample;
+  detail::Metric *metric = find(sample.metric_name.text);
   if (!metric) return Reject::unknown_metric;
-
-  const picojson::object no_payload;
-  const auto &body = payload ? payload->get<picojson::object>() : no_payload;
-  std::vector<std::string_view> label_values;
-  if (const auto reason = detail::read_label_values(metric->config, detail::member(body, "labels"), label_values))
-    return reason;
+  std::vector<std::string_view> &label_values = reading_->label_values;
+  if (const auto reason = detail::read_label_values(metric->config, sample, label_values)) return reason;
   detail::Update update;
-  if (const auto reason = detail::read_update(metric->config.type, body, update)) return reason;
+  if (const auto reason = detail::read_update(metric->config.type, sample, update)) return reason;
 
   auto series = metric->series.find(label_values);
   if (series == metric->series.end()) {

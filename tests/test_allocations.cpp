@@ -1,0 +1,57 @@
+// Ingest allocates nothing per sample once a series exists. This file replaces the
+// global operator new for the whole test program, to count allocations while asked.
+#include "helpers.hpp"
+
+#include <cstdlib>
+#include <new>
+
+namespace {
+std::size_t allocations = 0;
+bool counting = false;
+} // namespace
+
+// GCC sees new and free paired here and warns; they are the pair this replacement makes.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+
+void *operator new(std::size_t size) {
+  if (counting) ++allocations;
+  if (void *memory = std::malloc(size ? size : 1)) return memory;
+  throw std::bad_alloc();
+}
+void operator delete(void *memory) noexcept { std::free(memory); }
+void operator delete(void *memory, std::size_t) noexcept { std::free(memory); }
+
+TEST_CASE("ingest allocates nothing per sample once its series exist") {
+  hermes::Registry registry(hermes::parse_config(R"({"service_name": "s",
+    "counters": [{"metric_name": "jobs_total", "labels": ["queue", "worker"]}],
+    "gauges": [{"metric_name": "depth", "labels": ["queue"]}],
+    "histograms": [{"metric_name": "latency", "labels": ["queue"]}]})",
+                                                 "test"));
+  const std::vector<std::string> datagrams = {
+      R"({"metric_name": "jobs_total", "payload": {"labels": {"queue": "mail", "worker": "w-1"}, "value": 2}})",
+      R"({"metric_name": "depth", "payload": {"labels": {"queue": "mail"}, "operation": "increment", "value": null}})",
+      R"([{"metric_name": "latency", "payload": {"labels": {"queue": "mail"}, "observation": 0.3}},
+          {"metric_name": "jobs_total", "payload": {"labels": {"worker": "w-2", "queue": "mail"}}}])",
+      R"({"metric_name": "nope"})",
+      "not json",
+  };
+  for (const std::string &datagram : datagrams) registry.ingest(datagram, 1); // series and buffers come into being
+  allocations = 0;
+  counting = true;
+  for (int round = 0; round < 1000; ++round)
+    for (const std::string &datagram : datagrams) registry.ingest(datagram, 2);
+  counting = false;
+  CHECK(allocations == 0);
+  for (const std::string &datagram : datagrams) { // and each kind alone, to name one that does
+    allocations = 0;
+    counting = true;
+    registry.ingest(datagram, 3);
+    counting = false;
+    CAPTURE(datagram);
+    CHECK(allocations == 0);
+  }
+  CHECK(registry.value("jobs_total", {"mail", "w-1"}) == std::optional<double>(2 * 1002));
+  CHECK(registry.accepted() == 4 * 1002);
+}
