@@ -2015,12 +2015,21 @@ inline std::optional<LogLevel> parse_log_level(std::string_view text) {
   return std::nullopt;
 }
 
-inline std::optional<std::uint16_t> parse_port(std::string_view text) {
-  unsigned value = 0;
-  const auto result = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (text.empty() || result.ec != std::errc() || result.ptr != text.data() + text.size() || value > 65535)
+namespace detail {
+
+// The whole text as a number in `base` from `low` to `high`; nothing else.
+template <typename Number> std::optional<Number> parse_number(std::string_view text, int base, Number low, Number high) {
+  Number value{};
+  const auto result = std::from_chars(text.data(), text.data() + text.size(), value, base);
+  if (text.empty() || result.ec != std::errc() || result.ptr != text.data() + text.size() || value < low || value > high)
     return std::nullopt;
-  return static_cast<std::uint16_t>(value);
+  return value;
+}
+
+} // namespace detail
+
+inline std::optional<std::uint16_t> parse_port(std::string_view text) {
+  return detail::parse_number<std::uint16_t>(text, 10, 0, 65535);
 }
 
 inline std::optional<bool> parse_switch(std::string_view text) {
@@ -2042,49 +2051,41 @@ inline std::optional<std::pair<std::string, std::string>> first_set(const Enviro
   return std::nullopt;
 }
 
-inline void override_port(std::uint16_t &port, const Environment &env, std::initializer_list<const char *> names) {
-  if (const auto found = first_set(env, names)) {
-    const auto parsed = parse_port(found->second);
-    if (!parsed) throw UsageError(found->first + ": \"" + found->second + "\" is not a port number (0-65535)");
-    port = *parsed;
-  }
+// Sets `option` from the first of `names` that is set, read by `parse`; a value it
+// cannot read stops start-up with the variable's name and what was `expected`.
+template <typename Option, typename Parse>
+void override_from(Option &option, const Environment &env, std::initializer_list<const char *> names, Parse parse,
+                   const char *expected) {
+  const auto found = first_set(env, names);
+  if (!found) return;
+  const auto parsed = parse(found->second);
+  if (!parsed) throw UsageError(found->first + ": \"" + found->second + "\" is not " + expected);
+  option = *parsed;
 }
+
+inline std::optional<std::string> any_text(const std::string &text) { return text; }
 
 } // namespace detail
 
 inline Options options_from_environment(const Config &config, const Environment &env) {
+  using detail::override_from;
   Options options;
   if (!config.listen_address.empty()) options.udp_address = config.listen_address;
   if (config.listen_port) options.udp_port = *config.listen_port;
-  if (const auto found = detail::first_set(env, {"HERMES_UDP_ADDRESS", "LISTEN_ADDRESS"})) options.udp_address = found->second;
-  if (const auto found = detail::first_set(env, {"HERMES_HTTP_ADDRESS"})) options.http_address = found->second;
-  detail::override_port(options.udp_port, env, {"HERMES_UDP_PORT", "LISTEN_PORT"});
-  detail::override_port(options.http_port, env, {"HERMES_HTTP_PORT"});
-  if (const auto found = detail::first_set(env, {"HERMES_LOG_LEVEL", "LOG_LEVEL"})) {
-    const auto level = parse_log_level(found->second);
-    if (!level) throw UsageError(found->first + ": \"" + found->second + "\" is not a log level (debug, info, warn, error)");
-    options.log_level = *level;
-  }
-  if (const auto found = detail::first_set(env, {"HERMES_UDP_RECEIVE_BUFFER"})) {
-    int bytes = 0;
-    const auto result = std::from_chars(found->second.data(), found->second.data() + found->second.size(), bytes);
-    if (result.ec != std::errc() || result.ptr != found->second.data() + found->second.size() || bytes < 4096)
-      throw UsageError(found->first + ": \"" + found->second + "\" is not a number of bytes (4096 or more)");
-    options.udp_receive_buffer = bytes;
-  }
-  if (const auto found = detail::first_set(env, {"HERMES_UNIX_SOCKET"})) options.unix_socket_path = found->second;
-  if (const auto found = detail::first_set(env, {"HERMES_UNIX_SOCKET_MODE"})) {
-    unsigned mode = 0;
-    const auto result = std::from_chars(found->second.data(), found->second.data() + found->second.size(), mode, 8);
-    if (result.ec != std::errc() || result.ptr != found->second.data() + found->second.size() || mode > 0777)
-      throw UsageError(found->first + ": \"" + found->second + "\" is not an octal file mode (such as 660)");
-    options.unix_socket_mode = mode;
-  }
-  if (const auto found = detail::first_set(env, {"HERMES_OPENMETRICS"})) {
-    const auto on = parse_switch(found->second);
-    if (!on) throw UsageError(found->first + ": \"" + found->second + "\" is not on or off");
-    options.openmetrics = *on;
-  }
+  override_from(options.udp_address, env, {"HERMES_UDP_ADDRESS", "LISTEN_ADDRESS"}, detail::any_text, "");
+  override_from(options.udp_port, env, {"HERMES_UDP_PORT", "LISTEN_PORT"}, parse_port, "a port number (0-65535)");
+  override_from(options.http_address, env, {"HERMES_HTTP_ADDRESS"}, detail::any_text, "");
+  override_from(options.http_port, env, {"HERMES_HTTP_PORT"}, parse_port, "a port number (0-65535)");
+  override_from(options.log_level, env, {"HERMES_LOG_LEVEL", "LOG_LEVEL"}, parse_log_level,
+                "a log level (debug, info, warn, error)");
+  override_from(options.openmetrics, env, {"HERMES_OPENMETRICS"}, parse_switch, "on or off");
+  override_from(
+      options.udp_receive_buffer, env, {"HERMES_UDP_RECEIVE_BUFFER"},
+      [](std::string_view text) { return detail::parse_number<int>(text, 10, 4096, INT32_MAX); }, "a number of bytes (4096 or more)");
+  override_from(options.unix_socket_path, env, {"HERMES_UNIX_SOCKET"}, detail::any_text, "");
+  override_from(
+      options.unix_socket_mode, env, {"HERMES_UNIX_SOCKET_MODE"},
+      [](std::string_view text) { return detail::parse_number<unsigned>(text, 8, 0, 0777); }, "an octal file mode (such as 660)");
   return options;
 }
 
