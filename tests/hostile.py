@@ -44,6 +44,15 @@ def big_config(series):
         {"metric_name": "wide", "labels": ["id"], "max_series": series}])
 
 
+def slow_reader(hermes):
+    """A client that asks for /metrics with a tiny receive buffer, so the answer waits on it."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((hermes.http_host, hermes.http_port))
+    sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+    return sock
+
+
 def fill(hermes, series):
     """Pushes `series` series with 60-byte label values into the metric "wide"."""
     batch, datagrams = [], []
@@ -135,10 +144,7 @@ def a_client_that_never_reads_its_response_holds_up_nobody(_):
     hermes = Hermes(big_config(60000))
     try:
         fill(hermes, 60000)
-        stuck = socket.socket()
-        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stuck.connect((hermes.http_host, hermes.http_port))
-        stuck.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        stuck = slow_reader(hermes)
         time.sleep(0.5)  # the server has filled the socket and waits to write more
         hermes.push('{"metric_name": "plain_counter"}')
         body, took = timed_scrape(hermes)
@@ -226,10 +232,7 @@ def sigterm_during_a_large_scrape_exits_0(_):
     hermes = Hermes(big_config(30000))
     try:
         fill(hermes, 30000)
-        reader = socket.socket()
-        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        reader.connect((hermes.http_host, hermes.http_port))
-        reader.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        reader = slow_reader(hermes)
         reader.recv(100)  # the response is under way
         code, took = hermes.stop(signal.SIGTERM)
         check_equal(code, 0, "exit code")
