@@ -20,12 +20,15 @@ hermes: main.cpp hermes.hpp | deps
 run: hermes
 	./hermes config.json
 
-test: hermes $(BUILD)/unit_tests $(BUILD)/static/hermes | test-deps
+test: hermes $(BUILD)/unit_tests $(BUILD)/allocation_tests $(BUILD)/static/hermes | test-deps
 	@tests/run.sh
 
 # Each test file is its own translation unit including hermes.hpp, so a definition that
 # is not inline fails the link.
 $(BUILD)/unit_tests: $(UNIT_OBJECTS)
+	$(CXX) $(CXXFLAGS) -o $@ $^
+
+$(BUILD)/allocation_tests: $(BUILD)/allocations.o $(BUILD)/doctest_main.o
 	$(CXX) $(CXXFLAGS) -o $@ $^
 
 $(BUILD)/%.o: tests/%.cpp hermes.hpp tests/helpers.hpp | test-deps

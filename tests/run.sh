@@ -18,10 +18,12 @@ add_counts() {
 }
 
 # doctest closes with "[doctest] test cases: T | P passed | F failed | S skipped".
-build/unit_tests --no-intro=true 2>&1 | tee build/unit_tests.log
-line=$(grep '^\[doctest\] test cases:' build/unit_tests.log | tail -n 1)
-add_counts unit_tests "$(echo "$line" | sed -nE 's/.*\| *([0-9]+) passed.*/\1/p')" \
-  "$(echo "$line" | sed -nE 's/.*\| *([0-9]+) failed.*/\1/p')"
+for program in unit_tests allocation_tests; do
+  build/$program --no-intro=true 2>&1 | tee build/$program.log
+  line=$(grep '^\[doctest\] test cases:' build/$program.log | tail -n 1)
+  add_counts $program "$(echo "$line" | sed -nE 's/.*\| *([0-9]+) passed.*/\1/p')" \
+    "$(echo "$line" | sed -nE 's/.*\| *([0-9]+) failed.*/\1/p')"
+done
 
 # The Python suites close with "NAME: P passed, F failed".
 for suite in tests/blackbox.py tests/hostile.py tests/shipping.py tests/e2e_prometheus.py; do

@@ -1,5 +1,6 @@
 // Ingest allocates nothing per sample once a series exists. This file replaces the
-// global operator new for the whole test program, to count allocations while asked.
+// global operator new to count allocations while asked, so it is a test program of its
+// own (build/allocation_tests): valgrind and sanitizers bring their own operator new.
 #include "helpers.hpp"
 
 #include <cstdlib>
