@@ -673,7 +673,7 @@ struct Metric {
 } // namespace detail
 } // namespace hermes
 
-// ===== DETAIL: TEXT AND FILES ============================================================
+// ===== DETAIL: TEXT AND FILES =============================================================
 
 namespace hermes {
 namespace detail {
@@ -905,7 +905,7 @@ inline bool parse_json(std::string_view text, picojson::value &out, std::string 
   return parse_json_into(context, text, error);
 }
 
-// ---- Reading datagrams without a tree ----------------------------------------------------------
+// ---- Reading datagrams without a tree ------------------------------------------------------
 //
 // A datagram is read straight into the few fields a sample has, in buffers that are
 // reused from one datagram to the next, so ingest allocates nothing once they have

@@ -34,8 +34,7 @@ def compile_and_run(compiler, sources, folder, extra=()):
 def the_static_binary_runs_alone_in_an_empty_root(_):
     static = os.path.join(ROOT, "build", "static", "hermes")
     assert os.access(static, os.X_OK), f"{static} is missing: make static"
-    root = tempfile.mkdtemp(prefix="hermes-scratch-")
-    try:
+    with tempfile.TemporaryDirectory(prefix="hermes-scratch-") as root:
         shutil.copy(static, os.path.join(root, "hermes"))
         shutil.copy(os.path.join(ROOT, "config.json"), os.path.join(root, "config.json"))
         check_equal(sorted(os.listdir(root)), ["config.json", "hermes"], "the root holds nothing else")
@@ -51,25 +50,19 @@ def the_static_binary_runs_alone_in_an_empty_root(_):
             check_equal(code, 0, "exit code after SIGTERM")
         finally:
             hermes.close()
-    finally:
-        shutil.rmtree(root)
 
 
 @test
 def the_embedding_example_builds_and_runs(_):
-    folder = tempfile.mkdtemp(prefix="hermes-embed-")
-    try:
+    with tempfile.TemporaryDirectory(prefix="hermes-embed-") as folder:
         result = compile_and_run("g++", [os.path.join(ROOT, "example", "embed.cpp")], folder)
-        check_equal(result.returncode, 0, f"embed's exit code; it said {result.stdout!r} {result.stderr!r}")
-        assert "jobs_total 3, queue_length 11" in result.stdout, result.stdout
-    finally:
-        shutil.rmtree(folder)
+    check_equal(result.returncode, 0, f"embed's exit code; it said {result.stdout!r} {result.stderr!r}")
+    assert "jobs_total 3, queue_length 11" in result.stdout, result.stdout
 
 
 @test
 def the_header_is_clean_and_inline_in_two_units_under_gcc_and_clang(_):
-    folder = tempfile.mkdtemp(prefix="hermes-units-")
-    try:
+    with tempfile.TemporaryDirectory(prefix="hermes-units-") as folder:
         first, second = os.path.join(folder, "first.cpp"), os.path.join(folder, "second.cpp")
         with open(first, "w") as file:
             file.write('#include "hermes.hpp"\nstd::string render_second();\n'
@@ -80,8 +73,6 @@ def the_header_is_clean_and_inline_in_two_units_under_gcc_and_clang(_):
                        'hermes::parse_config(R"({"service_name": "x"})", "x")), hermes::ServerStats{}); }\n')
         for compiler in ("g++", "clang++"):
             check_equal(compile_and_run(compiler, [first, second], folder).returncode, 0, f"{compiler} program")
-    finally:
-        shutil.rmtree(folder)
 
 
 if __name__ == "__main__":
