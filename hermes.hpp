@@ -78,6 +78,8 @@
 //     HERMES_RECEIVE_BATCH            32   datagrams one recvmmsg() call may take
 //     HERMES_UDP_RECEIVE_BUFFER  4194304   default SO_RCVBUF of the UDP socket (Options)
 //     HERMES_DATAGRAMS_PER_STEP      256   datagrams read before HTTP gets a turn
+//     HERMES_RENDER_PAUSE_STRIDE    1024   series rendered between looks at the sockets
+//     HERMES_RENDER_HOLD_BYTES   4194304   datagrams held in memory while /metrics renders
 //     HERMES_POLL_INTERVAL_MS        200   longest sleep in run(); bounds the reaction to stop
 //     HERMES_REJECT_LOG_INTERVAL_S    10   seconds between warn lines summarising rejects
 //     HERMES_DEFAULT_MAX_SERIES    10000   series per metric unless the config sets max_series
@@ -128,6 +130,12 @@
 #endif
 #ifndef HERMES_DATAGRAMS_PER_STEP
 #define HERMES_DATAGRAMS_PER_STEP 256 // then HTTP clients get their turn
+#endif
+#ifndef HERMES_RENDER_PAUSE_STRIDE
+#define HERMES_RENDER_PAUSE_STRIDE 1024 // series; 100k series render in a few ms, this pauses every ~60 us
+#endif
+#ifndef HERMES_RENDER_HOLD_BYTES
+#define HERMES_RENDER_HOLD_BYTES (4 * 1024 * 1024) // taken off the sockets during a render; more waits in the kernel
 #endif
 #ifndef HERMES_POLL_INTERVAL_MS
 #define HERMES_POLL_INTERVAL_MS 200 // run() looks at its stop flag at least this often
@@ -360,7 +368,8 @@ public:
   std::uint64_t rejected(Reject reason) const { return rejected_[static_cast<std::size_t>(reason)]; }
 
 private:
-  friend std::string render_metrics(const Registry &registry, const ServerStats &stats, Format format, double now_seconds);
+  friend void render_metrics(std::string &out, const Registry &registry, const ServerStats &stats, Format format,
+                             double now_seconds, const std::function<void()> &pause);
   std::optional<Reject> apply(const detail::ReadSample &sample, double now_seconds);
   detail::Metric *find(std::string_view name);
   const detail::Metric *find(std::string_view name) const;
@@ -417,6 +426,11 @@ inline Format negotiate_format(std::string_view accept);
 // as of `now_seconds`.
 inline std::string render_metrics(const Registry &registry, const ServerStats &stats, Format format = Format::text,
                                   double now_seconds = wall_clock_seconds());
+// The same written over `out`, whose memory is reused. `pause`, when given, runs after
+// every HERMES_RENDER_PAUSE_STRIDE series; it must not change the registry. A server
+// takes the datagrams that arrive during a long render off its sockets there.
+inline void render_metrics(std::string &out, const Registry &registry, const ServerStats &stats, Format format,
+                           double now_seconds, const std::function<void()> &pause = {});
 
 // ===== PUBLIC API: SERVER =================================================================
 
@@ -1584,6 +1598,41 @@ private:
   std::array<std::array<char, CMSG_SPACE(sizeof(std::uint32_t))>, HERMES_RECEIVE_BATCH> controls_{};
 };
 
+// Datagrams copied out of a ReceiveBatch to be applied later, in the order they came,
+// within HERMES_RENDER_HOLD_BYTES. Each one's bookkeeping counts against that budget
+// too, so that a flood of empty datagrams is bounded as well. Its memory is reused.
+class HeldDatagrams {
+public:
+  enum class Source { udp, unix_socket };
+
+  bool full() const { return cost_ >= HERMES_RENDER_HOLD_BYTES; }
+
+  void hold(std::string_view datagram, bool truncated, Source source) {
+    entries_.push_back({bytes_.size(), datagram.size(), truncated, source});
+    bytes_ += datagram;
+    cost_ += datagram.size() + sizeof(Entry);
+  }
+
+  // Calls take(datagram, truncated, source) for each, oldest first, and forgets them.
+  template <typename Take> void release(Take &&take) {
+    for (const Entry &entry : entries_)
+      take(std::string_view(bytes_).substr(entry.offset, entry.length), entry.truncated, entry.source);
+    entries_.clear();
+    bytes_.clear();
+    cost_ = 0;
+  }
+
+private:
+  struct Entry {
+    std::size_t offset, length;
+    bool truncated;
+    Source source;
+  };
+  std::string bytes_;
+  std::vector<Entry> entries_;
+  std::size_t cost_ = 0;
+};
+
 inline FileDescriptor open_tcp_listener(const std::string &host, std::uint16_t port) {
   const SocketAddress address = resolve(host, port, SOCK_STREAM, true);
   FileDescriptor fd = open_socket(address, SOCK_STREAM, "http");
@@ -2432,7 +2481,8 @@ inline void append_escaped(std::string &out, std::string_view text, bool escape_
 // Prometheus stores the same series.
 class Exposition {
 public:
-  Exposition(std::string &out, Format format) : out_(out), format_(format) {}
+  Exposition(std::string &out, Format format, const std::function<void()> &pause = {})
+      : out_(out), format_(format), pause_(pause) {}
 
   void family(std::string_view name, std::string_view help, MetricType type) {
     const bool openmetrics = format_ == Format::openmetrics;
@@ -2476,6 +2526,15 @@ public:
     sample(name, {}, std::vector<std::string>{}, value);
   }
 
+  // After each series of a configured metric: the pause falls between series, never
+  // inside a histogram's or summary's lines.
+  void end_series() {
+    if (pause_ && ++series_since_pause_ == HERMES_RENDER_PAUSE_STRIDE) {
+      series_since_pause_ = 0;
+      pause_();
+    }
+  }
+
   void finish() {
     if (format_ == Format::openmetrics) out_ += "# EOF\n";
   }
@@ -2506,6 +2565,8 @@ private:
 
   std::string &out_;
   Format format_;
+  const std::function<void()> &pause_;
+  std::size_t series_since_pause_ = 0;
   bool with_created_ = false;
   std::string_view family_;
 };
@@ -2547,6 +2608,7 @@ inline void write_metric(Exposition &out, const Metric &metric, double now) {
       out.sample(config.name, config.labels, labels, series.value);
     }
     out.created(config.labels, labels, series.created);
+    out.end_series();
   }
 }
 
@@ -2639,19 +2701,27 @@ inline std::vector<FamilyWriter> self_families(const Registry &registry, const S
 } // namespace detail
 
 inline std::string render_metrics(const Registry &registry, const ServerStats &stats, Format format, double now_seconds) {
+  std::string out;
+  render_metrics(out, registry, stats, format, now_seconds);
+  return out;
+}
+
+inline void render_metrics(std::string &out, const Registry &registry, const ServerStats &stats, Format format,
+                           double now_seconds, const std::function<void()> &pause) {
   std::vector<detail::FamilyWriter> families = detail::self_families(registry, stats);
   for (const detail::Metric &metric : registry.metrics_)
-    families.push_back({metric.config.name, [&metric, now_seconds](detail::Exposition &out) { detail::write_metric(out, metric, now_seconds); }});
+    families.push_back({metric.config.name, [&metric, now_seconds](detail::Exposition &exposition) {
+                          detail::write_metric(exposition, metric, now_seconds);
+                        }});
   std::sort(families.begin(), families.end(),
             [](const detail::FamilyWriter &a, const detail::FamilyWriter &b) { return a.name < b.name; });
-  std::string out;
+  out.clear();
   std::size_t estimate = 8192; // Hermes' own families; then each series' line, roughly
   for (const detail::Metric &metric : registry.metrics_) estimate += metric.series.size() * (metric.config.name.size() + 16 * metric.config.labels.size() + 24);
   out.reserve(estimate);
-  detail::Exposition exposition(out, format);
+  detail::Exposition exposition(out, format, pause);
   for (const detail::FamilyWriter &family : families) family.write(exposition);
   exposition.finish();
-  return out;
 }
 
 } // namespace hermes
@@ -2679,6 +2749,11 @@ struct Server::Impl {
 
   // UDP and unix socket ingest
   void receive_datagrams(int socket, std::uint64_t &received);
+  void count_kernel_drops(int index_in_batch);
+  void take_datagram(std::string_view datagram, bool truncated, std::uint64_t &received, double now);
+  void hold_datagrams();
+  void hold_from(int socket, detail::HeldDatagrams::Source source);
+  void apply_held_datagrams();
   void note_rejects(const IngestResult &result, std::string_view datagram, Clock::time_point now);
   void log_reject_summary(Clock::time_point now, bool force);
 
@@ -2705,6 +2780,8 @@ struct Server::Impl {
   std::vector<std::unique_ptr<Connection>> connections;
   std::vector<pollfd> poll_fds;
   detail::ReceiveBatch batch;
+  detail::HeldDatagrams held; // taken off the sockets during a render, applied after it
+  std::string spare_body;     // the memory of the largest /metrics body sent, for the next
   std::uint32_t last_drop_counter = 0;
   double start_time_seconds;
   std::uint64_t accepted_connections = 0;
@@ -2763,11 +2840,17 @@ inline const Registry &Server::registry() const { return impl_->registry; }
 inline const ServerStats &Server::stats() const { return impl_->stats; }
 inline std::string Server::render(Format format) { return impl_->render(format); }
 
+// A long render pauses every HERMES_RENDER_PAUSE_STRIDE series to take waiting datagrams
+// off the sockets, so that the kernel's buffer does not overflow meanwhile; they are
+// applied once the registry is no longer being read.
 inline std::string Server::Impl::render(Format format) {
   registry.expire(); // a scrape never shows a series past its ttl
   stats.process = read_process_stats();
   stats.process.start_time_seconds = start_time_seconds;
-  return render_metrics(registry, stats, format);
+  std::string body = std::move(spare_body);
+  render_metrics(body, registry, stats, format, wall_clock_seconds(), [this] { hold_datagrams(); });
+  apply_held_datagrams();
+  return body;
 }
 
 // One step: wait for any socket, then UDP first (it cannot wait), existing HTTP
@@ -2825,25 +2908,59 @@ inline void Server::Impl::receive_datagrams(int socket, std::uint64_t &received)
     const int got = batch.receive(socket);
     const double now = wall_clock_seconds();
     for (int i = 0; i < got; ++i) {
-      ++received;
-      if (const auto dropped = batch.drop_counter(i)) { // it wraps at 2^32; the difference does not
-        stats.udp_receive_drops += static_cast<std::uint32_t>(*dropped - last_drop_counter);
-        last_drop_counter = *dropped;
-      }
-      const std::string_view datagram = batch.datagram(i);
-      if (batch.truncated(i)) { // the kernel cut it to fit: never parse a cut datagram
-        IngestResult result;
-        result.rejected[static_cast<std::size_t>(Reject::too_large)] = 1;
-        registry.count_rejected(Reject::too_large);
-        note_rejects(result, datagram, Clock::now());
-        continue;
-      }
-      const IngestResult result = registry.ingest(datagram, now);
-      if (result.rejected_total() > 0) note_rejects(result, datagram, Clock::now());
+      count_kernel_drops(i);
+      take_datagram(batch.datagram(i), batch.truncated(i), received, now);
     }
     if (got < HERMES_RECEIVE_BATCH) return; // all read
     taken += got;
   }
+}
+
+// The UDP socket's drop counter rides on its datagrams; it wraps at 2^32, the difference does not.
+inline void Server::Impl::count_kernel_drops(int index_in_batch) {
+  if (const auto dropped = batch.drop_counter(index_in_batch)) {
+    stats.udp_receive_drops += static_cast<std::uint32_t>(*dropped - last_drop_counter);
+    last_drop_counter = *dropped;
+  }
+}
+
+inline void Server::Impl::take_datagram(std::string_view datagram, bool truncated, std::uint64_t &received, double now) {
+  ++received;
+  if (truncated) { // the kernel cut it to fit: never parse a cut datagram
+    IngestResult result;
+    result.rejected[static_cast<std::size_t>(Reject::too_large)] = 1;
+    registry.count_rejected(Reject::too_large);
+    note_rejects(result, datagram, Clock::now());
+    return;
+  }
+  const IngestResult result = registry.ingest(datagram, now);
+  if (result.rejected_total() > 0) note_rejects(result, datagram, Clock::now());
+}
+
+// The render's pause: copies what waits on either socket into `held`, up to its budget.
+inline void Server::Impl::hold_datagrams() {
+  hold_from(udp.get(), detail::HeldDatagrams::Source::udp);
+  hold_from(unix_socket.get(), detail::HeldDatagrams::Source::unix_socket);
+}
+
+inline void Server::Impl::hold_from(int socket, detail::HeldDatagrams::Source source) {
+  if (socket < 0) return;
+  while (!held.full()) {
+    const int got = batch.receive(socket);
+    for (int i = 0; i < got; ++i) {
+      count_kernel_drops(i);
+      held.hold(batch.datagram(i), batch.truncated(i), source);
+    }
+    if (got < HERMES_RECEIVE_BATCH) return;
+  }
+}
+
+inline void Server::Impl::apply_held_datagrams() {
+  const double now = wall_clock_seconds();
+  held.release([this, now](std::string_view datagram, bool truncated, detail::HeldDatagrams::Source source) {
+    const bool from_udp = source == detail::HeldDatagrams::Source::udp;
+    take_datagram(datagram, truncated, from_udp ? stats.udp_packets : stats.unix_datagrams, now);
+  });
 }
 
 inline void Server::Impl::note_rejects(const IngestResult &result, std::string_view datagram, Clock::time_point now) {
@@ -2990,7 +3107,8 @@ inline void Server::Impl::write_response(Connection &connection, Clock::time_poi
     connection.sent += static_cast<std::size_t>(length);
   }
   connection.head = std::string();
-  connection.body = std::string(); // frees a large body at once
+  if (connection.body.capacity() > spare_body.capacity()) spare_body = std::move(connection.body);
+  connection.body = std::string(); // frees any other large body at once
   ::shutdown(connection.fd.get(), SHUT_WR); // the end of the body, for an HTTP/1.0 client
   connection.phase = Connection::Phase::lingering;
   connection.deadline = now + std::chrono::milliseconds(HERMES_HTTP_LINGER_MS);

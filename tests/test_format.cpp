@@ -114,3 +114,34 @@ TEST_CASE("whole numbers print exactly as to_chars(double) prints them, only fas
   CHECK(hermes::detail::format_double(1200000) == "1200000");
   CHECK(hermes::detail::format_double(-0.0) == "-0");
 }
+
+TEST_CASE("a render into a reused buffer pauses between series, never inside one, and equals a fresh render") {
+  hermes::Registry registry(hermes::parse_config(R"({"service_name": "svc",
+    "histograms": [{"metric_name": "latency_seconds", "labels": ["id"], "buckets": [0.1, 1], "max_series": 5000}]})",
+                                                 "test"));
+  const int series = 2 * HERMES_RENDER_PAUSE_STRIDE + 5;
+  for (int id = 0; id < series; ++id) {
+    const std::string datagram = R"({"metric_name": "latency_seconds", "payload": {"labels": {"id": ")" +
+                                 std::to_string(id) + R"("}, "observation": 0.5}})";
+    REQUIRE(registry.ingest(datagram, 1764000000).accepted == 1);
+  }
+  for (const hermes::Format format : {hermes::Format::text, hermes::Format::openmetrics}) {
+    CAPTURE(hermes::content_type(format));
+    const std::string last_line_of_a_series = format == hermes::Format::text ? "latency_seconds_count{" : "latency_seconds_created{";
+    std::string out = "left over from before";
+    std::vector<std::string> last_lines;
+    const std::function<void()> pause = [&] {
+      REQUIRE(!out.empty());
+      REQUIRE(out.back() == '\n');
+      const std::size_t start = out.rfind('\n', out.size() - 2) + 1;
+      last_lines.push_back(out.substr(start, last_line_of_a_series.size()));
+    };
+    hermes::render_metrics(out, registry, fixed_stats(), format, 1764000001, pause);
+    CHECK(last_lines == std::vector<std::string>{last_line_of_a_series, last_line_of_a_series});
+    CHECK(out == hermes::render_metrics(registry, fixed_stats(), format, 1764000001));
+    const std::size_t capacity = out.capacity();
+    hermes::render_metrics(out, registry, fixed_stats(), format, 1764000001);
+    CHECK(out == hermes::render_metrics(registry, fixed_stats(), format, 1764000001));
+    CHECK(out.capacity() == capacity); // the same memory, written over
+  }
+}

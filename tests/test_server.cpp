@@ -2,6 +2,7 @@
 #include "helpers.hpp"
 
 #include <thread>
+#include <tuple>
 
 using test::body_of;
 using test::http;
@@ -284,4 +285,58 @@ TEST_CASE("datagrams the kernel drops for a full receive buffer are counted, so 
   CHECK(stats.udp_receive_drops > 0);
   CHECK(stats.udp_packets + stats.udp_receive_drops == 301);
   CHECK(server.registry().value("sample_counter", {"burst"}) == std::optional<double>(static_cast<double>(stats.udp_packets - 1)));
+}
+
+TEST_CASE("datagrams that wait while /metrics renders are taken off the socket during it and applied after it") {
+  hermes::Server server(hermes::parse_config(R"({"service_name": "svc",
+    "gauges": [{"metric_name": "many", "labels": ["id"], "max_series": 5000}],
+    "counters": [{"metric_name": "sample_counter", "labels": ["label_1"]}]})",
+                                             "test"),
+                        test::loopback_options());
+  std::vector<std::string> batches;
+  for (int start = 0; start < HERMES_RENDER_PAUSE_STRIDE + 50; start += 50) {
+    std::string batch = "[";
+    for (int id = start; id < start + 50; ++id)
+      batch += (id > start ? "," : "") + std::string(R"({"metric_name": "many", "payload": {"labels": {"id": ")") +
+               std::to_string(id) + R"("}, "value": 1}})";
+    batches.push_back(batch + "]");
+  }
+  test::push(server, batches);
+  const std::uint64_t packets = server.stats().udp_packets;
+  hermes::Client client("127.0.0.1", server.udp_port());
+  for (int i = 0; i < 3; ++i) REQUIRE(client.send(R"({"metric_name": "sample_counter", "payload": {"labels": {"label_1": "held"}}})"));
+  // "many" renders before "sample_counter": its first pause finds the three datagrams,
+  // and the registry does not change until the body is whole.
+  const std::string body = server.render(hermes::Format::text);
+  CHECK(body.find("sample_counter{") == std::string::npos);
+  CHECK(contains_line(body, "hermes_udp_packets_total " + std::to_string(packets)));
+  CHECK(server.registry().value("sample_counter", {"held"}) == std::optional<double>(3));
+  CHECK(server.stats().udp_packets == packets + 3);
+  CHECK(contains_line(scrape(server), "sample_counter{label_1=\"held\"} 3"));
+}
+
+TEST_CASE("held datagrams come back in order and stay within their budget, empty ones too") {
+  using Source = hermes::detail::HeldDatagrams::Source;
+  hermes::detail::HeldDatagrams held;
+  held.hold("first", false, Source::udp);
+  held.hold("", true, Source::unix_socket);
+  held.hold("third", false, Source::udp);
+  std::vector<std::tuple<std::string, bool, Source>> seen;
+  const auto take = [&](std::string_view datagram, bool truncated, Source source) { seen.emplace_back(datagram, truncated, source); };
+  held.release(take);
+  CHECK(seen == std::vector<std::tuple<std::string, bool, Source>>{
+                    {"first", false, Source::udp}, {"", true, Source::unix_socket}, {"third", false, Source::udp}});
+  seen.clear();
+  held.release(take);
+  CHECK(seen.empty());
+
+  std::size_t empty = 0;
+  for (; !held.full(); ++empty) held.hold("", false, Source::udp);
+  CHECK(empty <= HERMES_RENDER_HOLD_BYTES / 16 + 1); // each one's bookkeeping counts
+  held.release([](std::string_view, bool, Source) {});
+  const std::string kilobyte(1000, 'x');
+  std::size_t full_size = 0;
+  for (; !held.full(); ++full_size) held.hold(kilobyte, false, Source::udp);
+  CHECK(full_size >= HERMES_RENDER_HOLD_BYTES / 1100);
+  CHECK(full_size <= HERMES_RENDER_HOLD_BYTES / 1000 + 1);
 }
