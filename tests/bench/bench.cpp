@@ -8,8 +8,9 @@
 // 2. Scrapes: /metrics with 1k, 10k and 100k series: time, body size, resident memory.
 // 3. Scrapes against ingest: 100k datagrams/s while /metrics with 100k series is
 //    fetched over and over.
-// 4. Each binary's size and resident memory when idle (the first is the one measured
-//    above; make bench adds the static build, which is what images and boards run).
+// 4. Each binary's size and memory when idle, resident and proportional (shared library
+//    pages divided among the processes mapping them); the first is the one measured
+//    above, make bench adds the static build, which is what images and boards run.
 // Figures on a shared machine wander; the ratios measured in the same run are what count.
 #include <algorithm>
 #include <atomic>
@@ -64,11 +65,18 @@ double cpu_seconds(pid_t pid) {
   return (std::stod(fields[11]) + std::stod(fields[12])) / static_cast<double>(::sysconf(_SC_CLK_TCK));
 }
 
-double rss_mib(pid_t pid) {
-  const std::string status = read_text("/proc/" + std::to_string(pid) + "/status");
-  const std::size_t at = status.find("VmRSS:");
-  return at == std::string::npos ? 0 : std::stod(status.substr(at + 6)) / 1024;
+// A figure in kB from a /proc file of lines "Name:   1234 kB", in MiB.
+double proc_kb_as_mib(pid_t pid, const char *file, const char *name) {
+  const std::string text = read_text("/proc/" + std::to_string(pid) + "/" + file);
+  const std::size_t at = text.find(std::string("\n") + name + ":");
+  return at == std::string::npos ? 0 : std::stod(text.substr(at + std::strlen(name) + 2)) / 1024;
 }
+
+// Resident memory, shared library pages included in full.
+double rss_mib(pid_t pid) { return proc_kb_as_mib(pid, "status", "VmRSS"); }
+
+// Proportional memory: each shared page split among the processes that map it.
+double pss_mib(pid_t pid) { return proc_kb_as_mib(pid, "smaps_rollup", "Pss"); }
 
 sockaddr_in loopback(std::uint16_t port) {
   sockaddr_in address{};
@@ -401,13 +409,13 @@ int main(int argc, char **argv) {
   }
   measure_scrapes(binary);
   measure_scrapes_against_ingest(binary);
-  std::printf("\n| binary | size (bytes) | resident when idle (MiB) |\n|---|---:|---:|\n");
+  std::printf("\n| binary | size (bytes) | idle, resident (MiB) | idle, proportional (MiB) |\n|---|---:|---:|---:|\n");
   for (int i = 1; i < std::max(argc, 2); ++i) {
     const std::string path = argc > 1 ? argv[i] : binary;
     if (::stat(path.c_str(), &info) != 0) continue;
     Receiver idle = start_hermes(path, bench_config);
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
-    std::printf("| %s | %lld | %.2f |\n", path.c_str(), static_cast<long long>(info.st_size), rss_mib(idle.pid));
+    std::printf("| %s | %lld | %.2f | %.2f |\n", path.c_str(), static_cast<long long>(info.st_size), rss_mib(idle.pid), pss_mib(idle.pid));
     stop(idle);
   }
   return 0;
