@@ -53,17 +53,17 @@ def slow_reader(hermes):
     return sock
 
 
-def fill(hermes, series):
-    """Pushes `series` series with 60-byte label values into the metric "wide"."""
+def fill(hermes, series, width=60):
+    """Pushes `series` series with `width`-byte label values into the metric "wide"."""
     batch, datagrams = [], []
     for i in range(series):
-        batch.append({"metric_name": "wide", "payload": {"labels": {"id": f"{i:060d}"}, "value": i}})
-        if len(batch) == 50:  # about 5 KB, well under the 8 KB datagram limit
+        batch.append({"metric_name": "wide", "payload": {"labels": {"id": f"{i:0{width}d}"}, "value": i}})
+        if len(batch) == 50:  # at most about 5 KB, well under the 8 KB datagram limit
             datagrams.append(json.dumps(batch, separators=(",", ":")))
             batch = []
     if batch:
         datagrams.append(json.dumps(batch, separators=(",", ":")))
-    hermes.push_paced(datagrams, window=16)
+    hermes.push_paced(datagrams, window=16 if width > 20 else 64)
 
 
 @test
@@ -238,6 +238,50 @@ def sigterm_during_a_large_scrape_exits_0(_):
         check_equal(code, 0, "exit code")
         assert took < 1, f"took {took:.2f}s"
         reader.close()
+    finally:
+        hermes.close()
+
+
+@test
+def back_to_back_scrapes_of_100k_series_do_not_starve_ingest(_):
+    # The receive buffer an unprivileged process gets from Debian's default rmem_max
+    # holds 512 such datagrams, 10 ms of them; one render takes longer than that.
+    hermes = Hermes(big_config(100000), env={"HERMES_UDP_RECEIVE_BUFFER": "212992"})
+    try:
+        fill(hermes, 100000)
+        before = hermes.metrics()
+        stop, scrapes = threading.Event(), []
+
+        def scrape_over_and_over():  # as fast as a client can: the bytes are counted, not kept
+            buffer = bytearray(1 << 20)
+            while not stop.is_set():
+                with socket.create_connection((hermes.http_host, hermes.http_port)) as sock:
+                    sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+                    size = 0
+                    while (got := sock.recv_into(buffer)) > 0:
+                        size += got
+                scrapes.append(size)
+        scraper = threading.Thread(target=scrape_over_and_over)
+        scraper.start()
+        rate, seconds, sent = 50_000, 2, 0
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                started = time.monotonic()
+                while sent < rate * seconds:
+                    due = min(rate * seconds, int((time.monotonic() - started) * rate))
+                    for _ in range(due - sent):
+                        sock.sendto(VALID.encode(), (hermes.udp_host, hermes.udp_port))
+                    sent = max(sent, due)
+                    time.sleep(0.0005)
+        finally:
+            stop.set()
+            scraper.join()
+        hermes.wait_for("hermes_udp_packets_total", before["hermes_udp_packets_total"] + sent)
+        after = hermes.metrics()
+        assert len(scrapes) >= 20, f"only {len(scrapes)} scrapes overlapped the ingest"
+        check_equal(after["plain_counter"] - before["plain_counter"], sent, "samples applied during the scrapes")
+        check_equal(after["hermes_udp_receive_drops_total"], 0, "datagrams the kernel dropped")
+        print(f"     {len(scrapes)} scrapes of {scrapes[0]} bytes while {sent} datagrams came at {rate}/s: all applied")
     finally:
         hermes.close()
 
