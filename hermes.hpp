@@ -2481,7 +2481,8 @@ inline void append_escaped(std::string &out, std::string_view text, bool escape_
 // Prometheus stores the same series.
 class Exposition {
 public:
-  Exposition(std::string &out, Format format, const std::function<void()> &pause = {})
+  // `pause` may be empty; it must outlive the Exposition.
+  Exposition(std::string &out, Format format, const std::function<void()> &pause)
       : out_(out), format_(format), pause_(pause) {}
 
   void family(std::string_view name, std::string_view help, MetricType type) {
