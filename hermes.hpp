@@ -72,6 +72,7 @@
 //     HERMES_MAX_CONFIG_SIZE     1048576   bytes of config file
 //     HERMES_MAX_REQUEST_HEAD       8192   bytes of HTTP request line and headers
 //     HERMES_MAX_CONNECTIONS          64   open HTTP connections
+//     HERMES_MAX_REFUSED_CONNECTIONS  16   more connections, read and answered 503; beyond, closed
 //     HERMES_HTTP_READ_TIMEOUT_MS   5000   time a client has to send its request head
 //     HERMES_HTTP_WRITE_TIMEOUT_MS 10000   time a client has to read its response
 //     HERMES_HTTP_LINGER_MS         1000   time a client has to close after its response
@@ -84,6 +85,7 @@
 //     HERMES_REJECT_LOG_INTERVAL_S    10   seconds between warn lines summarising rejects
 //     HERMES_DEFAULT_MAX_SERIES    10000   series per metric unless the config sets max_series
 //     HERMES_MAX_SERIES_LIMIT   10000000   the largest max_series a config may set
+//     HERMES_LISTEN_BACKLOG          128   pending TCP connections the kernel queues for accept
 
 #ifndef HERMES_HPP
 #define HERMES_HPP
@@ -112,6 +114,9 @@
 #endif
 #ifndef HERMES_MAX_CONNECTIONS
 #define HERMES_MAX_CONNECTIONS 64 // when full, the oldest connection still reading is dropped
+#endif
+#ifndef HERMES_MAX_REFUSED_CONNECTIONS
+#define HERMES_MAX_REFUSED_CONNECTIONS 16 // beyond those, connections read and answered 503; more are closed
 #endif
 #ifndef HERMES_HTTP_READ_TIMEOUT_MS
 #define HERMES_HTTP_READ_TIMEOUT_MS 5000 // from accept to a complete request head
@@ -153,22 +158,37 @@
 #define HERMES_LISTEN_BACKLOG 128 // pending TCP connections the kernel queues for accept
 #endif
 
-#if HERMES_MAX_DATAGRAM_SIZE < 64 || HERMES_MAX_DATAGRAM_SIZE > 65536
-#error "HERMES_MAX_DATAGRAM_SIZE must be between 64 and 65536 bytes"
-#endif
-#if HERMES_MAX_JSON_DEPTH < 4
-#error "HERMES_MAX_JSON_DEPTH must be at least 4: a batch of samples nests 4 levels deep"
-#endif
-#if HERMES_MAX_REQUEST_HEAD < 256
-#error "HERMES_MAX_REQUEST_HEAD must be at least 256 bytes"
-#endif
-#if HERMES_MAX_CONNECTIONS < 1
-#error "HERMES_MAX_CONNECTIONS must be at least 1"
-#endif
+// Each limit is checked here, so that a wrong value stops the build with what to do
+// instead of a daemon that loops for ever or refuses every datagram.
+static_assert(HERMES_MAX_DATAGRAM_SIZE >= 64 && HERMES_MAX_DATAGRAM_SIZE <= 65536,
+              "HERMES_MAX_DATAGRAM_SIZE must be between 64 and 65536 bytes");
+static_assert(HERMES_MAX_JSON_DEPTH >= 4, "HERMES_MAX_JSON_DEPTH must be at least 4: a batch of samples nests 4 levels deep");
+static_assert(HERMES_MAX_CONFIG_SIZE >= 1024, "HERMES_MAX_CONFIG_SIZE must be at least 1024 bytes");
+static_assert(HERMES_MAX_REQUEST_HEAD >= 256, "HERMES_MAX_REQUEST_HEAD must be at least 256 bytes");
+static_assert(HERMES_MAX_CONNECTIONS >= 1 && HERMES_MAX_CONNECTIONS <= 65536,
+              "HERMES_MAX_CONNECTIONS must be between 1 and 65536");
+static_assert(HERMES_MAX_REFUSED_CONNECTIONS >= 0, "HERMES_MAX_REFUSED_CONNECTIONS must not be negative");
+static_assert(HERMES_HTTP_READ_TIMEOUT_MS >= 1, "HERMES_HTTP_READ_TIMEOUT_MS must be at least 1 ms");
+static_assert(HERMES_HTTP_WRITE_TIMEOUT_MS >= 1, "HERMES_HTTP_WRITE_TIMEOUT_MS must be at least 1 ms");
+static_assert(HERMES_HTTP_LINGER_MS >= 0, "HERMES_HTTP_LINGER_MS must not be negative");
+static_assert(HERMES_RECEIVE_BATCH >= 1 && HERMES_RECEIVE_BATCH <= 1024, "HERMES_RECEIVE_BATCH must be between 1 and 1024");
+static_assert(HERMES_UDP_RECEIVE_BUFFER >= 4096, "HERMES_UDP_RECEIVE_BUFFER must be at least 4096 bytes");
+static_assert(HERMES_DATAGRAMS_PER_STEP >= HERMES_RECEIVE_BATCH,
+              "HERMES_DATAGRAMS_PER_STEP must be at least HERMES_RECEIVE_BATCH, or a step reads nothing");
+static_assert(HERMES_RENDER_PAUSE_STRIDE >= 1, "HERMES_RENDER_PAUSE_STRIDE must be at least 1 series");
+static_assert(HERMES_RENDER_HOLD_BYTES >= 0, "HERMES_RENDER_HOLD_BYTES must not be negative (0: hold nothing)");
+static_assert(HERMES_POLL_INTERVAL_MS >= 1, "HERMES_POLL_INTERVAL_MS must be at least 1 ms");
+static_assert(HERMES_REJECT_LOG_INTERVAL_S >= 1, "HERMES_REJECT_LOG_INTERVAL_S must be at least 1 second");
+static_assert(HERMES_DEFAULT_MAX_SERIES >= 1 && HERMES_DEFAULT_MAX_SERIES <= HERMES_MAX_SERIES_LIMIT,
+              "HERMES_DEFAULT_MAX_SERIES must be between 1 and HERMES_MAX_SERIES_LIMIT");
+static_assert(HERMES_MAX_SERIES_LIMIT >= 1, "HERMES_MAX_SERIES_LIMIT must be at least 1");
+static_assert(HERMES_LISTEN_BACKLOG >= 1, "HERMES_LISTEN_BACKLOG must be at least 1");
 
 // ===== INCLUDES ===========================================================================
 
-#include <picojson.h>
+// Quoted, so that a copy of picojson.h beside this header is found first, and an
+// installed one (<picojson.h>) otherwise.
+#include "picojson.h"
 
 #include <algorithm>
 #include <array>
@@ -228,7 +248,7 @@ public:
 
 // ===== PUBLIC API: CONFIG =================================================================
 
-enum class MetricType { counter, gauge, histogram, summary };
+enum class MetricType { counter, gauge, histogram, summary, count_ };
 inline const char *to_string(MetricType type);
 
 // The buckets of a histogram whose config names none: Prometheus' defaults, as the
@@ -264,7 +284,7 @@ inline std::vector<std::string> lint_config(const Config &config);
 
 // ===== PUBLIC API: OPTIONS ================================================================
 
-enum class LogLevel { debug, info, warn, error };
+enum class LogLevel { debug, info, warn, error, count_ };
 inline const char *to_string(LogLevel level);
 inline std::optional<LogLevel> parse_log_level(std::string_view text); // any case
 inline std::optional<std::uint16_t> parse_port(std::string_view text); // decimal 0..65535
@@ -310,8 +330,9 @@ enum class Reject {
   invalid_operation,   // a gauge operation other than set, increment, decrement
   series_limit,        // a new series for a metric that has max_series already
   too_large,           // a datagram longer than HERMES_MAX_DATAGRAM_SIZE
+  count_
 };
-constexpr std::size_t reject_reason_count = 9;
+constexpr std::size_t reject_reason_count = static_cast<std::size_t>(Reject::count_);
 inline const char *to_string(Reject reason);
 
 // Seconds since the epoch, as the timestamps of /metrics count them.
@@ -326,16 +347,16 @@ struct IngestResult {
 
 // ===== PUBLIC API: REGISTRY ===============================================================
 
+// Declared here so that Registry can hold them; defined in the detail sections below.
 namespace detail {
 struct Metric;
-struct ReadSample;
 struct Reading;
+struct ReadSample;
+class Renderer;
 } // namespace detail
 
-struct ServerStats;
-enum class Format;
-
-// The metrics of a config and their series. Not thread-safe: one owner applies and renders.
+// The metrics of a config and their series. Not thread-safe: one owner applies samples
+// and sweeps; any number of readers may render a Registry that nobody changes meanwhile.
 class Registry {
 public:
   explicit Registry(const Config &config);
@@ -355,8 +376,10 @@ public:
     std::size_t kept = 0, fresh = 0, removed = 0; // metrics
   };
   ReloadSummary reload(const Config &config);
-  // Drops the labelled series whose metric has a ttl_seconds and that were not pushed
-  // for that long by `now_seconds`; returns how many. A series without labels stays.
+  // Brings the registry up to `now_seconds`: drops the labelled series whose metric has a
+  // ttl_seconds and that were not pushed for that long, and moves summary windows on,
+  // forgetting observations older than max_age_seconds. Returns how many series it
+  // dropped. A series without labels stays. Call it before rendering, which only reads.
   std::size_t expire(double now_seconds = wall_clock_seconds());
 
   const std::string &service_name() const { return service_name_; }
@@ -368,8 +391,7 @@ public:
   std::uint64_t rejected(Reject reason) const { return rejected_[static_cast<std::size_t>(reason)]; }
 
 private:
-  friend void render_metrics(std::string &out, const Registry &registry, const ServerStats &stats, Format format,
-                             double now_seconds, const std::function<void()> &pause);
+  friend class detail::Renderer;
   std::optional<Reject> apply(const detail::ReadSample &sample, double now_seconds);
   detail::Metric *find(std::string_view name);
   const detail::Metric *find(std::string_view name) const;
@@ -384,17 +406,28 @@ private:
 
 // ===== PUBLIC API: FORMATTING =============================================================
 
-// The process metrics of the standard Prometheus client libraries.
-struct ProcessStats {
-  double cpu_seconds = 0;
-  double resident_memory_bytes = 0;
-  double virtual_memory_bytes = 0;
-  double start_time_seconds = 0;
-  double open_fds = 0;
-  double max_fds = 0;
+// The two exposition formats /metrics speaks.
+enum class Format {
+  text,        // Prometheus text format 0.0.4
+  openmetrics, // OpenMetrics 1.0.0: counters named *_total become a family without the
+               // suffix and gain *_created; other counters are typed unknown, as
+               // Prometheus' Go client does; the body ends with # EOF
+  count_
 };
-// Reads this process' figures from /proc; a figure that cannot be read stays 0.
-inline ProcessStats read_process_stats();
+inline const char *content_type(Format format);
+
+// The format an Accept header prefers: OpenMetrics only when it ranks above text.
+inline Format negotiate_format(std::string_view accept);
+
+// The exposition of a registry: every configured metric and the registry's own figures
+// (hermes_build_info, hermes_samples_*, hermes_series*), each family once, sorted by
+// name. It only reads the registry; call Registry::expire first for up-to-date ttl and
+// summary windows. A Server adds its own figures: see Server::render.
+inline std::string render_metrics(const Registry &registry, Format format = Format::text);
+// The same written over `out`, whose memory is reused.
+inline void render_metrics(std::string &out, const Registry &registry, Format format);
+
+// ===== PUBLIC API: SERVER =================================================================
 
 // The daemon's own figures beside the registry's.
 struct ServerStats {
@@ -406,41 +439,17 @@ struct ServerStats {
   std::uint64_t reloads_failed = 0;
   double last_reload_success_seconds = 0; // the start, until a reload succeeds
   std::map<int, std::uint64_t> http_requests; // by status code; every code Hermes sends, from 0
-  ProcessStats process;
   ServerStats();
 };
 
-// The two exposition formats /metrics speaks.
-enum class Format {
-  text,        // Prometheus text format 0.0.4
-  openmetrics, // OpenMetrics 1.0.0: counters named *_total become a family without the
-               // suffix and gain *_created; other counters are typed unknown, as
-               // Prometheus' Go client does; the body ends with # EOF
-};
-inline const char *content_type(Format format);
-
-// The format an Accept header prefers: OpenMetrics only when it ranks above text.
-inline Format negotiate_format(std::string_view accept);
-
-// The /metrics body: every family once, sorted by configured name; summaries' quantiles
-// as of `now_seconds`.
-inline std::string render_metrics(const Registry &registry, const ServerStats &stats, Format format = Format::text,
-                                  double now_seconds = wall_clock_seconds());
-// The same written over `out`, whose memory is reused. `pause`, when given, runs after
-// every HERMES_RENDER_PAUSE_STRIDE series; it must not change the registry. A server
-// takes the datagrams that arrive during a long render off its sockets there.
-inline void render_metrics(std::string &out, const Registry &registry, const ServerStats &stats, Format format,
-                           double now_seconds, const std::function<void()> &pause = {});
-
-// ===== PUBLIC API: SERVER =================================================================
-
-// Owns the UDP and HTTP sockets and the registry. Single-threaded: drive it from one thread.
+// Owns the UDP and HTTP sockets and the registry. Single-threaded: drive it from one
+// thread. Movable, not copyable.
 class Server {
 public:
   // Binds both sockets and logs where it listens. Throws SocketError.
   Server(const Config &config, Options options);
-  Server(const Server &) = delete;
-  Server &operator=(const Server &) = delete;
+  Server(Server &&) noexcept;
+  Server &operator=(Server &&) noexcept;
   ~Server();
 
   // Waits up to timeout_ms for traffic and handles what arrived.
@@ -458,8 +467,10 @@ public:
   std::string udp_endpoint() const; // as bound: "0.0.0.0:7789", "[::1]:7789"
   std::string http_endpoint() const;
   const Registry &registry() const;
-  const ServerStats &stats() const;
-  std::string render(Format format = Format::text); // the /metrics body as of now
+  ServerStats stats() const;
+  // The /metrics body as of now: the registry's and the daemon's figures, and the
+  // process_* metrics of the standard client libraries (those /proc can tell).
+  std::string render(Format format = Format::text);
 
 private:
   struct Impl;
@@ -470,21 +481,46 @@ private:
 
 using Labels = std::vector<std::pair<std::string, std::string>>;
 
+// Samples gathered to go out in one datagram, as a JSON array. Keep a batch below
+// HERMES_MAX_DATAGRAM_SIZE bytes (size_bytes()): a longer one is rejected whole. A
+// value that is not finite is left out: JSON cannot carry it.
+class Batch {
+public:
+  Batch &increment_counter(std::string_view metric, const Labels &labels, double by = 1);
+  Batch &set_gauge(std::string_view metric, const Labels &labels, double value);
+  Batch &increment_gauge(std::string_view metric, const Labels &labels, double by = 1);
+  Batch &decrement_gauge(std::string_view metric, const Labels &labels, double by = 1);
+  Batch &observe(std::string_view metric, const Labels &labels, double value); // histograms, summaries
+
+  std::size_t size() const { return samples_; }
+  std::size_t size_bytes() const { return json_.size() + 1; }
+  std::string json() const { return json_ + ']'; }
+  void clear() { json_ = "[", samples_ = 0; }
+
+private:
+  Batch &add(std::string_view metric, const Labels &labels, double value, const char *operation);
+  std::string json_ = "[";
+  std::size_t samples_ = 0;
+};
+
 // Sends samples to a Hermes over UDP. Sending never blocks and never throws: a lost
-// datagram is the price of a worker that never waits.
+// datagram is the price of a worker that never waits. Movable, not copyable.
 class Client {
 public:
-  // Resolves host once. Throws SocketError when it cannot.
+  // Resolves host once; where a name has IPv4 and IPv6 addresses, the IPv4 one is used,
+  // since Hermes listens on 0.0.0.0 by default. Throws SocketError when it cannot.
   Client(const std::string &host, std::uint16_t port);
-  Client(const Client &) = delete;
-  Client &operator=(const Client &) = delete;
+  Client(Client &&) noexcept;
+  Client &operator=(Client &&) noexcept;
   ~Client();
 
   bool send(std::string_view datagram); // false when the kernel refused it
+  bool send(const Batch &batch);        // false also for an empty batch
   bool increment_counter(std::string_view metric, const Labels &labels, double by = 1);
   bool set_gauge(std::string_view metric, const Labels &labels, double value);
   bool increment_gauge(std::string_view metric, const Labels &labels, double by = 1);
   bool decrement_gauge(std::string_view metric, const Labels &labels, double by = 1);
+  bool observe(std::string_view metric, const Labels &labels, double value); // histograms, summaries
 
 private:
   // false without sending when the value is not finite: JSON cannot carry it.
@@ -495,20 +531,10 @@ private:
 
 } // namespace hermes
 
-// ===== DETAIL: DECLARATIONS ===============================================================
+// ===== DETAIL: QUANTILES ==================================================================
 
 namespace hermes {
 namespace detail {
-
-// Series of one metric, keyed by label values in configured order. The comparator is
-// transparent so a lookup can use views into the datagram instead of new strings.
-struct LabelValuesLess {
-  using is_transparent = void;
-  template <typename A, typename B> bool operator()(const A &a, const B &b) const {
-    return std::lexicographical_compare(a.begin(), a.end(), b.begin(), b.end(),
-                                        [](std::string_view x, std::string_view y) { return x < y; });
-  }
-};
 
 // A stream of observations summarised so that any quantile can be read with a bounded
 // rank error, in bounded memory: the targeted-quantile algorithm of Cormode, Korn,
@@ -525,9 +551,14 @@ public:
     if (buffer_.size() >= buffer_limit) flush(objectives);
   }
 
-  // The value at quantile q (0 < q < 1); NaN without observations.
-  double query(double q, const Objectives &objectives) {
-    flush(objectives);
+  // The value at quantile q (0 < q < 1); NaN without observations. Observations still
+  // in the buffer are merged into a copy, so that reading never changes the stream.
+  double query(double q, const Objectives &objectives) const {
+    if (!buffer_.empty()) {
+      QuantileStream merged = *this;
+      merged.flush(objectives);
+      return merged.query(q, objectives);
+    }
     if (entries_.empty()) return std::nan("");
     // The first entry whose rank may reach past the wanted rank plus half the allowed
     // error has gone too far; the one before it answers.
@@ -539,6 +570,32 @@ public:
       if (rank + entries_[i].width + entries_[i].delta > wanted) return entries_[i - 1].value;
     }
     return entries_.back().value;
+  }
+
+  // Merges the buffer into the summary, as the next insert would.
+  void flush(const Objectives &objectives) {
+    if (buffer_.empty()) return;
+    std::sort(buffer_.begin(), buffer_.end());
+    std::vector<Entry> merged;
+    merged.reserve(entries_.size() + buffer_.size());
+    double rank = 0;
+    std::size_t next = 0;
+    for (const double value : buffer_) {
+      for (; next < entries_.size() && entries_[next].value <= value; ++next) {
+        rank += entries_[next].width;
+        merged.push_back(entries_[next]);
+      }
+      // A new value in the middle may be off by what its place allows; at either end, not at all.
+      const bool inside = next < entries_.size() && !merged.empty();
+      const double delta = inside ? std::max(0.0, std::floor(allowed_error(rank, objectives)) - 1) : 0;
+      merged.push_back({value, 1, delta});
+      count_ += 1;
+      rank += 1;
+    }
+    merged.insert(merged.end(), entries_.begin() + static_cast<std::ptrdiff_t>(next), entries_.end());
+    entries_ = std::move(merged);
+    buffer_.clear();
+    compress(objectives);
   }
 
   void reset() {
@@ -566,31 +623,6 @@ private:
       allowed = std::min(allowed, here);
     }
     return allowed;
-  }
-
-  void flush(const Objectives &objectives) {
-    if (buffer_.empty()) return;
-    std::sort(buffer_.begin(), buffer_.end());
-    std::vector<Entry> merged;
-    merged.reserve(entries_.size() + buffer_.size());
-    double rank = 0;
-    std::size_t next = 0;
-    for (const double value : buffer_) {
-      for (; next < entries_.size() && entries_[next].value <= value; ++next) {
-        rank += entries_[next].width;
-        merged.push_back(entries_[next]);
-      }
-      // A new value in the middle may be off by what its place allows; at either end, not at all.
-      const bool inside = next < entries_.size() && !merged.empty();
-      const double delta = inside ? std::max(0.0, std::floor(allowed_error(rank, objectives)) - 1) : 0;
-      merged.push_back({value, 1, delta});
-      count_ += 1;
-      rank += 1;
-    }
-    merged.insert(merged.end(), entries_.begin() + static_cast<std::ptrdiff_t>(next), entries_.end());
-    entries_ = std::move(merged);
-    buffer_.clear();
-    compress(objectives);
   }
 
   // Folds each entry into its right neighbour where the error allowed there permits.
@@ -634,9 +666,14 @@ public:
     for (QuantileStream &stream : streams_) stream.insert(value, objectives_);
   }
 
-  double query(double q, double now) {
+  // The value at quantile q as of the last observe() or advance(); only reads.
+  double query(double q) const { return streams_[head_].query(q, objectives_); }
+
+  // Moves the window on to `now`, and merges buffered observations, so that queries
+  // until the next change read a summary that is up to date.
+  void advance(double now) {
     rotate(now);
-    return streams_[head_].query(q, objectives_);
+    for (QuantileStream &stream : streams_) stream.flush(objectives_);
   }
 
   std::size_t memory_entries() const {
@@ -662,6 +699,24 @@ private:
   double head_expires_; // when the head stream is emptied and the next one answers
   std::size_t head_ = 0;
   std::vector<QuantileStream> streams_;
+};
+
+} // namespace detail
+} // namespace hermes
+
+// ===== DETAIL: SERIES =====================================================================
+
+namespace hermes {
+namespace detail {
+
+// Series of one metric, keyed by label values in configured order. The comparator is
+// transparent so a lookup can use views into the datagram instead of new strings.
+struct LabelValuesLess {
+  using is_transparent = void;
+  template <typename A, typename B> bool operator()(const A &a, const B &b) const {
+    return std::lexicographical_compare(a.begin(), a.end(), b.begin(), b.end(),
+                                        [](std::string_view x, std::string_view y) { return x < y; });
+  }
 };
 
 // What a histogram or summary series has seen.
@@ -721,6 +776,13 @@ inline bool is_valid_utf8(std::string_view text) {
     i += extra + 1;
   }
   return true;
+}
+
+// The name of an enumerator from a table of one name per enumerator, in order; the
+// enum's trailing count_ keeps the two in step.
+template <typename Enum, std::size_t N> constexpr const char *name_of(Enum value, const char *const (&names)[N]) {
+  static_assert(N == static_cast<std::size_t>(Enum::count_), "one name per enumerator");
+  return names[static_cast<std::size_t>(value)];
 }
 
 inline bool is_metric_name(std::string_view name) {
@@ -789,32 +851,44 @@ inline std::string quote_json(const picojson::value &value) {
   return text.size() > max_shown ? text.substr(0, max_shown) + "..." : text;
 }
 
-// A whole number below 10^15 printed as an integer, where that is what to_chars(double)
-// would print too: it prefers 1e+06 to 1000000, the shorter. Counters are mostly whole,
-// and integers print in a tenth of the time.
+// Numbers are written as client_golang writes them, with Go's strconv.FormatFloat(v,
+// 'g', -1, 64): the shortest digits that read back to the same double, in exponent
+// form exactly when the decimal exponent is below -4 or at least 6 (100000, 1e+06,
+// 0.0001, 1e-05). Prometheus stores le and quantile label values as strings, so a
+// bucket must be spelled as every other client spells it.
+constexpr int exponent_form_below = -4, exponent_form_from = 6;
+
+// A whole number below 10^6 is written as an integer by that rule; integers print in a
+// tenth of the time, and counters are mostly whole.
 inline bool append_whole_number(std::string &out, double value) {
-  if (!(std::fabs(value) < 1e15) || value != std::trunc(value) || (value == 0 && std::signbit(value))) return false;
-  char digits[24];
-  const auto end = std::to_chars(digits, digits + sizeof digits, static_cast<long long>(value)).ptr;
-  const std::size_t length = static_cast<std::size_t>(end - digits) - (value < 0 ? 1 : 0);
-  std::size_t significant = length;
-  while (significant > 1 && end[-1 - static_cast<std::ptrdiff_t>(length - significant)] == '0') --significant;
-  const std::size_t scientific = significant + (significant > 1 ? 1 : 0) + 4; // d.ddd e+XX
-  if (length > scientific) return false;
-  out.append(digits, end);
+  if (!(std::fabs(value) < 1e6) || value != std::trunc(value) || (value == 0 && std::signbit(value))) return false;
+  char digits[16];
+  out.append(digits, std::to_chars(digits, digits + sizeof digits, static_cast<long>(value)).ptr);
   return true;
 }
 
-// Shortest text that reads back to the same double; NaN and infinities as Prometheus spells them.
+inline void append_shortest(std::string &out, double value) {
+  char buffer[40];
+  char *end = std::to_chars(buffer, buffer + sizeof buffer, value, std::chars_format::scientific).ptr;
+  const char *e = std::find(buffer, end, 'e'); // d.ddde+XX, in the shortest digits
+  int exponent = 0;
+  std::from_chars(e + (e[1] == '+' ? 2 : 1), end, exponent);
+  if (exponent < exponent_form_below || exponent >= exponent_form_from) {
+    out.append(buffer, end);
+    return;
+  }
+  end = std::to_chars(buffer, buffer + sizeof buffer, value, std::chars_format::fixed).ptr; // the same digits
+  out.append(buffer, end);
+}
+
+// NaN and infinities as Prometheus spells them.
 inline void append_double(std::string &out, double value) {
   if (std::isnan(value)) {
     out += "NaN";
   } else if (std::isinf(value)) {
     out += value > 0 ? "+Inf" : "-Inf";
   } else if (!append_whole_number(out, value)) {
-    char buffer[32];
-    const auto result = std::to_chars(buffer, buffer + sizeof buffer, value);
-    out.append(buffer, result.ptr);
+    append_shortest(out, value);
   }
 }
 
@@ -849,18 +923,30 @@ inline void append_json_string(std::string &out, std::string_view text) {
 namespace hermes {
 namespace detail {
 
+// How much deeper arrays and objects may still nest; each parse context holds a copy
+// and hands one level less to the values inside it.
+struct NestingBudget {
+  std::size_t left = HERMES_MAX_JSON_DEPTH;
+  bool enter() {
+    if (left == 0) return false;
+    --left;
+    return true;
+  }
+};
+
 // Builds a picojson tree like picojson's default context, with two differences that
 // matter for hostile input: nesting of arrays and objects alike is bounded, and a
-// number beyond the range of double does not throw. Such a number stands in the tree
-// as a boolean, so that every field expecting a number or a string rejects it with
-// that field's own reason, as it would any other non-number.
+// number beyond the range of double stops the parse with a flag set, instead of
+// throwing, so that the error can say what was wrong.
 class BoundedJsonContext {
 public:
-  BoundedJsonContext(picojson::value *out, std::size_t depth_left) : out_(out), depth_left_(depth_left) {}
+  BoundedJsonContext(picojson::value *out, NestingBudget nesting, bool *number_out_of_range)
+      : out_(out), nesting_(nesting), number_out_of_range_(number_out_of_range) {}
   bool set_null() { return *out_ = picojson::value(), true; }
   bool set_bool(bool b) { return *out_ = picojson::value(b), true; }
   bool set_number(double f) {
-    *out_ = std::isfinite(f) ? picojson::value(f) : picojson::value(true);
+    if (!std::isfinite(f)) return *number_out_of_range_ = true, false;
+    *out_ = picojson::value(f);
     return true;
   }
   template <typename Iter> bool parse_string(picojson::input<Iter> &in) {
@@ -871,52 +957,60 @@ public:
   template <typename Iter> bool parse_array_item(picojson::input<Iter> &in, std::size_t) {
     auto &array = out_->get<picojson::array>();
     array.emplace_back();
-    BoundedJsonContext item(&array.back(), depth_left_);
+    BoundedJsonContext item(&array.back(), nesting_, number_out_of_range_);
     return picojson::_parse(item, in);
   }
   bool parse_array_stop(std::size_t) { return true; }
   bool parse_object_start() { return enter(picojson::object_type); }
   template <typename Iter> bool parse_object_item(picojson::input<Iter> &in, const std::string &key) {
-    BoundedJsonContext item(&out_->get<picojson::object>()[key], depth_left_);
+    BoundedJsonContext item(&out_->get<picojson::object>()[key], nesting_, number_out_of_range_);
     return picojson::_parse(item, in);
   }
   bool parse_object_stop() { return true; }
 
 private:
   bool enter(int type) { // picojson names its types in an unnamed enum
-    if (depth_left_ == 0) return false;
-    --depth_left_;
+    if (!nesting_.enter()) return false;
     *out_ = picojson::value(type, false);
     return true;
   }
   picojson::value *out_;
-  std::size_t depth_left_;
+  NestingBudget nesting_;
+  bool *number_out_of_range_;
 };
 
 // Parses one whole JSON text into a picojson parse context; trailing bytes other than
 // white space are an error. On failure `error` (when given) says where, as
-// "syntax error at line N near: ...".
-template <typename Context> bool parse_json_into(Context &context, std::string_view text, std::string *error = nullptr) {
+// "not valid JSON: syntax error at line N near: ...", or, when the context set
+// `number_out_of_range`, "a number at line N is beyond the range of a double".
+template <typename Context>
+bool parse_json_into(Context &context, std::string_view text, std::string *error = nullptr,
+                     const bool *number_out_of_range = nullptr) {
   picojson::input<const char *> in(text.data(), text.data() + text.size());
   if (!picojson::_parse(context, in)) {
-    if (error) { // picojson's own words, built only when asked for: ingest has no use for them
-      *error = "syntax error at line " + std::to_string(in.line()) + " near: ";
-      for (int c = in.getc(); c != -1 && c != '\n'; c = in.getc())
-        if (c >= ' ') error->push_back(static_cast<char>(c));
+    if (!error) return false; // ingest has no use for the words: build them only when asked
+    const std::string line = std::to_string(in.line());
+    if (number_out_of_range && *number_out_of_range) {
+      *error = "a number at line " + line + " is beyond the range of a double (about 1.8e308)";
+      return false;
     }
+    *error = "not valid JSON: syntax error at line " + line + " near: "; // picojson's own words
+    for (int c = in.getc(); c != -1 && c != '\n'; c = in.getc())
+      if (c >= ' ') error->push_back(static_cast<char>(c));
     return false;
   }
   in.skip_ws();
   if (in.getc() != -1) {
-    if (error) *error = "unexpected text after the JSON value";
+    if (error) *error = "not valid JSON: unexpected text after the JSON value";
     return false;
   }
   return true;
 }
 
 inline bool parse_json(std::string_view text, picojson::value &out, std::string *error = nullptr) {
-  BoundedJsonContext context(&out, HERMES_MAX_JSON_DEPTH);
-  return parse_json_into(context, text, error);
+  bool number_out_of_range = false;
+  BoundedJsonContext context(&out, NestingBudget{}, &number_out_of_range);
+  return parse_json_into(context, text, error, &number_out_of_range);
 }
 
 // ---- Reading datagrams without a tree ------------------------------------------------------
@@ -990,8 +1084,8 @@ class SampleReader {
 public:
   enum class Place { datagram, sample, payload, labels, value, skip };
 
-  SampleReader(Place place, ReadBatch &batch, std::size_t depth_left, ReadValue *value = nullptr)
-      : place_(place), batch_(batch), depth_left_(depth_left), value_(value) {}
+  SampleReader(Place place, ReadBatch &batch, NestingBudget nesting, ReadValue *value = nullptr)
+      : place_(place), batch_(batch), nesting_(nesting), value_(value) {}
 
   bool set_null() { return note(JsonKind::null); }
   bool set_bool(bool) { return note(JsonKind::other); }
@@ -1011,7 +1105,7 @@ public:
   }
   bool parse_array_start() { return enter() && note(JsonKind::array); }
   template <typename Iter> bool parse_array_item(picojson::input<Iter> &in, std::size_t) {
-    SampleReader item(place_ == Place::datagram ? Place::sample : Place::skip, batch_, depth_left_);
+    SampleReader item(place_ == Place::datagram ? Place::sample : Place::skip, batch_, nesting_);
     return picojson::_parse(item, in);
   }
   bool parse_array_stop(std::size_t) { return true; }
@@ -1023,11 +1117,7 @@ public:
   bool parse_object_stop() { return true; }
 
 private:
-  bool enter() {
-    if (depth_left_ == 0) return false;
-    --depth_left_;
-    return true;
-  }
+  bool enter() { return nesting_.enter(); }
 
   // Notes the kind of value that stands at this place.
   bool note(JsonKind kind) {
@@ -1055,21 +1145,21 @@ private:
   SampleReader member_reader(const std::string &key) {
     const bool in_sample = place_ == Place::datagram || place_ == Place::sample;
     ReadSample *sample = batch_.count ? &batch_.current() : nullptr;
-    if (in_sample && key == "metric_name") return {Place::value, batch_, depth_left_, &sample->metric_name};
-    if (in_sample && key == "payload") return {Place::payload, batch_, depth_left_};
+    if (in_sample && key == "metric_name") return {Place::value, batch_, nesting_, &sample->metric_name};
+    if (in_sample && key == "payload") return {Place::payload, batch_, nesting_};
     if (place_ == Place::payload) {
-      if (key == "labels") return {Place::labels, batch_, depth_left_};
-      if (key == "value") return {Place::value, batch_, depth_left_, &sample->value};
-      if (key == "observation") return {Place::value, batch_, depth_left_, &sample->observation};
-      if (key == "operation") return {Place::value, batch_, depth_left_, &sample->operation};
+      if (key == "labels") return {Place::labels, batch_, nesting_};
+      if (key == "value") return {Place::value, batch_, nesting_, &sample->value};
+      if (key == "observation") return {Place::value, batch_, nesting_, &sample->observation};
+      if (key == "operation") return {Place::value, batch_, nesting_, &sample->operation};
     }
-    if (place_ == Place::labels) return {Place::value, batch_, depth_left_, &sample->label(key)};
-    return {Place::skip, batch_, depth_left_};
+    if (place_ == Place::labels) return {Place::value, batch_, nesting_, &sample->label(key)};
+    return {Place::skip, batch_, nesting_};
   }
 
   Place place_;
   ReadBatch &batch_;
-  std::size_t depth_left_;
+  NestingBudget nesting_;
   ReadValue *value_;
 };
 
@@ -1103,23 +1193,20 @@ namespace hermes {
 namespace detail {
 
 // The family name of a metric in OpenMetrics: a counter drops its _total.
-inline std::string openmetrics_family(const MetricConfig &metric) {
-  if (metric.type == MetricType::counter && ends_with(metric.name, "_total"))
-    return metric.name.substr(0, metric.name.size() - 6);
-  return metric.name;
+inline std::string_view openmetrics_family(std::string_view name, MetricType type) {
+  const bool total = type == MetricType::counter && ends_with(name, "_total");
+  return total ? name.substr(0, name.size() - 6) : name;
 }
 
 // Every name a metric uses in either format: its family and its series' names.
 inline std::vector<std::string> names_taken(const MetricConfig &metric) {
   const std::string &name = metric.name;
-  const std::string family = openmetrics_family(metric);
-  switch (metric.type) {
-  case MetricType::counter:
+  const std::string family(openmetrics_family(metric.name, metric.type));
+  if (metric.type == MetricType::counter)
     return family == name ? std::vector<std::string>{name} : std::vector<std::string>{family, name, family + "_created"};
-  case MetricType::histogram: return {name, name + "_bucket", name + "_sum", name + "_count", name + "_created"};
-  case MetricType::summary: return {name, name + "_sum", name + "_count", name + "_created"};
-  default: return {name};
-  }
+  if (metric.type == MetricType::histogram) return {name, name + "_bucket", name + "_sum", name + "_count", name + "_created"};
+  if (metric.type == MetricType::summary) return {name, name + "_sum", name + "_count", name + "_created"};
+  return {name};
 }
 
 // Reads a config tree; every error names the file and the JSON path of the place.
@@ -1507,9 +1594,18 @@ inline SocketAddress resolve(const std::string &host, std::uint16_t port, int so
     status = ::getaddrinfo(name.c_str(), service.c_str(), &hints, &found);
   }
   if (status != 0) throw SocketError("cannot resolve address \"" + host + "\": " + ::gai_strerror(status));
+  // A name such as localhost may stand for ::1 and 127.0.0.1: the IPv4 address is taken,
+  // because Hermes listens on 0.0.0.0 by default, and UDP would lose every datagram
+  // sent to an address nobody listens on without a word.
+  const addrinfo *chosen = found;
+  for (const addrinfo *candidate = found; candidate; candidate = candidate->ai_next)
+    if (candidate->ai_family == AF_INET) {
+      chosen = candidate;
+      break;
+    }
   SocketAddress address;
-  std::memcpy(&address.storage, found->ai_addr, found->ai_addrlen);
-  address.length = found->ai_addrlen;
+  std::memcpy(&address.storage, chosen->ai_addr, chosen->ai_addrlen);
+  address.length = chosen->ai_addrlen;
   ::freeaddrinfo(found);
   return address;
 }
@@ -1560,8 +1656,9 @@ class ReceiveBatch {
 public:
   ReceiveBatch() : data_(new char[HERMES_RECEIVE_BATCH * std::size_t{HERMES_MAX_DATAGRAM_SIZE}]) {}
 
-  // Receives what is waiting, up to a batch; returns how many, 0 when nothing is.
-  int receive(int fd) {
+  // Receives what is waiting, up to `wanted` datagrams (at most a batch); returns how
+  // many, 0 when nothing is.
+  int receive(int fd, int wanted) {
     for (std::size_t i = 0; i < HERMES_RECEIVE_BATCH; ++i) {
       chunks_[i] = {data_.get() + i * HERMES_MAX_DATAGRAM_SIZE, HERMES_MAX_DATAGRAM_SIZE};
       messages_[i] = {};
@@ -1570,7 +1667,8 @@ public:
       messages_[i].msg_hdr.msg_control = controls_[i].data();
       messages_[i].msg_hdr.msg_controllen = controls_[i].size();
     }
-    const int got = retry_on_eintr([&] { return ::recvmmsg(fd, messages_.data(), HERMES_RECEIVE_BATCH, MSG_DONTWAIT, nullptr); });
+    const unsigned count = static_cast<unsigned>(std::clamp(wanted, 0, HERMES_RECEIVE_BATCH));
+    const int got = retry_on_eintr([&] { return ::recvmmsg(fd, messages_.data(), count, MSG_DONTWAIT, nullptr); });
     return got > 0 ? got : 0;
   }
 
@@ -1602,15 +1700,23 @@ private:
 // within HERMES_RENDER_HOLD_BYTES. Each one's bookkeeping counts against that budget
 // too, so that a flood of empty datagrams is bounded as well. Its memory is reused.
 class HeldDatagrams {
+  struct Entry;
+
 public:
   enum class Source { udp, unix_socket };
+  static constexpr std::size_t bookkeeping_bytes = 32; // each one's Entry, counted against the budget
 
-  bool full() const { return cost_ >= HERMES_RENDER_HOLD_BYTES; }
+  // How many datagrams surely fit the budget still, each as long as a datagram may be.
+  std::size_t room() const {
+    const std::size_t budget = HERMES_RENDER_HOLD_BYTES;
+    return cost_ < budget ? (budget - cost_) / (HERMES_MAX_DATAGRAM_SIZE + bookkeeping_bytes) : 0;
+  }
+  std::size_t cost() const { return cost_; } // bytes of the budget in use
 
   void hold(std::string_view datagram, bool truncated, Source source) {
     entries_.push_back({bytes_.size(), datagram.size(), truncated, source});
     bytes_ += datagram;
-    cost_ += datagram.size() + sizeof(Entry);
+    cost_ += datagram.size() + bookkeeping_bytes;
   }
 
   // Calls take(datagram, truncated, source) for each, oldest first, and forgets them.
@@ -1628,6 +1734,7 @@ private:
     bool truncated;
     Source source;
   };
+  static_assert(sizeof(Entry) <= bookkeeping_bytes, "the bookkeeping counted must cover an entry");
   std::string bytes_;
   std::vector<Entry> entries_;
   std::size_t cost_ = 0;
@@ -1786,21 +1893,21 @@ inline std::optional<HttpRequest> parse_request_head(std::string_view head) {
   return request;
 }
 
-inline const char *status_text(int status) {
-  switch (status) {
-  case 200: return "OK";
-  case 400: return "Bad Request";
-  case 404: return "Not Found";
-  case 405: return "Method Not Allowed";
-  case 431: return "Request Header Fields Too Large";
-  case 503: return "Service Unavailable";
-  case 505: return "HTTP Version Not Supported";
-  default: return "Unknown";
-  }
-}
+// Every status Hermes sends, with its reason phrase; hermes_http_requests_total lists
+// each from the start.
+struct HttpStatus {
+  int code;
+  const char *text;
+};
+constexpr HttpStatus http_statuses[] = {
+    {200, "OK"},          {400, "Bad Request"}, {404, "Not Found"}, {405, "Method Not Allowed"},
+    {431, "Request Header Fields Too Large"},   {503, "Service Unavailable"}, {505, "HTTP Version Not Supported"}};
 
-// Every status Hermes sends; hermes_http_requests_total lists each from the start.
-constexpr std::array<int, 7> http_statuses{200, 400, 404, 405, 431, 503, 505};
+inline const char *status_text(int status) {
+  for (const HttpStatus &known : http_statuses)
+    if (known.code == status) return known.text;
+  return "Unknown"; // never sent: every response Hermes makes has a status of the table
+}
 
 struct HttpResponse {
   int status = 200;
@@ -1843,8 +1950,8 @@ inline std::string_view header(const HttpRequest &request, std::string_view name
   return {};
 }
 
-// Answers one parsed request; `render(format)` makes the /metrics body when it is needed.
-// OpenMetrics is served when the client prefers it and `openmetrics` allows it.
+// Answers one parsed request; `render(format, body)` writes the /metrics body when it is
+// needed. OpenMetrics is served when the client prefers it and `openmetrics` allows it.
 template <typename Render> HttpResponse route(const HttpRequest &request, bool openmetrics, Render &&render) {
   if (request.version[5] != '1') return error_response(505);
   if (request.method != "GET" && request.method != "HEAD") return error_response(405);
@@ -1853,7 +1960,7 @@ template <typename Render> HttpResponse route(const HttpRequest &request, bool o
   if (request.path == "/metrics") {
     const Format format = openmetrics ? negotiate_format(header(request, "accept")) : Format::text;
     response.content_type = content_type(format);
-    response.body = render(format);
+    render(format, response.body);
   } else if (request.path == "/-/healthy") {
     response.body = "Hermes is Healthy.\n";
   } else if (request.path == "/-/ready") {
@@ -1876,6 +1983,7 @@ struct Connection {
   enum class Phase { reading, writing, lingering, done };
   FileDescriptor fd;
   std::uint64_t sequence = 0; // order of accept; the lowest is the oldest
+  bool refused = false;       // admitted over HERMES_MAX_CONNECTIONS: answered 503 once its head is read
   Phase phase = Phase::reading;
   std::string input;
   std::string head; // the response's, sent before its body: the body is not copied
@@ -1959,10 +2067,30 @@ private:
 namespace hermes {
 namespace detail {
 
+// The process metrics of the standard Prometheus client libraries. A figure that /proc
+// cannot tell is absent and left out of /metrics: a counter shown as 0 would look like
+// a reset to rate().
+struct ProcessStats {
+  std::optional<double> cpu_seconds;
+  std::optional<double> resident_memory_bytes;
+  std::optional<double> virtual_memory_bytes;
+  std::optional<double> start_time_seconds;
+  std::optional<double> open_fds;
+  std::optional<double> max_fds;
+};
+
 inline std::string read_small_file(const char *path) {
   std::string text;
   read_file(path, 65536, text);
   return text;
+}
+
+// The whole text as a decimal number, whatever the C locale.
+inline std::optional<double> parse_decimal(std::string_view text) {
+  double value = 0;
+  const auto result = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || result.ec != std::errc() || result.ptr != text.data() + text.size()) return std::nullopt;
+  return value;
 }
 
 // The fields of /proc/self/stat from the third (state) on; the second, the command
@@ -1978,32 +2106,431 @@ inline std::vector<std::string> proc_stat_fields() {
 }
 
 // Field N of proc(5)'s numbering (1-based, counting pid and comm).
-inline double proc_stat_field(const std::vector<std::string> &fields, std::size_t number) {
+inline std::optional<double> proc_stat_field(const std::vector<std::string> &fields, std::size_t number) {
   const std::size_t index = number - 3;
-  return index < fields.size() ? std::strtod(fields[index].c_str(), nullptr) : 0;
+  return index < fields.size() ? parse_decimal(fields[index]) : std::nullopt;
 }
 
-inline double boot_time_seconds() {
+inline std::optional<double> boot_time_seconds() {
   const std::string text = read_small_file("/proc/stat");
   for (const std::string_view line : split(text, '\n'))
-    if (starts_with(line, "btime ")) return std::strtod(std::string(line.substr(6)).c_str(), nullptr);
-  return 0;
+    if (starts_with(line, "btime ")) return parse_decimal(line.substr(6));
+  return std::nullopt;
 }
 
-inline double process_start_time_seconds() {
+inline std::optional<double> process_start_time_seconds() {
   const double ticks = static_cast<double>(::sysconf(_SC_CLK_TCK));
-  const double started = proc_stat_field(proc_stat_fields(), 22);
-  return ticks > 0 && started > 0 ? boot_time_seconds() + started / ticks : 0;
+  const auto started = proc_stat_field(proc_stat_fields(), 22);
+  const auto boot = boot_time_seconds();
+  if (ticks <= 0 || !started || !boot) return std::nullopt;
+  return *boot + *started / ticks;
 }
 
-inline double count_open_fds() {
+inline std::optional<double> count_open_fds() {
   DIR *dir = ::opendir("/proc/self/fd");
-  if (!dir) return 0;
+  if (!dir) return std::nullopt;
   double count = 0;
   while (const dirent *entry = ::readdir(dir))
     if (entry->d_name[0] != '.') ++count;
   ::closedir(dir);
   return count - 1; // the directory being read is itself open
+}
+
+// This process' figures now; the start time is read once, at start, by the caller.
+inline ProcessStats read_process_stats(std::optional<double> start_time_seconds) {
+  ProcessStats stats;
+  const std::vector<std::string> fields = proc_stat_fields();
+  const double ticks = static_cast<double>(::sysconf(_SC_CLK_TCK));
+  const double page_size = static_cast<double>(::sysconf(_SC_PAGESIZE));
+  const auto user = proc_stat_field(fields, 14), system = proc_stat_field(fields, 15);
+  if (ticks > 0 && user && system) stats.cpu_seconds = (*user + *system) / ticks;
+  stats.virtual_memory_bytes = proc_stat_field(fields, 23);
+  if (const auto pages = proc_stat_field(fields, 24)) stats.resident_memory_bytes = *pages * page_size;
+  stats.open_fds = count_open_fds();
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) == 0) stats.max_fds = static_cast<double>(limit.rlim_cur);
+  stats.start_time_seconds = start_time_seconds;
+  return stats;
+}
+
+} // namespace detail
+} // namespace hermes
+
+// ===== DETAIL: DATAGRAM INPUT =============================================================
+
+namespace hermes {
+namespace detail {
+
+using Clock = std::chrono::steady_clock;
+
+// Rejected samples: each at debug with its datagram, and at most one warn line per
+// HERMES_REJECT_LOG_INTERVAL_S that sums them up by reason.
+class RejectLog {
+public:
+  explicit RejectLog(const Logger &logger) : logger_(logger) {}
+
+  void note(const IngestResult &result, std::string_view datagram, Clock::time_point now) {
+    if (result.rejected_total() == 0) return;
+    constexpr std::size_t shown = 200; // of the datagram, in the debug line
+    for (std::size_t i = 0; i < reject_reason_count; ++i) {
+      if (result.rejected[i] == 0) continue;
+      pending_[i] += result.rejected[i];
+      if (logger_.enabled(LogLevel::debug))
+        logger_.log(LogLevel::debug, "sample rejected",
+                    {{"reason", to_string(static_cast<Reject>(i))}, {"count", std::to_string(result.rejected[i])},
+                     {"datagram", datagram.substr(0, shown)}});
+    }
+    flush(now, false);
+  }
+
+  // Writes the summary when it is due, or at once when `force`d.
+  void flush(Clock::time_point now, bool force) {
+    if (!force && now < next_log_) return;
+    std::string counts;
+    for (std::size_t i = 0; i < reject_reason_count; ++i)
+      if (pending_[i] > 0)
+        counts += (counts.empty() ? "" : " ") + std::string(to_string(static_cast<Reject>(i))) + "=" + std::to_string(pending_[i]);
+    if (counts.empty()) return;
+    logger_.log(LogLevel::warn, "samples rejected", {{"counts", counts}});
+    pending_.fill(0);
+    next_log_ = now + std::chrono::seconds(HERMES_REJECT_LOG_INTERVAL_S);
+  }
+
+  // When a summary waits to be written.
+  std::optional<Clock::time_point> due() const {
+    const bool pending = std::any_of(pending_.begin(), pending_.end(), [](std::uint64_t n) { return n > 0; });
+    return pending ? std::optional<Clock::time_point>(next_log_) : std::nullopt;
+  }
+
+private:
+  const Logger &logger_;
+  std::array<std::uint64_t, reject_reason_count> pending_{};
+  Clock::time_point next_log_{};
+};
+
+// The sockets samples arrive on, UDP and optionally a unix datagram socket, with the
+// batch they are read into, the datagrams held while /metrics renders, and the counts.
+class DatagramInput {
+public:
+  using Source = HeldDatagrams::Source;
+
+  explicit DatagramInput(const Options &options)
+      : udp_(open_udp_listener(options.udp_address, options.udp_port, options.udp_receive_buffer)),
+        unix_socket_(options.unix_socket_path, options.unix_socket_mode),
+        receive_buffer_bytes_(receive_buffer_size(udp_.get())) {}
+
+  int fd(Source source) const { return source == Source::udp ? udp_.get() : unix_socket_.get(); }
+  const std::string &unix_path() const { return unix_socket_.path(); }
+
+  // Reads and applies what waits on one socket, up to HERMES_DATAGRAMS_PER_STEP.
+  void receive(Source source, Registry &registry, RejectLog &rejects) {
+    for (int taken = 0; taken < HERMES_DATAGRAMS_PER_STEP;) {
+      const int got = batch_.receive(fd(source), HERMES_RECEIVE_BATCH);
+      const double now = wall_clock_seconds();
+      for (int i = 0; i < got; ++i) {
+        count_kernel_drops(i);
+        take(batch_.datagram(i), batch_.truncated(i), source, registry, rejects, now);
+      }
+      if (got < HERMES_RECEIVE_BATCH) return; // all read
+      taken += got;
+    }
+  }
+
+  // Takes what waits on both sockets into the hold, as far as its budget allows: the
+  // step a server makes between parts of a long render, so that the kernel's buffer
+  // does not overflow meanwhile.
+  void hold_waiting() {
+    for (const Source source : {Source::udp, Source::unix_socket}) {
+      if (fd(source) < 0) continue;
+      for (std::size_t room = held_.room(); room > 0; room = held_.room()) {
+        const int wanted = static_cast<int>(std::min<std::size_t>(room, HERMES_RECEIVE_BATCH));
+        const int got = batch_.receive(fd(source), wanted);
+        for (int i = 0; i < got; ++i) {
+          count_kernel_drops(i);
+          held_.hold(batch_.datagram(i), batch_.truncated(i), source);
+        }
+        if (got < wanted) break;
+      }
+    }
+  }
+
+  // Applies the held datagrams, once the registry is no longer being read.
+  void apply_held(Registry &registry, RejectLog &rejects) {
+    const double now = wall_clock_seconds();
+    held_.release([&](std::string_view datagram, bool truncated, Source source) {
+      take(datagram, truncated, source, registry, rejects, now);
+    });
+  }
+
+  void add_stats(ServerStats &stats) const {
+    stats.udp_packets = udp_packets_;
+    stats.unix_datagrams = unix_datagrams_;
+    stats.udp_receive_drops = udp_receive_drops_;
+    stats.udp_receive_buffer_bytes = receive_buffer_bytes_;
+  }
+
+private:
+  void take(std::string_view datagram, bool truncated, Source source, Registry &registry, RejectLog &rejects, double now) {
+    ++(source == Source::udp ? udp_packets_ : unix_datagrams_);
+    IngestResult result;
+    if (truncated) { // the kernel cut it to fit: never parse a cut datagram
+      result.rejected[static_cast<std::size_t>(Reject::too_large)] = 1;
+      registry.count_rejected(Reject::too_large);
+    } else {
+      result = registry.ingest(datagram, now);
+    }
+    if (result.rejected_total() > 0) rejects.note(result, datagram, Clock::now());
+  }
+
+  // The UDP socket's drop counter rides on its datagrams; it wraps at 2^32, the difference does not.
+  void count_kernel_drops(int index_in_batch) {
+    if (const auto dropped = batch_.drop_counter(index_in_batch)) {
+      udp_receive_drops_ += static_cast<std::uint32_t>(*dropped - last_drop_counter_);
+      last_drop_counter_ = *dropped;
+    }
+  }
+
+  FileDescriptor udp_;
+  UnixSocket unix_socket_;
+  ReceiveBatch batch_;
+  HeldDatagrams held_; // taken off the sockets during a render, applied after it
+  std::uint32_t last_drop_counter_ = 0;
+  std::uint64_t udp_packets_ = 0, unix_datagrams_ = 0, udp_receive_drops_ = 0;
+  double receive_buffer_bytes_;
+};
+
+} // namespace detail
+} // namespace hermes
+
+// ===== DETAIL: HTTP FRONT END =============================================================
+
+namespace hermes {
+namespace detail {
+
+// Writes the /metrics body in a format over the string given, whose memory it reuses.
+using RenderBody = std::function<void(Format, std::string &body)>;
+
+// The HTTP listener and its connections: accepts, reads request heads, answers, and
+// lingers, each connection within its deadlines.
+class HttpFrontEnd {
+public:
+  HttpFrontEnd(const Options &options, const Logger &logger, RenderBody render)
+      : listener_(open_tcp_listener(options.http_address, options.http_port)), logger_(logger),
+        openmetrics_(options.openmetrics), render_(std::move(render)) {}
+
+  int listener() const { return listener_.get(); }
+
+  // The listener (unless accepting is paused) and each connection, for poll().
+  void add_poll_fds(std::vector<pollfd> &fds, Clock::time_point now) const {
+    fds.push_back({now >= accept_paused_until_ ? listener_.get() : -1, POLLIN, 0});
+    for (const auto &connection : connections_)
+      fds.push_back({connection->fd.get(), connection->phase == Connection::Phase::writing ? short(POLLOUT) : short(POLLIN), 0});
+  }
+
+  // Serves what poll() found, from the listener's entry on, then drops finished connections.
+  void serve(const pollfd *fds, Clock::time_point now) {
+    const std::size_t polled = connections_.size();
+    for (std::size_t i = 0; i < polled; ++i)
+      if (fds[i + 1].revents) serve(*connections_[i], now);
+    if (fds[0].revents) accept_connections(now);
+    remove_finished(now);
+  }
+
+  // The next deadline of a connection, or the end of a pause in accepting.
+  std::optional<Clock::time_point> due(Clock::time_point now) const {
+    std::optional<Clock::time_point> due;
+    for (const auto &connection : connections_)
+      if (!due || connection->deadline < *due) due = connection->deadline;
+    if (accept_paused_until_ > now && (!due || accept_paused_until_ < *due)) due = accept_paused_until_;
+    return due;
+  }
+
+  void add_stats(ServerStats &stats) const { stats.http_requests = requests_; }
+
+private:
+  void accept_connections(Clock::time_point now);
+  void admit(FileDescriptor fd, Clock::time_point now);
+  bool close_oldest_reader();
+  void serve(Connection &connection, Clock::time_point now);
+  void read_request(Connection &connection, Clock::time_point now);
+  HttpResponse answer(const Connection &connection, std::string_view head);
+  void respond(Connection &connection, HttpResponse response, Clock::time_point now);
+  void write_response(Connection &connection, Clock::time_point now);
+  void drain(Connection &connection);
+  void remove_finished(Clock::time_point now);
+
+  FileDescriptor listener_;
+  const Logger &logger_;
+  bool openmetrics_;
+  RenderBody render_;
+  std::vector<std::unique_ptr<Connection>> connections_;
+  std::map<int, std::uint64_t> requests_ = ServerStats().http_requests; // by status, every one from 0
+  std::string spare_body_; // the memory of the largest /metrics body sent, for the next
+  std::uint64_t accepted_ = 0;
+  std::size_t refusing_ = 0; // connections being told 503
+  Clock::time_point accept_paused_until_{};
+  Clock::time_point next_fd_warning_{};
+};
+
+inline void HttpFrontEnd::accept_connections(Clock::time_point now) {
+  for (int i = 0; i < HERMES_MAX_CONNECTIONS; ++i) {
+    const int fd = retry_on_eintr([&] { return ::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC); });
+    if (fd >= 0) {
+      admit(FileDescriptor(fd), now);
+      continue;
+    }
+    if (errno == EMFILE || errno == ENFILE) {
+      // Out of descriptors: an idle client gives its own up for the newcomer.
+      if (close_oldest_reader()) continue;
+    }
+    if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+      // The pending connection stays queued and the socket stays readable: without a
+      // pause, poll() would wake at once, again and again.
+      accept_paused_until_ = now + std::chrono::milliseconds(100);
+      if (now >= next_fd_warning_) {
+        logger_.log(LogLevel::warn, "cannot accept HTTP connections", {{"error", std::strerror(errno)}});
+        next_fd_warning_ = now + std::chrono::seconds(HERMES_REJECT_LOG_INTERVAL_S);
+      }
+    }
+    if (errno != ECONNABORTED) return;
+  }
+}
+
+// A full house that no idle client can make room in still reads the newcomer's request
+// and answers 503, within HERMES_MAX_REFUSED_CONNECTIONS: closing at once, with its
+// request unread, would reset the connection and the client would see no answer.
+inline void HttpFrontEnd::admit(FileDescriptor fd, Clock::time_point now) {
+  bool refuse = false;
+  if (connections_.size() - refusing_ >= HERMES_MAX_CONNECTIONS && !close_oldest_reader()) {
+    if (refusing_ >= HERMES_MAX_REFUSED_CONNECTIONS) return; // closes: no room even to refuse
+    refuse = true;
+    ++refusing_;
+  }
+  auto connection = std::make_unique<Connection>();
+  connection->fd = std::move(fd);
+  connection->sequence = ++accepted_;
+  connection->refused = refuse;
+  connection->deadline = now + std::chrono::milliseconds(HERMES_HTTP_READ_TIMEOUT_MS);
+  connections_.push_back(std::move(connection));
+}
+
+// A full house is most often idle or slow clients: the one waiting longest for its
+// request head gives its place to the newcomer.
+inline bool HttpFrontEnd::close_oldest_reader() {
+  Connection *oldest = nullptr;
+  for (const auto &connection : connections_)
+    if (connection->phase == Connection::Phase::reading && !connection->refused &&
+        (!oldest || connection->sequence < oldest->sequence))
+      oldest = connection.get();
+  if (!oldest) return false;
+  const auto position = std::find_if(connections_.begin(), connections_.end(), [&](const auto &c) { return c.get() == oldest; });
+  connections_.erase(position);
+  return true;
+}
+
+inline void HttpFrontEnd::serve(Connection &connection, Clock::time_point now) {
+  switch (connection.phase) {
+  case Connection::Phase::reading: read_request(connection, now); break;
+  case Connection::Phase::writing: write_response(connection, now); break;
+  case Connection::Phase::lingering: drain(connection); break;
+  case Connection::Phase::done: break;
+  }
+}
+
+inline void HttpFrontEnd::read_request(Connection &connection, Clock::time_point now) {
+  char buffer[4096];
+  for (;;) {
+    const std::size_t room = std::min(sizeof buffer, HERMES_MAX_REQUEST_HEAD + 1 - connection.input.size());
+    const ssize_t length = retry_on_eintr([&] { return ::recv(connection.fd.get(), buffer, room, 0); });
+    if (length <= 0) {
+      // End of stream before a whole head, or an error: nobody to answer.
+      if (length == 0 || !is_not_now(errno)) connection.phase = Connection::Phase::done;
+      return;
+    }
+    std::size_t searched = connection.input.size() >= 2 ? connection.input.size() - 2 : 0;
+    connection.input.append(buffer, static_cast<std::size_t>(length));
+    // Empty lines before the request line are ignored (RFC 9112, section 2.2).
+    if (const std::size_t start = connection.input.find_first_not_of("\r\n"); start != 0) {
+      connection.input.erase(0, start);
+      searched = 0;
+    }
+    if (connection.input.empty()) continue;
+    const std::size_t head_end = find_head_end(std::string_view(connection.input).substr(searched));
+    if (head_end == std::string::npos && connection.input.size() <= HERMES_MAX_REQUEST_HEAD) continue;
+    if (head_end == std::string::npos || searched + head_end > HERMES_MAX_REQUEST_HEAD)
+      return respond(connection, error_response(431), now);
+    return respond(connection, answer(connection, std::string_view(connection.input).substr(0, searched + head_end)), now);
+  }
+}
+
+inline HttpResponse HttpFrontEnd::answer(const Connection &connection, std::string_view head) {
+  const auto request = parse_request_head(head);
+  if (!request) return error_response(400);
+  if (connection.refused) return error_response(503);
+  return route(*request, openmetrics_, [this](Format format, std::string &body) {
+    body = std::move(spare_body_);
+    render_(format, body);
+  });
+}
+
+inline void HttpFrontEnd::respond(Connection &connection, HttpResponse response, Clock::time_point now) {
+  ++requests_[response.status];
+  connection.head = response_head(response);
+  if (!response.head_only) connection.body = std::move(response.body);
+  else if (response.body.capacity() > spare_body_.capacity()) spare_body_ = std::move(response.body);
+  connection.input.clear();
+  connection.input.shrink_to_fit();
+  connection.phase = Connection::Phase::writing;
+  connection.deadline = now + std::chrono::milliseconds(HERMES_HTTP_WRITE_TIMEOUT_MS);
+  write_response(connection, now); // most responses fit the socket buffer at once
+}
+
+inline void HttpFrontEnd::write_response(Connection &connection, Clock::time_point now) {
+  const std::string &head = connection.head, &body = connection.body;
+  while (connection.sent < head.size() + body.size()) {
+    std::array<iovec, 2> parts{};
+    std::size_t count = 0;
+    if (connection.sent < head.size())
+      parts[count++] = {const_cast<char *>(head.data()) + connection.sent, head.size() - connection.sent};
+    const std::size_t body_sent = connection.sent > head.size() ? connection.sent - head.size() : 0;
+    if (body_sent < body.size()) parts[count++] = {const_cast<char *>(body.data()) + body_sent, body.size() - body_sent};
+    msghdr message{};
+    message.msg_iov = parts.data();
+    message.msg_iovlen = count;
+    const ssize_t length = retry_on_eintr([&] { return ::sendmsg(connection.fd.get(), &message, MSG_NOSIGNAL); });
+    if (length < 0) {
+      if (!is_not_now(errno)) connection.phase = Connection::Phase::done; // the client went away
+      return;
+    }
+    connection.sent += static_cast<std::size_t>(length);
+  }
+  connection.head = std::string();
+  if (connection.body.capacity() > spare_body_.capacity()) spare_body_ = std::move(connection.body);
+  connection.body = std::string(); // frees any other large body at once
+  ::shutdown(connection.fd.get(), SHUT_WR); // the end of the body, for an HTTP/1.0 client
+  connection.phase = Connection::Phase::lingering;
+  connection.deadline = now + std::chrono::milliseconds(HERMES_HTTP_LINGER_MS);
+}
+
+inline void HttpFrontEnd::drain(Connection &connection) {
+  char buffer[4096];
+  for (;;) {
+    const ssize_t length = retry_on_eintr([&] { return ::recv(connection.fd.get(), buffer, sizeof buffer, 0); });
+    if (length > 0) continue;
+    if (length == 0 || !is_not_now(errno)) connection.phase = Connection::Phase::done;
+    return;
+  }
+}
+
+inline void HttpFrontEnd::remove_finished(Clock::time_point now) {
+  for (const auto &connection : connections_)
+    if (now >= connection->deadline) connection->phase = Connection::Phase::done;
+  const auto finished = std::remove_if(connections_.begin(), connections_.end(), [this](const auto &c) {
+    if (c->phase != Connection::Phase::done) return false;
+    if (c->refused) --refusing_;
+    return true;
+  });
+  connections_.erase(finished, connections_.end());
 }
 
 } // namespace detail
@@ -2014,18 +2541,14 @@ inline double count_open_fds() {
 namespace hermes {
 
 inline const char *to_string(MetricType type) {
-  switch (type) {
-  case MetricType::counter: return "counter";
-  case MetricType::gauge: return "gauge";
-  case MetricType::histogram: return "histogram";
-  default: return "summary";
-  }
+  static constexpr const char *names[] = {"counter", "gauge", "histogram", "summary"};
+  return detail::name_of(type, names);
 }
 
 inline Config parse_config(std::string_view json, const std::string &origin) {
   picojson::value root;
   std::string error;
-  if (!detail::parse_json(json, root, &error)) throw ConfigError(origin + ": not valid JSON: " + error);
+  if (!detail::parse_json(json, root, &error)) throw ConfigError(origin + ": " + error);
   return detail::ConfigReader(origin).read(root);
 }
 
@@ -2048,12 +2571,8 @@ inline std::vector<std::string> lint_config(const Config &config) {
 // ===== OPTIONS ============================================================================
 
 inline const char *to_string(LogLevel level) {
-  switch (level) {
-  case LogLevel::debug: return "debug";
-  case LogLevel::info: return "info";
-  case LogLevel::warn: return "warn";
-  default: return "error";
-  }
+  static constexpr const char *names[] = {"debug", "info", "warn", "error"};
+  return detail::name_of(level, names);
 }
 
 inline std::optional<LogLevel> parse_log_level(std::string_view text) {
@@ -2141,17 +2660,10 @@ inline Options options_from_environment(const Config &config, const Environment 
 // ===== SAMPLES ============================================================================
 
 inline const char *to_string(Reject reason) {
-  switch (reason) {
-  case Reject::malformed_json: return "malformed_json";
-  case Reject::malformed_sample: return "malformed_sample";
-  case Reject::unknown_metric: return "unknown_metric";
-  case Reject::label_mismatch: return "label_mismatch";
-  case Reject::invalid_label_value: return "invalid_label_value";
-  case Reject::invalid_value: return "invalid_value";
-  case Reject::invalid_operation: return "invalid_operation";
-  case Reject::series_limit: return "series_limit";
-  default: return "too_large";
-  }
+  static constexpr const char *names[] = {"malformed_json", "malformed_sample", "unknown_metric",
+                                          "label_mismatch", "invalid_label_value", "invalid_value",
+                                          "invalid_operation", "series_limit",   "too_large"};
+  return detail::name_of(reason, names);
 }
 
 inline double wall_clock_seconds() {
@@ -2299,7 +2811,7 @@ inline IngestResult Registry::ingest(std::string_view datagram, double now_secon
   };
   detail::ReadBatch &batch = reading_->batch;
   batch.clear();
-  detail::SampleReader reader(detail::SampleReader::Place::datagram, batch, HERMES_MAX_JSON_DEPTH);
+  detail::SampleReader reader(detail::SampleReader::Place::datagram, batch, detail::NestingBudget{});
   if (!detail::parse_json_into(reader, datagram)) {
     count(Reject::malformed_json); // nothing of a datagram that is not JSON as a whole is applied
   } else if (batch.is_array && batch.count == 0) {
@@ -2340,6 +2852,8 @@ inline Registry::ReloadSummary Registry::reload(const Config &config) {
 inline std::size_t Registry::expire(double now_seconds) {
   std::size_t dropped = 0;
   for (detail::Metric &metric : metrics_) {
+    if (!metric.config.objectives.empty())
+      for (auto &entry : metric.series) entry.second.distribution->quantiles->advance(now_seconds);
     if (metric.config.ttl_seconds <= 0 || metric.config.labels.empty()) continue;
     const double stale_before = now_seconds - metric.config.ttl_seconds;
     for (auto series = metric.series.begin(); series != metric.series.end();) {
@@ -2399,27 +2913,10 @@ inline std::size_t Registry::series_count() const {
 
 namespace hermes {
 
-inline ProcessStats read_process_stats() {
-  ProcessStats stats;
-  const std::vector<std::string> fields = detail::proc_stat_fields();
-  const double ticks = static_cast<double>(::sysconf(_SC_CLK_TCK));
-  const double page_size = static_cast<double>(::sysconf(_SC_PAGESIZE));
-  if (ticks > 0) stats.cpu_seconds = (detail::proc_stat_field(fields, 14) + detail::proc_stat_field(fields, 15)) / ticks;
-  stats.virtual_memory_bytes = detail::proc_stat_field(fields, 23);
-  stats.resident_memory_bytes = detail::proc_stat_field(fields, 24) * page_size;
-  stats.open_fds = detail::count_open_fds();
-  rlimit limit{};
-  if (::getrlimit(RLIMIT_NOFILE, &limit) == 0) stats.max_fds = static_cast<double>(limit.rlim_cur);
-  return stats;
-}
-
-inline ServerStats::ServerStats() {
-  for (const int status : detail::http_statuses) http_requests[status] = 0;
-}
-
 inline const char *content_type(Format format) {
-  return format == Format::openmetrics ? "application/openmetrics-text; version=1.0.0; charset=utf-8"
-                                       : "text/plain; version=0.0.4; charset=utf-8";
+  static constexpr const char *types[] = {"text/plain; version=0.0.4; charset=utf-8",
+                                          "application/openmetrics-text; version=1.0.0; charset=utf-8"};
+  return detail::name_of(format, types);
 }
 
 namespace detail {
@@ -2430,7 +2927,7 @@ inline double accept_quality(std::string_view range) {
   for (std::size_t semicolon = range.find(';'); semicolon != std::string_view::npos;) {
     const std::size_t next = range.find(';', semicolon + 1);
     const std::string_view parameter = trim(range.substr(semicolon + 1, next - semicolon - 1));
-    if (starts_with(parameter, "q=")) quality = std::strtod(std::string(parameter.substr(2)).c_str(), nullptr);
+    if (starts_with(parameter, "q=")) quality = parse_decimal(parameter.substr(2)).value_or(0);
     semicolon = next;
   }
   return quality;
@@ -2481,14 +2978,14 @@ inline void append_escaped(std::string &out, std::string_view text, bool escape_
 // Prometheus stores the same series.
 class Exposition {
 public:
-  // `pause` may be empty; it must outlive the Exposition.
-  Exposition(std::string &out, Format format, const std::function<void()> &pause)
-      : out_(out), format_(format), pause_(pause) {}
+  Exposition(std::string &out, Format format) : out_(out), format_(format) {}
+
+  Format format() const { return format_; }
 
   void family(std::string_view name, std::string_view help, MetricType type) {
     const bool openmetrics = format_ == Format::openmetrics;
-    const bool total = type == MetricType::counter && ends_with(name, "_total");
-    family_ = openmetrics && total ? name.substr(0, name.size() - 6) : name;
+    family_ = openmetrics ? openmetrics_family(name, type) : name;
+    const bool total = type == MetricType::counter && family_.size() != name.size();
     const char *type_name = openmetrics && type == MetricType::counter && !total ? "unknown" : to_string(type);
     with_created_ = openmetrics && (total || type == MetricType::histogram || type == MetricType::summary);
     out_ += "# HELP ";
@@ -2521,21 +3018,6 @@ public:
     sample(name, label_names, label_values, seconds);
   }
 
-  // A family of one series without labels.
-  void single(std::string_view name, std::string_view help, MetricType type, double value) {
-    family(name, help, type);
-    sample(name, {}, std::vector<std::string>{}, value);
-  }
-
-  // After each series of a configured metric: the pause falls between series, never
-  // inside a histogram's or summary's lines.
-  void end_series() {
-    if (pause_ && ++series_since_pause_ == HERMES_RENDER_PAUSE_STRIDE) {
-      series_since_pause_ = 0;
-      pause_();
-    }
-  }
-
   void finish() {
     if (format_ == Format::openmetrics) out_ += "# EOF\n";
   }
@@ -2566,13 +3048,14 @@ private:
 
   std::string &out_;
   Format format_;
-  const std::function<void()> &pause_;
-  std::size_t series_since_pause_ = 0;
   bool with_created_ = false;
   std::string_view family_;
 };
 
-// Cumulative buckets with their upper bound as le, then _sum and _count.
+const std::vector<std::string> no_labels;
+
+// Cumulative buckets with their upper bound as le, then _sum and _count. OpenMetrics
+// allows no _sum beside a negative bucket bound: the sum is then not a counter.
 inline void write_histogram(Exposition &out, const MetricConfig &config, const std::vector<std::string> &labels,
                             const Distribution &seen) {
   const std::string bucket = config.name + "_bucket";
@@ -2582,147 +3065,199 @@ inline void write_histogram(Exposition &out, const MetricConfig &config, const s
     const std::string le = i < config.buckets.size() ? format_double(config.buckets[i]) : "+Inf";
     out.sample(bucket, config.labels, labels, static_cast<double>(cumulative), {"le", le});
   }
-  out.sample(config.name + "_sum", config.labels, labels, seen.sum);
+  const bool negative_bound = !config.buckets.empty() && config.buckets.front() < 0;
+  if (out.format() != Format::openmetrics || !negative_bound) out.sample(config.name + "_sum", config.labels, labels, seen.sum);
   out.sample(config.name + "_count", config.labels, labels, static_cast<double>(seen.count));
 }
 
 // Each objective's quantile over the window (NaN while it is empty), then _sum and _count.
-// Reading a quantile brings the window up to `now`, which no reader can tell apart.
 inline void write_summary(Exposition &out, const MetricConfig &config, const std::vector<std::string> &labels,
-                          const Distribution &seen, double now) {
+                          const Distribution &seen) {
   for (const auto &objective : config.objectives)
-    out.sample(config.name, config.labels, labels, seen.quantiles->query(objective.first, now),
+    out.sample(config.name, config.labels, labels, seen.quantiles->query(objective.first),
                {"quantile", format_double(objective.first)});
   out.sample(config.name + "_sum", config.labels, labels, seen.sum);
   out.sample(config.name + "_count", config.labels, labels, static_cast<double>(seen.count));
 }
 
-inline void write_metric(Exposition &out, const Metric &metric, double now) {
-  const MetricConfig &config = metric.config;
-  out.family(config.name, config.help, config.type);
-  for (const auto &[labels, series] : metric.series) {
-    if (config.type == MetricType::histogram) {
-      write_histogram(out, config, labels, *series.distribution);
-    } else if (config.type == MetricType::summary) {
-      write_summary(out, config, labels, *series.distribution, now);
-    } else {
-      out.sample(config.name, config.labels, labels, series.value);
-    }
-    out.created(config.labels, labels, series.created);
-    out.end_series();
+inline void write_series(Exposition &out, const MetricConfig &config, const std::vector<std::string> &labels,
+                         const Series &series) {
+  if (config.type == MetricType::histogram) {
+    write_histogram(out, config, labels, *series.distribution);
+  } else if (config.type == MetricType::summary) {
+    write_summary(out, config, labels, *series.distribution);
+  } else {
+    out.sample(config.name, config.labels, labels, series.value);
+  }
+  out.created(config.labels, labels, series.created);
+}
+
+// ---- Hermes' own figures -------------------------------------------------------------------
+
+// What Hermes' own families are read from: the registry always; a server's figures and
+// the process' when a server renders, null for a bare registry.
+struct SelfView {
+  const Registry &registry;
+  const ServerStats *server;
+  const ProcessStats *process;
+};
+
+using Figure = std::optional<double>; // absent: the family is left out
+
+// One family of Hermes' own: either one series without labels (`value`), or labelled
+// series that `write` adds after the family's HELP and TYPE lines.
+struct SelfMetric {
+  enum class Scope { registry, server, process };
+  const char *name;
+  const char *help;
+  MetricType type;
+  Scope scope;
+  Figure (*value)(const SelfView &);
+  void (*write)(Exposition &, const char *name, const SelfView &);
+};
+
+inline void write_build_info(Exposition &out, const char *name, const SelfView &view) {
+  out.sample(name, {"version", "service"}, std::array<std::string_view, 2>{HERMES_VERSION_STR, view.registry.service_name()}, 1);
+}
+
+inline void write_rejects(Exposition &out, const char *name, const SelfView &view) {
+  for (std::size_t i = 0; i < reject_reason_count; ++i) {
+    const auto reason = static_cast<Reject>(i);
+    out.sample(name, {"reason"}, std::array<std::string_view, 1>{to_string(reason)}, static_cast<double>(view.registry.rejected(reason)));
   }
 }
 
-// One family of the /metrics body: its name, and how to write it.
-struct FamilyWriter {
-  std::string_view name;
-  std::function<void(Exposition &)> write;
+inline void write_reloads(Exposition &out, const char *name, const SelfView &view) {
+  out.sample(name, {"result"}, std::array<std::string_view, 1>{"success"}, static_cast<double>(view.server->reloads_succeeded));
+  out.sample(name, {"result"}, std::array<std::string_view, 1>{"failure"}, static_cast<double>(view.server->reloads_failed));
+}
+
+inline void write_http_requests(Exposition &out, const char *name, const SelfView &view) {
+  for (const auto &[code, count] : view.server->http_requests)
+    out.sample(name, {"code"}, std::array<std::string, 1>{std::to_string(code)}, static_cast<double>(count));
+}
+
+inline Figure count(std::uint64_t n) { return static_cast<double>(n); }
+
+// Hermes' own families, sorted by name as the body is.
+constexpr MetricType self_counter = MetricType::counter, self_gauge = MetricType::gauge;
+using Scope = SelfMetric::Scope;
+inline const SelfMetric self_metrics[] = {
+    {"hermes_build_info", "Hermes version and the configured service, always 1.", self_gauge, Scope::registry, nullptr,
+     write_build_info},
+    {"hermes_config_last_reload_success_timestamp_seconds", "When the config in force was loaded, in seconds since the epoch.",
+     self_gauge, Scope::server, [](const SelfView &v) -> Figure { return v.server->last_reload_success_seconds; }, nullptr},
+    {"hermes_config_reloads_total", "Config reloads, by result.", self_counter, Scope::server, nullptr, write_reloads},
+    {"hermes_http_requests_total", "HTTP requests answered, by status code.", self_counter, Scope::server, nullptr,
+     write_http_requests},
+    {"hermes_samples_accepted_total", "Samples applied to the registry.", self_counter, Scope::registry,
+     [](const SelfView &v) { return count(v.registry.accepted()); }, nullptr},
+    {"hermes_samples_rejected_total",
+     "Samples dropped, by reason; for malformed_json and too_large, whole datagrams.", self_counter, Scope::registry,
+     nullptr, write_rejects},
+    {"hermes_series", "Live series of the configured metrics.", self_gauge, Scope::registry,
+     [](const SelfView &v) { return count(v.registry.series_count()); }, nullptr},
+    {"hermes_series_expired_total", "Series dropped after ttl_seconds without a push.", self_counter, Scope::registry,
+     [](const SelfView &v) { return count(v.registry.expired()); }, nullptr},
+    {"hermes_udp_packets_total", "UDP datagrams received.", self_counter, Scope::server,
+     [](const SelfView &v) { return count(v.server->udp_packets); }, nullptr},
+    {"hermes_udp_receive_buffer_bytes", "The UDP socket's receive buffer, as the kernel granted it.", self_gauge, Scope::server,
+     [](const SelfView &v) -> Figure { return v.server->udp_receive_buffer_bytes; }, nullptr},
+    {"hermes_udp_receive_drops_total", "UDP datagrams the kernel dropped because the receive buffer was full.", self_counter,
+     Scope::server, [](const SelfView &v) { return count(v.server->udp_receive_drops); }, nullptr},
+    {"hermes_unix_datagrams_total", "Datagrams received on the unix socket.", self_counter, Scope::server,
+     [](const SelfView &v) { return count(v.server->unix_datagrams); }, nullptr},
+    {"process_cpu_seconds_total", "Total user and system CPU time spent in seconds.", self_counter, Scope::process,
+     [](const SelfView &v) { return v.process->cpu_seconds; }, nullptr},
+    {"process_max_fds", "Maximum number of open file descriptors.", self_gauge, Scope::process,
+     [](const SelfView &v) { return v.process->max_fds; }, nullptr},
+    {"process_open_fds", "Number of open file descriptors.", self_gauge, Scope::process,
+     [](const SelfView &v) { return v.process->open_fds; }, nullptr},
+    {"process_resident_memory_bytes", "Resident memory size in bytes.", self_gauge, Scope::process,
+     [](const SelfView &v) { return v.process->resident_memory_bytes; }, nullptr},
+    {"process_start_time_seconds", "Start time of the process since unix epoch in seconds.", self_gauge, Scope::process,
+     [](const SelfView &v) { return v.process->start_time_seconds; }, nullptr},
+    {"process_virtual_memory_bytes", "Virtual memory size in bytes.", self_gauge, Scope::process,
+     [](const SelfView &v) { return v.process->virtual_memory_bytes; }, nullptr},
 };
 
-inline std::vector<FamilyWriter> self_families(const Registry &registry, const ServerStats &stats) {
-  const ProcessStats &process = stats.process;
-  constexpr MetricType counter = MetricType::counter, gauge = MetricType::gauge;
-  return {
-      {"hermes_build_info", [&](Exposition &out) {
-         out.family("hermes_build_info", "Hermes version and the configured service, always 1.", gauge);
-         out.sample("hermes_build_info", {"version", "service"}, std::vector<std::string>{HERMES_VERSION_STR, registry.service_name()}, 1);
-       }},
-      {"hermes_unix_datagrams_total", [&](Exposition &out) {
-         out.single("hermes_unix_datagrams_total", "Datagrams received on the unix socket.", counter,
-                    static_cast<double>(stats.unix_datagrams));
-       }},
-      {"hermes_udp_receive_drops_total", [&](Exposition &out) {
-         out.single("hermes_udp_receive_drops_total", "UDP datagrams the kernel dropped because the receive buffer was full.",
-                    counter, static_cast<double>(stats.udp_receive_drops));
-       }},
-      {"hermes_udp_receive_buffer_bytes", [&](Exposition &out) {
-         out.single("hermes_udp_receive_buffer_bytes", "The UDP socket's receive buffer, as the kernel granted it.", gauge,
-                    stats.udp_receive_buffer_bytes);
-       }},
-      {"hermes_udp_packets_total", [&](Exposition &out) {
-         out.single("hermes_udp_packets_total", "UDP datagrams received.", counter, static_cast<double>(stats.udp_packets));
-       }},
-      {"hermes_samples_accepted_total", [&](Exposition &out) {
-         out.single("hermes_samples_accepted_total", "Samples applied to the registry.", counter, static_cast<double>(registry.accepted()));
-       }},
-      {"hermes_samples_rejected_total", [&](Exposition &out) {
-         out.family("hermes_samples_rejected_total", "Samples dropped, by reason.", counter);
-         for (std::size_t i = 0; i < reject_reason_count; ++i) {
-           const auto reason = static_cast<Reject>(i);
-           out.sample("hermes_samples_rejected_total", {"reason"}, std::vector<std::string>{to_string(reason)},
-                      static_cast<double>(registry.rejected(reason)));
-         }
-       }},
-      {"hermes_series_expired_total", [&](Exposition &out) {
-         out.single("hermes_series_expired_total", "Series dropped after ttl_seconds without a push.", counter,
-                    static_cast<double>(registry.expired()));
-       }},
-      {"hermes_series", [&](Exposition &out) {
-         out.single("hermes_series", "Live series of the configured metrics.", gauge, static_cast<double>(registry.series_count()));
-       }},
-      {"hermes_config_reloads_total", [&](Exposition &out) {
-         out.family("hermes_config_reloads_total", "Config reloads, by result.", counter);
-         out.sample("hermes_config_reloads_total", {"result"}, std::vector<std::string>{"success"},
-                    static_cast<double>(stats.reloads_succeeded));
-         out.sample("hermes_config_reloads_total", {"result"}, std::vector<std::string>{"failure"},
-                    static_cast<double>(stats.reloads_failed));
-       }},
-      {"hermes_config_last_reload_success_timestamp_seconds", [&](Exposition &out) {
-         out.single("hermes_config_last_reload_success_timestamp_seconds",
-                    "When the config in force was loaded, in seconds since the epoch.", gauge, stats.last_reload_success_seconds);
-       }},
-      {"hermes_http_requests_total", [&](Exposition &out) {
-         out.family("hermes_http_requests_total", "HTTP requests answered, by status code.", counter);
-         for (const auto &entry : stats.http_requests)
-           out.sample("hermes_http_requests_total", {"code"}, std::vector<std::string>{std::to_string(entry.first)},
-                      static_cast<double>(entry.second));
-       }},
-      {"process_cpu_seconds_total", [&](Exposition &out) {
-         out.single("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.", counter, process.cpu_seconds);
-       }},
-      {"process_max_fds", [&](Exposition &out) {
-         out.single("process_max_fds", "Maximum number of open file descriptors.", gauge, process.max_fds);
-       }},
-      {"process_open_fds", [&](Exposition &out) {
-         out.single("process_open_fds", "Number of open file descriptors.", gauge, process.open_fds);
-       }},
-      {"process_resident_memory_bytes", [&](Exposition &out) {
-         out.single("process_resident_memory_bytes", "Resident memory size in bytes.", gauge, process.resident_memory_bytes);
-       }},
-      {"process_start_time_seconds", [&](Exposition &out) {
-         out.single("process_start_time_seconds", "Start time of the process since unix epoch in seconds.", gauge,
-                    process.start_time_seconds);
-       }},
-      {"process_virtual_memory_bytes", [&](Exposition &out) {
-         out.single("process_virtual_memory_bytes", "Virtual memory size in bytes.", gauge, process.virtual_memory_bytes);
-       }},
-  };
+inline bool has_scope(const SelfView &view, SelfMetric::Scope scope) {
+  return scope == Scope::registry || (scope == Scope::server ? view.server != nullptr : view.process != nullptr);
 }
+
+// Writes one of Hermes' own families, or nothing when the view has no figure for it.
+inline void write_self_metric(Exposition &out, const SelfMetric &metric, const SelfView &view) {
+  if (!has_scope(view, metric.scope)) return;
+  if (metric.write) {
+    out.family(metric.name, metric.help, metric.type);
+    metric.write(out, metric.name, view);
+  } else if (const Figure figure = metric.value(view)) {
+    out.family(metric.name, metric.help, metric.type);
+    out.sample(metric.name, no_labels, no_labels, *figure);
+  }
+}
+
+// ---- The body, a few series at a time ------------------------------------------------------
+
+// Writes the /metrics body in steps of a bounded number of series, so that the caller
+// can do other work between steps (a server takes waiting datagrams off its sockets).
+// The registry must not change until the body is whole.
+class Renderer {
+public:
+  Renderer(std::string &out, const Registry &registry, SelfView self, Format format)
+      : metrics_(registry.metrics_), self_(self), exposition_(out, format) {
+    out.clear();
+    std::size_t estimate = 8192; // Hermes' own families; then each series' line, roughly
+    for (const Metric &metric : metrics_)
+      estimate += metric.series.size() * (metric.config.name.size() + 16 * metric.config.labels.size() + 24);
+    out.reserve(estimate);
+  }
+
+  // Writes up to `max_series` more series of configured metrics, and Hermes' own
+  // families that fall between them; true once the body is whole.
+  bool write_some(std::size_t max_series) {
+    for (std::size_t written = 0; written < max_series;) {
+      if (current_ && series_ != current_->series.end()) {
+        write_series(exposition_, current_->config, series_->first, series_->second);
+        ++series_, ++written;
+      } else if (next_self_ < std::size(self_metrics) && (next_metric_ == metrics_.size() || self_comes_next())) {
+        write_self_metric(exposition_, self_metrics[next_self_++], self_);
+      } else if (next_metric_ < metrics_.size()) {
+        current_ = &metrics_[next_metric_++];
+        exposition_.family(current_->config.name, current_->config.help, current_->config.type);
+        series_ = current_->series.begin();
+      } else {
+        if (!done_) exposition_.finish();
+        return done_ = true;
+      }
+    }
+    return false;
+  }
+
+private:
+  bool self_comes_next() const { return std::string_view(self_metrics[next_self_].name) < metrics_[next_metric_].config.name; }
+
+  const std::vector<Metric> &metrics_;
+  SelfView self_;
+  Exposition exposition_;
+  std::size_t next_metric_ = 0, next_self_ = 0;
+  const Metric *current_ = nullptr;
+  std::map<std::vector<std::string>, Series, LabelValuesLess>::const_iterator series_;
+  bool done_ = false;
+};
 
 } // namespace detail
 
-inline std::string render_metrics(const Registry &registry, const ServerStats &stats, Format format, double now_seconds) {
+inline std::string render_metrics(const Registry &registry, Format format) {
   std::string out;
-  render_metrics(out, registry, stats, format, now_seconds);
+  render_metrics(out, registry, format);
   return out;
 }
 
-inline void render_metrics(std::string &out, const Registry &registry, const ServerStats &stats, Format format,
-                           double now_seconds, const std::function<void()> &pause) {
-  std::vector<detail::FamilyWriter> families = detail::self_families(registry, stats);
-  for (const detail::Metric &metric : registry.metrics_)
-    families.push_back({metric.config.name, [&metric, now_seconds](detail::Exposition &exposition) {
-                          detail::write_metric(exposition, metric, now_seconds);
-                        }});
-  std::sort(families.begin(), families.end(),
-            [](const detail::FamilyWriter &a, const detail::FamilyWriter &b) { return a.name < b.name; });
-  out.clear();
-  std::size_t estimate = 8192; // Hermes' own families; then each series' line, roughly
-  for (const detail::Metric &metric : registry.metrics_) estimate += metric.series.size() * (metric.config.name.size() + 16 * metric.config.labels.size() + 24);
-  out.reserve(estimate);
-  detail::Exposition exposition(out, format, pause);
-  for (const detail::FamilyWriter &family : families) family.write(exposition);
-  exposition.finish();
+inline void render_metrics(std::string &out, const Registry &registry, Format format) {
+  detail::Renderer renderer(out, registry, {registry, nullptr, nullptr}, format);
+  while (!renderer.write_some(SIZE_MAX)) {
+  }
 }
 
 } // namespace hermes
@@ -2731,77 +3266,50 @@ inline void render_metrics(std::string &out, const Registry &registry, const Ser
 
 namespace hermes {
 
+inline ServerStats::ServerStats() {
+  for (const detail::HttpStatus &status : detail::http_statuses) http_requests[status.code] = 0;
+}
+
+// The server's parts, each owning its sockets and state: datagram input, the HTTP front
+// end, the reject log; and what ties them together: the registry, reloads, the sweep.
 struct Server::Impl {
-  using Clock = std::chrono::steady_clock;
-  using Connection = detail::Connection;
+  using Clock = detail::Clock;
+  using Source = detail::DatagramInput::Source;
 
   Impl(const Config &config, Options &options)
-      : registry(config), logger(options.log_level, std::move(options.log_sink)), openmetrics(options.openmetrics),
-        config_path(options.config_path),
-        udp(detail::open_udp_listener(options.udp_address, options.udp_port, options.udp_receive_buffer)),
-        unix_socket(options.unix_socket_path, options.unix_socket_mode),
-        http(detail::open_tcp_listener(options.http_address, options.http_port)),
-        start_time_seconds(detail::process_start_time_seconds()) {
-    stats.udp_receive_buffer_bytes = detail::receive_buffer_size(udp.get());
-  }
+      : registry(config), logger(options.log_level, std::move(options.log_sink)), config_path(options.config_path),
+        input(options), http(options, logger, [this](Format format, std::string &body) { render(format, body); }),
+        rejects(logger), start_time_seconds(detail::process_start_time_seconds()) {}
 
   void poll_once(int timeout_ms);
-  std::string render(Format format);
-
-  // UDP and unix socket ingest
-  void receive_datagrams(int socket, std::uint64_t &received);
-  void count_kernel_drops(int index_in_batch);
-  void take_datagram(std::string_view datagram, bool truncated, std::uint64_t &received, double now);
-  void hold_datagrams();
-  void hold_from(int socket, detail::HeldDatagrams::Source source);
-  void apply_held_datagrams();
-  void note_rejects(const IngestResult &result, std::string_view datagram, Clock::time_point now);
-  void log_reject_summary(Clock::time_point now, bool force);
-
-  // HTTP
-  void accept_connections(Clock::time_point now);
-  void admit(detail::FileDescriptor fd, Clock::time_point now);
-  bool close_oldest_reader();
-  void serve(Connection &connection, Clock::time_point now);
-  void read_request(Connection &connection, Clock::time_point now);
-  void respond(Connection &connection, detail::HttpResponse response, Clock::time_point now);
-  void write_response(Connection &connection, Clock::time_point now);
-  void drain(Connection &connection);
-  void expire_and_remove(Clock::time_point now);
   int poll_timeout(int timeout_ms, Clock::time_point now) const;
+  void sweep(Clock::time_point now);
+  void render(Format format, std::string &body);
+  ServerStats stats() const;
 
   Registry registry;
-  ServerStats stats;
   detail::Logger logger;
-  bool openmetrics;
   std::string config_path;
-  detail::FileDescriptor udp;
-  detail::UnixSocket unix_socket;
-  detail::FileDescriptor http;
-  std::vector<std::unique_ptr<Connection>> connections;
+  detail::DatagramInput input;
+  detail::HttpFrontEnd http;
+  detail::RejectLog rejects;
+  std::optional<double> start_time_seconds;
+  std::uint64_t reloads_succeeded = 0, reloads_failed = 0;
+  double last_reload_success_seconds = wall_clock_seconds();
   std::vector<pollfd> poll_fds;
-  detail::ReceiveBatch batch;
-  detail::HeldDatagrams held; // taken off the sockets during a render, applied after it
-  std::string spare_body;     // the memory of the largest /metrics body sent, for the next
-  std::uint32_t last_drop_counter = 0;
-  double start_time_seconds;
-  std::uint64_t accepted_connections = 0;
-  std::array<std::uint64_t, reject_reason_count> pending_rejects{};
-  Clock::time_point next_reject_log{};
-  Clock::time_point accept_paused_until{};
-  Clock::time_point next_fd_warning{};
-  Clock::time_point next_series_sweep{};
+  Clock::time_point next_sweep{};
 };
 
 inline Server::Server(const Config &config, Options options) : impl_(std::make_unique<Impl>(config, options)) {
-  impl_->stats.last_reload_success_seconds = wall_clock_seconds();
   const std::string udp = udp_endpoint(), http = http_endpoint();
   detail::LogFields fields = {{"udp", udp}, {"http", http}};
-  if (impl_->unix_socket.get() >= 0) fields.emplace_back("unix", impl_->unix_socket.path());
+  if (impl_->input.fd(Impl::Source::unix_socket) >= 0) fields.emplace_back("unix", impl_->input.unix_path());
   fields.insert(fields.end(), {{"service", config.service_name}, {"version", HERMES_VERSION_STR}});
   impl_->logger.log(LogLevel::info, "hermes listening", fields);
 }
 
+inline Server::Server(Server &&) noexcept = default;
+inline Server &Server::operator=(Server &&) noexcept = default;
 inline Server::~Server() = default;
 
 inline void Server::poll_once(int timeout_ms) { impl_->poll_once(timeout_ms); }
@@ -2811,7 +3319,7 @@ inline void Server::run(const std::atomic<bool> &stop, std::atomic<bool> *reload
     impl_->poll_once(HERMES_POLL_INTERVAL_MS);
     if (reload_requested && reload_requested->exchange(false)) reload();
   }
-  impl_->log_reject_summary(Impl::Clock::now(), true);
+  impl_->rejects.flush(Impl::Clock::now(), true);
   impl_->logger.log(LogLevel::info, "hermes stopped");
 }
 
@@ -2820,317 +3328,93 @@ inline bool Server::reload() {
   try {
     if (impl.config_path.empty()) throw ConfigError("no config file to reload");
     const Registry::ReloadSummary summary = impl.registry.reload(load_config(impl.config_path));
-    ++impl.stats.reloads_succeeded;
-    impl.stats.last_reload_success_seconds = wall_clock_seconds();
+    ++impl.reloads_succeeded;
+    impl.last_reload_success_seconds = wall_clock_seconds();
     impl.logger.log(LogLevel::info, "config reloaded",
                     {{"path", impl.config_path}, {"kept", std::to_string(summary.kept)},
                      {"fresh", std::to_string(summary.fresh)}, {"removed", std::to_string(summary.removed)}});
     return true;
   } catch (const ConfigError &error) {
-    ++impl.stats.reloads_failed;
+    ++impl.reloads_failed;
     impl.logger.log(LogLevel::error, "config reload failed; the config in force stays", {{"error", error.what()}});
     return false;
   }
 }
 
-inline std::uint16_t Server::udp_port() const { return detail::local_port(impl_->udp.get()); }
-inline std::uint16_t Server::http_port() const { return detail::local_port(impl_->http.get()); }
-inline std::string Server::udp_endpoint() const { return detail::local_endpoint(impl_->udp.get()); }
-inline std::string Server::http_endpoint() const { return detail::local_endpoint(impl_->http.get()); }
+inline std::uint16_t Server::udp_port() const { return detail::local_port(impl_->input.fd(Impl::Source::udp)); }
+inline std::uint16_t Server::http_port() const { return detail::local_port(impl_->http.listener()); }
+inline std::string Server::udp_endpoint() const { return detail::local_endpoint(impl_->input.fd(Impl::Source::udp)); }
+inline std::string Server::http_endpoint() const { return detail::local_endpoint(impl_->http.listener()); }
 inline const Registry &Server::registry() const { return impl_->registry; }
-inline const ServerStats &Server::stats() const { return impl_->stats; }
-inline std::string Server::render(Format format) { return impl_->render(format); }
+inline ServerStats Server::stats() const { return impl_->stats(); }
 
-// A long render pauses every HERMES_RENDER_PAUSE_STRIDE series to take waiting datagrams
-// off the sockets, so that the kernel's buffer does not overflow meanwhile; they are
-// applied once the registry is no longer being read.
-inline std::string Server::Impl::render(Format format) {
-  registry.expire(); // a scrape never shows a series past its ttl
-  stats.process = read_process_stats();
-  stats.process.start_time_seconds = start_time_seconds;
-  std::string body = std::move(spare_body);
-  render_metrics(body, registry, stats, format, wall_clock_seconds(), [this] { hold_datagrams(); });
-  apply_held_datagrams();
+inline std::string Server::render(Format format) {
+  std::string body;
+  impl_->render(format, body);
   return body;
 }
 
-// One step: wait for any socket, then UDP first (it cannot wait), existing HTTP
-// clients next, new HTTP clients last.
+inline ServerStats Server::Impl::stats() const {
+  ServerStats stats;
+  input.add_stats(stats);
+  http.add_stats(stats);
+  stats.reloads_succeeded = reloads_succeeded;
+  stats.reloads_failed = reloads_failed;
+  stats.last_reload_success_seconds = last_reload_success_seconds;
+  return stats;
+}
+
+// The scrape: bring the registry up to now and take the figures, then write the body,
+// which only reads them. A long body is written HERMES_RENDER_PAUSE_STRIDE series at a
+// time; between the parts, datagrams waiting on the sockets are taken into the hold,
+// and applied once the body is whole.
+inline void Server::Impl::render(Format format, std::string &body) {
+  registry.expire(); // a scrape never shows a series past its ttl
+  const ServerStats figures = stats();
+  const detail::ProcessStats process = detail::read_process_stats(start_time_seconds);
+  detail::Renderer renderer(body, registry, {registry, &figures, &process}, format);
+  while (!renderer.write_some(HERMES_RENDER_PAUSE_STRIDE)) input.hold_waiting();
+  input.apply_held(registry, rejects);
+}
+
+// One step: wait for any socket, then UDP first (it cannot wait), the unix socket, and
+// HTTP last.
 inline void Server::Impl::poll_once(int timeout_ms) {
-  enum { udp_slot, unix_slot, http_slot, first_connection_slot };
+  enum { udp_slot, unix_slot, http_slot };
   Clock::time_point now = Clock::now();
   poll_fds.clear();
-  // A negative descriptor is skipped by poll(): no unix socket, or accepting paused
-  // while descriptors run out.
-  poll_fds.push_back({udp.get(), POLLIN, 0});
-  poll_fds.push_back({unix_socket.get(), POLLIN, 0});
-  poll_fds.push_back({now >= accept_paused_until ? http.get() : -1, POLLIN, 0});
-  for (const auto &connection : connections)
-    poll_fds.push_back({connection->fd.get(), connection->phase == Connection::Phase::writing ? short(POLLOUT) : short(POLLIN), 0});
+  // A negative descriptor is skipped by poll(): no unix socket, or accepting paused.
+  poll_fds.push_back({input.fd(Source::udp), POLLIN, 0});
+  poll_fds.push_back({input.fd(Source::unix_socket), POLLIN, 0});
+  http.add_poll_fds(poll_fds, now);
   const int ready = detail::wait_for_events(poll_fds, poll_timeout(timeout_ms, now));
   now = Clock::now();
   if (ready > 0) {
-    if (poll_fds[udp_slot].revents) receive_datagrams(udp.get(), stats.udp_packets);
-    if (poll_fds[unix_slot].revents) receive_datagrams(unix_socket.get(), stats.unix_datagrams);
-    const std::size_t polled = poll_fds.size() - first_connection_slot;
-    for (std::size_t i = 0; i < polled; ++i)
-      if (poll_fds[i + first_connection_slot].revents) serve(*connections[i], now);
-    if (poll_fds[http_slot].revents) accept_connections(now);
+    if (poll_fds[udp_slot].revents) input.receive(Source::udp, registry, rejects);
+    if (poll_fds[unix_slot].revents) input.receive(Source::unix_socket, registry, rejects);
   }
-  expire_and_remove(now);
-  log_reject_summary(now, false);
-  if (now >= next_series_sweep) { // frees the memory of stale series, scraped or not
-    registry.expire();
-    next_series_sweep = now + std::chrono::seconds(1);
-  }
+  http.serve(&poll_fds[http_slot], now); // also ends connections past their deadline
+  rejects.flush(now, false);
+  sweep(now);
+}
+
+// Once a second, whether or not anyone scrapes: frees the memory of stale series and
+// moves summary windows on.
+inline void Server::Impl::sweep(Clock::time_point now) {
+  if (now < next_sweep) return;
+  registry.expire();
+  next_sweep = now + std::chrono::seconds(1);
 }
 
 // How long poll() may sleep: the caller's timeout (negative: no limit), or less when a
 // connection deadline, the end of an accept pause or the next reject summary falls due.
 inline int Server::Impl::poll_timeout(int timeout_ms, Clock::time_point now) const {
-  std::optional<Clock::time_point> due;
-  const auto consider = [&due](Clock::time_point when) {
-    if (!due || when < *due) due = when;
-  };
-  for (const auto &connection : connections) consider(connection->deadline);
-  if (accept_paused_until > now) consider(accept_paused_until);
-  if (std::any_of(pending_rejects.begin(), pending_rejects.end(), [](std::uint64_t n) { return n > 0; }))
-    consider(next_reject_log);
+  std::optional<Clock::time_point> due = http.due(now);
+  if (const auto summary = rejects.due(); summary && (!due || *summary < *due)) due = summary;
   if (!due) return timeout_ms;
   const auto until_due = std::chrono::ceil<std::chrono::milliseconds>(*due - now).count();
   const int wait = static_cast<int>(std::clamp<std::int64_t>(until_due, 0, INT32_MAX));
   return timeout_ms < 0 ? wait : std::min(timeout_ms, wait);
-}
-
-// ----- UDP ingest --------------------------------------------------------------------------
-
-inline void Server::Impl::receive_datagrams(int socket, std::uint64_t &received) {
-  for (int taken = 0; taken < HERMES_DATAGRAMS_PER_STEP;) {
-    const int got = batch.receive(socket);
-    const double now = wall_clock_seconds();
-    for (int i = 0; i < got; ++i) {
-      count_kernel_drops(i);
-      take_datagram(batch.datagram(i), batch.truncated(i), received, now);
-    }
-    if (got < HERMES_RECEIVE_BATCH) return; // all read
-    taken += got;
-  }
-}
-
-// The UDP socket's drop counter rides on its datagrams; it wraps at 2^32, the difference does not.
-inline void Server::Impl::count_kernel_drops(int index_in_batch) {
-  if (const auto dropped = batch.drop_counter(index_in_batch)) {
-    stats.udp_receive_drops += static_cast<std::uint32_t>(*dropped - last_drop_counter);
-    last_drop_counter = *dropped;
-  }
-}
-
-inline void Server::Impl::take_datagram(std::string_view datagram, bool truncated, std::uint64_t &received, double now) {
-  ++received;
-  if (truncated) { // the kernel cut it to fit: never parse a cut datagram
-    IngestResult result;
-    result.rejected[static_cast<std::size_t>(Reject::too_large)] = 1;
-    registry.count_rejected(Reject::too_large);
-    note_rejects(result, datagram, Clock::now());
-    return;
-  }
-  const IngestResult result = registry.ingest(datagram, now);
-  if (result.rejected_total() > 0) note_rejects(result, datagram, Clock::now());
-}
-
-// The render's pause: copies what waits on either socket into `held`, up to its budget.
-inline void Server::Impl::hold_datagrams() {
-  hold_from(udp.get(), detail::HeldDatagrams::Source::udp);
-  hold_from(unix_socket.get(), detail::HeldDatagrams::Source::unix_socket);
-}
-
-inline void Server::Impl::hold_from(int socket, detail::HeldDatagrams::Source source) {
-  if (socket < 0) return;
-  while (!held.full()) {
-    const int got = batch.receive(socket);
-    for (int i = 0; i < got; ++i) {
-      count_kernel_drops(i);
-      held.hold(batch.datagram(i), batch.truncated(i), source);
-    }
-    if (got < HERMES_RECEIVE_BATCH) return;
-  }
-}
-
-inline void Server::Impl::apply_held_datagrams() {
-  const double now = wall_clock_seconds();
-  held.release([this, now](std::string_view datagram, bool truncated, detail::HeldDatagrams::Source source) {
-    const bool from_udp = source == detail::HeldDatagrams::Source::udp;
-    take_datagram(datagram, truncated, from_udp ? stats.udp_packets : stats.unix_datagrams, now);
-  });
-}
-
-inline void Server::Impl::note_rejects(const IngestResult &result, std::string_view datagram, Clock::time_point now) {
-  if (result.rejected_total() == 0) return;
-  constexpr std::size_t shown = 200; // of the datagram, in the debug line
-  for (std::size_t i = 0; i < reject_reason_count; ++i) {
-    if (result.rejected[i] == 0) continue;
-    pending_rejects[i] += result.rejected[i];
-    if (logger.enabled(LogLevel::debug))
-      logger.log(LogLevel::debug, "sample rejected",
-                 {{"reason", to_string(static_cast<Reject>(i))}, {"count", std::to_string(result.rejected[i])},
-                  {"datagram", datagram.substr(0, shown)}});
-  }
-  log_reject_summary(now, false);
-}
-
-// One warn line per interval at most, with the count of each reason since the last one.
-inline void Server::Impl::log_reject_summary(Clock::time_point now, bool force) {
-  if (!force && now < next_reject_log) return;
-  std::vector<std::pair<std::string, std::string>> counts;
-  for (std::size_t i = 0; i < reject_reason_count; ++i)
-    if (pending_rejects[i] > 0) counts.emplace_back(to_string(static_cast<Reject>(i)), std::to_string(pending_rejects[i]));
-  if (counts.empty()) return;
-  std::string line;
-  for (const auto &count : counts) line += (line.empty() ? "" : " ") + count.first + "=" + count.second;
-  logger.log(LogLevel::warn, "samples rejected", {{"counts", line}});
-  pending_rejects.fill(0);
-  next_reject_log = now + std::chrono::seconds(HERMES_REJECT_LOG_INTERVAL_S);
-}
-
-// ----- HTTP --------------------------------------------------------------------------------
-
-inline void Server::Impl::accept_connections(Clock::time_point now) {
-  for (int i = 0; i < HERMES_MAX_CONNECTIONS; ++i) {
-    const int fd = detail::retry_on_eintr([&] { return ::accept4(http.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC); });
-    if (fd >= 0) {
-      admit(detail::FileDescriptor(fd), now);
-      continue;
-    }
-    if (errno == EMFILE || errno == ENFILE) {
-      // Out of descriptors: an idle client gives its own up for the newcomer.
-      if (close_oldest_reader()) continue;
-    }
-    if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-      // The pending connection stays queued and the socket stays readable: without a
-      // pause, poll() would wake at once, again and again.
-      accept_paused_until = now + std::chrono::milliseconds(100);
-      if (now >= next_fd_warning) {
-        logger.log(LogLevel::warn, "cannot accept HTTP connections", {{"error", std::strerror(errno)}});
-        next_fd_warning = now + std::chrono::seconds(HERMES_REJECT_LOG_INTERVAL_S);
-      }
-    }
-    if (errno != ECONNABORTED) return;
-  }
-}
-
-inline void Server::Impl::admit(detail::FileDescriptor fd, Clock::time_point now) {
-  if (connections.size() >= HERMES_MAX_CONNECTIONS && !close_oldest_reader()) {
-    const std::string busy = detail::serialize_response(detail::error_response(503));
-    ::send(fd.get(), busy.data(), busy.size(), MSG_NOSIGNAL); // best effort; the socket is new and empty
-    ++stats.http_requests[503];
-    return;
-  }
-  auto connection = std::make_unique<Connection>();
-  connection->fd = std::move(fd);
-  connection->sequence = ++accepted_connections;
-  connection->deadline = now + std::chrono::milliseconds(HERMES_HTTP_READ_TIMEOUT_MS);
-  connections.push_back(std::move(connection));
-}
-
-// A full house is most often idle or slow clients: the one waiting longest for its
-// request head gives its place to the newcomer.
-inline bool Server::Impl::close_oldest_reader() {
-  Connection *oldest = nullptr;
-  for (const auto &connection : connections)
-    if (connection->phase == Connection::Phase::reading && (!oldest || connection->sequence < oldest->sequence))
-      oldest = connection.get();
-  if (!oldest) return false;
-  const auto position = std::find_if(connections.begin(), connections.end(), [&](const auto &c) { return c.get() == oldest; });
-  connections.erase(position);
-  return true;
-}
-
-inline void Server::Impl::serve(Connection &connection, Clock::time_point now) {
-  switch (connection.phase) {
-  case Connection::Phase::reading: read_request(connection, now); break;
-  case Connection::Phase::writing: write_response(connection, now); break;
-  case Connection::Phase::lingering: drain(connection); break;
-  case Connection::Phase::done: break;
-  }
-}
-
-inline void Server::Impl::read_request(Connection &connection, Clock::time_point now) {
-  char buffer[4096];
-  for (;;) {
-    const std::size_t room = std::min(sizeof buffer, HERMES_MAX_REQUEST_HEAD + 1 - connection.input.size());
-    const ssize_t length = detail::retry_on_eintr([&] { return ::recv(connection.fd.get(), buffer, room, 0); });
-    if (length <= 0) {
-      // End of stream before a whole head, or an error: nobody to answer.
-      if (length == 0 || !detail::is_not_now(errno)) connection.phase = Connection::Phase::done;
-      return;
-    }
-    const std::size_t searched = connection.input.size() >= 2 ? connection.input.size() - 2 : 0;
-    connection.input.append(buffer, static_cast<std::size_t>(length));
-    const std::size_t head_end = detail::find_head_end(std::string_view(connection.input).substr(searched));
-    if (head_end == std::string::npos && connection.input.size() <= HERMES_MAX_REQUEST_HEAD) continue;
-    if (head_end == std::string::npos || searched + head_end > HERMES_MAX_REQUEST_HEAD)
-      return respond(connection, detail::error_response(431), now);
-    const auto request = detail::parse_request_head(std::string_view(connection.input).substr(0, searched + head_end));
-    if (!request) return respond(connection, detail::error_response(400), now);
-    const auto render_body = [this](Format format) { return render(format); };
-    return respond(connection, detail::route(*request, openmetrics, render_body), now);
-  }
-}
-
-inline void Server::Impl::respond(Connection &connection, detail::HttpResponse response, Clock::time_point now) {
-  ++stats.http_requests[response.status];
-  connection.head = detail::response_head(response);
-  if (!response.head_only) connection.body = std::move(response.body);
-  connection.input.clear();
-  connection.input.shrink_to_fit();
-  connection.phase = Connection::Phase::writing;
-  connection.deadline = now + std::chrono::milliseconds(HERMES_HTTP_WRITE_TIMEOUT_MS);
-  write_response(connection, now); // most responses fit the socket buffer at once
-}
-
-inline void Server::Impl::write_response(Connection &connection, Clock::time_point now) {
-  const std::string &head = connection.head, &body = connection.body;
-  while (connection.sent < head.size() + body.size()) {
-    std::array<iovec, 2> parts{};
-    std::size_t count = 0;
-    if (connection.sent < head.size())
-      parts[count++] = {const_cast<char *>(head.data()) + connection.sent, head.size() - connection.sent};
-    const std::size_t body_sent = connection.sent > head.size() ? connection.sent - head.size() : 0;
-    if (body_sent < body.size()) parts[count++] = {const_cast<char *>(body.data()) + body_sent, body.size() - body_sent};
-    msghdr message{};
-    message.msg_iov = parts.data();
-    message.msg_iovlen = count;
-    const ssize_t length = detail::retry_on_eintr([&] { return ::sendmsg(connection.fd.get(), &message, MSG_NOSIGNAL); });
-    if (length < 0) {
-      if (!detail::is_not_now(errno)) connection.phase = Connection::Phase::done; // the client went away
-      return;
-    }
-    connection.sent += static_cast<std::size_t>(length);
-  }
-  connection.head = std::string();
-  if (connection.body.capacity() > spare_body.capacity()) spare_body = std::move(connection.body);
-  connection.body = std::string(); // frees any other large body at once
-  ::shutdown(connection.fd.get(), SHUT_WR); // the end of the body, for an HTTP/1.0 client
-  connection.phase = Connection::Phase::lingering;
-  connection.deadline = now + std::chrono::milliseconds(HERMES_HTTP_LINGER_MS);
-}
-
-inline void Server::Impl::drain(Connection &connection) {
-  char buffer[4096];
-  for (;;) {
-    const ssize_t length = detail::retry_on_eintr([&] { return ::recv(connection.fd.get(), buffer, sizeof buffer, 0); });
-    if (length > 0) continue;
-    if (length == 0 || !detail::is_not_now(errno)) connection.phase = Connection::Phase::done;
-    return;
-  }
-}
-
-inline void Server::Impl::expire_and_remove(Clock::time_point now) {
-  for (const auto &connection : connections)
-    if (now >= connection->deadline) connection->phase = Connection::Phase::done;
-  connections.erase(std::remove_if(connections.begin(), connections.end(),
-                                   [](const auto &c) { return c->phase == Connection::Phase::done; }),
-                    connections.end());
 }
 
 } // namespace hermes
@@ -3138,6 +3422,55 @@ inline void Server::Impl::expire_and_remove(Clock::time_point now) {
 // ===== CLIENT =============================================================================
 
 namespace hermes {
+
+namespace detail {
+
+// One sample as the original's clients write it: `operation` is a gauge's (set,
+// increment, decrement), "observe" for an observation, or null for a counter.
+inline void append_sample_json(std::string &out, std::string_view metric, const Labels &labels, double value,
+                               const char *operation) {
+  const bool observation = operation && std::string_view(operation) == "observe";
+  out += "{\"metric_name\":";
+  append_json_string(out, metric);
+  out += ",\"payload\":{\"labels\":{";
+  for (std::size_t i = 0; i < labels.size(); ++i) {
+    if (i > 0) out += ',';
+    append_json_string(out, labels[i].first);
+    out += ':';
+    append_json_string(out, labels[i].second);
+  }
+  out += observation ? "},\"observation\":" : "},\"value\":";
+  append_double(out, value);
+  if (operation && !observation) {
+    out += ",\"operation\":";
+    append_json_string(out, operation);
+  }
+  out += "}}";
+}
+
+} // namespace detail
+
+inline Batch &Batch::add(std::string_view metric, const Labels &labels, double value, const char *operation) {
+  if (!std::isfinite(value)) return *this;
+  if (samples_++ > 0) json_ += ',';
+  detail::append_sample_json(json_, metric, labels, value, operation);
+  return *this;
+}
+inline Batch &Batch::increment_counter(std::string_view metric, const Labels &labels, double by) {
+  return add(metric, labels, by, nullptr);
+}
+inline Batch &Batch::set_gauge(std::string_view metric, const Labels &labels, double value) {
+  return add(metric, labels, value, "set");
+}
+inline Batch &Batch::increment_gauge(std::string_view metric, const Labels &labels, double by) {
+  return add(metric, labels, by, "increment");
+}
+inline Batch &Batch::decrement_gauge(std::string_view metric, const Labels &labels, double by) {
+  return add(metric, labels, by, "decrement");
+}
+inline Batch &Batch::observe(std::string_view metric, const Labels &labels, double value) {
+  return add(metric, labels, value, "observe");
+}
 
 struct Client::Impl {
   detail::FileDescriptor socket;
@@ -3151,6 +3484,8 @@ inline Client::Client(const std::string &host, std::uint16_t port) : impl_(std::
     throw SocketError(detail::system_error_message("connect " + detail::format_endpoint(address.get()), errno));
 }
 
+inline Client::Client(Client &&) noexcept = default;
+inline Client &Client::operator=(Client &&) noexcept = default;
 inline Client::~Client() = default;
 
 inline bool Client::send(std::string_view datagram) {
@@ -3159,24 +3494,12 @@ inline bool Client::send(std::string_view datagram) {
   return sent == static_cast<ssize_t>(datagram.size());
 }
 
+inline bool Client::send(const Batch &batch) { return batch.size() > 0 && send(batch.json()); }
+
 inline bool Client::send_sample(std::string_view metric, const Labels &labels, double value, const char *operation) {
   if (!std::isfinite(value)) return false;
-  std::string json = "{\"metric_name\":";
-  detail::append_json_string(json, metric);
-  json += ",\"payload\":{\"labels\":{";
-  for (std::size_t i = 0; i < labels.size(); ++i) {
-    if (i > 0) json += ',';
-    detail::append_json_string(json, labels[i].first);
-    json += ':';
-    detail::append_json_string(json, labels[i].second);
-  }
-  json += "},\"value\":";
-  detail::append_double(json, value);
-  if (operation) {
-    json += ",\"operation\":";
-    detail::append_json_string(json, operation);
-  }
-  json += "}}";
+  std::string json;
+  detail::append_sample_json(json, metric, labels, value, operation);
   return send(json);
 }
 
@@ -3191,6 +3514,9 @@ inline bool Client::increment_gauge(std::string_view metric, const Labels &label
 }
 inline bool Client::decrement_gauge(std::string_view metric, const Labels &labels, double by) {
   return send_sample(metric, labels, by, "decrement");
+}
+inline bool Client::observe(std::string_view metric, const Labels &labels, double value) {
+  return send_sample(metric, labels, value, "observe");
 }
 
 } // namespace hermes

@@ -6,14 +6,18 @@
 
 namespace {
 
-// Fixed process figures, so that a whole body can be compared with a file.
-hermes::ServerStats fixed_stats() {
+// A server's body with fixed daemon and process figures, so that it can be compared with a file.
+std::string render_as_server(const hermes::Registry &registry, hermes::Format format = hermes::Format::text) {
   hermes::ServerStats stats;
   stats.udp_packets = 12;
   stats.http_requests[200] = 3;
   stats.http_requests[404] = 1;
-  stats.process = {1.25, 4096000, 10240000, 1764000000.5, 7, 1024};
-  return stats;
+  const hermes::detail::ProcessStats process{1.25, 4096000, 10240000, 1764000000.5, 7, 1024};
+  std::string out;
+  hermes::detail::Renderer renderer(out, registry, {registry, &stats, &process}, format);
+  while (!renderer.write_some(1)) {
+  }
+  return out;
 }
 
 // HERMES_UPDATE_EXPECTED=1 rewrites the file from the body instead; read the diff before committing it.
@@ -27,8 +31,8 @@ void check_against_file(const std::string &body, const std::string &name) {
 
 TEST_CASE("a fresh registry renders as in expected/initial.prom and initial.om") {
   const hermes::Registry registry(test::sample_config());
-  check_against_file(hermes::render_metrics(registry, fixed_stats()), "initial.prom");
-  check_against_file(hermes::render_metrics(registry, fixed_stats(), hermes::Format::openmetrics), "initial.om");
+  check_against_file(render_as_server(registry), "initial.prom");
+  check_against_file(render_as_server(registry, hermes::Format::openmetrics), "initial.om");
 }
 
 TEST_CASE("pushed series render sorted, escaped and exact, as in expected/pushed.prom and pushed.om") {
@@ -59,8 +63,62 @@ TEST_CASE("pushed series render sorted, escaped and exact, as in expected/pushed
   double now = 1764000000.25; // each push a second later, for distinct _created times
   for (const std::string &datagram : datagrams) REQUIRE(registry.ingest(datagram, now++).accepted == 1);
   registry.ingest("nonsense");
-  check_against_file(hermes::render_metrics(registry, fixed_stats()), "pushed.prom");
-  check_against_file(hermes::render_metrics(registry, fixed_stats(), hermes::Format::openmetrics), "pushed.om");
+  check_against_file(render_as_server(registry), "pushed.prom");
+  check_against_file(render_as_server(registry, hermes::Format::openmetrics), "pushed.om");
+}
+
+TEST_CASE("a bare registry renders its metrics and its own figures, no daemon or process figures") {
+  hermes::Registry registry(test::sample_config());
+  registry.ingest(R"({"metric_name": "sample_counter", "payload": {"labels": {"label_1": "a"}}})", 1764000000);
+  const std::string body = hermes::render_metrics(registry);
+  CHECK(body == R"(# HELP hermes_build_info Hermes version and the configured service, always 1.
+# TYPE hermes_build_info gauge
+hermes_build_info{version=")" HERMES_VERSION_STR R"(",service="testing-service"} 1
+# HELP hermes_samples_accepted_total Samples applied to the registry.
+# TYPE hermes_samples_accepted_total counter
+hermes_samples_accepted_total 1
+# HELP hermes_samples_rejected_total Samples dropped, by reason; for malformed_json and too_large, whole datagrams.
+# TYPE hermes_samples_rejected_total counter
+hermes_samples_rejected_total{reason="malformed_json"} 0
+hermes_samples_rejected_total{reason="malformed_sample"} 0
+hermes_samples_rejected_total{reason="unknown_metric"} 0
+hermes_samples_rejected_total{reason="label_mismatch"} 0
+hermes_samples_rejected_total{reason="invalid_label_value"} 0
+hermes_samples_rejected_total{reason="invalid_value"} 0
+hermes_samples_rejected_total{reason="invalid_operation"} 0
+hermes_samples_rejected_total{reason="series_limit"} 0
+hermes_samples_rejected_total{reason="too_large"} 0
+# HELP hermes_series Live series of the configured metrics.
+# TYPE hermes_series gauge
+hermes_series 1
+# HELP hermes_series_expired_total Series dropped after ttl_seconds without a push.
+# TYPE hermes_series_expired_total counter
+hermes_series_expired_total 0
+# HELP sample_counter counters are awesome too
+# TYPE sample_counter counter
+sample_counter{label_1="a"} 1
+# HELP sample_gauge gauges are awesome
+# TYPE sample_gauge gauge
+)");
+}
+
+TEST_CASE("process figures that /proc cannot tell are left out, not written as 0") {
+  const hermes::Registry registry(test::sample_config());
+  const hermes::ServerStats stats;
+  hermes::detail::ProcessStats process;
+  process.resident_memory_bytes = 4096;
+  std::string out;
+  hermes::detail::Renderer renderer(out, registry, {registry, &stats, &process}, hermes::Format::text);
+  REQUIRE(renderer.write_some(SIZE_MAX));
+  CHECK(out.find("process_resident_memory_bytes 4096\n") != std::string::npos);
+  for (const char *absent : {"process_cpu_seconds_total", "process_max_fds", "process_open_fds", "process_start_time_seconds",
+                             "process_virtual_memory_bytes"})
+    CHECK_MESSAGE(out.find(absent) == std::string::npos, absent);
+}
+
+TEST_CASE("Hermes' own families are listed in name order, as the body needs them") {
+  const auto &table = hermes::detail::self_metrics;
+  for (std::size_t i = 1; i < std::size(table); ++i) CHECK(std::string_view(table[i - 1].name) < table[i].name);
 }
 
 TEST_CASE("numbers are spelled as Prometheus reads them") {
@@ -75,13 +133,41 @@ TEST_CASE("numbers are spelled as Prometheus reads them") {
   CHECK(format_double(0.1) == "0.1");
   CHECK(format_double(1e-300) == "1e-300");
   CHECK(format_double(4.9e-324) == "5e-324");
-  CHECK(format_double(9007199254740993.0) == "9007199254740992");
-  CHECK(format_double(18446744073709551616.0) == "18446744073709551616");
+  CHECK(format_double(9007199254740993.0) == "9.007199254740992e+15");
+  CHECK(format_double(18446744073709551616.0) == "1.8446744073709552e+19");
   CHECK(format_double(1e21) == "1e+21");
   CHECK(format_double(1.7976931348623157e308) == "1.7976931348623157e+308");
 }
 
-TEST_CASE("every double reads back to itself, in no more digits than %.17g needs") {
+TEST_CASE("numbers are written as client_golang writes them: Go's FormatFloat(v, 'g', -1, 64)") {
+  // Each as Go 1.21 prints it.
+  const std::pair<double, const char *> go[] = {
+      {100000, "100000"},
+      {123456.7, "123456.7"},
+      {1234567, "1.234567e+06"},
+      {1e6, "1e+06"},
+      {999999, "999999"},
+      {-999999.5, "-999999.5"},
+      {0.0001, "0.0001"},
+      {0.00012345, "0.00012345"},
+      {1e-05, "1e-05"},
+      {2.5e-05, "2.5e-05"},
+      {1795686863.2611153, "1.7956868632611153e+09"},
+      {1.7976931348623157e+308, "1.7976931348623157e+308"},
+      {-1e6, "-1e+06"},
+      {1200000, "1.2e+06"},
+      {0.005, "0.005"},
+      {2.5, "2.5"},
+      {1e21, "1e+21"},
+      {1e100, "1e+100"},
+      {5e-324, "5e-324"},
+      {9007199254740993.0, "9.007199254740992e+15"},
+      {-0.0, "-0"},
+  };
+  for (const auto &[value, text] : go) CHECK(hermes::detail::format_double(value) == text);
+}
+
+TEST_CASE("every double reads back to itself, in the fewest digits, in exponent form exactly where Go uses it") {
   std::mt19937_64 random(20261125);
   for (int i = 0; i < 200000; ++i) {
     const std::uint64_t bits = random();
@@ -89,33 +175,45 @@ TEST_CASE("every double reads back to itself, in no more digits than %.17g needs
     std::memcpy(&value, &bits, sizeof value);
     if (std::isnan(value) || std::isinf(value)) continue;
     const std::string text = hermes::detail::format_double(value);
+    CAPTURE(text);
     const double back = std::strtod(text.c_str(), nullptr);
-    REQUIRE_MESSAGE(std::memcmp(&back, &value, sizeof value) == 0, text << " does not read back");
-    char longest[40];
-    std::snprintf(longest, sizeof longest, "%.17g", value);
-    REQUIRE(text.size() <= std::strlen(longest));
+    REQUIRE(std::memcmp(&back, &value, sizeof value) == 0);
+    // The decimal exponent and the significant digits, as %.16e would show them.
+    char scientific[40];
+    std::snprintf(scientific, sizeof scientific, "%.16e", value);
+    const int exponent = std::atoi(std::strchr(scientific, 'e') + 1);
+    REQUIRE((text.find('e') != std::string::npos) == (exponent < -4 || exponent >= 6));
+    std::string digits;
+    for (const char c : text.substr(0, text.find('e')))
+      if (c >= '0' && c <= '9') digits += c;
+    digits.erase(0, std::min(digits.find_first_not_of('0'), digits.size()));
+    while (digits.size() > 1 && digits.back() == '0') digits.pop_back();
+    // Fewer digits than these would not read back: the shortest, as to_chars finds them.
+    char shortest[40];
+    const char *end = std::to_chars(shortest, shortest + sizeof shortest, value, std::chars_format::scientific).ptr;
+    const std::string mantissa(static_cast<const char *>(shortest), std::find(static_cast<const char *>(shortest), end, 'e'));
+    std::size_t needed = 0;
+    for (const char c : mantissa) needed += c >= '0' && c <= '9';
+    REQUIRE(digits.size() <= needed);
   }
 }
 
-TEST_CASE("whole numbers print exactly as to_chars(double) prints them, only faster") {
-  const auto expected = [](double value) {
-    char buffer[32];
-    return std::string(buffer, std::to_chars(buffer, buffer + sizeof buffer, value).ptr);
-  };
+TEST_CASE("whole numbers below 10^6 are integers, and from 10^6 on in exponent form, as Go writes them") {
   std::mt19937_64 random(15);
-  std::vector<double> values;
-  for (int i = -1000; i <= 1000000; ++i) values.push_back(i);
-  for (double power = 1; power < 1e16; power *= 10)
-    for (const double factor : {1.0, 2.0, 10.0, 12.0, 99.0, 1001.0, -1.0, -120.0}) values.push_back(power * factor);
-  for (int i = 0; i < 200000; ++i) values.push_back(static_cast<double>(random() % 1000000000000000ULL) * (i % 2 ? 1 : -1));
-  for (int i = 0; i < 200000; ++i) values.push_back(static_cast<double>((random() % 100000) * 1000000000ULL));
-  for (const double value : values) REQUIRE(hermes::detail::format_double(value) == expected(value));
-  CHECK(hermes::detail::format_double(1000000) == "1e+06");
-  CHECK(hermes::detail::format_double(1200000) == "1200000");
-  CHECK(hermes::detail::format_double(-0.0) == "-0");
+  for (int i = -1000000 + 1; i < 1000000; i += 1 + static_cast<int>(random() % 7)) {
+    CAPTURE(i);
+    REQUIRE(hermes::detail::format_double(i) == std::to_string(i));
+  }
+  for (int i = 0; i < 100000; ++i) {
+    const double value = static_cast<double>(1000000 + random() % 1000000000000000ULL) * (i % 2 ? 1 : -1);
+    const std::string text = hermes::detail::format_double(value);
+    CAPTURE(text);
+    REQUIRE(text.find('e') != std::string::npos);
+    REQUIRE(std::strtod(text.c_str(), nullptr) == value);
+  }
 }
 
-TEST_CASE("a render into a reused buffer pauses between series, never inside one, and equals a fresh render") {
+TEST_CASE("a render in steps stops between series, never inside one, and equals a render at once") {
   hermes::Registry registry(hermes::parse_config(R"({"service_name": "svc",
     "histograms": [{"metric_name": "latency_seconds", "labels": ["id"], "buckets": [0.1, 1], "max_series": 5000}]})",
                                                  "test"));
@@ -130,18 +228,17 @@ TEST_CASE("a render into a reused buffer pauses between series, never inside one
     const std::string last_line_of_a_series = format == hermes::Format::text ? "latency_seconds_count{" : "latency_seconds_created{";
     std::string out = "left over from before";
     std::vector<std::string> last_lines;
-    const std::function<void()> pause = [&] {
-      REQUIRE(!out.empty());
+    hermes::detail::Renderer renderer(out, registry, {registry, nullptr, nullptr}, format);
+    while (!renderer.write_some(HERMES_RENDER_PAUSE_STRIDE)) {
       REQUIRE(out.back() == '\n');
       const std::size_t start = out.rfind('\n', out.size() - 2) + 1;
       last_lines.push_back(out.substr(start, last_line_of_a_series.size()));
-    };
-    hermes::render_metrics(out, registry, fixed_stats(), format, 1764000001, pause);
+    }
     CHECK(last_lines == std::vector<std::string>{last_line_of_a_series, last_line_of_a_series});
-    CHECK(out == hermes::render_metrics(registry, fixed_stats(), format, 1764000001));
+    CHECK(out == hermes::render_metrics(registry, format));
     const std::size_t capacity = out.capacity();
-    hermes::render_metrics(out, registry, fixed_stats(), format, 1764000001);
-    CHECK(out == hermes::render_metrics(registry, fixed_stats(), format, 1764000001));
+    hermes::render_metrics(out, registry, format);
+    CHECK(out == hermes::render_metrics(registry, format));
     CHECK(out.capacity() == capacity); // the same memory, written over
   }
 }

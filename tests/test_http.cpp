@@ -8,7 +8,7 @@ namespace {
 int status_for(const std::string &head) {
   const auto request = parse_request_head(head);
   if (!request) return 400;
-  return hermes::detail::route(*request, true, [](hermes::Format) { return std::string("metrics body\n"); }).status;
+  return hermes::detail::route(*request, true, [](hermes::Format, std::string &body) { body = "metrics body\n"; }).status;
 }
 } // namespace
 
@@ -64,7 +64,7 @@ TEST_CASE("routes: paths, methods and versions") {
 
 TEST_CASE("the /metrics body is made only when it is asked for, in the negotiated format") {
   std::vector<hermes::Format> renders;
-  const auto render = [&](hermes::Format format) { return renders.push_back(format), std::string("x\n"); };
+  const auto render = [&](hermes::Format format, std::string &body) { renders.push_back(format), body = "x\n"; };
   hermes::detail::route(*parse_request_head("GET /-/healthy HTTP/1.0\r\n\r\n"), true, render);
   CHECK(renders.empty());
   auto response = hermes::detail::route(*parse_request_head("GET /metrics HTTP/1.0\r\n\r\n"), true, render);
@@ -107,13 +107,35 @@ TEST_CASE("responses are HTTP/1.0 with exact headers") {
   CHECK(hermes::detail::serialize_response(hermes::detail::error_response(405)) ==
         "HTTP/1.0 405 Method Not Allowed\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 23\r\n"
         "Allow: GET, HEAD\r\nConnection: close\r\n\r\n405 Method Not Allowed\n");
-  CHECK(hermes::detail::serialize_response(hermes::detail::error_response(431)).rfind(
-            "HTTP/1.0 431 Request Header Fields Too Large\r\n", 0) == 0);
+  CHECK(hermes::detail::serialize_response(hermes::detail::error_response(431)) ==
+        "HTTP/1.0 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 36\r\n"
+        "Connection: close\r\n\r\n431 Request Header Fields Too Large\n");
+  CHECK(hermes::detail::serialize_response(hermes::detail::error_response(503)) ==
+        "HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 24\r\n"
+        "Connection: close\r\n\r\n503 Service Unavailable\n");
+}
+
+TEST_CASE("HEAD /metrics has exactly the headers of GET /metrics, Content-Length included") {
+  const auto render = [](hermes::Format, std::string &body) { body = "metric_a 1\nmetric_b 22\n"; };
+  const auto get = hermes::detail::route(*parse_request_head("GET /metrics HTTP/1.0\r\n\r\n"), true, render);
+  const auto head = hermes::detail::route(*parse_request_head("HEAD /metrics HTTP/1.0\r\n\r\n"), true, render);
+  CHECK(hermes::detail::response_head(head) == hermes::detail::response_head(get));
+  CHECK(hermes::detail::serialize_response(head) ==
+        "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: 23\r\n"
+        "Connection: close\r\n\r\n");
+}
+
+TEST_CASE("every status Hermes sends has its reason phrase") {
+  for (const auto &status : hermes::detail::http_statuses) {
+    CAPTURE(status.code);
+    CHECK(std::string(hermes::detail::status_text(status.code)) == status.text);
+    CHECK(std::string(status.text) != "Unknown");
+  }
 }
 
 TEST_CASE("HEAD of a missing path is a 404 without a body") {
   const auto response =
-      hermes::detail::route(*parse_request_head("HEAD /nope HTTP/1.0\r\n\r\n"), true, [](hermes::Format) { return std::string(); });
+      hermes::detail::route(*parse_request_head("HEAD /nope HTTP/1.0\r\n\r\n"), true, [](hermes::Format, std::string &) {});
   CHECK(response.status == 404);
   CHECK(response.head_only);
 }

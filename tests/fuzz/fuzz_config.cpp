@@ -8,8 +8,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size
     const hermes::Config config = hermes::parse_config(text, "fuzz.json");
     hermes::lint_config(config);
     const hermes::Registry registry(config);
-    hermes::render_metrics(registry, hermes::ServerStats{});
-    hermes::render_metrics(registry, hermes::ServerStats{}, hermes::Format::openmetrics);
+    hermes::render_metrics(registry);
+    hermes::render_metrics(registry, hermes::Format::openmetrics);
   } catch (const hermes::ConfigError &) {
     // the expected answer to a bad config
   }

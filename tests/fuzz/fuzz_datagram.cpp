@@ -30,9 +30,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size
   check(result.accepted + result.rejected_total() >= 1); // every datagram is counted
   check(target.series_count() <= 64 * 4 + 2);
   target.expire(now);
-  const hermes::ServerStats stats;
-  const std::string text = hermes::render_metrics(target, stats);
-  const std::string openmetrics = hermes::render_metrics(target, stats, hermes::Format::openmetrics);
+  const std::string text = hermes::render_metrics(target);
+  const std::string openmetrics = hermes::render_metrics(target, hermes::Format::openmetrics);
   check(!text.empty() && text.back() == '\n');
   check(openmetrics.size() >= 6 && openmetrics.compare(openmetrics.size() - 6, 6, "# EOF\n") == 0);
   return 0;
