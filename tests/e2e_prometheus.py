@@ -250,11 +250,14 @@ def dashboard_queries(instance_regex, rate_interval):
 def check_dashboard(stack):
     """every dashboard query returns data"""
     instance = stack.hermes_http
-    # A multi-value variable becomes an alternation of escaped values (Grafana writes a
-    # regex escape as \\ inside the string), "All" becomes its allValue. $__rate_interval
-    # is four scrape intervals at least, here 4 s.
-    escaped = "(" + re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\\\1", instance) + ")"
-    queries = dashboard_queries(escaped, "4s") + dashboard_queries(".+", "4s")
+    # A multi-value variable, "All" too, becomes an alternation of the values, each
+    # regex-escaped (Grafana writes the escape as \\ inside the string): here this
+    # instance alone, and with one that does not exist. $__rate_interval is four scrape
+    # intervals at least, here 4 s.
+    def escape(value):
+        return re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\\\1", value)
+    queries = dashboard_queries(f"({escape(instance)})", "4s") + \
+        dashboard_queries(f"({escape(instance)}|{escape('gone.invalid:8080')})", "4s")
     assert len(queries) >= 2 * 20, f"only {len(queries)} queries in the dashboard"
     values = get_json(f"http://{stack.prometheus}/api/v1/label/instance/values?"
                       + urllib.parse.urlencode({"match[]": "hermes_build_info"}))["data"]
