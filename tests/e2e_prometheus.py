@@ -278,7 +278,7 @@ def check_dashboard(stack):
 
 
 def check_rules(stack):
-    """Prometheus evaluates every alerting rule on a real Hermes"""
+    """prometheus evaluates every alerting rule on a real hermes"""
     with open(ALERTS) as file:
         text = file.read()
     names = re.findall(r"^\s*- alert: (\w+)$", text, re.M)
