@@ -838,9 +838,25 @@ inline bool ends_with(std::string_view text, std::string_view suffix) {
   return text.size() >= suffix.size() && text.substr(text.size() - suffix.size()) == suffix;
 }
 
+// ASCII character classes: what the C library's would say in the "C" locale, whatever
+// locale a program that embeds Hermes has set.
+inline bool is_ascii_lower(char c) { return c >= 'a' && c <= 'z'; }
+inline bool is_ascii_upper(char c) { return c >= 'A' && c <= 'Z'; }
+inline bool is_ascii_digit(char c) { return c >= '0' && c <= '9'; }
+inline bool is_ascii_alnum(char c) { return is_ascii_lower(c) || is_ascii_upper(c) || is_ascii_digit(c); }
+
+// The whole text as a decimal number, whatever the C locale.
+inline std::optional<double> parse_decimal(std::string_view text) {
+  double value = 0;
+  const auto result = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || result.ec != std::errc() || result.ptr != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
 inline std::string lowercase(std::string_view text) {
   std::string out(text);
-  for (char &c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (char &c : out)
+    if (is_ascii_upper(c)) c = static_cast<char>(c - 'A' + 'a');
   return out;
 }
 
@@ -936,17 +952,18 @@ struct NestingBudget {
 
 // Builds a picojson tree like picojson's default context, with two differences that
 // matter for hostile input: nesting of arrays and objects alike is bounded, and a
-// number beyond the range of double stops the parse with a flag set, instead of
-// throwing, so that the error can say what was wrong.
+// number beyond the range of double does not throw. The place of the first such number
+// (as "gauges[0].max_series") is noted, so that the error can say where it stands.
 class BoundedJsonContext {
 public:
-  BoundedJsonContext(picojson::value *out, NestingBudget nesting, bool *number_out_of_range)
-      : out_(out), nesting_(nesting), number_out_of_range_(number_out_of_range) {}
+  BoundedJsonContext(picojson::value *out, NestingBudget nesting, std::string place,
+                     std::optional<std::string> *out_of_range)
+      : out_(out), nesting_(nesting), place_(std::move(place)), out_of_range_(out_of_range) {}
   bool set_null() { return *out_ = picojson::value(), true; }
   bool set_bool(bool b) { return *out_ = picojson::value(b), true; }
   bool set_number(double f) {
-    if (!std::isfinite(f)) return *number_out_of_range_ = true, false;
-    *out_ = picojson::value(f);
+    if (!std::isfinite(f) && !*out_of_range_) *out_of_range_ = place_;
+    *out_ = picojson::value(std::isfinite(f) ? f : 0.0);
     return true;
   }
   template <typename Iter> bool parse_string(picojson::input<Iter> &in) {
@@ -954,16 +971,17 @@ public:
     return picojson::_parse_string(out_->get<std::string>(), in);
   }
   bool parse_array_start() { return enter(picojson::array_type); }
-  template <typename Iter> bool parse_array_item(picojson::input<Iter> &in, std::size_t) {
+  template <typename Iter> bool parse_array_item(picojson::input<Iter> &in, std::size_t index) {
     auto &array = out_->get<picojson::array>();
     array.emplace_back();
-    BoundedJsonContext item(&array.back(), nesting_, number_out_of_range_);
+    BoundedJsonContext item(&array.back(), nesting_, place_ + "[" + std::to_string(index) + "]", out_of_range_);
     return picojson::_parse(item, in);
   }
   bool parse_array_stop(std::size_t) { return true; }
   bool parse_object_start() { return enter(picojson::object_type); }
   template <typename Iter> bool parse_object_item(picojson::input<Iter> &in, const std::string &key) {
-    BoundedJsonContext item(&out_->get<picojson::object>()[key], nesting_, number_out_of_range_);
+    BoundedJsonContext item(&out_->get<picojson::object>()[key], nesting_, place_.empty() ? key : place_ + "." + key,
+                            out_of_range_);
     return picojson::_parse(item, in);
   }
   bool parse_object_stop() { return true; }
@@ -976,25 +994,18 @@ private:
   }
   picojson::value *out_;
   NestingBudget nesting_;
-  bool *number_out_of_range_;
+  std::string place_;
+  std::optional<std::string> *out_of_range_;
 };
 
 // Parses one whole JSON text into a picojson parse context; trailing bytes other than
 // white space are an error. On failure `error` (when given) says where, as
-// "not valid JSON: syntax error at line N near: ...", or, when the context set
-// `number_out_of_range`, "a number at line N is beyond the range of a double".
-template <typename Context>
-bool parse_json_into(Context &context, std::string_view text, std::string *error = nullptr,
-                     const bool *number_out_of_range = nullptr) {
+// "not valid JSON: syntax error at line N near: ...".
+template <typename Context> bool parse_json_into(Context &context, std::string_view text, std::string *error = nullptr) {
   picojson::input<const char *> in(text.data(), text.data() + text.size());
   if (!picojson::_parse(context, in)) {
     if (!error) return false; // ingest has no use for the words: build them only when asked
-    const std::string line = std::to_string(in.line());
-    if (number_out_of_range && *number_out_of_range) {
-      *error = "a number at line " + line + " is beyond the range of a double (about 1.8e308)";
-      return false;
-    }
-    *error = "not valid JSON: syntax error at line " + line + " near: "; // picojson's own words
+    *error = "not valid JSON: syntax error at line " + std::to_string(in.line()) + " near: "; // picojson's own words
     for (int c = in.getc(); c != -1 && c != '\n'; c = in.getc())
       if (c >= ' ') error->push_back(static_cast<char>(c));
     return false;
@@ -1007,10 +1018,15 @@ bool parse_json_into(Context &context, std::string_view text, std::string *error
   return true;
 }
 
+// A whole JSON text as a tree; a number beyond the range of a double is an error that
+// names its place.
 inline bool parse_json(std::string_view text, picojson::value &out, std::string *error = nullptr) {
-  bool number_out_of_range = false;
-  BoundedJsonContext context(&out, NestingBudget{}, &number_out_of_range);
-  return parse_json_into(context, text, error, &number_out_of_range);
+  std::optional<std::string> out_of_range;
+  BoundedJsonContext context(&out, NestingBudget{}, "", &out_of_range);
+  if (!parse_json_into(context, text, error)) return false;
+  if (!out_of_range) return true;
+  if (error) *error = (out_of_range->empty() ? "" : *out_of_range + ": ") + "a number beyond the range of a double (about 1.8e308)";
+  return false;
 }
 
 // ---- Reading datagrams without a tree ------------------------------------------------------
@@ -1370,10 +1386,11 @@ private:
       fail(where, std::string("expected an object of quantile: error, got ") + json_type_name(*objectives));
     for (const auto &entry : objectives->get<picojson::object>()) {
       const std::string item_place = where + "." + entry.first;
-      char *end = nullptr;
-      const double quantile = std::strtod(entry.first.c_str(), &end);
-      if (entry.first.empty() || *end != '\0' || !(quantile > 0 && quantile < 1))
-        fail(item_place, "\"" + entry.first + "\" is not a quantile between 0 and 1");
+      const std::optional<double> parsed = parse_decimal(entry.first);
+      const double quantile = parsed.value_or(0);
+      if (!(quantile > 0 && quantile < 1)) fail(item_place, "\"" + entry.first + "\" is not a quantile between 0 and 1");
+      for (const auto &seen : metric.objectives)
+        if (seen.first == quantile) fail(item_place, "\"" + entry.first + "\" is the quantile " + format_double(quantile) + " again");
       if (!entry.second.is<double>() || !(entry.second.get<double>() > 0 && entry.second.get<double>() <= 0.5))
         fail(item_place, quote_json(entry.second) + " is not an allowed rank error above 0 and at most 0.5");
       metric.objectives.emplace_back(quantile, entry.second.get<double>());
@@ -1456,7 +1473,7 @@ inline bool has_part(std::string_view name, std::string_view word) {
 
 inline bool is_camel_case(std::string_view name) {
   for (std::size_t i = 1; i < name.size(); ++i)
-    if (std::islower(static_cast<unsigned char>(name[i - 1])) && std::isupper(static_cast<unsigned char>(name[i]))) return true;
+    if (is_ascii_lower(name[i - 1]) && is_ascii_upper(name[i])) return true;
   return false;
 }
 
@@ -1557,19 +1574,20 @@ struct SocketAddress {
 };
 
 // "1.2.3.4:80" or "[::1]:80".
+// The port of an IPv4 or IPv6 address.
+inline std::uint16_t port_of(const sockaddr *address) {
+  if (address->sa_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6 *>(address)->sin6_port);
+  return ntohs(reinterpret_cast<const sockaddr_in *>(address)->sin_port);
+}
+
 inline std::string format_endpoint(const sockaddr *address) {
   char host[INET6_ADDRSTRLEN] = "?";
-  std::uint16_t port = 0;
-  if (address->sa_family == AF_INET6) {
-    const auto *v6 = reinterpret_cast<const sockaddr_in6 *>(address);
-    ::inet_ntop(AF_INET6, &v6->sin6_addr, host, sizeof host);
-    port = ntohs(v6->sin6_port);
-    return std::string("[") + host + "]:" + std::to_string(port);
-  }
-  const auto *v4 = reinterpret_cast<const sockaddr_in *>(address);
-  ::inet_ntop(AF_INET, &v4->sin_addr, host, sizeof host);
-  port = ntohs(v4->sin_port);
-  return std::string(host) + ":" + std::to_string(port);
+  const bool v6 = address->sa_family == AF_INET6;
+  const void *bytes = v6 ? static_cast<const void *>(&reinterpret_cast<const sockaddr_in6 *>(address)->sin6_addr)
+                         : static_cast<const void *>(&reinterpret_cast<const sockaddr_in *>(address)->sin_addr);
+  ::inet_ntop(address->sa_family, bytes, host, sizeof host);
+  const std::string port = std::to_string(port_of(address));
+  return v6 ? std::string("[") + host + "]:" + port : std::string(host) + ":" + port;
 }
 
 // Accepts "[::1]" as well as "::1", as addresses are often written next to ports.
@@ -1610,11 +1628,17 @@ inline SocketAddress resolve(const std::string &host, std::uint16_t port, int so
   return address;
 }
 
-inline std::string local_endpoint(int fd) {
+// The address a socket is bound to; nullopt when the kernel cannot tell.
+inline std::optional<SocketAddress> local_address(int fd) {
   SocketAddress address;
   address.length = sizeof address.storage;
-  if (::getsockname(fd, reinterpret_cast<sockaddr *>(&address.storage), &address.length) != 0) return "?";
-  return format_endpoint(address.get());
+  if (::getsockname(fd, reinterpret_cast<sockaddr *>(&address.storage), &address.length) != 0) return std::nullopt;
+  return address;
+}
+
+inline std::string local_endpoint(int fd) {
+  const auto address = local_address(fd);
+  return address ? format_endpoint(address->get()) : "?";
 }
 
 inline FileDescriptor open_socket(const SocketAddress &address, int socket_type, const std::string &what) {
@@ -1794,11 +1818,8 @@ private:
 };
 
 inline std::uint16_t local_port(int fd) {
-  sockaddr_storage storage{};
-  socklen_t length = sizeof storage;
-  if (::getsockname(fd, reinterpret_cast<sockaddr *>(&storage), &length) != 0) return 0;
-  if (storage.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6 *>(&storage)->sin6_port);
-  return ntohs(reinterpret_cast<const sockaddr_in *>(&storage)->sin_port);
+  const auto address = local_address(fd);
+  return address ? port_of(address->get()) : 0;
 }
 
 } // namespace detail
@@ -1827,7 +1848,7 @@ inline std::size_t find_head_end(std::string_view buffer) {
 }
 
 inline bool is_token_char(char c) {
-  return std::isalnum(static_cast<unsigned char>(c)) || std::strchr("!#$%&'*+-.^_`|~", c) != nullptr;
+  return is_ascii_alnum(c) || (c != '\0' && std::strchr("!#$%&'*+-.^_`|~", c) != nullptr);
 }
 
 inline bool is_token(std::string_view text) {
@@ -1865,8 +1886,8 @@ inline bool parse_request_line(std::string_view line, HttpRequest &request) {
   std::string_view target = line.substr(first_space + 1, last_space - first_space - 1);
   const std::string_view version = line.substr(last_space + 1);
   if (!is_token(method) || target.empty() || target.find(' ') != std::string_view::npos) return false;
-  const bool version_ok = version.size() == 8 && starts_with(version, "HTTP/") && std::isdigit(static_cast<unsigned char>(version[5])) &&
-                          version[6] == '.' && std::isdigit(static_cast<unsigned char>(version[7]));
+  const bool version_ok = version.size() == 8 && starts_with(version, "HTTP/") && is_ascii_digit(version[5]) &&
+                          version[6] == '.' && is_ascii_digit(version[7]);
   if (!version_ok) return false;
   if (starts_with(target, "http://") || starts_with(target, "https://")) {
     const std::size_t path_start = target.find('/', target.find("//") + 2);
@@ -2083,14 +2104,6 @@ inline std::string read_small_file(const char *path) {
   std::string text;
   read_file(path, 65536, text);
   return text;
-}
-
-// The whole text as a decimal number, whatever the C locale.
-inline std::optional<double> parse_decimal(std::string_view text) {
-  double value = 0;
-  const auto result = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (text.empty() || result.ec != std::errc() || result.ptr != text.data() + text.size()) return std::nullopt;
-  return value;
 }
 
 // The fields of /proc/self/stat from the third (state) on; the second, the command

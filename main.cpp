@@ -114,5 +114,11 @@ int main(int argc, char **argv) {
     return fail(2, error.what());
   } catch (const hermes::SocketError &error) {
     return fail(1, error.what());
+  } catch (const std::bad_alloc &) {
+    return fail(1, "out of memory");
+  } catch (const std::exception &error) {
+    return fail(1, error.what()); // anything else still ends in one line and exit code 1
+  } catch (...) {
+    return fail(1, "stopped by an unknown error");
   }
 }

@@ -3,17 +3,22 @@
 //
 //   g++ -std=c++17 -I.. embed.cpp -o embed -pthread && ./embed
 //
-// Exits 0 when the pushed samples show at /metrics, 1 otherwise.
+// Exits 0 when the pushed samples show at /metrics, 1 otherwise. The program takes its
+// locale from the environment, as many do: Hermes reads and writes numbers the same
+// way under any locale (try LC_ALL=de_DE.UTF-8, whose decimal point is a comma).
 #include "../hermes.hpp"
 
+#include <clocale>
 #include <cstdio>
 #include <thread>
 
 int main() {
+  std::setlocale(LC_ALL, "");
   const hermes::Config config = hermes::parse_config(R"({
     "service_name": "embedded",
     "counters": [{"metric_name": "jobs_total", "metric_description": "Jobs done.", "labels": ["queue"]}],
-    "gauges": [{"metric_name": "queue_length", "metric_description": "Jobs waiting.", "labels": ["queue"]}]})",
+    "gauges": [{"metric_name": "queue_length", "metric_description": "Jobs waiting.", "labels": ["queue"]}],
+    "summaries": [{"metric_name": "job_seconds", "metric_description": "Job durations.", "objectives": {"0.5": 0.05}}]})",
                                                      "embedded config");
   hermes::Options options;
   options.udp_address = "127.0.0.1";
@@ -29,6 +34,7 @@ int main() {
   client.increment_counter("jobs_total", {{"queue", "mail"}}, 3);
   client.set_gauge("queue_length", {{"queue", "mail"}}, 12);
   client.decrement_gauge("queue_length", {{"queue", "mail"}});
+  client.send(hermes::Batch().observe("job_seconds", {}, 0.25).observe("job_seconds", {}, 0.25));
 
   // A scrape over real HTTP, as Prometheus would make it.
   std::string body;
@@ -52,7 +58,9 @@ int main() {
 
   const bool counted = body.find("jobs_total{queue=\"mail\"} 3\n") != std::string::npos;
   const bool gauged = body.find("queue_length{queue=\"mail\"} 11\n") != std::string::npos;
-  std::printf("embedded gateway on udp %s, http %s: jobs_total %s, queue_length %s\n", server.udp_endpoint().c_str(),
-              server.http_endpoint().c_str(), counted ? "3" : "missing", gauged ? "11" : "missing");
-  return counted && gauged ? 0 : 1;
+  const bool observed = body.find("job_seconds{quantile=\"0.5\"} 0.25\njob_seconds_sum 0.5\n") != std::string::npos;
+  std::printf("embedded gateway on udp %s, http %s: jobs_total %s, queue_length %s, job_seconds %s (decimal point '%s')\n",
+              server.udp_endpoint().c_str(), server.http_endpoint().c_str(), counted ? "3" : "missing",
+              gauged ? "11" : "missing", observed ? "0.25" : "missing", std::localeconv()->decimal_point);
+  return counted && gauged && observed ? 0 : 1;
 }

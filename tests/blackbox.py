@@ -278,12 +278,24 @@ def sigterm_and_sigint_exit_0_within_a_second(hermes):
         other.close()
 
 
+def has_ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
 @test
 def the_listening_line_names_actual_addresses(hermes):
     line = hermes.log[0]
     assert line.startswith('level=info msg="hermes listening" udp=127.0.0.1:'), line
     assert f"udp=127.0.0.1:{hermes.udp_port} http=127.0.0.1:{hermes.http_port} service=testing-service" in line, line
     assert hermes.udp_port != 0 and hermes.http_port != 0
+    if not has_ipv6_loopback():
+        print("     this host has no IPv6 loopback: the [::1] half is not run here")
+        return
     v6 = Hermes(address="::1")
     try:
         assert f"udp=[::1]:{v6.udp_port} http=[::1]:{v6.http_port}" in v6.log[0], v6.log[0]
@@ -484,7 +496,7 @@ def the_unix_socket_takes_samples(_):
         assert f" unix={path} " in hermes.log[0], hermes.log[0]
         check_equal(oct(os.stat(path).st_mode & 0o777), "0o600", "socket mode")
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.sendto(b'{"metric_name": "plain_counter", "payload": {"value": 2}}', path)
+            sock.sendto(b'{"metric_name": "plain_counter", "payload": {"value": 2}}', socket.MSG_DONTWAIT, path)
         hermes.wait_for("hermes_unix_datagrams_total", 1)
         check_equal(hermes.metric("plain_counter"), 2, "the sample")
         check_equal(hermes.stop()[0], 0, "exit code")

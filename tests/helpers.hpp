@@ -7,6 +7,7 @@
 
 #include <doctest/doctest.h>
 
+#include <dirent.h>
 #include <fstream>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -30,6 +31,40 @@ inline std::string read_file(const std::string &path) {
 }
 
 inline std::string test_path(const std::string &name) { return std::string(HERMES_TEST_DIR) + "/" + name; }
+
+// A fresh folder of the test's own under $TMPDIR (or /tmp), removed with all it holds.
+class TempDir {
+public:
+  TempDir() {
+    const char *base = std::getenv("TMPDIR");
+    std::string pattern = std::string(base && *base ? base : "/tmp") + "/hermes-test-XXXXXX";
+    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
+    path_ = pattern;
+  }
+  TempDir(const TempDir &) = delete;
+  TempDir &operator=(const TempDir &) = delete;
+  ~TempDir() {
+    if (DIR *dir = ::opendir(path_.c_str())) {
+      while (const dirent *entry = ::readdir(dir))
+        if (std::string(entry->d_name) != "." && std::string(entry->d_name) != "..") ::unlink(file(entry->d_name).c_str());
+      ::closedir(dir);
+    }
+    ::rmdir(path_.c_str());
+  }
+  std::string file(const std::string &name) const { return path_ + "/" + name; }
+
+private:
+  std::string path_;
+};
+
+// Whether this host can bind IPv6 loopback; where it cannot, IPv6 tests say so and stop.
+inline bool has_ipv6_loopback() {
+  hermes::detail::FileDescriptor probe(::socket(AF_INET6, SOCK_DGRAM, 0));
+  sockaddr_in6 address{};
+  address.sin6_family = AF_INET6;
+  address.sin6_addr = in6addr_loopback;
+  return probe && ::bind(probe.get(), reinterpret_cast<sockaddr *>(&address), sizeof address) == 0;
+}
 
 // The message of the ConfigError that parsing `json` throws, or "" when it loads.
 inline std::string config_error(const std::string &json) {

@@ -22,12 +22,23 @@ def test(function):
     return function
 
 
-def compile_and_run(compiler, sources, folder, extra=()):
+def compile_and_run(compiler, sources, folder, extra=(), env=None):
     binary = os.path.join(folder, "program")
     result = subprocess.run([compiler, *STRICT, *extra, "-I" + ROOT, "-o", binary, *sources, "-pthread"],
                             capture_output=True, text=True)
     assert result.returncode == 0, f"{compiler} failed:\n{result.stderr}"
-    return subprocess.run([binary], capture_output=True, text=True, timeout=30)
+    return subprocess.run([binary], capture_output=True, text=True, timeout=30, env=env)
+
+
+def german_locale(folder):
+    """Environment for a program under de_DE.UTF-8, compiled into `folder` with localedef
+    from the definitions of Debian's locales package (the Makefile installs it)."""
+    path = os.path.join(folder, "locales")
+    os.makedirs(path)
+    result = subprocess.run(["localedef", "-i", "de_DE", "-f", "UTF-8", os.path.join(path, "de_DE.UTF-8")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, f"localedef de_DE.UTF-8 failed: {result.stderr}"
+    return dict(os.environ, LOCPATH=path, LC_ALL="de_DE.UTF-8")
 
 
 @test
@@ -57,7 +68,16 @@ def the_embedding_example_builds_and_runs(_):
     with tempfile.TemporaryDirectory(prefix="hermes-embed-") as folder:
         result = compile_and_run("g++", [os.path.join(ROOT, "example", "embed.cpp")], folder)
     check_equal(result.returncode, 0, f"embed's exit code; it said {result.stdout!r} {result.stderr!r}")
-    assert "jobs_total 3, queue_length 11" in result.stdout, result.stdout
+    assert "jobs_total 3, queue_length 11, job_seconds 0.25 (decimal point '.')" in result.stdout, result.stdout
+
+
+@test
+def the_embedding_example_reads_and_writes_numbers_alike_under_a_german_locale(_):
+    with tempfile.TemporaryDirectory(prefix="hermes-locale-") as folder:
+        result = compile_and_run("g++", [os.path.join(ROOT, "example", "embed.cpp")], folder, env=german_locale(folder))
+    check_equal(result.returncode, 0, f"embed's exit code; it said {result.stdout!r} {result.stderr!r}")
+    # The comma shows that the locale was in force while Hermes parsed "0.5" and wrote 0.25.
+    assert "jobs_total 3, queue_length 11, job_seconds 0.25 (decimal point ',')" in result.stdout, result.stdout
 
 
 @test
@@ -73,6 +93,24 @@ def the_header_is_clean_and_inline_in_two_units_under_gcc_and_clang(_):
                        'hermes::parse_config(R"({"service_name": "x"})", "x"))); }\n')
         for compiler in ("g++", "clang++"):
             check_equal(compile_and_run(compiler, [first, second], folder).returncode, 0, f"{compiler} program")
+
+
+@test
+def cxxflags_cppflags_and_ldflags_reach_every_build(_):
+    flags = ["CXXFLAGS=-O2 -DHERMES_MAX_CONNECTIONS=256", "CPPFLAGS=-DHERMES_PROBE_CPP", "LDFLAGS=-Wl,--as-needed"]
+    for target in ("hermes", "build/static/hermes", "build/unit_tests", "cross"):
+        result = subprocess.run(["make", "-n", "-B", "-C", ROOT, target, *flags], capture_output=True, text=True)
+        check_equal(result.returncode, 0, f"make -n {target}: {result.stderr}")
+        lines = [line for line in result.stdout.splitlines() if "g++" in line and " -o " in line]
+        assert lines, f"make -n {target} shows no compiler line:\n{result.stdout}"
+        for line in lines:
+            if ".cpp" in line:  # compiles
+                for flag in ("-DHERMES_MAX_CONNECTIONS=256", "-DHERMES_PROBE_CPP"):
+                    assert flag in line, f"{flag} missing from: {line}"
+            if " -c " not in line:  # links
+                assert "-Wl,--as-needed" in line, f"LDFLAGS missing from: {line}"
+            if "-static" in line and "-Os" in line:  # the binary that ships stays optimised for size
+                assert line.index("-O2") < line.index("-Os"), f"-Os must come after CXXFLAGS' -O2: {line}"
 
 
 if __name__ == "__main__":

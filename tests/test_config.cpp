@@ -128,13 +128,13 @@ TEST_CASE("unknown keys are errors, so a typo is never ignored") {
 TEST_CASE("load_config names a file it cannot read, and one that is too large") {
   CHECK_THROWS_WITH_AS(hermes::load_config("/nonexistent/hermes.json"), "/nonexistent/hermes.json: cannot read: No such file or directory",
                        hermes::ConfigError);
-  const std::string big = "/tmp/hermes-test-big-config.json";
+  const test::TempDir folder;
+  const std::string big = folder.file("big-config.json");
   {
     std::ofstream file(big);
     file << "{\"service_name\": \"" << std::string(HERMES_MAX_CONFIG_SIZE, 'x') << "\"}";
   }
   CHECK_THROWS_WITH_AS(hermes::load_config(big), (big + ": larger than 1048576 bytes").c_str(), hermes::ConfigError);
-  std::remove(big.c_str());
 }
 
 TEST_CASE("deep nesting in a config is a syntax error, not a crash") {
@@ -358,4 +358,20 @@ TEST_CASE("a histogram's and a summary's series names are theirs alone") {
         "config.json: \"h_bucket\" and \"h\" would both expose the name h_bucket");
   CHECK(config_error(R"({"service_name": "s", "counters": [{"metric_name": "q_count"}], "summaries": [{"metric_name": "q"}]})") ==
         "config.json: \"q_count\" and \"q\" would both expose the name q_count");
+}
+
+TEST_CASE("a summary's quantile written twice is an error, however it is spelled") {
+  CHECK(config_error(R"({"service_name": "s", "summaries": [{"metric_name": "q", "objectives": {"0.5": 0.05, "0.50": 0.01}}]})") ==
+        "config.json: summaries[0].objectives.0.50: \"0.50\" is the quantile 0.5 again");
+  CHECK(config_error(R"({"service_name": "s", "summaries": [{"metric_name": "q", "objectives": {"5e-1": 0.05, "0.5": 0.01}}]})") ==
+        "config.json: summaries[0].objectives.5e-1: \"5e-1\" is the quantile 0.5 again");
+  CHECK(config_error(R"({"service_name": "s", "summaries": [{"metric_name": "q", "objectives": {" 0.5": 0.05}}]})") ==
+        "config.json: summaries[0].objectives. 0.5: \" 0.5\" is not a quantile between 0 and 1");
+}
+
+TEST_CASE("a number beyond the range of a double is named as such") {
+  CHECK(config_error("{\"service_name\": \"s\",\n \"max_series\": 1e999}") ==
+        "config.json: max_series: a number beyond the range of a double (about 1.8e308)");
+  CHECK(config_error(R"({"service_name": "s", "histograms": [{"metric_name": "h", "buckets": [1, -1e400]}]})") ==
+        "config.json: histograms[0].buckets[1]: a number beyond the range of a double (about 1.8e308)");
 }
