@@ -58,7 +58,8 @@ TEST_CASE("pushed series render sorted, escaped and exact, as in expected/pushed
   };
   double now = 1764000000.25; // each push a second later, for distinct _created times
   for (const std::string &datagram : datagrams) REQUIRE(registry.ingest(datagram, now++).accepted == 1);
-  registry.ingest("nonsense");
+  registry.ingest("{nonsense");
+  registry.ingest("users:42|s"); // a StatsD set: counted as received, never applied
   check_against_file(hermes::render_metrics(registry, fixed_stats()), "pushed.prom");
   check_against_file(hermes::render_metrics(registry, fixed_stats(), hermes::Format::openmetrics), "pushed.om");
 }
