@@ -10,7 +10,7 @@ BUILD := build
 UNIT_SOURCES := $(wildcard tests/test_*.cpp) tests/doctest_main.cpp
 UNIT_OBJECTS := $(UNIT_SOURCES:tests/%.cpp=$(BUILD)/%.o)
 
-.PHONY: all run test bench clean deps test-deps fuzz fuzz-smoke fuzz-deps sanitize valgrind valgrind-deps static cross cross-deps
+.PHONY: all run test bench clean deps test-deps statsd-clients fuzz fuzz-smoke fuzz-deps sanitize valgrind valgrind-deps static cross cross-deps
 
 all: hermes
 
@@ -20,7 +20,7 @@ hermes: main.cpp hermes.hpp | deps
 run: hermes
 	./hermes config.json
 
-test: hermes $(BUILD)/unit_tests $(BUILD)/allocation_tests $(BUILD)/static/hermes | test-deps
+test: hermes $(BUILD)/unit_tests $(BUILD)/allocation_tests $(BUILD)/static/hermes $(BUILD)/statsd_send | test-deps statsd-clients
 	@tests/run.sh
 
 # Each test file is its own translation unit including hermes.hpp, so a definition that
@@ -34,6 +34,21 @@ $(BUILD)/allocation_tests: $(BUILD)/allocations.o $(BUILD)/doctest_main.o
 $(BUILD)/%.o: tests/%.cpp hermes.hpp tests/helpers.hpp | test-deps
 	@mkdir -p $(BUILD)
 	$(CXX) $(HERMES_FLAGS) $(CXXFLAGS) -I. -DHERMES_TEST_DIR='"$(CURDIR)/tests"' -c -o $@ $<
+
+# The C example of a StatsD sender, built as a board's C compiler would take it;
+# tests/statsd_clients.py runs it against ./hermes.
+$(BUILD)/statsd_send: example/statsd_send.c
+	@mkdir -p $(BUILD)
+	$(CC) -std=c99 $(WARNINGS) -O2 -o $@ $<
+
+# Real StatsD clients for tests/statsd_clients.py: Debian's python3-statsd, hot-shots
+# (DogStatsD and telegraf tags) from npm into build/npm, and nc for the README's one-liner.
+HOT_SHOTS := hot-shots@17.1.1
+
+statsd-clients:
+	@tests/ensure.sh python:statsd:python3-statsd command:node:nodejs command:npm:npm command:nc:netcat-openbsd
+	@test -f $(BUILD)/npm/node_modules/hot-shots/package.json || \
+	  npm install --prefix $(BUILD)/npm --no-save --no-audit --no-fund --omit=optional $(HOT_SHOTS)
 
 # The benchmark: hermes against a bare UDP receiver, and scrapes of up to 100k series.
 $(BUILD)/bench: tests/bench/bench.cpp

@@ -59,16 +59,16 @@
 // A datagram whose first byte that is not white space is neither { nor [ holds StatsD
 // lines, one sample each (Options::statsd, HERMES_STATSD=off, turns this off):
 //
-//     jobs:1|c|@0.5|#queue:mail        counter jobs_total{queue="mail"} += 1 / 0.5
-//     depth:7|g   depth:+2|g           gauge set to 7; a sign moves it
-//     latency:250|ms|#route:/          histogram or summary observes 0.25 (seconds)
-//     sizes:3:4:5|h   sizes:3|d        each value observed as it is; |@r counts int(1/r) times
-//     jobs,queue=mail:1|c   jobs#queue=mail:1|c   jobs[queue=mail]:1|c    tags in the name
+//     jobs:1|c|@0.5|#queue:mail     counter jobs_total{queue="mail"} += 1 / 0.5
+//     depth:7|g   depth:+2|g        gauge set to 7; a sign moves it
+//     latency:250|ms|#route:/       histogram or summary observes 0.25 (seconds)
+//     sizes:3:4:5|h   sizes:3|d     each value observed; |@r counts it int(1/r) times
+//     jobs,queue=mail:1|c   jobs#queue=mail:1|c   jobs[queue=mail]:1|c   tags in the name
 //
 // With statsd_exporter's meanings: names escape [^a-zA-Z0-9_:] to '_'; a counter X_total
 // also takes lines named X; tags must be exactly the metric's labels. Fields after the
-// type come in any order; |c:container and |T timestamp are accepted and ignored. Sets,
-// events and service checks are unsupported_type. A bad line leaves the others alone.
+// type come in any order; DogStatsD's |c:, |T, |e: and |card: are checked and ignored.
+// Sets, events and service checks are unsupported_type. A bad line spoils no other.
 //
 // ---- HTTP -----------------------------------------------------------------------------
 //
@@ -1248,17 +1248,18 @@ inline bool read_name_tags(std::string_view name, StatsdLine &line) {
   return true;
 }
 
-// One field after the type: @rate, #tags, or DogStatsD's container id (c:...) and
-// timestamp (T...), which are checked and ignored.
+// One field after the type: @rate, #tags, or DogStatsD's container id (c:...),
+// timestamp (T...), external data (e:...) and cardinality (card:...), which are checked
+// and ignored.
 inline bool read_statsd_field(std::string_view field, StatsdLine &line) {
   if (field.empty()) return false;
   const std::string_view rest = field.substr(1);
+  const auto holds = [field](std::string_view prefix) { return field.size() > prefix.size() && starts_with(field, prefix); };
   switch (field.front()) {
   case '@': return parse_statsd_number(rest, line.rate) && line.rate > 0 && line.rate <= 1;
   case '#': return !line.name_tags && read_statsd_tags(rest, ':', line); // one tag style to a line
-  case 'c': return rest.size() > 1 && rest.front() == ':';
   case 'T': return !rest.empty() && rest.find_first_not_of("0123456789") == std::string_view::npos;
-  default: return false;
+  default: return holds("c:") || holds("e:") || holds("card:");
   }
 }
 

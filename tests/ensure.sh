@@ -1,6 +1,7 @@
 #!/bin/sh
 # ensure.sh KIND:NAME:PACKAGE ... - makes sure each NAME exists (KIND is header, command,
-# or fuzzer: the compiler NAME can link a libFuzzer target),
+# python: Debian's python3 can import the module NAME, or fuzzer: the compiler NAME can link a
+# libFuzzer target),
 # installing the missing PACKAGEs with one apt-get run when root on Debian or Ubuntu, and
 # otherwise stopping with one line that says what to install.
 missing=""
@@ -8,6 +9,7 @@ have() {
   case $1 in
     header) printf '#include <%s>\n' "$2" | ${CXX:-g++} -std=c++17 -x c++ -E - >/dev/null 2>&1 ;;
     command) command -v "$2" >/dev/null 2>&1 ;;
+    python) /usr/bin/python3 -c "import $2" >/dev/null 2>&1 ;; # Debian's python3, where Debian's modules go
     fuzzer) printf 'extern "C" int LLVMFuzzerTestOneInput(const char *, unsigned long) { return 0; }\n' |
       "$2" -x c++ -fsanitize=fuzzer -o /dev/null - >/dev/null 2>&1 ;;
   esac

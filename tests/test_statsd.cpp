@@ -207,21 +207,25 @@ TEST_CASE("DogStatsD 1.1: several values in one line are several samples, each o
   CHECK(registry.received(hermes::Wire::statsd) == 18);
 }
 
-TEST_CASE("the fields after the type come in any order; container id and timestamp are ignored") {
+TEST_CASE("the fields after the type come in any order; DogStatsD's container id, timestamp and the like are ignored") {
   hermes::Registry registry(statsd_config());
   CHECK(outcome(registry, "jobs:1|c|@0.5|#queue:mail") == "accepted 1");
   CHECK(outcome(registry, "jobs:1|c|#queue:mail|@0.5") == "accepted 1");
   CHECK(outcome(registry, "jobs:1|c|T1656581400|#queue:mail") == "accepted 1"); // as hot-shots writes it
   CHECK(outcome(registry, "jobs:1|c|#queue:mail|c:83c0a99c0a54c0c187f461c7980e9b57f3f6a8b0c918c8d93df19a9de6f3fe1d") == "accepted 1");
   CHECK(outcome(registry, "jobs:1|c|c:abc|T0|@1|#queue:mail") == "accepted 1");
-  CHECK(value(registry, "jobs_total", {"mail"}) == 7.0);
+  CHECK(outcome(registry, "jobs:1|c|#queue:mail|e:it-false,cn-x,pu-y|card:low") == "accepted 1"); // external data, cardinality
+  CHECK(value(registry, "jobs_total", {"mail"}) == 8.0);
   CHECK(outcome(registry, "jobs:1|c|#queue:mail|") == "malformed_sample 1");    // an empty field
   CHECK(outcome(registry, "jobs:1|c|#queue:mail|x") == "malformed_sample 1");   // an unknown field
   CHECK(outcome(registry, "jobs:1|c|#queue:mail|c:") == "malformed_sample 1");  // a container id of nothing
   CHECK(outcome(registry, "jobs:1|c|#queue:mail|c") == "malformed_sample 1");
   CHECK(outcome(registry, "jobs:1|c|#queue:mail|T") == "malformed_sample 1");   // a timestamp of nothing
   CHECK(outcome(registry, "jobs:1|c|#queue:mail|T12x") == "malformed_sample 1");
-  CHECK(value(registry, "jobs_total", {"mail"}) == 7.0);
+  CHECK(outcome(registry, "jobs:1|c|#queue:mail|e:") == "malformed_sample 1");
+  CHECK(outcome(registry, "jobs:1|c|#queue:mail|card:") == "malformed_sample 1");
+  CHECK(outcome(registry, "jobs:1|c|#queue:mail|car:x") == "malformed_sample 1");
+  CHECK(value(registry, "jobs_total", {"mail"}) == 8.0);
 }
 
 TEST_CASE("a line without a name, a value part or a known type is malformed_sample") {
