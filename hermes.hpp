@@ -301,7 +301,7 @@ struct Options {
   std::string config_path; // the file Server::reload() reads again; empty: no reloads
   std::string unix_socket_path; // a unix datagram socket that takes samples too; empty: none
   unsigned unix_socket_mode = 0660; // its file mode, so that only its group may push
-  bool statsd = true; // read datagrams that are not JSON as StatsD lines; off: they are malformed_json
+  bool statsd = true; // datagrams that are not JSON hold StatsD lines; off: they are malformed_json
   LogSink log_sink;
 };
 
@@ -332,11 +332,13 @@ enum class Reject {
   unsupported_type,    // a StatsD set, event or service check
 };
 constexpr std::size_t reject_reason_count = 10;
+static_assert(static_cast<std::size_t>(Reject::unsupported_type) + 1 == reject_reason_count, "a reason without a count");
 inline const char *to_string(Reject reason);
 
 // The two formats a datagram may speak: JSON samples, or StatsD lines.
 enum class Wire { json, statsd };
 constexpr std::size_t wire_count = 2;
+static_assert(static_cast<std::size_t>(Wire::statsd) + 1 == wire_count, "a format without a count");
 inline const char *to_string(Wire wire);
 
 // Seconds since the epoch, as the timestamps of /metrics count them.
