@@ -8,7 +8,7 @@
 namespace {
 
 hermes::Registry &registry() {
-  static hermes::Registry instance(hermes::parse_config(R"({"service_name": "fuzz", "max_series": 64,
+  static hermes::Registry instance(hermes::parse_config(R"({"service_name": "fuzz", "max_series": 16,
     "gauges": [{"metric_name": "g", "labels": ["a", "b"]}, {"metric_name": "plain_gauge"}],
     "counters": [{"metric_name": "c_total", "labels": ["a"], "ttl_seconds": 5}, {"metric_name": "plain_counter"}],
     "histograms": [{"metric_name": "h", "labels": ["a"], "buckets": [-1, 0, 1]}],
@@ -37,7 +37,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size
     check(counted <= size); // a sample takes at least one byte
     check(result.rejected[static_cast<std::size_t>(hermes::Reject::malformed_json)] == 0);
   }
-  check(target.series_count() <= 64 * 4 + 3);
+  check(target.series_count() <= 16 * 4 + 3);
   target.expire(now);
   const hermes::ServerStats stats;
   const std::string text = hermes::render_metrics(target, stats);
