@@ -14,7 +14,7 @@ BUILD := build
 UNIT_SOURCES := $(wildcard tests/test_*.cpp) tests/doctest_main.cpp
 UNIT_OBJECTS := $(UNIT_SOURCES:tests/%.cpp=$(BUILD)/%.o)
 
-.PHONY: all run test check bench clean deps test-deps fuzz fuzz-smoke fuzz-deps sanitize valgrind valgrind-deps static cross cross-deps
+.PHONY: all run test check bench clean deps test-deps statsd-clients fuzz fuzz-smoke fuzz-deps sanitize valgrind valgrind-deps static cross cross-deps
 
 all: hermes
 
@@ -24,7 +24,7 @@ hermes: main.cpp hermes.hpp | deps
 run: hermes
 	./hermes config.json
 
-test: hermes $(BUILD)/unit_tests $(BUILD)/allocation_tests $(BUILD)/static/hermes | test-deps
+test: hermes $(BUILD)/unit_tests $(BUILD)/allocation_tests $(BUILD)/static/hermes $(BUILD)/statsd_send | test-deps statsd-clients
 	@tests/run.sh
 
 check: $(BUILD)/unit_tests
@@ -41,6 +41,21 @@ $(BUILD)/allocation_tests: $(BUILD)/allocations.o $(BUILD)/doctest_main.o
 $(BUILD)/%.o: tests/%.cpp hermes.hpp tests/helpers.hpp | test-deps
 	@mkdir -p $(BUILD)
 	$(CXX) $(HERMES_FLAGS) $(CXXFLAGS) -pthread -I. -DHERMES_TEST_DIR='"$(CURDIR)/tests"' -c -o $@ $<
+
+# The C example of a StatsD sender, built as a board's C compiler would take it;
+# tests/statsd_clients.py runs it against ./hermes.
+$(BUILD)/statsd_send: example/statsd_send.c
+	@mkdir -p $(BUILD)
+	$(CC) -std=c99 $(WARNINGS) -O2 -o $@ $<
+
+# Real StatsD clients for tests/statsd_clients.py: Debian's python3-statsd, hot-shots
+# (DogStatsD and telegraf tags) from npm into build/npm, and nc for the README's one-liner.
+HOT_SHOTS := hot-shots@17.1.1
+
+statsd-clients:
+	@tests/ensure.sh debian-python:statsd:python3-statsd command:node:nodejs command:npm:npm command:nc:netcat-openbsd
+	@test -f $(BUILD)/npm/node_modules/hot-shots/package.json || \
+	  npm install --prefix $(BUILD)/npm --no-save --no-audit --no-fund --omit=optional $(HOT_SHOTS)
 
 # The benchmark: hermes against a bare UDP receiver, and scrapes of up to 100k series.
 $(BUILD)/bench: tests/bench/bench.cpp
@@ -101,11 +116,12 @@ cross-deps:
 
 # ---- the heavier gates, run by CI after make test -----------------------------------------
 
-# libFuzzer targets for the datagram path, the config loader and the HTTP parser. Each
-# first replays its committed seeds and regressions, then explores for FUZZ_SECONDS.
+# libFuzzer targets for the JSON and StatsD datagram paths, the config loader and the
+# HTTP parser. Each first replays its committed seeds and regressions, then explores for
+# FUZZ_SECONDS.
 FUZZ_CXX ?= clang++-14
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := datagram config http
+FUZZ_TARGETS := datagram statsd config http
 FUZZ_FLAGS := -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I.
 
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_%.cpp hermes.hpp | fuzz-deps

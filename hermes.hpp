@@ -51,7 +51,24 @@
 // exactly the configured label names with string values. JSON null counts as absent.
 // A sample that is not applied is counted in hermes_samples_rejected_total under one
 // reason: malformed_json, malformed_sample, unknown_metric, label_mismatch,
-// invalid_label_value, invalid_value, invalid_operation, series_limit, too_large.
+// invalid_label_value, invalid_value, invalid_operation, series_limit, too_large,
+// unsupported_type.
+//
+// ---- StatsD ---------------------------------------------------------------------------
+//
+// A datagram whose first byte that is not white space is neither { nor [ holds StatsD
+// lines, one sample each (Options::statsd, HERMES_STATSD=off, turns this off):
+//
+//     jobs:1|c|@0.5|#queue:mail     counter jobs_total{queue="mail"} += 1 / 0.5
+//     depth:7|g   depth:+2|g        gauge set to 7; a sign moves it
+//     latency:250|ms|#route:/       histogram or summary observes 0.25 (seconds)
+//     sizes:3:4:5|h   sizes:3|d     each value observed; |@r counts it int(1/r) times
+//     jobs,queue=mail:1|c   jobs#queue=mail:1|c   jobs[queue=mail]:1|c   tags in the name
+//
+// With statsd_exporter's meanings: names escape [^a-zA-Z0-9_:] to '_'; a counter X_total
+// also takes lines named X; tags must be exactly the metric's labels. Fields after the
+// type come in any order; DogStatsD's |c:, |T, |e: and |card: are checked and ignored.
+// Sets, events and service checks are unsupported_type. A bad line spoils no other.
 //
 // ---- HTTP -----------------------------------------------------------------------------
 //
@@ -304,6 +321,7 @@ struct Options {
   std::string config_path; // the file Server::reload() reads again; empty: no reloads
   std::string unix_socket_path; // a unix datagram socket that takes samples too; empty: none
   unsigned unix_socket_mode = 0660; // its file mode, so that only its group may push
+  bool statsd = true; // datagrams that are not JSON hold StatsD lines; off: they are malformed_json
   LogSink log_sink;
 };
 
@@ -313,7 +331,8 @@ using Environment = std::function<const char *(const char *name)>;
 // Options from the environment over the config file's listen_* keys over the defaults:
 // HERMES_UDP_ADDRESS (or LISTEN_ADDRESS), HERMES_UDP_PORT (or LISTEN_PORT),
 // HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (or LOG_LEVEL), HERMES_OPENMETRICS,
-// HERMES_UNIX_SOCKET and HERMES_UNIX_SOCKET_MODE (octal), HERMES_UDP_RECEIVE_BUFFER (bytes).
+// HERMES_UNIX_SOCKET and HERMES_UNIX_SOCKET_MODE (octal), HERMES_UDP_RECEIVE_BUFFER (bytes),
+// HERMES_STATSD (on or off).
 // An empty variable counts as unset. Throws UsageError naming a bad variable.
 inline Options options_from_environment(const Config &config, const Environment &env);
 
@@ -330,10 +349,16 @@ enum class Reject {
   invalid_operation,   // a gauge operation other than set, increment, decrement
   series_limit,        // a new series for a metric that has max_series already
   too_large,           // a datagram longer than HERMES_MAX_DATAGRAM_SIZE
+  unsupported_type,    // a StatsD set, event or service check
   count_
 };
 constexpr std::size_t reject_reason_count = static_cast<std::size_t>(Reject::count_);
 inline const char *to_string(Reject reason);
+
+// The two formats a datagram may speak: JSON samples, or StatsD lines.
+enum class Wire { json, statsd, count_ };
+constexpr std::size_t wire_count = static_cast<std::size_t>(Wire::count_);
+inline const char *to_string(Wire wire);
 
 // Seconds since the epoch, as the timestamps of /metrics count them.
 inline double wall_clock_seconds();
@@ -352,6 +377,7 @@ namespace detail {
 struct Metric;
 struct Reading;
 struct ReadSample;
+struct StatsdReading;
 class Renderer;
 } // namespace detail
 
@@ -369,6 +395,8 @@ public:
   IngestResult ingest(std::string_view datagram, double now_seconds = wall_clock_seconds());
   // Counts a datagram rejected before parsing, such as one that was too large.
   void count_rejected(Reject reason);
+  // Off: every datagram is read as JSON, so StatsD lines are malformed_json. On by default.
+  void accept_statsd(bool on) { statsd_ = on; }
   // Takes a new config. A metric whose series have the same shape as before (type,
   // labels, buckets, objectives, max_age_seconds) keeps them; a changed one starts
   // afresh; one no longer configured disappears. The counts of samples go on.
@@ -389,9 +417,16 @@ public:
   std::uint64_t accepted() const { return accepted_; }
   std::uint64_t expired() const { return expired_; } // series dropped by expire(), ever
   std::uint64_t rejected(Reject reason) const { return rejected_[static_cast<std::size_t>(reason)]; }
+  // Samples that arrived in each format, applied or not; a too_large datagram is in neither.
+  std::uint64_t received(Wire wire) const { return received_[static_cast<std::size_t>(wire)]; }
 
 private:
   friend class detail::Renderer;
+  void ingest_json(std::string_view datagram, double now_seconds, IngestResult &result);
+  void ingest_statsd(std::string_view datagram, double now_seconds, IngestResult &result);
+  void apply_statsd(detail::StatsdReading &reading, double now_seconds, IngestResult &result);
+  detail::Metric *find_statsd(detail::StatsdReading &reading);
+  void tally(IngestResult &result, std::optional<Reject> reason, std::size_t samples = 1);
   std::optional<Reject> apply(const detail::ReadSample &sample, double now_seconds);
   detail::Metric *find(std::string_view name);
   const detail::Metric *find(std::string_view name) const;
@@ -399,9 +434,12 @@ private:
   std::string service_name_;
   std::vector<detail::Metric> metrics_; // sorted by name
   std::unique_ptr<detail::Reading> reading_; // buffers that datagrams are read into, reused
+  std::unique_ptr<detail::StatsdReading> statsd_reading_; // the same for StatsD lines
+  bool statsd_ = true;
   std::uint64_t accepted_ = 0;
   std::uint64_t expired_ = 0;
   std::array<std::uint64_t, reject_reason_count> rejected_{};
+  std::array<std::uint64_t, wire_count> received_{};
 };
 
 // ===== PUBLIC API: FORMATTING =============================================================
@@ -1198,6 +1236,218 @@ inline const char *json_type_name(const picojson::value &value) {
   if (value.is<std::string>()) return "a string";
   if (value.is<picojson::array>()) return "a list";
   return "an object";
+}
+
+} // namespace detail
+} // namespace hermes
+
+// ===== DETAIL: STATSD ====================================================================
+
+namespace hermes {
+namespace detail {
+
+// A datagram is StatsD lines unless its first byte that is not white space opens JSON.
+// A blank datagram is left to the JSON reader, which calls it malformed_json.
+inline bool is_statsd(std::string_view datagram) {
+  const std::size_t first = datagram.find_first_not_of(" \t\r\n");
+  return first != std::string_view::npos && datagram[first] != '{' && datagram[first] != '[';
+}
+
+enum class StatsdType { counter, gauge, timer, histogram, distribution, set };
+
+struct StatsdTag {
+  std::string_view key, value;
+};
+
+// One line cut into views of its datagram: name:value[:value...]|type[|field...].
+struct StatsdLine {
+  std::string_view name, name_rest; // the name around SignalFx tags, which may stand inside it
+  std::string_view values;          // one value, or several separated by ':' (DogStatsD 1.1)
+  std::size_t value_count = 1;      // the samples the line holds, known before anything else is checked
+  StatsdType type = StatsdType::counter;
+  double rate = 1;
+  bool name_tags = false; // tags came in the name (InfluxDB, Librato, SignalFx), not as |#
+  std::vector<StatsdTag> tags;
+
+  void reset() { // keeps the tags' memory
+    name = name_rest = values = {};
+    value_count = 1;
+    type = StatsdType::counter;
+    rate = 1;
+    name_tags = false;
+    tags.clear();
+  }
+};
+
+// Buffers for StatsD lines, reused from one datagram to the next.
+struct StatsdReading {
+  StatsdLine line;
+  std::string name; // the escaped name, then each tag's escaped key
+  std::vector<std::string_view> label_values;
+};
+
+// The next line of `datagram` from `position`, without its "\n" or "\r\n"; moves `position` past it.
+inline std::string_view next_statsd_line(std::string_view datagram, std::size_t &position) {
+  const std::size_t end = std::min(datagram.find('\n', position), datagram.size());
+  std::string_view line = datagram.substr(position, end - position);
+  position = end + 1;
+  if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+  return line;
+}
+
+// A whole number text as std::from_chars reads it, whatever the locale, with an optional
+// leading '+'; only finite numbers.
+inline bool parse_statsd_number(std::string_view text, double &out) {
+  if (!text.empty() && text.front() == '+') text.remove_prefix(1);
+  if (text.empty() || text.front() == '+') return false;
+  const char *end = text.data() + text.size();
+  const auto result = std::from_chars(text.data(), end, out);
+  return result.ec == std::errc() && result.ptr == end && std::isfinite(out);
+}
+
+inline std::optional<StatsdType> parse_statsd_type(std::string_view text) {
+  if (text == "c") return StatsdType::counter;
+  if (text == "g") return StatsdType::gauge;
+  if (text == "ms") return StatsdType::timer;
+  if (text == "h") return StatsdType::histogram;
+  if (text == "d") return StatsdType::distribution;
+  if (text == "s") return StatsdType::set;
+  return std::nullopt;
+}
+
+inline bool observes(StatsdType type) {
+  return type == StatsdType::timer || type == StatsdType::histogram || type == StatsdType::distribution;
+}
+
+// Appends the tags of a comma-separated list of key<separator>value; the value may be
+// empty, the key may not. An empty list holds no tags.
+inline bool read_statsd_tags(std::string_view list, char separator, StatsdLine &line) {
+  if (list.empty()) return true;
+  for (std::size_t start = 0; start <= list.size();) {
+    const std::size_t end = std::min(list.find(',', start), list.size());
+    std::string_view tag = list.substr(start, end - start);
+    start = end + 1;
+    if (separator == ':' && !tag.empty() && tag.front() == '#') tag.remove_prefix(1); // |#a:b,#c:d
+    const std::size_t split = tag.find(separator);
+    if (split == 0 || split == std::string_view::npos) return false;
+    line.tags.push_back({tag.substr(0, split), tag.substr(split + 1)});
+  }
+  return true;
+}
+
+// Takes the tags out of a name, in the styles statsd_exporter reads: SignalFx
+// name[k=v,...] first, else InfluxDB name,k=v,... or Librato name#k=v,...
+inline bool read_name_tags(std::string_view name, StatsdLine &line) {
+  line.name = name;
+  const std::size_t open = name.find('['), close = name.find(']');
+  if (open != std::string_view::npos && close != std::string_view::npos && open < close) {
+    line.name = name.substr(0, open);
+    line.name_rest = name.substr(close + 1);
+    if (!read_statsd_tags(name.substr(open + 1, close - open - 1), '=', line)) return false;
+  } else if (open == std::string_view::npos && close == std::string_view::npos) {
+    const std::size_t mark = name.find_first_of(",#");
+    if (mark == std::string_view::npos) return true;
+    line.name = name.substr(0, mark);
+    if (!read_statsd_tags(name.substr(mark + 1), '=', line)) return false;
+  } // one bracket alone stays in the name, where it becomes '_'
+  line.name_tags = !line.tags.empty();
+  return true;
+}
+
+// One field after the type: @rate, #tags, or DogStatsD's container id (c:...),
+// timestamp (T...), external data (e:...) and cardinality (card:...), which are checked
+// and ignored.
+inline bool read_statsd_field(std::string_view field, StatsdLine &line) {
+  if (field.empty()) return false;
+  const std::string_view rest = field.substr(1);
+  const auto holds = [field](std::string_view prefix) { return field.size() > prefix.size() && starts_with(field, prefix); };
+  switch (field.front()) {
+  case '@': return parse_statsd_number(rest, line.rate) && line.rate > 0 && line.rate <= 1;
+  case '#': return !line.name_tags && read_statsd_tags(rest, ':', line); // one tag style to a line
+  case 'T': return !rest.empty() && rest.find_first_not_of("0123456789") == std::string_view::npos;
+  default: return holds("c:") || holds("e:") || holds("card:");
+  }
+}
+
+// The fields after the type, each after a '|', in any order.
+inline bool read_statsd_fields(std::string_view fields, StatsdLine &line) {
+  while (!fields.empty()) {
+    fields.remove_prefix(1); // the '|'
+    const std::size_t end = std::min(fields.find('|'), fields.size());
+    if (!read_statsd_field(fields.substr(0, end), line)) return false;
+    fields.remove_prefix(end);
+  }
+  return true;
+}
+
+// Cuts one line into `line`, or says why it cannot be applied.
+inline std::optional<Reject> parse_statsd_line(std::string_view text, StatsdLine &line) {
+  line.reset();
+  if (starts_with(text, "_e{") || starts_with(text, "_sc|")) return Reject::unsupported_type; // events, service checks
+  const std::size_t colon = text.find(':');
+  if (colon == 0 || colon == std::string_view::npos) return Reject::malformed_sample;
+  const std::string_view rest = text.substr(colon + 1);
+  const std::size_t bar = std::min(rest.find('|'), rest.size());
+  line.values = rest.substr(0, bar);
+  line.value_count = 1 + static_cast<std::size_t>(std::count(line.values.begin(), line.values.end(), ':'));
+  const std::string_view after = rest.substr(std::min(bar + 1, rest.size()));
+  const std::size_t type_end = std::min(after.find('|'), after.size());
+  const auto type = parse_statsd_type(after.substr(0, type_end));
+  if (bar == rest.size() || !type) return Reject::malformed_sample;
+  line.type = *type;
+  if (line.type == StatsdType::set) return Reject::unsupported_type;
+  if (line.value_count > 1 && !observes(line.type)) return Reject::malformed_sample; // several values: ms, h, d only
+  const std::string_view name = text.substr(0, colon);
+  if (!is_valid_utf8(name) || !read_name_tags(name, line) || !read_statsd_fields(after.substr(type_end), line))
+    return Reject::malformed_sample;
+  return std::nullopt;
+}
+
+inline bool is_name_char(unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == ':';
+}
+
+// A StatsD name as the metric name it stands for, escaped as statsd_exporter escapes
+// names: a leading digit gains a '_' before it, and each character outside
+// [a-zA-Z0-9_:] becomes one '_', a character of several UTF-8 bytes too.
+inline void append_statsd_name(std::string &out, std::string_view name, std::string_view rest = {}) {
+  const std::string_view first = name.empty() ? rest : name;
+  if (!first.empty() && first.front() >= '0' && first.front() <= '9') out.push_back('_');
+  for (const std::string_view part : {name, rest})
+    for (const char c : part) {
+      const auto byte = static_cast<unsigned char>(c);
+      if (is_name_char(byte)) out.push_back(c);
+      else if ((byte & 0xC0) != 0x80) out.push_back('_'); // a continuation byte belongs to the '_' before
+    }
+}
+
+// Whether a metric of `type` takes StatsD lines of `statsd` type.
+inline bool takes(MetricType type, StatsdType statsd) {
+  switch (type) {
+  case MetricType::counter: return statsd == StatsdType::counter;
+  case MetricType::gauge: return statsd == StatsdType::gauge;
+  default: return observes(statsd);
+  }
+}
+
+// The label values of a line's tags in the order `metric` declares its labels. The tags,
+// keys escaped as names are, must be exactly those labels; of a repeated tag the last
+// wins, as in a JSON object. Values are checked as JSON label values are.
+inline std::optional<Reject> statsd_label_values(const MetricConfig &metric, const StatsdLine &line, std::string &key,
+                                                 std::vector<std::string_view> &values) {
+  values.assign(metric.labels.size(), std::string_view()); // a view of nothing, not even of "": no tag yet
+  for (const StatsdTag &tag : line.tags) {
+    key.clear();
+    append_statsd_name(key, tag.key);
+    const auto label = std::find(metric.labels.begin(), metric.labels.end(), key);
+    if (label == metric.labels.end() || !is_valid_utf8(tag.key)) return Reject::label_mismatch;
+    values[static_cast<std::size_t>(label - metric.labels.begin())] = tag.value;
+  }
+  for (const std::string_view value : values) {
+    if (value.data() == nullptr) return Reject::label_mismatch;
+    if (!is_valid_utf8(value)) return Reject::invalid_label_value;
+  }
+  return std::nullopt;
 }
 
 } // namespace detail
@@ -2667,16 +2917,23 @@ inline Options options_from_environment(const Config &config, const Environment 
   override_from(
       options.unix_socket_mode, env, {"HERMES_UNIX_SOCKET_MODE"},
       [](std::string_view text) { return detail::parse_number<unsigned>(text, 8, 0, 0777); }, "an octal file mode (such as 660)");
+  override_from(options.statsd, env, {"HERMES_STATSD"}, parse_switch, "on or off");
   return options;
 }
 
 // ===== SAMPLES ============================================================================
 
 inline const char *to_string(Reject reason) {
-  static constexpr const char *names[] = {"malformed_json", "malformed_sample", "unknown_metric",
-                                          "label_mismatch", "invalid_label_value", "invalid_value",
-                                          "invalid_operation", "series_limit",   "too_large"};
+  static constexpr const char *names[] = {"malformed_json",      "malformed_sample", "unknown_metric",
+                                          "label_mismatch",      "invalid_label_value", "invalid_value",
+                                          "invalid_operation",   "series_limit",     "too_large",
+                                          "unsupported_type"};
   return detail::name_of(reason, names);
+}
+
+inline const char *to_string(Wire wire) {
+  static constexpr const char *names[] = {"json", "statsd"};
+  return detail::name_of(wire, names);
 }
 
 inline double wall_clock_seconds() {
@@ -2695,6 +2952,7 @@ namespace detail {
 struct Update {
   enum class Kind { add, set, observe } kind = Kind::add;
   double amount = 0;
+  std::uint64_t times = 1; // observations this one stands for: a StatsD sample rate's int(1 / rate)
 };
 
 // The label values of a sample in the configured order, as views into the sample.
@@ -2751,6 +3009,32 @@ inline std::optional<Reject> read_update(MetricType type, const ReadSample &samp
   return std::nullopt;
 }
 
+// The observations one sampled at `rate` stands for: int(1 / rate), as statsd_exporter
+// counts them, held at the largest count for rates too small to count.
+inline std::uint64_t statsd_multiplicity(double rate) {
+  const double times = std::floor(1 / rate);
+  return times >= 18446744073709551616.0 ? UINT64_MAX : static_cast<std::uint64_t>(times);
+}
+
+// How one value of a StatsD line changes its series, with statsd_exporter's meaning of
+// each type. `text` is the value as sent: a gauge value with a sign moves the gauge.
+inline std::optional<Reject> statsd_update(const StatsdLine &line, std::string_view text, Update &update) {
+  double value = 0;
+  if (!parse_statsd_number(text, value)) return Reject::invalid_value;
+  if (line.type == StatsdType::counter) {
+    const double amount = value / line.rate;
+    if (value < 0 || !std::isfinite(amount)) return Reject::invalid_value;
+    update = {Update::Kind::add, amount};
+  } else if (line.type == StatsdType::gauge) {
+    const bool moves = text.front() == '+' || text.front() == '-';
+    update = {moves ? Update::Kind::add : Update::Kind::set, value};
+  } else {
+    const double seconds = line.type == StatsdType::timer ? value / 1000 : value; // timers speak milliseconds
+    update = {Update::Kind::observe, seconds, statsd_multiplicity(line.rate)};
+  }
+  return std::nullopt;
+}
+
 // A new series of `metric`, first pushed at `now`.
 inline Series new_series(const MetricConfig &metric, double now) {
   Series series;
@@ -2763,6 +3047,12 @@ inline Series new_series(const MetricConfig &metric, double now) {
   return series;
 }
 
+inline std::uint64_t saturating_add(std::uint64_t a, std::uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
+
+// An observation that stands for `times` of them counts and sums that many, at the cost
+// of one. The quantile stream takes it once: a series sampled at one rate has the same
+// quantiles either way, and a stream entry as wide as a large multiplicity would
+// overstep the rank error the stream's query relies on.
 inline void apply_update(const MetricConfig &metric, Series &series, const Update &update, double now) {
   series.last_push = now;
   if (update.kind == Update::Kind::set) {
@@ -2771,14 +3061,30 @@ inline void apply_update(const MetricConfig &metric, Series &series, const Updat
     series.value += update.amount;
   } else {
     Distribution &seen = *series.distribution;
-    seen.sum += update.amount;
-    seen.count += 1;
+    seen.sum += update.amount * static_cast<double>(update.times);
+    seen.count = saturating_add(seen.count, update.times);
     if (!seen.bucket_counts.empty()) { // the first bucket whose upper bound holds it; else +Inf
       const auto bucket = std::lower_bound(metric.buckets.begin(), metric.buckets.end(), update.amount);
-      seen.bucket_counts[static_cast<std::size_t>(bucket - metric.buckets.begin())] += 1;
+      std::uint64_t &count = seen.bucket_counts[static_cast<std::size_t>(bucket - metric.buckets.begin())];
+      count = saturating_add(count, update.times);
     }
     if (seen.quantiles) seen.quantiles->observe(update.amount, now);
   }
+}
+
+// Applies `update` to the series of `metric` with `label_values`, making the series when
+// it is new. JSON samples and StatsD lines both end here.
+inline std::optional<Reject> apply_to_series(Metric &metric, const std::vector<std::string_view> &label_values,
+                                             const Update &update, double now) {
+  auto series = metric.series.find(label_values);
+  if (series == metric.series.end()) {
+    if (metric.series.size() >= metric.config.max_series) return Reject::series_limit;
+    series = metric.series
+                 .emplace(std::vector<std::string>(label_values.begin(), label_values.end()), new_series(metric.config, now))
+                 .first;
+  }
+  apply_update(metric.config, series->second, update, now);
+  return std::nullopt;
 }
 
 } // namespace detail
@@ -2786,7 +3092,8 @@ inline void apply_update(const MetricConfig &metric, Series &series, const Updat
 // ===== REGISTRY ===========================================================================
 
 inline Registry::Registry(const Config &config)
-    : service_name_(config.service_name), reading_(std::make_unique<detail::Reading>()) {
+    : service_name_(config.service_name), reading_(std::make_unique<detail::Reading>()),
+      statsd_reading_(std::make_unique<detail::StatsdReading>()) {
   for (const MetricConfig &metric_config : config.metrics) {
     detail::Metric metric{metric_config, {}};
     // A metric without labels has exactly one series; it shows 0 before the first push.
@@ -2813,26 +3120,75 @@ inline detail::Metric *Registry::find(std::string_view name) {
 
 inline IngestResult Registry::ingest(std::string_view datagram, double now_seconds) {
   IngestResult result;
-  const auto count = [&](std::optional<Reject> reason) {
-    if (reason) {
-      ++result.rejected[static_cast<std::size_t>(*reason)];
-      ++rejected_[static_cast<std::size_t>(*reason)];
-    } else {
-      ++result.accepted;
-      ++accepted_;
-    }
-  };
+  const Wire wire = statsd_ && detail::is_statsd(datagram) ? Wire::statsd : Wire::json;
+  if (wire == Wire::statsd) ingest_statsd(datagram, now_seconds, result);
+  else ingest_json(datagram, now_seconds, result);
+  received_[static_cast<std::size_t>(wire)] += result.accepted + result.rejected_total();
+  return result;
+}
+
+inline void Registry::tally(IngestResult &result, std::optional<Reject> reason, std::size_t samples) {
+  if (reason) {
+    result.rejected[static_cast<std::size_t>(*reason)] += samples;
+    rejected_[static_cast<std::size_t>(*reason)] += samples;
+  } else {
+    result.accepted += samples;
+    accepted_ += samples;
+  }
+}
+
+inline void Registry::ingest_json(std::string_view datagram, double now_seconds, IngestResult &result) {
   detail::ReadBatch &batch = reading_->batch;
   batch.clear();
   detail::SampleReader reader(detail::SampleReader::Place::datagram, batch, detail::NestingBudget{});
   if (!detail::parse_json_into(reader, datagram)) {
-    count(Reject::malformed_json); // nothing of a datagram that is not JSON as a whole is applied
+    tally(result, Reject::malformed_json); // nothing of a datagram that is not JSON as a whole is applied
   } else if (batch.is_array && batch.count == 0) {
-    count(Reject::malformed_sample); // a batch of nothing is still counted
+    tally(result, Reject::malformed_sample); // a batch of nothing is still counted
   } else {
-    for (std::size_t i = 0; i < batch.count; ++i) count(apply(batch.slots[i], now_seconds));
+    for (std::size_t i = 0; i < batch.count; ++i) tally(result, apply(batch.slots[i], now_seconds));
   }
-  return result;
+}
+
+// Each line on its own: a bad line is counted under its reason and never touches the others.
+inline void Registry::ingest_statsd(std::string_view datagram, double now_seconds, IngestResult &result) {
+  detail::StatsdReading &reading = *statsd_reading_;
+  for (std::size_t position = 0; position < datagram.size();) {
+    const std::string_view text = detail::next_statsd_line(datagram, position);
+    if (text.empty()) continue;
+    if (const auto reason = detail::parse_statsd_line(text, reading.line)) tally(result, reason, reading.line.value_count);
+    else apply_statsd(reading, now_seconds, result);
+  }
+}
+
+// The metric a StatsD line names: its escaped name, or for a counter also that name with
+// _total, of a type that takes the line's type.
+inline detail::Metric *Registry::find_statsd(detail::StatsdReading &reading) {
+  const detail::StatsdLine &line = reading.line;
+  reading.name.clear();
+  detail::append_statsd_name(reading.name, line.name, line.name_rest);
+  detail::Metric *metric = find(reading.name);
+  if (metric && detail::takes(metric->config.type, line.type)) return metric;
+  if (line.type != detail::StatsdType::counter) return nullptr;
+  reading.name += "_total";
+  metric = find(reading.name);
+  return metric && metric->config.type == MetricType::counter ? metric : nullptr;
+}
+
+inline void Registry::apply_statsd(detail::StatsdReading &reading, double now_seconds, IngestResult &result) {
+  const detail::StatsdLine &line = reading.line;
+  detail::Metric *metric = find_statsd(reading);
+  if (!metric) return tally(result, Reject::unknown_metric, line.value_count);
+  if (const auto reason = detail::statsd_label_values(metric->config, line, reading.name, reading.label_values))
+    return tally(result, reason, line.value_count);
+  for (std::size_t start = 0; start <= line.values.size();) { // each of a multi-value line's values on its own
+    const std::size_t end = std::min(line.values.find(':', start), line.values.size());
+    detail::Update update;
+    auto reason = detail::statsd_update(line, line.values.substr(start, end - start), update);
+    if (!reason) reason = detail::apply_to_series(*metric, reading.label_values, update, now_seconds);
+    tally(result, reason);
+    start = end + 1;
+  }
 }
 
 inline void Registry::count_rejected(Reject reason) { ++rejected_[static_cast<std::size_t>(reason)]; }
@@ -2893,17 +3249,7 @@ inline std::optional<Reject> Registry::apply(const detail::ReadSample &sample, d
   if (const auto reason = detail::read_label_values(metric->config, sample, label_values)) return reason;
   detail::Update update;
   if (const auto reason = detail::read_update(metric->config.type, sample, update)) return reason;
-
-  auto series = metric->series.find(label_values);
-  if (series == metric->series.end()) {
-    if (metric->series.size() >= metric->config.max_series) return Reject::series_limit;
-    series = metric->series
-                 .emplace(std::vector<std::string>(label_values.begin(), label_values.end()),
-                          detail::new_series(metric->config, now_seconds))
-                 .first;
-  }
-  detail::apply_update(metric->config, series->second, update, now_seconds);
-  return std::nullopt;
+  return detail::apply_to_series(*metric, label_values, update, now_seconds);
 }
 
 inline std::optional<double> Registry::value(std::string_view metric, const std::vector<std::string> &label_values) const {
@@ -3140,6 +3486,13 @@ inline void write_rejects(Exposition &out, const char *name, const SelfView &vie
   }
 }
 
+inline void write_received(Exposition &out, const char *name, const SelfView &view) {
+  for (std::size_t i = 0; i < wire_count; ++i) {
+    const auto wire = static_cast<Wire>(i);
+    out.sample(name, {"format"}, std::array<std::string_view, 1>{to_string(wire)}, static_cast<double>(view.registry.received(wire)));
+  }
+}
+
 inline void write_reloads(Exposition &out, const char *name, const SelfView &view) {
   out.sample(name, {"result"}, std::array<std::string_view, 1>{"success"}, static_cast<double>(view.server->reloads_succeeded));
   out.sample(name, {"result"}, std::array<std::string_view, 1>{"failure"}, static_cast<double>(view.server->reloads_failed));
@@ -3165,6 +3518,8 @@ inline const SelfMetric self_metrics[] = {
      write_http_requests},
     {"hermes_samples_accepted_total", "Samples applied to the registry.", self_counter, Scope::registry,
      [](const SelfView &v) { return count(v.registry.accepted()); }, nullptr},
+    {"hermes_samples_received_total", "Samples received, applied or not, by wire format.", self_counter, Scope::registry,
+     nullptr, write_received},
     {"hermes_samples_rejected_total",
      "Samples dropped, by reason; for malformed_json and too_large, whole datagrams.", self_counter, Scope::registry,
      nullptr, write_rejects},
@@ -3292,7 +3647,9 @@ struct Server::Impl {
   Impl(const Config &config, Options &options)
       : registry(config), logger(options.log_level, std::move(options.log_sink)), config_path(options.config_path),
         input(options), http(options, logger, [this](Format format, std::string &body) { render(format, body); }),
-        rejects(logger), start_time_seconds(detail::process_start_time_seconds()) {}
+        rejects(logger), start_time_seconds(detail::process_start_time_seconds()) {
+    registry.accept_statsd(options.statsd);
+  }
 
   void poll_once(int timeout_ms);
   int poll_timeout(int timeout_ms, Clock::time_point now) const;

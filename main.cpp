@@ -19,7 +19,8 @@ void request_reload(int) { reload_requested = true; }
 constexpr const char *usage_text =
     "usage: hermes [--check-config] [--version] [--help] [CONFIG_PATH]\n"
     "\n"
-    "Receives metric samples as JSON over UDP and serves them to Prometheus at /metrics.\n"
+    "Receives metric samples as JSON or StatsD lines over UDP and serves them to Prometheus\n"
+    "at /metrics.\n"
     "\n"
     "  CONFIG_PATH     the config file; else $HERMES_CONFIG_PATH, $CONFIG_FILE_PATH, config.json\n"
     "  --check-config  validate the config file, then exit: 0 when it is good, 2 when not;\n"
@@ -28,7 +29,8 @@ constexpr const char *usage_text =
     "  --help          print this text and exit\n"
     "\n"
     "Environment: HERMES_UDP_ADDRESS (LISTEN_ADDRESS), HERMES_UDP_PORT (LISTEN_PORT),\n"
-    "HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (LOG_LEVEL), HERMES_OPENMETRICS.\n"
+    "HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (LOG_LEVEL), HERMES_OPENMETRICS,\n"
+    "HERMES_STATSD.\n"
     "Signals: SIGTERM and SIGINT stop; SIGHUP reloads the config file.\n";
 
 struct CommandLine {

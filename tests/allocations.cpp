@@ -56,3 +56,39 @@ TEST_CASE("ingest allocates nothing per sample once its series exist") {
   CHECK(registry.value("jobs_total", {"mail", "w-1"}) == std::optional<double>(2 * 1002));
   CHECK(registry.accepted() == 4 * 1002);
 }
+
+TEST_CASE("StatsD ingest allocates nothing per sample once its series exist") {
+  hermes::Registry registry(hermes::parse_config(R"({"service_name": "s",
+    "counters": [{"metric_name": "jobs_total", "labels": ["queue", "worker"]}],
+    "gauges": [{"metric_name": "depth", "labels": ["queue"]}],
+    "histograms": [{"metric_name": "latency", "labels": ["queue"]}],
+    "summaries": [{"metric_name": "sizes", "labels": ["queue"]}]})",
+                                                 "test"));
+  const std::vector<std::string> datagrams = {
+      "jobs:2|c|#queue:mail,worker:w-1",
+      "jobs_total:1|c|@0.5|#worker:w-1,queue:mail\r\ndepth:+1|g|#queue:mail\n",
+      "latency:250|ms|@0.1|#queue:mail\nlatency:1:2:3|h|T1656581400|#queue:mail|c:abc",
+      "jobs,queue=mail,worker=w-1:1|c\njobs#queue=mail,worker=w-1:1|c\njobs[queue=mail,worker=w-1]:1|c",
+      "sizes:3|d|#queue:mail",
+      "a.very.long.name.that.matches.nothing.at.all.but.needs.a.longer.buffer.than.before:1|c",
+      "jobs:1|c|#queue:mail,worker:w-1,extra:x,more:y,and:z",
+      "users:1|s\n_e{1,1}:a|b\ngarbage\njobs:-1|c|#queue:mail,worker:w-1\nnope:1|c",
+  };
+  for (const std::string &datagram : datagrams) registry.ingest(datagram, 1); // series and buffers come into being
+  allocations = 0;
+  counting = true;
+  for (int round = 0; round < 1000; ++round)
+    for (const std::string &datagram : datagrams) registry.ingest(datagram, 2);
+  counting = false;
+  CHECK(allocations == 0);
+  for (const std::string &datagram : datagrams) { // and each kind alone, to name one that does
+    allocations = 0;
+    counting = true;
+    registry.ingest(datagram, 3);
+    counting = false;
+    CAPTURE(datagram);
+    CHECK(allocations == 0);
+  }
+  CHECK(registry.value("jobs_total", {"mail", "w-1"}) == std::optional<double>(7 * 1002));
+  CHECK(registry.received(hermes::Wire::statsd) == 18 * 1002);
+}

@@ -207,11 +207,12 @@ def check_every_reject_reason(hermes):
         '{"metric_name": "plain_counter", "payload": {"value": -1}}',
         '{"metric_name": "sample_gauge", "payload": {"labels": {"label_1": "a", "label_2": "b"}, "operation": "reset"}}',
         "[" + " " * 9000 + "]",
+        "users:1|s",
         '{"metric_name": "plain_counter", "payload": {"value": 1}}',
     )
     body = hermes.scrape().splitlines()
     for reason in ("malformed_json", "malformed_sample", "unknown_metric", "label_mismatch", "invalid_label_value",
-                   "invalid_value", "invalid_operation", "series_limit", "too_large"):
+                   "invalid_value", "invalid_operation", "series_limit", "too_large", "unsupported_type"):
         assert f'hermes_samples_rejected_total{{reason="{reason}"}} 1' in body, f"{reason} not counted once"
     assert "plain_counter 1" in body
     assert 'limited_counter{id="1"} 1' in body

@@ -1,7 +1,8 @@
 #!/bin/sh
 # ensure.sh KIND:NAME:PACKAGE ... - makes sure each NAME exists (KIND is header, command,
-# file: a path, python: python3 can import the module NAME, or fuzzer: the compiler NAME
-# can link a libFuzzer target),
+# file: a path, python: the python3 the tests run with can import the module NAME,
+# debian-python: Debian's /usr/bin/python3 can, or fuzzer: the compiler NAME can link a
+# libFuzzer target),
 # installing the missing PACKAGEs with one apt-get run when root on Debian or Ubuntu, and
 # otherwise stopping with one line that says what to install.
 missing=""
@@ -11,6 +12,7 @@ have() {
     command) command -v "$2" >/dev/null 2>&1 ;;
     file) test -e "$2" ;;
     python) python3 -c "import $2" >/dev/null 2>&1 ;;
+    debian-python) /usr/bin/python3 -c "import $2" >/dev/null 2>&1 ;; # where Debian's modules go
     fuzzer) printf 'extern "C" int LLVMFuzzerTestOneInput(const char *, unsigned long) { return 0; }\n' |
       "$2" -x c++ -fsanitize=fuzzer -o /dev/null - >/dev/null 2>&1 ;;
   esac

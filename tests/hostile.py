@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Hostile input against the built hermes: floods of bad datagrams, idle and slow HTTP
-clients, clients that never read or reset, a tiny open-files limit, a million label
-values. hermes must stay up, count every datagram under the right reason, apply every
-valid sample sent in between, keep answering scrapes, and stay within its memory.
+"""Hostile input against the built hermes: floods of bad datagrams and StatsD garbage,
+idle and slow HTTP clients, clients that never read or reset, a tiny open-files limit,
+a million label values. hermes must stay up, count every datagram under the right
+reason, apply every valid sample sent in between, keep answering scrapes, and stay within
+its memory.
 
 usage: hostile.py PATH_TO_HERMES
 Ends with the line "hostile: N passed, N failed".
@@ -72,9 +73,10 @@ def a_flood_of_bad_datagrams_is_counted_by_reason_and_valid_samples_all_apply(he
     valid_sample = json.dumps({"metric_name": "sample_gauge", "payload": {"labels": {"label_1": "a", "label_2": "b"},
                                                                           "value": 1.5}})
     floods = {
-        "malformed_json": [b"#" + bytes(rng.randrange(256) for _ in range(rng.randrange(1, 1500))) for _ in range(300)]
+        "malformed_json": [b"{#" + bytes(rng.randrange(256) for _ in range(rng.randrange(1, 1500))) for _ in range(300)]
         + [valid_sample[:rng.randrange(1, len(valid_sample) - 1)] for _ in range(200)]
-        + ["[" * 5000, "[" * 3000 + "]" * 3000, '{"metric_name":' * 500, "\x00", ""],
+        + ["[" * 5000, "[" * 3000 + "]" * 3000, '{"metric_name":' * 500, ""],
+        "malformed_sample": ["\x00", "\x00" * 3000 + "\n"],  # read as StatsD lines: no name, no value
         "invalid_value": ['{"metric_name": "plain_counter", "payload": {"value": 1e999}}',
                           '{"metric_name": "plain_counter", "payload": {"value": -1e400}}',
                           '{"metric_name": "plain_counter", "payload": {"value": 1' + "0" * 400 + "}}"],
@@ -99,6 +101,75 @@ def a_flood_of_bad_datagrams_is_counted_by_reason_and_valid_samples_all_apply(he
     check_equal(samples["plain_counter"], expected_valid + 1e300, "plain_counter")
     check_equal(samples["hermes_samples_accepted_total"], expected_valid + 1, "accepted")
     check_equal(samples["hermes_udp_packets_total"], len(datagrams), "datagrams counted")
+    assert hermes.process.poll() is None
+
+
+STATSD_VALID = b"plain_counter:1|c"
+
+
+def samples_counted(samples):
+    """Samples accepted plus rejected under every reason."""
+    return samples["hermes_samples_accepted_total"] + sum(
+        value for series, value in samples.items() if series.startswith("hermes_samples_rejected_total{"))
+
+
+@test
+def statsd_garbage_beside_valid_lines_is_counted_by_reason_and_the_valid_lines_all_apply(hermes):
+    bad = {  # line: (reason, samples it counts as)
+        b"plain_counter:1|c|@0": ("malformed_sample", 1),
+        b"plain_counter:1|c|@x|#a:b": ("malformed_sample", 1),
+        b"plain_counter": ("malformed_sample", 1),
+        b"plain_counter:1:2:3|c": ("malformed_sample", 3),
+        b"plain_counter,a=b:1|c|#a:b": ("malformed_sample", 1),
+        b"plain\xffcounter:1|c": ("malformed_sample", 1),
+        b"users:1|s": ("unsupported_type", 1),
+        b"_e{1,1}:a|b": ("unsupported_type", 1),
+        b"_sc|check|2": ("unsupported_type", 1),
+        b"sample_counter:1|c|#label_1:\xed\xa0\x80": ("invalid_label_value", 1),
+        b"sample_counter:1|c": ("label_mismatch", 1),
+        b"sample_counter:1|c|#label_1:a," + b",".join(b"k%d:v" % i for i in range(600)): ("label_mismatch", 1),
+        b"plain_counter:-1|c": ("invalid_value", 1),
+        b"plain_counter:1e999|c": ("invalid_value", 1),
+        b"plain_counter:1e308|c|@1e-300": ("invalid_value", 1),
+        b"nope:1|c": ("unknown_metric", 1),
+        b"nope" + b":1" * 2000 + b"|h": ("unknown_metric", 2000),
+        b"sample_gauge:1|c": ("unknown_metric", 1),
+    }
+    rng = random.Random(14)
+    lines = list(bad) * 5
+    rng.shuffle(lines)
+    datagrams, expected_valid = [], 0
+    while lines:  # a few lines to a datagram, a valid one among them, under the size limit
+        chunk = [STATSD_VALID] + [lines.pop() for _ in range(min(len(lines), rng.randrange(1, 8)))]
+        while len(b"\n".join(chunk)) > 8192:
+            lines.insert(0, chunk.pop())
+        rng.shuffle(chunk)
+        datagrams.append(b"\n".join(chunk))
+        expected_valid += 1
+    hermes.push_paced(datagrams)
+    samples = hermes.metrics()
+    expected = {}
+    for reason, count in bad.values():
+        expected[reason] = expected.get(reason, 0) + 5 * count
+    for reason, count in expected.items():
+        check_equal(rejected(samples, reason), count, reason)
+    check_equal(samples["plain_counter"], expected_valid, "plain_counter")
+    check_equal(samples["hermes_samples_accepted_total"], expected_valid, "accepted")
+    check_equal(samples['hermes_samples_received_total{format="statsd"}'], samples_counted(samples), "every sample counted")
+
+    # Random bytes, lines of them beside valid lines: none may match a metric (no name of the
+    # config can be spelled from these bytes), every valid line applies, every sample is counted.
+    alphabet = b"abxyz0123456789:|@#,=[]._-+ \t\r\xff\xc3\xa9"
+    datagrams = []
+    for _ in range(400):
+        garbage = [b"x" + bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 300))) for _ in range(rng.randrange(1, 20))]
+        datagrams.append(b"\n".join(garbage + [STATSD_VALID] + garbage[:3]))
+    datagrams += [b"x" + bytes(rng.randrange(256) for _ in range(rng.randrange(1, 8000))) for _ in range(100)]
+    hermes.push_paced(datagrams)
+    samples = hermes.metrics()
+    check_equal(samples["plain_counter"], expected_valid + 400, "plain_counter after garbage")
+    check_equal(samples["hermes_samples_accepted_total"], expected_valid + 400, "accepted after garbage")
+    check_equal(samples['hermes_samples_received_total{format="statsd"}'], samples_counted(samples), "every sample counted")
     assert hermes.process.poll() is None
 
 

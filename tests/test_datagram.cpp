@@ -136,7 +136,12 @@ TEST_CASE("the wrong shapes are malformed_sample, non-JSON is malformed_json") {
   hermes::Registry registry(datagram_config());
   CHECK(outcome(registry, "") == "malformed_json");
   CHECK(outcome(registry, "{") == "malformed_json");
+  CHECK(outcome(registry, "not json") == "malformed_sample"); // read as a StatsD line
+  CHECK(outcome(registry, " \n") == "malformed_json");          // blank: left to the JSON reader
+  registry.accept_statsd(false);
   CHECK(outcome(registry, "not json") == "malformed_json");
+  CHECK(outcome(registry, "plain_counter:1|c") == "malformed_json");
+  registry.accept_statsd(true);
   CHECK(outcome(registry, R"({"metric_name": "plain_counter"} {})") == "malformed_json");
   CHECK(outcome(registry, std::string(5000, '[')) == "malformed_json");
   CHECK(outcome(registry, "17") == "malformed_sample");
@@ -197,7 +202,8 @@ TEST_CASE("count_rejected counts a datagram rejected before parsing") {
 
 TEST_CASE("every reason has its name") {
   const char *names[] = {"malformed_json",      "malformed_sample", "unknown_metric",    "label_mismatch",
-                         "invalid_label_value", "invalid_value",    "invalid_operation", "series_limit", "too_large"};
+                         "invalid_label_value", "invalid_value",    "invalid_operation", "series_limit", "too_large",
+                         "unsupported_type"};
   for (std::size_t i = 0; i < hermes::reject_reason_count; ++i)
     CHECK(std::string(hermes::to_string(static_cast<Reject>(i))) == names[i]);
 }

@@ -62,7 +62,8 @@ TEST_CASE("pushed series render sorted, escaped and exact, as in expected/pushed
   };
   double now = 1764000000.25; // each push a second later, for distinct _created times
   for (const std::string &datagram : datagrams) REQUIRE(registry.ingest(datagram, now++).accepted == 1);
-  registry.ingest("nonsense");
+  registry.ingest("{nonsense");
+  registry.ingest("users:42|s"); // a StatsD set: counted as received, never applied
   check_against_file(render_as_server(registry), "pushed.prom");
   check_against_file(render_as_server(registry, hermes::Format::openmetrics), "pushed.om");
 }
@@ -77,6 +78,10 @@ hermes_build_info{version=")" HERMES_VERSION_STR R"(",service="testing-service"}
 # HELP hermes_samples_accepted_total Samples applied to the registry.
 # TYPE hermes_samples_accepted_total counter
 hermes_samples_accepted_total 1
+# HELP hermes_samples_received_total Samples received, applied or not, by wire format.
+# TYPE hermes_samples_received_total counter
+hermes_samples_received_total{format="json"} 1
+hermes_samples_received_total{format="statsd"} 0
 # HELP hermes_samples_rejected_total Samples dropped, by reason; for malformed_json and too_large, whole datagrams.
 # TYPE hermes_samples_rejected_total counter
 hermes_samples_rejected_total{reason="malformed_json"} 0
@@ -88,6 +93,7 @@ hermes_samples_rejected_total{reason="invalid_value"} 0
 hermes_samples_rejected_total{reason="invalid_operation"} 0
 hermes_samples_rejected_total{reason="series_limit"} 0
 hermes_samples_rejected_total{reason="too_large"} 0
+hermes_samples_rejected_total{reason="unsupported_type"} 0
 # HELP hermes_series Live series of the configured metrics.
 # TYPE hermes_series gauge
 hermes_series 1

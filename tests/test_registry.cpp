@@ -207,7 +207,7 @@ TEST_CASE("reload keeps the series of unchanged metrics, starts changed ones afr
   registry.ingest(R"({"metric_name": "relabelled", "payload": {"labels": {"a": "x"}, "value": 2}})");
   registry.ingest(R"({"metric_name": "removed", "payload": {"value": 3}})");
   registry.ingest(R"({"metric_name": "sizes", "payload": {"observation": 4}})");
-  registry.ingest("junk");
+  registry.ingest("{junk");
   const auto summary = registry.reload(hermes::parse_config(R"({"service_name": "after",
     "gauges": [{"metric_name": "kept", "labels": ["a"], "metric_description": "new help", "max_series": 5},
                {"metric_name": "relabelled", "labels": ["a", "b"]}, {"metric_name": "added"}],

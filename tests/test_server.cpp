@@ -24,15 +24,17 @@ TEST_CASE("samples pushed over UDP appear at /metrics") {
                       R"({"metric_name": "sample_counter", "payload": {"labels": {"label_1": "testing label 1"}}})",
                       R"({"metric_name": "sample_gauge", "payload": {"labels": {"label_1": "a", "label_2": "b"}, "value": 65.4}})",
                       R"([{"metric_name": "sample_counter", "payload": {"labels": {"label_1": "x"}, "value": 5}}, {"metric_name": "nope"}])",
-                      "not json"});
+                      "{not json", "sample_counter:3|c|#label_1:x\nsample_gauge:-1|g|#label_2:b,label_1:a\nnope:1|c"});
   const std::string body = scrape(server);
   CHECK(contains_line(body, "sample_counter{label_1=\"testing label 1\"} 2"));
-  CHECK(contains_line(body, "sample_counter{label_1=\"x\"} 5"));
-  CHECK(contains_line(body, "sample_gauge{label_1=\"a\",label_2=\"b\"} 65.4"));
-  CHECK(contains_line(body, "hermes_udp_packets_total 5"));
-  CHECK(contains_line(body, "hermes_samples_accepted_total 4"));
-  CHECK(contains_line(body, "hermes_samples_rejected_total{reason=\"unknown_metric\"} 1"));
+  CHECK(contains_line(body, "sample_counter{label_1=\"x\"} 8"));
+  CHECK(contains_line(body, "sample_gauge{label_1=\"a\",label_2=\"b\"} 64.4"));
+  CHECK(contains_line(body, "hermes_udp_packets_total 6"));
+  CHECK(contains_line(body, "hermes_samples_accepted_total 6"));
+  CHECK(contains_line(body, "hermes_samples_rejected_total{reason=\"unknown_metric\"} 2"));
   CHECK(contains_line(body, "hermes_samples_rejected_total{reason=\"malformed_json\"} 1"));
+  CHECK(contains_line(body, "hermes_samples_received_total{format=\"json\"} 6"));
+  CHECK(contains_line(body, "hermes_samples_received_total{format=\"statsd\"} 3"));
   CHECK(contains_line(body, "hermes_series 3"));
   CHECK(contains_line(body, "hermes_build_info{version=\"" HERMES_VERSION_STR "\",service=\"testing-service\"} 1"));
 }

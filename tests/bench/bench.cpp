@@ -5,6 +5,7 @@
 // 1. Ingest: the same sender (sendmmsg) pushes the same datagrams into a bare receiver
 //    (recvmmsg, counts, nothing else) and into hermes, at full speed and at fixed rates;
 //    for each: datagrams sent, samples applied, receiving CPU per sample, and the ratio.
+//    The same samples again as StatsD lines, one and twenty to a datagram.
 // 2. Scrapes: /metrics with 1k, 10k and 100k series: time, body size, resident memory.
 // 3. Scrapes against ingest: 100k datagrams/s while /metrics with 100k series is
 //    fetched over and over.
@@ -274,6 +275,18 @@ std::vector<std::string> sample_datagrams(int per_datagram) {
   return datagrams;
 }
 
+// The same samples as StatsD lines, `per_datagram` lines to a datagram.
+std::vector<std::string> statsd_datagrams(int per_datagram) {
+  std::vector<std::string> datagrams;
+  for (int worker = 0; worker < 100; ++worker) {
+    const std::string line = "sample_counter:1|c|#label_1:worker-" + std::to_string(worker);
+    std::string datagram = line;
+    for (int i = 1; i < per_datagram; ++i) datagram += "\n" + line;
+    datagrams.push_back(datagram);
+  }
+  return datagrams;
+}
+
 struct IngestRow {
   std::string what;
   std::uint64_t sent;
@@ -406,6 +419,16 @@ int main(int argc, char **argv) {
     const IngestRow bare = measure_bare("20 samples/dgram, full speed", batched, 0, 2);
     IngestRow hermes = measure_hermes(binary, "20 samples/dgram, full speed", batched, 20, 0, 2);
     print_ingest(bare, hermes, 20);
+  }
+  const std::vector<std::string> statsd_single = statsd_datagrams(1), statsd_batched = statsd_datagrams(20);
+  for (const double rate : {0.0, 100000.0}) {
+    const std::string name = rate == 0 ? "statsd 1 line, full speed" : "statsd 1 line, 100k dgram/s";
+    const IngestRow bare = measure_bare(name, statsd_single, rate, 2);
+    print_ingest(bare, measure_hermes(binary, name, statsd_single, 1, rate, 2), 1);
+  }
+  {
+    const IngestRow bare = measure_bare("statsd 20 lines, full speed", statsd_batched, 0, 2);
+    print_ingest(bare, measure_hermes(binary, "statsd 20 lines, full speed", statsd_batched, 20, 0, 2), 20);
   }
   measure_scrapes(binary);
   measure_scrapes_against_ingest(binary);
