@@ -103,6 +103,8 @@
 //     HERMES_DEFAULT_MAX_SERIES    10000   series per metric unless the config sets max_series
 //     HERMES_MAX_SERIES_LIMIT   10000000   the largest max_series a config may set
 //     HERMES_LISTEN_BACKLOG          128   pending TCP connections the kernel queues for accept
+//     HERMES_DEFAULT_MAX_MEMORY     64 MiB the memory budget unless HERMES_MAX_MEMORY or the config sets one
+//     HERMES_SHARED_BODY_MS         1000   scrapes this close together share one /metrics body
 
 #ifndef HERMES_HPP
 #define HERMES_HPP
@@ -171,6 +173,12 @@
 #ifndef HERMES_MAX_SERIES_LIMIT
 #define HERMES_MAX_SERIES_LIMIT 10000000 // the largest max_series a config may ask for
 #endif
+#ifndef HERMES_DEFAULT_MAX_MEMORY
+#define HERMES_DEFAULT_MAX_MEMORY (64 * 1024 * 1024) // the memory budget unless HERMES_MAX_MEMORY or the config sets one
+#endif
+#ifndef HERMES_SHARED_BODY_MS
+#define HERMES_SHARED_BODY_MS 1000 // scrapes this close together share one /metrics body while it is sent
+#endif
 #ifndef HERMES_LISTEN_BACKLOG
 #define HERMES_LISTEN_BACKLOG 128 // pending TCP connections the kernel queues for accept
 #endif
@@ -200,6 +208,8 @@ static_assert(HERMES_DEFAULT_MAX_SERIES >= 1 && HERMES_DEFAULT_MAX_SERIES <= HER
               "HERMES_DEFAULT_MAX_SERIES must be between 1 and HERMES_MAX_SERIES_LIMIT");
 static_assert(HERMES_MAX_SERIES_LIMIT >= 1, "HERMES_MAX_SERIES_LIMIT must be at least 1");
 static_assert(HERMES_LISTEN_BACKLOG >= 1, "HERMES_LISTEN_BACKLOG must be at least 1");
+static_assert(HERMES_DEFAULT_MAX_MEMORY >= 8 * 1024 * 1024, "HERMES_DEFAULT_MAX_MEMORY must be at least 8 MiB");
+static_assert(HERMES_SHARED_BODY_MS >= 0, "HERMES_SHARED_BODY_MS must not be negative (0: every scrape renders)");
 
 // ===== INCLUDES ===========================================================================
 
@@ -289,7 +299,12 @@ struct Config {
   std::vector<MetricConfig> metrics;       // in the order of the file
   std::string listen_address;              // UDP address from the file; empty when not set
   std::optional<std::uint16_t> listen_port; // UDP port from the file
+  std::optional<std::size_t> max_memory_bytes; // the memory budget from the file
 };
+
+// What a series of `metric` may cost at most, in bytes of the memory budget, besides its
+// label values: a summary's windows at their fullest. --check-config shows it.
+inline std::size_t worst_case_series_bytes(const MetricConfig &metric);
 
 // Parses and validates a config; `origin` (the file name) starts every error message.
 inline Config parse_config(std::string_view json, const std::string &origin);
@@ -322,8 +337,12 @@ struct Options {
   std::string unix_socket_path; // a unix datagram socket that takes samples too; empty: none
   unsigned unix_socket_mode = 0660; // its file mode, so that only its group may push
   bool statsd = true; // datagrams that are not JSON hold StatsD lines; off: they are malformed_json
+  std::size_t max_memory = HERMES_DEFAULT_MAX_MEMORY; // the memory budget, in bytes
   LogSink log_sink;
 };
+
+// "67108864", "64MiB", "512 KiB", "1GiB": bytes, or with a binary suffix.
+inline std::optional<std::size_t> parse_bytes(std::string_view text);
 
 // Looks a variable up, as std::getenv does: nullptr when unset.
 using Environment = std::function<const char *(const char *name)>;
@@ -350,6 +369,7 @@ enum class Reject {
   series_limit,        // a new series for a metric that has max_series already
   too_large,           // a datagram longer than HERMES_MAX_DATAGRAM_SIZE
   unsupported_type,    // a StatsD set, event or service check
+  memory_limit,        // a new series that the memory budget has no room for
   count_
 };
 constexpr std::size_t reject_reason_count = static_cast<std::size_t>(Reject::count_);
@@ -370,6 +390,33 @@ struct IngestResult {
   std::size_t rejected_total() const;
 };
 
+// ===== PUBLIC API: MEMORY BUDGET ==========================================================
+
+// The bytes Hermes may hold for what input can grow: series and their summary windows,
+// /metrics bodies, HTTP connections and datagrams held during a render. Each is taken
+// before it is allocated and given back when it is freed; what would cross the limit is
+// refused. The binary and the C and C++ libraries are outside it.
+class MemoryBudget {
+public:
+  explicit MemoryBudget(std::size_t limit_bytes = SIZE_MAX) : limit_(limit_bytes) {}
+  // Takes `bytes`, or nothing and false when they would cross the limit.
+  bool take(std::size_t bytes) {
+    if (bytes > limit_ - std::min(used_, limit_)) return false;
+    used_ += bytes;
+    return true;
+  }
+  // Takes `bytes` whatever the limit: for what must exist, such as the one series of a
+  // metric without labels.
+  void take_anyway(std::size_t bytes) { used_ += bytes; }
+  void give_back(std::size_t bytes) { used_ -= std::min(bytes, used_); }
+  std::size_t limit() const { return limit_; }
+  std::size_t used() const { return used_; }
+
+private:
+  std::size_t limit_;
+  std::size_t used_ = 0;
+};
+
 // ===== PUBLIC API: REGISTRY ===============================================================
 
 // Declared here so that Registry can hold them; defined in the detail sections below.
@@ -385,7 +432,9 @@ class Renderer;
 // and sweeps; any number of readers may render a Registry that nobody changes meanwhile.
 class Registry {
 public:
-  explicit Registry(const Config &config);
+  // Series are taken from `budget` (shared with a server's other buffers); without one,
+  // only max_series bounds them.
+  explicit Registry(const Config &config, std::shared_ptr<MemoryBudget> budget = nullptr);
   Registry(Registry &&) noexcept;
   Registry &operator=(Registry &&) noexcept;
   ~Registry();
@@ -430,9 +479,11 @@ private:
   std::optional<Reject> apply(const detail::ReadSample &sample, double now_seconds);
   detail::Metric *find(std::string_view name);
   const detail::Metric *find(std::string_view name) const;
+  void release(detail::Metric &metric);
 
   std::string service_name_;
   std::vector<detail::Metric> metrics_; // sorted by name
+  std::shared_ptr<MemoryBudget> budget_;     // series are taken from it, and given back
   std::unique_ptr<detail::Reading> reading_; // buffers that datagrams are read into, reused
   std::unique_ptr<detail::StatsdReading> statsd_reading_; // the same for StatsD lines
   bool statsd_ = true;
@@ -477,6 +528,8 @@ struct ServerStats {
   std::uint64_t reloads_failed = 0;
   double last_reload_success_seconds = 0; // the start, until a reload succeeds
   std::map<int, std::uint64_t> http_requests; // by status code; every code Hermes sends, from 0
+  double memory_budget_bytes = 0;             // the limit of the memory budget
+  double memory_used_bytes = 0;               // what of it is taken
   ServerStats();
 };
 
@@ -585,8 +638,23 @@ public:
   using Objectives = std::vector<std::pair<double, double>>; // quantile, allowed rank error
 
   void insert(double value, const Objectives &objectives) {
+    if (buffer_.capacity() < buffer_limit) buffer_.reserve(buffer_limit); // at once, so its size is known
     buffer_.push_back(value);
     if (buffer_.size() >= buffer_limit) flush(objectives);
+  }
+
+  // The most entries a stream keeps: more than the targeted-quantile summary needs for
+  // its objectives in practice (a few dozen for three of them), so that the bound binds
+  // only on input ordered to defeat it, such as values that always decrease.
+  static std::size_t entry_limit(const Objectives &objectives) {
+    double limit = 32;
+    for (const auto &objective : objectives) limit += 1 / (2 * objective.second);
+    return static_cast<std::size_t>(std::ceil(limit));
+  }
+
+  // The most bytes a stream holds: its entries with room for a merged buffer, and the buffer.
+  static std::size_t worst_case_bytes(const Objectives &objectives) {
+    return sizeof(QuantileStream) + (entry_limit(objectives) + buffer_limit) * sizeof(Entry) + buffer_limit * sizeof(double);
   }
 
   // The value at quantile q (0 < q < 1); NaN without observations. Observations still
@@ -624,7 +692,7 @@ public:
         merged.push_back(entries_[next]);
       }
       // A new value in the middle may be off by what its place allows; at either end, not at all.
-      const bool inside = next < entries_.size() && !merged.empty();
+      const bool inside = next < entries_.size();
       const double delta = inside ? std::max(0.0, std::floor(allowed_error(rank, objectives)) - 1) : 0;
       merged.push_back({value, 1, delta});
       count_ += 1;
@@ -633,7 +701,10 @@ public:
     merged.insert(merged.end(), entries_.begin() + static_cast<std::ptrdiff_t>(next), entries_.end());
     entries_ = std::move(merged);
     buffer_.clear();
-    compress(objectives);
+    compress(objectives, 1);
+    // Past the limit, each pass allows twice the error, so that memory stays bounded
+    // whatever the order of the input; the objectives then hold only as far as it allows.
+    for (double slack = 2; entries_.size() > entry_limit(objectives) && slack < 1e300; slack *= 2) compress(objectives, slack);
   }
 
   void reset() {
@@ -663,8 +734,9 @@ private:
     return allowed;
   }
 
-  // Folds each entry into its right neighbour where the error allowed there permits.
-  void compress(const Objectives &objectives) {
+  // Folds each entry into its right neighbour where the error allowed there, times
+  // `slack`, permits.
+  void compress(const Objectives &objectives, double slack) {
     if (entries_.size() < 2) return;
     std::vector<Entry> kept;
     kept.reserve(entries_.size());
@@ -672,7 +744,7 @@ private:
     double rank = count_ - 1 - right.width;
     for (std::size_t i = entries_.size() - 1; i-- > 0;) {
       const Entry &left = entries_[i];
-      if (left.width + right.width + right.delta <= allowed_error(rank, objectives)) {
+      if (left.width + right.width + right.delta <= slack * allowed_error(rank, objectives)) {
         right.width += left.width;
       } else {
         kept.push_back(right);
@@ -718,6 +790,11 @@ public:
     std::size_t total = 0;
     for (const QuantileStream &stream : streams_) total += stream.memory_entries();
     return total;
+  }
+
+  static std::size_t worst_case_bytes(const QuantileStream::Objectives &objectives) {
+    return sizeof(QuantileWindow) + objectives.size() * sizeof(objectives[0]) +
+           streams * QuantileStream::worst_case_bytes(objectives);
   }
 
 private:
@@ -776,6 +853,16 @@ struct Metric {
   MetricConfig config;
   std::map<std::vector<std::string>, Series, LabelValuesLess> series;
 };
+
+// The bytes of the memory budget one series takes: its node in the map with its label
+// values, and the distribution of a histogram or summary at its fullest, so that it
+// never needs more after it was let in.
+template <typename LabelValues> std::size_t series_bytes(const MetricConfig &metric, const LabelValues &label_values) {
+  constexpr std::size_t small_string = 15; // characters a std::string holds without allocating
+  std::size_t bytes = worst_case_series_bytes(metric);
+  for (const auto &value : label_values) bytes += value.size() > small_string ? value.size() + 1 : 0;
+  return bytes;
+}
 
 } // namespace detail
 } // namespace hermes
@@ -1484,7 +1571,7 @@ public:
     if (!root.is<picojson::object>()) fail("", std::string("expected an object, got ") + json_type_name(root));
     const auto &top = root.get<picojson::object>();
     reject_unknown_keys(top, "", {"service_name", "gauges", "counters", "histograms", "summaries", "listen_address",
-                                  "listen_port", "max_series", "ttl_seconds"});
+                                  "listen_port", "max_series", "ttl_seconds", "max_memory_bytes"});
     Config config;
     config.service_name = read_service_name(top);
     read_series_limits(top, "", defaults_);
@@ -1494,6 +1581,7 @@ public:
     read_metrics(top, "summaries", MetricType::summary, config.metrics);
     if (const auto *address = member(top, "listen_address")) config.listen_address = string_at(*address, "listen_address");
     if (const auto *port = member(top, "listen_port")) config.listen_port = port_at(*port, "listen_port");
+    if (const auto *bytes = member(top, "max_memory_bytes")) config.max_memory_bytes = bytes_at(*bytes, "max_memory_bytes");
     check_name_collisions(config.metrics);
     return config;
   }
@@ -1521,6 +1609,18 @@ private:
   std::string string_at(const picojson::value &value, const std::string &place) const {
     if (!value.is<std::string>()) fail(place, std::string("expected a string, got ") + json_type_name(value));
     return value.get<std::string>();
+  }
+
+  // A whole number of bytes, or a string with a KiB, MiB or GiB suffix.
+  std::size_t bytes_at(const picojson::value &value, const std::string &place) const {
+    std::optional<std::size_t> bytes;
+    if (value.is<double>() && value.get<double>() >= 0 && value.get<double>() < 1e18 &&
+        value.get<double>() == std::floor(value.get<double>()))
+      bytes = static_cast<std::size_t>(value.get<double>());
+    else if (value.is<std::string>())
+      bytes = parse_bytes(value.get<std::string>());
+    if (!bytes) fail(place, quote_json(value) + " is not a number of bytes (such as 67108864 or \"64MiB\")");
+    return *bytes;
   }
 
   std::uint16_t port_at(const picojson::value &value, const std::string &place) const {
@@ -2184,21 +2284,24 @@ struct HttpResponse {
   int status = 200;
   std::string content_type = "text/plain; charset=utf-8";
   std::string body;
+  std::shared_ptr<const std::string> shared_body; // when set, the body, which other responses may share
   bool head_only = false; // HEAD: the headers of GET, no body
+  const std::string &text() const { return shared_body ? *shared_body : body; }
 };
 
-// The status line and headers, up to the blank line.
+// The status line and headers, up to the blank line. A 503 asks to come back in a second.
 inline std::string response_head(const HttpResponse &response) {
   std::string out = "HTTP/1.0 " + std::to_string(response.status) + " " + status_text(response.status) + "\r\n";
   out += "Content-Type: " + response.content_type + "\r\n";
-  out += "Content-Length: " + std::to_string(response.body.size()) + "\r\n";
+  out += "Content-Length: " + std::to_string(response.text().size()) + "\r\n";
   if (response.status == 405) out += "Allow: GET, HEAD\r\n";
+  if (response.status == 503) out += "Retry-After: 1\r\n";
   out += "Connection: close\r\n\r\n";
   return out;
 }
 
 inline std::string serialize_response(const HttpResponse &response) {
-  return response_head(response) + (response.head_only ? std::string() : response.body);
+  return response_head(response) + (response.head_only ? std::string() : response.text());
 }
 
 inline HttpResponse error_response(int status) {
@@ -2221,8 +2324,9 @@ inline std::string_view header(const HttpRequest &request, std::string_view name
   return {};
 }
 
-// Answers one parsed request; `render(format, body)` writes the /metrics body when it is
-// needed. OpenMetrics is served when the client prefers it and `openmetrics` allows it.
+// Answers one parsed request; `render(format)` gives the /metrics body when it is needed,
+// or null when there is no memory for one (503). OpenMetrics is served when the client
+// prefers it and `openmetrics` allows it.
 template <typename Render> HttpResponse route(const HttpRequest &request, bool openmetrics, Render &&render) {
   if (request.version[5] != '1') return error_response(505);
   if (request.method != "GET" && request.method != "HEAD") return error_response(405);
@@ -2231,7 +2335,12 @@ template <typename Render> HttpResponse route(const HttpRequest &request, bool o
   if (request.path == "/metrics") {
     const Format format = openmetrics ? negotiate_format(header(request, "accept")) : Format::text;
     response.content_type = content_type(format);
-    render(format, response.body);
+    response.shared_body = render(format);
+    if (!response.shared_body) {
+      const bool head_only = response.head_only;
+      response = error_response(503);
+      response.head_only = head_only;
+    }
   } else if (request.path == "/-/healthy") {
     response.body = "Hermes is Healthy.\n";
   } else if (request.path == "/-/ready") {
@@ -2259,6 +2368,7 @@ struct Connection {
   std::string input;
   std::string head; // the response's, sent before its body: the body is not copied
   std::string body;
+  std::shared_ptr<const std::string> shared_body; // a /metrics body, in place of `body`
   std::size_t sent = 0; // of head and body together
   std::chrono::steady_clock::time_point deadline;
 };
@@ -2573,13 +2683,47 @@ namespace detail {
 // Writes the /metrics body in a format over the string given, whose memory it reuses.
 using RenderBody = std::function<void(Format, std::string &body)>;
 
+// A /metrics body whose bytes are taken from the memory budget while it lives.
+class BudgetedBody {
+public:
+  explicit BudgetedBody(MemoryBudget &budget) : budget_(budget) {}
+  BudgetedBody(const BudgetedBody &) = delete;
+  BudgetedBody &operator=(const BudgetedBody &) = delete;
+  ~BudgetedBody() { budget_.give_back(taken_); }
+
+  std::string text;
+
+  // Takes room for a body of `bytes` before it is written; false when there is none.
+  bool reserve(std::size_t bytes) { return bytes <= taken_ || take(bytes - taken_); }
+  // Matches what is taken to the memory the text holds; false, with the text freed, when
+  // the budget has no room for it.
+  bool settle() {
+    const std::size_t holds = text.capacity() + 1;
+    if (holds > taken_ && !take(holds - taken_)) {
+      text = std::string();
+      return false;
+    }
+    if (holds < taken_) budget_.give_back(taken_ - holds), taken_ = holds;
+    return true;
+  }
+
+private:
+  bool take(std::size_t bytes) { return budget_.take(bytes) ? (taken_ += bytes, true) : false; }
+  MemoryBudget &budget_;
+  std::size_t taken_ = 0;
+};
+
 // The HTTP listener and its connections: accepts, reads request heads, answers, and
 // lingers, each connection within its deadlines.
 class HttpFrontEnd {
 public:
-  HttpFrontEnd(const Options &options, const Logger &logger, RenderBody render)
-      : listener_(open_tcp_listener(options.http_address, options.http_port)), logger_(logger),
+  HttpFrontEnd(const Options &options, const Logger &logger, MemoryBudget &budget, RenderBody render)
+      : listener_(open_tcp_listener(options.http_address, options.http_port)), logger_(logger), budget_(budget),
         openmetrics_(options.openmetrics), render_(std::move(render)) {}
+
+  // The budget every connection may take at most: its request head and response head.
+  static constexpr std::size_t connection_bytes = HERMES_MAX_REQUEST_HEAD + 1 + sizeof(Connection) + 512;
+  static constexpr std::size_t most_connections = HERMES_MAX_CONNECTIONS + HERMES_MAX_REFUSED_CONNECTIONS;
 
   int listener() const { return listener_.get(); }
 
@@ -2616,19 +2760,30 @@ private:
   bool close_oldest_reader();
   void serve(Connection &connection, Clock::time_point now);
   void read_request(Connection &connection, Clock::time_point now);
-  HttpResponse answer(const Connection &connection, std::string_view head);
+  HttpResponse answer(const Connection &connection, std::string_view head, Clock::time_point now);
+  std::shared_ptr<const std::string> metrics_body(Format format, Clock::time_point now);
   void respond(Connection &connection, HttpResponse response, Clock::time_point now);
   void write_response(Connection &connection, Clock::time_point now);
   void drain(Connection &connection);
   void remove_finished(Clock::time_point now);
 
+  // The latest body of a format: shared by the scrapes that come within
+  // HERMES_SHARED_BODY_MS of it while it is being sent, and its memory reused by the
+  // next when nobody sends it.
+  struct Latest {
+    std::shared_ptr<BudgetedBody> body;
+    Clock::time_point rendered{};
+    std::size_t size = 0; // of the last body of this format, to take room before the next
+  };
+
   FileDescriptor listener_;
   const Logger &logger_;
+  MemoryBudget &budget_;
   bool openmetrics_;
   RenderBody render_;
+  std::array<Latest, static_cast<std::size_t>(Format::count_)> latest_;
   std::vector<std::unique_ptr<Connection>> connections_;
   std::map<int, std::uint64_t> requests_ = ServerStats().http_requests; // by status, every one from 0
-  std::string spare_body_; // the memory of the largest /metrics body sent, for the next
   std::uint64_t accepted_ = 0;
   std::size_t refusing_ = 0; // connections being told 503
   Clock::time_point accept_paused_until_{};
@@ -2722,25 +2877,44 @@ inline void HttpFrontEnd::read_request(Connection &connection, Clock::time_point
     if (head_end == std::string::npos && connection.input.size() <= HERMES_MAX_REQUEST_HEAD) continue;
     if (head_end == std::string::npos || searched + head_end > HERMES_MAX_REQUEST_HEAD)
       return respond(connection, error_response(431), now);
-    return respond(connection, answer(connection, std::string_view(connection.input).substr(0, searched + head_end)), now);
+    return respond(connection, answer(connection, std::string_view(connection.input).substr(0, searched + head_end), now), now);
   }
 }
 
-inline HttpResponse HttpFrontEnd::answer(const Connection &connection, std::string_view head) {
+inline HttpResponse HttpFrontEnd::answer(const Connection &connection, std::string_view head, Clock::time_point now) {
   const auto request = parse_request_head(head);
   if (!request) return error_response(400);
   if (connection.refused) return error_response(503);
-  return route(*request, openmetrics_, [this](Format format, std::string &body) {
-    body = std::move(spare_body_);
-    render_(format, body);
-  });
+  return route(*request, openmetrics_, [this, now](Format format) { return metrics_body(format, now); });
+}
+
+// The body of a scrape: the latest of its format while connections still send it and it
+// is recent enough (scrapers that do not read, or read slowly, all share it), else a new
+// one, written over the latest's memory when nobody sends that any more. Null when the
+// budget has no room for it.
+inline std::shared_ptr<const std::string> HttpFrontEnd::metrics_body(Format format, Clock::time_point now) {
+  Latest &latest = latest_[static_cast<std::size_t>(format)];
+  const auto shared = [](const std::shared_ptr<BudgetedBody> &body) { return std::shared_ptr<const std::string>(body, &body->text); };
+  const bool in_flight = latest.body.use_count() > 1; // a connection is still sending it
+  if (in_flight && now - latest.rendered < std::chrono::milliseconds(HERMES_SHARED_BODY_MS)) return shared(latest.body);
+  std::shared_ptr<BudgetedBody> body = latest.body.use_count() == 1 ? latest.body : std::make_shared<BudgetedBody>(budget_);
+  latest.body.reset(); // connections still sending it keep it
+  if (!body->reserve(latest.size)) return nullptr;
+  render_(format, body->text);
+  latest.size = body->text.size();
+  if (!body->settle()) return nullptr;
+  latest.body = body;
+  latest.rendered = now;
+  return shared(body);
 }
 
 inline void HttpFrontEnd::respond(Connection &connection, HttpResponse response, Clock::time_point now) {
   ++requests_[response.status];
   connection.head = response_head(response);
-  if (!response.head_only) connection.body = std::move(response.body);
-  else if (response.body.capacity() > spare_body_.capacity()) spare_body_ = std::move(response.body);
+  if (!response.head_only) {
+    connection.body = std::move(response.body);
+    connection.shared_body = std::move(response.shared_body);
+  }
   connection.input.clear();
   connection.input.shrink_to_fit();
   connection.phase = Connection::Phase::writing;
@@ -2749,7 +2923,8 @@ inline void HttpFrontEnd::respond(Connection &connection, HttpResponse response,
 }
 
 inline void HttpFrontEnd::write_response(Connection &connection, Clock::time_point now) {
-  const std::string &head = connection.head, &body = connection.body;
+  const std::string &head = connection.head;
+  const std::string &body = connection.shared_body ? *connection.shared_body : connection.body;
   while (connection.sent < head.size() + body.size()) {
     std::array<iovec, 2> parts{};
     std::size_t count = 0;
@@ -2768,8 +2943,8 @@ inline void HttpFrontEnd::write_response(Connection &connection, Clock::time_poi
     connection.sent += static_cast<std::size_t>(length);
   }
   connection.head = std::string();
-  if (connection.body.capacity() > spare_body_.capacity()) spare_body_ = std::move(connection.body);
-  connection.body = std::string(); // frees any other large body at once
+  connection.body = std::string();
+  connection.shared_body.reset(); // the last connection sending a body that is not the latest frees it
   ::shutdown(connection.fd.get(), SHUT_WR); // the end of the body, for an HTTP/1.0 client
   connection.phase = Connection::Phase::lingering;
   connection.deadline = now + std::chrono::milliseconds(HERMES_HTTP_LINGER_MS);
@@ -2824,6 +2999,18 @@ inline Config load_config(const std::string &path) {
   return parse_config(text, path);
 }
 
+inline std::size_t worst_case_series_bytes(const MetricConfig &metric) {
+  constexpr std::size_t allocation = 16;  // what malloc adds to each block
+  constexpr std::size_t tree_links = 32;  // a map node's parent, children and colour
+  std::size_t bytes = tree_links + sizeof(std::vector<std::string>) + sizeof(detail::Series) + allocation;
+  bytes += metric.labels.size() * sizeof(std::string) + (metric.labels.empty() ? 0 : allocation);
+  if (metric.type == MetricType::histogram)
+    bytes += sizeof(detail::Distribution) + (metric.buckets.size() + 1) * sizeof(std::uint64_t) + 2 * allocation;
+  if (metric.type == MetricType::summary) bytes += sizeof(detail::Distribution) + allocation;
+  if (!metric.objectives.empty()) bytes += detail::QuantileWindow::worst_case_bytes(metric.objectives) + 16 * allocation;
+  return bytes;
+}
+
 inline std::vector<std::string> lint_config(const Config &config) {
   std::vector<std::string> advice;
   for (const MetricConfig &metric : config.metrics)
@@ -2861,6 +3048,19 @@ template <typename Number> std::optional<Number> parse_number(std::string_view t
 
 inline std::optional<std::uint16_t> parse_port(std::string_view text) {
   return detail::parse_number<std::uint16_t>(text, 10, 0, 65535);
+}
+
+inline std::optional<std::size_t> parse_bytes(std::string_view text) {
+  static constexpr std::pair<const char *, std::size_t> suffixes[] = {{"KiB", 1024}, {"MiB", 1024 * 1024}, {"GiB", 1024 * 1024 * 1024}};
+  std::size_t unit = 1;
+  for (const auto &[suffix, size] : suffixes)
+    if (detail::ends_with(text, suffix)) {
+      text = detail::trim(text.substr(0, text.size() - std::strlen(suffix)));
+      unit = size;
+    }
+  const auto number = detail::parse_number<std::size_t>(text, 10, 0, SIZE_MAX / unit);
+  if (!number) return std::nullopt;
+  return *number * unit;
 }
 
 inline std::optional<bool> parse_switch(std::string_view text) {
@@ -2918,6 +3118,8 @@ inline Options options_from_environment(const Config &config, const Environment 
       options.unix_socket_mode, env, {"HERMES_UNIX_SOCKET_MODE"},
       [](std::string_view text) { return detail::parse_number<unsigned>(text, 8, 0, 0777); }, "an octal file mode (such as 660)");
   override_from(options.statsd, env, {"HERMES_STATSD"}, parse_switch, "on or off");
+  if (config.max_memory_bytes) options.max_memory = *config.max_memory_bytes;
+  override_from(options.max_memory, env, {"HERMES_MAX_MEMORY"}, parse_bytes, "a number of bytes (such as 67108864 or 64MiB)");
   return options;
 }
 
@@ -2927,7 +3129,7 @@ inline const char *to_string(Reject reason) {
   static constexpr const char *names[] = {"malformed_json",      "malformed_sample", "unknown_metric",
                                           "label_mismatch",      "invalid_label_value", "invalid_value",
                                           "invalid_operation",   "series_limit",     "too_large",
-                                          "unsupported_type"};
+                                          "unsupported_type",    "memory_limit"};
   return detail::name_of(reason, names);
 }
 
@@ -3075,10 +3277,11 @@ inline void apply_update(const MetricConfig &metric, Series &series, const Updat
 // Applies `update` to the series of `metric` with `label_values`, making the series when
 // it is new. JSON samples and StatsD lines both end here.
 inline std::optional<Reject> apply_to_series(Metric &metric, const std::vector<std::string_view> &label_values,
-                                             const Update &update, double now) {
+                                             const Update &update, double now, MemoryBudget &budget) {
   auto series = metric.series.find(label_values);
   if (series == metric.series.end()) {
     if (metric.series.size() >= metric.config.max_series) return Reject::series_limit;
+    if (!budget.take(series_bytes(metric.config, label_values))) return Reject::memory_limit;
     series = metric.series
                  .emplace(std::vector<std::string>(label_values.begin(), label_values.end()), new_series(metric.config, now))
                  .first;
@@ -3091,13 +3294,16 @@ inline std::optional<Reject> apply_to_series(Metric &metric, const std::vector<s
 
 // ===== REGISTRY ===========================================================================
 
-inline Registry::Registry(const Config &config)
-    : service_name_(config.service_name), reading_(std::make_unique<detail::Reading>()),
-      statsd_reading_(std::make_unique<detail::StatsdReading>()) {
+inline Registry::Registry(const Config &config, std::shared_ptr<MemoryBudget> budget)
+    : service_name_(config.service_name), budget_(budget ? std::move(budget) : std::make_shared<MemoryBudget>()),
+      reading_(std::make_unique<detail::Reading>()), statsd_reading_(std::make_unique<detail::StatsdReading>()) {
   for (const MetricConfig &metric_config : config.metrics) {
     detail::Metric metric{metric_config, {}};
     // A metric without labels has exactly one series; it shows 0 before the first push.
-    if (metric_config.labels.empty()) metric.series.emplace(std::vector<std::string>{}, detail::new_series(metric_config, 0));
+    if (metric_config.labels.empty()) {
+      metric.series.emplace(std::vector<std::string>{}, detail::new_series(metric_config, 0));
+      budget_->take_anyway(detail::series_bytes(metric_config, std::vector<std::string>{}));
+    }
     metrics_.push_back(std::move(metric));
   }
   std::sort(metrics_.begin(), metrics_.end(),
@@ -3105,8 +3311,29 @@ inline Registry::Registry(const Config &config)
 }
 
 inline Registry::Registry(Registry &&) noexcept = default;
-inline Registry &Registry::operator=(Registry &&) noexcept = default;
-inline Registry::~Registry() = default;
+inline Registry &Registry::operator=(Registry &&other) noexcept {
+  if (this != &other) {
+    for (detail::Metric &metric : metrics_) release(metric);
+    service_name_ = std::move(other.service_name_);
+    metrics_ = std::move(other.metrics_);
+    budget_ = std::move(other.budget_);
+    reading_ = std::move(other.reading_);
+    statsd_reading_ = std::move(other.statsd_reading_);
+    statsd_ = other.statsd_;
+    accepted_ = other.accepted_, expired_ = other.expired_, rejected_ = other.rejected_, received_ = other.received_;
+  }
+  return *this;
+}
+inline Registry::~Registry() {
+  for (detail::Metric &metric : metrics_) release(metric);
+}
+
+// Gives the memory of every series of `metric` back to the budget.
+inline void Registry::release(detail::Metric &metric) {
+  if (!budget_) return; // moved from
+  for (const auto &entry : metric.series) budget_->give_back(detail::series_bytes(metric.config, entry.first));
+  metric.series.clear();
+}
 
 inline const detail::Metric *Registry::find(std::string_view name) const {
   const auto found = std::lower_bound(metrics_.begin(), metrics_.end(), name,
@@ -3185,7 +3412,7 @@ inline void Registry::apply_statsd(detail::StatsdReading &reading, double now_se
     const std::size_t end = std::min(line.values.find(':', start), line.values.size());
     detail::Update update;
     auto reason = detail::statsd_update(line, line.values.substr(start, end - start), update);
-    if (!reason) reason = detail::apply_to_series(*metric, reading.label_values, update, now_seconds);
+    if (!reason) reason = detail::apply_to_series(*metric, reading.label_values, update, now_seconds, *budget_);
     tally(result, reason);
     start = end + 1;
   }
@@ -3202,17 +3429,20 @@ inline bool same_shape(const MetricConfig &a, const MetricConfig &b) {
 
 inline Registry::ReloadSummary Registry::reload(const Config &config) {
   ReloadSummary summary;
-  Registry next(config);
+  Registry next(config, budget_);
   for (detail::Metric &metric : next.metrics_) {
     detail::Metric *before = find(metric.config.name);
     if (before && detail::same_shape(before->config, metric.config)) {
+      next.release(metric); // the fresh label-less series, replaced by the kept one
       metric.series = std::move(before->series);
+      before->series.clear();
       ++summary.kept;
     } else {
       ++summary.fresh;
     }
   }
   summary.removed = metrics_.size() - summary.kept;
+  for (detail::Metric &metric : metrics_) release(metric); // what was not kept
   service_name_ = next.service_name_;
   metrics_ = std::move(next.metrics_);
   return summary;
@@ -3227,6 +3457,7 @@ inline std::size_t Registry::expire(double now_seconds) {
     const double stale_before = now_seconds - metric.config.ttl_seconds;
     for (auto series = metric.series.begin(); series != metric.series.end();) {
       if (series->second.last_push <= stale_before) {
+        budget_->give_back(detail::series_bytes(metric.config, series->first));
         series = metric.series.erase(series);
         ++dropped;
       } else {
@@ -3249,7 +3480,7 @@ inline std::optional<Reject> Registry::apply(const detail::ReadSample &sample, d
   if (const auto reason = detail::read_label_values(metric->config, sample, label_values)) return reason;
   detail::Update update;
   if (const auto reason = detail::read_update(metric->config.type, sample, update)) return reason;
-  return detail::apply_to_series(*metric, label_values, update, now_seconds);
+  return detail::apply_to_series(*metric, label_values, update, now_seconds, *budget_);
 }
 
 inline std::optional<double> Registry::value(std::string_view metric, const std::vector<std::string> &label_values) const {
@@ -3516,6 +3747,10 @@ inline const SelfMetric self_metrics[] = {
     {"hermes_config_reloads_total", "Config reloads, by result.", self_counter, Scope::server, nullptr, write_reloads},
     {"hermes_http_requests_total", "HTTP requests answered, by status code.", self_counter, Scope::server, nullptr,
      write_http_requests},
+    {"hermes_memory_budget_bytes", "The memory budget: bytes Hermes may hold for what input can grow.", self_gauge,
+     Scope::server, [](const SelfView &v) -> Figure { return v.server->memory_budget_bytes; }, nullptr},
+    {"hermes_memory_used_bytes", "Bytes of the memory budget in use.", self_gauge, Scope::server,
+     [](const SelfView &v) -> Figure { return v.server->memory_used_bytes; }, nullptr},
     {"hermes_samples_accepted_total", "Samples applied to the registry.", self_counter, Scope::registry,
      [](const SelfView &v) { return count(v.registry.accepted()); }, nullptr},
     {"hermes_samples_received_total", "Samples received, applied or not, by wire format.", self_counter, Scope::registry,
@@ -3640,13 +3875,33 @@ inline ServerStats::ServerStats() {
 
 // The server's parts, each owning its sockets and state: datagram input, the HTTP front
 // end, the reject log; and what ties them together: the registry, reloads, the sweep.
+namespace detail {
+
+// Buffers of a fixed size, taken from the budget at start: the receive batch, the
+// datagrams a render may hold, every connection's request head, and room for the short
+// lived copies a summary makes as it merges.
+constexpr std::size_t fixed_buffer_bytes = std::size_t{HERMES_RECEIVE_BATCH} * HERMES_MAX_DATAGRAM_SIZE +
+                                           HERMES_RENDER_HOLD_BYTES +
+                                           HttpFrontEnd::most_connections * HttpFrontEnd::connection_bytes + 256 * 1024;
+
+inline std::shared_ptr<MemoryBudget> budget_with_fixed_buffers(std::size_t limit) {
+  auto budget = std::make_shared<MemoryBudget>(limit);
+  if (!budget->take(fixed_buffer_bytes))
+    throw UsageError("HERMES_MAX_MEMORY: " + std::to_string(limit) + " bytes is less than the " +
+                     std::to_string(fixed_buffer_bytes) + " bytes of Hermes' fixed buffers");
+  return budget;
+}
+
+} // namespace detail
+
 struct Server::Impl {
   using Clock = detail::Clock;
   using Source = detail::DatagramInput::Source;
 
   Impl(const Config &config, Options &options)
-      : registry(config), logger(options.log_level, std::move(options.log_sink)), config_path(options.config_path),
-        input(options), http(options, logger, [this](Format format, std::string &body) { render(format, body); }),
+      : budget(detail::budget_with_fixed_buffers(options.max_memory)), registry(config, budget),
+        logger(options.log_level, std::move(options.log_sink)), config_path(options.config_path), input(options),
+        http(options, logger, *budget, [this](Format format, std::string &body) { render(format, body); }),
         rejects(logger), start_time_seconds(detail::process_start_time_seconds()) {
     registry.accept_statsd(options.statsd);
   }
@@ -3657,6 +3912,7 @@ struct Server::Impl {
   void render(Format format, std::string &body);
   ServerStats stats() const;
 
+  std::shared_ptr<MemoryBudget> budget; // before all that takes from it, so that it goes last
   Registry registry;
   detail::Logger logger;
   std::string config_path;
@@ -3731,6 +3987,8 @@ inline ServerStats Server::Impl::stats() const {
   stats.reloads_succeeded = reloads_succeeded;
   stats.reloads_failed = reloads_failed;
   stats.last_reload_success_seconds = last_reload_success_seconds;
+  stats.memory_budget_bytes = static_cast<double>(budget->limit());
+  stats.memory_used_bytes = static_cast<double>(budget->used());
   return stats;
 }
 

@@ -30,7 +30,7 @@ constexpr const char *usage_text =
     "\n"
     "Environment: HERMES_UDP_ADDRESS (LISTEN_ADDRESS), HERMES_UDP_PORT (LISTEN_PORT),\n"
     "HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (LOG_LEVEL), HERMES_OPENMETRICS,\n"
-    "HERMES_STATSD.\n"
+    "HERMES_STATSD, HERMES_MAX_MEMORY (bytes, or with KiB, MiB, GiB).\n"
     "Signals: SIGTERM and SIGINT stop; SIGHUP reloads the config file.\n";
 
 struct CommandLine {
@@ -82,9 +82,18 @@ void install_signal_handlers() {
   std::signal(SIGPIPE, SIG_IGN); // a client that hangs up is an error code, not a death
 }
 
-// Valid: says so, then gives promtool's naming advice, which does not make it invalid.
-int check_config(const std::string &path, const hermes::Config &config) {
+// Valid: says so, with the memory its series may take at worst beside the budget, then
+// gives promtool's naming advice, which does not make it invalid.
+int check_config(const std::string &path, const hermes::Config &config, const hermes::Options &options) {
   std::printf("%s: ok, %zu metrics\n", path.c_str(), config.metrics.size());
+  double worst = 0;
+  for (const hermes::MetricConfig &metric : config.metrics)
+    worst += static_cast<double>(hermes::worst_case_series_bytes(metric)) * static_cast<double>(metric.max_series);
+  const double needed = worst + static_cast<double>(hermes::detail::fixed_buffer_bytes);
+  std::printf("%s: memory: at most %.0f bytes with every metric at its max_series (and label values over 15 bytes), "
+              "%zu of fixed buffers; budget %zu bytes%s\n",
+              path.c_str(), worst, hermes::detail::fixed_buffer_bytes, options.max_memory,
+              needed > static_cast<double>(options.max_memory) ? ", so new series are refused as memory_limit once it is used" : "");
   for (const std::string &advice : hermes::lint_config(config)) std::printf("%s: warning: %s\n", path.c_str(), advice.c_str());
   return 0;
 }
@@ -103,8 +112,8 @@ int main(int argc, char **argv) {
     if (line.version) return std::printf("hermes %s\n", HERMES_VERSION_STR), 0;
     const std::string path = config_path(line);
     const hermes::Config config = hermes::load_config(path);
-    if (line.check_config) return check_config(path, config);
     hermes::Options options = hermes::options_from_environment(config, environment);
+    if (line.check_config) return check_config(path, config, options);
     options.config_path = path;
     install_signal_handlers();
     hermes::Server server(config, options);

@@ -94,6 +94,7 @@ hermes_samples_rejected_total{reason="invalid_operation"} 0
 hermes_samples_rejected_total{reason="series_limit"} 0
 hermes_samples_rejected_total{reason="too_large"} 0
 hermes_samples_rejected_total{reason="unsupported_type"} 0
+hermes_samples_rejected_total{reason="memory_limit"} 0
 # HELP hermes_series Live series of the configured metrics.
 # TYPE hermes_series gauge
 hermes_series 1

@@ -407,7 +407,7 @@ TEST_CASE("with every connection busy, a newcomer's request is read and answered
   }
   const std::string refused = http(server, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
   CHECK(refused == "HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 24\r\n"
-                   "Connection: close\r\n\r\n503 Service Unavailable\n");
+                   "Retry-After: 1\r\nConnection: close\r\n\r\n503 Service Unavailable\n");
   CHECK(server.stats().http_requests.at(503) == 1);
   for (const auto &client : lingering) CHECK(body_of(client->finish(server)) == "Hermes is Healthy.\n");
 }
