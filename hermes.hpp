@@ -400,11 +400,12 @@ class MemoryBudget {
 public:
   explicit MemoryBudget(std::size_t limit_bytes = SIZE_MAX) : limit_(limit_bytes) {}
   // Takes `bytes`, or nothing and false when they would cross the limit.
-  bool take(std::size_t bytes) {
-    if (bytes > limit_ - std::min(used_, limit_)) return false;
-    used_ += bytes;
-    return true;
-  }
+  bool take(std::size_t bytes) { return take_leaving(bytes, 0); }
+  // The same for a new series, which leaves the room kept for scrapes free.
+  bool take_for_series(std::size_t bytes) { return take_leaving(bytes, scrape_room_); }
+  // Keeps `bytes` free of series, so that /metrics can still be written when series
+  // would fill the budget: a server keeps room for two bodies as large as its last.
+  void keep_for_scrapes(std::size_t bytes) { scrape_room_ = bytes; }
   // Takes `bytes` whatever the limit: for what must exist, such as the one series of a
   // metric without labels.
   void take_anyway(std::size_t bytes) { used_ += bytes; }
@@ -413,8 +414,16 @@ public:
   std::size_t used() const { return used_; }
 
 private:
+  bool take_leaving(std::size_t bytes, std::size_t leave) {
+    const std::size_t free = limit_ - std::min(used_, limit_);
+    if (bytes > free || free - bytes < leave) return false;
+    used_ += bytes;
+    return true;
+  }
+
   std::size_t limit_;
   std::size_t used_ = 0;
+  std::size_t scrape_room_ = 0;
 };
 
 // ===== PUBLIC API: REGISTRY ===============================================================
@@ -2762,6 +2771,7 @@ private:
   void read_request(Connection &connection, Clock::time_point now);
   HttpResponse answer(const Connection &connection, std::string_view head, Clock::time_point now);
   std::shared_ptr<const std::string> metrics_body(Format format, Clock::time_point now);
+  std::shared_ptr<const std::string> refuse_body(std::size_t wanted);
   void respond(Connection &connection, HttpResponse response, Clock::time_point now);
   void write_response(Connection &connection, Clock::time_point now);
   void drain(Connection &connection);
@@ -2773,7 +2783,7 @@ private:
   struct Latest {
     std::shared_ptr<BudgetedBody> body;
     Clock::time_point rendered{};
-    std::size_t size = 0; // of the last body of this format, to take room before the next
+    std::size_t size = 0; // the memory of the last body of this format, to take room before the next
   };
 
   FileDescriptor listener_;
@@ -2788,6 +2798,7 @@ private:
   std::size_t refusing_ = 0; // connections being told 503
   Clock::time_point accept_paused_until_{};
   Clock::time_point next_fd_warning_{};
+  Clock::time_point next_memory_warning_{};
 };
 
 inline void HttpFrontEnd::accept_connections(Clock::time_point now) {
@@ -2888,6 +2899,18 @@ inline HttpResponse HttpFrontEnd::answer(const Connection &connection, std::stri
   return route(*request, openmetrics_, [this, now](Format format) { return metrics_body(format, now); });
 }
 
+// A scrape the budget has no room for: logged at most once per interval, answered 503.
+inline std::shared_ptr<const std::string> HttpFrontEnd::refuse_body(std::size_t wanted) {
+  const Clock::time_point now = Clock::now();
+  if (now >= next_memory_warning_) {
+    logger_.log(LogLevel::warn, "no room in the memory budget for a /metrics body; answered 503",
+                {{"wanted", std::to_string(wanted)}, {"used", std::to_string(budget_.used())},
+                 {"budget", std::to_string(budget_.limit())}});
+    next_memory_warning_ = now + std::chrono::seconds(HERMES_REJECT_LOG_INTERVAL_S);
+  }
+  return nullptr;
+}
+
 // The body of a scrape: the latest of its format while connections still send it and it
 // is recent enough (scrapers that do not read, or read slowly, all share it), else a new
 // one, written over the latest's memory when nobody sends that any more. Null when the
@@ -2899,10 +2922,15 @@ inline std::shared_ptr<const std::string> HttpFrontEnd::metrics_body(Format form
   if (in_flight && now - latest.rendered < std::chrono::milliseconds(HERMES_SHARED_BODY_MS)) return shared(latest.body);
   std::shared_ptr<BudgetedBody> body = latest.body.use_count() == 1 ? latest.body : std::make_shared<BudgetedBody>(budget_);
   latest.body.reset(); // connections still sending it keep it
-  if (!body->reserve(latest.size)) return nullptr;
+  if (!body->reserve(latest.size)) return refuse_body(latest.size);
+  body->text.reserve(latest.size - std::min<std::size_t>(latest.size, 1)); // what it took, so that it need not double
   render_(format, body->text);
-  latest.size = body->text.size();
-  if (!body->settle()) return nullptr;
+  latest.size = body->text.capacity() + 1;
+  std::size_t largest = 0;
+  for (const Latest &each : latest_) largest = std::max(largest, each.size);
+  // Series leave room for the next body beside one being sent, and for its growth.
+  budget_.keep_for_scrapes(2 * largest + largest / 4);
+  if (!body->settle()) return refuse_body(latest.size);
   latest.body = body;
   latest.rendered = now;
   return shared(body);
@@ -3281,7 +3309,7 @@ inline std::optional<Reject> apply_to_series(Metric &metric, const std::vector<s
   auto series = metric.series.find(label_values);
   if (series == metric.series.end()) {
     if (metric.series.size() >= metric.config.max_series) return Reject::series_limit;
-    if (!budget.take(series_bytes(metric.config, label_values))) return Reject::memory_limit;
+    if (!budget.take_for_series(series_bytes(metric.config, label_values))) return Reject::memory_limit;
     series = metric.series
                  .emplace(std::vector<std::string>(label_values.begin(), label_values.end()), new_series(metric.config, now))
                  .first;

@@ -384,5 +384,79 @@ def a_million_label_values_stop_at_max_series_in_bounded_memory(_):
         hermes.close()
 
 
+def resident_bytes(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@test
+def everything_at_once_stays_within_the_memory_budget(_):
+    """60 scrapers that never read at 100k series, a flood of new series, a summary flood
+    in the order that defeats the quantile summary, and 1 MiB request heads, all at once,
+    with a 64 MiB budget: resident memory stays within the budget and the baseline."""
+    budget = 64 << 20
+    config = dict(big_config(1_000_000), summaries=[
+        {"metric_name": "sizes", "labels": ["id"], "objectives": {"0.5": 0.05, "0.9": 0.01, "0.99": 0.001}}])
+    hermes = Hermes(config, env={"HERMES_MAX_MEMORY": str(budget)})
+    stalled, stop, peak = [], threading.Event(), [0]
+    try:
+        baseline = resident_bytes(hermes.process.pid)  # the binary and the C and C++ libraries
+        fill(hermes, 100000)
+        filled = hermes.metric("hermes_udp_packets_total")
+
+        def sample():
+            while not stop.is_set():
+                peak[0] = max(peak[0], resident_bytes(hermes.process.pid))
+                time.sleep(0.01)
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        for _ in range(60):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((hermes.http_host, hermes.http_port))
+            sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            stalled.append(sock)
+        heads = []
+        for _ in range(3):  # with the 60, one less than HERMES_MAX_CONNECTIONS: a normal scrape still gets in
+            sock = socket.create_connection((hermes.http_host, hermes.http_port))
+            sock.sendall(b"GET /metrics HTTP/1.0\r\nX-Fill: ")
+            heads.append(sock)
+        summaries = [json.dumps([{"metric_name": "sizes", "payload": {"labels": {"id": str(i % 2000)}, "observation": 1e9 - n * 50 - k}}
+                                 for k in range(50)], separators=(",", ":")) for n, i in enumerate(range(4000))]
+        series = [json.dumps([{"metric_name": "wide", "payload": {"labels": {"id": f"flood{start + k:060d}"}, "value": 1}}
+                              for k in range(50)], separators=(",", ":")) for start in range(0, 400_000, 50)]
+        for sock in heads:
+            try:
+                sock.sendall(b"a" * (1 << 20))
+            except OSError:
+                pass  # answered 431 and closed before the whole megabyte came
+        hermes.push_paced(summaries + series, window=16)
+        during = hermes.metrics()  # a normal scrape, while the 60 still hold theirs
+        stop.set()
+        sampler.join()
+        used, limit = during["hermes_memory_used_bytes"], during["hermes_memory_budget_bytes"]
+        check_equal(limit, budget, "hermes_memory_budget_bytes")
+        assert used <= limit, f"{used} bytes used of {limit}"
+        assert rejected(during, "memory_limit") > 0, "the series flood met the budget"
+        check_equal(during["hermes_udp_packets_total"], filled + len(summaries) + len(series), "every datagram read")
+        assert peak[0] <= budget + baseline, \
+            f"resident {peak[0] / 2**20:.1f} MiB, above the budget {budget / 2**20:.0f} MiB and the baseline {baseline / 2**20:.1f} MiB"
+        for sock in stalled + heads:
+            sock.close()
+        hermes.push('{"metric_name": "plain_counter"}')
+        after = hermes.metrics()
+        check_equal(after["plain_counter"], 1, "ingest after the attack")
+        print(f"     peak resident {peak[0] / 2**20:.1f} MiB (baseline {baseline / 2**20:.1f} MiB, budget 64 MiB); "
+              f"{rejected(during, 'memory_limit'):.0f} series refused as memory_limit; {used / 2**20:.1f} MiB of the budget used")
+    finally:
+        stop.set()
+        for sock in stalled:
+            sock.close()
+        hermes.close()
+
+
 if __name__ == "__main__":
     sys.exit(run_suite("hostile", TESTS))
