@@ -15,6 +15,23 @@ hermes::Config labelled_config() {
 
 std::string job(int id) { return R"({"metric_name": "jobs_total", "payload": {"labels": {"id": ")" + std::to_string(id) + R"("}}})"; }
 
+const char *wide_config = R"({"service_name": "s", "gauges": [{"metric_name": "wide", "labels": ["id"], "max_series": 100000}]})";
+
+// Pushes `series` series of "wide", with label values of `width` bytes and more, in
+// batches of 40, a hundred datagrams at a time so that none overflows the receive buffer.
+void fill_wide(hermes::Server &server, int series, std::size_t width) {
+  std::vector<std::string> batches;
+  for (int start = 0; start < series; start += 40) {
+    std::string batch = "[";
+    for (int id = start; id < start + 40; ++id)
+      batch += (id > start ? "," : "") + std::string(R"({"metric_name": "wide", "payload": {"labels": {"id": ")") +
+               std::string(width, 'x') + std::to_string(id) + R"("}, "value": 1}})";
+    batches.push_back(batch + "]");
+    if (batches.size() == 100) test::push(server, batches), batches.clear();
+  }
+  test::push(server, batches);
+}
+
 } // namespace
 
 TEST_CASE("parse_bytes reads bytes and binary suffixes, nothing else") {
@@ -84,17 +101,8 @@ TEST_CASE("a summary series takes its worst case at once, and its windows never 
 }
 
 TEST_CASE("a scrape that comes while another still reads the body shares it; one after it sees what came since") {
-  hermes::Server server(hermes::parse_config(R"({"service_name": "s", "gauges": [{"metric_name": "wide", "labels": ["id"], "max_series": 100000}]})", "c"),
-                        test::loopback_options());
-  std::vector<std::string> batches;
-  for (int start = 0; start < 60000; start += 50) {
-    std::string batch = "[";
-    for (int id = start; id < start + 50; ++id)
-      batch += (id > start ? "," : "") + std::string(R"({"metric_name": "wide", "payload": {"labels": {"id": ")") +
-               std::string(40, 'x') + std::to_string(id) + R"("}, "value": 1}})";
-    batches.push_back(batch + "]");
-    if (batches.size() == 100) test::push(server, batches), batches.clear(); // within the receive buffer
-  }
+  hermes::Server server(hermes::parse_config(wide_config, "c"), test::loopback_options());
+  fill_wide(server, 60000, 40);
   // A scraper that reads nothing, with a small window: its 4 MB body waits in Hermes.
   hermes::detail::FileDescriptor stalled(::socket(AF_INET, SOCK_STREAM, 0));
   const int small = 4096;
@@ -112,7 +120,7 @@ TEST_CASE("a scrape that comes while another still reads the body shares it; one
   test::push(server, {R"({"metric_name": "wide", "payload": {"labels": {"id": "new"}, "value": 1}})"});
   const std::string shared = test::body_of(test::http(server, "GET /metrics HTTP/1.0\r\n\r\n"));
   CHECK(shared.find("wide{id=\"new\"}") == std::string::npos); // the body being sent, not a second copy
-  const hermes::MetricConfig wide = hermes::parse_config(R"({"service_name": "s", "gauges": [{"metric_name": "wide", "labels": ["id"]}]})", "c").metrics[0];
+  const hermes::MetricConfig wide = hermes::parse_config(wide_config, "c").metrics[0];
   const double new_series = static_cast<double>(hermes::detail::series_bytes(wide, std::vector<std::string>{"new"}));
   CHECK(server.stats().memory_used_bytes - before == one_body + new_series);
   stalled.reset();
@@ -125,17 +133,8 @@ TEST_CASE("a scrape that comes while another still reads the body shares it; one
 TEST_CASE("with the budget full of series, a scrape is 503 with Retry-After, and the server goes on") {
   hermes::Options options = test::loopback_options();
   options.max_memory = hermes::detail::fixed_buffer_bytes + 200 * 1024;
-  hermes::Server server(hermes::parse_config(R"({"service_name": "s", "gauges": [{"metric_name": "wide", "labels": ["id"], "max_series": 100000}]})", "c"),
-                        options);
-  std::vector<std::string> batches;
-  for (int start = 0; start < 4000; start += 40) {
-    std::string batch = "[";
-    for (int id = start; id < start + 40; ++id)
-      batch += (id > start ? "," : "") + std::string(R"({"metric_name": "wide", "payload": {"labels": {"id": ")") +
-               std::string(60, 'y') + std::to_string(id) + R"("}, "value": 1}})";
-    batches.push_back(batch + "]");
-  }
-  test::push(server, batches);
+  hermes::Server server(hermes::parse_config(wide_config, "c"), options);
+  fill_wide(server, 4000, 60);
   CHECK(server.registry().rejected(hermes::Reject::memory_limit) > 0);
   CHECK(server.stats().memory_used_bytes <= server.stats().memory_budget_bytes);
   const std::string refused = test::http(server, "GET /metrics HTTP/1.0\r\n\r\n");
