@@ -27,7 +27,8 @@
 //      "histograms": [{ ...same keys..., "buckets": [0.1, 1, 10]}],         default: Prometheus'
 //      "summaries": [{ ...same keys..., "objectives": {"0.5": 0.05}, "max_age_seconds": 600}],
 //      "listen_address": "0.0.0.0", "listen_port": 7789,   optional UDP address and port
-//      "max_series": 10000, "ttl_seconds": 0}              optional defaults for every metric
+//      "max_series": 10000, "ttl_seconds": 0,              optional defaults for every metric
+//      "max_memory_bytes": "64MiB"}                        optional memory budget (HERMES_MAX_MEMORY wins)
 //
 // A metric may set its own max_series (a push that would make one more series is
 // rejected as series_limit) and ttl_seconds (a labelled series not pushed for that
@@ -52,7 +53,7 @@
 // A sample that is not applied is counted in hermes_samples_rejected_total under one
 // reason: malformed_json, malformed_sample, unknown_metric, label_mismatch,
 // invalid_label_value, invalid_value, invalid_operation, series_limit, too_large,
-// unsupported_type.
+// unsupported_type, memory_limit. malformed_json and too_large count whole datagrams.
 //
 // ---- StatsD ---------------------------------------------------------------------------
 //
@@ -77,10 +78,19 @@
 //                                when the Accept header prefers it and Options allow it
 //     GET|HEAD /-/healthy, /-/ready, /    200, short text
 //     other paths 404; other methods 405 (Allow: GET, HEAD); a malformed request 400;
-//     a request head over HERMES_MAX_REQUEST_HEAD 431; a major version other than 1, 505.
+//     a request head over HERMES_MAX_REQUEST_HEAD 431; a major version other than 1, 505;
+//     503 with Retry-After when every connection is busy or the budget has no room.
+// Empty lines before the request line are ignored. Rendering only reads the registry.
 //
 // Server::reload() (SIGHUP in the daemon) takes the config file again; an optional unix
 // datagram socket (Options::unix_socket_path) takes samples beside UDP.
+//
+// ---- Memory ---------------------------------------------------------------------------
+//
+// One budget (Options::max_memory, 64 MiB by default) bounds what input can grow: fixed
+// buffers are taken at start, a new series takes its worst case (worst_case_series_bytes)
+// or is refused as memory_limit, series leave room for two /metrics bodies, scrapes
+// that come while a body is being sent share it, and a body with no room is 503.
 //
 // ---- Limits (define before including to change) ------------------------------------------
 //
