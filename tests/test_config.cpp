@@ -398,3 +398,12 @@ TEST_CASE("native histograms: their settings are read, checked and named where t
         "config.json: counters[0].native: unknown key (expected one of: metric_name, metric_description, labels, max_series, "
         "ttl_seconds)");
 }
+
+TEST_CASE("HERMES_PROTOBUF turns the protobuf format off; it is on by default") {
+  const hermes::Config config = test::sample_config();
+  CHECK(hermes::options_from_environment(config, FakeEnvironment{}.lookup()).protobuf);
+  CHECK_FALSE(hermes::options_from_environment(config, FakeEnvironment{{{"HERMES_PROTOBUF", "off"}}}.lookup()).protobuf);
+  CHECK(hermes::options_from_environment(config, FakeEnvironment{{{"HERMES_PROTOBUF", "on"}}}.lookup()).protobuf);
+  CHECK_THROWS_WITH_AS(hermes::options_from_environment(config, FakeEnvironment{{{"HERMES_PROTOBUF", "maybe"}}}.lookup()),
+                       doctest::Contains("HERMES_PROTOBUF"), hermes::UsageError);
+}

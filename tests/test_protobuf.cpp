@@ -313,3 +313,188 @@ TEST_CASE("Accept negotiation picks protobuf by its q value, and only the delimi
   CHECK(std::string(hermes::content_type(Format::protobuf)) ==
         "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited");
 }
+
+// ---- a whole body, read back --------------------------------------------------------------
+
+namespace {
+
+// One field of a message as the wire has it: a varint, eight bytes, or length-delimited bytes.
+struct Field {
+  std::uint32_t number = 0;
+  std::uint64_t varint = 0;
+  std::string bytes;
+  double number_value() const {
+    double value = 0;
+    std::memcpy(&value, &varint, sizeof value);
+    return value;
+  }
+};
+
+std::uint64_t read_varint(std::string_view &in) {
+  std::uint64_t value = 0;
+  for (int shift = 0;; shift += 7) {
+    REQUIRE(!in.empty());
+    REQUIRE(shift < 64);
+    const auto byte = static_cast<unsigned char>(in.front());
+    in.remove_prefix(1);
+    value |= std::uint64_t{byte & 0x7fu} << shift;
+    if (byte < 0x80) return value;
+  }
+}
+
+std::vector<Field> read_message(std::string_view in) {
+  std::vector<Field> fields;
+  while (!in.empty()) {
+    const std::uint64_t tag = read_varint(in);
+    Field field;
+    field.number = static_cast<std::uint32_t>(tag >> 3);
+    if ((tag & 7) == 0) {
+      field.varint = read_varint(in);
+    } else if ((tag & 7) == 1) {
+      REQUIRE(in.size() >= 8);
+      for (int byte = 7; byte >= 0; --byte) field.varint = field.varint << 8 | static_cast<unsigned char>(in[static_cast<std::size_t>(byte)]);
+      in.remove_prefix(8);
+    } else {
+      REQUIRE((tag & 7) == 2);
+      const std::uint64_t size = read_varint(in);
+      REQUIRE(size <= in.size());
+      field.bytes = std::string(in.substr(0, size));
+      in.remove_prefix(size);
+    }
+    fields.push_back(field);
+  }
+  return fields;
+}
+
+std::string labels_text(const std::vector<std::pair<std::string, std::string>> &labels) {
+  if (labels.empty()) return "";
+  std::string out = "{";
+  for (const auto &label : labels) {
+    out += (out.size() > 1 ? "," : "") + label.first + "=\"";
+    hermes::detail::append_escaped(out, label.second, true);
+    out += '"';
+  }
+  return out + "}";
+}
+
+// One Metric as the lines the text format writes for it.
+std::string metric_text(const std::string &name, std::uint64_t type, const std::vector<Field> &metric) {
+  std::vector<std::pair<std::string, std::string>> labels;
+  std::string out;
+  for (const Field &field : metric)
+    if (field.number == 1) {
+      const auto pair = read_message(field.bytes);
+      labels.emplace_back(pair.at(0).bytes, pair.at(1).bytes);
+    }
+  const auto with = [&](const char *label, const std::string &value) {
+    auto more = labels;
+    more.emplace_back(label, value);
+    return labels_text(more);
+  };
+  const auto number = [](double value) { return hermes::detail::format_double(value); };
+  for (const Field &field : metric) {
+    if (field.number == 2 || field.number == 3) { // gauge, counter
+      out += name + labels_text(labels) + " " + number(read_message(field.bytes).at(0).number_value()) + "\n";
+    } else if (field.number == 7 || field.number == 4) { // histogram, summary
+      std::uint64_t count = 0;
+      double sum = 0;
+      for (const Field &part : read_message(field.bytes)) {
+        if (part.number == 1) count = part.varint;
+        if (part.number == 2) sum = part.number_value();
+        const auto inner = part.number == 3 ? read_message(part.bytes) : std::vector<Field>{};
+        if (part.number == 3 && field.number == 7)
+          out += name + "_bucket" + with("le", number(inner.at(1).number_value())) + " " + number(static_cast<double>(inner.at(0).varint)) + "\n";
+        if (part.number == 3 && field.number == 4)
+          out += name + with("quantile", number(inner.at(0).number_value())) + " " + number(inner.at(1).number_value()) + "\n";
+      }
+      if (field.number == 7) out += name + "_bucket" + with("le", "+Inf") + " " + number(static_cast<double>(count)) + "\n";
+      out += name + "_sum" + labels_text(labels) + " " + number(sum) + "\n";
+      out += name + "_count" + labels_text(labels) + " " + number(static_cast<double>(count)) + "\n";
+    }
+  }
+  CHECK(type == (metric.back().number == 3 ? 0u : metric.back().number == 2 ? 1u : metric.back().number == 7 ? 4u : 2u));
+  return out;
+}
+
+// The text format of a protobuf body, rebuilt from its messages.
+std::string as_text(std::string_view body) {
+  std::string out;
+  while (!body.empty()) {
+    const std::uint64_t size = read_varint(body);
+    REQUIRE(size <= body.size());
+    const std::vector<Field> family = read_message(body.substr(0, size));
+    body.remove_prefix(size);
+    REQUIRE(family.size() >= 3);
+    const std::string &name = family[0].bytes;
+    static const std::map<std::uint64_t, std::string> types = {{0, "counter"}, {1, "gauge"}, {2, "summary"}, {4, "histogram"}};
+    out += "# HELP " + name + " ";
+    hermes::detail::append_escaped(out, family[1].bytes, false);
+    out += "\n# TYPE " + name + " " + types.at(family[2].varint) + "\n";
+    for (std::size_t i = 3; i < family.size(); ++i) out += metric_text(name, family[2].varint, read_message(family[i].bytes));
+  }
+  return out;
+}
+
+} // namespace
+
+TEST_CASE("every family in protobuf carries the names, labels, help texts and values of the text format") {
+  hermes::Registry registry(hermes::parse_config(R"({"service_name": "svc \"q\"",
+    "gauges": [{"metric_name": "temperature", "metric_description": "back\\slash and\nnewline", "labels": ["room"]}],
+    "counters": [{"metric_name": "jobs_total", "labels": ["queue"]}, {"metric_name": "plain"}],
+    "histograms": [{"metric_name": "latency", "labels": ["a"], "buckets": [-1, 0.5, 1e5]},
+                   {"metric_name": "native_only", "native": true},
+                   {"metric_name": "both", "native": true, "buckets": [1]}],
+    "summaries": [{"metric_name": "rpc", "objectives": {"0.5": 0.05, "0.99": 0.001}},
+                  {"metric_name": "bare_summary"}]})",
+                                                 "test"));
+  registry.ingest(R"([{"metric_name": "temperature", "payload": {"labels": {"room": "k\"\\\n"}, "value": -0.0}},
+    {"metric_name": "temperature", "payload": {"labels": {"room": ""}, "value": 1e-300}},
+    {"metric_name": "jobs_total", "payload": {"labels": {"queue": "m\u00fc"}, "value": 2.5}},
+    {"metric_name": "plain", "payload": {"value": 3}},
+    {"metric_name": "latency", "payload": {"labels": {"a": "x"}, "observation": 0.7}},
+    {"metric_name": "native_only", "payload": {"observation": -3}},
+    {"metric_name": "both", "payload": {"observation": 0.5}},
+    {"metric_name": "rpc", "payload": {"observation": 4}}, {"metric_name": "nope"}])",
+                  1764000000.25);
+  hermes::ServerStats stats;
+  stats.udp_packets = 12;
+  stats.http_requests[200] = 3;
+  const hermes::detail::ProcessStats process{1.25, 4096000, 10240000, 1764000000.5, 7, 1024};
+  std::string text, protobuf;
+  hermes::detail::Renderer(text, registry, {registry, &stats, &process}, hermes::Format::text).write_some(SIZE_MAX);
+  hermes::detail::Renderer stepped(protobuf, registry, {registry, &stats, &process}, hermes::Format::protobuf);
+  while (!stepped.write_some(1)) {
+  }
+  CHECK(as_text(protobuf) == text);
+  CHECK(text.find("hermes_build_info{version=\"" HERMES_VERSION_STR "\",service=\"svc \\\"q\\\"\"} 1") != std::string::npos);
+  std::string whole;
+  hermes::detail::Renderer(whole, registry, {registry, &stats, &process}, hermes::Format::protobuf).write_some(SIZE_MAX);
+  CHECK(whole == protobuf); // in steps or at once, the same bytes
+}
+
+TEST_CASE("a render in protobuf steps out whole families only") {
+  hermes::Registry registry(hermes::parse_config(R"({"service_name": "svc",
+    "histograms": [{"metric_name": "latency_seconds", "labels": ["id"], "native": true, "max_series": 5000}]})",
+                                                 "test"));
+  const int series = 2 * HERMES_RENDER_PAUSE_STRIDE + 5;
+  for (int id = 0; id < series; ++id)
+    REQUIRE(registry.ingest(R"({"metric_name": "latency_seconds", "payload": {"labels": {"id": ")" + std::to_string(id) +
+                                R"("}, "observation": 0.5}})",
+                            1764000000)
+                .accepted == 1);
+  std::string out;
+  hermes::detail::Renderer renderer(out, registry, {registry, nullptr, nullptr}, hermes::Format::protobuf);
+  std::vector<std::size_t> sizes;
+  while (!renderer.write_some(HERMES_RENDER_PAUSE_STRIDE)) sizes.push_back(out.size());
+  std::string_view body = out;
+  std::size_t families = 0;
+  for (; !body.empty(); ++families) {
+    const std::uint64_t size = read_varint(body);
+    REQUIRE(size <= body.size());
+    body.remove_prefix(size);
+  }
+  CHECK(families == 6); // hermes_build_info, hermes_samples_* (2), hermes_series*, (2), latency_seconds
+  CHECK(sizes.size() == 2);
+  CHECK(out == hermes::render_metrics(registry, hermes::Format::protobuf));
+  CHECK(as_text(out) == hermes::render_metrics(registry, hermes::Format::text));
+}
