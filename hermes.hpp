@@ -25,6 +25,8 @@
 //                    "labels": ["label_1", "label_2"]}],   optional, [a-zA-Z_][a-zA-Z0-9_]*
 //      "counters": [ ...same keys... ],
 //      "histograms": [{ ...same keys..., "buckets": [0.1, 1, 10]}],         default: Prometheus'
+//                     optional: "native": true, "native_bucket_factor": 1.1, "native_max_buckets": 160,
+//                     "native_zero_threshold": 2^-128 (a native histogram; "buckets" then optional)
 //      "summaries": [{ ...same keys..., "objectives": {"0.5": 0.05}, "max_age_seconds": 600}],
 //      "listen_address": "0.0.0.0", "listen_port": 7789,   optional UDP address and port
 //      "max_series": 10000, "ttl_seconds": 0}              optional defaults for every metric
@@ -56,8 +58,9 @@
 // ---- HTTP -----------------------------------------------------------------------------
 //
 // HTTP/1.0, one request per connection:
-//     GET|HEAD /metrics          200, Prometheus text format 0.0.4, or OpenMetrics 1.0.0
-//                                when the Accept header prefers it and Options allow it
+//     GET|HEAD /metrics          200, Prometheus text format 0.0.4, or OpenMetrics 1.0.0 or
+//                                Prometheus' delimited protobuf format (the one with native
+//                                histograms) when the Accept header prefers it and Options allow it
 //     GET|HEAD /-/healthy, /-/ready, /    200, short text
 //     other paths 404; other methods 405 (Allow: GET, HEAD); a malformed request 400;
 //     a request head over HERMES_MAX_REQUEST_HEAD 431; a major version other than 1, 505.
@@ -1061,21 +1064,44 @@ namespace detail {
 
 // The Protocol Buffers wire format, as far as io.prometheus.client's metrics.proto needs
 // it: a field is a varint tag (number << 3 | wire type), then a varint, eight bytes
-// little-endian, or a varint length and that many bytes (strings and messages).
+// little-endian, or a varint length and that many bytes (strings and messages). Each
+// put_* writes at `at` into memory reserved beforehand and returns the end; each
+// append_* appends to a string. A scrape writes millions of them.
 enum class WireType : std::uint8_t { varint = 0, fixed64 = 1, length_delimited = 2 };
-
-inline void append_varint(std::string &out, std::uint64_t value) {
-  while (value >= 0x80) {
-    out += static_cast<char>((value & 0x7f) | 0x80);
-    value >>= 7;
-  }
-  out += static_cast<char>(value);
-}
 
 inline std::size_t varint_size(std::uint64_t value) {
   std::size_t size = 1;
   for (; value >= 0x80; value >>= 7) ++size;
   return size;
+}
+
+inline char *put_varint(char *at, std::uint64_t value) {
+  for (; value >= 0x80; value >>= 7) *at++ = static_cast<char>((value & 0x7f) | 0x80);
+  *at++ = static_cast<char>(value);
+  return at;
+}
+
+inline char *put_tag(char *at, std::uint32_t field, WireType type) {
+  return put_varint(at, std::uint64_t{field} << 3 | static_cast<std::uint8_t>(type));
+}
+
+inline char *put_double_field(char *at, std::uint32_t field, double value) {
+  std::uint64_t bits = 0;
+  std::memcpy(&bits, &value, sizeof bits);
+  at = put_tag(at, field, WireType::fixed64);
+  for (int byte = 0; byte < 8; ++byte, bits >>= 8) *at++ = static_cast<char>(bits & 0xff);
+  return at;
+}
+
+inline char *put_bytes_field(char *at, std::uint32_t field, std::string_view bytes) {
+  at = put_varint(put_tag(at, field, WireType::length_delimited), bytes.size());
+  std::memcpy(at, bytes.data(), bytes.size());
+  return at + bytes.size();
+}
+
+inline void append_varint(std::string &out, std::uint64_t value) {
+  char bytes[10];
+  out.append(bytes, static_cast<std::size_t>(put_varint(bytes, value) - bytes));
 }
 
 inline void append_tag(std::string &out, std::uint32_t field, WireType type) {
@@ -1084,20 +1110,22 @@ inline void append_tag(std::string &out, std::uint32_t field, WireType type) {
 
 // uint32, uint64 and enum fields; int64 too, whose negative values take ten bytes.
 inline void append_uint_field(std::string &out, std::uint32_t field, std::uint64_t value) {
-  append_tag(out, field, WireType::varint);
-  append_varint(out, value);
+  char bytes[20];
+  out.append(bytes, static_cast<std::size_t>(put_varint(put_tag(bytes, field, WireType::varint), value) - bytes));
 }
 
 // sint32 and sint64 fields: zigzag, so that small negative numbers stay short.
+inline std::uint64_t zigzag(std::int64_t value) {
+  return (static_cast<std::uint64_t>(value) << 1) ^ (value < 0 ? ~std::uint64_t{0} : 0);
+}
+
 inline void append_sint_field(std::string &out, std::uint32_t field, std::int64_t value) {
-  append_uint_field(out, field, (static_cast<std::uint64_t>(value) << 1) ^ (value < 0 ? ~std::uint64_t{0} : 0));
+  append_uint_field(out, field, zigzag(value));
 }
 
 inline void append_double_field(std::string &out, std::uint32_t field, double value) {
-  std::uint64_t bits = 0;
-  std::memcpy(&bits, &value, sizeof bits);
-  append_tag(out, field, WireType::fixed64);
-  for (int byte = 0; byte < 8; ++byte, bits >>= 8) out += static_cast<char>(bits & 0xff);
+  char bytes[18];
+  out.append(bytes, static_cast<std::size_t>(put_double_field(bytes, field, value) - bytes));
 }
 
 // string, bytes and embedded message fields.
@@ -1107,24 +1135,44 @@ inline void append_bytes_field(std::string &out, std::uint32_t field, std::strin
   out += bytes;
 }
 
-// A LabelPair {name = 1, value = 2} as field `field`, without an intermediate buffer.
-inline void append_label_pair(std::string &out, std::uint32_t field, std::string_view name, std::string_view value) {
-  append_tag(out, field, WireType::length_delimited);
-  append_varint(out, 2 + varint_size(name.size()) + name.size() + varint_size(value.size()) + value.size());
-  append_bytes_field(out, 1, name);
-  append_bytes_field(out, 2, value);
+// The size of a LabelPair {name = 1, value = 2}, and the pair as field `field`.
+inline std::size_t label_pair_size(std::string_view name, std::string_view value) {
+  return 2 + varint_size(name.size()) + name.size() + varint_size(value.size()) + value.size();
 }
 
-// A google.protobuf.Timestamp {seconds = 1, nanos = 2} of seconds since the epoch.
+inline char *put_label_pair(char *at, std::uint32_t field, std::string_view name, std::string_view value) {
+  at = put_varint(put_tag(at, field, WireType::length_delimited), label_pair_size(name, value));
+  return put_bytes_field(put_bytes_field(at, 1, name), 2, value);
+}
+
+inline void append_label_pair(std::string &out, std::uint32_t field, std::string_view name, std::string_view value) {
+  const std::size_t size = label_pair_size(name, value);
+  const std::size_t start = out.size();
+  out.resize(start + varint_size(std::uint64_t{field} << 3) + varint_size(size) + size);
+  put_label_pair(&out[start], field, name, value);
+}
+
+// A google.protobuf.Timestamp {seconds = 1, nanos = 2} of seconds since the epoch, as
+// field `field`: its size, and the field itself.
+struct Timestamp {
+  std::uint64_t seconds, nanos;
+  explicit Timestamp(double since_epoch) {
+    const double whole = std::floor(since_epoch);
+    seconds = static_cast<std::uint64_t>(static_cast<std::int64_t>(whole));
+    nanos = static_cast<std::uint64_t>(std::clamp<std::int64_t>(std::llround((since_epoch - whole) * 1e9), 0, 999999999));
+  }
+  std::size_t size() const { return 1 + varint_size(seconds) + (nanos > 0 ? 1 + varint_size(nanos) : 0); }
+};
+
+inline char *put_timestamp_field(char *at, std::uint32_t field, const Timestamp &timestamp) {
+  at = put_varint(put_tag(at, field, WireType::length_delimited), timestamp.size());
+  at = put_varint(put_tag(at, 1, WireType::varint), timestamp.seconds);
+  return timestamp.nanos > 0 ? put_varint(put_tag(at, 2, WireType::varint), timestamp.nanos) : at;
+}
+
 inline void append_timestamp_field(std::string &out, std::uint32_t field, double seconds) {
-  const double whole = std::floor(seconds);
-  const auto nanos = std::min<std::int64_t>(std::llround((seconds - whole) * 1e9), 999999999);
-  const auto whole_seconds = static_cast<std::uint64_t>(static_cast<std::int64_t>(whole));
-  const auto nanos_field = static_cast<std::uint64_t>(nanos);
-  append_tag(out, field, WireType::length_delimited);
-  append_varint(out, 1 + varint_size(whole_seconds) + (nanos > 0 ? 1 + varint_size(nanos_field) : 0));
-  append_uint_field(out, 1, whole_seconds);
-  if (nanos > 0) append_uint_field(out, 2, nanos_field);
+  char bytes[32];
+  out.append(bytes, static_cast<std::size_t>(put_timestamp_field(bytes, field, Timestamp(seconds)) - bytes));
 }
 
 } // namespace detail
@@ -3421,7 +3469,7 @@ inline void append_native_side(std::string &out, std::string &deltas, const Nati
   };
   const auto append_delta = [&](std::uint64_t count, std::uint64_t &previous) {
     const std::int64_t delta = static_cast<std::int64_t>(count) - static_cast<std::int64_t>(previous);
-    append_varint(deltas, (static_cast<std::uint64_t>(delta) << 1) ^ (delta < 0 ? ~std::uint64_t{0} : 0));
+    append_varint(deltas, zigzag(delta));
     previous = count;
   };
   deltas.clear();
@@ -3445,59 +3493,80 @@ inline void append_native_side(std::string &out, std::string &deltas, const Nati
 }
 
 // Writes the delimited protobuf exposition: each family a varint length and a
-// MetricFamily {name = 1, help = 2, type = 3, metric = 4}. A family is made whole in a
-// buffer of its own before its length is known and it goes out.
+// MetricFamily {name = 1, help = 2, type = 3, metric = 4}. A family is written in place
+// after room for the largest length it can have; once whole, it moves up to its length.
 class ProtobufExposition final : public Writer {
 public:
   explicit ProtobufExposition(std::string &out) : out_(out) {}
 
   void family(std::string_view name, std::string_view help, MetricType type) override {
     end_family();
-    append_bytes_field(family_, 1, name);
-    append_bytes_field(family_, 2, help);
-    append_uint_field(family_, 3, protobuf_type(type));
+    family_start_ = out_.size();
+    out_.append(length_room, '\0');
+    append_bytes_field(out_, 1, name);
+    append_bytes_field(out_, 2, help);
+    append_uint_field(out_, 3, protobuf_type(type));
     type_ = type;
     open_ = true;
   }
 
   // A Metric {label = 1, gauge = 2, counter = 3, summary = 4, histogram = 7}.
   void series(const MetricConfig &config, const std::vector<std::string> &labels, const Series &series) override {
+    if (config.type == MetricType::counter || config.type == MetricType::gauge) {
+      const double created = config.type == MetricType::counter ? series.created : 0;
+      return scalar([&](auto &&label) { for (std::size_t i = 0; i < labels.size(); ++i) label(config.labels[i], labels[i]); },
+                    series.value, created);
+    }
     metric_.clear();
     for (std::size_t i = 0; i < labels.size(); ++i) append_label_pair(metric_, 1, config.labels[i], labels[i]);
     inner_.clear();
     if (config.type == MetricType::histogram) {
       histogram(config, *series.distribution, series.created);
-    } else if (config.type == MetricType::summary) {
-      summary(config, *series.distribution, series.created);
     } else {
-      append_double_field(inner_, 1, series.value); // Counter and Gauge: value = 1
-      if (config.type == MetricType::counter && series.created > 0) append_timestamp_field(inner_, 3, series.created);
+      summary(config, *series.distribution, series.created);
     }
-    end_metric();
+    append_bytes_field(metric_, type_ == MetricType::histogram ? 7 : 4, inner_);
+    append_bytes_field(out_, 4, metric_);
   }
 
   void sample(std::string_view, LabelPairs labels, double value) override {
-    metric_.clear();
-    for (const auto &label : labels) append_label_pair(metric_, 1, label.first, label.second);
-    inner_.clear();
-    append_double_field(inner_, 1, value);
-    end_metric();
+    scalar([&](auto &&label) { for (const auto &pair : labels) label(pair.first, pair.second); }, value, 0);
   }
 
   void finish() override { end_family(); }
 
 private:
-  void end_metric() {
-    static constexpr std::uint32_t fields[] = {3 /* counter */, 2 /* gauge */, 7 /* histogram */, 4 /* summary */};
-    append_bytes_field(metric_, fields[static_cast<std::size_t>(type_)], inner_);
-    append_bytes_field(family_, 4, metric_);
+  static constexpr std::size_t length_room = 5; // a varint of up to 2^35 - 1 bytes
+
+  // A counter's or gauge's Metric, sized first and then written in place: the common
+  // case, a hundred thousand times in a large scrape. `each_label(f)` calls f(name, value).
+  template <typename EachLabel> void scalar(EachLabel &&each_label, double value, double created_seconds) {
+    const Timestamp created(created_seconds);
+    std::size_t labels_size = 0;
+    each_label([&](std::string_view name, std::string_view text) {
+      const std::size_t pair = label_pair_size(name, text);
+      labels_size += 1 + varint_size(pair) + pair;
+    });
+    const std::size_t inner = 9 + (created_seconds > 0 ? 2 + created.size() : 0); // value, created_timestamp
+    const std::size_t metric = labels_size + 1 + varint_size(inner) + inner;
+    const std::size_t start = out_.size();
+    out_.resize(start + 1 + varint_size(metric) + metric);
+    char *at = put_varint(put_tag(&out_[start], 4, WireType::length_delimited), metric);
+    each_label([&](std::string_view name, std::string_view text) { at = put_label_pair(at, 1, name, text); });
+    at = put_varint(put_tag(at, type_ == MetricType::counter ? 3 : 2, WireType::length_delimited), inner);
+    at = put_double_field(at, 1, value);
+    if (created_seconds > 0) put_timestamp_field(at, 3, created);
   }
 
   void end_family() {
     if (!open_) return;
-    append_varint(out_, family_.size());
-    out_ += family_;
-    family_.clear();
+    const std::size_t body = out_.size() - family_start_ - length_room;
+    char length[length_room];
+    const std::size_t length_size = static_cast<std::size_t>(put_varint(length, body) - length);
+    char *family = &out_[family_start_];
+    std::memmove(family + length_size, family + length_room, body);
+    std::memcpy(family, length, length_size);
+    out_.resize(out_.size() - (length_room - length_size));
     open_ = false;
   }
 
@@ -3550,7 +3619,8 @@ private:
   }
 
   std::string &out_;
-  std::string family_, metric_, inner_, deltas_; // messages being made, innermost last
+  std::string metric_, inner_, deltas_; // messages of histograms and summaries being made
+  std::size_t family_start_ = 0;
   MetricType type_ = MetricType::gauge;
   bool open_ = false;
 };
