@@ -832,11 +832,14 @@ inline void observe_native(NativeHistogram &histogram, const MetricConfig &confi
   } else {
     ++histogram.zero_count;
   }
-  while (made_bucket && histogram.buckets() > config.native_max_buckets && histogram.schema > native_schema_min) {
+  if (!made_bucket || histogram.buckets() <= config.native_max_buckets || histogram.schema == native_schema_min) return;
+  while (histogram.buckets() > config.native_max_buckets && histogram.schema > native_schema_min) {
     merge_neighbours(histogram.positive);
     merge_neighbours(histogram.negative);
     --histogram.schema;
   }
+  histogram.positive.shrink_to_fit(); // half the buckets: give the memory back
+  histogram.negative.shrink_to_fit();
 }
 
 } // namespace detail
@@ -1628,7 +1631,8 @@ private:
       if (member(object, key) && !metric.native) fail(join(place, key), "applies only to a histogram with \"native\": true");
     if (const auto *factor = member(object, "native_bucket_factor")) {
       if (!factor->is<double>() || !(factor->get<double>() > 1))
-        fail(join(place, "native_bucket_factor"), quote_json(*factor) + " is not a number above 1 (the growth from bucket to bucket)");
+        fail(join(place, "native_bucket_factor"),
+           quote_json(*factor) + " is not a number above 1 (the growth from bucket to bucket)");
       metric.native_bucket_factor = factor->get<double>();
     }
     if (const auto *max = member(object, "native_max_buckets")) {
