@@ -356,7 +356,7 @@ std::vector<Field> read_message(std::string_view in) {
       in.remove_prefix(8);
     } else {
       REQUIRE((tag & 7) == 2);
-      const std::uint64_t size = read_varint(in);
+      const auto size = static_cast<std::size_t>(read_varint(in)); // bodies here are far below 4 GiB
       REQUIRE(size <= in.size());
       field.bytes = std::string(in.substr(0, size));
       in.remove_prefix(size);
@@ -420,7 +420,7 @@ std::string metric_text(const std::string &name, std::uint64_t type, const std::
 std::string as_text(std::string_view body) {
   std::string out;
   while (!body.empty()) {
-    const std::uint64_t size = read_varint(body);
+    const auto size = static_cast<std::size_t>(read_varint(body));
     REQUIRE(size <= body.size());
     const std::vector<Field> family = read_message(body.substr(0, size));
     body.remove_prefix(size);
@@ -489,7 +489,7 @@ TEST_CASE("a render in protobuf steps out whole families only") {
   std::string_view body = out;
   std::size_t families = 0;
   for (; !body.empty(); ++families) {
-    const std::uint64_t size = read_varint(body);
+    const auto size = static_cast<std::size_t>(read_varint(body));
     REQUIRE(size <= body.size());
     body.remove_prefix(size);
   }
