@@ -25,6 +25,8 @@
 //                    "labels": ["label_1", "label_2"]}],   optional, [a-zA-Z_][a-zA-Z0-9_]*
 //      "counters": [ ...same keys... ],
 //      "histograms": [{ ...same keys..., "buckets": [0.1, 1, 10]}],         default: Prometheus'
+//                     optional: "native": true, "native_bucket_factor": 1.1, "native_max_buckets": 160,
+//                     "native_zero_threshold": 2^-128 (a native histogram; "buckets" then optional)
 //      "summaries": [{ ...same keys..., "objectives": {"0.5": 0.05}, "max_age_seconds": 600}],
 //      "listen_address": "0.0.0.0", "listen_port": 7789,   optional UDP address and port
 //      "max_series": 10000, "ttl_seconds": 0,              optional defaults for every metric
@@ -74,8 +76,9 @@
 // ---- HTTP -----------------------------------------------------------------------------
 //
 // HTTP/1.0, one request per connection:
-//     GET|HEAD /metrics          200, Prometheus text format 0.0.4, or OpenMetrics 1.0.0
-//                                when the Accept header prefers it and Options allow it
+//     GET|HEAD /metrics          200, Prometheus text format 0.0.4, or OpenMetrics 1.0.0 or
+//                                Prometheus' delimited protobuf format (the one with native
+//                                histograms) when the Accept header prefers it and Options allow it
 //     GET|HEAD /-/healthy, /-/ready, /    200, short text
 //     other paths 404; other methods 405 (Allow: GET, HEAD); a malformed request 400;
 //     a request head over HERMES_MAX_REQUEST_HEAD 431; a major version other than 1, 505;
@@ -115,6 +118,7 @@
 //     HERMES_LISTEN_BACKLOG          128   pending TCP connections the kernel queues for accept
 //     HERMES_DEFAULT_MAX_MEMORY     64 MiB the memory budget unless HERMES_MAX_MEMORY or the config sets one
 //     HERMES_SHARED_BODY_MS         1000   scrapes this close together share one /metrics body
+//     HERMES_MAX_NATIVE_BUCKETS    10000   the largest native_max_buckets a config may set
 
 #ifndef HERMES_HPP
 #define HERMES_HPP
@@ -192,6 +196,9 @@
 #ifndef HERMES_LISTEN_BACKLOG
 #define HERMES_LISTEN_BACKLOG 128 // pending TCP connections the kernel queues for accept
 #endif
+#ifndef HERMES_MAX_NATIVE_BUCKETS
+#define HERMES_MAX_NATIVE_BUCKETS 10000 // the largest native_max_buckets a config may ask for
+#endif
 
 // Each limit is checked here, so that a wrong value stops the build with what to do
 // instead of a daemon that loops for ever or refuses every datagram.
@@ -220,6 +227,8 @@ static_assert(HERMES_MAX_SERIES_LIMIT >= 1, "HERMES_MAX_SERIES_LIMIT must be at 
 static_assert(HERMES_LISTEN_BACKLOG >= 1, "HERMES_LISTEN_BACKLOG must be at least 1");
 static_assert(HERMES_DEFAULT_MAX_MEMORY >= 8 * 1024 * 1024, "HERMES_DEFAULT_MAX_MEMORY must be at least 8 MiB");
 static_assert(HERMES_SHARED_BODY_MS >= 0, "HERMES_SHARED_BODY_MS must not be negative (0: every scrape renders)");
+static_assert(HERMES_MAX_NATIVE_BUCKETS >= 160 && HERMES_MAX_NATIVE_BUCKETS <= 1000000,
+              "HERMES_MAX_NATIVE_BUCKETS must be between 160 (the default native_max_buckets) and 1000000");
 
 // ===== INCLUDES ===========================================================================
 
@@ -239,6 +248,7 @@ static_assert(HERMES_SHARED_BODY_MS >= 0, "HERMES_SHARED_BODY_MS must not be neg
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
@@ -299,7 +309,12 @@ struct MetricConfig {
   std::vector<std::string> labels;
   std::size_t max_series = HERMES_DEFAULT_MAX_SERIES; // a push for one more is rejected: series_limit
   double ttl_seconds = 0; // a labelled series not pushed for this long is dropped; 0: never
-  std::vector<double> buckets;                        // histograms: upper bounds, strictly increasing
+  std::vector<double> buckets;                        // histograms: upper bounds, strictly increasing; may be
+                                                      // empty when native
+  bool native = false;                                // histograms: keep a native (sparse, exponential) histogram
+  double native_bucket_factor = 1.1;                  // its buckets grow by at most this factor: the schema
+  std::size_t native_max_buckets = 160;               // more buckets halve the resolution (schema minus one)
+  double native_zero_threshold = 0x1p-128;            // observations this close to 0 count in the zero bucket
   std::vector<std::pair<double, double>> objectives;  // summaries: quantile and its allowed rank error
   double max_age_seconds = 600;                       // summaries: quantiles cover this window
 };
@@ -343,6 +358,7 @@ struct Options {
   std::uint16_t http_port = 8080;
   LogLevel log_level = LogLevel::info;
   bool openmetrics = true; // serve OpenMetrics to scrapers that prefer it
+  bool protobuf = true;    // serve the protobuf format to scrapers that prefer it
   std::string config_path; // the file Server::reload() reads again; empty: no reloads
   std::string unix_socket_path; // a unix datagram socket that takes samples too; empty: none
   unsigned unix_socket_mode = 0660; // its file mode, so that only its group may push
@@ -359,9 +375,9 @@ using Environment = std::function<const char *(const char *name)>;
 
 // Options from the environment over the config file's listen_* keys over the defaults:
 // HERMES_UDP_ADDRESS (or LISTEN_ADDRESS), HERMES_UDP_PORT (or LISTEN_PORT),
-// HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (or LOG_LEVEL), HERMES_OPENMETRICS,
+// HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (or LOG_LEVEL), HERMES_OPENMETRICS, HERMES_PROTOBUF,
 // HERMES_UNIX_SOCKET and HERMES_UNIX_SOCKET_MODE (octal), HERMES_UDP_RECEIVE_BUFFER (bytes),
-// HERMES_STATSD (on or off).
+// HERMES_STATSD (on or off), HERMES_MAX_MEMORY (bytes).
 // An empty variable counts as unset. Throws UsageError naming a bad variable.
 inline Options options_from_environment(const Config &config, const Environment &env);
 
@@ -466,7 +482,7 @@ public:
   // Off: every datagram is read as JSON, so StatsD lines are malformed_json. On by default.
   void accept_statsd(bool on) { statsd_ = on; }
   // Takes a new config. A metric whose series have the same shape as before (type,
-  // labels, buckets, objectives, max_age_seconds) keeps them; a changed one starts
+  // labels, buckets, objectives, max_age_seconds, the native_* settings) keeps them; a changed one starts
   // afresh; one no longer configured disappears. The counts of samples go on.
   struct ReloadSummary {
     std::size_t kept = 0, fresh = 0, removed = 0; // metrics
@@ -514,18 +530,24 @@ private:
 
 // ===== PUBLIC API: FORMATTING =============================================================
 
-// The two exposition formats /metrics speaks.
+// The exposition formats /metrics speaks.
 enum class Format {
   text,        // Prometheus text format 0.0.4
   openmetrics, // OpenMetrics 1.0.0: counters named *_total become a family without the
                // suffix and gain *_created; other counters are typed unknown, as
                // Prometheus' Go client does; the body ends with # EOF
+  protobuf,    // Prometheus' protobuf format: io.prometheus.client.MetricFamily messages,
+               // each after its varint length; the one format with native histograms
+               // (and created_timestamp where OpenMetrics has *_created)
   count_
 };
 inline const char *content_type(Format format);
 
-// The format an Accept header prefers: OpenMetrics only when it ranks above text.
-inline Format negotiate_format(std::string_view accept);
+// The format an Accept header prefers by its q values, among text and those allowed;
+// a tie goes to text, then OpenMetrics. Protobuf is the media type
+// application/vnd.google.protobuf with proto=io.prometheus.client.MetricFamily and
+// encoding=delimited.
+inline Format negotiate_format(std::string_view accept, bool openmetrics = true, bool protobuf = true);
 
 // The exposition of a registry: every configured metric and the registry's own figures
 // (hermes_build_info, hermes_samples_*, hermes_series*), each family once, sorted by
@@ -838,6 +860,125 @@ private:
 } // namespace detail
 } // namespace hermes
 
+// ===== DETAIL: NATIVE HISTOGRAMS ==========================================================
+
+namespace hermes {
+namespace detail {
+
+// Prometheus' native histograms: at schema s, bucket i holds the values in
+// (2^((i-1)/2^s), 2^(i/2^s)], negative values likewise by their magnitude, and values
+// within the zero threshold of 0 one bucket of their own. Buckets are kept sparse, and
+// when there are more than a metric's native_max_buckets, two neighbours merge into one
+// of the next coarser schema, as client_golang does.
+constexpr std::int32_t native_schema_min = -4, native_schema_max = 8;
+
+// The coarsest schema whose buckets grow by no more than `factor` (> 1), as client_golang
+// picks it: 1.1 gives 3, 1.5 gives 1.
+inline std::int32_t native_schema(double factor) {
+  const double floor = std::floor(std::log2(std::log2(factor)));
+  if (floor <= -native_schema_max) return native_schema_max;
+  if (floor >= -native_schema_min) return native_schema_min;
+  return static_cast<std::int32_t>(-floor);
+}
+
+// The upper bounds of the buckets of one power of two at schema 1 to 8, as fractions
+// in [0.5, 1): 2^(i/2^s) / 2. Made once, in long double, and rounded to the nearest double.
+inline const std::vector<double> &native_bounds(std::int32_t schema) {
+  static const std::array<std::vector<double>, native_schema_max + 1> tables = [] {
+    std::array<std::vector<double>, native_schema_max + 1> made;
+    for (std::size_t s = 1; s < made.size(); ++s) {
+      const std::size_t n = std::size_t{1} << s;
+      for (std::size_t i = 0; i < n; ++i)
+        made[s].push_back(static_cast<double>(std::exp2(static_cast<long double>(i) / static_cast<long double>(n)) / 2));
+    }
+    return made;
+  }();
+  return tables[static_cast<std::size_t>(schema)];
+}
+
+// Rounds toward minus infinity, where >> on a negative number would be the compiler's choice.
+inline std::int32_t floor_divide(std::int32_t value, std::int32_t divisor) {
+  return value / divisor - (value % divisor != 0 && (value < 0) != (divisor < 0) ? 1 : 0);
+}
+
+// The index of the bucket that holds `magnitude` (> 0, may be infinite) at `schema`.
+inline std::int32_t native_index(double magnitude, std::int32_t schema) {
+  const bool infinite = std::isinf(magnitude);
+  int exponent = 0;
+  const double fraction = std::frexp(infinite ? std::numeric_limits<double>::max() : magnitude, &exponent);
+  std::int32_t index = 0;
+  if (schema > 0) {
+    const std::vector<double> &bounds = native_bounds(schema);
+    const auto within = std::lower_bound(bounds.begin(), bounds.end(), fraction) - bounds.begin();
+    index = static_cast<std::int32_t>(within) + (exponent - 1) * static_cast<std::int32_t>(bounds.size());
+  } else {
+    index = exponent - (fraction == 0.5 ? 1 : 0);
+    const std::int32_t width = std::int32_t{1} << -schema;
+    index = floor_divide(index + width - 1, width);
+  }
+  return infinite ? index + 1 : index; // one past the largest finite bucket
+}
+
+// One side's buckets: (index, count) by ascending index, counts above zero.
+using NativeSide = std::vector<std::pair<std::int32_t, std::uint64_t>>;
+
+struct NativeHistogram {
+  std::int32_t schema = 0;
+  std::uint64_t zero_count = 0;
+  NativeSide positive, negative;
+  std::size_t buckets() const { return positive.size() + negative.size(); }
+};
+
+// Counts one in the bucket `index`; true when the bucket is new.
+inline bool count_in(NativeSide &side, std::int32_t index) {
+  const auto at = std::lower_bound(side.begin(), side.end(), index,
+                                   [](const std::pair<std::int32_t, std::uint64_t> &b, std::int32_t i) { return b.first < i; });
+  if (at != side.end() && at->first == index) {
+    ++at->second;
+    return false;
+  }
+  side.insert(at, {index, 1});
+  return true;
+}
+
+// Merges each pair of neighbours into the bucket of the next coarser schema that covers
+// both: index i goes to ceil(i / 2).
+inline void merge_neighbours(NativeSide &side) {
+  std::size_t kept = 0;
+  for (std::size_t i = 0; i < side.size(); ++i) {
+    const std::int32_t index = side[i].first;
+    const std::int32_t coarse = (index > 0 ? index + 1 : index) / 2; // / truncates: ceil for both signs
+    if (kept > 0 && side[kept - 1].first == coarse) {
+      side[kept - 1].second += side[i].second;
+    } else {
+      side[kept++] = {coarse, side[i].second};
+    }
+  }
+  side.resize(kept);
+}
+
+inline void observe_native(NativeHistogram &histogram, const MetricConfig &config, double value) {
+  bool made_bucket = false;
+  if (value > config.native_zero_threshold) {
+    made_bucket = count_in(histogram.positive, native_index(value, histogram.schema));
+  } else if (value < -config.native_zero_threshold) {
+    made_bucket = count_in(histogram.negative, native_index(-value, histogram.schema));
+  } else {
+    ++histogram.zero_count;
+  }
+  if (!made_bucket || histogram.buckets() <= config.native_max_buckets || histogram.schema == native_schema_min) return;
+  while (histogram.buckets() > config.native_max_buckets && histogram.schema > native_schema_min) {
+    merge_neighbours(histogram.positive);
+    merge_neighbours(histogram.negative);
+    --histogram.schema;
+  }
+  histogram.positive.shrink_to_fit(); // half the buckets: give the memory back
+  histogram.negative.shrink_to_fit();
+}
+
+} // namespace detail
+} // namespace hermes
+
 // ===== DETAIL: SERIES =====================================================================
 
 namespace hermes {
@@ -858,6 +999,7 @@ struct Distribution {
   double sum = 0;
   std::uint64_t count = 0;
   std::vector<std::uint64_t> bucket_counts;  // histograms: per bucket, not cumulative; the last is +Inf
+  std::unique_ptr<NativeHistogram> native;   // native histograms
   std::unique_ptr<QuantileWindow> quantiles; // summaries with objectives
 };
 
@@ -1073,6 +1215,127 @@ inline void append_json_string(std::string &out, std::string_view text) {
     }
   }
   out += '"';
+}
+
+} // namespace detail
+} // namespace hermes
+
+// ===== DETAIL: PROTOBUF ===================================================================
+
+namespace hermes {
+namespace detail {
+
+// The Protocol Buffers wire format, as far as io.prometheus.client's metrics.proto needs
+// it: a field is a varint tag (number << 3 | wire type), then a varint, eight bytes
+// little-endian, or a varint length and that many bytes (strings and messages). Each
+// put_* writes at `at` into memory reserved beforehand and returns the end; each
+// append_* appends to a string. A scrape writes millions of them.
+enum class WireType : std::uint8_t { varint = 0, fixed64 = 1, length_delimited = 2 };
+
+inline std::size_t varint_size(std::uint64_t value) {
+  std::size_t size = 1;
+  for (; value >= 0x80; value >>= 7) ++size;
+  return size;
+}
+
+inline char *put_varint(char *at, std::uint64_t value) {
+  for (; value >= 0x80; value >>= 7) *at++ = static_cast<char>((value & 0x7f) | 0x80);
+  *at++ = static_cast<char>(value);
+  return at;
+}
+
+inline char *put_tag(char *at, std::uint32_t field, WireType type) {
+  return put_varint(at, std::uint64_t{field} << 3 | static_cast<std::uint8_t>(type));
+}
+
+inline char *put_double_field(char *at, std::uint32_t field, double value) {
+  std::uint64_t bits = 0;
+  std::memcpy(&bits, &value, sizeof bits);
+  at = put_tag(at, field, WireType::fixed64);
+  for (int byte = 0; byte < 8; ++byte, bits >>= 8) *at++ = static_cast<char>(bits & 0xff);
+  return at;
+}
+
+inline char *put_bytes_field(char *at, std::uint32_t field, std::string_view bytes) {
+  at = put_varint(put_tag(at, field, WireType::length_delimited), bytes.size());
+  std::memcpy(at, bytes.data(), bytes.size());
+  return at + bytes.size();
+}
+
+inline void append_varint(std::string &out, std::uint64_t value) {
+  char bytes[10];
+  out.append(bytes, static_cast<std::size_t>(put_varint(bytes, value) - bytes));
+}
+
+inline void append_tag(std::string &out, std::uint32_t field, WireType type) {
+  append_varint(out, std::uint64_t{field} << 3 | static_cast<std::uint8_t>(type));
+}
+
+// uint32, uint64 and enum fields; int64 too, whose negative values take ten bytes.
+inline void append_uint_field(std::string &out, std::uint32_t field, std::uint64_t value) {
+  char bytes[20];
+  out.append(bytes, static_cast<std::size_t>(put_varint(put_tag(bytes, field, WireType::varint), value) - bytes));
+}
+
+// sint32 and sint64 fields: zigzag, so that small negative numbers stay short.
+inline std::uint64_t zigzag(std::int64_t value) {
+  return (static_cast<std::uint64_t>(value) << 1) ^ (value < 0 ? ~std::uint64_t{0} : 0);
+}
+
+inline void append_sint_field(std::string &out, std::uint32_t field, std::int64_t value) {
+  append_uint_field(out, field, zigzag(value));
+}
+
+inline void append_double_field(std::string &out, std::uint32_t field, double value) {
+  char bytes[18];
+  out.append(bytes, static_cast<std::size_t>(put_double_field(bytes, field, value) - bytes));
+}
+
+// string, bytes and embedded message fields.
+inline void append_bytes_field(std::string &out, std::uint32_t field, std::string_view bytes) {
+  append_tag(out, field, WireType::length_delimited);
+  append_varint(out, bytes.size());
+  out += bytes;
+}
+
+// The size of a LabelPair {name = 1, value = 2}, and the pair as field `field`.
+inline std::size_t label_pair_size(std::string_view name, std::string_view value) {
+  return 2 + varint_size(name.size()) + name.size() + varint_size(value.size()) + value.size();
+}
+
+inline char *put_label_pair(char *at, std::uint32_t field, std::string_view name, std::string_view value) {
+  at = put_varint(put_tag(at, field, WireType::length_delimited), label_pair_size(name, value));
+  return put_bytes_field(put_bytes_field(at, 1, name), 2, value);
+}
+
+inline void append_label_pair(std::string &out, std::uint32_t field, std::string_view name, std::string_view value) {
+  const std::size_t size = label_pair_size(name, value);
+  const std::size_t start = out.size();
+  out.resize(start + varint_size(std::uint64_t{field} << 3) + varint_size(size) + size);
+  put_label_pair(&out[start], field, name, value);
+}
+
+// A google.protobuf.Timestamp {seconds = 1, nanos = 2} of seconds since the epoch, as
+// field `field`: its size, and the field itself.
+struct Timestamp {
+  std::uint64_t seconds, nanos;
+  explicit Timestamp(double since_epoch) {
+    const double whole = std::floor(since_epoch);
+    seconds = static_cast<std::uint64_t>(static_cast<std::int64_t>(whole));
+    nanos = static_cast<std::uint64_t>(std::clamp<std::int64_t>(std::llround((since_epoch - whole) * 1e9), 0, 999999999));
+  }
+  std::size_t size() const { return 1 + varint_size(seconds) + (nanos > 0 ? 1 + varint_size(nanos) : 0); }
+};
+
+inline char *put_timestamp_field(char *at, std::uint32_t field, const Timestamp &timestamp) {
+  at = put_varint(put_tag(at, field, WireType::length_delimited), timestamp.size());
+  at = put_varint(put_tag(at, 1, WireType::varint), timestamp.seconds);
+  return timestamp.nanos > 0 ? put_varint(put_tag(at, 2, WireType::varint), timestamp.nanos) : at;
+}
+
+inline void append_timestamp_field(std::string &out, std::uint32_t field, double seconds) {
+  char bytes[32];
+  out.append(bytes, static_cast<std::size_t>(put_timestamp_field(bytes, field, Timestamp(seconds)) - bytes));
 }
 
 } // namespace detail
@@ -1694,7 +1957,8 @@ private:
     if (!item.is<picojson::object>()) fail(place, std::string("expected an object, got ") + json_type_name(item));
     const auto &object = item.get<picojson::object>();
     if (type == MetricType::histogram)
-      reject_unknown_keys(object, place, {"metric_name", "metric_description", "labels", "max_series", "ttl_seconds", "buckets"});
+      reject_unknown_keys(object, place, {"metric_name", "metric_description", "labels", "max_series", "ttl_seconds", "buckets",
+                                          "native", "native_bucket_factor", "native_max_buckets", "native_zero_threshold"});
     else if (type == MetricType::summary)
       reject_unknown_keys(object, place, {"metric_name", "metric_description", "labels", "max_series", "ttl_seconds",
                                           "objectives", "max_age_seconds"});
@@ -1723,8 +1987,9 @@ private:
 
   void read_histogram(const picojson::object &object, const std::string &place, MetricConfig &metric) const {
     reject_label(metric, place, "le", "a histogram's buckets use it");
-    metric.buckets = default_buckets();
+    read_native(object, place, metric);
     const auto *buckets = member(object, "buckets");
+    if (!metric.native) metric.buckets = default_buckets(); // a native histogram has classic buckets only when asked
     if (!buckets) return;
     const std::string where = join(place, "buckets");
     if (!buckets->is<picojson::array>()) fail(where, std::string("expected a list, got ") + json_type_name(*buckets));
@@ -1738,6 +2003,34 @@ private:
       if (!metric.buckets.empty() && bound <= metric.buckets.back())
         fail(item_place, quote_json(items[i]) + " is not above the bucket before it: buckets must increase strictly");
       metric.buckets.push_back(bound);
+    }
+  }
+
+  // "native": true and its three settings, which mean nothing without it.
+  void read_native(const picojson::object &object, const std::string &place, MetricConfig &metric) const {
+    if (const auto *native = member(object, "native")) {
+      if (!native->is<bool>()) fail(join(place, "native"), quote_json(*native) + " is not true or false");
+      metric.native = native->get<bool>();
+    }
+    for (const char *key : {"native_bucket_factor", "native_max_buckets", "native_zero_threshold"})
+      if (member(object, key) && !metric.native) fail(join(place, key), "applies only to a histogram with \"native\": true");
+    if (const auto *factor = member(object, "native_bucket_factor")) {
+      if (!factor->is<double>() || !(factor->get<double>() > 1))
+        fail(join(place, "native_bucket_factor"),
+           quote_json(*factor) + " is not a number above 1 (the growth from bucket to bucket)");
+      metric.native_bucket_factor = factor->get<double>();
+    }
+    if (const auto *max = member(object, "native_max_buckets")) {
+      const bool whole = max->is<double>() && max->get<double>() == std::floor(max->get<double>());
+      if (!whole || max->get<double>() < 1 || max->get<double>() > HERMES_MAX_NATIVE_BUCKETS)
+        fail(join(place, "native_max_buckets"),
+             quote_json(*max) + " is not a whole number from 1 to " + std::to_string(HERMES_MAX_NATIVE_BUCKETS));
+      metric.native_max_buckets = static_cast<std::size_t>(max->get<double>());
+    }
+    if (const auto *zero = member(object, "native_zero_threshold")) {
+      if (!zero->is<double>() || !(zero->get<double>() >= 0 && std::isfinite(zero->get<double>())))
+        fail(join(place, "native_zero_threshold"), quote_json(*zero) + " is not a finite number of 0 or more");
+      metric.native_zero_threshold = zero->get<double>();
     }
   }
 
@@ -2344,15 +2637,16 @@ inline std::string_view header(const HttpRequest &request, std::string_view name
 }
 
 // Answers one parsed request; `render(format)` gives the /metrics body when it is needed,
-// or null when there is no memory for one (503). OpenMetrics is served when the client
-// prefers it and `openmetrics` allows it.
-template <typename Render> HttpResponse route(const HttpRequest &request, bool openmetrics, Render &&render) {
+// or null when there is no memory for one (503). OpenMetrics or protobuf is served when
+// the client prefers it and the flag of the same name allows it.
+template <typename Render>
+HttpResponse route(const HttpRequest &request, bool openmetrics, bool protobuf, Render &&render) {
   if (request.version[5] != '1') return error_response(505);
   if (request.method != "GET" && request.method != "HEAD") return error_response(405);
   HttpResponse response;
   response.head_only = request.method == "HEAD";
   if (request.path == "/metrics") {
-    const Format format = openmetrics ? negotiate_format(header(request, "accept")) : Format::text;
+    const Format format = negotiate_format(header(request, "accept"), openmetrics, protobuf);
     response.content_type = content_type(format);
     response.shared_body = render(format);
     if (!response.shared_body) {
@@ -2738,7 +3032,7 @@ class HttpFrontEnd {
 public:
   HttpFrontEnd(const Options &options, const Logger &logger, MemoryBudget &budget, RenderBody render)
       : listener_(open_tcp_listener(options.http_address, options.http_port)), logger_(logger), budget_(budget),
-        openmetrics_(options.openmetrics), render_(std::move(render)) {}
+        openmetrics_(options.openmetrics), protobuf_(options.protobuf), render_(std::move(render)) {}
 
   // The budget every connection may take at most: its request head and response head.
   static constexpr std::size_t connection_bytes = HERMES_MAX_REQUEST_HEAD + 1 + sizeof(Connection) + 512;
@@ -2799,7 +3093,7 @@ private:
   FileDescriptor listener_;
   const Logger &logger_;
   MemoryBudget &budget_;
-  bool openmetrics_;
+  bool openmetrics_, protobuf_;
   RenderBody render_;
   std::array<Latest, static_cast<std::size_t>(Format::count_)> latest_;
   std::vector<std::unique_ptr<Connection>> connections_;
@@ -2906,7 +3200,7 @@ inline HttpResponse HttpFrontEnd::answer(const Connection &connection, std::stri
   const auto request = parse_request_head(head);
   if (!request) return error_response(400);
   if (connection.refused) return error_response(503);
-  return route(*request, openmetrics_, [this, now](Format format) { return metrics_body(format, now); });
+  return route(*request, openmetrics_, protobuf_, [this, now](Format format) { return metrics_body(format, now); });
 }
 
 // A scrape the budget has no room for: logged at most once per interval, answered 503.
@@ -3148,6 +3442,7 @@ inline Options options_from_environment(const Config &config, const Environment 
   override_from(options.log_level, env, {"HERMES_LOG_LEVEL", "LOG_LEVEL"}, parse_log_level,
                 "a log level (debug, info, warn, error)");
   override_from(options.openmetrics, env, {"HERMES_OPENMETRICS"}, parse_switch, "on or off");
+  override_from(options.protobuf, env, {"HERMES_PROTOBUF"}, parse_switch, "on or off");
   override_from(
       options.udp_receive_buffer, env, {"HERMES_UDP_RECEIVE_BUFFER"},
       [](std::string_view text) { return detail::parse_number<int>(text, 10, 4096, INT32_MAX); }, "a number of bytes (4096 or more)");
@@ -3282,6 +3577,10 @@ inline Series new_series(const MetricConfig &metric, double now) {
   if (metric.type == MetricType::histogram || metric.type == MetricType::summary) {
     series.distribution = std::make_unique<Distribution>();
     if (metric.type == MetricType::histogram) series.distribution->bucket_counts.assign(metric.buckets.size() + 1, 0);
+    if (metric.native) {
+      series.distribution->native = std::make_unique<NativeHistogram>();
+      series.distribution->native->schema = native_schema(metric.native_bucket_factor);
+    }
     if (!metric.objectives.empty()) series.distribution->quantiles = std::make_unique<QuantileWindow>(metric, now);
   }
   return series;
@@ -3308,6 +3607,7 @@ inline void apply_update(const MetricConfig &metric, Series &series, const Updat
       std::uint64_t &count = seen.bucket_counts[static_cast<std::size_t>(bucket - metric.buckets.begin())];
       count = saturating_add(count, update.times);
     }
+    if (seen.native) observe_native(*seen.native, metric, update.amount);
     if (seen.quantiles) seen.quantiles->observe(update.amount, now);
   }
 }
@@ -3461,7 +3761,9 @@ inline void Registry::count_rejected(Reject reason) { ++rejected_[static_cast<st
 namespace detail {
 inline bool same_shape(const MetricConfig &a, const MetricConfig &b) {
   return a.type == b.type && a.labels == b.labels && a.buckets == b.buckets && a.objectives == b.objectives &&
-         a.max_age_seconds == b.max_age_seconds;
+         a.max_age_seconds == b.max_age_seconds && a.native == b.native &&
+         a.native_bucket_factor == b.native_bucket_factor && a.native_max_buckets == b.native_max_buckets &&
+         a.native_zero_threshold == b.native_zero_threshold;
 }
 } // namespace detail
 
@@ -3543,38 +3845,63 @@ namespace hermes {
 
 inline const char *content_type(Format format) {
   static constexpr const char *types[] = {"text/plain; version=0.0.4; charset=utf-8",
-                                          "application/openmetrics-text; version=1.0.0; charset=utf-8"};
+                                          "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                          "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"};
   return detail::name_of(format, types);
 }
 
 namespace detail {
 
-// The q value of one media range of an Accept header ("type/sub;version=1.0.0;q=0.5").
-inline double accept_quality(std::string_view range) {
-  double quality = 1;
+// A parameter of one media range of an Accept header ("type/sub;version=1.0.0;q=0.5").
+inline std::optional<std::string_view> media_parameter(std::string_view range, std::string_view name) {
   for (std::size_t semicolon = range.find(';'); semicolon != std::string_view::npos;) {
     const std::size_t next = range.find(';', semicolon + 1);
     const std::string_view parameter = trim(range.substr(semicolon + 1, next - semicolon - 1));
-    if (starts_with(parameter, "q=")) quality = parse_decimal(parameter.substr(2)).value_or(0);
+    const std::size_t equals = parameter.find('=');
+    if (equals != std::string_view::npos && lowercase(trim(parameter.substr(0, equals))) == name)
+      return trim(parameter.substr(equals + 1));
     semicolon = next;
   }
-  return quality;
+  return std::nullopt;
+}
+
+inline double accept_quality(std::string_view range) {
+  const auto quality = media_parameter(range, "q");
+  return quality ? parse_decimal(*quality).value_or(0) : 1;
+}
+
+// The format a media range names, if any; the protobuf type only with the parameters
+// that make it the delimited MetricFamily stream, as client_golang asks for them.
+inline std::optional<Format> media_format(std::string_view range) {
+  const std::string type = lowercase(trim(range.substr(0, range.find(';'))));
+  if (type == "text/plain" || type == "text/*" || type == "*/*") return Format::text;
+  if (type == "application/openmetrics-text") return Format::openmetrics;
+  if (type == "application/vnd.google.protobuf" && media_parameter(range, "proto") == "io.prometheus.client.MetricFamily" &&
+      media_parameter(range, "encoding") == "delimited")
+    return Format::protobuf;
+  return std::nullopt;
 }
 
 } // namespace detail
 
-inline Format negotiate_format(std::string_view accept) {
-  double openmetrics = 0, text = 0;
+inline Format negotiate_format(std::string_view accept, bool openmetrics, bool protobuf) {
+  std::array<double, static_cast<std::size_t>(Format::count_)> quality{};
   while (!accept.empty()) {
     const std::size_t comma = accept.find(',');
     const std::string_view range = detail::trim(accept.substr(0, comma));
-    const std::string type = detail::lowercase(detail::trim(range.substr(0, range.find(';'))));
-    const double quality = detail::accept_quality(range);
-    if (type == "application/openmetrics-text") openmetrics = std::max(openmetrics, quality);
-    if (type == "text/plain" || type == "text/*" || type == "*/*") text = std::max(text, quality);
+    if (const auto format = detail::media_format(range)) {
+      double &best = quality[static_cast<std::size_t>(*format)];
+      best = std::max(best, detail::accept_quality(range));
+    }
     accept = comma == std::string_view::npos ? std::string_view() : accept.substr(comma + 1);
   }
-  return openmetrics > 0 && openmetrics > text ? Format::openmetrics : Format::text;
+  Format chosen = Format::text;
+  const auto consider = [&](Format format, bool allowed) {
+    if (allowed && quality[static_cast<std::size_t>(format)] > quality[static_cast<std::size_t>(chosen)]) chosen = format;
+  };
+  consider(Format::openmetrics, openmetrics);
+  consider(Format::protobuf, protobuf);
+  return chosen;
 }
 
 namespace detail {
@@ -3599,18 +3926,34 @@ inline void append_escaped(std::string &out, std::string_view text, bool escape_
   }
 }
 
-// Writes families in one format. In OpenMetrics a counter named *_total is the family
-// without the suffix; a counter without the suffix cannot be an OpenMetrics counter under
-// its name, so it is typed unknown; and counters, histograms and summaries add *_created
-// to each series a push made. Either way every sample keeps its text-format name, so
-// Prometheus stores the same series.
-class Exposition {
+// What the body is written through, one family after another: the text formats or
+// protobuf. `series` writes one series of a configured metric (label values in
+// configured order); `sample` one series of Hermes' own families.
+using LabelPairs = std::initializer_list<std::pair<std::string_view, std::string_view>>;
+
+class Writer {
+public:
+  virtual void family(std::string_view name, std::string_view help, MetricType type) = 0;
+  virtual void series(const MetricConfig &config, const std::vector<std::string> &labels, const Series &series) = 0;
+  virtual void sample(std::string_view name, LabelPairs labels, double value) = 0;
+  virtual void finish() = 0;
+
+protected:
+  ~Writer() = default;
+};
+
+// Writes families in one of the text formats. In OpenMetrics a counter named *_total is
+// the family without the suffix; a counter without the suffix cannot be an OpenMetrics
+// counter under its name, so it is typed unknown; and counters, histograms and summaries
+// add *_created to each series a push made. Either way every sample keeps its
+// text-format name, so Prometheus stores the same series.
+class Exposition final : public Writer {
 public:
   Exposition(std::string &out, Format format) : out_(out), format_(format) {}
 
   Format format() const { return format_; }
 
-  void family(std::string_view name, std::string_view help, MetricType type) {
+  void family(std::string_view name, std::string_view help, MetricType type) override {
     const bool openmetrics = format_ == Format::openmetrics;
     family_ = openmetrics ? openmetrics_family(name, type) : name;
     const bool total = type == MetricType::counter && family_.size() != name.size();
@@ -3627,10 +3970,26 @@ public:
     out_ += '\n';
   }
 
-  // One sample; `extra` is a last label of its own, such as a bucket's le.
+  void series(const MetricConfig &config, const std::vector<std::string> &labels, const Series &series) override;
+
+  void sample(std::string_view name, LabelPairs labels, double value) override {
+    out_ += name;
+    const char *separator = "{";
+    for (const auto &label : labels) {
+      out_ += separator;
+      append_label(label.first, label.second);
+      separator = ",";
+    }
+    if (labels.size() > 0) out_ += '}';
+    out_ += ' ';
+    append_double(out_, value);
+    out_ += '\n';
+  }
+
+  // One line; `extra` is a last label of its own, such as a bucket's le.
   template <typename Values>
-  void sample(std::string_view name, const std::vector<std::string> &label_names, const Values &label_values, double value,
-              std::pair<std::string_view, std::string_view> extra = {}) {
+  void line(std::string_view name, const std::vector<std::string> &label_names, const Values &label_values, double value,
+            std::pair<std::string_view, std::string_view> extra = {}) {
     out_ += name;
     append_labels(label_names, label_values, extra);
     out_ += ' ';
@@ -3643,10 +4002,10 @@ public:
   void created(const std::vector<std::string> &label_names, const Values &label_values, double seconds) {
     if (!with_created_ || seconds <= 0) return;
     const std::string name = std::string(family_) + "_created";
-    sample(name, label_names, label_values, seconds);
+    line(name, label_names, label_values, seconds);
   }
 
-  void finish() {
+  void finish() override {
     if (format_ == Format::openmetrics) out_ += "# EOF\n";
   }
 
@@ -3680,10 +4039,9 @@ private:
   std::string_view family_;
 };
 
-const std::vector<std::string> no_labels;
-
 // Cumulative buckets with their upper bound as le, then _sum and _count. OpenMetrics
-// allows no _sum beside a negative bucket bound: the sum is then not a counter.
+// allows no _sum beside a negative bucket bound: the sum is then not a counter. A native
+// histogram without classic buckets shows the +Inf bucket alone, as client_golang does.
 inline void write_histogram(Exposition &out, const MetricConfig &config, const std::vector<std::string> &labels,
                             const Distribution &seen) {
   const std::string bucket = config.name + "_bucket";
@@ -3691,34 +4049,212 @@ inline void write_histogram(Exposition &out, const MetricConfig &config, const s
   for (std::size_t i = 0; i < seen.bucket_counts.size(); ++i) {
     cumulative += seen.bucket_counts[i];
     const std::string le = i < config.buckets.size() ? format_double(config.buckets[i]) : "+Inf";
-    out.sample(bucket, config.labels, labels, static_cast<double>(cumulative), {"le", le});
+    out.line(bucket, config.labels, labels, static_cast<double>(cumulative), {"le", le});
   }
   const bool negative_bound = !config.buckets.empty() && config.buckets.front() < 0;
-  if (out.format() != Format::openmetrics || !negative_bound) out.sample(config.name + "_sum", config.labels, labels, seen.sum);
-  out.sample(config.name + "_count", config.labels, labels, static_cast<double>(seen.count));
+  if (out.format() != Format::openmetrics || !negative_bound) out.line(config.name + "_sum", config.labels, labels, seen.sum);
+  out.line(config.name + "_count", config.labels, labels, static_cast<double>(seen.count));
 }
 
 // Each objective's quantile over the window (NaN while it is empty), then _sum and _count.
 inline void write_summary(Exposition &out, const MetricConfig &config, const std::vector<std::string> &labels,
                           const Distribution &seen) {
   for (const auto &objective : config.objectives)
-    out.sample(config.name, config.labels, labels, seen.quantiles->query(objective.first),
-               {"quantile", format_double(objective.first)});
-  out.sample(config.name + "_sum", config.labels, labels, seen.sum);
-  out.sample(config.name + "_count", config.labels, labels, static_cast<double>(seen.count));
+    out.line(config.name, config.labels, labels, seen.quantiles->query(objective.first),
+             {"quantile", format_double(objective.first)});
+  out.line(config.name + "_sum", config.labels, labels, seen.sum);
+  out.line(config.name + "_count", config.labels, labels, static_cast<double>(seen.count));
 }
 
-inline void write_series(Exposition &out, const MetricConfig &config, const std::vector<std::string> &labels,
-                         const Series &series) {
+inline void Exposition::series(const MetricConfig &config, const std::vector<std::string> &labels, const Series &series) {
   if (config.type == MetricType::histogram) {
-    write_histogram(out, config, labels, *series.distribution);
+    write_histogram(*this, config, labels, *series.distribution);
   } else if (config.type == MetricType::summary) {
-    write_summary(out, config, labels, *series.distribution);
+    write_summary(*this, config, labels, *series.distribution);
   } else {
-    out.sample(config.name, config.labels, labels, series.value);
+    line(config.name, config.labels, labels, series.value);
   }
-  out.created(config.labels, labels, series.created);
+  created(config.labels, labels, series.created);
 }
+
+// ---- Protobuf ------------------------------------------------------------------------------
+
+// The MetricType enum of metrics.proto.
+inline std::uint64_t protobuf_type(MetricType type) {
+  static constexpr std::uint64_t numbers[] = {0 /* COUNTER */, 1 /* GAUGE */, 4 /* HISTOGRAM */, 2 /* SUMMARY */};
+  static_assert(std::size(numbers) == static_cast<std::size_t>(MetricType::count_), "one number per type");
+  return numbers[static_cast<std::size_t>(type)];
+}
+
+// One side of a native histogram: its spans (BucketSpan {offset = 1, length = 2}), where
+// gaps of up to two empty buckets stay inside a span as client_golang keeps them, then
+// the packed count deltas from bucket to bucket.
+inline void append_native_side(std::string &out, std::string &deltas, const NativeSide &side, std::uint32_t span_field,
+                               std::uint32_t delta_field) {
+  if (side.empty()) return;
+  const auto append_span = [&](std::int32_t offset, std::uint32_t length) {
+    std::string span; // a few bytes, within the small-string buffer
+    append_sint_field(span, 1, offset);
+    append_uint_field(span, 2, length);
+    append_bytes_field(out, span_field, span);
+  };
+  const auto append_delta = [&](std::uint64_t count, std::uint64_t &previous) {
+    const std::int64_t delta = static_cast<std::int64_t>(count) - static_cast<std::int64_t>(previous);
+    append_varint(deltas, zigzag(delta));
+    previous = count;
+  };
+  deltas.clear();
+  std::int32_t offset = 0, next = 0;
+  std::uint32_t length = 0;
+  std::uint64_t previous = 0;
+  for (std::size_t i = 0; i < side.size(); ++i) {
+    const std::int32_t gap = side[i].first - next;
+    if (i == 0 || gap > 2) {
+      if (i > 0) append_span(offset, length);
+      offset = gap, length = 0;
+    } else {
+      for (std::int32_t empty = 0; empty < gap; ++empty, ++length) append_delta(0, previous);
+    }
+    append_delta(side[i].second, previous);
+    ++length;
+    next = side[i].first + 1;
+  }
+  append_span(offset, length);
+  append_bytes_field(out, delta_field, deltas);
+}
+
+// Writes the delimited protobuf exposition: each family a varint length and a
+// MetricFamily {name = 1, help = 2, type = 3, metric = 4}. A family is written in place
+// after room for the largest length it can have; once whole, it moves up to its length.
+class ProtobufExposition final : public Writer {
+public:
+  explicit ProtobufExposition(std::string &out) : out_(out) {}
+
+  void family(std::string_view name, std::string_view help, MetricType type) override {
+    end_family();
+    family_start_ = out_.size();
+    out_.append(length_room, '\0');
+    append_bytes_field(out_, 1, name);
+    append_bytes_field(out_, 2, help);
+    append_uint_field(out_, 3, protobuf_type(type));
+    type_ = type;
+    open_ = true;
+  }
+
+  // A Metric {label = 1, gauge = 2, counter = 3, summary = 4, histogram = 7}.
+  void series(const MetricConfig &config, const std::vector<std::string> &labels, const Series &series) override {
+    if (config.type == MetricType::counter || config.type == MetricType::gauge) {
+      const double created = config.type == MetricType::counter ? series.created : 0;
+      return scalar([&](auto &&label) { for (std::size_t i = 0; i < labels.size(); ++i) label(config.labels[i], labels[i]); },
+                    series.value, created);
+    }
+    metric_.clear();
+    for (std::size_t i = 0; i < labels.size(); ++i) append_label_pair(metric_, 1, config.labels[i], labels[i]);
+    inner_.clear();
+    if (config.type == MetricType::histogram) {
+      histogram(config, *series.distribution, series.created);
+    } else {
+      summary(config, *series.distribution, series.created);
+    }
+    append_bytes_field(metric_, type_ == MetricType::histogram ? 7 : 4, inner_);
+    append_bytes_field(out_, 4, metric_);
+  }
+
+  void sample(std::string_view, LabelPairs labels, double value) override {
+    scalar([&](auto &&label) { for (const auto &pair : labels) label(pair.first, pair.second); }, value, 0);
+  }
+
+  void finish() override { end_family(); }
+
+private:
+  static constexpr std::size_t length_room = 5; // a varint of up to 2^35 - 1 bytes
+
+  // A counter's or gauge's Metric, sized first and then written in place: the common
+  // case, a hundred thousand times in a large scrape. `each_label(f)` calls f(name, value).
+  template <typename EachLabel> void scalar(EachLabel &&each_label, double value, double created_seconds) {
+    const Timestamp created(created_seconds);
+    std::size_t labels_size = 0;
+    each_label([&](std::string_view name, std::string_view text) {
+      const std::size_t pair = label_pair_size(name, text);
+      labels_size += 1 + varint_size(pair) + pair;
+    });
+    const std::size_t inner = 9 + (created_seconds > 0 ? 2 + created.size() : 0); // value, created_timestamp
+    const std::size_t metric = labels_size + 1 + varint_size(inner) + inner;
+    const std::size_t start = out_.size();
+    out_.resize(start + 1 + varint_size(metric) + metric);
+    char *at = put_varint(put_tag(&out_[start], 4, WireType::length_delimited), metric);
+    each_label([&](std::string_view name, std::string_view text) { at = put_label_pair(at, 1, name, text); });
+    at = put_varint(put_tag(at, type_ == MetricType::counter ? 3 : 2, WireType::length_delimited), inner);
+    at = put_double_field(at, 1, value);
+    if (created_seconds > 0) put_timestamp_field(at, 3, created);
+  }
+
+  void end_family() {
+    if (!open_) return;
+    const std::size_t body = out_.size() - family_start_ - length_room;
+    char length[length_room];
+    const std::size_t length_size = static_cast<std::size_t>(put_varint(length, body) - length);
+    char *family = &out_[family_start_];
+    std::memmove(family + length_size, family + length_room, body);
+    std::memcpy(family, length, length_size);
+    out_.resize(out_.size() - (length_room - length_size));
+    open_ = false;
+  }
+
+  // Summary {sample_count = 1, sample_sum = 2, quantile = 3 {quantile = 1, value = 2},
+  // created_timestamp = 4}.
+  void summary(const MetricConfig &config, const Distribution &seen, double created) {
+    append_uint_field(inner_, 1, seen.count);
+    append_double_field(inner_, 2, seen.sum);
+    for (const auto &objective : config.objectives) {
+      append_tag(inner_, 3, WireType::length_delimited);
+      append_varint(inner_, 18);
+      append_double_field(inner_, 1, objective.first);
+      append_double_field(inner_, 2, seen.quantiles->query(objective.first));
+    }
+    if (created > 0) append_timestamp_field(inner_, 4, created);
+  }
+
+  // Histogram {sample_count = 1, sample_sum = 2, bucket = 3 {cumulative_count = 1,
+  // upper_bound = 2}, schema = 5, zero_threshold = 6, zero_count = 7, negative_span = 9,
+  // negative_delta = 10, positive_span = 12, positive_delta = 13, created_timestamp = 15}.
+  // The +Inf bucket is left out, as client_golang leaves it: sample_count is its count.
+  void histogram(const MetricConfig &config, const Distribution &seen, double created) {
+    append_uint_field(inner_, 1, seen.count);
+    append_double_field(inner_, 2, seen.sum);
+    std::uint64_t cumulative = 0;
+    for (std::size_t i = 0; i < config.buckets.size(); ++i) {
+      cumulative += seen.bucket_counts[i];
+      append_tag(inner_, 3, WireType::length_delimited);
+      append_varint(inner_, 1 + varint_size(cumulative) + 9);
+      append_uint_field(inner_, 1, cumulative);
+      append_double_field(inner_, 2, config.buckets[i]);
+    }
+    if (seen.native) native(config, *seen.native);
+    if (created > 0) append_timestamp_field(inner_, 15, created);
+  }
+
+  void native(const MetricConfig &config, const NativeHistogram &native) {
+    append_sint_field(inner_, 5, native.schema);
+    append_double_field(inner_, 6, config.native_zero_threshold);
+    append_uint_field(inner_, 7, native.zero_count);
+    append_native_side(inner_, deltas_, native.negative, 9, 10);
+    append_native_side(inner_, deltas_, native.positive, 12, 13);
+    // Without a zero threshold and observations, a no-op span tells it from a classic one.
+    if (config.native_zero_threshold == 0 && native.zero_count == 0 && native.buckets() == 0) {
+      append_tag(inner_, 12, WireType::length_delimited);
+      append_varint(inner_, 4);
+      append_sint_field(inner_, 1, 0);
+      append_uint_field(inner_, 2, 0);
+    }
+  }
+
+  std::string &out_;
+  std::string metric_, inner_, deltas_; // messages of histograms and summaries being made
+  std::size_t family_start_ = 0;
+  MetricType type_ = MetricType::gauge;
+  bool open_ = false;
+};
 
 // ---- Hermes' own figures -------------------------------------------------------------------
 
@@ -3741,35 +4277,37 @@ struct SelfMetric {
   MetricType type;
   Scope scope;
   Figure (*value)(const SelfView &);
-  void (*write)(Exposition &, const char *name, const SelfView &);
+  void (*write)(Writer &, const char *name, const SelfView &);
 };
 
-inline void write_build_info(Exposition &out, const char *name, const SelfView &view) {
-  out.sample(name, {"version", "service"}, std::array<std::string_view, 2>{HERMES_VERSION_STR, view.registry.service_name()}, 1);
+inline void write_build_info(Writer &out, const char *name, const SelfView &view) {
+  out.sample(name, {{"version", HERMES_VERSION_STR}, {"service", view.registry.service_name()}}, 1);
 }
 
-inline void write_rejects(Exposition &out, const char *name, const SelfView &view) {
+inline void write_rejects(Writer &out, const char *name, const SelfView &view) {
   for (std::size_t i = 0; i < reject_reason_count; ++i) {
     const auto reason = static_cast<Reject>(i);
-    out.sample(name, {"reason"}, std::array<std::string_view, 1>{to_string(reason)}, static_cast<double>(view.registry.rejected(reason)));
+    out.sample(name, {{"reason", to_string(reason)}}, static_cast<double>(view.registry.rejected(reason)));
   }
 }
 
-inline void write_received(Exposition &out, const char *name, const SelfView &view) {
+inline void write_received(Writer &out, const char *name, const SelfView &view) {
   for (std::size_t i = 0; i < wire_count; ++i) {
     const auto wire = static_cast<Wire>(i);
-    out.sample(name, {"format"}, std::array<std::string_view, 1>{to_string(wire)}, static_cast<double>(view.registry.received(wire)));
+    out.sample(name, {{"format", to_string(wire)}}, static_cast<double>(view.registry.received(wire)));
   }
 }
 
-inline void write_reloads(Exposition &out, const char *name, const SelfView &view) {
-  out.sample(name, {"result"}, std::array<std::string_view, 1>{"success"}, static_cast<double>(view.server->reloads_succeeded));
-  out.sample(name, {"result"}, std::array<std::string_view, 1>{"failure"}, static_cast<double>(view.server->reloads_failed));
+inline void write_reloads(Writer &out, const char *name, const SelfView &view) {
+  out.sample(name, {{"result", "success"}}, static_cast<double>(view.server->reloads_succeeded));
+  out.sample(name, {{"result", "failure"}}, static_cast<double>(view.server->reloads_failed));
 }
 
-inline void write_http_requests(Exposition &out, const char *name, const SelfView &view) {
-  for (const auto &[code, count] : view.server->http_requests)
-    out.sample(name, {"code"}, std::array<std::string, 1>{std::to_string(code)}, static_cast<double>(count));
+inline void write_http_requests(Writer &out, const char *name, const SelfView &view) {
+  for (const auto &[code, count] : view.server->http_requests) {
+    const std::string code_text = std::to_string(code);
+    out.sample(name, {{"code", code_text}}, static_cast<double>(count));
+  }
 }
 
 inline Figure count(std::uint64_t n) { return static_cast<double>(n); }
@@ -3827,14 +4365,14 @@ inline bool has_scope(const SelfView &view, SelfMetric::Scope scope) {
 }
 
 // Writes one of Hermes' own families, or nothing when the view has no figure for it.
-inline void write_self_metric(Exposition &out, const SelfMetric &metric, const SelfView &view) {
+inline void write_self_metric(Writer &out, const SelfMetric &metric, const SelfView &view) {
   if (!has_scope(view, metric.scope)) return;
   if (metric.write) {
     out.family(metric.name, metric.help, metric.type);
     metric.write(out, metric.name, view);
   } else if (const Figure figure = metric.value(view)) {
     out.family(metric.name, metric.help, metric.type);
-    out.sample(metric.name, no_labels, no_labels, *figure);
+    out.sample(metric.name, {}, *figure);
   }
 }
 
@@ -3846,7 +4384,8 @@ inline void write_self_metric(Exposition &out, const SelfMetric &metric, const S
 class Renderer {
 public:
   Renderer(std::string &out, const Registry &registry, SelfView self, Format format)
-      : metrics_(registry.metrics_), self_(self), exposition_(out, format) {
+      : metrics_(registry.metrics_), self_(self), text_(out, format), protobuf_(out),
+        writer_(format == Format::protobuf ? static_cast<Writer &>(protobuf_) : text_) {
     out.clear();
     std::size_t estimate = 8192; // Hermes' own families; then each series' line, roughly
     for (const Metric &metric : metrics_)
@@ -3859,16 +4398,16 @@ public:
   bool write_some(std::size_t max_series) {
     for (std::size_t written = 0; written < max_series;) {
       if (current_ && series_ != current_->series.end()) {
-        write_series(exposition_, current_->config, series_->first, series_->second);
+        writer_.series(current_->config, series_->first, series_->second);
         ++series_, ++written;
       } else if (next_self_ < std::size(self_metrics) && (next_metric_ == metrics_.size() || self_comes_next())) {
-        write_self_metric(exposition_, self_metrics[next_self_++], self_);
+        write_self_metric(writer_, self_metrics[next_self_++], self_);
       } else if (next_metric_ < metrics_.size()) {
         current_ = &metrics_[next_metric_++];
-        exposition_.family(current_->config.name, current_->config.help, current_->config.type);
+        writer_.family(current_->config.name, current_->config.help, current_->config.type);
         series_ = current_->series.begin();
       } else {
-        if (!done_) exposition_.finish();
+        if (!done_) writer_.finish();
         return done_ = true;
       }
     }
@@ -3880,7 +4419,9 @@ private:
 
   const std::vector<Metric> &metrics_;
   SelfView self_;
-  Exposition exposition_;
+  Exposition text_;
+  ProtobufExposition protobuf_;
+  Writer &writer_; // one of the two
   std::size_t next_metric_ = 0, next_self_ = 0;
   const Metric *current_ = nullptr;
   std::map<std::vector<std::string>, Series, LabelValuesLess>::const_iterator series_;

@@ -28,13 +28,17 @@ TEST_CASE("ingest allocates nothing per sample once its series exist") {
   hermes::Registry registry(hermes::parse_config(R"({"service_name": "s",
     "counters": [{"metric_name": "jobs_total", "labels": ["queue", "worker"]}],
     "gauges": [{"metric_name": "depth", "labels": ["queue"]}],
-    "histograms": [{"metric_name": "latency", "labels": ["queue"]}]})",
+    "histograms": [{"metric_name": "latency", "labels": ["queue"]},
+                   {"metric_name": "native", "labels": ["queue"], "native": true, "buckets": [1]}]})",
                                                  "test"));
   const std::vector<std::string> datagrams = {
       R"({"metric_name": "jobs_total", "payload": {"labels": {"queue": "mail", "worker": "w-1"}, "value": 2}})",
       R"({"metric_name": "depth", "payload": {"labels": {"queue": "mail"}, "operation": "increment", "value": null}})",
       R"([{"metric_name": "latency", "payload": {"labels": {"queue": "mail"}, "observation": 0.3}},
           {"metric_name": "jobs_total", "payload": {"labels": {"worker": "w-2", "queue": "mail"}}}])",
+      R"({"metric_name": "native", "payload": {"labels": {"queue": "mail"}, "observation": -0.25}})",
+      R"({"metric_name": "native", "payload": {"labels": {"queue": "mail"}, "observation": 12.5}})",
+      R"({"metric_name": "native", "payload": {"labels": {"queue": "mail"}, "observation": 0}})",
       R"({"metric_name": "nope"})",
       "not json",
   };
@@ -54,7 +58,7 @@ TEST_CASE("ingest allocates nothing per sample once its series exist") {
     CHECK(allocations == 0);
   }
   CHECK(registry.value("jobs_total", {"mail", "w-1"}) == std::optional<double>(2 * 1002));
-  CHECK(registry.accepted() == 4 * 1002);
+  CHECK(registry.accepted() == 7 * 1002);
 }
 
 TEST_CASE("StatsD ingest allocates nothing per sample once its series exist") {

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """End-to-end: a real Prometheus scrapes a real hermes every second.
 
-Runs twice, once with OpenMetrics on (Prometheus asks for it first) and once with
-HERMES_OPENMETRICS=off, pushes the same datagrams each time, reads back through
-Prometheus' HTTP API what it stored, and compares both runs. Prometheus loads
-example/alerts.yml; in the first run every rule must evaluate without error, and every
-query of example/dashboard.json must return data.
+Runs three times: with OpenMetrics on (Prometheus asks for it first), with
+HERMES_OPENMETRICS=off, and with Prometheus' native histograms on (it asks for protobuf
+first); pushes the same datagrams each time, reads back through Prometheus' HTTP API
+what it stored, and compares the runs. A fourth run pushes observations into native
+histograms and checks what PromQL makes of them against the exact figures. Prometheus
+loads example/alerts.yml; in the first run every rule must evaluate without error, and
+every query of example/dashboard.json must return data.
 
 usage: e2e_prometheus.py PATH_TO_HERMES
 Ends with the line "e2e_prometheus: N passed, N failed".
@@ -99,12 +101,12 @@ def get_json(url):
 class Stack:
     """hermes and a Prometheus that scrapes it, in a temporary folder."""
 
-    def __init__(self, openmetrics):
+    def __init__(self, openmetrics, native=False, config=CONFIG):
         self.folder = tempfile.mkdtemp(prefix="hermes-e2e-")
         self.processes = []
         config_path = os.path.join(self.folder, "hermes.json")
         with open(config_path, "w") as file:
-            json.dump(CONFIG, file)
+            json.dump(config, file)
         env = dict(os.environ, HERMES_UDP_ADDRESS="127.0.0.1", HERMES_UDP_PORT="0", HERMES_HTTP_ADDRESS="127.0.0.1",
                    HERMES_HTTP_PORT="0", HERMES_OPENMETRICS="on" if openmetrics else "off")
         hermes = subprocess.Popen([HERMES, config_path], env=env, stderr=subprocess.PIPE, text=True)
@@ -122,7 +124,8 @@ class Stack:
         self.processes.append(subprocess.Popen(
             ["prometheus", "--config.file=" + os.path.join(self.folder, "prometheus.yml"),
              "--storage.tsdb.path=" + os.path.join(self.folder, "data"), "--web.listen-address=" + self.prometheus,
-             "--log.level=error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+             "--log.level=error"] + (["--enable-feature=native-histograms"] if native else []),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         self.wait(lambda: self.ready(), "Prometheus to start")
 
     def ready(self):
@@ -155,7 +158,10 @@ class Stack:
             if name in ("ALERTS", "ALERTS_FOR_STATE"):
                 continue
             labels.pop("job"), labels.pop("instance")
-            series[(name, tuple(sorted(labels.items())))] = float(result["value"][1])
+            if "histogram" in result:  # a native histogram: its count stands for it
+                series[(name, tuple(sorted(labels.items())))] = ("histogram", float(result["histogram"][1]["count"]))
+            else:
+                series[(name, tuple(sorted(labels.items())))] = float(result["value"][1])
         return series
 
     def wait(self, condition, what, seconds=30):
@@ -180,10 +186,10 @@ class Stack:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def run(openmetrics, checks=(), outcomes=None):
+def run(openmetrics, native=False, checks=(), outcomes=None):
     """Pushes, waits until Prometheus has it all, checks, and returns what it stored.
     Then runs each of checks on the stack, recording {name: None or the traceback}."""
-    stack = Stack(openmetrics)
+    stack = Stack(openmetrics, native)
     try:
         sent = datagrams()
         stack.push(sent)
@@ -323,6 +329,109 @@ def comparable(stored):
             for key, value in stored.items() if not key[0].endswith("_created")}
 
 
+NATIVE_CONFIG = {
+    "service_name": "e2e-native",
+    "histograms": [
+        {"metric_name": "latency_seconds", "metric_description": "native only", "labels": ["route"], "native": True},
+        {"metric_name": "coarse_bytes", "metric_description": "native, coarse, few buckets", "native": True,
+         "native_bucket_factor": 1.5, "native_max_buckets": 12, "native_zero_threshold": 0.001},
+        {"metric_name": "classic_seconds", "metric_description": "classic buckets", "buckets": [0.25, 0.5, 2.5]}],
+    "summaries": [{"metric_name": "rpc_seconds", "metric_description": "a summary", "objectives": {"0.5": 0.05}}],
+}
+
+
+def observations(count, seed):
+    """Values spread over six decades, a tenth negative and a twentieth exactly zero."""
+    import random
+    generator = random.Random(seed)
+    values = []
+    for i in range(count):
+        value = 10 ** generator.uniform(-3, 3)
+        values.append(0.0 if i % 20 == 0 else -value if i % 10 == 1 else value)
+    return values
+
+
+def exact_quantile(values, q):
+    """The value of rank q: what a histogram_quantile estimate should come close to."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, int(q * len(ordered) + 0.5) - 1))]
+
+
+def push_observations(stack, metric, labels, values):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for start in range(0, len(values), 50):
+            batch = [{"metric_name": metric, "payload": {"labels": labels, "observation": value}}
+                     for value in values[start:start + 50]]
+            sock.sendto(json.dumps(batch).encode(), ("127.0.0.1", stack.udp_port))
+            time.sleep(0.001)
+
+
+def native_buckets(stack, selector):
+    """The buckets Prometheus holds for a native histogram: [(lower, upper, count)]."""
+    histogram = stack.query(selector)[0]["histogram"][1]
+    return [(float(lower), float(upper), float(count)) for _, lower, upper, count in histogram["buckets"]]
+
+
+def check_native(stack, selector, values, growth):
+    """histogram_count and _sum exact; buckets `growth` wide; quantiles within one bucket's width."""
+    count = float(stack.query(f"histogram_count({selector})")[0]["value"][1])
+    assert count == len(values), f"{selector}: histogram_count {count}, pushed {len(values)}"
+    total = float(stack.query(f"histogram_sum({selector})")[0]["value"][1])
+    expected = 0.0
+    for value in values:  # in the order hermes adds them
+        expected += value
+    assert total == expected, f"{selector}: histogram_sum {total!r}, pushed {expected!r}"
+    buckets = native_buckets(stack, selector)
+    zero_edges = {upper for lower, upper, _ in buckets if lower <= 0 <= upper}  # it cuts the lowest bucket short
+    widths = {round(upper / lower, 9) for lower, upper, _ in buckets if lower > 0 and lower not in zero_edges}
+    assert widths == {round(growth, 9)}, f"{selector}: buckets grow by {widths}, not {growth}"
+    assert sum(count for _, _, count in buckets) == len(values)
+    for q in (0.5, 0.9, 0.99):
+        estimate = float(stack.query(f"histogram_quantile({q}, {selector})")[0]["value"][1])
+        exact = exact_quantile(values, q)
+        assert exact > 0 and exact / growth <= estimate <= exact * growth, \
+            f"{selector}: quantile {q} estimated {estimate}, exact {exact}, bucket growth {growth}"
+    return buckets
+
+
+def run_native():
+    """Native histograms through the protobuf format, and the other kinds beside them."""
+    stack = Stack(True, native=True, config=NATIVE_CONFIG)
+    try:
+        fine, coarse = observations(1000, 1), observations(1000, 2)
+        push_observations(stack, "latency_seconds", {"route": "/a"}, fine)
+        push_observations(stack, "coarse_bytes", {}, coarse)
+        push_observations(stack, "classic_seconds", {}, [0.1, 0.25, 0.3, 3, -1])
+        push_observations(stack, "rpc_seconds", {}, [1, 2, 3])
+        stack.wait(lambda: stack.query("histogram_count(latency_seconds)") and
+                   float(stack.query("histogram_count(latency_seconds)")[0]["value"][1]) == len(fine) and
+                   stack.query("histogram_count(coarse_bytes)") and
+                   float(stack.query("histogram_count(coarse_bytes)")[0]["value"][1]) == len(coarse) and
+                   stack.stored().get(("rpc_seconds_count", ())) == 3,
+                   "the observations to reach Prometheus")
+        # Factor 1.1 is schema 3, but six decades on either side take more than the 160
+        # buckets it may have: hermes halves the resolution once, to schema 2.
+        check_native(stack, 'latency_seconds{route="/a"}', fine, 2 ** (1 / 4))
+        # Six decades on either side of the zero bucket do not fit 12 buckets of schema 1
+        # (factor 1.5): hermes halves the resolution three times, to schema -2, 16 wide.
+        buckets = check_native(stack, "coarse_bytes", coarse, 16)
+        assert len([b for b in buckets if b[0] != b[1] and not (b[0] < 0 < b[1])]) <= 12, buckets
+        zero = [count for lower, upper, count in buckets if lower <= 0 <= upper]
+        assert zero == [sum(1 for v in coarse if abs(v) <= 0.001)], (zero, buckets)
+        stored = stack.stored()
+        assert stored[("latency_seconds", (("route", "/a"),))] == ("histogram", len(fine))
+        assert stored[("coarse_bytes", ())] == ("histogram", len(coarse))
+        assert not any(name.startswith(("latency_seconds_", "coarse_bytes_")) for name, _ in stored), \
+            "a native histogram stored as classic series"
+        classic = {labels: value for (name, labels), value in stored.items() if name == "classic_seconds_bucket"}
+        assert classic == {(("le", "0.25"),): 3, (("le", "0.5"),): 4, (("le", "2.5"),): 4, (("le", "+Inf"),): 5}, classic
+        assert stored[("classic_seconds_count", ())] == 5 and stored[("classic_seconds_sum", ())] == 2.65
+        assert stored[("rpc_seconds", (("quantile", "0.5"),))] == 2 and stored[("rpc_seconds_sum", ())] == 6
+        return stored
+    finally:
+        stack.close()
+
+
 def main():
     if shutil.which("prometheus") is None:
         print("e2e_prometheus: prometheus is not installed (apt-get install prometheus)", file=sys.stderr)
@@ -332,9 +441,9 @@ def main():
     stored = {}
     checks = (check_rules, check_dashboard)
     outcomes = {check.__doc__: "it did not run: the run above failed" for check in checks}
-    for name, openmetrics in (("openmetrics", True), ("text", False)):
+    for name, openmetrics, native in (("openmetrics", True, False), ("text", False, False), ("protobuf", True, True)):
         try:
-            stored[name] = run(openmetrics, checks if openmetrics else (), outcomes)
+            stored[name] = run(openmetrics, native, checks if name == "openmetrics" else (), outcomes)
             passed += 1
             print(f"ok   prometheus stores what was pushed ({name})")
         except Exception:
@@ -344,8 +453,8 @@ def main():
         passed, failed = (passed + 1, failed) if failure is None else (passed, failed + 1)
         print(f"ok   {what}" if failure is None else f"FAIL {what}\n{failure}")
     try:
-        assert len(stored) == 2, "a run failed"
-        om, text = stored["openmetrics"], stored["text"]
+        assert len(stored) == 3, "a run failed"
+        om, text, protobuf = stored["openmetrics"], stored["text"], stored["protobuf"]
         # Prometheus 2.42 keeps OpenMetrics' *_created lines as series of their own
         # (prometheus/prometheus#6541): exactly one per pushed series of a *_total counter.
         created = sorted(key for key in om if key[0].endswith("_created"))
@@ -356,10 +465,28 @@ def main():
         scraped = om[("scrape_samples_scraped", ())] - text[("scrape_samples_scraped", ())]
         assert scraped == len(created), f"OpenMetrics scrapes had {scraped} samples more, not the {len(created)} _created"
         passed += 1
-        print("ok   both formats store the same series")
+        print("ok   OpenMetrics and text store the same series")
     except Exception:
         failed += 1
-        print(f"FAIL both formats store the same series\n{traceback.format_exc()}")
+        print(f"FAIL OpenMetrics and text store the same series\n{traceback.format_exc()}")
+    try:
+        assert len(stored) == 3, "a run failed"
+        # created_timestamp is no series of its own: protobuf and text store the same.
+        assert comparable(protobuf) == comparable(text), \
+            set(comparable(protobuf).items()) ^ set(comparable(text).items())
+        assert protobuf[("scrape_samples_scraped", ())] == text[("scrape_samples_scraped", ())]
+        passed += 1
+        print("ok   protobuf and text store the same series")
+    except Exception:
+        failed += 1
+        print(f"FAIL protobuf and text store the same series\n{traceback.format_exc()}")
+    try:
+        run_native()
+        passed += 1
+        print("ok   native histograms: exact count and sum, quantiles within a bucket")
+    except Exception:
+        failed += 1
+        print(f"FAIL native histograms: exact count and sum, quantiles within a bucket\n{traceback.format_exc()}")
     print(f"e2e_prometheus: {passed} passed, {failed} failed")
     return 1 if failed else 0
 

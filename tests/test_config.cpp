@@ -375,3 +375,51 @@ TEST_CASE("a number beyond the range of a double is named as such") {
   CHECK(config_error(R"({"service_name": "s", "histograms": [{"metric_name": "h", "buckets": [1, -1e400]}]})") ==
         "config.json: histograms[0].buckets[1]: a number beyond the range of a double (about 1.8e308)");
 }
+
+TEST_CASE("native histograms: their settings are read, checked and named where they are wrong") {
+  const hermes::Config config = hermes::parse_config(R"({"service_name": "s", "histograms": [
+    {"metric_name": "a", "native": true},
+    {"metric_name": "b", "native": true, "buckets": [1, 2], "native_bucket_factor": 1.5, "native_max_buckets": 20,
+     "native_zero_threshold": 0},
+    {"metric_name": "c", "native": false}]})",
+                                                     "config.json");
+  CHECK(config.metrics[0].native);
+  CHECK(config.metrics[0].buckets.empty()); // no classic buckets unless asked for
+  CHECK(config.metrics[1].buckets == std::vector<double>{1, 2});
+  CHECK(config.metrics[1].native_bucket_factor == 1.5);
+  CHECK(config.metrics[1].native_max_buckets == 20);
+  CHECK(config.metrics[1].native_zero_threshold == 0);
+  CHECK_FALSE(config.metrics[2].native);
+  CHECK(config.metrics[2].buckets == hermes::default_buckets());
+  const auto error = [](const std::string &histogram) {
+    return config_error(R"({"service_name": "s", "histograms": [{"metric_name": "h", )" + histogram + "}]}");
+  };
+  CHECK(error(R"("native": 1)") == "config.json: histograms[0].native: 1 is not true or false");
+  CHECK(error(R"("native_bucket_factor": 1.5)") ==
+        "config.json: histograms[0].native_bucket_factor: applies only to a histogram with \"native\": true");
+  CHECK(error(R"("native": false, "native_max_buckets": 10)") ==
+        "config.json: histograms[0].native_max_buckets: applies only to a histogram with \"native\": true");
+  CHECK(error(R"("native": true, "native_bucket_factor": 1)") ==
+        "config.json: histograms[0].native_bucket_factor: 1 is not a number above 1 (the growth from bucket to bucket)");
+  CHECK(error(R"("native": true, "native_bucket_factor": "2")") ==
+        "config.json: histograms[0].native_bucket_factor: \"2\" is not a number above 1 (the growth from bucket to bucket)");
+  CHECK(error(R"("native": true, "native_max_buckets": 0)") ==
+        "config.json: histograms[0].native_max_buckets: 0 is not a whole number from 1 to 10000");
+  CHECK(error(R"("native": true, "native_max_buckets": 2.5)") ==
+        "config.json: histograms[0].native_max_buckets: 2.5 is not a whole number from 1 to 10000");
+  CHECK(error(R"("native": true, "native_zero_threshold": -1)") ==
+        "config.json: histograms[0].native_zero_threshold: -1 is not a finite number of 0 or more");
+  CHECK(error(R"("native": true, "buckets": [])") == "config.json: histograms[0].buckets: must hold at least one bucket");
+  CHECK(config_error(R"({"service_name": "s", "counters": [{"metric_name": "c", "native": true}]})") ==
+        "config.json: counters[0].native: unknown key (expected one of: metric_name, metric_description, labels, max_series, "
+        "ttl_seconds)");
+}
+
+TEST_CASE("HERMES_PROTOBUF turns the protobuf format off; it is on by default") {
+  const hermes::Config config = test::sample_config();
+  CHECK(hermes::options_from_environment(config, FakeEnvironment{}.lookup()).protobuf);
+  CHECK_FALSE(hermes::options_from_environment(config, FakeEnvironment{{{"HERMES_PROTOBUF", "off"}}}.lookup()).protobuf);
+  CHECK(hermes::options_from_environment(config, FakeEnvironment{{{"HERMES_PROTOBUF", "on"}}}.lookup()).protobuf);
+  CHECK_THROWS_WITH_AS(hermes::options_from_environment(config, FakeEnvironment{{{"HERMES_PROTOBUF", "maybe"}}}.lookup()),
+                       doctest::Contains("HERMES_PROTOBUF"), hermes::UsageError);
+}

@@ -8,7 +8,7 @@ namespace {
 int status_for(const std::string &head) {
   const auto request = parse_request_head(head);
   if (!request) return 400;
-  return hermes::detail::route(*request, true, [](hermes::Format) { return std::make_shared<const std::string>("metrics body\n"); }).status;
+  return hermes::detail::route(*request, true, true, [](hermes::Format) { return std::make_shared<const std::string>("metrics body\n"); }).status;
 }
 } // namespace
 
@@ -65,16 +65,16 @@ TEST_CASE("routes: paths, methods and versions") {
 TEST_CASE("the /metrics body is made only when it is asked for, in the negotiated format") {
   std::vector<hermes::Format> renders;
   const auto render = [&](hermes::Format format) { return renders.push_back(format), std::make_shared<const std::string>("x\n"); };
-  hermes::detail::route(*parse_request_head("GET /-/healthy HTTP/1.0\r\n\r\n"), true, render);
+  hermes::detail::route(*parse_request_head("GET /-/healthy HTTP/1.0\r\n\r\n"), true, true, render);
   CHECK(renders.empty());
-  auto response = hermes::detail::route(*parse_request_head("GET /metrics HTTP/1.0\r\n\r\n"), true, render);
+  auto response = hermes::detail::route(*parse_request_head("GET /metrics HTTP/1.0\r\n\r\n"), true, true, render);
   CHECK(response.content_type == "text/plain; version=0.0.4; charset=utf-8");
   CHECK(response.text() == "x\n");
   const std::string prometheus_accept = "GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text;version=1.0.0,"
                                         "application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n\r\n";
-  response = hermes::detail::route(*parse_request_head(prometheus_accept), true, render);
+  response = hermes::detail::route(*parse_request_head(prometheus_accept), true, true, render);
   CHECK(response.content_type == "application/openmetrics-text; version=1.0.0; charset=utf-8");
-  response = hermes::detail::route(*parse_request_head(prometheus_accept), false, render);
+  response = hermes::detail::route(*parse_request_head(prometheus_accept), false, false, render);
   CHECK(response.content_type == "text/plain; version=0.0.4; charset=utf-8");
   CHECK(renders == std::vector<hermes::Format>{hermes::Format::text, hermes::Format::openmetrics, hermes::Format::text});
 }
@@ -117,8 +117,8 @@ TEST_CASE("responses are HTTP/1.0 with exact headers") {
 
 TEST_CASE("HEAD /metrics has exactly the headers of GET /metrics, Content-Length included") {
   const auto render = [](hermes::Format) { return std::make_shared<const std::string>("metric_a 1\nmetric_b 22\n"); };
-  const auto get = hermes::detail::route(*parse_request_head("GET /metrics HTTP/1.0\r\n\r\n"), true, render);
-  const auto head = hermes::detail::route(*parse_request_head("HEAD /metrics HTTP/1.0\r\n\r\n"), true, render);
+  const auto get = hermes::detail::route(*parse_request_head("GET /metrics HTTP/1.0\r\n\r\n"), true, true, render);
+  const auto head = hermes::detail::route(*parse_request_head("HEAD /metrics HTTP/1.0\r\n\r\n"), true, true, render);
   CHECK(hermes::detail::response_head(head) == hermes::detail::response_head(get));
   CHECK(hermes::detail::serialize_response(head) ==
         "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: 23\r\n"
@@ -135,7 +135,7 @@ TEST_CASE("every status Hermes sends has its reason phrase") {
 
 TEST_CASE("HEAD of a missing path is a 404 without a body") {
   const auto response =
-      hermes::detail::route(*parse_request_head("HEAD /nope HTTP/1.0\r\n\r\n"), true, [](hermes::Format) { return std::make_shared<const std::string>(); });
+      hermes::detail::route(*parse_request_head("HEAD /nope HTTP/1.0\r\n\r\n"), true, true, [](hermes::Format) { return std::make_shared<const std::string>(); });
   CHECK(response.status == 404);
   CHECK(response.head_only);
 }

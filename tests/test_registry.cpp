@@ -229,3 +229,36 @@ TEST_CASE("reload keeps the series of unchanged metrics, starts changed ones afr
   CHECK(body.find("\nsizes_count 1\n") != std::string::npos);
   CHECK(body.find("# HELP kept new help\n") != std::string::npos);
 }
+
+TEST_CASE("reload keeps a native histogram only while its native settings stay the same") {
+  const auto config = [](const std::string &settings) {
+    return hermes::parse_config(R"({"service_name": "s", "histograms": [{"metric_name": "h", "native": true)" + settings + "}]}",
+                                "test");
+  };
+  hermes::Registry registry(config(""));
+  registry.ingest(R"({"metric_name": "h", "payload": {"observation": 3}})", 1);
+  CHECK(registry.reload(config("")).kept == 1);
+  CHECK(registry.reload(config(R"(, "native_bucket_factor": 1.1, "native_max_buckets": 160)")).kept == 1);
+  CHECK(hermes::render_metrics(registry).find("h_count 1\n") != std::string::npos);
+  for (const char *changed : {R"(, "native_bucket_factor": 1.2)", R"(, "native_max_buckets": 100)",
+                              R"(, "native_zero_threshold": 0.5)", R"(, "buckets": [1])"}) {
+    hermes::Registry again(config(""));
+    again.ingest(R"({"metric_name": "h", "payload": {"observation": 3}})", 1);
+    CAPTURE(changed);
+    CHECK(again.reload(config(changed)).fresh == 1);
+    CHECK(hermes::render_metrics(again).find("h_count 0\n") != std::string::npos);
+  }
+}
+
+TEST_CASE("a native histogram without classic buckets shows +Inf, _sum and _count in text, as client_golang does") {
+  hermes::Registry registry(hermes::parse_config(
+      R"({"service_name": "s", "histograms": [{"metric_name": "h", "metric_description": "H.", "labels": ["a"], "native": true}]})",
+      "test"));
+  registry.ingest(R"([{"metric_name": "h", "payload": {"labels": {"a": "x"}, "observation": -2}},
+                      {"metric_name": "h", "payload": {"labels": {"a": "x"}, "observation": 0}},
+                      {"metric_name": "h", "payload": {"labels": {"a": "x"}, "observation": 7.5}}])",
+                  1);
+  const std::string text = hermes::render_metrics(registry);
+  CHECK(text.find("# HELP h H.\n# TYPE h histogram\nh_bucket{a=\"x\",le=\"+Inf\"} 3\nh_sum{a=\"x\"} 5.5\nh_count{a=\"x\"} 3\n") !=
+        std::string::npos);
+}

@@ -443,3 +443,41 @@ TEST_CASE("Client(\"localhost\") reaches a server bound to IPv4, the default") {
   REQUIRE(test::pump_until(server, [&] { return server.stats().udp_packets == 1; }));
   CHECK(server.registry().value("sample_counter", {"by name"}) == std::optional<double>(1));
 }
+
+TEST_CASE("a scraper that prefers protobuf gets it, with datagrams held while it renders; Options::protobuf turns it off") {
+  const std::string accept = "GET /metrics HTTP/1.0\r\nAccept: application/vnd.google.protobuf;"
+                             "proto=io.prometheus.client.MetricFamily;encoding=delimited,text/plain;version=0.0.4;q=0.5\r\n\r\n";
+  hermes::Server server(hermes::parse_config(R"({"service_name": "svc",
+    "gauges": [{"metric_name": "many", "labels": ["id"], "max_series": 5000}],
+    "counters": [{"metric_name": "sample_counter", "labels": ["label_1"]}]})",
+                                             "test"),
+                        test::loopback_options());
+  std::vector<std::string> batches;
+  for (int start = 0; start < HERMES_RENDER_PAUSE_STRIDE + 50; start += 50) {
+    std::string batch = "[";
+    for (int id = start; id < start + 50; ++id)
+      batch += (id > start ? "," : "") + std::string(R"({"metric_name": "many", "payload": {"labels": {"id": ")") +
+               std::to_string(id) + R"("}, "value": 1}})";
+    batches.push_back(batch + "]");
+  }
+  test::push(server, batches);
+  REQUIRE(server.registry().series_count() >= HERMES_RENDER_PAUSE_STRIDE + 1);
+  const std::string response = http(server, accept);
+  CHECK(response.find("Content-Type: application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; "
+                      "encoding=delimited\r\n") != std::string::npos);
+  CHECK(body_of(response).substr(1, 19) == "\x0a\x11hermes_build_info");
+  // "many" renders before "sample_counter": its first pause finds the datagram, which
+  // waits until the body is whole.
+  hermes::Client client("127.0.0.1", server.udp_port());
+  REQUIRE(client.send(R"({"metric_name": "sample_counter", "payload": {"labels": {"label_1": "held"}}})"));
+  const std::string body = server.render(hermes::Format::protobuf);
+  CHECK(body.find("\x0a\x0esample_counter") != std::string::npos); // its family, without the held series
+  CHECK(body.find("held") == std::string::npos);
+  CHECK(server.registry().value("sample_counter", {"held"}).value_or(-1) == 1);
+  CHECK(body.find("\x0a\x18hermes_udp_packets_total") != std::string::npos);
+
+  hermes::Options options = test::loopback_options();
+  options.protobuf = false;
+  hermes::Server text_only(test::sample_config(), options);
+  CHECK(http(text_only, accept).find("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n") != std::string::npos);
+}

@@ -9,13 +9,16 @@
 // 2. Scrapes: /metrics with 1k, 10k and 100k series: time, body size, resident memory.
 // 3. Scrapes against ingest: 100k datagrams/s while /metrics with 100k series is
 //    fetched over and over.
-// 4. Each binary's size and memory when idle, resident and proportional (shared library
+// 4. Protobuf against text: hermes' CPU per scrape of the same 100k counter series.
+// 5. Resident memory per series of each kind, native histograms empty and full.
+// 6. Each binary's size and memory when idle, resident and proportional (shared library
 //    pages divided among the processes mapping them); the first is the one measured
 //    above, make bench adds the static build, which is what images and boards run.
 // Figures on a shared machine wander; the ratios measured in the same run are what count.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -178,12 +181,13 @@ void stop(Receiver &receiver) {
 
 // Reads the whole response into `response`, whose memory is kept from call to call as a
 // scraper keeps its buffers: the client's own page faults are not the server's time.
-void http_get_into(std::string &response, std::uint16_t port, const char *path) {
+void http_get_into(std::string &response, std::uint16_t port, const char *path, const char *accept = nullptr) {
   response.clear();
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in address = loopback(port);
   if (::connect(fd, reinterpret_cast<sockaddr *>(&address), sizeof address) == 0) {
-    const std::string request = std::string("GET ") + path + " HTTP/1.0\r\n\r\n";
+    const std::string request = std::string("GET ") + path + " HTTP/1.0\r\n" +
+                                (accept ? std::string("Accept: ") + accept + "\r\n" : std::string()) + "\r\n";
     if (::send(fd, request.data(), request.size(), 0) > 0) {
       char buffer[65536];
       for (ssize_t n; (n = ::recv(fd, buffer, sizeof buffer, 0)) > 0;) response.append(buffer, static_cast<std::size_t>(n));
@@ -256,7 +260,8 @@ template <typename Count> double settle(Count count) {
 // ---- the measurements ---------------------------------------------------------------------
 
 const char *bench_config = R"({"service_name": "bench",
-  "counters": [{"metric_name": "sample_counter", "metric_description": "pushed", "labels": ["label_1"]}],
+  "counters": [{"metric_name": "sample_counter", "metric_description": "pushed", "labels": ["label_1"]},
+               {"metric_name": "series_total", "metric_description": "many counters", "labels": ["id"], "max_series": 200000}],
   "gauges": [{"metric_name": "series_gauge", "metric_description": "many series", "labels": ["id"], "max_series": 200000}]})";
 
 std::vector<std::string> sample_datagrams(int per_datagram) {
@@ -372,6 +377,85 @@ void measure_scrapes(const std::string &binary) {
   }
 }
 
+// Pushes `count` samples, `sample(i)` each, 50 to a datagram, letting hermes keep up: no
+// datagram may be lost here.
+template <typename Sample> void push_all(const Receiver &hermes, int count, Sample sample) {
+  const int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+  sockaddr_in address = loopback(hermes.udp_port);
+  const double before = hermes_metric(hermes, "hermes_udp_packets_total");
+  int sent_datagrams = 0;
+  for (int start = 0; start < count; start += 50) {
+    std::string batch = "[";
+    for (int i = start; i < std::min(count, start + 50); ++i) batch += (i > start ? "," : "") + sample(i);
+    batch += "]";
+    ::sendto(fd, batch.data(), batch.size(), 0, reinterpret_cast<sockaddr *>(&address), sizeof address);
+    if (++sent_datagrams % 16 == 0 || start + 50 >= count)
+      while (hermes_metric(hermes, "hermes_udp_packets_total") < before + sent_datagrams)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ::close(fd);
+}
+
+const char *protobuf_accept = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,"
+                              "application/openmetrics-text;version=1.0.0;q=0.8,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+// The same 100k counter series scraped as text and as protobuf: hermes' CPU per scrape.
+void measure_protobuf_scrapes(const std::string &binary) {
+  Receiver hermes = start_hermes(binary, bench_config);
+  push_all(hermes, 100000, [](int id) {
+    return R"({"metric_name":"series_total","payload":{"labels":{"id":")" + std::to_string(id) + R"("},"value":)" +
+           std::to_string(id) + "}}";
+  });
+  std::printf("\n| 100k counter series | hermes CPU per scrape, 20 after 2 (ms) | body (bytes) |\n|---|---:|---:|\n");
+  double cpu_ms[2] = {0, 0};
+  for (int format = 0; format < 2; ++format) {
+    const char *accept = format == 0 ? nullptr : protobuf_accept;
+    std::string response;
+    for (int i = 0; i < 2; ++i) http_get_into(response, hermes.http_port, "/metrics", accept);
+    const double before = cpu_seconds(hermes.pid);
+    for (int i = 0; i < 20; ++i) http_get_into(response, hermes.http_port, "/metrics", accept);
+    cpu_ms[format] = (cpu_seconds(hermes.pid) - before) / 20 * 1000;
+    std::printf("| %s | %.2f | %zu |\n", format == 0 ? "text 0.0.4" : "protobuf, delimited", cpu_ms[format], response.size());
+  }
+  std::printf("| protobuf / text | %.2fx | |\n", cpu_ms[1] / (cpu_ms[0] > 0 ? cpu_ms[0] : 1));
+  stop(hermes);
+}
+
+// Resident memory a series adds, from `series` series pushed `per_series` observations each.
+double bytes_per_series(const std::string &binary, const std::string &metric_json, int series, int per_series,
+                        const char *value_kind) {
+  Receiver hermes = start_hermes(binary, R"({"service_name": "bench", )" + metric_json + "}");
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const double before = rss_mib(hermes.pid);
+  std::uint64_t state = 88172645463325252ull; // xorshift: the same values every run
+  push_all(hermes, series * per_series, [&](int i) {
+    state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+    const double exponent = -3 + 6 * static_cast<double>(state % 1000000) / 1e6; // six decades
+    char value[32];
+    std::snprintf(value, sizeof value, "%.6g", std::pow(10.0, exponent));
+    return R"({"metric_name":"m","payload":{"labels":{"id":")" + std::to_string(i % series) + R"("},")" + value_kind +
+           R"(":)" + value + "}}";
+  });
+  const double after = rss_mib(hermes.pid);
+  stop(hermes);
+  return (after - before) * 1024 * 1024 / series;
+}
+
+void measure_series_memory(const std::string &binary) {
+  const std::string labels = R"("metric_name": "m", "labels": ["id"], "max_series": 200000)";
+  std::printf("\n| series | resident bytes per series |\n|---|---:|\n");
+  std::printf("| counter, 20k series | %.0f |\n", bytes_per_series(binary, R"("counters": [{)" + labels + "}]", 20000, 1, "value"));
+  std::printf("| classic histogram, 11 buckets, 20k series | %.0f |\n",
+              bytes_per_series(binary, R"("histograms": [{)" + labels + "}]", 20000, 1, "observation"));
+  std::printf("| summary, 2 objectives, 2k series | %.0f |\n",
+              bytes_per_series(binary, R"("summaries": [{)" + labels + R"(, "objectives": {"0.5": 0.05, "0.99": 0.001}}])", 2000,
+                               1, "observation"));
+  std::printf("| native histogram, one observation, 20k series | %.0f |\n",
+              bytes_per_series(binary, R"("histograms": [{)" + labels + R"(, "native": true}])", 20000, 1, "observation"));
+  std::printf("| native histogram, 10,000 observations over six decades, 200 series | %.0f |\n",
+              bytes_per_series(binary, R"("histograms": [{)" + labels + R"(, "native": true}])", 200, 10000, "observation"));
+}
+
 void measure_scrapes_against_ingest(const std::string &binary) {
   Receiver hermes = start_hermes(binary, bench_config);
   load_series(hermes, 100000);
@@ -432,6 +516,8 @@ int main(int argc, char **argv) {
   }
   measure_scrapes(binary);
   measure_scrapes_against_ingest(binary);
+  measure_protobuf_scrapes(binary);
+  measure_series_memory(binary);
   std::printf("\n| binary | size (bytes) | idle, resident (MiB) | idle, proportional (MiB) |\n|---|---:|---:|---:|\n");
   for (int i = 1; i < std::max(argc, 2); ++i) {
     const std::string path = argc > 1 ? argv[i] : binary;

@@ -9,7 +9,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size
   if (end != std::string_view::npos && end > input.size()) std::abort();
   const auto request = hermes::detail::parse_request_head(end == std::string_view::npos ? input : input.substr(0, end));
   if (request) {
-    const auto response = hermes::detail::route(*request, true, [](hermes::Format) { return std::make_shared<const std::string>("body\n"); });
+    const auto response = hermes::detail::route(*request, true, true, [](hermes::Format) { return std::make_shared<const std::string>("body\n"); });
     const std::string bytes = hermes::detail::serialize_response(response);
     if (bytes.compare(0, 9, "HTTP/1.0 ") != 0) std::abort();
   }
