@@ -3339,6 +3339,10 @@ inline std::size_t worst_case_series_bytes(const MetricConfig &metric) {
   if (metric.type == MetricType::histogram)
     bytes += sizeof(detail::Distribution) + (metric.buckets.size() + 1) * sizeof(std::uint64_t) + 2 * allocation;
   if (metric.type == MetricType::summary) bytes += sizeof(detail::Distribution) + allocation;
+  if (metric.native) { // each side's vector may hold twice the buckets it has; at schema -4 merging stops near 130
+    const std::size_t buckets = std::max<std::size_t>(metric.native_max_buckets, 130) + 1;
+    bytes += sizeof(detail::NativeHistogram) + allocation + 2 * (2 * buckets * sizeof(detail::NativeSide::value_type) + allocation);
+  }
   if (!metric.objectives.empty()) bytes += detail::QuantileWindow::worst_case_bytes(metric.objectives) + 16 * allocation;
   return bytes;
 }
