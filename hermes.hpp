@@ -27,6 +27,8 @@
 //      "histograms": [{ ...same keys..., "buckets": [0.1, 1, 10]}],         default: Prometheus'
 //      "summaries": [{ ...same keys..., "objectives": {"0.5": 0.05}, "max_age_seconds": 600}],
 //      "listen_address": "0.0.0.0", "listen_port": 7789,   optional UDP address and port
+//      "state_file": "/var/lib/hermes/state.json",         optional: keep series across restarts
+//      "state_interval_seconds": 10,                       optional: between state writes
 //      "max_series": 10000, "ttl_seconds": 0}              optional defaults for every metric
 //
 // A metric may set its own max_series (a push that would make one more series is
@@ -65,6 +67,20 @@
 // Server::reload() (SIGHUP in the daemon) takes the config file again; an optional unix
 // datagram socket (Options::unix_socket_path) takes samples beside UDP.
 //
+// ---- State across restarts ----------------------------------------------------------------
+//
+// With Options::state_file (HERMES_STATE_FILE, "state_file") a Server restores every
+// series from that file at start, writes it every state_interval_seconds when something
+// changed, and once more when run() ends, after the samples still queued on its sockets.
+// A write goes to a new file in the same directory, fsynced and renamed over the old one,
+// on a thread of its own. A file that is not state is renamed aside, never deleted; a
+// series whose metric is gone or changed shape is skipped and logged.
+//
+// ---- Time -------------------------------------------------------------------------------------
+//
+// ttl_seconds, summary windows, log rate limits and HTTP timeouts count on the monotonic
+// clock; the wall clock serves only the timestamps shown (_created, *_timestamp_seconds).
+//
 // ---- Limits (define before including to change) ------------------------------------------
 //
 //     HERMES_MAX_DATAGRAM_SIZE      8192   bytes; a longer datagram is rejected as too_large
@@ -84,6 +100,9 @@
 //     HERMES_REJECT_LOG_INTERVAL_S    10   seconds between warn lines summarising rejects
 //     HERMES_DEFAULT_MAX_SERIES    10000   series per metric unless the config sets max_series
 //     HERMES_MAX_SERIES_LIMIT   10000000   the largest max_series a config may set
+//     HERMES_STATE_INTERVAL_S         10   default seconds between state writes (state_interval_seconds)
+//     HERMES_MAX_STATE_SIZE   1073741824   bytes of state file read at start; a larger one is set aside
+//     HERMES_STATE_PAUSE_STRIDE     1024   series written to the state between looks at the sockets
 
 #ifndef HERMES_HPP
 #define HERMES_HPP
@@ -149,6 +168,15 @@
 #ifndef HERMES_MAX_SERIES_LIMIT
 #define HERMES_MAX_SERIES_LIMIT 10000000 // the largest max_series a config may ask for
 #endif
+#ifndef HERMES_STATE_INTERVAL_S
+#define HERMES_STATE_INTERVAL_S 10 // default seconds between state writes; each writes only if something changed
+#endif
+#ifndef HERMES_MAX_STATE_SIZE
+#define HERMES_MAX_STATE_SIZE (1024 * 1024 * 1024) // a state file larger than this is not read, but set aside
+#endif
+#ifndef HERMES_STATE_PAUSE_STRIDE
+#define HERMES_STATE_PAUSE_STRIDE 1024 // series; as HERMES_RENDER_PAUSE_STRIDE, for the state's text
+#endif
 #ifndef HERMES_LISTEN_BACKLOG
 #define HERMES_LISTEN_BACKLOG 128 // pending TCP connections the kernel queues for accept
 #endif
@@ -164,6 +192,15 @@
 #endif
 #if HERMES_MAX_CONNECTIONS < 1
 #error "HERMES_MAX_CONNECTIONS must be at least 1"
+#endif
+#if HERMES_STATE_INTERVAL_S < 1
+#error "HERMES_STATE_INTERVAL_S must be at least 1 second"
+#endif
+#if HERMES_MAX_STATE_SIZE < 65536
+#error "HERMES_MAX_STATE_SIZE must be at least 65536 bytes"
+#endif
+#if HERMES_STATE_PAUSE_STRIDE < 1
+#error "HERMES_STATE_PAUSE_STRIDE must be at least 1 series"
 #endif
 
 // ===== INCLUDES ===========================================================================
@@ -188,6 +225,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -226,6 +264,13 @@ public:
   using std::runtime_error::runtime_error;
 };
 
+// A state file that cannot be read as state, or one that cannot be set aside: the
+// message names the file, the place in it and the problem.
+class StateError : public std::runtime_error {
+public:
+  using std::runtime_error::runtime_error;
+};
+
 // ===== PUBLIC API: CONFIG =================================================================
 
 enum class MetricType { counter, gauge, histogram, summary };
@@ -252,6 +297,8 @@ struct Config {
   std::vector<MetricConfig> metrics;       // in the order of the file
   std::string listen_address;              // UDP address from the file; empty when not set
   std::optional<std::uint16_t> listen_port; // UDP port from the file
+  std::string state_file;                   // "state_file": where state is kept; empty when not set
+  std::optional<double> state_interval_seconds; // "state_interval_seconds"
 };
 
 // Parses and validates a config; `origin` (the file name) starts every error message.
@@ -284,6 +331,8 @@ struct Options {
   std::string config_path; // the file Server::reload() reads again; empty: no reloads
   std::string unix_socket_path; // a unix datagram socket that takes samples too; empty: none
   unsigned unix_socket_mode = 0660; // its file mode, so that only its group may push
+  std::string state_file; // where the series are kept across restarts; empty: nowhere
+  double state_interval_seconds = HERMES_STATE_INTERVAL_S; // between writes, each only after a change
   LogSink log_sink;
 };
 
@@ -293,7 +342,8 @@ using Environment = std::function<const char *(const char *name)>;
 // Options from the environment over the config file's listen_* keys over the defaults:
 // HERMES_UDP_ADDRESS (or LISTEN_ADDRESS), HERMES_UDP_PORT (or LISTEN_PORT),
 // HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (or LOG_LEVEL), HERMES_OPENMETRICS,
-// HERMES_UNIX_SOCKET and HERMES_UNIX_SOCKET_MODE (octal), HERMES_UDP_RECEIVE_BUFFER (bytes).
+// HERMES_UNIX_SOCKET and HERMES_UNIX_SOCKET_MODE (octal), HERMES_UDP_RECEIVE_BUFFER (bytes),
+// HERMES_STATE_FILE and HERMES_STATE_INTERVAL (seconds, over the config's state_* keys).
 // An empty variable counts as unset. Throws UsageError naming a bad variable.
 inline Options options_from_environment(const Config &config, const Environment &env);
 
@@ -314,8 +364,20 @@ enum class Reject {
 constexpr std::size_t reject_reason_count = 9;
 inline const char *to_string(Reject reason);
 
-// Seconds since the epoch, as the timestamps of /metrics count them.
+// Seconds since the epoch, as the timestamps of /metrics count them. It may step.
 inline double wall_clock_seconds();
+// Seconds on a clock that never steps (CLOCK_MONOTONIC): ttl_seconds, summary windows.
+inline double monotonic_seconds();
+
+// The two clocks a registry reads: the monotonic one for ages, the wall one for the
+// timestamps it shows. One number stands for both, as unit tests step them together.
+struct Now {
+  double monotonic = 0; // monotonic_seconds(): ttl_seconds and summary windows count on it
+  double wall = 0;      // wall_clock_seconds(): the _created timestamps
+  Now(double both) : monotonic(both), wall(both) {} // NOLINT: implicit on purpose
+  Now(double monotonic_seconds, double wall_seconds) : monotonic(monotonic_seconds), wall(wall_seconds) {}
+  static Now current() { return {monotonic_seconds(), wall_clock_seconds()}; }
+};
 
 // What one datagram did: samples applied, and samples rejected by reason.
 struct IngestResult {
@@ -330,6 +392,7 @@ namespace detail {
 struct Metric;
 struct ReadSample;
 struct Reading;
+class StateCodec;
 } // namespace detail
 
 struct ServerStats;
@@ -343,9 +406,8 @@ public:
   Registry &operator=(Registry &&) noexcept;
   ~Registry();
 
-  // Parses one datagram and applies every sample in it, at `now_seconds` since the epoch.
-  // Never throws on bad input.
-  IngestResult ingest(std::string_view datagram, double now_seconds = wall_clock_seconds());
+  // Parses one datagram and applies every sample in it, at `now`. Never throws on bad input.
+  IngestResult ingest(std::string_view datagram, Now now = Now::current());
   // Counts a datagram rejected before parsing, such as one that was too large.
   void count_rejected(Reject reason);
   // Takes a new config. A metric whose series have the same shape as before (type,
@@ -356,8 +418,26 @@ public:
   };
   ReloadSummary reload(const Config &config);
   // Drops the labelled series whose metric has a ttl_seconds and that were not pushed
-  // for that long by `now_seconds`; returns how many. A series without labels stays.
-  std::size_t expire(double now_seconds = wall_clock_seconds());
+  // for that long by `monotonic_now`; returns how many. A series without labels stays.
+  std::size_t expire(double monotonic_now = monotonic_seconds());
+
+  // Writes every series over `out` as the state file's JSON text (format version 1,
+  // see README "State across restarts"): values, buckets, sums, counts, summary windows,
+  // _created, each series' age since its last push, and each metric's shape. `pause`,
+  // when given, runs after every HERMES_STATE_PAUSE_STRIDE series and must not change
+  // the registry.
+  void save_state(std::string &out, Now now, const std::function<void()> &pause = {}) const;
+  // What restore_state() took, and what it left out and why ("metric: problem", once each).
+  struct RestoreSummary {
+    std::size_t restored = 0, skipped = 0; // series
+    std::vector<std::string> problems;
+  };
+  // Takes the series of a state file whose metric is configured with the same shape;
+  // series past their ttl_seconds expire at the next expire(). Throws StateError, having
+  // changed nothing, when `text` is not a whole state file.
+  RestoreSummary restore_state(std::string_view text, double monotonic_now = monotonic_seconds());
+  // Goes up whenever a series changes, appears or goes: state is written only after a change.
+  std::uint64_t changes() const { return changes_; }
 
   const std::string &service_name() const { return service_name_; }
   // The value of one series, label values in configured order; nullopt when it does not exist.
@@ -370,7 +450,8 @@ public:
 private:
   friend void render_metrics(std::string &out, const Registry &registry, const ServerStats &stats, Format format,
                              double now_seconds, const std::function<void()> &pause);
-  std::optional<Reject> apply(const detail::ReadSample &sample, double now_seconds);
+  friend class detail::StateCodec;
+  std::optional<Reject> apply(const detail::ReadSample &sample, Now now);
   detail::Metric *find(std::string_view name);
   const detail::Metric *find(std::string_view name) const;
 
@@ -379,6 +460,7 @@ private:
   std::unique_ptr<detail::Reading> reading_; // buffers that datagrams are read into, reused
   std::uint64_t accepted_ = 0;
   std::uint64_t expired_ = 0;
+  std::uint64_t changes_ = 0;
   std::array<std::uint64_t, reject_reason_count> rejected_{};
 };
 
@@ -406,6 +488,10 @@ struct ServerStats {
   std::uint64_t reloads_failed = 0;
   double last_reload_success_seconds = 0; // the start, until a reload succeeds
   std::map<int, std::uint64_t> http_requests; // by status code; every code Hermes sends, from 0
+  std::uint64_t state_writes_succeeded = 0;
+  std::uint64_t state_writes_failed = 0;
+  double state_last_write_seconds = 0; // wall clock of the last write that succeeded; 0: none yet
+  std::uint64_t state_restored_series = 0;
   ProcessStats process;
   ServerStats();
 };
@@ -423,9 +509,9 @@ inline const char *content_type(Format format);
 inline Format negotiate_format(std::string_view accept);
 
 // The /metrics body: every family once, sorted by configured name; summaries' quantiles
-// as of `now_seconds`.
+// as of `now_seconds` on the monotonic clock.
 inline std::string render_metrics(const Registry &registry, const ServerStats &stats, Format format = Format::text,
-                                  double now_seconds = wall_clock_seconds());
+                                  double now_seconds = monotonic_seconds());
 // The same written over `out`, whose memory is reused. `pause`, when given, runs after
 // every HERMES_RENDER_PAUSE_STRIDE series; it must not change the registry. A server
 // takes the datagrams that arrive during a long render off its sockets there.
@@ -550,6 +636,7 @@ public:
   std::size_t memory_entries() const { return entries_.size() + buffer_.size(); }
 
 private:
+  friend class StateCodec;
   struct Entry {
     double value;
     double width; // observations this entry stands for
@@ -646,6 +733,7 @@ public:
   }
 
 private:
+  friend class StateCodec;
   static constexpr std::size_t streams = 5;
 
   void rotate(double now) {
@@ -674,8 +762,8 @@ struct Distribution {
 
 struct Series {
   double value = 0;
-  double created = 0;   // seconds since the epoch of the push that made it; 0 when made at start
-  double last_push = 0; // seconds since the epoch of the latest push
+  double created = 0;   // wall clock of the push that made it; 0 when made at start
+  double last_push = 0; // monotonic clock of the latest push
   std::unique_ptr<Distribution> distribution; // histograms and summaries
 };
 
@@ -1131,7 +1219,7 @@ public:
     if (!root.is<picojson::object>()) fail("", std::string("expected an object, got ") + json_type_name(root));
     const auto &top = root.get<picojson::object>();
     reject_unknown_keys(top, "", {"service_name", "gauges", "counters", "histograms", "summaries", "listen_address",
-                                  "listen_port", "max_series", "ttl_seconds"});
+                                  "listen_port", "max_series", "ttl_seconds", "state_file", "state_interval_seconds"});
     Config config;
     config.service_name = read_service_name(top);
     read_series_limits(top, "", defaults_);
@@ -1141,6 +1229,12 @@ public:
     read_metrics(top, "summaries", MetricType::summary, config.metrics);
     if (const auto *address = member(top, "listen_address")) config.listen_address = string_at(*address, "listen_address");
     if (const auto *port = member(top, "listen_port")) config.listen_port = port_at(*port, "listen_port");
+    if (const auto *path = member(top, "state_file")) config.state_file = string_at(*path, "state_file");
+    if (const auto *interval = member(top, "state_interval_seconds")) {
+      if (!interval->is<double>() || !(interval->get<double>() > 0))
+        fail("state_interval_seconds", quote_json(*interval) + " is not a number of seconds above 0");
+      config.state_interval_seconds = interval->get<double>();
+    }
     check_name_collisions(config.metrics);
     return config;
   }
@@ -2009,6 +2103,593 @@ inline double count_open_fds() {
 } // namespace detail
 } // namespace hermes
 
+// ===== DETAIL: STATE ======================================================================
+//
+// The state file: every series as JSON text, one series a line, written by Hermes' own
+// writer (no tree of 100k series in memory) and read back with picojson. Numbers are
+// written in their shortest round-trip form; infinities and NaN, which JSON has no
+// numbers for, as the strings "+Inf", "-Inf" and "NaN". Times that must survive a reboot
+// are ages: how long before the write a series was last pushed, how long until a summary
+// window turned next. The monotonic clock starts again at every boot; the wall clock may
+// be decades off on a board without a real-time clock.
+
+namespace hermes {
+namespace detail {
+
+inline Series new_series(const MetricConfig &metric, Now now); // SAMPLES
+inline bool same_shape(const MetricConfig &a, const MetricConfig &b); // REGISTRY
+
+constexpr const char *state_format_name = "hermes-state";
+constexpr double state_format_version = 1;
+constexpr std::size_t state_json_depth = 10; // the deepest place: a quantile stream's entry
+
+inline void append_state_number(std::string &out, double value) {
+  if (std::isnan(value)) {
+    out += "\"NaN\"";
+  } else if (std::isinf(value)) {
+    out += value > 0 ? "\"+Inf\"" : "\"-Inf\"";
+  } else {
+    char buffer[32];
+    out.append(buffer, std::to_chars(buffer, buffer + sizeof buffer, value).ptr);
+  }
+}
+
+inline void append_state_count(std::string &out, std::uint64_t value) {
+  char buffer[24];
+  out.append(buffer, std::to_chars(buffer, buffer + sizeof buffer, value).ptr);
+}
+
+// `"key": ` with the comma before it unless it is the first of its object.
+inline void append_state_key(std::string &out, const char *key, bool first = false) {
+  if (!first) out += ", ";
+  out += '"';
+  out += key;
+  out += "\": ";
+}
+
+template <typename Items, typename Write> void append_state_list(std::string &out, const Items &items, Write write) {
+  out += '[';
+  bool first = true;
+  for (const auto &item : items) {
+    if (!first) out += ", ";
+    first = false;
+    write(item);
+  }
+  out += ']';
+}
+
+// A series of a state file, read and checked, waiting to be put in place.
+struct RestoredSeries {
+  std::vector<std::string> labels;
+  Series series;
+};
+struct RestoredMetric {
+  MetricConfig shape;
+  std::vector<RestoredSeries> series;
+};
+
+// Writes and reads the state file's text; a friend of Registry and the quantile
+// classes, so that none of them needs a public surface for it.
+class StateCodec {
+public:
+  static void save(const Registry &registry, std::string &out, Now now, const std::function<void()> &pause);
+  static Registry::RestoreSummary restore(Registry &registry, std::string_view text, double monotonic_now);
+
+  // The reading side: every problem names its place in the file.
+  explicit StateCodec(double monotonic_now) : monotonic_now_(monotonic_now) {}
+  std::vector<RestoredMetric> read(const picojson::value &root) const;
+
+private:
+  static void write_shape(std::string &out, const MetricConfig &config);
+  static void write_series(std::string &out, const MetricConfig &config, const std::vector<std::string> &labels,
+                           const Series &series, double monotonic_now);
+  static void write_window(std::string &out, const QuantileWindow &window, double monotonic_now);
+  static Registry::RestoreSummary put_in_place(Registry &registry, std::vector<RestoredMetric> &metrics);
+
+  [[noreturn]] void fail(const std::string &place, const std::string &problem) const;
+  const picojson::value &at(const picojson::object &object, const std::string &key, const std::string &place) const;
+  const picojson::array &list_at(const picojson::value &value, const std::string &place) const;
+  const picojson::object &object_at(const picojson::value &value, const std::string &place) const;
+  std::string text_at(const picojson::value &value, const std::string &place) const;
+  double number_at(const picojson::value &value, const std::string &place) const;
+  double finite_at(const picojson::value &value, const std::string &place, double low, double high) const;
+  std::uint64_t count_at(const picojson::value &value, const std::string &place) const;
+  MetricConfig read_shape(const picojson::object &metric, const std::string &place) const;
+  RestoredSeries read_series(const MetricConfig &shape, const picojson::value &value, const std::string &place) const;
+  void read_distribution(const MetricConfig &shape, const picojson::object &object, Distribution &seen,
+                         const std::string &place) const;
+  std::unique_ptr<QuantileWindow> read_window(const MetricConfig &shape, const picojson::value &value,
+                                              const std::string &place) const;
+  void read_stream(const picojson::value &value, QuantileStream &stream, const std::string &place) const;
+
+  double monotonic_now_;
+};
+
+// ---- writing ---------------------------------------------------------------------------
+
+inline void StateCodec::save(const Registry &registry, std::string &out, Now now, const std::function<void()> &pause) {
+  out.clear();
+  out += "{\"format\": \"";
+  out += state_format_name;
+  out += "\", \"version\": ";
+  append_state_number(out, state_format_version);
+  append_state_key(out, "written_at");
+  append_state_number(out, now.wall);
+  append_state_key(out, "service_name");
+  append_json_string(out, registry.service_name());
+  out += ", \"metrics\": [";
+  std::size_t since_pause = 0;
+  for (std::size_t m = 0; m < registry.metrics_.size(); ++m) {
+    const Metric &metric = registry.metrics_[m];
+    out += m == 0 ? "\n" : ",\n";
+    write_shape(out, metric.config);
+    out += ", \"series\": [";
+    bool first = true;
+    for (const auto &[labels, series] : metric.series) {
+      out += first ? "\n  " : ",\n  ";
+      first = false;
+      write_series(out, metric.config, labels, series, now.monotonic);
+      if (pause && ++since_pause == HERMES_STATE_PAUSE_STRIDE) {
+        since_pause = 0;
+        pause();
+      }
+    }
+    out += "]}";
+  }
+  out += "]}\n";
+}
+
+// What a series must match to be restored: as Registry::reload, type, labels, buckets,
+// objectives and max_age_seconds.
+inline void StateCodec::write_shape(std::string &out, const MetricConfig &config) {
+  append_state_key(out += '{', "name", true);
+  append_json_string(out, config.name);
+  append_state_key(out, "type");
+  append_json_string(out, to_string(config.type));
+  append_state_key(out, "labels");
+  append_state_list(out, config.labels, [&](const std::string &label) { append_json_string(out, label); });
+  if (config.type == MetricType::histogram) {
+    append_state_key(out, "buckets");
+    append_state_list(out, config.buckets, [&](double bound) { append_state_number(out, bound); });
+  }
+  if (config.type == MetricType::summary) {
+    append_state_key(out, "objectives");
+    append_state_list(out, config.objectives, [&](const std::pair<double, double> &objective) {
+      append_state_number(out += '[', objective.first);
+      append_state_number(out += ", ", objective.second);
+      out += ']';
+    });
+    append_state_key(out, "max_age_seconds");
+    append_state_number(out, config.max_age_seconds);
+  }
+}
+
+inline void StateCodec::write_series(std::string &out, const MetricConfig &config, const std::vector<std::string> &labels,
+                                     const Series &series, double monotonic_now) {
+  append_state_key(out += '{', "labels", true);
+  append_state_list(out, labels, [&](const std::string &value) { append_json_string(out, value); });
+  if (const Distribution *seen = series.distribution.get()) {
+    append_state_key(out, "sum");
+    append_state_number(out, seen->sum);
+    append_state_key(out, "count");
+    append_state_count(out, seen->count);
+    if (config.type == MetricType::histogram) {
+      append_state_key(out, "bucket_counts");
+      append_state_list(out, seen->bucket_counts, [&](std::uint64_t count) { append_state_count(out, count); });
+    }
+    if (seen->quantiles) write_window(out, *seen->quantiles, monotonic_now);
+  } else {
+    append_state_key(out, "value");
+    append_state_number(out, series.value);
+  }
+  append_state_key(out, "created");
+  append_state_number(out, series.created);
+  append_state_key(out, "pushed_ago");
+  append_state_number(out, std::max(0.0, monotonic_now - series.last_push));
+  out += '}';
+}
+
+// The five streams as they are, buffers unmerged (the file must not change the window),
+// with the stream that answers and how long until the next turn.
+inline void StateCodec::write_window(std::string &out, const QuantileWindow &window, double monotonic_now) {
+  append_state_key(out, "window");
+  append_state_key(out += '{', "head", true);
+  append_state_count(out, window.head_);
+  append_state_key(out, "turns_in"); // below 0 when overdue: no observation or query has turned it yet
+  append_state_number(out, window.head_expires_ - monotonic_now);
+  append_state_key(out, "streams");
+  append_state_list(out, window.streams_, [&](const QuantileStream &stream) {
+    append_state_key(out += '{', "entries", true);
+    append_state_list(out, stream.entries_, [&](const QuantileStream::Entry &entry) {
+      append_state_number(out += '[', entry.value);
+      append_state_number(out += ", ", entry.width);
+      append_state_number(out += ", ", entry.delta);
+      out += ']';
+    });
+    append_state_key(out, "buffer");
+    append_state_list(out, stream.buffer_, [&](double value) { append_state_number(out, value); });
+    out += '}';
+  });
+  out += '}';
+}
+
+// ---- reading ---------------------------------------------------------------------------
+
+inline void StateCodec::fail(const std::string &place, const std::string &problem) const {
+  throw StateError((place.empty() ? "" : place + ": ") + problem);
+}
+
+inline const picojson::value &StateCodec::at(const picojson::object &object, const std::string &key,
+                                             const std::string &place) const {
+  const auto found = object.find(key);
+  if (found == object.end()) fail(place + (place.empty() ? "" : ".") + key, "missing");
+  return found->second;
+}
+
+inline const picojson::array &StateCodec::list_at(const picojson::value &value, const std::string &place) const {
+  if (!value.is<picojson::array>()) fail(place, std::string("expected a list, got ") + json_type_name(value));
+  return value.get<picojson::array>();
+}
+
+inline const picojson::object &StateCodec::object_at(const picojson::value &value, const std::string &place) const {
+  if (!value.is<picojson::object>()) fail(place, std::string("expected an object, got ") + json_type_name(value));
+  return value.get<picojson::object>();
+}
+
+inline std::string StateCodec::text_at(const picojson::value &value, const std::string &place) const {
+  if (!value.is<std::string>() || !is_valid_utf8(value.get<std::string>()))
+    fail(place, std::string("expected a UTF-8 string, got ") + json_type_name(value));
+  return value.get<std::string>();
+}
+
+// A number, or one of the strings "+Inf", "-Inf", "NaN".
+inline double StateCodec::number_at(const picojson::value &value, const std::string &place) const {
+  if (value.is<double>()) return value.get<double>();
+  if (value.is<std::string>()) {
+    const std::string &text = value.get<std::string>();
+    if (text == "+Inf") return HUGE_VAL;
+    if (text == "-Inf") return -HUGE_VAL;
+    if (text == "NaN") return std::nan("");
+  }
+  fail(place, quote_json(value) + " is not a number");
+}
+
+inline double StateCodec::finite_at(const picojson::value &value, const std::string &place, double low, double high) const {
+  const double number = number_at(value, place);
+  if (!std::isfinite(number) || number < low || number > high) fail(place, quote_json(value) + " is out of range");
+  return number;
+}
+
+inline std::uint64_t StateCodec::count_at(const picojson::value &value, const std::string &place) const {
+  const double number = finite_at(value, place, 0, 18446744073709549568.0); // the largest double below 2^64
+  if (number != std::floor(number)) fail(place, quote_json(value) + " is not a whole number");
+  return static_cast<std::uint64_t>(number);
+}
+
+inline std::vector<RestoredMetric> StateCodec::read(const picojson::value &root) const {
+  const picojson::object &top = object_at(root, "");
+  const auto format = top.find("format");
+  if (format == top.end() || !format->second.is<std::string>() || format->second.get<std::string>() != state_format_name)
+    fail("format", std::string("not a Hermes state file (no \"format\": \"") + state_format_name + "\")");
+  const picojson::value &version = at(top, "version", "");
+  if (!version.is<double>() || version.get<double>() != state_format_version)
+    fail("version", "format version " + quote_json(version) + ", this Hermes reads version 1");
+  const picojson::array &metrics = list_at(at(top, "metrics", ""), "metrics");
+  std::vector<RestoredMetric> restored;
+  for (std::size_t m = 0; m < metrics.size(); ++m) {
+    const std::string place = "metrics[" + std::to_string(m) + "]";
+    const picojson::object &metric = object_at(metrics[m], place);
+    RestoredMetric next{read_shape(metric, place), {}};
+    const picojson::array &series = list_at(at(metric, "series", place), place + ".series");
+    for (std::size_t s = 0; s < series.size(); ++s)
+      next.series.push_back(read_series(next.shape, series[s], place + ".series[" + std::to_string(s) + "]"));
+    restored.push_back(std::move(next));
+  }
+  return restored;
+}
+
+inline MetricConfig StateCodec::read_shape(const picojson::object &metric, const std::string &place) const {
+  MetricConfig shape;
+  shape.name = text_at(at(metric, "name", place), place + ".name");
+  const std::string type = text_at(at(metric, "type", place), place + ".type");
+  const auto types = {MetricType::counter, MetricType::gauge, MetricType::histogram, MetricType::summary};
+  const auto found = std::find_if(types.begin(), types.end(), [&](MetricType t) { return type == to_string(t); });
+  if (found == types.end()) fail(place + ".type", "\"" + type + "\" is not a metric type");
+  shape.type = *found;
+  const picojson::array &labels = list_at(at(metric, "labels", place), place + ".labels");
+  for (std::size_t i = 0; i < labels.size(); ++i)
+    shape.labels.push_back(text_at(labels[i], place + ".labels[" + std::to_string(i) + "]"));
+  if (shape.type == MetricType::histogram) {
+    const picojson::array &buckets = list_at(at(metric, "buckets", place), place + ".buckets");
+    for (std::size_t i = 0; i < buckets.size(); ++i)
+      shape.buckets.push_back(finite_at(buckets[i], place + ".buckets[" + std::to_string(i) + "]", -HUGE_VAL, HUGE_VAL));
+  }
+  if (shape.type == MetricType::summary) {
+    const picojson::array &objectives = list_at(at(metric, "objectives", place), place + ".objectives");
+    for (std::size_t i = 0; i < objectives.size(); ++i) {
+      const std::string where = place + ".objectives[" + std::to_string(i) + "]";
+      const picojson::array &pair = list_at(objectives[i], where);
+      if (pair.size() != 2) fail(where, "expected [quantile, error]");
+      shape.objectives.emplace_back(finite_at(pair[0], where, 0, 1), finite_at(pair[1], where, 0, 1));
+    }
+    shape.max_age_seconds = finite_at(at(metric, "max_age_seconds", place), place + ".max_age_seconds", 0, HUGE_VAL);
+  }
+  return shape;
+}
+
+inline RestoredSeries StateCodec::read_series(const MetricConfig &shape, const picojson::value &value,
+                                              const std::string &place) const {
+  const picojson::object &object = object_at(value, place);
+  RestoredSeries restored;
+  const picojson::array &labels = list_at(at(object, "labels", place), place + ".labels");
+  if (labels.size() != shape.labels.size())
+    fail(place + ".labels", std::to_string(labels.size()) + " values for " + std::to_string(shape.labels.size()) + " labels");
+  for (std::size_t i = 0; i < labels.size(); ++i)
+    restored.labels.push_back(text_at(labels[i], place + ".labels[" + std::to_string(i) + "]"));
+  const double created = finite_at(at(object, "created", place), place + ".created", 0, HUGE_VAL);
+  const double pushed_ago = finite_at(at(object, "pushed_ago", place), place + ".pushed_ago", 0, HUGE_VAL);
+  restored.series = new_series(shape, Now(monotonic_now_ - pushed_ago, created));
+  if (restored.series.distribution) read_distribution(shape, object, *restored.series.distribution, place);
+  else restored.series.value = number_at(at(object, "value", place), place + ".value");
+  return restored;
+}
+
+inline void StateCodec::read_distribution(const MetricConfig &shape, const picojson::object &object, Distribution &seen,
+                                          const std::string &place) const {
+  seen.sum = number_at(at(object, "sum", place), place + ".sum");
+  seen.count = count_at(at(object, "count", place), place + ".count");
+  if (shape.type == MetricType::histogram) {
+    const picojson::array &counts = list_at(at(object, "bucket_counts", place), place + ".bucket_counts");
+    if (counts.size() != seen.bucket_counts.size())
+      fail(place + ".bucket_counts", std::to_string(counts.size()) + " counts for " +
+                                         std::to_string(seen.bucket_counts.size()) + " buckets with +Inf");
+    for (std::size_t i = 0; i < counts.size(); ++i)
+      seen.bucket_counts[i] = count_at(counts[i], place + ".bucket_counts[" + std::to_string(i) + "]");
+  }
+  if (seen.quantiles) seen.quantiles = read_window(shape, at(object, "window", place), place + ".window");
+}
+
+inline std::unique_ptr<QuantileWindow> StateCodec::read_window(const MetricConfig &shape, const picojson::value &value,
+                                                               const std::string &place) const {
+  const picojson::object &object = object_at(value, place);
+  auto window = std::make_unique<QuantileWindow>(shape, monotonic_now_);
+  window->head_ = static_cast<std::size_t>(count_at(at(object, "head", place), place + ".head"));
+  if (window->head_ >= QuantileWindow::streams) fail(place + ".head", "not a stream of the window");
+  // A window cannot turn later than one step from now; a longer wait is not what Hermes wrote.
+  window->head_expires_ =
+      monotonic_now_ + finite_at(at(object, "turns_in", place), place + ".turns_in", -HUGE_VAL, window->step_);
+  const picojson::array &streams = list_at(at(object, "streams", place), place + ".streams");
+  if (streams.size() != QuantileWindow::streams) fail(place + ".streams", "a window has 5 streams");
+  for (std::size_t i = 0; i < streams.size(); ++i)
+    read_stream(streams[i], window->streams_[i], place + ".streams[" + std::to_string(i) + "]");
+  return window;
+}
+
+inline void StateCodec::read_stream(const picojson::value &value, QuantileStream &stream, const std::string &place) const {
+  const picojson::object &object = object_at(value, place);
+  const picojson::array &entries = list_at(at(object, "entries", place), place + ".entries");
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    const std::string where = place + ".entries[" + std::to_string(i) + "]";
+    const picojson::array &entry = list_at(entries[i], where);
+    if (entry.size() != 3) fail(where, "expected [value, width, delta]");
+    const QuantileStream::Entry read{number_at(entry[0], where), finite_at(entry[1], where, 1, HUGE_VAL),
+                                     finite_at(entry[2], where, 0, HUGE_VAL)};
+    if (!stream.entries_.empty() && !(stream.entries_.back().value <= read.value)) fail(where, "entries out of order");
+    stream.entries_.push_back(read);
+    stream.count_ += read.width;
+  }
+  const picojson::array &buffer = list_at(at(object, "buffer", place), place + ".buffer");
+  if (buffer.size() >= QuantileStream::buffer_limit) fail(place + ".buffer", "longer than a stream's buffer");
+  for (std::size_t i = 0; i < buffer.size(); ++i)
+    stream.buffer_.push_back(number_at(buffer[i], place + ".buffer[" + std::to_string(i) + "]"));
+}
+
+// Every metric of the file that is configured with the same shape takes its series, up
+// to max_series; the rest are counted and named once each.
+inline Registry::RestoreSummary StateCodec::put_in_place(Registry &registry, std::vector<RestoredMetric> &metrics) {
+  Registry::RestoreSummary summary;
+  for (RestoredMetric &restored : metrics) {
+    Metric *metric = registry.find(restored.shape.name);
+    const char *problem = !metric ? "no longer configured"
+                          : !same_shape(metric->config, restored.shape) ? "type, labels, buckets or objectives changed"
+                                                                        : nullptr;
+    std::size_t skipped = problem ? restored.series.size() : 0;
+    for (std::size_t i = 0; !problem && i < restored.series.size(); ++i) {
+      RestoredSeries &series = restored.series[i];
+      const auto existing = metric->series.find(series.labels);
+      if (existing == metric->series.end() && metric->series.size() >= metric->config.max_series) {
+        ++skipped;
+        continue;
+      }
+      metric->series[std::move(series.labels)] = std::move(series.series);
+      ++summary.restored;
+    }
+    if (skipped == 0) continue;
+    summary.skipped += skipped;
+    summary.problems.push_back(restored.shape.name + ": " + (problem ? problem : "more series than max_series") + ", " +
+                               std::to_string(skipped) + " series not restored");
+  }
+  registry.changes_ += summary.restored;
+  return summary;
+}
+
+inline Registry::RestoreSummary StateCodec::restore(Registry &registry, std::string_view text, double monotonic_now) {
+  picojson::value root;
+  std::string error;
+  BoundedJsonContext context(&root, state_json_depth);
+  if (!parse_json_into(context, text, &error)) throw StateError("not valid JSON: " + error);
+  std::vector<RestoredMetric> metrics = StateCodec(monotonic_now).read(root);
+  return put_in_place(registry, metrics);
+}
+
+// ---- files -----------------------------------------------------------------------------
+
+inline std::string directory_of(const std::string &path) {
+  const std::size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+// Writes `bytes` to `path` so that a crash at any moment leaves the old file or the new
+// one, whole: a new file beside it, written and fsynced, renamed over it, and the
+// directory fsynced so that the rename itself is on disk. Returns "" on success, else
+// the call that failed, its file and the system error; the old file is then untouched.
+inline bool write_all(int fd, std::string_view bytes) {
+  for (std::size_t written = 0; written < bytes.size();) {
+    const ssize_t length = retry_on_eintr([&] { return ::write(fd, bytes.data() + written, bytes.size() - written); });
+    if (length < 0) return false;
+    written += static_cast<std::size_t>(length);
+  }
+  return true;
+}
+
+inline std::string write_file_atomically(const std::string &path, const std::string &bytes) {
+  const std::string pattern = path + ".XXXXXX"; // mkstemp: a new name, never another file's
+  std::string temporary = pattern;
+  const int fd = ::mkostemp(&temporary[0], O_CLOEXEC);
+  if (fd < 0) return system_error_message("create " + pattern, errno);
+  const auto failed = [&](const char *call, const std::string &file, int error) {
+    ::unlink(temporary.c_str());
+    return system_error_message(std::string(call) + " " + file, error);
+  };
+  const bool written = write_all(fd, bytes);
+  const bool synced = written && ::fsync(fd) == 0;
+  const int error = errno;
+  if (::close(fd) != 0 && synced) return failed("close", temporary, errno);
+  if (!synced) return failed(written ? "fsync" : "write", temporary, error);
+  if (::rename(temporary.c_str(), path.c_str()) != 0) return failed("rename", temporary + " to " + path, errno);
+  const std::string directory = directory_of(path);
+  FileDescriptor dir(::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  // Some file systems cannot fsync a directory (EINVAL); the rename is then as durable as they make it.
+  if (!dir || (::fsync(dir.get()) != 0 && errno != EINVAL))
+    return system_error_message("fsync directory " + directory + " (the new state is in place, perhaps not yet on disk)", errno);
+  return "";
+}
+
+// Moves a file that is not state out of the way, to "<path>.corrupt-<seconds since the
+// epoch>" (with "-2", "-3"... while that name is taken), never over another file.
+// Returns the new name; throws StateError when it cannot be moved.
+inline std::string set_aside(const std::string &path) {
+  const std::string base = path + ".corrupt-" + std::to_string(static_cast<long long>(wall_clock_seconds()));
+  for (int attempt = 1; attempt <= 100; ++attempt) {
+    const std::string aside = attempt == 1 ? base : base + "-" + std::to_string(attempt);
+    if (::renameat2(AT_FDCWD, path.c_str(), AT_FDCWD, aside.c_str(), RENAME_NOREPLACE) == 0) return aside;
+    if (errno == EINVAL && ::link(path.c_str(), aside.c_str()) == 0) { // a file system without RENAME_NOREPLACE
+      ::unlink(path.c_str());
+      return aside;
+    }
+    if (errno != EEXIST) break;
+  }
+  throw StateError(system_error_message("cannot set " + path + " aside (nothing was written over it; move it away and start again)", errno));
+}
+
+// ---- the keeper ------------------------------------------------------------------------
+
+// The state file of a server: restores it at start, writes it every interval when the
+// registry changed, and once more at stop. The slow part of a write (write, fsync,
+// rename) runs on a thread of its own that owns only a finished buffer, so that the
+// loop never waits for a disk; the text is made on the loop, between looks at the sockets.
+class StateKeeper {
+public:
+  StateKeeper(const Options &options, ServerStats &stats, const Logger &logger)
+      : path_(options.state_file), interval_(options.state_interval_seconds), stats_(stats), logger_(logger) {}
+  StateKeeper(const StateKeeper &) = delete;
+  StateKeeper &operator=(const StateKeeper &) = delete;
+  ~StateKeeper() { wait(); }
+
+  bool enabled() const { return !path_.empty(); }
+  void restore(Registry &registry, double monotonic_now);
+  // Takes the result of a finished write; true when a write is due: the interval has
+  // passed, the registry changed since the last write and none is in flight.
+  bool due(const Registry &registry, double monotonic_now);
+  bool changed(const Registry &registry) const { return enabled() && registry.changes() != written_changes_; }
+  // Where to make the text of the next write.
+  std::string &buffer() { return bytes_; }
+  // Hands buffer() to the writing thread; `changes` is registry.changes() as it was made.
+  void write(std::uint64_t changes, double monotonic_now);
+  // Waits for the write in flight, if any, and takes its result.
+  void wait();
+
+private:
+  void take_result();
+
+  std::string path_;
+  double interval_;
+  ServerStats &stats_;
+  const Logger &logger_;
+  std::string bytes_;            // the loop's; moved to job_ for a write, and back after it
+  std::string job_;              // the writing thread's while it runs
+  std::string error_;            // its result: "" or what failed
+  std::atomic<bool> done_{false}; // set by the thread when job_ and error_ are the loop's again
+  std::thread writer_;
+  std::uint64_t written_changes_ = 0, pending_changes_ = 0;
+  double next_write_ = 0;
+};
+
+inline void StateKeeper::restore(Registry &registry, double monotonic_now) {
+  next_write_ = monotonic_now + interval_;
+  written_changes_ = registry.changes();
+  if (!enabled()) return;
+  std::string text;
+  const int error = read_file(path_.c_str(), std::size_t{HERMES_MAX_STATE_SIZE} + 1, text);
+  if (error == ENOENT) return logger_.log(LogLevel::info, "no state file yet; starting empty", {{"path", path_}});
+  try {
+    if (error) throw StateError(std::string("cannot read: ") + std::strerror(error));
+    if (text.size() > HERMES_MAX_STATE_SIZE) throw StateError("larger than " + std::to_string(HERMES_MAX_STATE_SIZE) + " bytes");
+    const Registry::RestoreSummary summary = registry.restore_state(text, monotonic_now);
+    for (const std::string &problem : summary.problems) logger_.log(LogLevel::warn, "state not restored", {{"path", path_}, {"metric", problem}});
+    stats_.state_restored_series = summary.restored;
+    logger_.log(LogLevel::info, "state restored", {{"path", path_}, {"series", std::to_string(summary.restored)},
+                                                   {"skipped", std::to_string(summary.skipped)}});
+  } catch (const StateError &problem) {
+    const std::string aside = set_aside(path_);
+    logger_.log(LogLevel::error, "state file is not state; set aside, starting empty",
+                {{"path", path_}, {"error", problem.what()}, {"moved_to", aside}});
+  }
+  written_changes_ = registry.changes();
+}
+
+inline bool StateKeeper::due(const Registry &registry, double monotonic_now) {
+  if (!enabled()) return false;
+  if (writer_.joinable() && done_.load(std::memory_order_acquire)) take_result();
+  return !writer_.joinable() && monotonic_now >= next_write_ && changed(registry);
+}
+
+inline void StateKeeper::write(std::uint64_t changes, double monotonic_now) {
+  wait();
+  next_write_ = monotonic_now + interval_;
+  pending_changes_ = changes;
+  job_ = std::move(bytes_);
+  done_.store(false, std::memory_order_relaxed);
+  writer_ = std::thread([this] {
+    error_ = write_file_atomically(path_, job_);
+    done_.store(true, std::memory_order_release);
+  });
+}
+
+inline void StateKeeper::wait() {
+  if (writer_.joinable()) take_result();
+}
+
+// One line per failed write, and writes come at most once per interval.
+inline void StateKeeper::take_result() {
+  writer_.join();
+  bytes_ = std::move(job_); // its memory serves the next write
+  if (error_.empty()) {
+    written_changes_ = pending_changes_;
+    ++stats_.state_writes_succeeded;
+    stats_.state_last_write_seconds = wall_clock_seconds();
+    logger_.log(LogLevel::debug, "state written", {{"path", path_}, {"bytes", std::to_string(bytes_.size())}});
+  } else {
+    ++stats_.state_writes_failed;
+    logger_.log(LogLevel::error, "state write failed; the previous file stays, retrying next interval",
+                {{"path", path_}, {"error", error_}});
+  }
+}
+
+} // namespace detail
+} // namespace hermes
+
 // ===== CONFIG =============================================================================
 
 namespace hermes {
@@ -2114,6 +2795,14 @@ void override_from(Option &option, const Environment &env, std::initializer_list
 
 inline std::optional<std::string> any_text(const std::string &text) { return text; }
 
+inline std::optional<double> positive_seconds(const std::string &text) {
+  double value = 0;
+  const auto result = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (result.ec != std::errc() || result.ptr != text.data() + text.size() || !(value > 0) || !std::isfinite(value))
+    return std::nullopt;
+  return value;
+}
+
 } // namespace detail
 
 inline Options options_from_environment(const Config &config, const Environment &env) {
@@ -2121,6 +2810,8 @@ inline Options options_from_environment(const Config &config, const Environment 
   Options options;
   if (!config.listen_address.empty()) options.udp_address = config.listen_address;
   if (config.listen_port) options.udp_port = *config.listen_port;
+  options.state_file = config.state_file;
+  if (config.state_interval_seconds) options.state_interval_seconds = *config.state_interval_seconds;
   override_from(options.udp_address, env, {"HERMES_UDP_ADDRESS", "LISTEN_ADDRESS"}, detail::any_text, "");
   override_from(options.udp_port, env, {"HERMES_UDP_PORT", "LISTEN_PORT"}, parse_port, "a port number (0-65535)");
   override_from(options.http_address, env, {"HERMES_HTTP_ADDRESS"}, detail::any_text, "");
@@ -2135,6 +2826,9 @@ inline Options options_from_environment(const Config &config, const Environment 
   override_from(
       options.unix_socket_mode, env, {"HERMES_UNIX_SOCKET_MODE"},
       [](std::string_view text) { return detail::parse_number<unsigned>(text, 8, 0, 0777); }, "an octal file mode (such as 660)");
+  override_from(options.state_file, env, {"HERMES_STATE_FILE"}, detail::any_text, "");
+  override_from(options.state_interval_seconds, env, {"HERMES_STATE_INTERVAL"}, detail::positive_seconds,
+                "a number of seconds above 0");
   return options;
 }
 
@@ -2156,6 +2850,10 @@ inline const char *to_string(Reject reason) {
 
 inline double wall_clock_seconds() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+inline double monotonic_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 inline std::size_t IngestResult::rejected_total() const {
@@ -2227,17 +2925,19 @@ inline std::optional<Reject> read_update(MetricType type, const ReadSample &samp
 }
 
 // A new series of `metric`, first pushed at `now`.
-inline Series new_series(const MetricConfig &metric, double now) {
+inline Series new_series(const MetricConfig &metric, Now now) {
   Series series;
-  series.created = series.last_push = now;
+  series.created = now.wall;
+  series.last_push = now.monotonic;
   if (metric.type == MetricType::histogram || metric.type == MetricType::summary) {
     series.distribution = std::make_unique<Distribution>();
     if (metric.type == MetricType::histogram) series.distribution->bucket_counts.assign(metric.buckets.size() + 1, 0);
-    if (!metric.objectives.empty()) series.distribution->quantiles = std::make_unique<QuantileWindow>(metric, now);
+    if (!metric.objectives.empty()) series.distribution->quantiles = std::make_unique<QuantileWindow>(metric, now.monotonic);
   }
   return series;
 }
 
+// `now` on the monotonic clock.
 inline void apply_update(const MetricConfig &metric, Series &series, const Update &update, double now) {
   series.last_push = now;
   if (update.kind == Update::Kind::set) {
@@ -2286,7 +2986,7 @@ inline detail::Metric *Registry::find(std::string_view name) {
   return const_cast<detail::Metric *>(static_cast<const Registry *>(this)->find(name));
 }
 
-inline IngestResult Registry::ingest(std::string_view datagram, double now_seconds) {
+inline IngestResult Registry::ingest(std::string_view datagram, Now now) {
   IngestResult result;
   const auto count = [&](std::optional<Reject> reason) {
     if (reason) {
@@ -2305,7 +3005,7 @@ inline IngestResult Registry::ingest(std::string_view datagram, double now_secon
   } else if (batch.is_array && batch.count == 0) {
     count(Reject::malformed_sample); // a batch of nothing is still counted
   } else {
-    for (std::size_t i = 0; i < batch.count; ++i) count(apply(batch.slots[i], now_seconds));
+    for (std::size_t i = 0; i < batch.count; ++i) count(apply(batch.slots[i], now));
   }
   return result;
 }
@@ -2332,16 +3032,17 @@ inline Registry::ReloadSummary Registry::reload(const Config &config) {
     }
   }
   summary.removed = metrics_.size() - summary.kept;
+  ++changes_;
   service_name_ = next.service_name_;
   metrics_ = std::move(next.metrics_);
   return summary;
 }
 
-inline std::size_t Registry::expire(double now_seconds) {
+inline std::size_t Registry::expire(double monotonic_now) {
   std::size_t dropped = 0;
   for (detail::Metric &metric : metrics_) {
     if (metric.config.ttl_seconds <= 0 || metric.config.labels.empty()) continue;
-    const double stale_before = now_seconds - metric.config.ttl_seconds;
+    const double stale_before = monotonic_now - metric.config.ttl_seconds;
     for (auto series = metric.series.begin(); series != metric.series.end();) {
       if (series->second.last_push <= stale_before) {
         series = metric.series.erase(series);
@@ -2352,10 +3053,11 @@ inline std::size_t Registry::expire(double now_seconds) {
     }
   }
   expired_ += dropped;
+  changes_ += dropped;
   return dropped;
 }
 
-inline std::optional<Reject> Registry::apply(const detail::ReadSample &sample, double now_seconds) {
+inline std::optional<Reject> Registry::apply(const detail::ReadSample &sample, Now now) {
   using detail::JsonKind;
   const bool payload_ok = sample.payload == JsonKind::absent || sample.payload == JsonKind::null || sample.payload == JsonKind::object;
   if (sample.shape != JsonKind::object || sample.metric_name.kind != JsonKind::string || !payload_ok)
@@ -2372,10 +3074,11 @@ inline std::optional<Reject> Registry::apply(const detail::ReadSample &sample, d
     if (metric->series.size() >= metric->config.max_series) return Reject::series_limit;
     series = metric->series
                  .emplace(std::vector<std::string>(label_values.begin(), label_values.end()),
-                          detail::new_series(metric->config, now_seconds))
+                          detail::new_series(metric->config, now))
                  .first;
   }
-  detail::apply_update(metric->config, series->second, update, now_seconds);
+  detail::apply_update(metric->config, series->second, update, now.monotonic);
+  ++changes_;
   return std::nullopt;
 }
 
@@ -2391,6 +3094,20 @@ inline std::size_t Registry::series_count() const {
   std::size_t count = 0;
   for (const detail::Metric &metric : metrics_) count += metric.series.size();
   return count;
+}
+
+} // namespace hermes
+
+// ===== STATE ==============================================================================
+
+namespace hermes {
+
+inline void Registry::save_state(std::string &out, Now now, const std::function<void()> &pause) const {
+  detail::StateCodec::save(*this, out, now, pause);
+}
+
+inline Registry::RestoreSummary Registry::restore_state(std::string_view text, double monotonic_now) {
+  return detail::StateCodec::restore(*this, text, monotonic_now);
 }
 
 } // namespace hermes
@@ -2671,6 +3388,22 @@ inline std::vector<FamilyWriter> self_families(const Registry &registry, const S
          out.single("hermes_config_last_reload_success_timestamp_seconds",
                     "When the config in force was loaded, in seconds since the epoch.", gauge, stats.last_reload_success_seconds);
        }},
+      {"hermes_state_writes_total", [&](Exposition &out) {
+         out.family("hermes_state_writes_total", "Writes of the state file, by result.", counter);
+         out.sample("hermes_state_writes_total", {"result"}, std::vector<std::string>{"success"},
+                    static_cast<double>(stats.state_writes_succeeded));
+         out.sample("hermes_state_writes_total", {"result"}, std::vector<std::string>{"failure"},
+                    static_cast<double>(stats.state_writes_failed));
+       }},
+      {"hermes_state_last_write_timestamp_seconds", [&](Exposition &out) {
+         out.single("hermes_state_last_write_timestamp_seconds",
+                    "When the state file was last written, in seconds since the epoch; 0 before the first write.", gauge,
+                    stats.state_last_write_seconds);
+       }},
+      {"hermes_state_restored_series", [&](Exposition &out) {
+         out.single("hermes_state_restored_series", "Series restored from the state file at start.", gauge,
+                    static_cast<double>(stats.state_restored_series));
+       }},
       {"hermes_http_requests_total", [&](Exposition &out) {
          out.family("hermes_http_requests_total", "HTTP requests answered, by status code.", counter);
          for (const auto &entry : stats.http_requests)
@@ -2741,7 +3474,7 @@ struct Server::Impl {
         udp(detail::open_udp_listener(options.udp_address, options.udp_port, options.udp_receive_buffer)),
         unix_socket(options.unix_socket_path, options.unix_socket_mode),
         http(detail::open_tcp_listener(options.http_address, options.http_port)),
-        start_time_seconds(detail::process_start_time_seconds()) {
+        start_time_seconds(detail::process_start_time_seconds()), state(options, stats, logger) {
     stats.udp_receive_buffer_bytes = detail::receive_buffer_size(udp.get());
   }
 
@@ -2751,7 +3484,7 @@ struct Server::Impl {
   // UDP and unix socket ingest
   void receive_datagrams(int socket, std::uint64_t &received);
   void count_kernel_drops(int index_in_batch);
-  void take_datagram(std::string_view datagram, bool truncated, std::uint64_t &received, double now);
+  void take_datagram(std::string_view datagram, bool truncated, std::uint64_t &received, Now now);
   void hold_datagrams();
   void hold_from(int socket, detail::HeldDatagrams::Source source);
   void apply_held_datagrams();
@@ -2769,6 +3502,10 @@ struct Server::Impl {
   void drain(Connection &connection);
   void expire_and_remove(Clock::time_point now);
   int poll_timeout(int timeout_ms, Clock::time_point now) const;
+
+  // State file
+  void save_state();
+  void save_state_at_stop();
 
   Registry registry;
   ServerStats stats;
@@ -2791,6 +3528,7 @@ struct Server::Impl {
   Clock::time_point accept_paused_until{};
   Clock::time_point next_fd_warning{};
   Clock::time_point next_series_sweep{};
+  detail::StateKeeper state; // last: its writing thread ends first
 };
 
 inline Server::Server(const Config &config, Options options) : impl_(std::make_unique<Impl>(config, options)) {
@@ -2800,6 +3538,7 @@ inline Server::Server(const Config &config, Options options) : impl_(std::make_u
   if (impl_->unix_socket.get() >= 0) fields.emplace_back("unix", impl_->unix_socket.path());
   fields.insert(fields.end(), {{"service", config.service_name}, {"version", HERMES_VERSION_STR}});
   impl_->logger.log(LogLevel::info, "hermes listening", fields);
+  impl_->state.restore(impl_->registry, monotonic_seconds());
 }
 
 inline Server::~Server() = default;
@@ -2811,6 +3550,7 @@ inline void Server::run(const std::atomic<bool> &stop, std::atomic<bool> *reload
     impl_->poll_once(HERMES_POLL_INTERVAL_MS);
     if (reload_requested && reload_requested->exchange(false)) reload();
   }
+  impl_->save_state_at_stop();
   impl_->log_reject_summary(Impl::Clock::now(), true);
   impl_->logger.log(LogLevel::info, "hermes stopped");
 }
@@ -2849,7 +3589,7 @@ inline std::string Server::Impl::render(Format format) {
   stats.process = read_process_stats();
   stats.process.start_time_seconds = start_time_seconds;
   std::string body = std::move(spare_body);
-  render_metrics(body, registry, stats, format, wall_clock_seconds(), [this] { hold_datagrams(); });
+  render_metrics(body, registry, stats, format, monotonic_seconds(), [this] { hold_datagrams(); });
   apply_held_datagrams();
   return body;
 }
@@ -2883,6 +3623,37 @@ inline void Server::Impl::poll_once(int timeout_ms) {
     registry.expire();
     next_series_sweep = now + std::chrono::seconds(1);
   }
+  if (state.due(registry, monotonic_seconds())) save_state();
+}
+
+// ----- State file ----------------------------------------------------------------------------
+
+// The text is made on the loop, taking waiting datagrams off the sockets every
+// HERMES_STATE_PAUSE_STRIDE series as a render does; its writing runs on the keeper's thread.
+inline void Server::Impl::save_state() {
+  const std::uint64_t changes = registry.changes(); // what the text holds; held datagrams come after it
+  registry.save_state(state.buffer(), Now::current(), [this] { hold_datagrams(); });
+  apply_held_datagrams();
+  state.write(changes, monotonic_seconds());
+}
+
+// At stop: the samples still queued on the sockets are applied, then the state is
+// written, and run() returns once it is on disk.
+inline void Server::Impl::save_state_at_stop() {
+  if (!state.enabled()) return;
+  constexpr int most_rounds = 1024; // of HERMES_DATAGRAMS_PER_STEP: more than a receive buffer holds
+  for (int round = 0; round < most_rounds; ++round) {
+    const std::uint64_t before = stats.udp_packets + stats.unix_datagrams;
+    receive_datagrams(udp.get(), stats.udp_packets);
+    if (unix_socket.get() >= 0) receive_datagrams(unix_socket.get(), stats.unix_datagrams);
+    if (stats.udp_packets + stats.unix_datagrams == before) break;
+  }
+  state.wait();
+  if (!state.changed(registry)) return;
+  const std::uint64_t changes = registry.changes();
+  registry.save_state(state.buffer(), Now::current());
+  state.write(changes, monotonic_seconds());
+  state.wait();
 }
 
 // How long poll() may sleep: the caller's timeout (negative: no limit), or less when a
@@ -2907,7 +3678,7 @@ inline int Server::Impl::poll_timeout(int timeout_ms, Clock::time_point now) con
 inline void Server::Impl::receive_datagrams(int socket, std::uint64_t &received) {
   for (int taken = 0; taken < HERMES_DATAGRAMS_PER_STEP;) {
     const int got = batch.receive(socket);
-    const double now = wall_clock_seconds();
+    const Now now = Now::current();
     for (int i = 0; i < got; ++i) {
       count_kernel_drops(i);
       take_datagram(batch.datagram(i), batch.truncated(i), received, now);
@@ -2925,7 +3696,7 @@ inline void Server::Impl::count_kernel_drops(int index_in_batch) {
   }
 }
 
-inline void Server::Impl::take_datagram(std::string_view datagram, bool truncated, std::uint64_t &received, double now) {
+inline void Server::Impl::take_datagram(std::string_view datagram, bool truncated, std::uint64_t &received, Now now) {
   ++received;
   if (truncated) { // the kernel cut it to fit: never parse a cut datagram
     IngestResult result;
@@ -2957,7 +3728,7 @@ inline void Server::Impl::hold_from(int socket, detail::HeldDatagrams::Source so
 }
 
 inline void Server::Impl::apply_held_datagrams() {
-  const double now = wall_clock_seconds();
+  const Now now = Now::current();
   held.release([this, now](std::string_view datagram, bool truncated, detail::HeldDatagrams::Source source) {
     const bool from_udp = source == detail::HeldDatagrams::Source::udp;
     take_datagram(datagram, truncated, from_udp ? stats.udp_packets : stats.unix_datagrams, now);
