@@ -351,3 +351,98 @@ TEST_CASE("a file that is not state is set aside under a new name, never over an
                        "/absent.json aside (nothing was written over it; move it away and start again): No such file or directory");
   remove_tree(directory);
 }
+
+// ---- the server's state file --------------------------------------------------------------
+
+namespace {
+
+hermes::Options state_options(const std::string &path, std::vector<std::string> *log) {
+  hermes::Options options = test::loopback_options(log);
+  options.state_file = path;
+  options.state_interval_seconds = 0.05;
+  return options;
+}
+
+std::size_t lines_with(const std::vector<std::string> &log, const std::string &part) {
+  return static_cast<std::size_t>(std::count_if(log.begin(), log.end(), [&](const std::string &line) {
+    return line.find(part) != std::string::npos;
+  }));
+}
+
+const std::string counter_sample = R"({"metric_name": "sample_counter", "payload": {"labels": {"label_1": "x"}}})";
+
+} // namespace
+
+TEST_CASE("a server writes its state after a change once the interval has passed, at stop, and restores it at start") {
+  const std::string directory = temporary_directory();
+  const std::string path = directory + "/state.json";
+  std::vector<std::string> log;
+  {
+    hermes::Server server(test::sample_config(), state_options(path, &log));
+    CHECK(log.back() == "level=info msg=\"no state file yet; starting empty\" path=" + path);
+    test::push(server, {counter_sample});
+    REQUIRE(test::pump_until(server, [&] { return server.stats().state_writes_succeeded == 1; }));
+    CHECK(test::read_file(path).find("{\"labels\": [\"x\"], \"value\": 1, ") != std::string::npos);
+    CHECK(server.stats().state_last_write_seconds == doctest::Approx(hermes::wall_clock_seconds()).epsilon(1e-8));
+    // Nothing changes: nothing is written, however many intervals pass.
+    const auto quiet_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(300);
+    while (std::chrono::steady_clock::now() < quiet_until) server.poll_once(5);
+    CHECK(server.stats().state_writes_succeeded == 1);
+    test::push(server, {counter_sample});
+    REQUIRE(test::pump_until(server, [&] { return server.stats().state_writes_succeeded == 2; }));
+    // Stop with a sample still on the socket: it is applied, then written.
+    test::send_udp(server.udp_port(), counter_sample);
+    std::atomic<bool> stop{true};
+    server.run(stop);
+    CHECK(server.registry().value("sample_counter", {"x"}) == std::optional<double>(3));
+    CHECK(server.stats().state_writes_succeeded == 3);
+    CHECK(server.stats().state_writes_failed == 0);
+  }
+  CHECK(files_in(directory) == std::vector<std::string>{"state.json"});
+  hermes::Server again(test::sample_config(), state_options(path, &log));
+  CHECK(log.back() == "level=info msg=\"state restored\" path=" + path + " series=1 skipped=0");
+  CHECK(again.registry().value("sample_counter", {"x"}) == std::optional<double>(3));
+  CHECK(again.stats().state_restored_series == 1);
+  const std::string body = test::body_of(test::http(again, "GET /metrics HTTP/1.0\r\n\r\n"));
+  CHECK(body.find("\nhermes_state_restored_series 1\n") != std::string::npos);
+  CHECK(body.find("\nhermes_state_writes_total{result=\"success\"} 0\n") != std::string::npos);
+  remove_tree(directory);
+}
+
+TEST_CASE("a failed state write is counted, logged once per interval and tried again; serving goes on") {
+  const std::string directory = temporary_directory();
+  const std::string path = directory + "/later/state.json";
+  std::vector<std::string> log;
+  hermes::Server server(test::sample_config(), state_options(path, &log));
+  test::push(server, {counter_sample});
+  const auto started = std::chrono::steady_clock::now();
+  REQUIRE(test::pump_until(server, [&] { return server.stats().state_writes_failed == 3; }));
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  CHECK(elapsed >= 2 * 0.05); // three attempts, an interval apart
+  CHECK(lines_with(log, "msg=\"state write failed; the previous file stays, retrying next interval\" path=" + path +
+                            " error=\"create " + path + ".XXXXXX: No such file or directory\"") == 3);
+  CHECK(test::body_of(test::http(server, "GET /metrics HTTP/1.0\r\n\r\n")).find("\nhermes_state_writes_total{result=\"failure\"} 3\n") !=
+        std::string::npos);
+  REQUIRE(::mkdir((directory + "/later").c_str(), 0700) == 0);
+  REQUIRE(test::pump_until(server, [&] { return server.stats().state_writes_succeeded == 1; }));
+  CHECK(test::read_file(path).find("{\"labels\": [\"x\"], \"value\": 1, ") != std::string::npos);
+  ::unlink(path.c_str());
+  ::rmdir((directory + "/later").c_str());
+  remove_tree(directory);
+}
+
+TEST_CASE("a server set aside a state file it cannot read, logs where, and starts empty") {
+  const std::string directory = temporary_directory();
+  const std::string path = directory + "/state.json";
+  std::ofstream(path) << "{\"format\": \"hermes-state\", \"version\": 1, \"metrics\": [";
+  std::vector<std::string> log;
+  hermes::Server server(test::sample_config(), state_options(path, &log));
+  const std::vector<std::string> files = files_in(directory);
+  REQUIRE(files.size() == 1);
+  CHECK(files[0].rfind("state.json.corrupt-", 0) == 0);
+  CHECK(log.back() == "level=error msg=\"state file is not state; set aside, starting empty\" path=" + path +
+                          " error=\"not valid JSON: syntax error at line 1 near: \" moved_to=" + directory + "/" + files[0]);
+  CHECK(server.registry().series_count() == 0);
+  CHECK(test::read_file(directory + "/" + files[0]) == "{\"format\": \"hermes-state\", \"version\": 1, \"metrics\": [");
+  remove_tree(directory);
+}
