@@ -436,7 +436,8 @@ public:
   // series past their ttl_seconds expire at the next expire(). Throws StateError, having
   // changed nothing, when `text` is not a whole state file.
   RestoreSummary restore_state(std::string_view text, double monotonic_now = monotonic_seconds());
-  // Goes up whenever a series changes, appears or goes: state is written only after a change.
+  // Goes up whenever a sample is applied, a series expires or one is restored: the state
+  // is written only after a change. A reload alone is none: it leaves the file as it is.
   std::uint64_t changes() const { return changes_; }
 
   const std::string &service_name() const { return service_name_; }
@@ -3032,7 +3033,6 @@ inline Registry::ReloadSummary Registry::reload(const Config &config) {
     }
   }
   summary.removed = metrics_.size() - summary.kept;
-  ++changes_;
   service_name_ = next.service_name_;
   metrics_ = std::move(next.metrics_);
   return summary;
