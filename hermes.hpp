@@ -2586,6 +2586,14 @@ inline std::string set_aside(const std::string &path) {
 
 // ---- the keeper ------------------------------------------------------------------------
 
+// A message that quotes a file's bytes, safe for a log line: other bytes become '?'.
+inline std::string printable_ascii(std::string_view text) {
+  std::string out(text);
+  for (char &c : out)
+    if (c < 0x20 || c > 0x7e) c = '?';
+  return out;
+}
+
 // The state file of a server: restores it at start, writes it every interval when the
 // registry changed, and once more at stop. The slow part of a write (write, fsync,
 // rename) runs on a thread of its own that owns only a finished buffer, so that the
@@ -2645,7 +2653,7 @@ inline void StateKeeper::restore(Registry &registry, double monotonic_now) {
   } catch (const StateError &problem) {
     const std::string aside = set_aside(path_);
     logger_.log(LogLevel::error, "state file is not state; set aside, starting empty",
-                {{"path", path_}, {"error", problem.what()}, {"moved_to", aside}});
+                {{"path", path_}, {"error", printable_ascii(problem.what())}, {"moved_to", aside}});
   }
   written_changes_ = registry.changes();
 }
