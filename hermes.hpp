@@ -2178,7 +2178,10 @@ public:
 
   // The reading side: every problem names its place in the file.
   explicit StateCodec(double monotonic_now) : monotonic_now_(monotonic_now) {}
-  std::vector<RestoredMetric> read(const picojson::value &root) const;
+  void check_format(const picojson::object &top) const;
+  MetricConfig read_shape(const picojson::object &metric, const std::string &place) const;
+  RestoredSeries read_series(const MetricConfig &shape, const picojson::value &value, const std::string &place) const;
+  [[noreturn]] void fail(const std::string &place, const std::string &problem) const;
 
 private:
   static void write_shape(std::string &out, const MetricConfig &config);
@@ -2187,7 +2190,6 @@ private:
   static void write_window(std::string &out, const QuantileWindow &window, double monotonic_now);
   static Registry::RestoreSummary put_in_place(Registry &registry, std::vector<RestoredMetric> &metrics);
 
-  [[noreturn]] void fail(const std::string &place, const std::string &problem) const;
   const picojson::value &at(const picojson::object &object, const std::string &key, const std::string &place) const;
   const picojson::array &list_at(const picojson::value &value, const std::string &place) const;
   const picojson::object &object_at(const picojson::value &value, const std::string &place) const;
@@ -2195,8 +2197,6 @@ private:
   double number_at(const picojson::value &value, const std::string &place) const;
   double finite_at(const picojson::value &value, const std::string &place, double low, double high) const;
   std::uint64_t count_at(const picojson::value &value, const std::string &place) const;
-  MetricConfig read_shape(const picojson::object &metric, const std::string &place) const;
-  RestoredSeries read_series(const MetricConfig &shape, const picojson::value &value, const std::string &place) const;
   void read_distribution(const MetricConfig &shape, const picojson::object &object, Distribution &seen,
                          const std::string &place) const;
   std::unique_ptr<QuantileWindow> read_window(const MetricConfig &shape, const picojson::value &value,
@@ -2367,26 +2367,13 @@ inline std::uint64_t StateCodec::count_at(const picojson::value &value, const st
   return static_cast<std::uint64_t>(number);
 }
 
-inline std::vector<RestoredMetric> StateCodec::read(const picojson::value &root) const {
-  const picojson::object &top = object_at(root, "");
+inline void StateCodec::check_format(const picojson::object &top) const {
   const auto format = top.find("format");
   if (format == top.end() || !format->second.is<std::string>() || format->second.get<std::string>() != state_format_name)
     fail("format", std::string("not a Hermes state file (no \"format\": \"") + state_format_name + "\")");
   const picojson::value &version = at(top, "version", "");
   if (!version.is<double>() || version.get<double>() != state_format_version)
     fail("version", "format version " + quote_json(version) + ", this Hermes reads version 1");
-  const picojson::array &metrics = list_at(at(top, "metrics", ""), "metrics");
-  std::vector<RestoredMetric> restored;
-  for (std::size_t m = 0; m < metrics.size(); ++m) {
-    const std::string place = "metrics[" + std::to_string(m) + "]";
-    const picojson::object &metric = object_at(metrics[m], place);
-    RestoredMetric next{read_shape(metric, place), {}};
-    const picojson::array &series = list_at(at(metric, "series", place), place + ".series");
-    for (std::size_t s = 0; s < series.size(); ++s)
-      next.series.push_back(read_series(next.shape, series[s], place + ".series[" + std::to_string(s) + "]"));
-    restored.push_back(std::move(next));
-  }
-  return restored;
 }
 
 inline MetricConfig StateCodec::read_shape(const picojson::object &metric, const std::string &place) const {
@@ -2514,13 +2501,89 @@ inline Registry::RestoreSummary StateCodec::put_in_place(Registry &registry, std
   return summary;
 }
 
+// ---- reading as a stream ------------------------------------------------------------------
+
+// What a state file holds, read: its top-level members but the metrics, and the metrics.
+struct StateDocument {
+  picojson::object top;
+  std::vector<RestoredMetric> metrics;
+};
+
+// A picojson parse context for one place of a state file: the whole file, its list of
+// metrics, one metric, or a metric's list of series. Only one series, or a metric's
+// members before its series, is ever a tree: restoring 100k series takes little more
+// memory than they do. A metric's "series" comes after its shape, as Hermes writes it.
+// A problem throws StateError naming its place.
+class StateReader {
+public:
+  enum class Place { root, metrics, metric, series };
+
+  StateReader(Place place, std::string where, const StateCodec &codec, StateDocument &document)
+      : place_(place), where_(std::move(where)), codec_(codec), document_(document) {}
+
+  bool set_null() { return wrong("null"); }
+  bool set_bool(bool) { return wrong("a boolean"); }
+  bool set_number(double) { return wrong("a number"); }
+  template <typename Iter> bool parse_string(picojson::input<Iter> &) { return wrong("a string"); }
+  bool parse_array_start() { return place_ == Place::metrics || place_ == Place::series || wrong("a list"); }
+  template <typename Iter> bool parse_array_item(picojson::input<Iter> &in, std::size_t index) {
+    const std::string where = where_ + "[" + std::to_string(index) + "]";
+    if (place_ == Place::metrics) {
+      document_.metrics.emplace_back();
+      StateReader metric(Place::metric, where, codec_, document_);
+      if (!picojson::_parse(metric, in)) return false;
+      if (!metric.seen_series_) codec_.fail(where + ".series", "missing");
+      return true;
+    }
+    picojson::value tree; // one series
+    BoundedJsonContext context(&tree, state_json_depth - 4);
+    if (!picojson::_parse(context, in)) return false;
+    RestoredMetric &metric = document_.metrics.back();
+    metric.series.push_back(codec_.read_series(metric.shape, tree, where));
+    return true;
+  }
+  bool parse_array_stop(std::size_t) { return true; }
+  bool parse_object_start() { return place_ == Place::root || place_ == Place::metric || wrong("an object"); }
+  template <typename Iter> bool parse_object_item(picojson::input<Iter> &in, const std::string &key) {
+    if (place_ == Place::root && key == "metrics") {
+      document_.top[key] = picojson::value(true); // present; its content is in document_.metrics
+      StateReader metrics(Place::metrics, "metrics", codec_, document_);
+      return picojson::_parse(metrics, in);
+    }
+    if (place_ == Place::metric && key == "series") {
+      seen_series_ = true;
+      document_.metrics.back().shape = codec_.read_shape(header_, where_);
+      StateReader series(Place::series, where_ + ".series", codec_, document_);
+      return picojson::_parse(series, in);
+    }
+    BoundedJsonContext member(&(place_ == Place::root ? document_.top : header_)[key], state_json_depth - 2);
+    return picojson::_parse(member, in);
+  }
+  bool parse_object_stop() { return true; }
+
+private:
+  bool wrong(const char *got) const {
+    const bool list = place_ == Place::metrics || place_ == Place::series;
+    codec_.fail(where_, std::string(list ? "expected a list, got " : "expected an object, got ") + got);
+  }
+
+  Place place_;
+  std::string where_;
+  const StateCodec &codec_;
+  StateDocument &document_;
+  picojson::object header_; // a metric's members before its series
+  bool seen_series_ = false;
+};
+
 inline Registry::RestoreSummary StateCodec::restore(Registry &registry, std::string_view text, double monotonic_now) {
-  picojson::value root;
+  const StateCodec codec(monotonic_now);
+  StateDocument document;
+  StateReader reader(StateReader::Place::root, "", codec, document);
   std::string error;
-  BoundedJsonContext context(&root, state_json_depth);
-  if (!parse_json_into(context, text, &error)) throw StateError("not valid JSON: " + error);
-  std::vector<RestoredMetric> metrics = StateCodec(monotonic_now).read(root);
-  return put_in_place(registry, metrics);
+  if (!parse_json_into(reader, text, &error)) throw StateError("not valid JSON: " + error);
+  codec.check_format(document.top);
+  if (document.top.find("metrics") == document.top.end()) codec.fail("metrics", "missing");
+  return put_in_place(registry, document.metrics);
 }
 
 // ---- files -----------------------------------------------------------------------------

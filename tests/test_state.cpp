@@ -226,6 +226,12 @@ TEST_CASE("text that is not a whole state file is a StateError naming the place,
         "metrics[0].series[0].bucket_counts: 1 counts for 2 buckets with +Inf");
   CHECK(restore_error(head + R"({"name": "h", "type": "histogram", "labels": [], "buckets": [1], "series": [{"labels": [], "sum": 1, "count": 1.5, "bucket_counts": [1, 0], "created": 0, "pushed_ago": 0}]}]})") ==
         "metrics[0].series[0].count: 1.5 is not a whole number");
+  CHECK(restore_error(R"({"format": "hermes-state", "version": 1, "metrics": 3})") == "metrics: expected a list, got a number");
+  CHECK(restore_error(head + R"(7]})") == "metrics[0]: expected an object, got a number");
+  CHECK(restore_error(head + R"({"name": "level", "type": "gauge", "labels": []}]})") == "metrics[0].series: missing");
+  CHECK(restore_error(head + R"({"name": "level", "series": [], "type": "gauge", "labels": []}]})") == "metrics[0].type: missing");
+  CHECK(restore_error(head + R"({"name": "level", "type": "gauge", "labels": [], "series": {}}]})") ==
+        "metrics[0].series: expected a list, got an object");
   // Every cut of a real file is refused whole, wherever it falls.
   hermes::Registry registry = every_type();
   push_edge_values(registry, hermes::Now(1, 1764000000));
