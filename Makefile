@@ -93,11 +93,12 @@ cross-deps:
 
 # ---- the heavier gates, run by CI after make test -----------------------------------------
 
-# libFuzzer targets for the datagram path, the config loader and the HTTP parser. Each
+# libFuzzer targets for the datagram path, the config loader, the HTTP parser and the
+# state file reader. Each
 # first replays its committed seeds and regressions, then explores for FUZZ_SECONDS.
 FUZZ_CXX ?= clang++-14
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := datagram config http
+FUZZ_TARGETS := datagram config http state
 FUZZ_FLAGS := -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I.
 
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_%.cpp hermes.hpp | fuzz-deps
