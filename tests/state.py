@@ -331,6 +331,51 @@ def a_changed_config_restores_what_still_fits_and_names_the_rest_once():
             again.close()
 
 
+SLOW_FSYNC = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <unistd.h>
+/* fsync as an SD card may do it: 1.5 s each. */
+int fsync(int fd) {
+  static int (*real)(int);
+  if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+  usleep(1500000);
+  return real(fd);
+}
+"""
+
+
+@test
+def a_slow_fsync_stalls_neither_ingest_nor_scrapes():
+    with StateDir() as state:
+        source, shim = os.path.join(state.path, "slow_fsync.c"), os.path.join(state.path, "slow_fsync.so")
+        with open(source, "w") as file:
+            file.write(SLOW_FSYNC)
+        subprocess.run([os.environ.get("CC", "gcc"), "-shared", "-fPIC", "-o", shim, source, "-ldl"], check=True)
+        hermes = start(EVERY_TYPE, os.path.join(state.path, "state.json"), interval="0.2", env={"LD_PRELOAD": shim})
+        try:
+            import socket
+            started = time.monotonic()
+            sent, slowest = 0, 0.0
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                while time.monotonic() < started + 4:  # 20k datagrams a second, each a change
+                    for _ in range(200):
+                        sock.sendto(sample("plain_total", value=1).encode(), (hermes.udp_host, hermes.udp_port))
+                    sent += 200
+                    if sent % 4000 == 0:
+                        before = time.monotonic()
+                        hermes.scrape()
+                        slowest = max(slowest, time.monotonic() - before)
+                    time.sleep(max(0.0, started + sent / 20000 - time.monotonic()))
+            hermes.wait_for("plain_total", sent, seconds=5)
+            check_equal(hermes.metric("hermes_udp_receive_drops_total"), 0, "datagrams the kernel dropped")
+            writes = hermes.metric('hermes_state_writes_total{result="success"}')
+            assert 1 <= writes <= 2, f"{writes} writes in 4 s: each takes 3 s of fsync"  # the shim took effect
+            assert slowest < 0.5, f"a scrape took {slowest:.2f} s during a write"
+        finally:
+            hermes.close()
+
+
 # ---- a stepped wall clock -------------------------------------------------------------------
 
 def faketime_library():
