@@ -225,6 +225,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -2107,7 +2108,8 @@ inline double count_open_fds() {
 // ===== DETAIL: STATE ======================================================================
 //
 // The state file: every series as JSON text, one series a line, written by Hermes' own
-// writer (no tree of 100k series in memory) and read back with picojson. Numbers are
+// writer (no tree of 100k series in memory) and read back with picojson, as a stream of
+// one series at a time. Numbers are
 // written in their shortest round-trip form; infinities and NaN, which JSON has no
 // numbers for, as the strings "+Inf", "-Inf" and "NaN". Times that must survive a reboot
 // are ages: how long before the write a series was last pushed, how long until a summary
@@ -2702,12 +2704,15 @@ inline void StateKeeper::restore(Registry &registry, double monotonic_now) {
   next_write_ = monotonic_now + interval_;
   written_changes_ = registry.changes();
   if (!enabled()) return;
+  struct stat info {};
+  if (::stat(path_.c_str(), &info) != 0 && errno == ENOENT)
+    return logger_.log(LogLevel::info, "no state file yet; starting empty", {{"path", path_}});
   std::string text;
-  const int error = read_file(path_.c_str(), std::size_t{HERMES_MAX_STATE_SIZE} + 1, text);
-  if (error == ENOENT) return logger_.log(LogLevel::info, "no state file yet; starting empty", {{"path", path_}});
+  const bool too_large = info.st_size > HERMES_MAX_STATE_SIZE; // not read at all
+  const int error = too_large ? 0 : read_file(path_.c_str(), std::size_t{HERMES_MAX_STATE_SIZE} + 1, text);
   try {
     if (error) throw StateError(std::string("cannot read: ") + std::strerror(error));
-    if (text.size() > HERMES_MAX_STATE_SIZE) throw StateError("larger than " + std::to_string(HERMES_MAX_STATE_SIZE) + " bytes");
+    if (too_large || text.size() > HERMES_MAX_STATE_SIZE) throw StateError("larger than " + std::to_string(HERMES_MAX_STATE_SIZE) + " bytes");
     const Registry::RestoreSummary summary = registry.restore_state(text, monotonic_now);
     for (const std::string &problem : summary.problems) logger_.log(LogLevel::warn, "state not restored", {{"path", path_}, {"metric", problem}});
     stats_.state_restored_series = summary.restored;
@@ -2733,10 +2738,17 @@ inline void StateKeeper::write(std::uint64_t changes, double monotonic_now) {
   pending_changes_ = changes;
   job_ = std::move(bytes_);
   done_.store(false, std::memory_order_relaxed);
-  writer_ = std::thread([this] {
-    error_ = write_file_atomically(path_, job_);
-    done_.store(true, std::memory_order_release);
-  });
+  try {
+    writer_ = std::thread([this] {
+      error_ = write_file_atomically(path_, job_);
+      done_.store(true, std::memory_order_release);
+    });
+  } catch (const std::system_error &problem) { // no thread to be had: a failed write, tried again later
+    bytes_ = std::move(job_);
+    ++stats_.state_writes_failed;
+    logger_.log(LogLevel::error, "state write failed; the previous file stays, retrying next interval",
+                {{"path", path_}, {"error", std::string("cannot start a thread: ") + problem.what()}});
+  }
 }
 
 inline void StateKeeper::wait() {
