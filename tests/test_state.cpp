@@ -86,11 +86,13 @@ std::string temporary_directory() {
   return name;
 }
 
+// readdir64: a 32-bit build under qemu-user reads a 64-bit host's directories, whose
+// inode numbers readdir cannot hold.
 std::vector<std::string> files_in(const std::string &directory) {
   std::vector<std::string> names;
   DIR *dir = ::opendir(directory.c_str());
   REQUIRE(dir != nullptr);
-  while (const dirent *entry = ::readdir(dir))
+  while (const dirent64 *entry = ::readdir64(dir))
     if (entry->d_name[0] != '.') names.emplace_back(entry->d_name);
   ::closedir(dir);
   std::sort(names.begin(), names.end());
