@@ -134,11 +134,11 @@ sanitize: | test-deps
 	$(BUILD)/sanitize/unit_tests --no-intro=true
 	python3 tests/blackbox.py $(BUILD)/sanitize/hermes
 
-# The integration tests (a real Server over loopback sockets) under valgrind memcheck:
-# any error or leak fails the run.
+# The integration tests (a real Server over loopback sockets) and the state file's under
+# valgrind memcheck: any error or leak fails the run.
 valgrind: $(BUILD)/unit_tests | valgrind-deps
 	valgrind --quiet --error-exitcode=99 --leak-check=full --show-leak-kinds=all --errors-for-leak-kinds=all \
-	  $(BUILD)/unit_tests --no-intro=true --source-file='*test_server.cpp'
+	  $(BUILD)/unit_tests --no-intro=true --source-file='*test_server.cpp,*test_state.cpp'
 
 deps:
 	@tests/ensure.sh header:picojson.h:picojson-dev
