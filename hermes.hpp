@@ -525,7 +525,8 @@ inline void render_metrics(std::string &out, const Registry &registry, const Ser
 // Owns the UDP and HTTP sockets and the registry. Single-threaded: drive it from one thread.
 class Server {
 public:
-  // Binds both sockets and logs where it listens. Throws SocketError.
+  // Binds both sockets, logs where it listens, and restores Options::state_file. Throws
+  // SocketError, or StateError when a state file that is not state cannot be set aside.
   Server(const Config &config, Options options);
   Server(const Server &) = delete;
   Server &operator=(const Server &) = delete;
@@ -534,11 +535,12 @@ public:
   // Waits up to timeout_ms for traffic and handles what arrived.
   void poll_once(int timeout_ms);
   // Steps until `stop` is set; sees it within HERMES_POLL_INTERVAL_MS. When `reload` is
-  // given, each time it is set the server clears it and reloads.
+  // given, each time it is set the server clears it and reloads. With a state file, it
+  // then applies the samples still queued on the sockets and writes the state.
   void run(const std::atomic<bool> &stop, std::atomic<bool> *reload = nullptr);
   // Reads Options::config_path again and takes it (Registry::reload); a config that
   // fails to load is logged and counted, and the one in force stays. Listen addresses
-  // and ports change only at restart.
+  // and ports, the state file and its interval change only at restart.
   bool reload();
 
   std::uint16_t udp_port() const;
