@@ -2418,7 +2418,7 @@ inline RestoredSeries StateCodec::read_series(const MetricConfig &shape, const p
     fail(place + ".labels", std::to_string(labels.size()) + " values for " + std::to_string(shape.labels.size()) + " labels");
   for (std::size_t i = 0; i < labels.size(); ++i)
     restored.labels.push_back(text_at(labels[i], place + ".labels[" + std::to_string(i) + "]"));
-  const double created = finite_at(at(object, "created", place), place + ".created", 0, HUGE_VAL);
+  const double created = finite_at(at(object, "created", place), place + ".created", -HUGE_VAL, HUGE_VAL);
   const double pushed_ago = finite_at(at(object, "pushed_ago", place), place + ".pushed_ago", 0, HUGE_VAL);
   restored.series = new_series(shape, Now(monotonic_now_ - pushed_ago, created));
   if (restored.series.distribution) read_distribution(shape, object, *restored.series.distribution, place);
@@ -2447,9 +2447,10 @@ inline std::unique_ptr<QuantileWindow> StateCodec::read_window(const MetricConfi
   auto window = std::make_unique<QuantileWindow>(shape, monotonic_now_);
   window->head_ = static_cast<std::size_t>(count_at(at(object, "head", place), place + ".head"));
   if (window->head_ >= QuantileWindow::streams) fail(place + ".head", "not a stream of the window");
-  // A window cannot turn later than one step from now; a longer wait is not what Hermes wrote.
-  window->head_expires_ =
-      monotonic_now_ + finite_at(at(object, "turns_in", place), place + ".turns_in", -HUGE_VAL, window->step_);
+  // Never later than one step from now: a longer wait was not written by Hermes, or only
+  // by a rounding error (502.2 + 20 - 502.2 > 20).
+  const double turns_in = finite_at(at(object, "turns_in", place), place + ".turns_in", -HUGE_VAL, HUGE_VAL);
+  window->head_expires_ = monotonic_now_ + std::min(turns_in, window->step_);
   const picojson::array &streams = list_at(at(object, "streams", place), place + ".streams");
   if (streams.size() != QuantileWindow::streams) fail(place + ".streams", "a window has 5 streams");
   for (std::size_t i = 0; i < streams.size(); ++i)

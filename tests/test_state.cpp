@@ -184,6 +184,14 @@ TEST_CASE("a restored summary window answers as before and turns when it would h
   CHECK(median(before, 1010 + 91) == "sizes{route=\"/\",quantile=\"0.5\"} NaN");
 }
 
+TEST_CASE("a window saved the instant it was made restores, though its next turn rounds past one step") {
+  hermes::Registry before = every_type();
+  // 502.2 + 20 - 502.2 is 20.000000000000057 in doubles: a step and a rounding error away.
+  before.ingest(sample("sizes", "route", "/", R"(, "observation": 3)"), hermes::Now(502.2, 1764000000));
+  hermes::Registry after = every_type();
+  CHECK(after.restore_state(saved(before, hermes::Now(502.2, 1764000000)), 502.2).restored == 3);
+}
+
 TEST_CASE("a metric removed or reshaped is skipped and named once; the others are restored") {
   hermes::Registry before = every_type();
   push_edge_values(before, hermes::Now(1, 1764000000));
