@@ -57,10 +57,11 @@ statsd-clients:
 	@test -f $(BUILD)/npm/node_modules/hot-shots/package.json || \
 	  npm install --prefix $(BUILD)/npm --no-save --no-audit --no-fund --omit=optional $(HOT_SHOTS)
 
-# The benchmark: hermes against a bare UDP receiver, and scrapes of up to 100k series.
-$(BUILD)/bench: tests/bench/bench.cpp
+# The benchmark: hermes against a bare UDP receiver, scrapes of up to 100k series, and
+# state writes of 100k series against ingest.
+$(BUILD)/bench: tests/bench/bench.cpp hermes.hpp | deps
 	@mkdir -p $(BUILD)
-	$(CXX) -std=c++17 -O2 $(WARNINGS) $(CPPFLAGS) $(CXXFLAGS) $(LDFLAGS) -pthread -o $@ $<
+	$(CXX) -std=c++17 -O2 $(WARNINGS) $(CPPFLAGS) $(CXXFLAGS) $(LDFLAGS) -pthread -I. -o $@ $<
 
 bench: hermes $(BUILD)/static/hermes $(BUILD)/bench
 	$(BUILD)/bench ./hermes $(BUILD)/static/hermes
@@ -116,12 +117,12 @@ cross-deps:
 
 # ---- the heavier gates, run by CI after make test -----------------------------------------
 
-# libFuzzer targets for the JSON and StatsD datagram paths, the config loader and the
-# HTTP parser. Each first replays its committed seeds and regressions, then explores for
-# FUZZ_SECONDS.
+# libFuzzer targets for the JSON and StatsD datagram paths, the config loader, the HTTP
+# parser and the state file reader. Each first replays its committed seeds and
+# regressions, then explores for FUZZ_SECONDS.
 FUZZ_CXX ?= clang++-14
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := datagram statsd config http
+FUZZ_TARGETS := datagram statsd config http state
 FUZZ_FLAGS := -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I.
 
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_%.cpp hermes.hpp | fuzz-deps
@@ -157,11 +158,11 @@ sanitize: | test-deps
 	$(BUILD)/sanitize/unit_tests --no-intro=true
 	python3 tests/blackbox.py $(BUILD)/sanitize/hermes
 
-# The integration tests (a real Server over loopback sockets) under valgrind memcheck:
-# any error or leak fails the run.
+# The integration tests (a real Server over loopback sockets) and the state file's under
+# valgrind memcheck: any error or leak fails the run.
 valgrind: $(BUILD)/unit_tests | valgrind-deps
 	valgrind --quiet --error-exitcode=99 --leak-check=full --show-leak-kinds=all --errors-for-leak-kinds=all \
-	  $(BUILD)/unit_tests --no-intro=true --source-file='*test_server.cpp'
+	  $(BUILD)/unit_tests --no-intro=true --source-file='*test_server.cpp,*test_state.cpp'
 
 deps:
 	@tests/ensure.sh header:picojson.h:picojson-dev
@@ -175,7 +176,7 @@ valgrind-deps:
 test-deps: deps
 	@tests/ensure.sh header:doctest/doctest.h:doctest-dev command:python3:python3 command:promtool:prometheus \
 	  command:prometheus:prometheus command:clang++:clang python:yaml:python3-yaml \
-	  file:/usr/share/i18n/locales/de_DE:locales command:localedef:libc-bin
+	  file:/usr/share/i18n/locales/de_DE:locales command:localedef:libc-bin command:faketime:faketime
 
 clean:
 	rm -rf hermes $(BUILD)

@@ -29,6 +29,8 @@
 //                     "native_zero_threshold": 2^-128 (a native histogram; "buckets" then optional)
 //      "summaries": [{ ...same keys..., "objectives": {"0.5": 0.05}, "max_age_seconds": 600}],
 //      "listen_address": "0.0.0.0", "listen_port": 7789,   optional UDP address and port
+//      "state_file": "/var/lib/hermes/state.json",         optional: keep series across restarts
+//      "state_interval_seconds": 10,                       optional: between state writes
 //      "max_series": 10000, "ttl_seconds": 0,              optional defaults for every metric
 //      "max_memory_bytes": "64MiB"}                        optional memory budget (HERMES_MAX_MEMORY wins)
 //
@@ -95,6 +97,20 @@
 // or is refused as memory_limit, series leave room for two /metrics bodies, scrapes
 // that come while a body is being sent share it, and a body with no room is 503.
 //
+// ---- State across restarts ----------------------------------------------------------------
+//
+// With Options::state_file (HERMES_STATE_FILE, "state_file") a Server restores every
+// series from that file at start, writes it every state_interval_seconds when something
+// changed, and once more when run() ends, after the samples still queued on its sockets.
+// A write goes to a new file in the same directory, fsynced and renamed over the old one,
+// on a thread of its own. A file that is not state is renamed aside, never deleted; a
+// series whose metric is gone or changed shape is skipped and logged.
+//
+// ---- Time -------------------------------------------------------------------------------------
+//
+// ttl_seconds, summary windows, log rate limits and HTTP timeouts count on the monotonic
+// clock; the wall clock serves only the timestamps shown (_created, *_timestamp_seconds).
+//
 // ---- Limits (define before including to change) ------------------------------------------
 //
 //     HERMES_MAX_DATAGRAM_SIZE      8192   bytes; a longer datagram is rejected as too_large
@@ -119,6 +135,9 @@
 //     HERMES_DEFAULT_MAX_MEMORY     64 MiB the memory budget unless HERMES_MAX_MEMORY or the config sets one
 //     HERMES_SHARED_BODY_MS         1000   scrapes this close together share one /metrics body
 //     HERMES_MAX_NATIVE_BUCKETS    10000   the largest native_max_buckets a config may set
+//     HERMES_STATE_INTERVAL_S         10   default seconds between state writes (state_interval_seconds)
+//     HERMES_MAX_STATE_SIZE   1073741824   bytes of state file read at start; a larger one is set aside
+//     HERMES_STATE_PAUSE_STRIDE     1024   series written to the state between looks at the sockets
 
 #ifndef HERMES_HPP
 #define HERMES_HPP
@@ -193,6 +212,15 @@
 #ifndef HERMES_SHARED_BODY_MS
 #define HERMES_SHARED_BODY_MS 1000 // scrapes this close together share one /metrics body while it is sent
 #endif
+#ifndef HERMES_STATE_INTERVAL_S
+#define HERMES_STATE_INTERVAL_S 10 // default seconds between state writes; each writes only if something changed
+#endif
+#ifndef HERMES_MAX_STATE_SIZE
+#define HERMES_MAX_STATE_SIZE (1024 * 1024 * 1024) // a state file larger than this is not read, but set aside
+#endif
+#ifndef HERMES_STATE_PAUSE_STRIDE
+#define HERMES_STATE_PAUSE_STRIDE 1024 // series; as HERMES_RENDER_PAUSE_STRIDE, for the state's text
+#endif
 #ifndef HERMES_LISTEN_BACKLOG
 #define HERMES_LISTEN_BACKLOG 128 // pending TCP connections the kernel queues for accept
 #endif
@@ -229,6 +257,9 @@ static_assert(HERMES_DEFAULT_MAX_MEMORY >= 8 * 1024 * 1024, "HERMES_DEFAULT_MAX_
 static_assert(HERMES_SHARED_BODY_MS >= 0, "HERMES_SHARED_BODY_MS must not be negative (0: every scrape renders)");
 static_assert(HERMES_MAX_NATIVE_BUCKETS >= 160 && HERMES_MAX_NATIVE_BUCKETS <= 1000000,
               "HERMES_MAX_NATIVE_BUCKETS must be between 160 (the default native_max_buckets) and 1000000");
+static_assert(HERMES_STATE_INTERVAL_S >= 1, "HERMES_STATE_INTERVAL_S must be at least 1 second");
+static_assert(HERMES_MAX_STATE_SIZE >= 65536, "HERMES_MAX_STATE_SIZE must be at least 65536 bytes");
+static_assert(HERMES_STATE_PAUSE_STRIDE >= 1, "HERMES_STATE_PAUSE_STRIDE must be at least 1 series");
 
 // ===== INCLUDES ===========================================================================
 
@@ -255,6 +286,8 @@ static_assert(HERMES_MAX_NATIVE_BUCKETS >= 160 && HERMES_MAX_NATIVE_BUCKETS <= 1
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -293,6 +326,13 @@ public:
   using std::runtime_error::runtime_error;
 };
 
+// A state file that cannot be read as state, or one that cannot be set aside: the
+// message names the file, the place in it and the problem.
+class StateError : public std::runtime_error {
+public:
+  using std::runtime_error::runtime_error;
+};
+
 // ===== PUBLIC API: CONFIG =================================================================
 
 enum class MetricType { counter, gauge, histogram, summary, count_ };
@@ -325,6 +365,8 @@ struct Config {
   std::string listen_address;              // UDP address from the file; empty when not set
   std::optional<std::uint16_t> listen_port; // UDP port from the file
   std::optional<std::size_t> max_memory_bytes; // the memory budget from the file
+  std::string state_file;                   // "state_file": where state is kept; empty when not set
+  std::optional<double> state_interval_seconds; // "state_interval_seconds"
 };
 
 // What a series of `metric` may cost at most, in bytes of the memory budget, besides its
@@ -364,6 +406,8 @@ struct Options {
   unsigned unix_socket_mode = 0660; // its file mode, so that only its group may push
   bool statsd = true; // datagrams that are not JSON hold StatsD lines; off: they are malformed_json
   std::size_t max_memory = HERMES_DEFAULT_MAX_MEMORY; // the memory budget, in bytes
+  std::string state_file; // where the series are kept across restarts; empty: nowhere
+  double state_interval_seconds = HERMES_STATE_INTERVAL_S; // between writes, each only after a change
   LogSink log_sink;
 };
 
@@ -377,7 +421,8 @@ using Environment = std::function<const char *(const char *name)>;
 // HERMES_UDP_ADDRESS (or LISTEN_ADDRESS), HERMES_UDP_PORT (or LISTEN_PORT),
 // HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (or LOG_LEVEL), HERMES_OPENMETRICS, HERMES_PROTOBUF,
 // HERMES_UNIX_SOCKET and HERMES_UNIX_SOCKET_MODE (octal), HERMES_UDP_RECEIVE_BUFFER (bytes),
-// HERMES_STATSD (on or off), HERMES_MAX_MEMORY (bytes).
+// HERMES_STATSD (on or off), HERMES_MAX_MEMORY (bytes),
+// HERMES_STATE_FILE and HERMES_STATE_INTERVAL (seconds, over the config's state_* keys).
 // An empty variable counts as unset. Throws UsageError naming a bad variable.
 inline Options options_from_environment(const Config &config, const Environment &env);
 
@@ -406,8 +451,20 @@ enum class Wire { json, statsd, count_ };
 constexpr std::size_t wire_count = static_cast<std::size_t>(Wire::count_);
 inline const char *to_string(Wire wire);
 
-// Seconds since the epoch, as the timestamps of /metrics count them.
+// Seconds since the epoch, as the timestamps of /metrics count them. It may step.
 inline double wall_clock_seconds();
+// Seconds on a clock that never steps (CLOCK_MONOTONIC): ttl_seconds, summary windows.
+inline double monotonic_seconds();
+
+// The two clocks a registry reads: the monotonic one for ages, the wall one for the
+// timestamps it shows. One number stands for both, as unit tests step them together.
+struct Now {
+  double monotonic = 0; // monotonic_seconds(): ttl_seconds and summary windows count on it
+  double wall = 0;      // wall_clock_seconds(): the _created timestamps
+  Now(double both) : monotonic(both), wall(both) {} // implicit, so that a test may write ingest(text, 1000)
+  Now(double monotonic_seconds, double wall_seconds) : monotonic(monotonic_seconds), wall(wall_seconds) {}
+  static Now current() { return {monotonic_seconds(), wall_clock_seconds()}; }
+};
 
 // What one datagram did: samples applied, and samples rejected by reason.
 struct IngestResult {
@@ -461,6 +518,7 @@ struct Reading;
 struct ReadSample;
 struct StatsdReading;
 class Renderer;
+class StateCodec;
 } // namespace detail
 
 // The metrics of a config and their series. Not thread-safe: one owner applies samples
@@ -474,9 +532,8 @@ public:
   Registry &operator=(Registry &&) noexcept;
   ~Registry();
 
-  // Parses one datagram and applies every sample in it, at `now_seconds` since the epoch.
-  // Never throws on bad input.
-  IngestResult ingest(std::string_view datagram, double now_seconds = wall_clock_seconds());
+  // Parses one datagram and applies every sample in it, at `now`. Never throws on bad input.
+  IngestResult ingest(std::string_view datagram, Now now = Now::current());
   // Counts a datagram rejected before parsing, such as one that was too large.
   void count_rejected(Reject reason);
   // Off: every datagram is read as JSON, so StatsD lines are malformed_json. On by default.
@@ -488,11 +545,30 @@ public:
     std::size_t kept = 0, fresh = 0, removed = 0; // metrics
   };
   ReloadSummary reload(const Config &config);
-  // Brings the registry up to `now_seconds`: drops the labelled series whose metric has a
-  // ttl_seconds and that were not pushed for that long, and moves summary windows on,
-  // forgetting observations older than max_age_seconds. Returns how many series it
+  // Brings the registry up to `monotonic_now`: drops the labelled series whose metric
+  // has a ttl_seconds and that were not pushed for that long, and moves summary windows
+  // on, forgetting observations older than max_age_seconds. Returns how many series it
   // dropped. A series without labels stays. Call it before rendering, which only reads.
-  std::size_t expire(double now_seconds = wall_clock_seconds());
+  std::size_t expire(double monotonic_now = monotonic_seconds());
+
+  // Writes every series over `out` as the state file's JSON text (format version 1,
+  // see README "State across restarts"): values, buckets, sums, counts, summary windows,
+  // _created, each series' age since its last push, and each metric's shape. `pause`,
+  // when given, runs after every HERMES_STATE_PAUSE_STRIDE series and must not change
+  // the registry.
+  void save_state(std::string &out, Now now, const std::function<void()> &pause = {}) const;
+  // What restore_state() took, and what it left out and why ("metric: problem", once each).
+  struct RestoreSummary {
+    std::size_t restored = 0, skipped = 0; // series
+    std::vector<std::string> problems;
+  };
+  // Takes the series of a state file whose metric is configured with the same shape;
+  // series past their ttl_seconds expire at the next expire(). Throws StateError, having
+  // changed nothing, when `text` is not a whole state file.
+  RestoreSummary restore_state(std::string_view text, double monotonic_now = monotonic_seconds());
+  // Goes up whenever a sample is applied, a series expires or one is restored: the state
+  // is written only after a change. A reload alone is none: it leaves the file as it is.
+  std::uint64_t changes() const { return changes_; }
 
   const std::string &service_name() const { return service_name_; }
   // The value of one series, label values in configured order; nullopt when it does not exist.
@@ -506,12 +582,13 @@ public:
 
 private:
   friend class detail::Renderer;
-  void ingest_json(std::string_view datagram, double now_seconds, IngestResult &result);
-  void ingest_statsd(std::string_view datagram, double now_seconds, IngestResult &result);
-  void apply_statsd(detail::StatsdReading &reading, double now_seconds, IngestResult &result);
+  friend class detail::StateCodec;
+  void ingest_json(std::string_view datagram, Now now, IngestResult &result);
+  void ingest_statsd(std::string_view datagram, Now now, IngestResult &result);
+  void apply_statsd(detail::StatsdReading &reading, Now now, IngestResult &result);
   detail::Metric *find_statsd(detail::StatsdReading &reading);
   void tally(IngestResult &result, std::optional<Reject> reason, std::size_t samples = 1);
-  std::optional<Reject> apply(const detail::ReadSample &sample, double now_seconds);
+  std::optional<Reject> apply(const detail::ReadSample &sample, Now now);
   detail::Metric *find(std::string_view name);
   const detail::Metric *find(std::string_view name) const;
   void release(detail::Metric &metric);
@@ -524,6 +601,7 @@ private:
   bool statsd_ = true;
   std::uint64_t accepted_ = 0;
   std::uint64_t expired_ = 0;
+  std::uint64_t changes_ = 0;
   std::array<std::uint64_t, reject_reason_count> rejected_{};
   std::array<std::uint64_t, wire_count> received_{};
 };
@@ -571,6 +649,10 @@ struct ServerStats {
   std::map<int, std::uint64_t> http_requests; // by status code; every code Hermes sends, from 0
   double memory_budget_bytes = 0;             // the limit of the memory budget
   double memory_used_bytes = 0;               // what of it is taken
+  std::uint64_t state_writes_succeeded = 0;
+  std::uint64_t state_writes_failed = 0;
+  double state_last_write_seconds = 0; // wall clock of the last write that succeeded; 0: none yet
+  std::uint64_t state_restored_series = 0;
   ServerStats();
 };
 
@@ -578,7 +660,8 @@ struct ServerStats {
 // thread. Movable, not copyable.
 class Server {
 public:
-  // Binds both sockets and logs where it listens. Throws SocketError.
+  // Binds both sockets, logs where it listens, and restores Options::state_file. Throws
+  // SocketError, or StateError when a state file that is not state cannot be set aside.
   Server(const Config &config, Options options);
   Server(Server &&) noexcept;
   Server &operator=(Server &&) noexcept;
@@ -587,11 +670,12 @@ public:
   // Waits up to timeout_ms for traffic and handles what arrived.
   void poll_once(int timeout_ms);
   // Steps until `stop` is set; sees it within HERMES_POLL_INTERVAL_MS. When `reload` is
-  // given, each time it is set the server clears it and reloads.
+  // given, each time it is set the server clears it and reloads. With a state file, it
+  // then applies the samples still queued on the sockets and writes the state.
   void run(const std::atomic<bool> &stop, std::atomic<bool> *reload = nullptr);
   // Reads Options::config_path again and takes it (Registry::reload); a config that
   // fails to load is logged and counted, and the one in force stays. Listen addresses
-  // and ports change only at restart.
+  // and ports, the state file and its interval change only at restart.
   bool reload();
 
   std::uint16_t udp_port() const;
@@ -757,6 +841,7 @@ public:
   std::size_t memory_entries() const { return entries_.size() + buffer_.size(); }
 
 private:
+  friend class StateCodec;
   struct Entry {
     double value;
     double width; // observations this entry stands for
@@ -839,6 +924,7 @@ public:
   }
 
 private:
+  friend class StateCodec;
   static constexpr std::size_t streams = 5;
 
   void rotate(double now) {
@@ -1005,8 +1091,8 @@ struct Distribution {
 
 struct Series {
   double value = 0;
-  double created = 0;   // seconds since the epoch of the push that made it; 0 when made at start
-  double last_push = 0; // seconds since the epoch of the latest push
+  double created = 0;   // wall clock of the push that made it; 0 when made at start
+  double last_push = 0; // monotonic clock of the latest push
   std::unique_ptr<Distribution> distribution; // histograms and summaries
 };
 
@@ -1853,7 +1939,8 @@ public:
     if (!root.is<picojson::object>()) fail("", std::string("expected an object, got ") + json_type_name(root));
     const auto &top = root.get<picojson::object>();
     reject_unknown_keys(top, "", {"service_name", "gauges", "counters", "histograms", "summaries", "listen_address",
-                                  "listen_port", "max_series", "ttl_seconds", "max_memory_bytes"});
+                                  "listen_port", "max_series", "ttl_seconds", "max_memory_bytes", "state_file",
+                                  "state_interval_seconds"});
     Config config;
     config.service_name = read_service_name(top);
     read_series_limits(top, "", defaults_);
@@ -1864,6 +1951,12 @@ public:
     if (const auto *address = member(top, "listen_address")) config.listen_address = string_at(*address, "listen_address");
     if (const auto *port = member(top, "listen_port")) config.listen_port = port_at(*port, "listen_port");
     if (const auto *bytes = member(top, "max_memory_bytes")) config.max_memory_bytes = bytes_at(*bytes, "max_memory_bytes");
+    if (const auto *path = member(top, "state_file")) config.state_file = string_at(*path, "state_file");
+    if (const auto *interval = member(top, "state_interval_seconds")) {
+      if (!interval->is<double>() || !(interval->get<double>() > 0))
+        fail("state_interval_seconds", quote_json(*interval) + " is not a number of seconds above 0");
+      config.state_interval_seconds = interval->get<double>();
+    }
     check_name_collisions(config.metrics);
     return config;
   }
@@ -3306,6 +3399,693 @@ inline void HttpFrontEnd::remove_finished(Clock::time_point now) {
 } // namespace detail
 } // namespace hermes
 
+// ===== DETAIL: STATE ======================================================================
+//
+// The state file: every series as JSON text, one series a line, written by Hermes' own
+// writer (no tree of 100k series in memory) and read back with picojson, as a stream of
+// one series at a time. Numbers are
+// written in their shortest round-trip form; infinities and NaN, which JSON has no
+// numbers for, as the strings "+Inf", "-Inf" and "NaN". Times that must survive a reboot
+// are ages: how long before the write a series was last pushed, how long until a summary
+// window turned next. The monotonic clock starts again at every boot; the wall clock may
+// be decades off on a board without a real-time clock.
+
+namespace hermes {
+namespace detail {
+
+inline Series new_series(const MetricConfig &metric, Now now); // SAMPLES
+inline bool same_shape(const MetricConfig &a, const MetricConfig &b); // REGISTRY
+
+constexpr const char *state_format_name = "hermes-state";
+constexpr double state_format_version = 1;
+constexpr std::size_t state_json_depth = 10; // the deepest place: a quantile stream's entry
+
+inline void append_state_number(std::string &out, double value) {
+  if (std::isnan(value)) {
+    out += "\"NaN\"";
+  } else if (std::isinf(value)) {
+    out += value > 0 ? "\"+Inf\"" : "\"-Inf\"";
+  } else {
+    char buffer[32];
+    out.append(buffer, std::to_chars(buffer, buffer + sizeof buffer, value).ptr);
+  }
+}
+
+inline void append_state_count(std::string &out, std::uint64_t value) {
+  char buffer[24];
+  out.append(buffer, std::to_chars(buffer, buffer + sizeof buffer, value).ptr);
+}
+
+// `"key": ` with the comma before it unless it is the first of its object.
+inline void append_state_key(std::string &out, const char *key, bool first = false) {
+  if (!first) out += ", ";
+  out += '"';
+  out += key;
+  out += "\": ";
+}
+
+template <typename Items, typename Write> void append_state_list(std::string &out, const Items &items, Write write) {
+  out += '[';
+  bool first = true;
+  for (const auto &item : items) {
+    if (!first) out += ", ";
+    first = false;
+    write(item);
+  }
+  out += ']';
+}
+
+// A series of a state file, read and checked, waiting to be put in place.
+struct RestoredSeries {
+  std::vector<std::string> labels;
+  Series series;
+};
+struct RestoredMetric {
+  MetricConfig shape;
+  std::vector<RestoredSeries> series;
+};
+
+// Writes and reads the state file's text; a friend of Registry and the quantile
+// classes, so that none of them needs a public surface for it.
+class StateCodec {
+public:
+  static void save(const Registry &registry, std::string &out, Now now, const std::function<void()> &pause);
+  static Registry::RestoreSummary restore(Registry &registry, std::string_view text, double monotonic_now);
+
+  // The reading side: every problem names its place in the file.
+  explicit StateCodec(double monotonic_now) : monotonic_now_(monotonic_now) {}
+  void check_format(const picojson::object &top) const;
+  MetricConfig read_shape(const picojson::object &metric, const std::string &place) const;
+  RestoredSeries read_series(const MetricConfig &shape, const picojson::value &value, const std::string &place) const;
+  [[noreturn]] void fail(const std::string &place, const std::string &problem) const;
+
+private:
+  static void write_shape(std::string &out, const MetricConfig &config);
+  static void write_series(std::string &out, const MetricConfig &config, const std::vector<std::string> &labels,
+                           const Series &series, double monotonic_now);
+  static void write_window(std::string &out, const QuantileWindow &window, double monotonic_now);
+  static Registry::RestoreSummary put_in_place(Registry &registry, std::vector<RestoredMetric> &metrics);
+
+  const picojson::value &at(const picojson::object &object, const std::string &key, const std::string &place) const;
+  const picojson::array &list_at(const picojson::value &value, const std::string &place) const;
+  const picojson::object &object_at(const picojson::value &value, const std::string &place) const;
+  std::string text_at(const picojson::value &value, const std::string &place) const;
+  double number_at(const picojson::value &value, const std::string &place) const;
+  double finite_at(const picojson::value &value, const std::string &place, double low, double high) const;
+  std::uint64_t count_at(const picojson::value &value, const std::string &place) const;
+  void read_distribution(const MetricConfig &shape, const picojson::object &object, Distribution &seen,
+                         const std::string &place) const;
+  std::unique_ptr<QuantileWindow> read_window(const MetricConfig &shape, const picojson::value &value,
+                                              const std::string &place) const;
+  void read_stream(const picojson::value &value, QuantileStream &stream, const std::string &place) const;
+
+  double monotonic_now_;
+};
+
+// ---- writing ---------------------------------------------------------------------------
+
+inline void StateCodec::save(const Registry &registry, std::string &out, Now now, const std::function<void()> &pause) {
+  out.clear();
+  out += "{\"format\": \"";
+  out += state_format_name;
+  out += "\", \"version\": ";
+  append_state_number(out, state_format_version);
+  append_state_key(out, "written_at");
+  append_state_number(out, now.wall);
+  append_state_key(out, "service_name");
+  append_json_string(out, registry.service_name());
+  out += ", \"metrics\": [";
+  std::size_t since_pause = 0;
+  for (std::size_t m = 0; m < registry.metrics_.size(); ++m) {
+    const Metric &metric = registry.metrics_[m];
+    out += m == 0 ? "\n" : ",\n";
+    write_shape(out, metric.config);
+    out += ", \"series\": [";
+    bool first = true;
+    for (const auto &[labels, series] : metric.series) {
+      out += first ? "\n  " : ",\n  ";
+      first = false;
+      write_series(out, metric.config, labels, series, now.monotonic);
+      if (pause && ++since_pause == HERMES_STATE_PAUSE_STRIDE) {
+        since_pause = 0;
+        pause();
+      }
+    }
+    out += "]}";
+  }
+  out += "]}\n";
+}
+
+// What a series must match to be restored: as Registry::reload, type, labels, buckets,
+// objectives and max_age_seconds.
+inline void StateCodec::write_shape(std::string &out, const MetricConfig &config) {
+  append_state_key(out += '{', "name", true);
+  append_json_string(out, config.name);
+  append_state_key(out, "type");
+  append_json_string(out, to_string(config.type));
+  append_state_key(out, "labels");
+  append_state_list(out, config.labels, [&](const std::string &label) { append_json_string(out, label); });
+  if (config.type == MetricType::histogram) {
+    append_state_key(out, "buckets");
+    append_state_list(out, config.buckets, [&](double bound) { append_state_number(out, bound); });
+  }
+  if (config.type == MetricType::summary) {
+    append_state_key(out, "objectives");
+    append_state_list(out, config.objectives, [&](const std::pair<double, double> &objective) {
+      append_state_number(out += '[', objective.first);
+      append_state_number(out += ", ", objective.second);
+      out += ']';
+    });
+    append_state_key(out, "max_age_seconds");
+    append_state_number(out, config.max_age_seconds);
+  }
+}
+
+inline void StateCodec::write_series(std::string &out, const MetricConfig &config, const std::vector<std::string> &labels,
+                                     const Series &series, double monotonic_now) {
+  append_state_key(out += '{', "labels", true);
+  append_state_list(out, labels, [&](const std::string &value) { append_json_string(out, value); });
+  if (const Distribution *seen = series.distribution.get()) {
+    append_state_key(out, "sum");
+    append_state_number(out, seen->sum);
+    append_state_key(out, "count");
+    append_state_count(out, seen->count);
+    if (config.type == MetricType::histogram) {
+      append_state_key(out, "bucket_counts");
+      append_state_list(out, seen->bucket_counts, [&](std::uint64_t count) { append_state_count(out, count); });
+    }
+    if (seen->quantiles) write_window(out, *seen->quantiles, monotonic_now);
+  } else {
+    append_state_key(out, "value");
+    append_state_number(out, series.value);
+  }
+  append_state_key(out, "created");
+  append_state_number(out, series.created);
+  append_state_key(out, "pushed_ago");
+  append_state_number(out, std::max(0.0, monotonic_now - series.last_push));
+  out += '}';
+}
+
+// The five streams as they are, buffers unmerged (the file must not change the window),
+// with the stream that answers and how long until the next turn.
+inline void StateCodec::write_window(std::string &out, const QuantileWindow &window, double monotonic_now) {
+  append_state_key(out, "window");
+  append_state_key(out += '{', "head", true);
+  append_state_count(out, window.head_);
+  append_state_key(out, "turns_in"); // below 0 when overdue: no observation or query has turned it yet
+  append_state_number(out, window.head_expires_ - monotonic_now);
+  append_state_key(out, "streams");
+  append_state_list(out, window.streams_, [&](const QuantileStream &stream) {
+    append_state_key(out += '{', "entries", true);
+    append_state_list(out, stream.entries_, [&](const QuantileStream::Entry &entry) {
+      append_state_number(out += '[', entry.value);
+      append_state_number(out += ", ", entry.width);
+      append_state_number(out += ", ", entry.delta);
+      out += ']';
+    });
+    append_state_key(out, "buffer");
+    append_state_list(out, stream.buffer_, [&](double value) { append_state_number(out, value); });
+    out += '}';
+  });
+  out += '}';
+}
+
+// ---- reading ---------------------------------------------------------------------------
+
+inline void StateCodec::fail(const std::string &place, const std::string &problem) const {
+  throw StateError((place.empty() ? "" : place + ": ") + problem);
+}
+
+inline const picojson::value &StateCodec::at(const picojson::object &object, const std::string &key,
+                                             const std::string &place) const {
+  const auto found = object.find(key);
+  if (found == object.end()) fail(place + (place.empty() ? "" : ".") + key, "missing");
+  return found->second;
+}
+
+inline const picojson::array &StateCodec::list_at(const picojson::value &value, const std::string &place) const {
+  if (!value.is<picojson::array>()) fail(place, std::string("expected a list, got ") + json_type_name(value));
+  return value.get<picojson::array>();
+}
+
+inline const picojson::object &StateCodec::object_at(const picojson::value &value, const std::string &place) const {
+  if (!value.is<picojson::object>()) fail(place, std::string("expected an object, got ") + json_type_name(value));
+  return value.get<picojson::object>();
+}
+
+inline std::string StateCodec::text_at(const picojson::value &value, const std::string &place) const {
+  if (!value.is<std::string>() || !is_valid_utf8(value.get<std::string>()))
+    fail(place, std::string("expected a UTF-8 string, got ") + json_type_name(value));
+  return value.get<std::string>();
+}
+
+// A number, or one of the strings "+Inf", "-Inf", "NaN".
+inline double StateCodec::number_at(const picojson::value &value, const std::string &place) const {
+  if (value.is<double>()) return value.get<double>();
+  if (value.is<std::string>()) {
+    const std::string &text = value.get<std::string>();
+    if (text == "+Inf") return HUGE_VAL;
+    if (text == "-Inf") return -HUGE_VAL;
+    if (text == "NaN") return std::nan("");
+  }
+  fail(place, quote_json(value) + " is not a number");
+}
+
+inline double StateCodec::finite_at(const picojson::value &value, const std::string &place, double low, double high) const {
+  const double number = number_at(value, place);
+  if (!std::isfinite(number) || number < low || number > high) fail(place, quote_json(value) + " is out of range");
+  return number;
+}
+
+inline std::uint64_t StateCodec::count_at(const picojson::value &value, const std::string &place) const {
+  const double number = finite_at(value, place, 0, 18446744073709549568.0); // the largest double below 2^64
+  if (number != std::floor(number)) fail(place, quote_json(value) + " is not a whole number");
+  return static_cast<std::uint64_t>(number);
+}
+
+inline void StateCodec::check_format(const picojson::object &top) const {
+  const auto format = top.find("format");
+  if (format == top.end() || !format->second.is<std::string>() || format->second.get<std::string>() != state_format_name)
+    fail("format", std::string("not a Hermes state file (no \"format\": \"") + state_format_name + "\")");
+  const picojson::value &version = at(top, "version", "");
+  if (!version.is<double>() || version.get<double>() != state_format_version)
+    fail("version", "format version " + quote_json(version) + ", this Hermes reads version 1");
+}
+
+inline MetricConfig StateCodec::read_shape(const picojson::object &metric, const std::string &place) const {
+  MetricConfig shape;
+  shape.name = text_at(at(metric, "name", place), place + ".name");
+  const std::string type = text_at(at(metric, "type", place), place + ".type");
+  const auto types = {MetricType::counter, MetricType::gauge, MetricType::histogram, MetricType::summary};
+  const auto found = std::find_if(types.begin(), types.end(), [&](MetricType t) { return type == to_string(t); });
+  if (found == types.end()) fail(place + ".type", "\"" + type + "\" is not a metric type");
+  shape.type = *found;
+  const picojson::array &labels = list_at(at(metric, "labels", place), place + ".labels");
+  for (std::size_t i = 0; i < labels.size(); ++i)
+    shape.labels.push_back(text_at(labels[i], place + ".labels[" + std::to_string(i) + "]"));
+  if (shape.type == MetricType::histogram) {
+    const picojson::array &buckets = list_at(at(metric, "buckets", place), place + ".buckets");
+    for (std::size_t i = 0; i < buckets.size(); ++i)
+      shape.buckets.push_back(finite_at(buckets[i], place + ".buckets[" + std::to_string(i) + "]", -HUGE_VAL, HUGE_VAL));
+  }
+  if (shape.type == MetricType::summary) {
+    const picojson::array &objectives = list_at(at(metric, "objectives", place), place + ".objectives");
+    for (std::size_t i = 0; i < objectives.size(); ++i) {
+      const std::string where = place + ".objectives[" + std::to_string(i) + "]";
+      const picojson::array &pair = list_at(objectives[i], where);
+      if (pair.size() != 2) fail(where, "expected [quantile, error]");
+      shape.objectives.emplace_back(finite_at(pair[0], where, 0, 1), finite_at(pair[1], where, 0, 1));
+    }
+    shape.max_age_seconds = finite_at(at(metric, "max_age_seconds", place), place + ".max_age_seconds", 0, HUGE_VAL);
+  }
+  return shape;
+}
+
+inline RestoredSeries StateCodec::read_series(const MetricConfig &shape, const picojson::value &value,
+                                              const std::string &place) const {
+  const picojson::object &object = object_at(value, place);
+  RestoredSeries restored;
+  const picojson::array &labels = list_at(at(object, "labels", place), place + ".labels");
+  if (labels.size() != shape.labels.size())
+    fail(place + ".labels", std::to_string(labels.size()) + " values for " + std::to_string(shape.labels.size()) + " labels");
+  for (std::size_t i = 0; i < labels.size(); ++i)
+    restored.labels.push_back(text_at(labels[i], place + ".labels[" + std::to_string(i) + "]"));
+  const double created = finite_at(at(object, "created", place), place + ".created", -HUGE_VAL, HUGE_VAL);
+  const double pushed_ago = finite_at(at(object, "pushed_ago", place), place + ".pushed_ago", 0, HUGE_VAL);
+  restored.series = new_series(shape, Now(monotonic_now_ - pushed_ago, created));
+  if (restored.series.distribution) read_distribution(shape, object, *restored.series.distribution, place);
+  else restored.series.value = number_at(at(object, "value", place), place + ".value");
+  return restored;
+}
+
+inline void StateCodec::read_distribution(const MetricConfig &shape, const picojson::object &object, Distribution &seen,
+                                          const std::string &place) const {
+  seen.sum = number_at(at(object, "sum", place), place + ".sum");
+  seen.count = count_at(at(object, "count", place), place + ".count");
+  if (shape.type == MetricType::histogram) {
+    const picojson::array &counts = list_at(at(object, "bucket_counts", place), place + ".bucket_counts");
+    if (counts.size() != seen.bucket_counts.size())
+      fail(place + ".bucket_counts", std::to_string(counts.size()) + " counts for " +
+                                         std::to_string(seen.bucket_counts.size()) + " buckets with +Inf");
+    for (std::size_t i = 0; i < counts.size(); ++i)
+      seen.bucket_counts[i] = count_at(counts[i], place + ".bucket_counts[" + std::to_string(i) + "]");
+  }
+  if (seen.quantiles) seen.quantiles = read_window(shape, at(object, "window", place), place + ".window");
+}
+
+inline std::unique_ptr<QuantileWindow> StateCodec::read_window(const MetricConfig &shape, const picojson::value &value,
+                                                               const std::string &place) const {
+  const picojson::object &object = object_at(value, place);
+  auto window = std::make_unique<QuantileWindow>(shape, monotonic_now_);
+  window->head_ = static_cast<std::size_t>(count_at(at(object, "head", place), place + ".head"));
+  if (window->head_ >= QuantileWindow::streams) fail(place + ".head", "not a stream of the window");
+  // Never later than one step from now: a longer wait was not written by Hermes, or only
+  // by a rounding error (502.2 + 20 - 502.2 > 20).
+  const double turns_in = finite_at(at(object, "turns_in", place), place + ".turns_in", -HUGE_VAL, HUGE_VAL);
+  window->head_expires_ = monotonic_now_ + std::min(turns_in, window->step_);
+  const picojson::array &streams = list_at(at(object, "streams", place), place + ".streams");
+  if (streams.size() != QuantileWindow::streams) fail(place + ".streams", "a window has 5 streams");
+  for (std::size_t i = 0; i < streams.size(); ++i)
+    read_stream(streams[i], window->streams_[i], place + ".streams[" + std::to_string(i) + "]");
+  return window;
+}
+
+inline void StateCodec::read_stream(const picojson::value &value, QuantileStream &stream, const std::string &place) const {
+  const picojson::object &object = object_at(value, place);
+  const picojson::array &entries = list_at(at(object, "entries", place), place + ".entries");
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    const std::string where = place + ".entries[" + std::to_string(i) + "]";
+    const picojson::array &entry = list_at(entries[i], where);
+    if (entry.size() != 3) fail(where, "expected [value, width, delta]");
+    const QuantileStream::Entry read{number_at(entry[0], where), finite_at(entry[1], where, 1, HUGE_VAL),
+                                     finite_at(entry[2], where, 0, HUGE_VAL)};
+    if (!stream.entries_.empty() && !(stream.entries_.back().value <= read.value)) fail(where, "entries out of order");
+    stream.entries_.push_back(read);
+    stream.count_ += read.width;
+  }
+  const picojson::array &buffer = list_at(at(object, "buffer", place), place + ".buffer");
+  if (buffer.size() >= QuantileStream::buffer_limit) fail(place + ".buffer", "longer than a stream's buffer");
+  for (std::size_t i = 0; i < buffer.size(); ++i)
+    stream.buffer_.push_back(number_at(buffer[i], place + ".buffer[" + std::to_string(i) + "]"));
+}
+
+// Every metric of the file that is configured with the same shape takes its series, up
+// to max_series; the rest are counted and named once each.
+inline Registry::RestoreSummary StateCodec::put_in_place(Registry &registry, std::vector<RestoredMetric> &metrics) {
+  Registry::RestoreSummary summary;
+  for (RestoredMetric &restored : metrics) {
+    Metric *metric = registry.find(restored.shape.name);
+    const char *problem = !metric ? "no longer configured"
+                          : !same_shape(metric->config, restored.shape) ? "type, labels, buckets or objectives changed"
+                                                                        : nullptr;
+    std::size_t skipped = problem ? restored.series.size() : 0, over_budget = 0;
+    for (std::size_t i = 0; !problem && i < restored.series.size(); ++i) {
+      RestoredSeries &series = restored.series[i];
+      const auto existing = metric->series.find(series.labels);
+      const bool is_new = existing == metric->series.end();
+      if (is_new && metric->series.size() >= metric->config.max_series) {
+        ++skipped;
+        continue;
+      }
+      if (is_new && !registry.budget_->take_for_series(series_bytes(metric->config, series.labels))) {
+        ++skipped, ++over_budget;
+        continue;
+      }
+      metric->series[std::move(series.labels)] = std::move(series.series);
+      ++summary.restored;
+    }
+    if (skipped == 0) continue;
+    summary.skipped += skipped;
+    const char *why = problem ? problem : over_budget ? "no room in the memory budget" : "more series than max_series";
+    summary.problems.push_back(restored.shape.name + ": " + why + ", " + std::to_string(skipped) + " series not restored");
+  }
+  registry.changes_ += summary.restored;
+  return summary;
+}
+
+// ---- reading as a stream ------------------------------------------------------------------
+
+// What a state file holds, read: its top-level members but the metrics, and the metrics.
+struct StateDocument {
+  picojson::object top;
+  std::vector<RestoredMetric> metrics;
+};
+
+// A picojson parse context for one place of a state file: the whole file, its list of
+// metrics, one metric, or a metric's list of series. Only one series, or a metric's
+// members before its series, is ever a tree: restoring 100k series takes little more
+// memory than they do. A metric's "series" comes after its shape, as Hermes writes it.
+// A problem throws StateError naming its place.
+class StateReader {
+public:
+  enum class Place { root, metrics, metric, series };
+
+  StateReader(Place place, std::string where, const StateCodec &codec, StateDocument &document)
+      : place_(place), where_(std::move(where)), codec_(codec), document_(document) {}
+
+  bool set_null() { return wrong("null"); }
+  bool set_bool(bool) { return wrong("a boolean"); }
+  bool set_number(double) { return wrong("a number"); }
+  template <typename Iter> bool parse_string(picojson::input<Iter> &) { return wrong("a string"); }
+  bool parse_array_start() { return place_ == Place::metrics || place_ == Place::series || wrong("a list"); }
+  template <typename Iter> bool parse_array_item(picojson::input<Iter> &in, std::size_t index) {
+    const std::string where = where_ + "[" + std::to_string(index) + "]";
+    if (place_ == Place::metrics) {
+      document_.metrics.emplace_back();
+      StateReader metric(Place::metric, where, codec_, document_);
+      if (!picojson::_parse(metric, in)) return false;
+      if (!metric.seen_series_) codec_.fail(where + ".series", "missing");
+      return true;
+    }
+    picojson::value tree; // one series
+    std::optional<std::string> out_of_range;
+    BoundedJsonContext context(&tree, NestingBudget{state_json_depth - 4}, where, &out_of_range);
+    if (!picojson::_parse(context, in)) return false;
+    if (out_of_range) codec_.fail(*out_of_range, "a number beyond the range of a double");
+    RestoredMetric &metric = document_.metrics.back();
+    metric.series.push_back(codec_.read_series(metric.shape, tree, where));
+    return true;
+  }
+  bool parse_array_stop(std::size_t) { return true; }
+  bool parse_object_start() { return place_ == Place::root || place_ == Place::metric || wrong("an object"); }
+  template <typename Iter> bool parse_object_item(picojson::input<Iter> &in, const std::string &key) {
+    if (place_ == Place::root && key == "metrics") {
+      document_.top[key] = picojson::value(true); // present; its content is in document_.metrics
+      StateReader metrics(Place::metrics, "metrics", codec_, document_);
+      return picojson::_parse(metrics, in);
+    }
+    if (place_ == Place::metric && key == "series") {
+      seen_series_ = true;
+      document_.metrics.back().shape = codec_.read_shape(header_, where_);
+      StateReader series(Place::series, where_ + ".series", codec_, document_);
+      return picojson::_parse(series, in);
+    }
+    std::optional<std::string> out_of_range;
+    BoundedJsonContext member(&(place_ == Place::root ? document_.top : header_)[key], NestingBudget{state_json_depth - 2},
+                              where_ + "." + key, &out_of_range);
+    if (!picojson::_parse(member, in)) return false;
+    if (out_of_range) codec_.fail(*out_of_range, "a number beyond the range of a double");
+    return true;
+  }
+  bool parse_object_stop() { return true; }
+
+private:
+  bool wrong(const char *got) const {
+    const bool list = place_ == Place::metrics || place_ == Place::series;
+    codec_.fail(where_, std::string(list ? "expected a list, got " : "expected an object, got ") + got);
+  }
+
+  Place place_;
+  std::string where_;
+  const StateCodec &codec_;
+  StateDocument &document_;
+  picojson::object header_; // a metric's members before its series
+  bool seen_series_ = false;
+};
+
+inline Registry::RestoreSummary StateCodec::restore(Registry &registry, std::string_view text, double monotonic_now) {
+  const StateCodec codec(monotonic_now);
+  StateDocument document;
+  StateReader reader(StateReader::Place::root, "", codec, document);
+  std::string error;
+  if (!parse_json_into(reader, text, &error)) throw StateError(error);
+  codec.check_format(document.top);
+  if (document.top.find("metrics") == document.top.end()) codec.fail("metrics", "missing");
+  return put_in_place(registry, document.metrics);
+}
+
+// ---- files -----------------------------------------------------------------------------
+
+inline std::string directory_of(const std::string &path) {
+  const std::size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+// Writes `bytes` to `path` so that a crash at any moment leaves the old file or the new
+// one, whole: a new file beside it, written and fsynced, renamed over it, and the
+// directory fsynced so that the rename itself is on disk. Returns "" on success, else
+// the call that failed, its file and the system error; the old file is then untouched.
+inline bool write_all(int fd, std::string_view bytes) {
+  for (std::size_t written = 0; written < bytes.size();) {
+    const ssize_t length = retry_on_eintr([&] { return ::write(fd, bytes.data() + written, bytes.size() - written); });
+    if (length < 0) return false;
+    written += static_cast<std::size_t>(length);
+  }
+  return true;
+}
+
+inline std::string write_file_atomically(const std::string &path, const std::string &bytes) {
+  const std::string pattern = path + ".XXXXXX"; // mkstemp: a new name, never another file's
+  std::string temporary = pattern;
+  const int fd = ::mkostemp(&temporary[0], O_CLOEXEC);
+  if (fd < 0) return system_error_message("create " + pattern, errno);
+  const auto failed = [&](const char *call, const std::string &file, int error) {
+    ::unlink(temporary.c_str());
+    return system_error_message(std::string(call) + " " + file, error);
+  };
+  const bool written = write_all(fd, bytes);
+  const bool synced = written && ::fsync(fd) == 0;
+  const int error = errno;
+  if (::close(fd) != 0 && synced) return failed("close", temporary, errno);
+  if (!synced) return failed(written ? "fsync" : "write", temporary, error);
+  if (::rename(temporary.c_str(), path.c_str()) != 0) return failed("rename", temporary + " to " + path, errno);
+  const std::string directory = directory_of(path);
+  FileDescriptor dir(::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  // Some file systems cannot fsync a directory (EINVAL); the rename is then as durable as they make it.
+  if (!dir || (::fsync(dir.get()) != 0 && errno != EINVAL))
+    return system_error_message("fsync directory " + directory + " (the new state is in place, perhaps not yet on disk)", errno);
+  return "";
+}
+
+// Moves a file that is not state out of the way, to "<path>.corrupt-<seconds since the
+// epoch>" (with "-2", "-3"... while that name is taken), never over another file.
+// Returns the new name; throws StateError when it cannot be moved.
+inline std::string set_aside(const std::string &path) {
+  const std::string base = path + ".corrupt-" + std::to_string(static_cast<long long>(wall_clock_seconds()));
+  for (int attempt = 1; attempt <= 100; ++attempt) {
+    const std::string aside = attempt == 1 ? base : base + "-" + std::to_string(attempt);
+    if (::renameat2(AT_FDCWD, path.c_str(), AT_FDCWD, aside.c_str(), RENAME_NOREPLACE) == 0) return aside;
+    if (errno == EINVAL && ::link(path.c_str(), aside.c_str()) == 0) { // a file system without RENAME_NOREPLACE
+      ::unlink(path.c_str());
+      return aside;
+    }
+    if (errno != EEXIST) break;
+  }
+  throw StateError(system_error_message("cannot set " + path + " aside (nothing was written over it; move it away and start again)", errno));
+}
+
+// ---- the keeper ------------------------------------------------------------------------
+
+// A message that quotes a file's bytes, safe for a log line: other bytes become '?'.
+inline std::string printable_ascii(std::string_view text) {
+  std::string out(text);
+  for (char &c : out)
+    if (c < 0x20 || c > 0x7e) c = '?';
+  return out;
+}
+
+// The state file of a server: restores it at start, writes it every interval when the
+// registry changed, and once more at stop. The slow part of a write (write, fsync,
+// rename) runs on a thread of its own that owns only a finished buffer, so that the
+// loop never waits for a disk; the text is made on the loop, between looks at the sockets.
+class StateKeeper {
+public:
+  StateKeeper(const Options &options, const Logger &logger)
+      : path_(options.state_file), interval_(options.state_interval_seconds), logger_(logger) {}
+  StateKeeper(const StateKeeper &) = delete;
+  StateKeeper &operator=(const StateKeeper &) = delete;
+  ~StateKeeper() { wait(); }
+
+  bool enabled() const { return !path_.empty(); }
+  void restore(Registry &registry, double monotonic_now);
+  // Takes the result of a finished write; true when a write is due: the interval has
+  // passed, the registry changed since the last write and none is in flight.
+  bool due(const Registry &registry, double monotonic_now);
+  bool changed(const Registry &registry) const { return enabled() && registry.changes() != written_changes_; }
+  // Where to make the text of the next write.
+  std::string &buffer() { return bytes_; }
+  // Hands buffer() to the writing thread; `changes` is registry.changes() as it was made.
+  void write(std::uint64_t changes, double monotonic_now);
+  // Waits for the write in flight, if any, and takes its result.
+  void wait();
+  void add_stats(ServerStats &stats) const {
+    stats.state_writes_succeeded = stats_.state_writes_succeeded;
+    stats.state_writes_failed = stats_.state_writes_failed;
+    stats.state_last_write_seconds = stats_.state_last_write_seconds;
+    stats.state_restored_series = stats_.state_restored_series;
+  }
+
+private:
+  void take_result();
+
+  std::string path_;
+  double interval_;
+  ServerStats stats_; // only its state_* figures, which add_stats() hands on
+  const Logger &logger_;
+  std::string bytes_;            // the loop's; moved to job_ for a write, and back after it
+  std::string job_;              // the writing thread's while it runs
+  std::string error_;            // its result: "" or what failed
+  std::atomic<bool> done_{false}; // set by the thread when job_ and error_ are the loop's again
+  std::thread writer_;
+  std::uint64_t written_changes_ = 0, pending_changes_ = 0;
+  double next_write_ = 0;
+};
+
+inline void StateKeeper::restore(Registry &registry, double monotonic_now) {
+  next_write_ = monotonic_now + interval_;
+  written_changes_ = registry.changes();
+  if (!enabled()) return;
+  struct stat info {};
+  if (::stat(path_.c_str(), &info) != 0 && errno == ENOENT)
+    return logger_.log(LogLevel::info, "no state file yet; starting empty", {{"path", path_}});
+  std::string text;
+  const bool too_large = info.st_size > HERMES_MAX_STATE_SIZE; // not read at all
+  const int error = too_large ? 0 : read_file(path_.c_str(), std::size_t{HERMES_MAX_STATE_SIZE} + 1, text);
+  try {
+    if (error) throw StateError(std::string("cannot read: ") + std::strerror(error));
+    if (too_large || text.size() > HERMES_MAX_STATE_SIZE) throw StateError("larger than " + std::to_string(HERMES_MAX_STATE_SIZE) + " bytes");
+    const Registry::RestoreSummary summary = registry.restore_state(text, monotonic_now);
+    for (const std::string &problem : summary.problems) logger_.log(LogLevel::warn, "state not restored", {{"path", path_}, {"metric", problem}});
+    stats_.state_restored_series = summary.restored;
+    logger_.log(LogLevel::info, "state restored", {{"path", path_}, {"series", std::to_string(summary.restored)},
+                                                   {"skipped", std::to_string(summary.skipped)}});
+  } catch (const StateError &problem) {
+    const std::string aside = set_aside(path_);
+    logger_.log(LogLevel::error, "state file is not state; set aside, starting empty",
+                {{"path", path_}, {"error", printable_ascii(problem.what())}, {"moved_to", aside}});
+  }
+  written_changes_ = registry.changes();
+}
+
+inline bool StateKeeper::due(const Registry &registry, double monotonic_now) {
+  if (!enabled()) return false;
+  if (writer_.joinable() && done_.load(std::memory_order_acquire)) take_result();
+  return !writer_.joinable() && monotonic_now >= next_write_ && changed(registry);
+}
+
+inline void StateKeeper::write(std::uint64_t changes, double monotonic_now) {
+  wait();
+  next_write_ = monotonic_now + interval_;
+  pending_changes_ = changes;
+  job_ = std::move(bytes_);
+  done_.store(false, std::memory_order_relaxed);
+  try {
+    writer_ = std::thread([this] {
+      error_ = write_file_atomically(path_, job_);
+      done_.store(true, std::memory_order_release);
+    });
+  } catch (const std::system_error &problem) { // no thread to be had: a failed write, tried again later
+    bytes_ = std::move(job_);
+    ++stats_.state_writes_failed;
+    logger_.log(LogLevel::error, "state write failed; the previous file stays, retrying next interval",
+                {{"path", path_}, {"error", std::string("cannot start a thread: ") + problem.what()}});
+  }
+}
+
+inline void StateKeeper::wait() {
+  if (writer_.joinable()) take_result();
+}
+
+// One line per failed write, and writes come at most once per interval.
+inline void StateKeeper::take_result() {
+  writer_.join();
+  bytes_ = std::move(job_); // its memory serves the next write
+  if (error_.empty()) {
+    written_changes_ = pending_changes_;
+    ++stats_.state_writes_succeeded;
+    stats_.state_last_write_seconds = wall_clock_seconds();
+    logger_.log(LogLevel::debug, "state written", {{"path", path_}, {"bytes", std::to_string(bytes_.size())}});
+  } else {
+    ++stats_.state_writes_failed;
+    logger_.log(LogLevel::error, "state write failed; the previous file stays, retrying next interval",
+                {{"path", path_}, {"error", error_}});
+  }
+}
+
+} // namespace detail
+} // namespace hermes
+
 // ===== CONFIG =============================================================================
 
 namespace hermes {
@@ -3432,6 +4212,14 @@ void override_from(Option &option, const Environment &env, std::initializer_list
 
 inline std::optional<std::string> any_text(const std::string &text) { return text; }
 
+inline std::optional<double> positive_seconds(const std::string &text) {
+  double value = 0;
+  const auto result = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (result.ec != std::errc() || result.ptr != text.data() + text.size() || !(value > 0) || !std::isfinite(value))
+    return std::nullopt;
+  return value;
+}
+
 } // namespace detail
 
 inline Options options_from_environment(const Config &config, const Environment &env) {
@@ -3439,6 +4227,8 @@ inline Options options_from_environment(const Config &config, const Environment 
   Options options;
   if (!config.listen_address.empty()) options.udp_address = config.listen_address;
   if (config.listen_port) options.udp_port = *config.listen_port;
+  options.state_file = config.state_file;
+  if (config.state_interval_seconds) options.state_interval_seconds = *config.state_interval_seconds;
   override_from(options.udp_address, env, {"HERMES_UDP_ADDRESS", "LISTEN_ADDRESS"}, detail::any_text, "");
   override_from(options.udp_port, env, {"HERMES_UDP_PORT", "LISTEN_PORT"}, parse_port, "a port number (0-65535)");
   override_from(options.http_address, env, {"HERMES_HTTP_ADDRESS"}, detail::any_text, "");
@@ -3457,6 +4247,9 @@ inline Options options_from_environment(const Config &config, const Environment 
   override_from(options.statsd, env, {"HERMES_STATSD"}, parse_switch, "on or off");
   if (config.max_memory_bytes) options.max_memory = *config.max_memory_bytes;
   override_from(options.max_memory, env, {"HERMES_MAX_MEMORY"}, parse_bytes, "a number of bytes (such as 67108864 or 64MiB)");
+  override_from(options.state_file, env, {"HERMES_STATE_FILE"}, detail::any_text, "");
+  override_from(options.state_interval_seconds, env, {"HERMES_STATE_INTERVAL"}, detail::positive_seconds,
+                "a number of seconds above 0");
   return options;
 }
 
@@ -3477,6 +4270,10 @@ inline const char *to_string(Wire wire) {
 
 inline double wall_clock_seconds() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+inline double monotonic_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 inline std::size_t IngestResult::rejected_total() const {
@@ -3575,9 +4372,10 @@ inline std::optional<Reject> statsd_update(const StatsdLine &line, std::string_v
 }
 
 // A new series of `metric`, first pushed at `now`.
-inline Series new_series(const MetricConfig &metric, double now) {
+inline Series new_series(const MetricConfig &metric, Now now) {
   Series series;
-  series.created = series.last_push = now;
+  series.created = now.wall;
+  series.last_push = now.monotonic;
   if (metric.type == MetricType::histogram || metric.type == MetricType::summary) {
     series.distribution = std::make_unique<Distribution>();
     if (metric.type == MetricType::histogram) series.distribution->bucket_counts.assign(metric.buckets.size() + 1, 0);
@@ -3585,7 +4383,7 @@ inline Series new_series(const MetricConfig &metric, double now) {
       series.distribution->native = std::make_unique<NativeHistogram>();
       series.distribution->native->schema = native_schema(metric.native_bucket_factor);
     }
-    if (!metric.objectives.empty()) series.distribution->quantiles = std::make_unique<QuantileWindow>(metric, now);
+    if (!metric.objectives.empty()) series.distribution->quantiles = std::make_unique<QuantileWindow>(metric, now.monotonic);
   }
   return series;
 }
@@ -3596,6 +4394,7 @@ inline std::uint64_t saturating_add(std::uint64_t a, std::uint64_t b) { return a
 // of one. The quantile stream takes it once: a series sampled at one rate has the same
 // quantiles either way, and a stream entry as wide as a large multiplicity would
 // overstep the rank error the stream's query relies on.
+// `now` on the monotonic clock.
 inline void apply_update(const MetricConfig &metric, Series &series, const Update &update, double now) {
   series.last_push = now;
   if (update.kind == Update::Kind::set) {
@@ -3619,7 +4418,7 @@ inline void apply_update(const MetricConfig &metric, Series &series, const Updat
 // Applies `update` to the series of `metric` with `label_values`, making the series when
 // it is new. JSON samples and StatsD lines both end here.
 inline std::optional<Reject> apply_to_series(Metric &metric, const std::vector<std::string_view> &label_values,
-                                             const Update &update, double now, MemoryBudget &budget) {
+                                             const Update &update, Now now, MemoryBudget &budget) {
   auto series = metric.series.find(label_values);
   if (series == metric.series.end()) {
     if (metric.series.size() >= metric.config.max_series) return Reject::series_limit;
@@ -3628,7 +4427,7 @@ inline std::optional<Reject> apply_to_series(Metric &metric, const std::vector<s
                  .emplace(std::vector<std::string>(label_values.begin(), label_values.end()), new_series(metric.config, now))
                  .first;
   }
-  apply_update(metric.config, series->second, update, now);
+  apply_update(metric.config, series->second, update, now.monotonic);
   return std::nullopt;
 }
 
@@ -3687,11 +4486,11 @@ inline detail::Metric *Registry::find(std::string_view name) {
   return const_cast<detail::Metric *>(static_cast<const Registry *>(this)->find(name));
 }
 
-inline IngestResult Registry::ingest(std::string_view datagram, double now_seconds) {
+inline IngestResult Registry::ingest(std::string_view datagram, Now now) {
   IngestResult result;
   const Wire wire = statsd_ && detail::is_statsd(datagram) ? Wire::statsd : Wire::json;
-  if (wire == Wire::statsd) ingest_statsd(datagram, now_seconds, result);
-  else ingest_json(datagram, now_seconds, result);
+  if (wire == Wire::statsd) ingest_statsd(datagram, now, result);
+  else ingest_json(datagram, now, result);
   received_[static_cast<std::size_t>(wire)] += result.accepted + result.rejected_total();
   return result;
 }
@@ -3703,10 +4502,11 @@ inline void Registry::tally(IngestResult &result, std::optional<Reject> reason, 
   } else {
     result.accepted += samples;
     accepted_ += samples;
+    changes_ += samples; // the state file is written again only after a change
   }
 }
 
-inline void Registry::ingest_json(std::string_view datagram, double now_seconds, IngestResult &result) {
+inline void Registry::ingest_json(std::string_view datagram, Now now, IngestResult &result) {
   detail::ReadBatch &batch = reading_->batch;
   batch.clear();
   detail::SampleReader reader(detail::SampleReader::Place::datagram, batch, detail::NestingBudget{});
@@ -3715,18 +4515,18 @@ inline void Registry::ingest_json(std::string_view datagram, double now_seconds,
   } else if (batch.is_array && batch.count == 0) {
     tally(result, Reject::malformed_sample); // a batch of nothing is still counted
   } else {
-    for (std::size_t i = 0; i < batch.count; ++i) tally(result, apply(batch.slots[i], now_seconds));
+    for (std::size_t i = 0; i < batch.count; ++i) tally(result, apply(batch.slots[i], now));
   }
 }
 
 // Each line on its own: a bad line is counted under its reason and never touches the others.
-inline void Registry::ingest_statsd(std::string_view datagram, double now_seconds, IngestResult &result) {
+inline void Registry::ingest_statsd(std::string_view datagram, Now now, IngestResult &result) {
   detail::StatsdReading &reading = *statsd_reading_;
   for (std::size_t position = 0; position < datagram.size();) {
     const std::string_view text = detail::next_statsd_line(datagram, position);
     if (text.empty()) continue;
     if (const auto reason = detail::parse_statsd_line(text, reading.line)) tally(result, reason, reading.line.value_count);
-    else apply_statsd(reading, now_seconds, result);
+    else apply_statsd(reading, now, result);
   }
 }
 
@@ -3744,7 +4544,7 @@ inline detail::Metric *Registry::find_statsd(detail::StatsdReading &reading) {
   return metric && metric->config.type == MetricType::counter ? metric : nullptr;
 }
 
-inline void Registry::apply_statsd(detail::StatsdReading &reading, double now_seconds, IngestResult &result) {
+inline void Registry::apply_statsd(detail::StatsdReading &reading, Now now, IngestResult &result) {
   const detail::StatsdLine &line = reading.line;
   detail::Metric *metric = find_statsd(reading);
   if (!metric) return tally(result, Reject::unknown_metric, line.value_count);
@@ -3754,7 +4554,7 @@ inline void Registry::apply_statsd(detail::StatsdReading &reading, double now_se
     const std::size_t end = std::min(line.values.find(':', start), line.values.size());
     detail::Update update;
     auto reason = detail::statsd_update(line, line.values.substr(start, end - start), update);
-    if (!reason) reason = detail::apply_to_series(*metric, reading.label_values, update, now_seconds, *budget_);
+    if (!reason) reason = detail::apply_to_series(*metric, reading.label_values, update, now, *budget_);
     tally(result, reason);
     start = end + 1;
   }
@@ -3792,13 +4592,13 @@ inline Registry::ReloadSummary Registry::reload(const Config &config) {
   return summary;
 }
 
-inline std::size_t Registry::expire(double now_seconds) {
+inline std::size_t Registry::expire(double monotonic_now) {
   std::size_t dropped = 0;
   for (detail::Metric &metric : metrics_) {
     if (!metric.config.objectives.empty())
-      for (auto &entry : metric.series) entry.second.distribution->quantiles->advance(now_seconds);
+      for (auto &entry : metric.series) entry.second.distribution->quantiles->advance(monotonic_now);
     if (metric.config.ttl_seconds <= 0 || metric.config.labels.empty()) continue;
-    const double stale_before = now_seconds - metric.config.ttl_seconds;
+    const double stale_before = monotonic_now - metric.config.ttl_seconds;
     for (auto series = metric.series.begin(); series != metric.series.end();) {
       if (series->second.last_push <= stale_before) {
         budget_->give_back(detail::series_bytes(metric.config, series->first));
@@ -3810,10 +4610,11 @@ inline std::size_t Registry::expire(double now_seconds) {
     }
   }
   expired_ += dropped;
+  changes_ += dropped;
   return dropped;
 }
 
-inline std::optional<Reject> Registry::apply(const detail::ReadSample &sample, double now_seconds) {
+inline std::optional<Reject> Registry::apply(const detail::ReadSample &sample, Now now) {
   using detail::JsonKind;
   const bool payload_ok = sample.payload == JsonKind::absent || sample.payload == JsonKind::null || sample.payload == JsonKind::object;
   if (sample.shape != JsonKind::object || sample.metric_name.kind != JsonKind::string || !payload_ok)
@@ -3824,7 +4625,7 @@ inline std::optional<Reject> Registry::apply(const detail::ReadSample &sample, d
   if (const auto reason = detail::read_label_values(metric->config, sample, label_values)) return reason;
   detail::Update update;
   if (const auto reason = detail::read_update(metric->config.type, sample, update)) return reason;
-  return detail::apply_to_series(*metric, label_values, update, now_seconds, *budget_);
+  return detail::apply_to_series(*metric, label_values, update, now, *budget_);
 }
 
 inline std::optional<double> Registry::value(std::string_view metric, const std::vector<std::string> &label_values) const {
@@ -3839,6 +4640,20 @@ inline std::size_t Registry::series_count() const {
   std::size_t count = 0;
   for (const detail::Metric &metric : metrics_) count += metric.series.size();
   return count;
+}
+
+} // namespace hermes
+
+// ===== STATE ==============================================================================
+
+namespace hermes {
+
+inline void Registry::save_state(std::string &out, Now now, const std::function<void()> &pause) const {
+  detail::StateCodec::save(*this, out, now, pause);
+}
+
+inline Registry::RestoreSummary Registry::restore_state(std::string_view text, double monotonic_now) {
+  return detail::StateCodec::restore(*this, text, monotonic_now);
 }
 
 } // namespace hermes
@@ -4307,6 +5122,11 @@ inline void write_reloads(Writer &out, const char *name, const SelfView &view) {
   out.sample(name, {{"result", "failure"}}, static_cast<double>(view.server->reloads_failed));
 }
 
+inline void write_state_writes(Writer &out, const char *name, const SelfView &view) {
+  out.sample(name, {{"result", "success"}}, static_cast<double>(view.server->state_writes_succeeded));
+  out.sample(name, {{"result", "failure"}}, static_cast<double>(view.server->state_writes_failed));
+}
+
 inline void write_http_requests(Writer &out, const char *name, const SelfView &view) {
   for (const auto &[code, count] : view.server->http_requests) {
     const std::string code_text = std::to_string(code);
@@ -4342,6 +5162,13 @@ inline const SelfMetric self_metrics[] = {
      [](const SelfView &v) { return count(v.registry.series_count()); }, nullptr},
     {"hermes_series_expired_total", "Series dropped after ttl_seconds without a push.", self_counter, Scope::registry,
      [](const SelfView &v) { return count(v.registry.expired()); }, nullptr},
+    {"hermes_state_last_write_timestamp_seconds",
+     "When the state file was last written, in seconds since the epoch; 0 before the first write.", self_gauge,
+     Scope::server, [](const SelfView &v) -> Figure { return v.server->state_last_write_seconds; }, nullptr},
+    {"hermes_state_restored_series", "Series restored from the state file at start.", self_gauge, Scope::server,
+     [](const SelfView &v) { return count(v.server->state_restored_series); }, nullptr},
+    {"hermes_state_writes_total", "Writes of the state file, by result.", self_counter, Scope::server, nullptr,
+     write_state_writes},
     {"hermes_udp_packets_total", "UDP datagrams received.", self_counter, Scope::server,
      [](const SelfView &v) { return count(v.server->udp_packets); }, nullptr},
     {"hermes_udp_receive_buffer_bytes", "The UDP socket's receive buffer, as the kernel granted it.", self_gauge, Scope::server,
@@ -4485,7 +5312,7 @@ struct Server::Impl {
       : budget(detail::budget_with_fixed_buffers(options.max_memory)), registry(config, budget),
         logger(options.log_level, std::move(options.log_sink)), config_path(options.config_path), input(options),
         http(options, logger, *budget, [this](Format format, std::string &body) { render(format, body); }),
-        rejects(logger), start_time_seconds(detail::process_start_time_seconds()) {
+        rejects(logger), start_time_seconds(detail::process_start_time_seconds()), state(options, logger) {
     registry.accept_statsd(options.statsd);
   }
 
@@ -4494,6 +5321,9 @@ struct Server::Impl {
   void sweep(Clock::time_point now);
   void render(Format format, std::string &body);
   ServerStats stats() const;
+
+  void save_state();
+  void save_state_at_stop();
 
   std::shared_ptr<MemoryBudget> budget; // before all that takes from it, so that it goes last
   Registry registry;
@@ -4507,6 +5337,7 @@ struct Server::Impl {
   double last_reload_success_seconds = wall_clock_seconds();
   std::vector<pollfd> poll_fds;
   Clock::time_point next_sweep{};
+  detail::StateKeeper state; // last: its writing thread ends first
 };
 
 inline Server::Server(const Config &config, Options options) : impl_(std::make_unique<Impl>(config, options)) {
@@ -4515,6 +5346,7 @@ inline Server::Server(const Config &config, Options options) : impl_(std::make_u
   if (impl_->input.fd(Impl::Source::unix_socket) >= 0) fields.emplace_back("unix", impl_->input.unix_path());
   fields.insert(fields.end(), {{"service", config.service_name}, {"version", HERMES_VERSION_STR}});
   impl_->logger.log(LogLevel::info, "hermes listening", fields);
+  impl_->state.restore(impl_->registry, monotonic_seconds());
 }
 
 inline Server::Server(Server &&) noexcept = default;
@@ -4528,6 +5360,7 @@ inline void Server::run(const std::atomic<bool> &stop, std::atomic<bool> *reload
     impl_->poll_once(HERMES_POLL_INTERVAL_MS);
     if (reload_requested && reload_requested->exchange(false)) reload();
   }
+  impl_->save_state_at_stop();
   impl_->rejects.flush(Impl::Clock::now(), true);
   impl_->logger.log(LogLevel::info, "hermes stopped");
 }
@@ -4570,6 +5403,7 @@ inline ServerStats Server::Impl::stats() const {
   stats.reloads_succeeded = reloads_succeeded;
   stats.reloads_failed = reloads_failed;
   stats.last_reload_success_seconds = last_reload_success_seconds;
+  state.add_stats(stats);
   stats.memory_budget_bytes = static_cast<double>(budget->limit());
   stats.memory_used_bytes = static_cast<double>(budget->used());
   return stats;
@@ -4607,6 +5441,38 @@ inline void Server::Impl::poll_once(int timeout_ms) {
   http.serve(&poll_fds[http_slot], now); // also ends connections past their deadline
   rejects.flush(now, false);
   sweep(now);
+  if (state.due(registry, monotonic_seconds())) save_state();
+}
+
+// ----- State file ----------------------------------------------------------------------------
+
+// The text is made on the loop, taking waiting datagrams off the sockets every
+// HERMES_STATE_PAUSE_STRIDE series as a render does; its writing runs on the keeper's thread.
+inline void Server::Impl::save_state() {
+  const std::uint64_t changes = registry.changes(); // what the text holds; held datagrams come after it
+  registry.save_state(state.buffer(), Now::current(), [this] { input.hold_waiting(); });
+  input.apply_held(registry, rejects);
+  state.write(changes, monotonic_seconds());
+}
+
+// At stop: the samples still queued on the sockets are applied, then the state is
+// written, and run() returns once it is on disk.
+inline void Server::Impl::save_state_at_stop() {
+  if (!state.enabled()) return;
+  constexpr int most_rounds = 1024; // of HERMES_DATAGRAMS_PER_STEP: more than a receive buffer holds
+  for (int round = 0; round < most_rounds; ++round) {
+    const ServerStats before = stats();
+    input.receive(Source::udp, registry, rejects);
+    if (input.fd(Source::unix_socket) >= 0) input.receive(Source::unix_socket, registry, rejects);
+    const ServerStats after = stats();
+    if (after.udp_packets + after.unix_datagrams == before.udp_packets + before.unix_datagrams) break;
+  }
+  state.wait();
+  if (!state.changed(registry)) return;
+  const std::uint64_t changes = registry.changes();
+  registry.save_state(state.buffer(), Now::current());
+  state.write(changes, monotonic_seconds());
+  state.wait();
 }
 
 // Once a second, whether or not anyone scrapes: frees the memory of stale series and

@@ -30,8 +30,12 @@ constexpr const char *usage_text =
     "\n"
     "Environment: HERMES_UDP_ADDRESS (LISTEN_ADDRESS), HERMES_UDP_PORT (LISTEN_PORT),\n"
     "HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (LOG_LEVEL), HERMES_OPENMETRICS,\n"
-    "HERMES_STATSD, HERMES_MAX_MEMORY (bytes, or with KiB, MiB, GiB).\n"
-    "Signals: SIGTERM and SIGINT stop; SIGHUP reloads the config file.\n";
+    "HERMES_STATSD, HERMES_MAX_MEMORY (bytes, or with KiB, MiB, GiB),\n"
+    "HERMES_UNIX_SOCKET, HERMES_UNIX_SOCKET_MODE, HERMES_UDP_RECEIVE_BUFFER,\n"
+    "HERMES_STATE_FILE (the config's state_file: keep the series there across restarts),\n"
+    "HERMES_STATE_INTERVAL (state_interval_seconds: seconds between writes, default 10).\n"
+    "Signals: SIGTERM and SIGINT write the state file, if any, and stop; SIGHUP reloads the\n"
+    "config file.\n";
 
 struct CommandLine {
   bool check_config = false;
@@ -124,6 +128,8 @@ int main(int argc, char **argv) {
   } catch (const hermes::ConfigError &error) {
     return fail(2, error.what());
   } catch (const hermes::SocketError &error) {
+    return fail(1, error.what());
+  } catch (const hermes::StateError &error) {
     return fail(1, error.what());
   } catch (const std::bad_alloc &) {
     return fail(1, "out of memory");

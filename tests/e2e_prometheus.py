@@ -101,20 +101,17 @@ def get_json(url):
 class Stack:
     """hermes and a Prometheus that scrapes it, in a temporary folder."""
 
-    def __init__(self, openmetrics, native=False, config=CONFIG):
+    def __init__(self, openmetrics, native=False, config=CONFIG, keep_state=False):
         self.folder = tempfile.mkdtemp(prefix="hermes-e2e-")
         self.processes = []
-        config_path = os.path.join(self.folder, "hermes.json")
-        with open(config_path, "w") as file:
+        self.config_path = os.path.join(self.folder, "hermes.json")
+        with open(self.config_path, "w") as file:
             json.dump(config, file)
-        env = dict(os.environ, HERMES_UDP_ADDRESS="127.0.0.1", HERMES_UDP_PORT="0", HERMES_HTTP_ADDRESS="127.0.0.1",
-                   HERMES_HTTP_PORT="0", HERMES_OPENMETRICS="on" if openmetrics else "off")
-        hermes = subprocess.Popen([HERMES, config_path], env=env, stderr=subprocess.PIPE, text=True)
-        self.processes.append(hermes)
-        line = hermes.stderr.readline()
-        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
-        self.udp_port = int(fields["udp"].rsplit(":", 1)[1])
-        self.hermes_http = fields["http"]
+        self.env = dict(os.environ, HERMES_UDP_ADDRESS="127.0.0.1", HERMES_UDP_PORT="0", HERMES_HTTP_ADDRESS="127.0.0.1",
+                        HERMES_HTTP_PORT="0", HERMES_OPENMETRICS="on" if openmetrics else "off")
+        if keep_state:  # a restart keeps its series, and its address so that Prometheus finds it again
+            self.env.update(HERMES_STATE_FILE=os.path.join(self.folder, "state.json"), HERMES_HTTP_PORT=str(free_port()))
+        self.processes.append(self.start_hermes())
         self.prometheus = f"127.0.0.1:{free_port()}"
         with open(os.path.join(self.folder, "prometheus.yml"), "w") as file:
             file.write("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
@@ -127,6 +124,22 @@ class Stack:
              "--log.level=error"] + (["--enable-feature=native-histograms"] if native else []),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         self.wait(lambda: self.ready(), "Prometheus to start")
+
+    def start_hermes(self):
+        hermes = subprocess.Popen([HERMES, self.config_path], env=self.env, stderr=subprocess.PIPE, text=True)
+        line = hermes.stderr.readline()
+        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        self.udp_port = int(fields["udp"].rsplit(":", 1)[1])
+        self.hermes_http = fields["http"]
+        return hermes
+
+    def restart_hermes(self):
+        """SIGTERM, then the same hermes again: same config, state file and HTTP port."""
+        old = self.processes[0]
+        old.send_signal(signal.SIGTERM)
+        assert old.wait(timeout=10) == 0
+        old.stderr.close()
+        self.processes[0] = self.start_hermes()
 
     def ready(self):
         try:
@@ -432,6 +445,35 @@ def run_native():
         stack.close()
 
 
+def no_reset_across_a_restart():
+    """A counter scraped across a restart of hermes with a state file: Prometheus sees no reset."""
+    stack = Stack(openmetrics=True, keep_state=True)
+    try:
+        series = 'jobs_total{queue="restart"}'
+
+        def push(count):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                for _ in range(count):
+                    sock.sendto(json.dumps({"metric_name": "jobs_total", "payload": {"labels": {"queue": "restart"}}}).encode(),
+                                ("127.0.0.1", stack.udp_port))
+                    time.sleep(0.001)
+
+        def stored_value():
+            result = stack.query(series)
+            return float(result[0]["value"][1]) if result else None
+        push(5)
+        stack.wait(lambda: stored_value() == 5, "5 to be scraped")
+        stack.restart_hermes()
+        push(3)
+        stack.wait(lambda: stored_value() == 8, "8 to be scraped after the restart")
+        started = stack.query("changes(process_start_time_seconds[5m])")
+        assert started and float(started[0]["value"][1]) == 1, f"Prometheus did not scrape both runs: {started}"
+        resets = stack.query(f"resets({series}[5m])")
+        assert resets and float(resets[0]["value"][1]) == 0, f"resets over the restart: {resets}"
+    finally:
+        stack.close()
+
+
 def main():
     if shutil.which("prometheus") is None:
         print("e2e_prometheus: prometheus is not installed (apt-get install prometheus)", file=sys.stderr)
@@ -487,6 +529,13 @@ def main():
     except Exception:
         failed += 1
         print(f"FAIL native histograms: exact count and sum, quantiles within a bucket\n{traceback.format_exc()}")
+    try:
+        no_reset_across_a_restart()
+        passed += 1
+        print("ok   a counter shows no reset across a restart with a state file")
+    except Exception:
+        failed += 1
+        print(f"FAIL a counter shows no reset across a restart with a state file\n{traceback.format_exc()}")
     print(f"e2e_prometheus: {passed} passed, {failed} failed")
     return 1 if failed else 0
 

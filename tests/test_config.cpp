@@ -122,7 +122,7 @@ TEST_CASE("unknown keys are errors, so a typo is never ignored") {
   CHECK(config_error(R"({"service_name": "s", "counters": [{"metric_name": "c", "lables": ["a"]}]})") ==
         "config.json: counters[0].lables: unknown key (expected one of: metric_name, metric_description, labels, max_series, ttl_seconds)");
   CHECK(config_error(R"({"service_name": "s", "gauge": []})") ==
-        "config.json: gauge: unknown key (expected one of: service_name, gauges, counters, histograms, summaries, listen_address, listen_port, max_series, ttl_seconds, max_memory_bytes)");
+        "config.json: gauge: unknown key (expected one of: service_name, gauges, counters, histograms, summaries, listen_address, listen_port, max_series, ttl_seconds, max_memory_bytes, state_file, state_interval_seconds)");
 }
 
 TEST_CASE("load_config names a file it cannot read, and one that is too large") {
@@ -422,4 +422,29 @@ TEST_CASE("HERMES_PROTOBUF turns the protobuf format off; it is on by default") 
   CHECK(hermes::options_from_environment(config, FakeEnvironment{{{"HERMES_PROTOBUF", "on"}}}.lookup()).protobuf);
   CHECK_THROWS_WITH_AS(hermes::options_from_environment(config, FakeEnvironment{{{"HERMES_PROTOBUF", "maybe"}}}.lookup()),
                        doctest::Contains("HERMES_PROTOBUF"), hermes::UsageError);
+}
+
+TEST_CASE("state_file and state_interval_seconds: from the config, the environment over it, 10 s by default") {
+  hermes::Config config = hermes::parse_config(
+      R"({"service_name": "s", "state_file": "/var/lib/hermes/state.json", "state_interval_seconds": 2.5})", "f");
+  CHECK(config.state_file == "/var/lib/hermes/state.json");
+  CHECK(config.state_interval_seconds == std::optional<double>(2.5));
+  hermes::Options options = hermes::options_from_environment(config, FakeEnvironment{}.lookup());
+  CHECK(options.state_file == "/var/lib/hermes/state.json");
+  CHECK(options.state_interval_seconds == 2.5);
+  options = hermes::options_from_environment(
+      config, FakeEnvironment{{{"HERMES_STATE_FILE", "/data/s.json"}, {"HERMES_STATE_INTERVAL", "0.5"}}}.lookup());
+  CHECK(options.state_file == "/data/s.json");
+  CHECK(options.state_interval_seconds == 0.5);
+  options = hermes::options_from_environment(test::sample_config(), FakeEnvironment{}.lookup());
+  CHECK(options.state_file.empty()); // no state is kept
+  CHECK(options.state_interval_seconds == 10);
+  CHECK(usage_error(config, {{{"HERMES_STATE_INTERVAL", "0"}}}) == "HERMES_STATE_INTERVAL: \"0\" is not a number of seconds above 0");
+  CHECK(usage_error(config, {{{"HERMES_STATE_INTERVAL", "10s"}}}) == "HERMES_STATE_INTERVAL: \"10s\" is not a number of seconds above 0");
+  CHECK(usage_error(config, {{{"HERMES_STATE_INTERVAL", "inf"}}}) == "HERMES_STATE_INTERVAL: \"inf\" is not a number of seconds above 0");
+  CHECK(config_error(R"({"service_name": "s", "state_interval_seconds": 0})") ==
+        "config.json: state_interval_seconds: 0 is not a number of seconds above 0");
+  CHECK(config_error(R"({"service_name": "s", "state_interval_seconds": "10"})") ==
+        "config.json: state_interval_seconds: \"10\" is not a number of seconds above 0");
+  CHECK(config_error(R"({"service_name": "s", "state_file": 3})") == "config.json: state_file: expected a string, got a number");
 }

@@ -14,7 +14,13 @@
 // 6. Each binary's size and memory when idle, resident and proportional (shared library
 //    pages divided among the processes mapping them); the first is the one measured
 //    above, make bench adds the static build, which is what images and boards run.
+// 5. State: the text of the state file for 100k series made in-process against a /metrics
+//    body of the same registry (time, and the longest stretch between looks at the
+//    sockets); then hermes with 100k series and a state file written every second while
+//    100k datagrams/s arrive, against the same run without a state file.
 // Figures on a shared machine wander; the ratios measured in the same run are what count.
+#include "hermes.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -132,7 +138,7 @@ Receiver start_bare_receiver() {
   return receiver;
 }
 
-Receiver start_hermes(const std::string &binary, const std::string &config_json) {
+Receiver start_hermes(const std::string &binary, const std::string &config_json, const std::string &state_file = "") {
   char config_path[] = "/tmp/hermes-bench-XXXXXX";
   const int config_fd = ::mkstemp(config_path);
   if (::write(config_fd, config_json.data(), config_json.size()) < 0) std::perror("write");
@@ -147,6 +153,10 @@ Receiver start_hermes(const std::string &binary, const std::string &config_json)
     ::setenv("HERMES_HTTP_ADDRESS", "127.0.0.1", 1);
     ::setenv("HERMES_UDP_PORT", "0", 1);
     ::setenv("HERMES_HTTP_PORT", "0", 1);
+    if (!state_file.empty()) {
+      ::setenv("HERMES_STATE_FILE", state_file.c_str(), 1);
+      ::setenv("HERMES_STATE_INTERVAL", "1", 1);
+    }
     ::execl(binary.c_str(), binary.c_str(), config_path, static_cast<char *>(nullptr));
     std::perror("exec");
     std::_Exit(1);
@@ -480,6 +490,83 @@ void measure_scrapes_against_ingest(const std::string &binary) {
               scrapes.load(), static_cast<unsigned long long>(sent), applied, 100 * applied / static_cast<double>(sent), drops);
 }
 
+// The state's text and a /metrics body of the same 100k series, each made 7 times: the
+// median time, and the longest time between two calls of the pause in which a server
+// takes datagrams off its sockets.
+void measure_state_text() {
+  hermes::Registry registry(hermes::parse_config(bench_config, "bench"));
+  for (int id = 0; id < 100000; ++id)
+    registry.ingest(R"({"metric_name":"series_gauge","payload":{"labels":{"id":")" + std::to_string(id) + R"("},"value":)" +
+                    std::to_string(id) + "}}");
+  const hermes::ServerStats stats;
+  const auto measure = [](const char *what, const std::function<void(std::string &, const std::function<void()> &)> &make) {
+    std::string out;
+    std::vector<double> times, gaps;
+    for (int i = 0; i < 7; ++i) {
+      Clock::time_point last = Clock::now();
+      double longest = 0;
+      const std::function<void()> pause = [&] {
+        longest = std::max(longest, seconds_since(last));
+        last = Clock::now();
+      };
+      const Clock::time_point start = Clock::now();
+      make(out, pause);
+      times.push_back(seconds_since(start) * 1000);
+      gaps.push_back(std::max(longest, seconds_since(last)) * 1000);
+    }
+    std::sort(times.begin(), times.end());
+    std::sort(gaps.begin(), gaps.end());
+    std::printf("| %-28s | %9.2f | %22.3f | %10zu |\n", what, times[3], gaps[3], out.size());
+    return times[3];
+  };
+  std::printf("\n| 100k series, in-process        | median (ms) | longest between pauses (ms) | bytes |\n|---|---:|---:|---:|\n");
+  const double render = measure("/metrics body (reference)", [&](std::string &out, const std::function<void()> &pause) {
+    hermes::render_metrics(out, registry, stats, hermes::Format::text, hermes::monotonic_seconds(), pause);
+  });
+  const double state = measure("state file text", [&](std::string &out, const std::function<void()> &pause) {
+    registry.save_state(out, hermes::Now::current(), pause);
+  });
+  std::printf("State text / /metrics body: %.2fx\n", state / render);
+  std::string text;
+  registry.save_state(text, hermes::Now::current());
+  std::vector<double> restores;
+  for (int i = 0; i < 3; ++i) {
+    hermes::Registry fresh(hermes::parse_config(bench_config, "bench"));
+    const Clock::time_point start = Clock::now();
+    fresh.restore_state(text);
+    restores.push_back(seconds_since(start) * 1000);
+  }
+  std::sort(restores.begin(), restores.end());
+  std::printf("Restoring the 100k series at start (median of 3): %.1f ms\n", restores[1]);
+}
+
+// 100k series; 100k datagrams/s for 5 s, each a change, so a state write falls due every second.
+void measure_state_against_ingest(const std::string &binary) {
+  char directory[] = "/tmp/hermes-bench-state-XXXXXX";
+  if (!::mkdtemp(directory)) return std::perror("mkdtemp");
+  const std::string state_file = std::string(directory) + "/state.json";
+  std::printf("\n| 100k series, 100k dgram/s for 5 s | dgrams sent | applied | kernel drops | state writes | state file (bytes) |\n"
+              "|---|---:|---:|---:|---:|---:|\n");
+  for (const bool keep_state : {false, true}) {
+    Receiver hermes = start_hermes(binary, bench_config, keep_state ? state_file : "");
+    load_series(hermes, 100000);
+    const double before = hermes_metric(hermes, "hermes_samples_accepted_total");
+    const std::uint64_t sent = send_stream(hermes.udp_port, sample_datagrams(1), 100000, 5);
+    const double applied = settle([&] { return hermes_metric(hermes, "hermes_samples_accepted_total"); }) - before;
+    send_stream(hermes.udp_port, {R"({"metric_name": "end_of_run"})"}, 0, 0); // carries the kernel's drop count
+    settle([&] { return hermes_metric(hermes, "hermes_udp_packets_total"); });
+    const double drops = hermes_metric(hermes, "hermes_udp_receive_drops_total");
+    const double writes = hermes_metric(hermes, "hermes_state_writes_total{result=\"success\"}");
+    struct stat info {};
+    const long long bytes = keep_state && ::stat(state_file.c_str(), &info) == 0 ? static_cast<long long>(info.st_size) : 0;
+    stop(hermes);
+    std::printf("| %-33s | %11llu | %7.0f (%.2f%%) | %12.0f | %12.0f | %18lld |\n", keep_state ? "state file, every 1 s" : "no state file (reference)",
+                static_cast<unsigned long long>(sent), applied, 100 * applied / static_cast<double>(sent), drops, writes, bytes);
+  }
+  ::unlink(state_file.c_str());
+  ::rmdir(directory);
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -518,6 +605,8 @@ int main(int argc, char **argv) {
   measure_scrapes_against_ingest(binary);
   measure_protobuf_scrapes(binary);
   measure_series_memory(binary);
+  measure_state_text();
+  measure_state_against_ingest(binary);
   std::printf("\n| binary | size (bytes) | idle, resident (MiB) | idle, proportional (MiB) |\n|---|---:|---:|---:|\n");
   for (int i = 1; i < std::max(argc, 2); ++i) {
     const std::string path = argc > 1 ? argv[i] : binary;

@@ -1,0 +1,471 @@
+// The state file: what it keeps of every metric type, how times survive a restart, what
+// a file that is not state gets, and how it is written. Also the two clocks of a registry.
+#include "helpers.hpp"
+
+#include <cmath>
+#include <dirent.h>
+
+namespace {
+
+constexpr const char *every_type_json = R"({"service_name": "s",
+  "counters": [{"metric_name": "jobs_total", "labels": ["queue"]}, {"metric_name": "plain_total"}],
+  "gauges": [{"metric_name": "temperature", "labels": ["room"], "ttl_seconds": 60}, {"metric_name": "level"}],
+  "histograms": [{"metric_name": "latency", "labels": ["route"], "buckets": [0.1, 1, 10]}],
+  "summaries": [{"metric_name": "sizes", "labels": ["route"], "objectives": {"0.5": 0.05, "0.99": 0.001}, "max_age_seconds": 100},
+                {"metric_name": "plain_s", "labels": ["route"]}]})";
+
+hermes::Registry every_type() { return hermes::Registry(hermes::parse_config(every_type_json, "test")); }
+
+// A label value with a quote, a backslash, a newline and an emoji.
+const std::string awkward = "a\"b\\c\nd \xF0\x9F\x98\x80";
+
+std::string sample(const std::string &metric, const std::string &label, const std::string &value, const std::string &rest) {
+  std::string json = R"({"metric_name": ")" + metric + R"(", "payload": {"labels": {)";
+  if (!label.empty()) {
+    json += '"' + label + "\": ";
+    hermes::detail::append_json_string(json, value);
+  }
+  return json + "}" + rest + "}}";
+}
+
+// Every type, with edge values: -0, the smallest and largest doubles, a counter that
+// overflowed to +Inf, observations whose sum overflows.
+void push_edge_values(hermes::Registry &registry, hermes::Now now) {
+  const auto push = [&](const std::string &json) { REQUIRE(registry.ingest(json, now).accepted == 1); };
+  push(sample("jobs_total", "queue", awkward, R"(, "value": 1.7976931348623157e308)"));
+  push(sample("jobs_total", "queue", awkward, R"(, "value": 1.7976931348623157e308)")); // +Inf
+  push(sample("jobs_total", "queue", "tiny", R"(, "value": 5e-324)"));
+  push(sample("plain_total", "", "", R"(, "value": 3)"));
+  push(sample("temperature", "room", "minus zero", R"(, "value": -0.0)"));
+  push(sample("temperature", "room", "max", R"(, "value": 1.7976931348623157e308)"));
+  push(sample("temperature", "room", "lowest", R"(, "value": -1.7976931348623157e308, "operation": "set")"));
+  for (const char *observation : {"0.05", "1", "9.5", "11", "1.7976931348623157e308", "1.7976931348623157e308"})
+    push(sample("latency", "route", awkward, std::string(R"(, "observation": )") + observation));
+  for (int i = 1; i <= 1200; ++i) // past a stream's buffer, so that entries are merged
+    push(sample("sizes", "route", "/", R"(, "observation": )" + std::to_string(i % 97)));
+  push(sample("sizes", "route", "inf", R"(, "observation": 1.7976931348623157e308)"));
+  push(sample("sizes", "route", "inf", R"(, "observation": 1.7976931348623157e308)"));
+  push(sample("plain_s", "route", "x", R"(, "observation": 2)"));
+}
+
+// The body as of `monotonic`: summary windows moved on to it first, as a scrape does.
+std::string render_at(hermes::Registry &registry, hermes::Format format, double monotonic) {
+  registry.expire(monotonic);
+  return hermes::render_metrics(registry, format);
+}
+
+// The user's families of /metrics in both formats, without Hermes' own.
+std::string render_both(hermes::Registry &registry, double monotonic) {
+  const std::string body = render_at(registry, hermes::Format::text, monotonic) +
+                           render_at(registry, hermes::Format::openmetrics, monotonic);
+  std::string users;
+  for (const std::string_view line : hermes::detail::split(body, '\n')) {
+    const bool comment = line.rfind("# HELP ", 0) == 0 || line.rfind("# TYPE ", 0) == 0;
+    const std::string_view name = line.substr(comment ? 7 : 0);
+    if (name.rfind("hermes_", 0) != 0 && name.rfind("process_", 0) != 0) (users += line) += '\n';
+  }
+  return users;
+}
+
+std::string saved(const hermes::Registry &registry, hermes::Now now) {
+  std::string text;
+  registry.save_state(text, now);
+  return text;
+}
+
+std::string restore_error(const std::string &text) {
+  hermes::Registry registry = every_type();
+  try {
+    registry.restore_state(text, 0);
+  } catch (const hermes::StateError &error) {
+    CHECK(registry.changes() == 0); // nothing was taken
+    CHECK(registry.series_count() == 2);
+    return error.what();
+  }
+  return "";
+}
+
+std::string temporary_directory() {
+  char name[] = "/tmp/hermes-state-test-XXXXXX";
+  REQUIRE(::mkdtemp(name) != nullptr);
+  return name;
+}
+
+// readdir64: a 32-bit build under qemu-user reads a 64-bit host's directories, whose
+// inode numbers readdir cannot hold.
+std::vector<std::string> files_in(const std::string &directory) {
+  std::vector<std::string> names;
+  DIR *dir = ::opendir(directory.c_str());
+  REQUIRE(dir != nullptr);
+  while (const dirent64 *entry = ::readdir64(dir))
+    if (entry->d_name[0] != '.') names.emplace_back(entry->d_name);
+  ::closedir(dir);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+void remove_tree(const std::string &directory) {
+  for (const std::string &name : files_in(directory)) ::unlink((directory + "/" + name).c_str());
+  ::rmdir(directory.c_str());
+}
+
+} // namespace
+
+TEST_CASE("every metric type goes through the state file and comes back identical, edge values and all") {
+  hermes::Registry before = every_type();
+  push_edge_values(before, hermes::Now(500, 1764000000.25));
+  CHECK(before.value("jobs_total", {awkward}) == std::optional<double>(HUGE_VAL));
+  const std::string text = saved(before, hermes::Now(530, 1764000030));
+  hermes::Registry after = every_type();
+  const hermes::Registry::RestoreSummary summary = after.restore_state(text, 530);
+  CHECK(summary.restored == before.series_count());
+  CHECK(summary.skipped == 0);
+  CHECK(summary.problems.empty());
+  CHECK(saved(after, hermes::Now(530, 1764000030)) == text); // nothing lost, nothing changed in the round trip
+  CHECK(render_both(after, 531) == render_both(before, 531));
+  const auto minus_zero = after.value("temperature", {"minus zero"});
+  REQUIRE(minus_zero.has_value());
+  CHECK(*minus_zero == 0);
+  CHECK(std::signbit(*minus_zero));
+  CHECK(after.value("jobs_total", {"tiny"}) == std::optional<double>(5e-324));
+  CHECK(after.value("temperature", {"max"}) == std::optional<double>(1.7976931348623157e308));
+  CHECK(after.value("temperature", {"lowest"}) == std::optional<double>(-1.7976931348623157e308));
+  CHECK(render_both(after, 531).find("latency_sum{route=\"a\\\"b\\\\c\\nd \xF0\x9F\x98\x80\"} +Inf\n") != std::string::npos);
+  // The restored series go on where they stopped.
+  after.ingest(sample("plain_total", "", "", R"(, "value": 2)"), hermes::Now(540, 1764000040));
+  CHECK(after.value("plain_total", {}) == std::optional<double>(5));
+}
+
+TEST_CASE("the state file is readable JSON with a format version, each series on its own line") {
+  hermes::Registry registry = every_type();
+  registry.ingest(sample("plain_total", "", "", R"(, "value": 2)"), hermes::Now(10, 1764000000));
+  const std::string text = saved(registry, hermes::Now(12.5, 1764000002.5));
+  picojson::value root;
+  REQUIRE(picojson::parse(root, text).empty());
+  CHECK(root.get("format").get<std::string>() == "hermes-state");
+  CHECK(root.get("version").get<double>() == 1);
+  CHECK(root.get("written_at").get<double>() == 1764000002.5);
+  CHECK(text.find("\n{\"name\": \"plain_total\", \"type\": \"counter\", \"labels\": [], \"series\": [\n"
+                  "  {\"labels\": [], \"value\": 2, \"created\": 0, \"pushed_ago\": 2.5}]}") != std::string::npos);
+  CHECK(text.find("{\"name\": \"latency\", \"type\": \"histogram\", \"labels\": [\"route\"], \"buckets\": [0.1, 1, 10], \"series\": []}") !=
+        std::string::npos);
+}
+
+TEST_CASE("a restored series keeps its age: ttl_seconds counts from its last push before the restart") {
+  hermes::Registry before = every_type();
+  before.ingest(sample("temperature", "room", "kitchen", R"(, "value": 21)"), hermes::Now(1000, 1764000000));
+  const std::string text = saved(before, hermes::Now(1040, 1764000040)); // pushed 40 s before the write
+  hermes::Registry after = every_type();
+  after.restore_state(text, 5); // a new boot: the monotonic clock starts again
+  CHECK(after.expire(24) == 0); // 59 s after the push
+  CHECK(after.value("temperature", {"kitchen"}) == std::optional<double>(21));
+  CHECK(after.expire(25) == 1); // 60 s after it
+  CHECK_FALSE(after.value("temperature", {"kitchen"}).has_value());
+  // One already past its ttl when written is restored and expires at the next sweep.
+  hermes::Registry stale = every_type();
+  stale.restore_state(saved(before, hermes::Now(1070, 1764000070)), 3);
+  CHECK(stale.expire(3) == 1);
+}
+
+TEST_CASE("a restored summary window answers as before and turns when it would have") {
+  hermes::Registry before = every_type();
+  for (int i = 1; i <= 100; ++i)
+    before.ingest(sample("sizes", "route", "/", R"(, "observation": )" + std::to_string(i)), hermes::Now(1000, 1764000000));
+  const std::string text = saved(before, hermes::Now(1010, 1764000010)); // the next turn is 10 s away
+  hermes::Registry after = every_type();
+  after.restore_state(text, 7);
+  const auto median = [](hermes::Registry &registry, double now) {
+    const std::string body = render_at(registry, hermes::Format::text, now);
+    const std::size_t at = body.find("sizes{route=\"/\",quantile=\"0.5\"} ");
+    REQUIRE(at != std::string::npos);
+    return body.substr(at, body.find('\n', at) - at);
+  };
+  CHECK(median(after, 7) == median(before, 1010));
+  CHECK(median(after, 7) == "sizes{route=\"/\",quantile=\"0.5\"} 48");
+  // max_age_seconds 100: five streams, a turn every 20 s; all of them held the observations,
+  // so the last one forgets them 100 s after they came: 90 s after the write.
+  CHECK(median(after, 7 + 89) == "sizes{route=\"/\",quantile=\"0.5\"} 48");
+  CHECK(median(after, 7 + 91) == "sizes{route=\"/\",quantile=\"0.5\"} NaN");
+  CHECK(median(before, 1010 + 91) == "sizes{route=\"/\",quantile=\"0.5\"} NaN");
+}
+
+TEST_CASE("a window saved the instant it was made restores, though its next turn rounds past one step") {
+  hermes::Registry before = every_type();
+  // 502.2 + 20 - 502.2 is 20.000000000000057 in doubles: a step and a rounding error away.
+  before.ingest(sample("sizes", "route", "/", R"(, "observation": 3)"), hermes::Now(502.2, 1764000000));
+  hermes::Registry after = every_type();
+  CHECK(after.restore_state(saved(before, hermes::Now(502.2, 1764000000)), 502.2).restored == 3);
+}
+
+TEST_CASE("a metric removed or reshaped is skipped and named once; the others are restored") {
+  hermes::Registry before = every_type();
+  push_edge_values(before, hermes::Now(1, 1764000000));
+  const std::string text = saved(before, hermes::Now(2, 1764000001));
+  hermes::Registry after(hermes::parse_config(R"({"service_name": "s",
+    "counters": [{"metric_name": "jobs_total", "labels": ["queue", "host"]}, {"metric_name": "plain_total"}],
+    "gauges": [{"metric_name": "temperature", "labels": ["room"], "max_series": 2}],
+    "histograms": [{"metric_name": "latency", "labels": ["route"], "buckets": [0.1, 1, 5]}],
+    "summaries": [{"metric_name": "sizes", "labels": ["route"], "objectives": {"0.5": 0.05, "0.99": 0.001}, "max_age_seconds": 100}]})",
+                                              "changed"));
+  const hermes::Registry::RestoreSummary summary = after.restore_state(text, 2);
+  CHECK(summary.restored == 1 + 2 + 2); // plain_total, two temperatures, two sizes
+  CHECK(summary.skipped == 2 + 1 + 1 + 1 + 1);
+  CHECK(summary.problems == std::vector<std::string>{
+                                "jobs_total: type, labels, buckets or objectives changed, 2 series not restored",
+                                "latency: type, labels, buckets or objectives changed, 1 series not restored",
+                                "level: no longer configured, 1 series not restored",
+                                "plain_s: no longer configured, 1 series not restored",
+                                "temperature: more series than max_series, 1 series not restored"});
+  CHECK(after.value("plain_total", {}) == std::optional<double>(3));
+  CHECK(after.series_count() == 5);
+}
+
+TEST_CASE("text that is not a whole state file is a StateError naming the place, and changes nothing") {
+  CHECK(restore_error("") == "not valid JSON: syntax error at line 1 near: ");
+  CHECK(restore_error("{\"service_name\": \"s\", \"counters\": []}") ==
+        "format: not a Hermes state file (no \"format\": \"hermes-state\")");
+  CHECK(restore_error("[1, 2]") == "expected an object, got a list");
+  CHECK(restore_error(R"({"format": "hermes-state", "version": 2, "metrics": []})") ==
+        "version: format version 2, this Hermes reads version 1");
+  CHECK(restore_error(R"({"format": "hermes-state", "version": 1})") == "metrics: missing");
+  const std::string head = R"({"format": "hermes-state", "version": 1, "metrics": [)";
+  CHECK(restore_error(head + R"({"name": "level", "type": "gauge", "labels": [], "series": [{"labels": [], "value": true, "created": 0, "pushed_ago": 0}]}]})") ==
+        "metrics[0].series[0].value: true is not a number");
+  CHECK(restore_error(head + R"({"name": "level", "type": "meter", "labels": [], "series": []}]})") ==
+        "metrics[0].type: \"meter\" is not a metric type");
+  CHECK(restore_error(head + R"({"name": "level", "type": "gauge", "labels": [], "series": [{"labels": ["x"], "value": 1, "created": 0, "pushed_ago": 0}]}]})") ==
+        "metrics[0].series[0].labels: 1 values for 0 labels");
+  CHECK(restore_error(head + R"({"name": "level", "type": "gauge", "labels": [], "series": [{"labels": [], "value": 1, "created": 0, "pushed_ago": -1}]}]})") ==
+        "metrics[0].series[0].pushed_ago: -1 is out of range");
+  CHECK(restore_error(head + R"({"name": "h", "type": "histogram", "labels": [], "buckets": [1], "series": [{"labels": [], "sum": 1, "count": 1, "bucket_counts": [1], "created": 0, "pushed_ago": 0}]}]})") ==
+        "metrics[0].series[0].bucket_counts: 1 counts for 2 buckets with +Inf");
+  CHECK(restore_error(head + R"({"name": "h", "type": "histogram", "labels": [], "buckets": [1], "series": [{"labels": [], "sum": 1, "count": 1.5, "bucket_counts": [1, 0], "created": 0, "pushed_ago": 0}]}]})") ==
+        "metrics[0].series[0].count: 1.5 is not a whole number");
+  CHECK(restore_error(R"({"format": "hermes-state", "version": 1, "metrics": 3})") == "metrics: expected a list, got a number");
+  CHECK(restore_error(head + R"(7]})") == "metrics[0]: expected an object, got a number");
+  CHECK(restore_error(head + R"({"name": "level", "type": "gauge", "labels": []}]})") == "metrics[0].series: missing");
+  CHECK(restore_error(head + R"({"name": "level", "series": [], "type": "gauge", "labels": []}]})") == "metrics[0].type: missing");
+  CHECK(restore_error(head + R"({"name": "level", "type": "gauge", "labels": [], "series": {}}]})") ==
+        "metrics[0].series: expected a list, got an object");
+  // Every cut of a real file is refused whole, wherever it falls.
+  hermes::Registry registry = every_type();
+  push_edge_values(registry, hermes::Now(1, 1764000000));
+  const std::string text = saved(registry, hermes::Now(2, 1764000001));
+  std::size_t refused = 0, cuts = 0;
+  for (std::size_t length = 0; length + 2 < text.size(); length += 1 + length / 50, ++cuts)
+    refused += !restore_error(text.substr(0, length)).empty();
+  CHECK(refused == cuts);
+  // Another program's JSON, a window broken inside.
+  std::string broken = text;
+  const std::size_t head_at = broken.find("\"head\": ");
+  REQUIRE(head_at != std::string::npos);
+  broken[head_at + 8] = '7';
+  CHECK(restore_error(broken).find(".window.head: not a stream of the window") != std::string::npos);
+}
+
+TEST_CASE("a registry counts its changes: a state write follows only a change") {
+  hermes::Registry registry = every_type();
+  CHECK(registry.changes() == 0);
+  registry.ingest(sample("plain_total", "", "", ""), hermes::Now(1, 1));
+  registry.ingest("junk", hermes::Now(1, 1));
+  registry.ingest(sample("temperature", "room", "x", R"(, "value": 1)"), hermes::Now(1, 1));
+  CHECK(registry.changes() == 2);
+  registry.expire(30);
+  CHECK(registry.changes() == 2);
+  registry.expire(61);
+  CHECK(registry.changes() == 3);
+  registry.reload(hermes::parse_config(every_type_json, "test"));
+  CHECK(registry.changes() == 3);
+  registry.restore_state(saved(registry, hermes::Now(70, 70)), 70);
+  CHECK(registry.changes() == 3 + 2); // the two series restored: plain_total and level
+}
+
+// ---- the two clocks ---------------------------------------------------------------------------
+
+TEST_CASE("ttl_seconds counts on the monotonic clock: wall clock steps change nothing but _created") {
+  hermes::Registry registry = every_type();
+  constexpr double two_days = 2 * 86400;
+  registry.ingest(sample("temperature", "room", "kitchen", R"(, "value": 21)"), hermes::Now(1000, 1000000000));
+  // The wall clock steps two days forward (a board's first NTP sync); 30 s pass.
+  registry.ingest(sample("temperature", "room", "hall", R"(, "value": 19)"), hermes::Now(1030, 1000000000 + two_days));
+  CHECK(registry.expire(1059) == 0);
+  CHECK(registry.value("temperature", {"kitchen"}) == std::optional<double>(21));
+  CHECK(registry.expire(1060) == 1); // kitchen: 60 s on the monotonic clock
+  CHECK(registry.expire(1089) == 0);
+  CHECK(registry.expire(1090) == 1); // hall
+  // Two days back: a push 3 s later is still 3 s later.
+  registry.ingest(sample("temperature", "room", "porch", R"(, "value": 5)"), hermes::Now(2000, 1000000000 - two_days));
+  CHECK(registry.expire(2059) == 0);
+  CHECK(registry.expire(2060) == 1);
+  // _created shows the wall clock as it was.
+  registry.ingest(sample("jobs_total", "queue", "q", ""), hermes::Now(3000, 1764000000.5));
+  const std::string body = render_at(registry, hermes::Format::openmetrics, 3001);
+  CHECK(body.find("\njobs_created{queue=\"q\"} 1.7640000005e+09\n") != std::string::npos);
+}
+
+TEST_CASE("summary windows turn on the monotonic clock") {
+  hermes::Registry registry = every_type();
+  registry.ingest(sample("sizes", "route", "/", R"(, "observation": 4)"), hermes::Now(1000, 1000000000));
+  const auto body = [&](double monotonic) {
+    return render_at(registry, hermes::Format::text, monotonic);
+  };
+  CHECK(body(1099).find("sizes{route=\"/\",quantile=\"0.5\"} 4\n") != std::string::npos);
+  registry.ingest(sample("sizes", "route", "/", R"(, "observation": 4)"), hermes::Now(1099, 1000000000 + 2 * 86400));
+  CHECK(body(1101).find("sizes{route=\"/\",quantile=\"0.5\"} 4\n") != std::string::npos); // the second observation
+}
+
+TEST_CASE("Now: one number stands for both clocks; current() reads both") {
+  const hermes::Now both(42.5);
+  CHECK(both.monotonic == 42.5);
+  CHECK(both.wall == 42.5);
+  const hermes::Now now = hermes::Now::current();
+  CHECK(now.wall == doctest::Approx(hermes::wall_clock_seconds()).epsilon(1e-6));
+  CHECK(now.monotonic == doctest::Approx(hermes::monotonic_seconds()).epsilon(1e-3));
+  CHECK(hermes::monotonic_seconds() >= now.monotonic);
+}
+
+// ---- files ------------------------------------------------------------------------------------
+
+TEST_CASE("an atomic write replaces the file whole and leaves nothing else behind") {
+  const std::string directory = temporary_directory();
+  const std::string path = directory + "/state.json";
+  CHECK(hermes::detail::write_file_atomically(path, "first\n") == "");
+  CHECK(test::read_file(path) == "first\n");
+  CHECK(hermes::detail::write_file_atomically(path, std::string(1 << 20, 'x')) == "");
+  CHECK(test::read_file(path) == std::string(1 << 20, 'x'));
+  CHECK(files_in(directory) == std::vector<std::string>{"state.json"});
+  remove_tree(directory);
+}
+
+TEST_CASE("a write that fails says what failed and leaves the old file as it was") {
+  const std::string directory = temporary_directory();
+  CHECK(hermes::detail::write_file_atomically(directory + "/missing/state.json", "x") ==
+        "create " + directory + "/missing/state.json.XXXXXX: No such file or directory");
+  // A directory where the file should be: the rename fails, the new file is removed.
+  REQUIRE(::mkdir((directory + "/state.json").c_str(), 0700) == 0);
+  const std::string error = hermes::detail::write_file_atomically(directory + "/state.json", "x");
+  CHECK(error.rfind("rename " + directory + "/state.json.", 0) == 0);
+  CHECK(error.find(": Is a directory") != std::string::npos);
+  CHECK(files_in(directory) == std::vector<std::string>{"state.json"});
+  ::rmdir((directory + "/state.json").c_str());
+  remove_tree(directory);
+}
+
+TEST_CASE("a file that is not state is set aside under a new name, never over another file") {
+  const std::string directory = temporary_directory();
+  const std::string path = directory + "/state.json";
+  std::ofstream(path) << "first";
+  const std::string first = hermes::detail::set_aside(path);
+  std::ofstream(path) << "second";
+  const std::string second = hermes::detail::set_aside(path);
+  CHECK(first.rfind(path + ".corrupt-", 0) == 0);
+  CHECK(second.rfind(path + ".corrupt-", 0) == 0);
+  CHECK(first != second);
+  CHECK(test::read_file(first) == "first");
+  CHECK(test::read_file(second) == "second");
+  CHECK(files_in(directory).size() == 2);
+  std::string message;
+  try {
+    hermes::detail::set_aside(directory + "/absent.json");
+  } catch (const hermes::StateError &error) {
+    message = error.what();
+  }
+  CHECK(message == "cannot set " + directory +
+                       "/absent.json aside (nothing was written over it; move it away and start again): No such file or directory");
+  remove_tree(directory);
+}
+
+// ---- the server's state file --------------------------------------------------------------
+
+namespace {
+
+hermes::Options state_options(const std::string &path, std::vector<std::string> *log) {
+  hermes::Options options = test::loopback_options(log);
+  options.state_file = path;
+  options.state_interval_seconds = 0.05;
+  return options;
+}
+
+std::size_t lines_with(const std::vector<std::string> &log, const std::string &part) {
+  return static_cast<std::size_t>(std::count_if(log.begin(), log.end(), [&](const std::string &line) {
+    return line.find(part) != std::string::npos;
+  }));
+}
+
+const std::string counter_sample = R"({"metric_name": "sample_counter", "payload": {"labels": {"label_1": "x"}}})";
+
+} // namespace
+
+TEST_CASE("a server writes its state after a change once the interval has passed, at stop, and restores it at start") {
+  const std::string directory = temporary_directory();
+  const std::string path = directory + "/state.json";
+  std::vector<std::string> log;
+  {
+    hermes::Server server(test::sample_config(), state_options(path, &log));
+    CHECK(log.back() == "level=info msg=\"no state file yet; starting empty\" path=" + path);
+    test::push(server, {counter_sample});
+    REQUIRE(test::pump_until(server, [&] { return server.stats().state_writes_succeeded == 1; }));
+    CHECK(test::read_file(path).find("{\"labels\": [\"x\"], \"value\": 1, ") != std::string::npos);
+    CHECK(server.stats().state_last_write_seconds == doctest::Approx(hermes::wall_clock_seconds()).epsilon(1e-8));
+    // Nothing changes: nothing is written, however many intervals pass.
+    const auto quiet_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(300);
+    while (std::chrono::steady_clock::now() < quiet_until) server.poll_once(5);
+    CHECK(server.stats().state_writes_succeeded == 1);
+    test::push(server, {counter_sample});
+    REQUIRE(test::pump_until(server, [&] { return server.stats().state_writes_succeeded == 2; }));
+    // Stop with a sample still on the socket: it is applied, then written.
+    test::send_udp(server.udp_port(), counter_sample);
+    std::atomic<bool> stop{true};
+    server.run(stop);
+    CHECK(server.registry().value("sample_counter", {"x"}) == std::optional<double>(3));
+    CHECK(server.stats().state_writes_succeeded == 3);
+    CHECK(server.stats().state_writes_failed == 0);
+  }
+  CHECK(files_in(directory) == std::vector<std::string>{"state.json"});
+  hermes::Server again(test::sample_config(), state_options(path, &log));
+  CHECK(log.back() == "level=info msg=\"state restored\" path=" + path + " series=1 skipped=0");
+  CHECK(again.registry().value("sample_counter", {"x"}) == std::optional<double>(3));
+  CHECK(again.stats().state_restored_series == 1);
+  const std::string body = test::body_of(test::http(again, "GET /metrics HTTP/1.0\r\n\r\n"));
+  CHECK(body.find("\nhermes_state_restored_series 1\n") != std::string::npos);
+  CHECK(body.find("\nhermes_state_writes_total{result=\"success\"} 0\n") != std::string::npos);
+  remove_tree(directory);
+}
+
+TEST_CASE("a failed state write is counted, logged once per interval and tried again; serving goes on") {
+  const std::string directory = temporary_directory();
+  const std::string path = directory + "/later/state.json";
+  std::vector<std::string> log;
+  hermes::Server server(test::sample_config(), state_options(path, &log));
+  test::push(server, {counter_sample});
+  const auto started = std::chrono::steady_clock::now();
+  REQUIRE(test::pump_until(server, [&] { return server.stats().state_writes_failed == 3; }));
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  CHECK(elapsed >= 2 * 0.05); // three attempts, an interval apart
+  CHECK(lines_with(log, "msg=\"state write failed; the previous file stays, retrying next interval\" path=" + path +
+                            " error=\"create " + path + ".XXXXXX: No such file or directory\"") == 3);
+  CHECK(test::body_of(test::http(server, "GET /metrics HTTP/1.0\r\n\r\n")).find("\nhermes_state_writes_total{result=\"failure\"} 3\n") !=
+        std::string::npos);
+  REQUIRE(::mkdir((directory + "/later").c_str(), 0700) == 0);
+  REQUIRE(test::pump_until(server, [&] { return server.stats().state_writes_succeeded == 1; }));
+  CHECK(test::read_file(path).find("{\"labels\": [\"x\"], \"value\": 1, ") != std::string::npos);
+  ::unlink(path.c_str());
+  ::rmdir((directory + "/later").c_str());
+  remove_tree(directory);
+}
+
+TEST_CASE("a server set aside a state file it cannot read, logs where, and starts empty") {
+  const std::string directory = temporary_directory();
+  const std::string path = directory + "/state.json";
+  std::ofstream(path) << "{\"format\": \"hermes-state\", \"version\": 1, \"metrics\": [";
+  std::vector<std::string> log;
+  hermes::Server server(test::sample_config(), state_options(path, &log));
+  const std::vector<std::string> files = files_in(directory);
+  REQUIRE(files.size() == 1);
+  CHECK(files[0].rfind("state.json.corrupt-", 0) == 0);
+  CHECK(log.back() == "level=error msg=\"state file is not state; set aside, starting empty\" path=" + path +
+                          " error=\"not valid JSON: syntax error at line 1 near: \" moved_to=" + directory + "/" + files[0]);
+  CHECK(server.registry().series_count() == 0);
+  CHECK(test::read_file(directory + "/" + files[0]) == "{\"format\": \"hermes-state\", \"version\": 1, \"metrics\": [");
+  remove_tree(directory);
+}
