@@ -521,7 +521,8 @@ void measure_state_text() {
   };
   std::printf("\n| 100k series, in-process        | median (ms) | longest between pauses (ms) | bytes |\n|---|---:|---:|---:|\n");
   const double render = measure("/metrics body (reference)", [&](std::string &out, const std::function<void()> &pause) {
-    hermes::render_metrics(out, registry, stats, hermes::Format::text, hermes::monotonic_seconds(), pause);
+    hermes::detail::Renderer renderer(out, registry, {registry, &stats, nullptr}, hermes::Format::text);
+    while (!renderer.write_some(HERMES_RENDER_PAUSE_STRIDE)) pause();
   });
   const double state = measure("state file text", [&](std::string &out, const std::function<void()> &pause) {
     registry.save_state(out, hermes::Now::current(), pause);
