@@ -29,7 +29,16 @@ constexpr const char *usage_text =
     "\n"
     "Environment: HERMES_UDP_ADDRESS (LISTEN_ADDRESS), HERMES_UDP_PORT (LISTEN_PORT),\n"
     "HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (LOG_LEVEL), HERMES_OPENMETRICS.\n"
-    "Signals: SIGTERM and SIGINT stop; SIGHUP reloads the config file.\n";
+    "\n"
+    "Access control:\n"
+    "  HERMES_UDP_ALLOW        CIDR ranges, comma-separated (10.0.0.0/8,2001:db8::/32,::1):\n"
+    "                          datagrams from elsewhere are dropped (forbidden_source);\n"
+    "                          over the config's \"udp_allow\"; unset: everyone\n"
+    "  HERMES_HTTP_ALLOW       the same for HTTP clients, answered 403; over \"http_allow\"\n"
+    "  HERMES_HTTP_TOKEN_FILE  a file holding a token that /metrics and / then ask for\n"
+    "                          as \"Authorization: Bearer TOKEN\" (else 401)\n"
+    "\n"
+    "Signals: SIGTERM and SIGINT stop; SIGHUP reloads the config file and the token file.\n";
 
 struct CommandLine {
   bool check_config = false;

@@ -77,7 +77,7 @@ hermes_build_info{version=")" HERMES_VERSION_STR R"(",service="testing-service"}
 # HELP hermes_samples_accepted_total Samples applied to the registry.
 # TYPE hermes_samples_accepted_total counter
 hermes_samples_accepted_total 1
-# HELP hermes_samples_rejected_total Samples dropped, by reason; for malformed_json and too_large, whole datagrams.
+# HELP hermes_samples_rejected_total Samples dropped, by reason; for malformed_json, too_large and forbidden_source, whole datagrams.
 # TYPE hermes_samples_rejected_total counter
 hermes_samples_rejected_total{reason="malformed_json"} 0
 hermes_samples_rejected_total{reason="malformed_sample"} 0
@@ -88,6 +88,7 @@ hermes_samples_rejected_total{reason="invalid_value"} 0
 hermes_samples_rejected_total{reason="invalid_operation"} 0
 hermes_samples_rejected_total{reason="series_limit"} 0
 hermes_samples_rejected_total{reason="too_large"} 0
+hermes_samples_rejected_total{reason="forbidden_source"} 0
 # HELP hermes_series Live series of the configured metrics.
 # TYPE hermes_series gauge
 hermes_series 1
