@@ -3,13 +3,16 @@
 
 Runs twice, once with OpenMetrics on (Prometheus asks for it first) and once with
 HERMES_OPENMETRICS=off, pushes the same datagrams each time, reads back through
-Prometheus' HTTP API what it stored, and compares both runs.
+Prometheus' HTTP API what it stored, and compares both runs. A third, short run
+guards /metrics with HERMES_HTTP_TOKEN_FILE: Prometheus scrapes through it with
+authorization.credentials_file, and a job without the token is refused.
 
 usage: e2e_prometheus.py PATH_TO_HERMES
 Ends with the line "e2e_prometheus: N passed, N failed".
 """
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -90,7 +93,7 @@ def get_json(url):
 class Stack:
     """hermes and a Prometheus that scrapes it, in a temporary folder."""
 
-    def __init__(self, openmetrics):
+    def __init__(self, openmetrics, token=None):
         self.folder = tempfile.mkdtemp(prefix="hermes-e2e-")
         self.processes = []
         config_path = os.path.join(self.folder, "hermes.json")
@@ -98,6 +101,11 @@ class Stack:
             json.dump(CONFIG, file)
         env = dict(os.environ, HERMES_UDP_ADDRESS="127.0.0.1", HERMES_UDP_PORT="0", HERMES_HTTP_ADDRESS="127.0.0.1",
                    HERMES_HTTP_PORT="0", HERMES_OPENMETRICS="on" if openmetrics else "off")
+        token_path = os.path.join(self.folder, "token")
+        if token:
+            with open(token_path, "w") as file:
+                file.write(token + "\n")
+            env["HERMES_HTTP_TOKEN_FILE"] = token_path
         hermes = subprocess.Popen([HERMES, config_path], env=env, stderr=subprocess.PIPE, text=True)
         self.processes.append(hermes)
         line = hermes.stderr.readline()
@@ -109,6 +117,10 @@ class Stack:
             file.write("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
                        "scrape_configs:\n  - job_name: hermes\n    static_configs:\n"
                        f"      - targets: ['{self.hermes_http}']\n")
+            if token:
+                file.write(f"    authorization:\n      credentials_file: {token_path}\n"
+                           "  - job_name: hermes_without_token\n    static_configs:\n"
+                           f"      - targets: ['{self.hermes_http}']\n")
         self.processes.append(subprocess.Popen(
             ["prometheus", "--config.file=" + os.path.join(self.folder, "prometheus.yml"),
              "--storage.tsdb.path=" + os.path.join(self.folder, "data"), "--web.listen-address=" + self.prometheus,
@@ -200,12 +212,30 @@ def run(openmetrics):
         rejected = {"unknown_metric": 1, "invalid_value": 1, "malformed_json": 1}
         assert stored[("hermes_samples_accepted_total", ())] == accepted, stored[("hermes_samples_accepted_total", ())]
         for reason in ("malformed_json", "malformed_sample", "unknown_metric", "label_mismatch", "invalid_label_value",
-                       "invalid_value", "invalid_operation", "series_limit", "too_large"):
+                       "invalid_value", "invalid_operation", "series_limit", "too_large", "forbidden_source"):
             check = stored[("hermes_samples_rejected_total", (("reason", reason),))]
             assert check == rejected.get(reason, 0), f"{reason}: {check}"
         assert stored[("hermes_series", ())] == len(expected)
         assert stored[("hermes_build_info", (("service", "e2e-service"), ("version", "1.0.0")))] == 1
         return stored
+    finally:
+        stack.close()
+
+
+def run_with_token():
+    """Prometheus scrapes through the bearer token; a job without it is refused with 401."""
+    stack = Stack(True, token="e2e-" + secrets.token_urlsafe(24))
+    try:
+        def health():
+            targets = get_json(f"http://{stack.prometheus}/api/v1/targets")["data"]["activeTargets"]
+            return {target["labels"]["job"]: (target["health"], target["lastError"]) for target in targets}
+        expected = {"hermes": ("up", ""), "hermes_without_token": ("down", "server returned HTTP status 401 Unauthorized")}
+        stack.wait(lambda: health() == expected, f"the targets' health to be {expected}")
+        stack.push(['{"metric_name": "plain_total", "payload": {"value": 7}}'])
+        stack.wait(lambda: stack.stored().get(("plain_total", ())) == 7, "a pushed sample to be scraped through the token")
+        refused = stack.query('up{job="hermes_without_token"}')
+        assert len(refused) == 1 and refused[0]["value"][1] == "0", refused
+        assert not stack.query('{job="hermes_without_token", __name__!~"up|scrape_.*"}'), "a refused job stored series"
     finally:
         stack.close()
 
@@ -234,6 +264,13 @@ def main():
         except Exception:
             failed += 1
             print(f"FAIL prometheus stores what was pushed ({name})\n{traceback.format_exc()}")
+    try:
+        run_with_token()
+        passed += 1
+        print("ok   prometheus scrapes through the bearer token; a job without it gets 401")
+    except Exception:
+        failed += 1
+        print(f"FAIL prometheus scrapes through the bearer token; a job without it gets 401\n{traceback.format_exc()}")
     try:
         assert len(stored) == 2, "a run failed"
         om, text = stored["openmetrics"], stored["text"]
