@@ -36,9 +36,9 @@ $(BUILD)/%.o: tests/%.cpp hermes.hpp tests/helpers.hpp | test-deps
 	$(CXX) $(HERMES_FLAGS) $(CXXFLAGS) -I. -DHERMES_TEST_DIR='"$(CURDIR)/tests"' -c -o $@ $<
 
 # The benchmark: hermes against a bare UDP receiver, and scrapes of up to 100k series.
-$(BUILD)/bench: tests/bench/bench.cpp
+$(BUILD)/bench: tests/bench/bench.cpp hermes.hpp | deps
 	@mkdir -p $(BUILD)
-	$(CXX) -std=c++17 -O2 $(WARNINGS) -pthread -o $@ $<
+	$(CXX) -std=c++17 -O2 $(WARNINGS) -pthread -I. -o $@ $<
 
 bench: hermes $(BUILD)/static/hermes $(BUILD)/bench
 	$(BUILD)/bench ./hermes $(BUILD)/static/hermes

@@ -180,8 +180,24 @@ TEST_CASE("CIDR ranges: IPv4, IPv6, bare addresses and the edge prefixes") {
   CHECK_FALSE(allows(allow_list({"2001:db8:0:1::/64"}), "2001:db8:0:2::"));
   CHECK(allows(allow_list({"2001:db8::8000:0:0:0/65"}), "2001:db8::ffff:0:0:0"));
   CHECK_FALSE(allows(allow_list({"2001:db8::8000:0:0:0/65"}), "2001:db8::7fff:0:0:0"));
+  // IPv6 ranges wider than the IPv4-mapped space hold every IPv4 sender; the IPv4-compatible ::/96 none.
+  CHECK(allows(allow_list({"::/64"}), "1.2.3.4"));
+  CHECK(allows(allow_list({"::ffff:0:0/96"}), "1.2.3.4"));
+  CHECK(allows(allow_list({"::fffe:0:0/95"}), "255.255.255.255"));
+  CHECK_FALSE(allows(allow_list({"::/96"}), "1.2.3.4"));
+  CHECK_FALSE(allows(allow_list({"::/96"}), "::ffff:1.2.3.4"));
+  CHECK(allows(allow_list({"::/96"}), "::1.2.3.4"));
+  CHECK_FALSE(allows(allow_list({"2001:db8::/32", "::1"}), "0.0.0.1"));
   CHECK(allows(allow_list({"128.0.0.0/1"}), "200.1.1.1"));
   CHECK_FALSE(allows(allow_list({"128.0.0.0/1"}), "127.255.255.255"));
+}
+
+TEST_CASE("every range of a long list counts, in whatever order IPv4 and IPv6 ones come") {
+  const hermes::AllowList list = allow_list({"1.0.0.1", "2001:db8::1", "1.0.0.2", "1.0.0.3", "1.0.0.4", "1.0.0.5", "fd00::/8",
+                                             "1.0.0.6", "1.0.0.7", "1.0.0.8", "1.0.0.9", "::1"});
+  for (int i = 1; i <= 9; ++i) CHECK_MESSAGE(allows(list, "1.0.0." + std::to_string(i)), i);
+  for (const char *other : {"1.0.0.0", "1.0.0.10", "0.0.0.0", "2001:db8::2", "fe00::1", "::2"}) CHECK_FALSE_MESSAGE(allows(list, other), other);
+  for (const char *listed : {"2001:db8::1", "fd12::3", "::1", "::ffff:1.0.0.9"}) CHECK_MESSAGE(allows(list, listed), listed);
 }
 
 TEST_CASE("an IPv4 range matches IPv4-mapped IPv6 senders, and a mapped range IPv4 ones") {

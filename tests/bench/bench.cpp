@@ -11,6 +11,9 @@
 // 4. Each binary's size and memory when idle, resident and proportional (shared library
 //    pages divided among the processes mapping them); the first is the one measured
 //    above, make bench adds the static build, which is what images and boards run.
+// 5. Allow lists: the cost per datagram of HERMES_UDP_ALLOW with 16 ranges against none,
+//    in hermes (CPU per datagram, runs interleaved) and in-process (the check against
+//    Registry::ingest of the same datagram).
 // Figures on a shared machine wander; the ratios measured in the same run are what count.
 #include <algorithm>
 #include <atomic>
@@ -31,6 +34,8 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include "hermes.hpp" // for the in-process figures of the allow list
 
 namespace {
 
@@ -128,7 +133,8 @@ Receiver start_bare_receiver() {
   return receiver;
 }
 
-Receiver start_hermes(const std::string &binary, const std::string &config_json) {
+Receiver start_hermes(const std::string &binary, const std::string &config_json,
+                      const std::vector<std::pair<std::string, std::string>> &env = {}) {
   char config_path[] = "/tmp/hermes-bench-XXXXXX";
   const int config_fd = ::mkstemp(config_path);
   if (::write(config_fd, config_json.data(), config_json.size()) < 0) std::perror("write");
@@ -143,6 +149,7 @@ Receiver start_hermes(const std::string &binary, const std::string &config_json)
     ::setenv("HERMES_HTTP_ADDRESS", "127.0.0.1", 1);
     ::setenv("HERMES_UDP_PORT", "0", 1);
     ::setenv("HERMES_HTTP_PORT", "0", 1);
+    for (const auto &variable : env) ::setenv(variable.first.c_str(), variable.second.c_str(), 1);
     ::execl(binary.c_str(), binary.c_str(), config_path, static_cast<char *>(nullptr));
     std::perror("exec");
     std::_Exit(1);
@@ -383,6 +390,114 @@ void measure_scrapes_against_ingest(const std::string &binary) {
               scrapes.load(), static_cast<unsigned long long>(sent), applied, 100 * applied / static_cast<double>(sent), drops);
 }
 
+// ---- access control -------------------------------------------------------------------------
+
+// Sixteen ranges, eleven IPv4 and five IPv6, the sender's (127.0.0.0/8) last; the other
+// list lacks it, so that every datagram is dropped.
+const char *const sixteen_ranges[] = {"10.0.0.0/8",      "172.16.0.0/12",  "192.168.0.0/16", "100.64.0.0/10",
+                                      "192.0.2.0/24",    "198.51.100.0/24", "203.0.113.0/24", "169.254.0.0/16",
+                                      "2001:db8::/32",   "fd00::/8",        "fe80::/10",      "2001:db8:1::/48",
+                                      "198.18.0.0/15",   "224.0.0.0/4",     "::1",            "127.0.0.0/8"};
+
+std::string allow_list_text(bool with_sender) {
+  std::string text;
+  for (const char *range : sixteen_ranges) text += (text.empty() ? "" : ",") + std::string(range);
+  return with_sender ? text : text.substr(0, text.rfind(',')) + ",127.0.0.2";
+}
+
+// Nanoseconds the process' one thread has run, from /proc/PID/schedstat: finer than
+// the clock ticks of /proc/PID/stat, which a 2% difference needs.
+double run_ns(pid_t pid) {
+  const std::string text = read_text("/proc/" + std::to_string(pid) + "/schedstat");
+  return text.empty() ? 0 : std::stod(text);
+}
+
+// CPU nanoseconds per datagram of hermes at full speed for 2 s, and what it did with them.
+struct AllowRun {
+  double ns_per_datagram = 0, packets = 0, accepted = 0, forbidden = 0;
+};
+
+AllowRun measure_allow_run(const std::string &binary, const std::vector<std::pair<std::string, std::string>> &env) {
+  Receiver hermes = start_hermes(binary, bench_config, env);
+  const double before = run_ns(hermes.pid);
+  send_stream(hermes.udp_port, sample_datagrams(1), 0, 2);
+  AllowRun run;
+  run.packets = settle([&] { return hermes_metric(hermes, "hermes_udp_packets_total"); });
+  const double used = run_ns(hermes.pid) - before;
+  run.accepted = hermes_metric(hermes, "hermes_samples_accepted_total");
+  run.forbidden = hermes_metric(hermes, "hermes_samples_rejected_total{reason=\"forbidden_source\"}");
+  run.ns_per_datagram = run.packets > 0 ? used / run.packets : 0;
+  stop(hermes);
+  return run;
+}
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  return values[values.size() / 2];
+}
+
+// Runs without a list, with the sender 16th of 16 ranges, and with the sender in none,
+// interleaved five times; the medians and their ratios.
+void measure_allow_list(const std::string &binary) {
+  std::vector<double> none, listed, dropped;
+  double accepted = 0, forbidden = 0;
+  for (int round = 0; round < 5; ++round) {
+    none.push_back(measure_allow_run(binary, {}).ns_per_datagram);
+    const AllowRun with = measure_allow_run(binary, {{"HERMES_UDP_ALLOW", allow_list_text(true)}});
+    listed.push_back(with.ns_per_datagram);
+    accepted += with.accepted - with.packets; // 0 when every datagram was applied
+    const AllowRun without = measure_allow_run(binary, {{"HERMES_UDP_ALLOW", allow_list_text(false)}});
+    dropped.push_back(without.ns_per_datagram);
+    forbidden += without.forbidden - without.packets; // 0 when every datagram was dropped as forbidden
+  }
+  std::printf("\nAllow list in hermes, full speed 2 s, 1 sample/dgram, median of 5 interleaved runs (CPU ns per datagram received):\n");
+  std::printf("| HERMES_UDP_ALLOW | ns/datagram | ratio to none |\n|---|---:|---:|\n");
+  std::printf("| unset | %.0f | 1.000 |\n", median(none));
+  std::printf("| 16 ranges, the sender's 16th | %.0f | %.3f |\n", median(listed), median(listed) / median(none));
+  std::printf("| 16 ranges, sender in none: all dropped | %.0f | %.3f |\n", median(dropped), median(dropped) / median(none));
+  std::printf("(unaccounted: %.0f applied short, %.0f forbidden short)\n", -accepted, -forbidden);
+}
+
+// The same in-process, without sockets: the check of one sender against 16 ranges
+// beside Registry::ingest of the datagram it sent.
+void measure_allow_list_in_process() {
+  hermes::AllowList list;
+  for (const char *text : sixteen_ranges) {
+    hermes::AddressRange range;
+    if (!hermes::parse_address_range(text, range).empty()) std::abort();
+    list.add(range, text);
+  }
+  hermes::Registry registry(hermes::parse_config(bench_config, "bench"));
+  const std::vector<std::string> datagrams = sample_datagrams(1);
+  constexpr int rounds = 2000000;
+  Clock::time_point start = Clock::now();
+  for (int i = 0; i < rounds; ++i) registry.ingest(datagrams[static_cast<std::size_t>(i) % datagrams.size()], 1.7e9);
+  const double ingest_ns = seconds_since(start) * 1e9 / rounds;
+  sockaddr_in sender = loopback(40000);
+  std::uint64_t allowed = 0;
+  start = Clock::now();
+  for (int i = 0; i < rounds; ++i) {
+    sender.sin_addr.s_addr = htonl(0x7f000001u + static_cast<std::uint32_t>(i & 0xff)); // 127.0.0.x: matched by the 16th
+    allowed += list.allows(reinterpret_cast<const sockaddr *>(&sender), sizeof sender);
+  }
+  const double v4_ns = seconds_since(start) * 1e9 / rounds;
+  sockaddr_in6 sender6{};
+  sender6.sin6_family = AF_INET6;
+  ::inet_pton(AF_INET6, "::1", &sender6.sin6_addr);
+  std::uint64_t allowed6 = 0;
+  start = Clock::now();
+  for (int i = 0; i < rounds; ++i) {
+    sender6.sin6_addr.s6_addr[15] = static_cast<unsigned char>(1 + (i & 1)); // ::1 listed, ::2 not
+    allowed6 += list.allows(reinterpret_cast<const sockaddr *>(&sender6), sizeof sender6);
+  }
+  const double v6_ns = seconds_since(start) * 1e9 / rounds;
+  std::printf("\nAllow list in-process, 16 ranges (11 IPv4, 5 IPv6), against Registry::ingest of one datagram (%.1f ns):\n"
+              "| sender | check (ns) | allowed | (ingest + check) / ingest |\n|---|---:|---:|---:|\n"
+              "| IPv4, 127.0.0.x | %.1f | %llu of %d | %.4f |\n| IPv6, ::1 and ::2 | %.1f | %llu of %d | %.4f |\n",
+              ingest_ns, v4_ns, static_cast<unsigned long long>(allowed), rounds, (ingest_ns + v4_ns) / ingest_ns, v6_ns,
+              static_cast<unsigned long long>(allowed6), rounds, (ingest_ns + v6_ns) / ingest_ns);
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -418,5 +533,7 @@ int main(int argc, char **argv) {
     std::printf("| %s | %lld | %.2f | %.2f |\n", path.c_str(), static_cast<long long>(info.st_size), rss_mib(idle.pid), pss_mib(idle.pid));
     stop(idle);
   }
+  measure_allow_list(binary);
+  measure_allow_list_in_process();
   return 0;
 }
