@@ -149,7 +149,7 @@ valgrind-deps:
 
 test-deps: deps
 	@tests/ensure.sh header:doctest/doctest.h:doctest-dev command:python3:python3 command:promtool:prometheus \
-	  command:prometheus:prometheus command:clang++:clang
+	  command:prometheus:prometheus command:clang++:clang command:stunnel4:stunnel4 command:openssl:openssl
 
 clean:
 	rm -rf hermes $(BUILD)

@@ -8,6 +8,7 @@ Ends with the line "blackbox: N passed, N failed".
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -602,6 +603,50 @@ def bad_access_settings_stop_start_up_with_exit_2(hermes):
         check_equal((code, err), (2, "hermes: http token file /nonexistent/token: cannot read: No such file or directory\n"))
     finally:
         os.unlink(token_path)
+
+
+@test
+def tls_in_front_with_stunnel_as_the_readme_shows(_):
+    """The README's stunnel config, ports aside: a scrape over TLS reaches hermes with its token."""
+    import ssl
+    folder = tempfile.mkdtemp(prefix="hermes-tls-")
+    token_path, cert, key = (os.path.join(folder, name) for name in ("token", "hermes.crt", "hermes.key"))
+    with open(token_path, "w") as file:
+        file.write("tls-token\n")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    hermes = Hermes(env={"HERMES_HTTP_TOKEN_FILE": token_path})
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        tls_port = probe.getsockname()[1]
+    config = os.path.join(folder, "hermes.conf")
+    with open(config, "w") as file:
+        file.write(f"foreground = yes\npid =\n[hermes]\naccept = 127.0.0.1:{tls_port}\n"
+                   f"connect = 127.0.0.1:{hermes.http_port}\ncert = {cert}\nkey = {key}\n")
+    stunnel = subprocess.Popen(["stunnel4", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        context = ssl.create_default_context(cafile=cert)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                raw = socket.create_connection(("127.0.0.1", tls_port), timeout=5)
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline, "stunnel did not start"
+                time.sleep(0.05)
+        with context.wrap_socket(raw, server_hostname="localhost") as sock:
+            sock.sendall(b"GET /metrics HTTP/1.0\r\nAuthorization: Bearer tls-token\r\n\r\n")
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        response = b"".join(chunks).decode()
+        assert response.startswith("HTTP/1.0 200 OK\r\n"), response[:200]
+        assert "\nhermes_build_info{" in response, response[:200]
+    finally:
+        stunnel.terminate()
+        stunnel.wait(timeout=5)
+        hermes.close()
+        shutil.rmtree(folder)
 
 
 def run_suite(name, tests):
