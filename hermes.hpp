@@ -278,7 +278,7 @@ struct AddressRange {
   std::uint64_t high = 0, low = 0;           // the network; bits past the prefix are zero
   std::uint64_t high_mask = 0, low_mask = 0; // the prefix's bits set
   bool contains(std::uint64_t address_high, std::uint64_t address_low) const {
-    return ((address_high ^ high) & high_mask) == 0 && ((address_low ^ low) & low_mask) == 0;
+    return (((address_high ^ high) & high_mask) | ((address_low ^ low) & low_mask)) == 0; // no branch
   }
 };
 
