@@ -2535,7 +2535,7 @@ public:
 private:
   void accept_connections(Clock::time_point now);
   void admit(FileDescriptor fd, bool forbidden, Clock::time_point now);
-  bool close_oldest_reader();
+  bool close_oldest_reader(bool forbidden_only = false);
   void serve(Connection &connection, Clock::time_point now);
   void read_request(Connection &connection, Clock::time_point now);
   HttpResponse answer(const Connection &connection, std::string_view head);
@@ -2593,7 +2593,7 @@ inline void HttpFrontEnd::accept_connections(Clock::time_point now) {
 // request unread, would reset the connection and the client would see no answer.
 inline void HttpFrontEnd::admit(FileDescriptor fd, bool forbidden, Clock::time_point now) {
   bool refuse = false;
-  if (connections_.size() - refusing_ >= HERMES_MAX_CONNECTIONS && !close_oldest_reader()) {
+  if (connections_.size() - refusing_ >= HERMES_MAX_CONNECTIONS && !close_oldest_reader(forbidden)) {
     if (refusing_ >= HERMES_MAX_REFUSED_CONNECTIONS) return; // closes: no room even to refuse
     refuse = true;
     ++refusing_;
@@ -2607,14 +2607,18 @@ inline void HttpFrontEnd::admit(FileDescriptor fd, bool forbidden, Clock::time_p
   connections_.push_back(std::move(connection));
 }
 
-// A full house is most often idle or slow clients: the one waiting longest for its
-// request head gives its place to the newcomer.
-inline bool HttpFrontEnd::close_oldest_reader() {
+// A full house is most often idle or slow clients: one still sending its request head
+// gives its place to the newcomer, a forbidden one first, else the one waiting longest.
+// A forbidden newcomer takes only a forbidden one's place: clients outside the allow
+// list cannot push out those inside it.
+inline bool HttpFrontEnd::close_oldest_reader(bool forbidden_only) {
   Connection *oldest = nullptr;
-  for (const auto &connection : connections_)
-    if (connection->phase == Connection::Phase::reading && !connection->refused &&
-        (!oldest || connection->sequence < oldest->sequence))
+  for (const auto &connection : connections_) {
+    if (connection->phase != Connection::Phase::reading || connection->refused || (forbidden_only && !connection->forbidden))
+      continue;
+    if (!oldest || std::make_pair(!connection->forbidden, connection->sequence) < std::make_pair(!oldest->forbidden, oldest->sequence))
       oldest = connection.get();
+  }
   if (!oldest) return false;
   const auto position = std::find_if(connections_.begin(), connections_.end(), [&](const auto &c) { return c.get() == oldest; });
   connections_.erase(position);

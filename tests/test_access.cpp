@@ -475,6 +475,56 @@ TEST_CASE("an HTTP allow list answers others 403 after reading their request, an
   CHECK(contains_line(body, "hermes_http_requests_total{code=\"401\"} 0"));
 }
 
+namespace {
+
+// A client from `source` that connects and says nothing; the server has taken it once
+// it has stepped.
+hermes::detail::FileDescriptor idle_from(hermes::Server &server, const std::string &source) {
+  hermes::detail::FileDescriptor fd = socket_from(source, SOCK_STREAM);
+  ::fcntl(fd.get(), F_SETFL, O_NONBLOCK);
+  const auto to = address_of("127.0.0.1", server.http_port());
+  const int status = ::connect(fd.get(), to.get(), to.length);
+  REQUIRE((status == 0 || errno == EINPROGRESS));
+  server.poll_once(1);
+  return fd;
+}
+
+// Whether the server has closed this client's connection.
+bool closed_by_server(const hermes::detail::FileDescriptor &fd) {
+  char byte;
+  const ssize_t n = ::recv(fd.get(), &byte, 1, 0);
+  return n == 0 || (n < 0 && errno != EAGAIN);
+}
+
+} // namespace
+
+TEST_CASE("in a full house, forbidden clients make room first and never push out allowed ones") {
+  hermes::Options options = test::loopback_options();
+  options.http_allow = allow_list({"127.0.0.1"});
+  hermes::Server server(test::sample_config(), options);
+  std::vector<hermes::detail::FileDescriptor> clients;
+  clients.push_back(idle_from(server, "127.0.0.1")); // the oldest
+  clients.push_back(idle_from(server, "127.0.0.2")); // forbidden
+  while (clients.size() < HERMES_MAX_CONNECTIONS) clients.push_back(idle_from(server, "127.0.0.1"));
+  for (int i = 0; i < 10; ++i) server.poll_once(1);
+  // A forbidden newcomer finds no forbidden reader but the one, whose place it takes.
+  CHECK(http_from(server, "127.0.0.2", "127.0.0.1", "GET / HTTP/1.0\r\n\r\n") == forbidden_403);
+  CHECK(closed_by_server(clients[1]));
+  CHECK_FALSE(closed_by_server(clients[0]));
+  // With the house full of allowed clients again, another is answered 403 (in one of the
+  // places kept for refusals) without any allowed client losing its place.
+  for (int i = 0; i < 10; ++i) server.poll_once(1); // the answered client's close is seen
+  clients.push_back(idle_from(server, "127.0.0.1"));
+  CHECK(http_from(server, "127.0.0.2", "127.0.0.1", "GET / HTTP/1.0\r\n\r\n") == forbidden_403);
+  for (int i = 0; i < 10; ++i) server.poll_once(1);
+  for (std::size_t i = 0; i < clients.size(); ++i)
+    if (i != 1) CHECK_FALSE_MESSAGE(closed_by_server(clients[i]), "client " << i);
+  // An allowed newcomer takes the place of the oldest allowed one.
+  CHECK(http_from(server, "127.0.0.1", "127.0.0.1", "GET /-/ready HTTP/1.0\r\n\r\n").rfind("HTTP/1.0 200 OK\r\n", 0) == 0);
+  CHECK(closed_by_server(clients[0]));
+  CHECK_FALSE(closed_by_server(clients[2]));
+}
+
 TEST_CASE("with a token file, /metrics and / need the bearer token; the probes stay open") {
   const TokenFile file;
   file.write("first-token\n");
