@@ -2401,7 +2401,7 @@ public:
   void hold_waiting() {
     for (const Source source : {Source::udp, Source::unix_socket}) {
       if (fd(source) < 0) continue;
-      const std::size_t forbidden_limit = held_forbidden_ + held_.room();
+      const std::uint64_t forbidden_limit = held_forbidden_ + held_.room();
       for (std::size_t room = held_.room(); room > 0 && held_forbidden_ < forbidden_limit; room = held_.room()) {
         const int wanted = static_cast<int>(std::min<std::size_t>(room, HERMES_RECEIVE_BATCH));
         const int got = batch_.receive(fd(source), wanted);
