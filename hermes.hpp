@@ -1751,8 +1751,8 @@ public:
   ReceiveBatch() : data_(new char[HERMES_RECEIVE_BATCH * std::size_t{HERMES_MAX_DATAGRAM_SIZE}]) {}
 
   // Receives what is waiting, up to `wanted` datagrams (at most a batch); returns how
-  // many, 0 when nothing is.
-  int receive(int fd, int wanted) {
+  // many, 0 when nothing is. With `senders`, source(i) tells who sent each.
+  int receive(int fd, int wanted, bool senders = false) {
     for (std::size_t i = 0; i < HERMES_RECEIVE_BATCH; ++i) {
       chunks_[i] = {data_.get() + i * HERMES_MAX_DATAGRAM_SIZE, HERMES_MAX_DATAGRAM_SIZE};
       messages_[i] = {};
@@ -1760,8 +1760,8 @@ public:
       messages_[i].msg_hdr.msg_iovlen = 1;
       messages_[i].msg_hdr.msg_control = controls_[i].data();
       messages_[i].msg_hdr.msg_controllen = controls_[i].size();
-      messages_[i].msg_hdr.msg_name = &sources_[i];
-      messages_[i].msg_hdr.msg_namelen = sizeof sources_[i];
+      messages_[i].msg_hdr.msg_name = senders ? &sources_[i] : nullptr;
+      messages_[i].msg_hdr.msg_namelen = senders ? sizeof sources_[i] : 0;
     }
     const unsigned count = static_cast<unsigned>(std::clamp(wanted, 0, HERMES_RECEIVE_BATCH));
     const int got = retry_on_eintr([&] { return ::recvmmsg(fd, messages_.data(), count, MSG_DONTWAIT, nullptr); });
@@ -2377,7 +2377,7 @@ public:
   // Reads and applies what waits on one socket, up to HERMES_DATAGRAMS_PER_STEP.
   void receive(Source source, Registry &registry, RejectLog &rejects) {
     for (int taken = 0; taken < HERMES_DATAGRAMS_PER_STEP;) {
-      const int got = batch_.receive(fd(source), HERMES_RECEIVE_BATCH);
+      const int got = batch_.receive(fd(source), HERMES_RECEIVE_BATCH, filtered(source));
       const double now = wall_clock_seconds();
       for (int i = 0; i < got; ++i) {
         count_kernel_drops(i);
@@ -2404,7 +2404,7 @@ public:
       const std::uint64_t forbidden_limit = held_forbidden_ + held_.room();
       for (std::size_t room = held_.room(); room > 0 && held_forbidden_ < forbidden_limit; room = held_.room()) {
         const int wanted = static_cast<int>(std::min<std::size_t>(room, HERMES_RECEIVE_BATCH));
-        const int got = batch_.receive(fd(source), wanted);
+        const int got = batch_.receive(fd(source), wanted, filtered(source));
         for (int i = 0; i < got; ++i) {
           count_kernel_drops(i);
           if (allowed(source, i)) held_.hold(batch_.datagram(i), batch_.truncated(i), source);
@@ -2437,10 +2437,13 @@ public:
   }
 
 private:
-  // Whether datagram i of the batch may be taken: the unix socket's always, UDP ones
-  // from an address of the allow list.
+  // Whether a socket's datagrams are held against the allow list: UDP ones, when there
+  // is a list. Only then are their senders asked of the kernel.
+  bool filtered(Source source) const { return source == Source::udp && !allow_.empty(); }
+
+  // Whether datagram i of the batch may be taken.
   bool allowed(Source source, int i) const {
-    return source != Source::udp || allow_.allows(batch_.source(i), batch_.source_length(i));
+    return !filtered(source) || allow_.allows(batch_.source(i), batch_.source_length(i));
   }
 
   void take(std::string_view datagram, bool truncated, Source source, Registry &registry, RejectLog &rejects, double now) {
