@@ -57,7 +57,9 @@
 // A sample that is not applied is counted in hermes_samples_rejected_total under one
 // reason: malformed_json, malformed_sample, unknown_metric, label_mismatch,
 // invalid_label_value, invalid_value, invalid_operation, series_limit, too_large,
-// unsupported_type, memory_limit. malformed_json and too_large count whole datagrams.
+// unsupported_type, memory_limit, forbidden_source (a UDP datagram from outside
+// udp_allow, never parsed). malformed_json, too_large and forbidden_source count whole
+// datagrams.
 //
 // ---- StatsD ---------------------------------------------------------------------------
 //
@@ -111,6 +113,22 @@
 // ttl_seconds, summary windows, log rate limits and HTTP timeouts count on the monotonic
 // clock; the wall clock serves only the timestamps shown (_created, *_timestamp_seconds).
 //
+// ---- Access control -------------------------------------------------------------------
+//
+// Options::udp_allow ("udp_allow" in the config, HERMES_UDP_ALLOW) and http_allow
+// ("http_allow", HERMES_HTTP_ALLOW) are lists of CIDR ranges, IPv4 or IPv6; a bare address
+// is a /32 or a /128, and an IPv4 range also matches the same senders written as
+// IPv4-mapped IPv6 (::ffff:a.b.c.d), as a dual-stack socket sees them. Empty: everyone.
+// A UDP datagram from elsewhere is dropped unparsed and counted as forbidden_source; the
+// unix socket is not filtered. An HTTP client from elsewhere has its request read and
+// answered 403. With Options::http_token_file (HERMES_HTTP_TOKEN_FILE), /metrics and /
+// answer only requests carrying "Authorization: Bearer <the file's token>" (compared in
+// constant time), others get 401 with "WWW-Authenticate: Bearer"; /-/healthy and /-/ready
+// stay open. The file is read at start (missing, empty or unfit: an error) and on each
+// reload (then a bad file keeps the token in force and the reload counts as failed).
+// Allow lists change only at restart. None of this is a substitute for TLS or a
+// firewall: see the README's security section.
+//
 // ---- Limits (define before including to change) ------------------------------------------
 //
 //     HERMES_MAX_DATAGRAM_SIZE      8192   bytes; a longer datagram is rejected as too_large
@@ -138,6 +156,7 @@
 //     HERMES_STATE_INTERVAL_S         10   default seconds between state writes (state_interval_seconds)
 //     HERMES_MAX_STATE_SIZE   1073741824   bytes of state file read at start; a larger one is set aside
 //     HERMES_STATE_PAUSE_STRIDE     1024   series written to the state between looks at the sockets
+//     HERMES_MAX_TOKEN_SIZE         1024   bytes of bearer token in HERMES_HTTP_TOKEN_FILE
 
 #ifndef HERMES_HPP
 #define HERMES_HPP
@@ -227,6 +246,9 @@
 #ifndef HERMES_MAX_NATIVE_BUCKETS
 #define HERMES_MAX_NATIVE_BUCKETS 10000 // the largest native_max_buckets a config may ask for
 #endif
+#ifndef HERMES_MAX_TOKEN_SIZE
+#define HERMES_MAX_TOKEN_SIZE 1024 // bytes of bearer token in HERMES_HTTP_TOKEN_FILE
+#endif
 
 // Each limit is checked here, so that a wrong value stops the build with what to do
 // instead of a daemon that loops for ever or refuses every datagram.
@@ -260,6 +282,8 @@ static_assert(HERMES_MAX_NATIVE_BUCKETS >= 160 && HERMES_MAX_NATIVE_BUCKETS <= 1
 static_assert(HERMES_STATE_INTERVAL_S >= 1, "HERMES_STATE_INTERVAL_S must be at least 1 second");
 static_assert(HERMES_MAX_STATE_SIZE >= 65536, "HERMES_MAX_STATE_SIZE must be at least 65536 bytes");
 static_assert(HERMES_STATE_PAUSE_STRIDE >= 1, "HERMES_STATE_PAUSE_STRIDE must be at least 1 series");
+static_assert(HERMES_MAX_TOKEN_SIZE >= 16 && HERMES_MAX_TOKEN_SIZE <= HERMES_MAX_REQUEST_HEAD - 64,
+              "HERMES_MAX_TOKEN_SIZE must be at least 16 bytes and fit a request head (HERMES_MAX_REQUEST_HEAD - 64)");
 
 // ===== INCLUDES ===========================================================================
 
@@ -333,6 +357,50 @@ public:
   using std::runtime_error::runtime_error;
 };
 
+// ===== PUBLIC API: ACCESS =================================================================
+
+// A CIDR range, held as an IPv6 network and mask in two 64-bit halves, so that a check
+// is two XORs and two ANDs. An IPv4 range is held as its IPv4-mapped IPv6 range
+// (a.b.c.d/n as ::ffff:a.b.c.d/96+n), and an IPv4 sender is checked as its mapped address.
+struct AddressRange {
+  std::uint64_t high = 0, low = 0;           // the network; bits past the prefix are zero
+  std::uint64_t high_mask = 0, low_mask = 0; // the prefix's bits set
+  bool contains(std::uint64_t address_high, std::uint64_t address_low) const {
+    return (((address_high ^ high) & high_mask) | ((address_low ^ low) & low_mask)) == 0; // no branch
+  }
+};
+
+// Reads "10.0.0.0/8", "2001:db8::/32", or a bare address ("192.0.2.7" is a /32, "::1" a
+// /128). Returns "" and sets `range`, or says what is wrong with the text. Bits set past
+// the prefix are an error: "10.0.0.1/8" is more likely a mistake than 10.0.0.0/8 meant.
+inline std::string parse_address_range(std::string_view text, AddressRange &range);
+
+// The addresses allowed to send samples or to scrape. Empty allows everyone. It keeps
+// what each range says of IPv4 senders as a 32-bit network and mask, in blocks of four
+// that the compiler checks with a few vector instructions, and apart from them the
+// ranges that hold IPv6 addresses other than IPv4-mapped ones.
+class AllowList {
+public:
+  void add(const AddressRange &range, std::string text);
+  bool empty() const { return ranges_.empty(); }
+  const std::vector<std::string> &texts() const { return texts_; } // as written, for logs
+  // Whether a sender may: always when the list is empty; else an AF_INET or AF_INET6
+  // address in one of the ranges. Allocates nothing.
+  bool allows(const sockaddr *address, socklen_t length) const {
+    return ranges_.empty() || listed(address, length);
+  }
+
+private:
+  bool listed(const sockaddr *address, socklen_t length) const;
+  bool listed_v4(std::uint32_t address) const;
+  static constexpr std::size_t v4_block = 4; // 128 bits of networks or masks
+  std::vector<AddressRange> ranges_;         // as given
+  std::vector<AddressRange> v6_ranges_;      // those that hold other IPv6 addresses than IPv4-mapped ones
+  std::vector<std::uint32_t> v4_networks_, v4_masks_; // of those that hold IPv4 addresses; whole blocks
+  std::size_t v4_count_ = 0;                          // of them, the rest of the last block are copies
+  std::vector<std::string> texts_;
+};
+
 // ===== PUBLIC API: CONFIG =================================================================
 
 enum class MetricType { counter, gauge, histogram, summary, count_ };
@@ -367,6 +435,8 @@ struct Config {
   std::optional<std::size_t> max_memory_bytes; // the memory budget from the file
   std::string state_file;                   // "state_file": where state is kept; empty when not set
   std::optional<double> state_interval_seconds; // "state_interval_seconds"
+  AllowList udp_allow;                      // "udp_allow": who may send; empty: everyone
+  AllowList http_allow;                     // "http_allow": who may use HTTP; empty: everyone
 };
 
 // What a series of `metric` may cost at most, in bytes of the memory budget, besides its
@@ -408,6 +478,9 @@ struct Options {
   std::size_t max_memory = HERMES_DEFAULT_MAX_MEMORY; // the memory budget, in bytes
   std::string state_file; // where the series are kept across restarts; empty: nowhere
   double state_interval_seconds = HERMES_STATE_INTERVAL_S; // between writes, each only after a change
+  AllowList udp_allow;  // UDP senders outside these ranges are dropped (forbidden_source); empty: everyone
+  AllowList http_allow; // HTTP clients outside these ranges are answered 403; empty: everyone
+  std::string http_token_file; // a file holding the bearer token /metrics and / ask for; empty: none
   LogSink log_sink;
 };
 
@@ -422,7 +495,9 @@ using Environment = std::function<const char *(const char *name)>;
 // HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (or LOG_LEVEL), HERMES_OPENMETRICS, HERMES_PROTOBUF,
 // HERMES_UNIX_SOCKET and HERMES_UNIX_SOCKET_MODE (octal), HERMES_UDP_RECEIVE_BUFFER (bytes),
 // HERMES_STATSD (on or off), HERMES_MAX_MEMORY (bytes),
-// HERMES_STATE_FILE and HERMES_STATE_INTERVAL (seconds, over the config's state_* keys).
+// HERMES_STATE_FILE and HERMES_STATE_INTERVAL (seconds, over the config's state_* keys),
+// HERMES_UDP_ALLOW and HERMES_HTTP_ALLOW (comma-separated CIDR ranges, over the config's
+// udp_allow and http_allow), HERMES_HTTP_TOKEN_FILE.
 // An empty variable counts as unset. Throws UsageError naming a bad variable.
 inline Options options_from_environment(const Config &config, const Environment &env);
 
@@ -441,6 +516,7 @@ enum class Reject {
   too_large,           // a datagram longer than HERMES_MAX_DATAGRAM_SIZE
   unsupported_type,    // a StatsD set, event or service check
   memory_limit,        // a new series that the memory budget has no room for
+  forbidden_source,    // a UDP datagram from an address outside Options::udp_allow, not parsed
   count_
 };
 constexpr std::size_t reject_reason_count = static_cast<std::size_t>(Reject::count_);
@@ -660,8 +736,10 @@ struct ServerStats {
 // thread. Movable, not copyable.
 class Server {
 public:
-  // Binds both sockets, logs where it listens, and restores Options::state_file. Throws
-  // SocketError, or StateError when a state file that is not state cannot be set aside.
+  // Binds both sockets, reads Options::http_token_file, logs where it listens, and
+  // restores Options::state_file. Throws SocketError; ConfigError when the token file is
+  // missing, empty or unfit; StateError when a state file that is not state cannot be
+  // set aside.
   Server(const Config &config, Options options);
   Server(Server &&) noexcept;
   Server &operator=(Server &&) noexcept;
@@ -673,9 +751,10 @@ public:
   // given, each time it is set the server clears it and reloads. With a state file, it
   // then applies the samples still queued on the sockets and writes the state.
   void run(const std::atomic<bool> &stop, std::atomic<bool> *reload = nullptr);
-  // Reads Options::config_path again and takes it (Registry::reload); a config that
-  // fails to load is logged and counted, and the one in force stays. Listen addresses
-  // and ports, the state file and its interval change only at restart.
+  // Reads Options::config_path again and takes it (Registry::reload), and the token
+  // file; one that fails to load is logged and the reload counted as failed, and what
+  // is in force stays. Listen addresses and ports, allow lists, the state file and its
+  // interval change only at restart.
   bool reload();
 
   std::uint16_t udp_port() const;
@@ -1940,7 +2019,7 @@ public:
     const auto &top = root.get<picojson::object>();
     reject_unknown_keys(top, "", {"service_name", "gauges", "counters", "histograms", "summaries", "listen_address",
                                   "listen_port", "max_series", "ttl_seconds", "max_memory_bytes", "state_file",
-                                  "state_interval_seconds"});
+                                  "state_interval_seconds", "udp_allow", "http_allow"});
     Config config;
     config.service_name = read_service_name(top);
     read_series_limits(top, "", defaults_);
@@ -1957,6 +2036,8 @@ public:
         fail("state_interval_seconds", quote_json(*interval) + " is not a number of seconds above 0");
       config.state_interval_seconds = interval->get<double>();
     }
+    if (const auto *allow = member(top, "udp_allow")) config.udp_allow = allow_list_at(*allow, "udp_allow");
+    if (const auto *allow = member(top, "http_allow")) config.http_allow = allow_list_at(*allow, "http_allow");
     check_name_collisions(config.metrics);
     return config;
   }
@@ -2008,6 +2089,22 @@ private:
     }
     if (!port) fail(place, quote_json(value) + " is not a port number (0-65535)");
     return *port;
+  }
+
+  // A list of CIDR ranges; an empty list allows everyone.
+  AllowList allow_list_at(const picojson::value &value, const std::string &place) const {
+    if (!value.is<picojson::array>()) fail(place, std::string("expected a list of CIDR ranges, got ") + json_type_name(value));
+    AllowList list;
+    const auto &items = value.get<picojson::array>();
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      const std::string item_place = place + "[" + std::to_string(i) + "]";
+      const std::string text = string_at(items[i], item_place);
+      AddressRange range;
+      const std::string problem = parse_address_range(text, range);
+      if (!problem.empty()) fail(item_place, "\"" + text + "\" is not a CIDR range: " + problem);
+      list.add(range, text);
+    }
+    return list;
   }
 
   // max_series and ttl_seconds, of the top level (the defaults) or of one metric.
@@ -2430,14 +2527,14 @@ inline int receive_buffer_size(int fd) {
 }
 
 // Where recvmmsg() puts a batch of datagrams: one slot of HERMES_MAX_DATAGRAM_SIZE each,
-// and room for each one's drop counter.
+// and room for each one's sender and drop counter.
 class ReceiveBatch {
 public:
   ReceiveBatch() : data_(new char[HERMES_RECEIVE_BATCH * std::size_t{HERMES_MAX_DATAGRAM_SIZE}]) {}
 
   // Receives what is waiting, up to `wanted` datagrams (at most a batch); returns how
-  // many, 0 when nothing is.
-  int receive(int fd, int wanted) {
+  // many, 0 when nothing is. With `senders`, source(i) tells who sent each.
+  int receive(int fd, int wanted, bool senders = false) {
     for (std::size_t i = 0; i < HERMES_RECEIVE_BATCH; ++i) {
       chunks_[i] = {data_.get() + i * HERMES_MAX_DATAGRAM_SIZE, HERMES_MAX_DATAGRAM_SIZE};
       messages_[i] = {};
@@ -2445,6 +2542,8 @@ public:
       messages_[i].msg_hdr.msg_iovlen = 1;
       messages_[i].msg_hdr.msg_control = controls_[i].data();
       messages_[i].msg_hdr.msg_controllen = controls_[i].size();
+      messages_[i].msg_hdr.msg_name = senders ? &sources_[i] : nullptr;
+      messages_[i].msg_hdr.msg_namelen = senders ? sizeof sources_[i] : 0;
     }
     const unsigned count = static_cast<unsigned>(std::clamp(wanted, 0, HERMES_RECEIVE_BATCH));
     const int got = retry_on_eintr([&] { return ::recvmmsg(fd, messages_.data(), count, MSG_DONTWAIT, nullptr); });
@@ -2455,6 +2554,9 @@ public:
     return {data_.get() + static_cast<std::size_t>(i) * HERMES_MAX_DATAGRAM_SIZE, messages_[static_cast<std::size_t>(i)].msg_len};
   }
   bool truncated(int i) const { return messages_[static_cast<std::size_t>(i)].msg_hdr.msg_flags & MSG_TRUNC; }
+  // The sender's address, as long as source_length(i) says (0: none told).
+  const sockaddr *source(int i) const { return reinterpret_cast<const sockaddr *>(&sources_[static_cast<std::size_t>(i)]); }
+  socklen_t source_length(int i) const { return messages_[static_cast<std::size_t>(i)].msg_hdr.msg_namelen; }
 
   // The kernel's count of datagrams this socket dropped, if this datagram carries it.
   std::optional<std::uint32_t> drop_counter(int i) {
@@ -2472,6 +2574,7 @@ private:
   std::unique_ptr<char[]> data_; // not zeroed: only the slots a burst fills become resident
   std::array<mmsghdr, HERMES_RECEIVE_BATCH> messages_{};
   std::array<iovec, HERMES_RECEIVE_BATCH> chunks_{};
+  std::array<sockaddr_in6, HERMES_RECEIVE_BATCH> sources_{}; // UDP senders, IPv4 or IPv6; a unix one is cut short
   std::array<std::array<char, CMSG_SPACE(sizeof(std::uint32_t))>, HERMES_RECEIVE_BATCH> controls_{};
 };
 
@@ -2676,7 +2779,8 @@ struct HttpStatus {
   const char *text;
 };
 constexpr HttpStatus http_statuses[] = {
-    {200, "OK"},          {400, "Bad Request"}, {404, "Not Found"}, {405, "Method Not Allowed"},
+    {200, "OK"},          {400, "Bad Request"}, {401, "Unauthorized"}, {403, "Forbidden"},
+    {404, "Not Found"},   {405, "Method Not Allowed"},
     {431, "Request Header Fields Too Large"},   {503, "Service Unavailable"}, {505, "HTTP Version Not Supported"}};
 
 inline const char *status_text(int status) {
@@ -2699,6 +2803,7 @@ inline std::string response_head(const HttpResponse &response) {
   std::string out = "HTTP/1.0 " + std::to_string(response.status) + " " + status_text(response.status) + "\r\n";
   out += "Content-Type: " + response.content_type + "\r\n";
   out += "Content-Length: " + std::to_string(response.text().size()) + "\r\n";
+  if (response.status == 401) out += "WWW-Authenticate: Bearer\r\n";
   if (response.status == 405) out += "Allow: GET, HEAD\r\n";
   if (response.status == 503) out += "Retry-After: 1\r\n";
   out += "Connection: close\r\n\r\n";
@@ -2709,9 +2814,11 @@ inline std::string serialize_response(const HttpResponse &response) {
   return response_head(response) + (response.head_only ? std::string() : response.text());
 }
 
-inline HttpResponse error_response(int status) {
+// `head_only` for a HEAD request: the headers of the GET answer, without its body.
+inline HttpResponse error_response(int status, bool head_only = false) {
   HttpResponse response;
   response.status = status;
+  response.head_only = head_only;
   response.body = std::to_string(status) + " " + status_text(status) + "\n";
   return response;
 }
@@ -2728,6 +2835,44 @@ inline std::string_view header(const HttpRequest &request, std::string_view name
     if (entry.first == name) return entry.second;
   return {};
 }
+
+// Reads a bearer token file into `token`: its bytes without the line end that ends it.
+// Returns "", or what is wrong: the file cannot be read, is empty, too long, or holds
+// a byte that an Authorization header cannot carry (only visible ASCII can).
+inline std::string read_token_file(const std::string &path, std::string &token) {
+  std::string text;
+  if (const int error = read_file(path.c_str(), HERMES_MAX_TOKEN_SIZE + 3, text))
+    return "http token file " + path + ": cannot read: " + std::strerror(error);
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+  if (text.empty()) return "http token file " + path + ": empty: it must hold the bearer token";
+  if (text.size() > HERMES_MAX_TOKEN_SIZE)
+    return "http token file " + path + ": longer than " + std::to_string(HERMES_MAX_TOKEN_SIZE) + " bytes";
+  if (!std::all_of(text.begin(), text.end(), [](char c) { return c > 0x20 && c < 0x7f; }))
+    return "http token file " + path + ": holds a space, a control character or a byte past ASCII, which a bearer token cannot";
+  token = std::move(text);
+  return "";
+}
+
+// Whether two strings are equal, in a time that depends on the length of `secret` only:
+// where the first difference lies stays hidden from a client that measures the answer.
+inline bool equal_in_constant_time(std::string_view given, std::string_view secret) {
+  unsigned difference = given.size() == secret.size() ? 0 : 1;
+  for (std::size_t i = 0; i < secret.size(); ++i)
+    difference |= static_cast<unsigned char>(secret[i]) ^ static_cast<unsigned char>(i < given.size() ? given[i] : 0);
+  return difference == 0;
+}
+
+// Whether an Authorization header is "Bearer <token>" (the scheme in any case, RFC 9110).
+inline bool bearer_matches(std::string_view authorization, std::string_view token) {
+  constexpr std::string_view scheme = "bearer ";
+  if (authorization.size() <= scheme.size()) return false;
+  for (std::size_t i = 0; i < scheme.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(authorization[i])) != scheme[i]) return false;
+  return equal_in_constant_time(trim(authorization.substr(scheme.size())), token);
+}
+
+// The paths a bearer token guards; the probes' paths stay open.
+inline bool needs_token(const std::string &path) { return path == "/metrics" || path == "/"; }
 
 // Answers one parsed request; `render(format)` gives the /metrics body when it is needed,
 // or null when there is no memory for one (503). OpenMetrics or protobuf is served when
@@ -2770,6 +2915,7 @@ struct Connection {
   FileDescriptor fd;
   std::uint64_t sequence = 0; // order of accept; the lowest is the oldest
   bool refused = false;       // admitted over HERMES_MAX_CONNECTIONS: answered 503 once its head is read
+  bool forbidden = false;     // from outside Options::http_allow: answered 403 once its head is read
   Phase phase = Phase::reading;
   std::string input;
   std::string head; // the response's, sent before its body: the body is not copied
@@ -2962,6 +3108,15 @@ public:
     flush(now, false);
   }
 
+  // Datagrams dropped as forbidden_source; at debug, each with its sender when known.
+  void note_forbidden(std::uint64_t count, const sockaddr *source, Clock::time_point now) {
+    pending_[static_cast<std::size_t>(Reject::forbidden_source)] += count;
+    if (logger_.enabled(LogLevel::debug))
+      logger_.log(LogLevel::debug, "datagram from a forbidden source dropped",
+                  {{"count", std::to_string(count)}, {"source", source ? format_endpoint(source) : "?"}});
+    flush(now, false);
+  }
+
   // Writes the summary when it is due, or at once when `force`d.
   void flush(Clock::time_point now, bool force) {
     if (!force && now < next_log_) return;
@@ -2995,7 +3150,7 @@ public:
 
   explicit DatagramInput(const Options &options)
       : udp_(open_udp_listener(options.udp_address, options.udp_port, options.udp_receive_buffer)),
-        unix_socket_(options.unix_socket_path, options.unix_socket_mode),
+        unix_socket_(options.unix_socket_path, options.unix_socket_mode), allow_(options.udp_allow),
         receive_buffer_bytes_(receive_buffer_size(udp_.get())) {}
 
   int fd(Source source) const { return source == Source::udp ? udp_.get() : unix_socket_.get(); }
@@ -3004,10 +3159,16 @@ public:
   // Reads and applies what waits on one socket, up to HERMES_DATAGRAMS_PER_STEP.
   void receive(Source source, Registry &registry, RejectLog &rejects) {
     for (int taken = 0; taken < HERMES_DATAGRAMS_PER_STEP;) {
-      const int got = batch_.receive(fd(source), HERMES_RECEIVE_BATCH);
+      const int got = batch_.receive(fd(source), HERMES_RECEIVE_BATCH, filtered(source));
       const double now = wall_clock_seconds();
       for (int i = 0; i < got; ++i) {
         count_kernel_drops(i);
+        if (!allowed(source, i)) {
+          ++udp_packets_;
+          registry.count_rejected(Reject::forbidden_source);
+          rejects.note_forbidden(1, batch_.source(i), Clock::now());
+          continue;
+        }
         take(batch_.datagram(i), batch_.truncated(i), source, registry, rejects, now);
       }
       if (got < HERMES_RECEIVE_BATCH) return; // all read
@@ -3017,16 +3178,19 @@ public:
 
   // Takes what waits on both sockets into the hold, as far as its budget allows: the
   // step a server makes between parts of a long render, so that the kernel's buffer
-  // does not overflow meanwhile.
+  // does not overflow meanwhile. Forbidden datagrams are dropped and only counted, at
+  // most as many as the hold had room for, so that a flood of them cannot stall the render.
   void hold_waiting() {
     for (const Source source : {Source::udp, Source::unix_socket}) {
       if (fd(source) < 0) continue;
-      for (std::size_t room = held_.room(); room > 0; room = held_.room()) {
+      const std::uint64_t forbidden_limit = held_forbidden_ + held_.room();
+      for (std::size_t room = held_.room(); room > 0 && held_forbidden_ < forbidden_limit; room = held_.room()) {
         const int wanted = static_cast<int>(std::min<std::size_t>(room, HERMES_RECEIVE_BATCH));
-        const int got = batch_.receive(fd(source), wanted);
+        const int got = batch_.receive(fd(source), wanted, filtered(source));
         for (int i = 0; i < got; ++i) {
           count_kernel_drops(i);
-          held_.hold(batch_.datagram(i), batch_.truncated(i), source);
+          if (allowed(source, i)) held_.hold(batch_.datagram(i), batch_.truncated(i), source);
+          else ++held_forbidden_;
         }
         if (got < wanted) break;
       }
@@ -3035,6 +3199,12 @@ public:
 
   // Applies the held datagrams, once the registry is no longer being read.
   void apply_held(Registry &registry, RejectLog &rejects) {
+    if (held_forbidden_ > 0) {
+      udp_packets_ += held_forbidden_;
+      for (std::uint64_t i = 0; i < held_forbidden_; ++i) registry.count_rejected(Reject::forbidden_source);
+      rejects.note_forbidden(held_forbidden_, nullptr, Clock::now());
+      held_forbidden_ = 0;
+    }
     const double now = wall_clock_seconds();
     held_.release([&](std::string_view datagram, bool truncated, Source source) {
       take(datagram, truncated, source, registry, rejects, now);
@@ -3049,6 +3219,15 @@ public:
   }
 
 private:
+  // Whether a socket's datagrams are held against the allow list: UDP ones, when there
+  // is a list. Only then are their senders asked of the kernel.
+  bool filtered(Source source) const { return source == Source::udp && !allow_.empty(); }
+
+  // Whether datagram i of the batch may be taken.
+  bool allowed(Source source, int i) const {
+    return !filtered(source) || allow_.allows(batch_.source(i), batch_.source_length(i));
+  }
+
   void take(std::string_view datagram, bool truncated, Source source, Registry &registry, RejectLog &rejects, double now) {
     ++(source == Source::udp ? udp_packets_ : unix_datagrams_);
     IngestResult result;
@@ -3073,6 +3252,8 @@ private:
   UnixSocket unix_socket_;
   ReceiveBatch batch_;
   HeldDatagrams held_; // taken off the sockets during a render, applied after it
+  std::uint64_t held_forbidden_ = 0; // forbidden datagrams dropped during a render, counted after it
+  AllowList allow_; // UDP senders; empty: everyone
   std::uint32_t last_drop_counter_ = 0;
   std::uint64_t udp_packets_ = 0, unix_datagrams_ = 0, udp_receive_drops_ = 0;
   double receive_buffer_bytes_;
@@ -3120,18 +3301,28 @@ private:
 };
 
 // The HTTP listener and its connections: accepts, reads request heads, answers, and
-// lingers, each connection within its deadlines.
+// lingers, each connection within its deadlines. Clients outside the allow list get
+// 403, and when a token file is given, /metrics and / ask for its bearer token.
 class HttpFrontEnd {
 public:
   HttpFrontEnd(const Options &options, const Logger &logger, MemoryBudget &budget, RenderBody render)
       : listener_(open_tcp_listener(options.http_address, options.http_port)), logger_(logger), budget_(budget),
-        openmetrics_(options.openmetrics), protobuf_(options.protobuf), render_(std::move(render)) {}
+        openmetrics_(options.openmetrics), protobuf_(options.protobuf), render_(std::move(render)),
+        allow_(options.http_allow), token_file_(options.http_token_file) {
+    if (token_file_.empty()) return;
+    const std::string problem = read_token_file(token_file_, token_);
+    if (!problem.empty()) throw ConfigError(problem);
+  }
 
   // The budget every connection may take at most: its request head and response head.
   static constexpr std::size_t connection_bytes = HERMES_MAX_REQUEST_HEAD + 1 + sizeof(Connection) + 512;
   static constexpr std::size_t most_connections = HERMES_MAX_CONNECTIONS + HERMES_MAX_REFUSED_CONNECTIONS;
 
   int listener() const { return listener_.get(); }
+  const std::string &token_file() const { return token_file_; }
+  // Reads the token file again: "" when it now holds the token, or the problem, and
+  // then the token in force stays.
+  std::string reload_token() { return read_token_file(token_file_, token_); }
 
   // The listener (unless accepting is paused) and each connection, for poll().
   void add_poll_fds(std::vector<pollfd> &fds, Clock::time_point now) const {
@@ -3162,8 +3353,8 @@ public:
 
 private:
   void accept_connections(Clock::time_point now);
-  void admit(FileDescriptor fd, Clock::time_point now);
-  bool close_oldest_reader();
+  void admit(FileDescriptor fd, bool forbidden, Clock::time_point now);
+  bool close_oldest_reader(bool forbidden_only = false);
   void serve(Connection &connection, Clock::time_point now);
   void read_request(Connection &connection, Clock::time_point now);
   HttpResponse answer(const Connection &connection, std::string_view head, Clock::time_point now);
@@ -3189,6 +3380,9 @@ private:
   bool openmetrics_, protobuf_;
   RenderBody render_;
   std::array<Latest, static_cast<std::size_t>(Format::count_)> latest_;
+  AllowList allow_;        // clients; empty: everyone
+  std::string token_file_; // empty: no token asked for
+  std::string token_;
   std::vector<std::unique_ptr<Connection>> connections_;
   std::map<int, std::uint64_t> requests_ = ServerStats().http_requests; // by status, every one from 0
   std::uint64_t accepted_ = 0;
@@ -3200,9 +3394,13 @@ private:
 
 inline void HttpFrontEnd::accept_connections(Clock::time_point now) {
   for (int i = 0; i < HERMES_MAX_CONNECTIONS; ++i) {
-    const int fd = retry_on_eintr([&] { return ::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC); });
+    SocketAddress peer;
+    const int fd = retry_on_eintr([&] {
+      peer.length = sizeof peer.storage;
+      return ::accept4(listener_.get(), reinterpret_cast<sockaddr *>(&peer.storage), &peer.length, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    });
     if (fd >= 0) {
-      admit(FileDescriptor(fd), now);
+      admit(FileDescriptor(fd), !allow_.allows(peer.get(), peer.length), now);
       continue;
     }
     if (errno == EMFILE || errno == ENFILE) {
@@ -3225,9 +3423,9 @@ inline void HttpFrontEnd::accept_connections(Clock::time_point now) {
 // A full house that no idle client can make room in still reads the newcomer's request
 // and answers 503, within HERMES_MAX_REFUSED_CONNECTIONS: closing at once, with its
 // request unread, would reset the connection and the client would see no answer.
-inline void HttpFrontEnd::admit(FileDescriptor fd, Clock::time_point now) {
+inline void HttpFrontEnd::admit(FileDescriptor fd, bool forbidden, Clock::time_point now) {
   bool refuse = false;
-  if (connections_.size() - refusing_ >= HERMES_MAX_CONNECTIONS && !close_oldest_reader()) {
+  if (connections_.size() - refusing_ >= HERMES_MAX_CONNECTIONS && !close_oldest_reader(forbidden)) {
     if (refusing_ >= HERMES_MAX_REFUSED_CONNECTIONS) return; // closes: no room even to refuse
     refuse = true;
     ++refusing_;
@@ -3236,18 +3434,23 @@ inline void HttpFrontEnd::admit(FileDescriptor fd, Clock::time_point now) {
   connection->fd = std::move(fd);
   connection->sequence = ++accepted_;
   connection->refused = refuse;
+  connection->forbidden = forbidden;
   connection->deadline = now + std::chrono::milliseconds(HERMES_HTTP_READ_TIMEOUT_MS);
   connections_.push_back(std::move(connection));
 }
 
-// A full house is most often idle or slow clients: the one waiting longest for its
-// request head gives its place to the newcomer.
-inline bool HttpFrontEnd::close_oldest_reader() {
+// A full house is most often idle or slow clients: one still sending its request head
+// gives its place to the newcomer, a forbidden one first, else the one waiting longest.
+// A forbidden newcomer takes only a forbidden one's place: clients outside the allow
+// list cannot push out those inside it.
+inline bool HttpFrontEnd::close_oldest_reader(bool forbidden_only) {
   Connection *oldest = nullptr;
-  for (const auto &connection : connections_)
-    if (connection->phase == Connection::Phase::reading && !connection->refused &&
-        (!oldest || connection->sequence < oldest->sequence))
+  for (const auto &connection : connections_) {
+    if (connection->phase != Connection::Phase::reading || connection->refused || (forbidden_only && !connection->forbidden))
+      continue;
+    if (!oldest || std::make_pair(!connection->forbidden, connection->sequence) < std::make_pair(!oldest->forbidden, oldest->sequence))
       oldest = connection.get();
+  }
   if (!oldest) return false;
   const auto position = std::find_if(connections_.begin(), connections_.end(), [&](const auto &c) { return c.get() == oldest; });
   connections_.erase(position);
@@ -3284,15 +3487,21 @@ inline void HttpFrontEnd::read_request(Connection &connection, Clock::time_point
     const std::size_t head_end = find_head_end(std::string_view(connection.input).substr(searched));
     if (head_end == std::string::npos && connection.input.size() <= HERMES_MAX_REQUEST_HEAD) continue;
     if (head_end == std::string::npos || searched + head_end > HERMES_MAX_REQUEST_HEAD)
-      return respond(connection, error_response(431), now);
+      return respond(connection, error_response(connection.forbidden ? 403 : 431), now);
     return respond(connection, answer(connection, std::string_view(connection.input).substr(0, searched + head_end), now), now);
   }
 }
 
+// A forbidden client learns nothing but 403, whatever it asked; a request without the
+// token for a path that needs it gets 401, whatever its method.
 inline HttpResponse HttpFrontEnd::answer(const Connection &connection, std::string_view head, Clock::time_point now) {
   const auto request = parse_request_head(head);
+  const bool head_only = request && request->method == "HEAD";
+  if (connection.forbidden) return error_response(403, head_only);
   if (!request) return error_response(400);
   if (connection.refused) return error_response(503);
+  if (!token_.empty() && needs_token(request->path) && !bearer_matches(header(*request, "authorization"), token_))
+    return error_response(401, head_only);
   return route(*request, openmetrics_, protobuf_, [this, now](Format format) { return metrics_body(format, now); });
 }
 
@@ -4220,6 +4429,24 @@ inline std::optional<double> positive_seconds(const std::string &text) {
   return value;
 }
 
+// Replaces `list` with the comma-separated ranges of variable `name`, when it is set.
+inline void allow_list_from(AllowList &list, const Environment &env, const char *name) {
+  const auto found = first_set(env, {name});
+  if (!found) return;
+  AllowList read;
+  const std::vector<std::string_view> items = split(found->second, ',');
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    const std::string text(trim(items[i])), item = "(item " + std::to_string(i + 1) + ")";
+    if (text.empty())
+      throw UsageError(std::string(name) + ": \"" + found->second + "\": " + item + " is empty; separate ranges by single commas");
+    AddressRange range;
+    const std::string problem = parse_address_range(text, range);
+    if (!problem.empty()) throw UsageError(std::string(name) + ": \"" + text + "\" " + item + " is not a CIDR range: " + problem);
+    read.add(range, text);
+  }
+  list = std::move(read);
+}
+
 } // namespace detail
 
 inline Options options_from_environment(const Config &config, const Environment &env) {
@@ -4250,7 +4477,113 @@ inline Options options_from_environment(const Config &config, const Environment 
   override_from(options.state_file, env, {"HERMES_STATE_FILE"}, detail::any_text, "");
   override_from(options.state_interval_seconds, env, {"HERMES_STATE_INTERVAL"}, detail::positive_seconds,
                 "a number of seconds above 0");
+  options.udp_allow = config.udp_allow;
+  options.http_allow = config.http_allow;
+  detail::allow_list_from(options.udp_allow, env, "HERMES_UDP_ALLOW");
+  detail::allow_list_from(options.http_allow, env, "HERMES_HTTP_ALLOW");
+  override_from(options.http_token_file, env, {"HERMES_HTTP_TOKEN_FILE"}, detail::any_text, "");
   return options;
+}
+
+// ===== ACCESS =============================================================================
+
+namespace detail {
+
+// IPv4 addresses are ::ffff:a.b.c.d: the high half 0, the low half 0000ffff a.b.c.d.
+constexpr std::uint64_t ipv4_mapped_low = 0xffff00000000u;
+
+// Eight bytes, most significant first, as a number.
+inline std::uint64_t load_big_endian(const unsigned char *bytes) {
+  std::uint64_t value = 0;
+  for (int i = 0; i < 8; ++i) value = (value << 8) | bytes[i];
+  return value;
+}
+
+// The first `bits` bits of a 64-bit half set, for bits from 0 to 64.
+inline std::uint64_t leading_bits(unsigned bits) { return bits == 0 ? 0 : ~std::uint64_t{0} << (64 - bits); }
+
+// "10.0.0.0/8" or "2001:db8::/32": the network of a range with its prefix length.
+inline std::string format_range(const unsigned char (&bytes)[16], bool v4, unsigned prefix) {
+  char text[INET6_ADDRSTRLEN] = "?";
+  ::inet_ntop(v4 ? AF_INET : AF_INET6, v4 ? bytes + 12 : bytes, text, sizeof text);
+  return std::string(text) + "/" + std::to_string(prefix);
+}
+
+} // namespace detail
+
+inline std::string parse_address_range(std::string_view text, AddressRange &range) {
+  const std::size_t slash = text.find('/');
+  const std::string address(text.substr(0, slash));
+  // inet_pton stops at a NUL and knows no zone (fe80::1%eth0): only address characters pass.
+  const bool plain = !address.empty() && address.find_first_not_of("0123456789abcdefABCDEF:.") == std::string::npos;
+  unsigned char bytes[16] = {};
+  const bool v4 = plain && ::inet_pton(AF_INET, address.c_str(), bytes + 12) == 1;
+  if (!v4 && !(plain && ::inet_pton(AF_INET6, address.c_str(), bytes) == 1))
+    return "\"" + address + "\" is not an IPv4 or IPv6 address";
+  if (v4) bytes[10] = bytes[11] = 0xff; // ::ffff:a.b.c.d
+  const unsigned longest = v4 ? 32 : 128;
+  unsigned prefix = longest;
+  if (slash != std::string_view::npos) {
+    const std::string_view digits = text.substr(slash + 1);
+    const auto parsed = detail::parse_number<unsigned>(digits, 10, 0, longest);
+    if (!parsed) return "the prefix length \"" + std::string(digits) + "\" is not a number from 0 to " + std::to_string(longest);
+    prefix = *parsed;
+  }
+  const unsigned bits = prefix + (v4 ? 96 : 0);
+  AddressRange read;
+  read.high_mask = detail::leading_bits(std::min(bits, 64u));
+  read.low_mask = detail::leading_bits(bits > 64 ? bits - 64 : 0);
+  read.high = detail::load_big_endian(bytes);
+  read.low = detail::load_big_endian(bytes + 8);
+  if ((read.high & ~read.high_mask) != 0 || (read.low & ~read.low_mask) != 0) {
+    for (unsigned i = 0; i < 16; ++i)
+      if (8 * i + 8 > bits) bytes[i] &= static_cast<unsigned char>(8 * i >= bits ? 0 : 0xff00 >> (bits - 8 * i));
+    return "bits are set past the /" + std::to_string(prefix) + " prefix (the network is " + detail::format_range(bytes, v4, prefix) + ")";
+  }
+  range = read;
+  return "";
+}
+
+inline void AllowList::add(const AddressRange &range, std::string text) {
+  ranges_.push_back(range);
+  texts_.push_back(std::move(text));
+  const bool holds_ipv4 = (range.high & range.high_mask) == 0 && ((detail::ipv4_mapped_low ^ range.low) & range.low_mask) >> 32 == 0;
+  const bool only_ipv4 = holds_ipv4 && range.high_mask == ~std::uint64_t{0} && range.low_mask >> 32 == 0xffffffff;
+  if (!only_ipv4) v6_ranges_.push_back(range);
+  if (!holds_ipv4) return;
+  // Fills the last block with copies of this range, which change no answer. A range
+  // wider than ::ffff:0:0/96 holds every IPv4 address: its mask's low 32 bits are 0.
+  const auto network = static_cast<std::uint32_t>(range.low), mask = static_cast<std::uint32_t>(range.low_mask);
+  if (v4_count_ % v4_block == 0) {
+    v4_networks_.resize(v4_count_ + v4_block, network);
+    v4_masks_.resize(v4_count_ + v4_block, mask);
+  }
+  v4_networks_[v4_count_] = network;
+  v4_masks_[v4_count_] = mask;
+  ++v4_count_;
+}
+
+inline bool AllowList::listed_v4(std::uint32_t address) const {
+  // No early exit and a number, not a bool, to gather in, over blocks of a fixed size:
+  // so the compiler vectorises the inner loop.
+  std::uint32_t found = 0;
+  for (std::size_t block = 0; block < v4_masks_.size(); block += v4_block) {
+    const std::uint32_t *networks = &v4_networks_[block], *masks = &v4_masks_[block];
+    for (std::size_t i = 0; i < v4_block; ++i) found |= static_cast<std::uint32_t>(((address ^ networks[i]) & masks[i]) == 0);
+  }
+  return found != 0;
+}
+
+inline bool AllowList::listed(const sockaddr *address, socklen_t length) const {
+  if (address->sa_family == AF_INET && length >= sizeof(sockaddr_in))
+    return listed_v4(ntohl(reinterpret_cast<const sockaddr_in *>(address)->sin_addr.s_addr));
+  if (address->sa_family != AF_INET6 || length < sizeof(sockaddr_in6)) return false; // no address the list can speak for
+  const unsigned char *bytes = reinterpret_cast<const sockaddr_in6 *>(address)->sin6_addr.s6_addr;
+  const std::uint64_t high = detail::load_big_endian(bytes), low = detail::load_big_endian(bytes + 8);
+  if (high == 0 && low >> 32 == 0xffff) return listed_v4(static_cast<std::uint32_t>(low));
+  bool found = false; // no early exit: no branch to mispredict
+  for (const AddressRange &range : v6_ranges_) found |= range.contains(high, low);
+  return found;
 }
 
 // ===== SAMPLES ============================================================================
@@ -4259,7 +4592,7 @@ inline const char *to_string(Reject reason) {
   static constexpr const char *names[] = {"malformed_json",      "malformed_sample", "unknown_metric",
                                           "label_mismatch",      "invalid_label_value", "invalid_value",
                                           "invalid_operation",   "series_limit",     "too_large",
-                                          "unsupported_type",    "memory_limit"};
+                                          "unsupported_type",    "memory_limit",     "forbidden_source"};
   return detail::name_of(reason, names);
 }
 
@@ -5156,7 +5489,7 @@ inline const SelfMetric self_metrics[] = {
     {"hermes_samples_received_total", "Samples received, applied or not, by wire format.", self_counter, Scope::registry,
      nullptr, write_received},
     {"hermes_samples_rejected_total",
-     "Samples dropped, by reason; for malformed_json and too_large, whole datagrams.", self_counter, Scope::registry,
+     "Samples dropped, by reason; for malformed_json, too_large and forbidden_source, whole datagrams.", self_counter, Scope::registry,
      nullptr, write_rejects},
     {"hermes_series", "Live series of the configured metrics.", self_gauge, Scope::registry,
      [](const SelfView &v) { return count(v.registry.series_count()); }, nullptr},
@@ -5317,6 +5650,8 @@ struct Server::Impl {
   }
 
   void poll_once(int timeout_ms);
+  bool reload_config();
+  bool reload_token();
   int poll_timeout(int timeout_ms, Clock::time_point now) const;
   void sweep(Clock::time_point now);
   void render(Format format, std::string &body);
@@ -5344,6 +5679,12 @@ inline Server::Server(const Config &config, Options options) : impl_(std::make_u
   const std::string udp = udp_endpoint(), http = http_endpoint();
   detail::LogFields fields = {{"udp", udp}, {"http", http}};
   if (impl_->input.fd(Impl::Source::unix_socket) >= 0) fields.emplace_back("unix", impl_->input.unix_path());
+  std::string udp_allow, http_allow;
+  for (const std::string &range : options.udp_allow.texts()) udp_allow += (udp_allow.empty() ? "" : ",") + range;
+  for (const std::string &range : options.http_allow.texts()) http_allow += (http_allow.empty() ? "" : ",") + range;
+  if (!udp_allow.empty()) fields.emplace_back("udp_allow", udp_allow);
+  if (!http_allow.empty()) fields.emplace_back("http_allow", http_allow);
+  if (!options.http_token_file.empty()) fields.emplace_back("http_token_file", options.http_token_file);
   fields.insert(fields.end(), {{"service", config.service_name}, {"version", HERMES_VERSION_STR}});
   impl_->logger.log(LogLevel::info, "hermes listening", fields);
   impl_->state.restore(impl_->registry, monotonic_seconds());
@@ -5365,22 +5706,40 @@ inline void Server::run(const std::atomic<bool> &stop, std::atomic<bool> *reload
   impl_->logger.log(LogLevel::info, "hermes stopped");
 }
 
+// The config and the token file, each taken on its own: one that fails to load keeps
+// what is in force, and makes the reload count as failed.
 inline bool Server::reload() {
   Impl &impl = *impl_;
+  const bool config = impl.reload_config();
+  const bool token = impl.reload_token();
+  ++(config && token ? impl.reloads_succeeded : impl.reloads_failed);
+  if (config && token) impl.last_reload_success_seconds = wall_clock_seconds();
+  return config && token;
+}
+
+inline bool Server::Impl::reload_config() {
   try {
-    if (impl.config_path.empty()) throw ConfigError("no config file to reload");
-    const Registry::ReloadSummary summary = impl.registry.reload(load_config(impl.config_path));
-    ++impl.reloads_succeeded;
-    impl.last_reload_success_seconds = wall_clock_seconds();
-    impl.logger.log(LogLevel::info, "config reloaded",
-                    {{"path", impl.config_path}, {"kept", std::to_string(summary.kept)},
-                     {"fresh", std::to_string(summary.fresh)}, {"removed", std::to_string(summary.removed)}});
+    if (config_path.empty()) throw ConfigError("no config file to reload");
+    const Registry::ReloadSummary summary = registry.reload(load_config(config_path));
+    logger.log(LogLevel::info, "config reloaded",
+               {{"path", config_path}, {"kept", std::to_string(summary.kept)},
+                {"fresh", std::to_string(summary.fresh)}, {"removed", std::to_string(summary.removed)}});
     return true;
   } catch (const ConfigError &error) {
-    ++impl.reloads_failed;
-    impl.logger.log(LogLevel::error, "config reload failed; the config in force stays", {{"error", error.what()}});
+    logger.log(LogLevel::error, "config reload failed; the config in force stays", {{"error", error.what()}});
     return false;
   }
+}
+
+inline bool Server::Impl::reload_token() {
+  if (http.token_file().empty()) return true;
+  const std::string problem = http.reload_token();
+  if (!problem.empty()) {
+    logger.log(LogLevel::error, "token reload failed; the token in force stays", {{"error", problem}});
+    return false;
+  }
+  logger.log(LogLevel::info, "token reloaded", {{"path", http.token_file()}});
+  return true;
 }
 
 inline std::uint16_t Server::udp_port() const { return detail::local_port(impl_->input.fd(Impl::Source::udp)); }

@@ -34,6 +34,15 @@ constexpr const char *usage_text =
     "HERMES_UNIX_SOCKET, HERMES_UNIX_SOCKET_MODE, HERMES_UDP_RECEIVE_BUFFER,\n"
     "HERMES_STATE_FILE (the config's state_file: keep the series there across restarts),\n"
     "HERMES_STATE_INTERVAL (state_interval_seconds: seconds between writes, default 10).\n"
+    "\n"
+    "Access control:\n"
+    "  HERMES_UDP_ALLOW        CIDR ranges, comma-separated (10.0.0.0/8,2001:db8::/32,::1):\n"
+    "                          datagrams from elsewhere are dropped (forbidden_source);\n"
+    "                          over the config's \"udp_allow\"; unset: everyone\n"
+    "  HERMES_HTTP_ALLOW       the same for HTTP clients, answered 403; over \"http_allow\"\n"
+    "  HERMES_HTTP_TOKEN_FILE  a file holding a token that /metrics and / then ask for\n"
+    "                          as \"Authorization: Bearer TOKEN\" (else 401)\n"
+    "\n"
     "Signals: SIGTERM and SIGINT write the state file, if any, and stop; SIGHUP reloads the\n"
     "config file.\n";
 

@@ -8,6 +8,7 @@ Ends with the line "blackbox: N passed, N failed".
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -511,6 +512,160 @@ def the_unix_socket_takes_samples(_):
     finally:
         hermes.close()
         os.rmdir(folder)
+
+
+FORBIDDEN_403 = ("HTTP/1.0 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 14\r\n"
+                 "Connection: close\r\n\r\n403 Forbidden\n")
+UNAUTHORIZED_401 = ("HTTP/1.0 401 Unauthorized\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 17\r\n"
+                    "WWW-Authenticate: Bearer\r\nConnection: close\r\n\r\n401 Unauthorized\n")
+
+
+def request_from(source, port, raw):
+    """One HTTP exchange with hermes on 127.0.0.1 from the loopback address `source`."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)) as sock:
+        sock.sendall(raw.encode())
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8")
+
+
+@test
+def allow_lists_from_the_environment_drop_and_refuse_other_addresses(_):
+    hermes = Hermes(env={"HERMES_UDP_ALLOW": "192.0.2.0/24, 127.0.0.1", "HERMES_HTTP_ALLOW": "127.0.0.1/32,::1"})
+    try:
+        assert " udp_allow=192.0.2.0/24,127.0.0.1 http_allow=127.0.0.1/32,::1 " in hermes.log[0], hermes.log[0]
+        sample = b'{"metric_name": "plain_counter", "payload": {"value": 2}}'
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.2", 0))  # on Linux the whole of 127/8 is loopback
+            sock.sendto(sample, ("127.0.0.1", hermes.udp_port))
+            sock.sendto(b"not even JSON", ("127.0.0.1", hermes.udp_port))
+        hermes.wait_for("hermes_udp_packets_total", 2)
+        hermes.push(sample)  # from 127.0.0.1
+        samples = hermes.metrics()
+        check_equal(samples["plain_counter"], 2, "only the allowed datagram")
+        check_equal(samples['hermes_samples_rejected_total{reason="forbidden_source"}'], 2, "forbidden_source")
+        check_equal(samples['hermes_samples_rejected_total{reason="malformed_json"}'], 0, "never parsed")
+        check_equal(request_from("127.0.0.2", hermes.http_port, "GET /metrics HTTP/1.0\r\n\r\n"), FORBIDDEN_403, "403")
+        check_equal(request_from("127.0.0.2", hermes.http_port, "GET /-/healthy HTTP/1.0\r\n\r\n"), FORBIDDEN_403, "403")
+        check_equal(hermes.metric('hermes_http_requests_total{code="403"}'), 2, "403s counted")
+    finally:
+        hermes.close()
+
+
+@test
+def a_token_file_guards_metrics_and_sighup_reads_it_again(_):
+    handle, token_path = tempfile.mkstemp(prefix="hermes-token-")
+    os.write(handle, b"first-token\n")
+    os.close(handle)
+    hermes = Hermes(env={"HERMES_HTTP_TOKEN_FILE": token_path})
+    try:
+        def status(path, token=None):
+            auth = f"Authorization: Bearer {token}\r\n" if token else ""
+            return hermes.request(f"GET {path} HTTP/1.0\r\n{auth}\r\n").partition("\r\n")[0]
+        check_equal(hermes.request("GET /metrics HTTP/1.0\r\n\r\n"), UNAUTHORIZED_401, "no token")
+        check_equal(status("/metrics", "wrong"), "HTTP/1.0 401 Unauthorized", "a wrong token")
+        check_equal(status("/"), "HTTP/1.0 401 Unauthorized", "the index page")
+        check_equal(status("/-/healthy"), "HTTP/1.0 200 OK", "the probes stay open")
+        check_equal(status("/-/ready"), "HTTP/1.0 200 OK", "the probes stay open")
+        check_equal(status("/metrics", "first-token"), "HTTP/1.0 200 OK", "the token")
+        with open(token_path, "w") as file:
+            file.write("second-token\n")
+        hermes.process.send_signal(signal.SIGHUP)
+        assert "config reloaded" in hermes.read_log_line()
+        check_equal(hermes.read_log_line().strip(), f'level=info msg="token reloaded" path={token_path}', "reload log")
+        check_equal(status("/metrics", "first-token"), "HTTP/1.0 401 Unauthorized", "the old token")
+        check_equal(status("/metrics", "second-token"), "HTTP/1.0 200 OK", "the new token")
+        os.unlink(token_path)
+        hermes.process.send_signal(signal.SIGHUP)
+        assert "config reloaded" in hermes.read_log_line()
+        check_equal(hermes.read_log_line().strip(),
+                    'level=error msg="token reload failed; the token in force stays" '
+                    f'error="http token file {token_path}: cannot read: No such file or directory"', "failed reload log")
+        response = hermes.request("GET /metrics HTTP/1.0\r\nAuthorization: Bearer second-token\r\n\r\n")
+        assert response.startswith("HTTP/1.0 200 OK\r\n"), response
+        body = response.partition("\r\n\r\n")[2]
+        assert '\nhermes_config_reloads_total{result="failure"} 1\n' in body, body
+        assert '\nhermes_config_reloads_total{result="success"} 1\n' in body, body
+        assert '\nhermes_http_requests_total{code="401"} 4\n' in body, body
+    finally:
+        hermes.close()
+        if os.path.exists(token_path):
+            os.unlink(token_path)
+
+
+@test
+def bad_access_settings_stop_start_up_with_exit_2(hermes):
+    for name, value, message in (
+            ("HERMES_UDP_ALLOW", "10.0.0.0/33",
+             '"10.0.0.0/33" (item 1) is not a CIDR range: the prefix length "33" is not a number from 0 to 32'),
+            ("HERMES_HTTP_ALLOW", "127.0.0.1,localhost",
+             '"localhost" (item 2) is not a CIDR range: "localhost" is not an IPv4 or IPv6 address')):
+        code, _, err = run_hermes([hermes.config_path], env={name: value})
+        check_equal((code, err), (2, f"hermes: {name}: {message}\n"), name)
+    path = write_config(dict(SAMPLE_CONFIG, udp_allow=["10.0.0.1/8"]))
+    try:
+        code, _, err = run_hermes([path])
+        check_equal((code, err), (2, f'hermes: {path}: udp_allow[0]: "10.0.0.1/8" is not a CIDR range: '
+                                     "bits are set past the /8 prefix (the network is 10.0.0.0/8)\n"), "config")
+    finally:
+        os.unlink(path)
+    handle, token_path = tempfile.mkstemp(prefix="hermes-token-")
+    os.close(handle)
+    try:
+        env = {"HERMES_HTTP_TOKEN_FILE": token_path, "HERMES_UDP_PORT": "0", "HERMES_HTTP_PORT": "0",
+               "HERMES_UDP_ADDRESS": "127.0.0.1", "HERMES_HTTP_ADDRESS": "127.0.0.1"}
+        code, _, err = run_hermes([hermes.config_path], env=env)
+        check_equal((code, err), (2, f"hermes: http token file {token_path}: empty: it must hold the bearer token\n"), "empty")
+        env["HERMES_HTTP_TOKEN_FILE"] = "/nonexistent/token"
+        code, _, err = run_hermes([hermes.config_path], env=env)
+        check_equal((code, err), (2, "hermes: http token file /nonexistent/token: cannot read: No such file or directory\n"))
+    finally:
+        os.unlink(token_path)
+
+
+@test
+def tls_in_front_with_stunnel_as_the_readme_shows(_):
+    """The README's stunnel config, ports aside: a scrape over TLS reaches hermes with its token."""
+    import ssl
+    folder = tempfile.mkdtemp(prefix="hermes-tls-")
+    token_path, cert, key = (os.path.join(folder, name) for name in ("token", "hermes.crt", "hermes.key"))
+    with open(token_path, "w") as file:
+        file.write("tls-token\n")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    hermes = Hermes(env={"HERMES_HTTP_TOKEN_FILE": token_path})
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        tls_port = probe.getsockname()[1]
+    config = os.path.join(folder, "hermes.conf")
+    with open(config, "w") as file:
+        file.write(f"foreground = yes\npid =\n[hermes]\naccept = 127.0.0.1:{tls_port}\n"
+                   f"connect = 127.0.0.1:{hermes.http_port}\ncert = {cert}\nkey = {key}\n")
+    stunnel = subprocess.Popen(["stunnel4", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        context = ssl.create_default_context(cafile=cert)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                raw = socket.create_connection(("127.0.0.1", tls_port), timeout=5)
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline, "stunnel did not start"
+                time.sleep(0.05)
+        with context.wrap_socket(raw, server_hostname="localhost") as sock:
+            sock.sendall(b"GET /metrics HTTP/1.0\r\nAuthorization: Bearer tls-token\r\n\r\n")
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        response = b"".join(chunks).decode()
+        assert response.startswith("HTTP/1.0 200 OK\r\n"), response[:200]
+        assert "\nhermes_build_info{" in response, response[:200]
+    finally:
+        stunnel.terminate()
+        stunnel.wait(timeout=5)
+        hermes.close()
+        shutil.rmtree(folder)
 
 
 def run_suite(name, tests):

@@ -8,6 +8,8 @@ what it stored, and compares the runs. A fourth run pushes observations into nat
 histograms and checks what PromQL makes of them against the exact figures. Prometheus
 loads example/alerts.yml; in the first run every rule must evaluate without error, and
 every query of example/dashboard.json must return data.
+A last, short run guards /metrics with HERMES_HTTP_TOKEN_FILE: Prometheus scrapes
+through it with authorization.credentials_file, and a job without the token is refused.
 
 usage: e2e_prometheus.py PATH_TO_HERMES
 Ends with the line "e2e_prometheus: N passed, N failed".
@@ -15,6 +17,7 @@ Ends with the line "e2e_prometheus: N passed, N failed".
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -101,7 +104,7 @@ def get_json(url):
 class Stack:
     """hermes and a Prometheus that scrapes it, in a temporary folder."""
 
-    def __init__(self, openmetrics, native=False, config=CONFIG, keep_state=False):
+    def __init__(self, openmetrics, native=False, config=CONFIG, keep_state=False, token=None):
         self.folder = tempfile.mkdtemp(prefix="hermes-e2e-")
         self.processes = []
         self.config_path = os.path.join(self.folder, "hermes.json")
@@ -111,6 +114,11 @@ class Stack:
                         HERMES_HTTP_PORT="0", HERMES_OPENMETRICS="on" if openmetrics else "off")
         if keep_state:  # a restart keeps its series, and its address so that Prometheus finds it again
             self.env.update(HERMES_STATE_FILE=os.path.join(self.folder, "state.json"), HERMES_HTTP_PORT=str(free_port()))
+        token_path = os.path.join(self.folder, "token")
+        if token:
+            with open(token_path, "w") as file:
+                file.write(token + "\n")
+            self.env["HERMES_HTTP_TOKEN_FILE"] = token_path
         self.processes.append(self.start_hermes())
         self.prometheus = f"127.0.0.1:{free_port()}"
         with open(os.path.join(self.folder, "prometheus.yml"), "w") as file:
@@ -118,6 +126,10 @@ class Stack:
                        f"rule_files:\n  - {json.dumps(ALERTS)}\n"
                        "scrape_configs:\n  - job_name: hermes\n    static_configs:\n"
                        f"      - targets: ['{self.hermes_http}']\n")
+            if token:
+                file.write(f"    authorization:\n      credentials_file: {token_path}\n"
+                           "  - job_name: hermes_without_token\n    static_configs:\n"
+                           f"      - targets: ['{self.hermes_http}']\n")
         self.processes.append(subprocess.Popen(
             ["prometheus", "--config.file=" + os.path.join(self.folder, "prometheus.yml"),
              "--storage.tsdb.path=" + os.path.join(self.folder, "data"), "--web.listen-address=" + self.prometheus,
@@ -232,7 +244,7 @@ def run(openmetrics, native=False, checks=(), outcomes=None):
         rejected = {"unknown_metric": 1, "invalid_value": 1, "malformed_json": 1}
         assert stored[("hermes_samples_accepted_total", ())] == accepted, stored[("hermes_samples_accepted_total", ())]
         for reason in ("malformed_json", "malformed_sample", "unknown_metric", "label_mismatch", "invalid_label_value",
-                       "invalid_value", "invalid_operation", "series_limit", "too_large"):
+                       "invalid_value", "invalid_operation", "series_limit", "too_large", "forbidden_source"):
             check = stored[("hermes_samples_rejected_total", (("reason", reason),))]
             assert check == rejected.get(reason, 0), f"{reason}: {check}"
         assert stored[("hermes_series", ())] == len(expected)
@@ -331,6 +343,24 @@ def check_rules(stack):
                     for rule in rules() for alert in rule["alerts"])
     assert states == [("HermesSamplesRejected", "pending", reason)
                       for reason in ("invalid_value", "malformed_json", "unknown_metric")], states
+
+
+def run_with_token():
+    """Prometheus scrapes through the bearer token; a job without it is refused with 401."""
+    stack = Stack(True, token="e2e-" + secrets.token_urlsafe(24))
+    try:
+        def health():
+            targets = get_json(f"http://{stack.prometheus}/api/v1/targets")["data"]["activeTargets"]
+            return {target["labels"]["job"]: (target["health"], target["lastError"]) for target in targets}
+        expected = {"hermes": ("up", ""), "hermes_without_token": ("down", "server returned HTTP status 401 Unauthorized")}
+        stack.wait(lambda: health() == expected, f"the targets' health to be {expected}")
+        stack.push(['{"metric_name": "plain_total", "payload": {"value": 7}}'])
+        stack.wait(lambda: stack.stored().get(("plain_total", ())) == 7, "a pushed sample to be scraped through the token")
+        refused = stack.query('up{job="hermes_without_token"}')
+        assert len(refused) == 1 and refused[0]["value"][1] == "0", refused
+        assert not stack.query('{job="hermes_without_token", __name__!~"up|scrape_.*"}'), "a refused job stored series"
+    finally:
+        stack.close()
 
 
 CHANGING = ("process_", "hermes_http_requests_total", "hermes_config_last_reload", "scrape_")  # differ run to run
@@ -494,6 +524,13 @@ def main():
     for what, failure in outcomes.items():
         passed, failed = (passed + 1, failed) if failure is None else (passed, failed + 1)
         print(f"ok   {what}" if failure is None else f"FAIL {what}\n{failure}")
+    try:
+        run_with_token()
+        passed += 1
+        print("ok   prometheus scrapes through the bearer token; a job without it gets 401")
+    except Exception:
+        failed += 1
+        print(f"FAIL prometheus scrapes through the bearer token; a job without it gets 401\n{traceback.format_exc()}")
     try:
         assert len(stored) == 3, "a run failed"
         om, text, protobuf = stored["openmetrics"], stored["text"], stored["protobuf"]

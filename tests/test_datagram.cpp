@@ -203,8 +203,8 @@ TEST_CASE("count_rejected counts a datagram rejected before parsing") {
 TEST_CASE("every reason has its name") {
   const char *names[] = {"malformed_json",      "malformed_sample", "unknown_metric",    "label_mismatch",
                          "invalid_label_value", "invalid_value",    "invalid_operation", "series_limit", "too_large",
-                         "unsupported_type",    "memory_limit"};
-  static_assert(std::size(names) == hermes::reject_reason_count);
+                         "unsupported_type",    "memory_limit",     "forbidden_source"};
+  static_assert(std::size(names) == hermes::reject_reason_count, "one expected name per reason");
   for (std::size_t i = 0; i < hermes::reject_reason_count; ++i)
     CHECK(std::string(hermes::to_string(static_cast<Reject>(i))) == names[i]);
 }

@@ -82,7 +82,7 @@ hermes_samples_accepted_total 1
 # TYPE hermes_samples_received_total counter
 hermes_samples_received_total{format="json"} 1
 hermes_samples_received_total{format="statsd"} 0
-# HELP hermes_samples_rejected_total Samples dropped, by reason; for malformed_json and too_large, whole datagrams.
+# HELP hermes_samples_rejected_total Samples dropped, by reason; for malformed_json, too_large and forbidden_source, whole datagrams.
 # TYPE hermes_samples_rejected_total counter
 hermes_samples_rejected_total{reason="malformed_json"} 0
 hermes_samples_rejected_total{reason="malformed_sample"} 0
@@ -95,6 +95,7 @@ hermes_samples_rejected_total{reason="series_limit"} 0
 hermes_samples_rejected_total{reason="too_large"} 0
 hermes_samples_rejected_total{reason="unsupported_type"} 0
 hermes_samples_rejected_total{reason="memory_limit"} 0
+hermes_samples_rejected_total{reason="forbidden_source"} 0
 # HELP hermes_series Live series of the configured metrics.
 # TYPE hermes_series gauge
 hermes_series 1

@@ -1,4 +1,5 @@
-// libFuzzer target: the HTTP request head parser, the router and Accept negotiation.
+// libFuzzer target: the HTTP request head parser, the router and Accept negotiation,
+// the Authorization check and the CIDR range parser.
 #include "hermes.hpp"
 
 #include <cstdlib>
@@ -14,5 +15,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size
     if (bytes.compare(0, 9, "HTTP/1.0 ") != 0) std::abort();
   }
   hermes::negotiate_format(input);
+  if (hermes::detail::bearer_matches(input, "s3cret") && input.find("s3cret") == std::string_view::npos) std::abort();
+  hermes::AddressRange range;
+  if (hermes::parse_address_range(input, range).empty()) {
+    hermes::AllowList list;
+    list.add(range, std::string(input));
+    sockaddr_in6 any{};
+    any.sin6_family = AF_INET6;
+    if (list.empty()) std::abort();
+    list.allows(reinterpret_cast<const sockaddr *>(&any), sizeof any);
+  }
   return 0;
 }
