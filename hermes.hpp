@@ -3160,7 +3160,7 @@ public:
   void receive(Source source, Registry &registry, RejectLog &rejects) {
     for (int taken = 0; taken < HERMES_DATAGRAMS_PER_STEP;) {
       const int got = batch_.receive(fd(source), HERMES_RECEIVE_BATCH, filtered(source));
-      const double now = wall_clock_seconds();
+      const Now now = Now::current(); // ttl and summary windows on the monotonic clock, _created on the wall
       for (int i = 0; i < got; ++i) {
         count_kernel_drops(i);
         if (!allowed(source, i)) {
@@ -3205,7 +3205,7 @@ public:
       rejects.note_forbidden(held_forbidden_, nullptr, Clock::now());
       held_forbidden_ = 0;
     }
-    const double now = wall_clock_seconds();
+    const Now now = Now::current();
     held_.release([&](std::string_view datagram, bool truncated, Source source) {
       take(datagram, truncated, source, registry, rejects, now);
     });
@@ -3228,7 +3228,7 @@ private:
     return !filtered(source) || allow_.allows(batch_.source(i), batch_.source_length(i));
   }
 
-  void take(std::string_view datagram, bool truncated, Source source, Registry &registry, RejectLog &rejects, double now) {
+  void take(std::string_view datagram, bool truncated, Source source, Registry &registry, RejectLog &rejects, Now now) {
     ++(source == Source::udp ? udp_packets_ : unix_datagrams_);
     IngestResult result;
     if (truncated) { // the kernel cut it to fit: never parse a cut datagram
