@@ -3693,6 +3693,9 @@ private:
   static void write_series(std::string &out, const MetricConfig &config, const std::vector<std::string> &labels,
                            const Series &series, double monotonic_now);
   static void write_window(std::string &out, const QuantileWindow &window, double monotonic_now);
+  static void write_native(std::string &out, const NativeHistogram &native);
+  void read_native(const MetricConfig &shape, const picojson::value &value, NativeHistogram &native,
+                   const std::string &place) const;
   static Registry::RestoreSummary put_in_place(Registry &registry, std::vector<RestoredMetric> &metrics);
 
   const picojson::value &at(const picojson::object &object, const std::string &key, const std::string &place) const;
@@ -3758,6 +3761,14 @@ inline void StateCodec::write_shape(std::string &out, const MetricConfig &config
     append_state_key(out, "buckets");
     append_state_list(out, config.buckets, [&](double bound) { append_state_number(out, bound); });
   }
+  if (config.native) {
+    append_state_key(out, "native_bucket_factor");
+    append_state_number(out, config.native_bucket_factor);
+    append_state_key(out, "native_max_buckets");
+    append_state_count(out, config.native_max_buckets);
+    append_state_key(out, "native_zero_threshold");
+    append_state_number(out, config.native_zero_threshold);
+  }
   if (config.type == MetricType::summary) {
     append_state_key(out, "objectives");
     append_state_list(out, config.objectives, [&](const std::pair<double, double> &objective) {
@@ -3784,6 +3795,7 @@ inline void StateCodec::write_series(std::string &out, const MetricConfig &confi
       append_state_list(out, seen->bucket_counts, [&](std::uint64_t count) { append_state_count(out, count); });
     }
     if (seen->quantiles) write_window(out, *seen->quantiles, monotonic_now);
+    if (seen->native) write_native(out, *seen->native);
   } else {
     append_state_key(out, "value");
     append_state_number(out, series.value);
@@ -3792,6 +3804,27 @@ inline void StateCodec::write_series(std::string &out, const MetricConfig &confi
   append_state_number(out, series.created);
   append_state_key(out, "pushed_ago");
   append_state_number(out, std::max(0.0, monotonic_now - series.last_push));
+  out += '}';
+}
+
+// A native histogram's schema, zero bucket and sparse buckets as [index, count] pairs.
+inline void StateCodec::write_native(std::string &out, const NativeHistogram &native) {
+  const auto side = [&](const NativeSide &buckets) {
+    append_state_list(out, buckets, [&](const std::pair<std::int32_t, std::uint64_t> &bucket) {
+      append_state_number(out += '[', bucket.first);
+      append_state_count(out += ", ", bucket.second);
+      out += ']';
+    });
+  };
+  append_state_key(out, "native");
+  append_state_key(out += '{', "schema", true);
+  append_state_number(out, native.schema);
+  append_state_key(out, "zero_count");
+  append_state_count(out, native.zero_count);
+  append_state_key(out, "positive");
+  side(native.positive);
+  append_state_key(out, "negative");
+  side(native.negative);
   out += '}';
 }
 
@@ -3896,6 +3929,13 @@ inline MetricConfig StateCodec::read_shape(const picojson::object &metric, const
     const picojson::array &buckets = list_at(at(metric, "buckets", place), place + ".buckets");
     for (std::size_t i = 0; i < buckets.size(); ++i)
       shape.buckets.push_back(finite_at(buckets[i], place + ".buckets[" + std::to_string(i) + "]", -HUGE_VAL, HUGE_VAL));
+    if (member(metric, "native_bucket_factor")) { // a native histogram
+      shape.native = true;
+      shape.native_bucket_factor = finite_at(at(metric, "native_bucket_factor", place), place + ".native_bucket_factor", 1, HUGE_VAL);
+      shape.native_max_buckets = static_cast<std::size_t>(count_at(at(metric, "native_max_buckets", place), place + ".native_max_buckets"));
+      shape.native_zero_threshold =
+          finite_at(at(metric, "native_zero_threshold", place), place + ".native_zero_threshold", 0, HUGE_VAL);
+    }
   }
   if (shape.type == MetricType::summary) {
     const picojson::array &objectives = list_at(at(metric, "objectives", place), place + ".objectives");
@@ -3940,6 +3980,34 @@ inline void StateCodec::read_distribution(const MetricConfig &shape, const picoj
       seen.bucket_counts[i] = count_at(counts[i], place + ".bucket_counts[" + std::to_string(i) + "]");
   }
   if (seen.quantiles) seen.quantiles = read_window(shape, at(object, "window", place), place + ".window");
+  if (seen.native) read_native(shape, at(object, "native", place), *seen.native, place + ".native");
+}
+
+// Buckets as Hermes writes them: indexes that increase, counts above 0, no more than the
+// metric may hold, so that a file cannot make a series larger than its budget allows.
+inline void StateCodec::read_native(const MetricConfig &shape, const picojson::value &value, NativeHistogram &native,
+                                    const std::string &place) const {
+  const picojson::object &object = object_at(value, place);
+  native.schema = static_cast<std::int32_t>(finite_at(at(object, "schema", place), place + ".schema", native_schema_min,
+                                                      native_schema_max));
+  native.zero_count = count_at(at(object, "zero_count", place), place + ".zero_count");
+  const std::size_t most = std::max<std::size_t>(shape.native_max_buckets, 130) + 1;
+  for (const char *name : {"positive", "negative"}) {
+    const std::string where = place + "." + name;
+    const picojson::array &buckets = list_at(at(object, name, place), where);
+    if (buckets.size() > most) fail(where, "more buckets than the metric may hold");
+    NativeSide &side = std::string_view(name) == "positive" ? native.positive : native.negative;
+    for (std::size_t i = 0; i < buckets.size(); ++i) {
+      const std::string item = where + "[" + std::to_string(i) + "]";
+      const picojson::array &pair = list_at(buckets[i], item);
+      if (pair.size() != 2) fail(item, "expected [index, count]");
+      const auto index = static_cast<std::int32_t>(finite_at(pair[0], item, INT32_MIN, INT32_MAX));
+      if (!side.empty() && index <= side.back().first) fail(item, "indexes must increase");
+      const std::uint64_t count = count_at(pair[1], item);
+      if (count == 0) fail(item, "a bucket holds at least one observation");
+      side.emplace_back(index, count);
+    }
+  }
 }
 
 inline std::unique_ptr<QuantileWindow> StateCodec::read_window(const MetricConfig &shape, const picojson::value &value,

@@ -469,3 +469,39 @@ TEST_CASE("a server set aside a state file it cannot read, logs where, and start
   CHECK(test::read_file(directory + "/" + files[0]) == "{\"format\": \"hermes-state\", \"version\": 1, \"metrics\": [");
   remove_tree(directory);
 }
+
+TEST_CASE("a native histogram goes through the state file with its schema, zero bucket and sparse buckets") {
+  const char *config = R"({"service_name": "s", "histograms": [
+    {"metric_name": "latency_seconds", "labels": ["route"], "native": true, "buckets": [1], "native_max_buckets": 12}]})";
+  hermes::Registry before(hermes::parse_config(config, "test"));
+  for (const double value : {0.0, -3.5, 0.001, 2.0, 1e6, -1e-3, 42.0, 1e-9})
+    REQUIRE(before.ingest(R"({"metric_name": "latency_seconds", "payload": {"labels": {"route": "/"}, "observation": )" +
+                              hermes::detail::format_double(value) + "}}",
+                          hermes::Now(10, 1764000000))
+                .accepted == 1);
+  const std::string text = saved(before, hermes::Now(20, 1764000010));
+  CHECK(text.find("\"native\": {\"schema\": ") != std::string::npos);
+  hermes::Registry after(hermes::parse_config(config, "test"));
+  CHECK(after.restore_state(text, 20).restored == 1);
+  const std::string users = render_both(after, 20);
+  CHECK(users == render_both(before, 20));
+  CHECK(users.find("latency_seconds_count{route=\"/\"} 8\n") != std::string::npos);
+  // The native buckets show in protobuf only: the family, from its name on, byte for byte.
+  const auto native_family = [](const hermes::Registry &registry) {
+    const std::string body = hermes::render_metrics(registry, hermes::Format::protobuf);
+    return body.substr(body.find("latency_seconds"));
+  };
+  CHECK(native_family(after) == native_family(before));
+  // A file that claims more buckets than the metric may hold is not state.
+  const std::string many = "[" + [] {
+    std::string pairs;
+    for (int i = 0; i < 200; ++i) pairs += (i ? ", [" : "[") + std::to_string(i) + ", 1]";
+    return pairs;
+  }() + "]";
+  std::string swollen = text;
+  const std::size_t positive = swollen.find("\"positive\": ");
+  REQUIRE(positive != std::string::npos);
+  swollen.replace(positive + 12, swollen.find(']', swollen.find(']', positive) + 1) - positive - 11, many);
+  hermes::Registry refused(hermes::parse_config(config, "test"));
+  CHECK_THROWS_AS(refused.restore_state(swollen, 20), hermes::StateError);
+}
