@@ -34,9 +34,6 @@ HERMES = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "./hermes")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALERTS = os.path.join(ROOT, "example", "alerts.yml")
 DASHBOARD = os.path.join(ROOT, "example", "dashboard.json")
-# Names the rules use for features Hermes does not serve yet (the memory budget, the
-# state file); every other hermes_* name in the rules must be on /metrics.
-
 CONFIG = {
     "service_name": "e2e-service",
     "gauges": [{"metric_name": "sample_gauge", "metric_description": "gauges are awesome", "labels": ["label_1", "label_2"]},
