@@ -27,7 +27,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size
     if (registry.changes() != 0 || registry.series_count() != 2) __builtin_trap(); // a refused file changes nothing
     return 0;
   }
-  hermes::render_metrics(registry, hermes::ServerStats{}, hermes::Format::openmetrics, 1001);
+  registry.expire(1001);
+  hermes::render_metrics(registry, hermes::Format::openmetrics);
+  hermes::render_metrics(registry, hermes::Format::protobuf);
   registry.expire(1002);
   std::string first, second;
   registry.save_state(first, hermes::Now(1003, 1764000000));
