@@ -15,6 +15,27 @@ bool contains_line(const std::string &body, const std::string &line) {
 
 std::string scrape(hermes::Server &server) { return body_of(http(server, "GET /metrics HTTP/1.0\r\n\r\n")); }
 
+// "many" renders before "sample_counter", in more than one step of a render.
+hermes::Config many_series_config() {
+  return hermes::parse_config(R"({"service_name": "svc",
+    "gauges": [{"metric_name": "many", "labels": ["id"], "max_series": 5000}],
+    "counters": [{"metric_name": "sample_counter", "labels": ["label_1"]}]})",
+                              "test");
+}
+
+// A series of "many" for one more than a render's step of series, 50 to a datagram.
+void push_many_series(hermes::Server &server) {
+  std::vector<std::string> batches;
+  for (int start = 0; start < HERMES_RENDER_PAUSE_STRIDE + 50; start += 50) {
+    std::string batch = "[";
+    for (int id = start; id < start + 50; ++id)
+      batch += (id > start ? "," : "") + std::string(R"({"metric_name": "many", "payload": {"labels": {"id": ")") +
+               std::to_string(id) + R"("}, "value": 1}})";
+    batches.push_back(batch + "]");
+  }
+  test::push(server, batches);
+}
+
 } // namespace
 
 TEST_CASE("samples pushed over UDP appear at /metrics") {
@@ -334,20 +355,8 @@ TEST_CASE("datagrams the kernel drops for a full receive buffer are counted, so 
 }
 
 TEST_CASE("datagrams that wait while /metrics renders are taken off the socket during it and applied after it") {
-  hermes::Server server(hermes::parse_config(R"({"service_name": "svc",
-    "gauges": [{"metric_name": "many", "labels": ["id"], "max_series": 5000}],
-    "counters": [{"metric_name": "sample_counter", "labels": ["label_1"]}]})",
-                                             "test"),
-                        test::loopback_options());
-  std::vector<std::string> batches;
-  for (int start = 0; start < HERMES_RENDER_PAUSE_STRIDE + 50; start += 50) {
-    std::string batch = "[";
-    for (int id = start; id < start + 50; ++id)
-      batch += (id > start ? "," : "") + std::string(R"({"metric_name": "many", "payload": {"labels": {"id": ")") +
-               std::to_string(id) + R"("}, "value": 1}})";
-    batches.push_back(batch + "]");
-  }
-  test::push(server, batches);
+  hermes::Server server(many_series_config(), test::loopback_options());
+  push_many_series(server);
   const std::uint64_t packets = server.stats().udp_packets;
   hermes::Client client("127.0.0.1", server.udp_port());
   for (int i = 0; i < 3; ++i) REQUIRE(client.send(R"({"metric_name": "sample_counter", "payload": {"labels": {"label_1": "held"}}})"));
@@ -447,20 +456,8 @@ TEST_CASE("Client(\"localhost\") reaches a server bound to IPv4, the default") {
 TEST_CASE("a scraper that prefers protobuf gets it, with datagrams held while it renders; Options::protobuf turns it off") {
   const std::string accept = "GET /metrics HTTP/1.0\r\nAccept: application/vnd.google.protobuf;"
                              "proto=io.prometheus.client.MetricFamily;encoding=delimited,text/plain;version=0.0.4;q=0.5\r\n\r\n";
-  hermes::Server server(hermes::parse_config(R"({"service_name": "svc",
-    "gauges": [{"metric_name": "many", "labels": ["id"], "max_series": 5000}],
-    "counters": [{"metric_name": "sample_counter", "labels": ["label_1"]}]})",
-                                             "test"),
-                        test::loopback_options());
-  std::vector<std::string> batches;
-  for (int start = 0; start < HERMES_RENDER_PAUSE_STRIDE + 50; start += 50) {
-    std::string batch = "[";
-    for (int id = start; id < start + 50; ++id)
-      batch += (id > start ? "," : "") + std::string(R"({"metric_name": "many", "payload": {"labels": {"id": ")") +
-               std::to_string(id) + R"("}, "value": 1}})";
-    batches.push_back(batch + "]");
-  }
-  test::push(server, batches);
+  hermes::Server server(many_series_config(), test::loopback_options());
+  push_many_series(server);
   REQUIRE(server.registry().series_count() >= HERMES_RENDER_PAUSE_STRIDE + 1);
   const std::string response = http(server, accept);
   CHECK(response.find("Content-Type: application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; "
