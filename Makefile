@@ -104,7 +104,7 @@ cross: | cross-deps
 	@test -n "$(CROSS)" || { echo "ARCH must be aarch64 or armhf"; exit 1; }
 	@mkdir -p $(CROSS_BUILD)/include && cp /usr/include/picojson.h $(CROSS_BUILD)/include/ && cp -r /usr/include/doctest $(CROSS_BUILD)/include/
 	$(CROSS)-g++ $(CROSS_FLAGS) $(CXXFLAGS) $(STATIC_FLAGS) $(LDFLAGS) -o $(CROSS_BUILD)/hermes main.cpp
-	$(CROSS)-g++ $(CROSS_FLAGS) -O1 $(CXXFLAGS) -static -pthread -I. -DHERMES_TEST_DIR='"$(CURDIR)/tests"' \
+	$(CROSS)-g++ $(CROSS_FLAGS) $(CXXFLAGS) -O1 -static -pthread -I. -DHERMES_TEST_DIR='"$(CURDIR)/tests"' \
 	  $(LDFLAGS) -o $(CROSS_BUILD)/unit_tests $(UNIT_SOURCES)
 	@file $(CROSS_BUILD)/hermes | grep -q "statically linked" && echo "$(CROSS_BUILD)/hermes: $$(stat -c %s $(CROSS_BUILD)/hermes) bytes"
 	$(QEMU_$(ARCH)) $(CROSS_BUILD)/hermes --version
