@@ -24,6 +24,27 @@ void *operator new(std::size_t size) {
 void operator delete(void *memory) noexcept { std::free(memory); }
 void operator delete(void *memory, std::size_t) noexcept { std::free(memory); }
 
+// Ingests `datagrams` once so that their series and buffers come into being, then 1002
+// times more counting allocations: none in all, and none for each datagram alone, so
+// that a failure names the kind that allocates.
+static void check_no_allocations(hermes::Registry &registry, const std::vector<std::string> &datagrams) {
+  for (const std::string &datagram : datagrams) registry.ingest(datagram, 1);
+  allocations = 0;
+  counting = true;
+  for (int round = 0; round < 1000; ++round)
+    for (const std::string &datagram : datagrams) registry.ingest(datagram, 2);
+  counting = false;
+  CHECK(allocations == 0);
+  for (const std::string &datagram : datagrams) {
+    allocations = 0;
+    counting = true;
+    registry.ingest(datagram, 3);
+    counting = false;
+    CAPTURE(datagram);
+    CHECK(allocations == 0);
+  }
+}
+
 TEST_CASE("ingest allocates nothing per sample once its series exist") {
   hermes::Registry registry(hermes::parse_config(R"({"service_name": "s",
     "counters": [{"metric_name": "jobs_total", "labels": ["queue", "worker"]}],
@@ -42,21 +63,7 @@ TEST_CASE("ingest allocates nothing per sample once its series exist") {
       R"({"metric_name": "nope"})",
       "not json",
   };
-  for (const std::string &datagram : datagrams) registry.ingest(datagram, 1); // series and buffers come into being
-  allocations = 0;
-  counting = true;
-  for (int round = 0; round < 1000; ++round)
-    for (const std::string &datagram : datagrams) registry.ingest(datagram, 2);
-  counting = false;
-  CHECK(allocations == 0);
-  for (const std::string &datagram : datagrams) { // and each kind alone, to name one that does
-    allocations = 0;
-    counting = true;
-    registry.ingest(datagram, 3);
-    counting = false;
-    CAPTURE(datagram);
-    CHECK(allocations == 0);
-  }
+  check_no_allocations(registry, datagrams);
   CHECK(registry.value("jobs_total", {"mail", "w-1"}) == std::optional<double>(2 * 1002));
   CHECK(registry.accepted() == 7 * 1002);
 }
@@ -78,21 +85,7 @@ TEST_CASE("StatsD ingest allocates nothing per sample once its series exist") {
       "jobs:1|c|#queue:mail,worker:w-1,extra:x,more:y,and:z",
       "users:1|s\n_e{1,1}:a|b\ngarbage\njobs:-1|c|#queue:mail,worker:w-1\nnope:1|c",
   };
-  for (const std::string &datagram : datagrams) registry.ingest(datagram, 1); // series and buffers come into being
-  allocations = 0;
-  counting = true;
-  for (int round = 0; round < 1000; ++round)
-    for (const std::string &datagram : datagrams) registry.ingest(datagram, 2);
-  counting = false;
-  CHECK(allocations == 0);
-  for (const std::string &datagram : datagrams) { // and each kind alone, to name one that does
-    allocations = 0;
-    counting = true;
-    registry.ingest(datagram, 3);
-    counting = false;
-    CAPTURE(datagram);
-    CHECK(allocations == 0);
-  }
+  check_no_allocations(registry, datagrams);
   CHECK(registry.value("jobs_total", {"mail", "w-1"}) == std::optional<double>(7 * 1002));
   CHECK(registry.received(hermes::Wire::statsd) == 18 * 1002);
 }
