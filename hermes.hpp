@@ -318,6 +318,7 @@ static_assert(HERMES_MAX_TOKEN_SIZE >= 16 && HERMES_MAX_TOKEN_SIZE <= HERMES_MAX
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/sock_diag.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -2506,17 +2507,26 @@ inline void bind_socket(const FileDescriptor &fd, const SocketAddress &address, 
 
 // A burst larger than the receive buffer is lost in the kernel, so ask for a large one:
 // SO_RCVBUFFORCE passes the system's cap (net.core.rmem_max) where we may, SO_RCVBUF
-// gets what the cap allows elsewhere. SO_RXQ_OVFL has the kernel tell, with each
-// datagram, how many it dropped, so that no loss goes unseen.
+// gets what the cap allows elsewhere.
 inline FileDescriptor open_udp_listener(const std::string &host, std::uint16_t port, int receive_buffer) {
   const SocketAddress address = resolve(host, port, SOCK_DGRAM, true);
   FileDescriptor fd = open_socket(address, SOCK_DGRAM, "udp");
   if (::setsockopt(fd.get(), SOL_SOCKET, SO_RCVBUFFORCE, &receive_buffer, sizeof receive_buffer) != 0)
     ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVBUF, &receive_buffer, sizeof receive_buffer);
-  const int on = 1;
-  ::setsockopt(fd.get(), SOL_SOCKET, SO_RXQ_OVFL, &on, sizeof on);
   bind_socket(fd, address, "udp");
   return fd;
+}
+
+// The kernel's count of datagrams it dropped on a socket, as SO_MEMINFO tells it when
+// asked (Linux 4.6 and later; not under qemu-user, which does not pass it on). Asking
+// when the figure is wanted costs nothing per datagram, where SO_RXQ_OVFL would have the
+// kernel attach the count to every one: a tenth of the CPU a datagram costs.
+inline std::optional<std::uint32_t> kernel_drop_counter(int fd) {
+  std::array<std::uint32_t, SK_MEMINFO_VARS> info{};
+  socklen_t length = sizeof info;
+  if (::getsockopt(fd, SOL_SOCKET, SO_MEMINFO, info.data(), &length) != 0 || length <= SK_MEMINFO_DROPS * sizeof info[0])
+    return std::nullopt;
+  return info[SK_MEMINFO_DROPS];
 }
 
 inline int receive_buffer_size(int fd) {
@@ -2527,25 +2537,28 @@ inline int receive_buffer_size(int fd) {
 }
 
 // Where recvmmsg() puts a batch of datagrams: one slot of HERMES_MAX_DATAGRAM_SIZE each,
-// and room for each one's sender and drop counter.
+// and room for each one's sender.
 class ReceiveBatch {
 public:
-  ReceiveBatch() : data_(new char[HERMES_RECEIVE_BATCH * std::size_t{HERMES_MAX_DATAGRAM_SIZE}]) {}
-
-  // Receives what is waiting, up to `wanted` datagrams (at most a batch); returns how
-  // many, 0 when nothing is. With `senders`, source(i) tells who sent each.
-  int receive(int fd, int wanted, bool senders = false) {
+  ReceiveBatch() : data_(new char[HERMES_RECEIVE_BATCH * std::size_t{HERMES_MAX_DATAGRAM_SIZE}]) {
     for (std::size_t i = 0; i < HERMES_RECEIVE_BATCH; ++i) {
       chunks_[i] = {data_.get() + i * HERMES_MAX_DATAGRAM_SIZE, HERMES_MAX_DATAGRAM_SIZE};
-      messages_[i] = {};
       messages_[i].msg_hdr.msg_iov = &chunks_[i];
       messages_[i].msg_hdr.msg_iovlen = 1;
-      messages_[i].msg_hdr.msg_control = controls_[i].data();
-      messages_[i].msg_hdr.msg_controllen = controls_[i].size();
+    }
+  }
+  ReceiveBatch(const ReceiveBatch &) = delete; // the messages point into it
+  ReceiveBatch &operator=(const ReceiveBatch &) = delete;
+
+  // Receives what is waiting, up to `wanted` datagrams (at most a batch); returns how
+  // many, 0 when nothing is. With `senders`, source(i) tells who sent each. Only the
+  // fields the kernel writes are set again each time.
+  int receive(int fd, int wanted, bool senders = false) {
+    const unsigned count = static_cast<unsigned>(std::clamp(wanted, 0, HERMES_RECEIVE_BATCH));
+    for (std::size_t i = 0; i < count; ++i) {
       messages_[i].msg_hdr.msg_name = senders ? &sources_[i] : nullptr;
       messages_[i].msg_hdr.msg_namelen = senders ? sizeof sources_[i] : 0;
     }
-    const unsigned count = static_cast<unsigned>(std::clamp(wanted, 0, HERMES_RECEIVE_BATCH));
     const int got = retry_on_eintr([&] { return ::recvmmsg(fd, messages_.data(), count, MSG_DONTWAIT, nullptr); });
     return got > 0 ? got : 0;
   }
@@ -2558,24 +2571,11 @@ public:
   const sockaddr *source(int i) const { return reinterpret_cast<const sockaddr *>(&sources_[static_cast<std::size_t>(i)]); }
   socklen_t source_length(int i) const { return messages_[static_cast<std::size_t>(i)].msg_hdr.msg_namelen; }
 
-  // The kernel's count of datagrams this socket dropped, if this datagram carries it.
-  std::optional<std::uint32_t> drop_counter(int i) {
-    msghdr &header = messages_[static_cast<std::size_t>(i)].msg_hdr;
-    for (cmsghdr *c = CMSG_FIRSTHDR(&header); c; c = CMSG_NXTHDR(&header, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SO_RXQ_OVFL) continue;
-      std::uint32_t dropped = 0;
-      std::memcpy(&dropped, CMSG_DATA(c), sizeof dropped);
-      return dropped;
-    }
-    return std::nullopt;
-  }
-
 private:
   std::unique_ptr<char[]> data_; // not zeroed: only the slots a burst fills become resident
   std::array<mmsghdr, HERMES_RECEIVE_BATCH> messages_{};
   std::array<iovec, HERMES_RECEIVE_BATCH> chunks_{};
   std::array<sockaddr_in6, HERMES_RECEIVE_BATCH> sources_{}; // UDP senders, IPv4 or IPv6; a unix one is cut short
-  std::array<std::array<char, CMSG_SPACE(sizeof(std::uint32_t))>, HERMES_RECEIVE_BATCH> controls_{};
 };
 
 // Datagrams copied out of a ReceiveBatch to be applied later, in the order they came,
@@ -3088,6 +3088,9 @@ namespace detail {
 
 using Clock = std::chrono::steady_clock;
 
+// A time of Clock as monotonic_seconds() gives it.
+inline double seconds_of(Clock::time_point time) { return std::chrono::duration<double>(time.time_since_epoch()).count(); }
+
 // Rejected samples: each at debug with its datagram, and at most one warn line per
 // HERMES_REJECT_LOG_INTERVAL_S that sums them up by reason.
 class RejectLog {
@@ -3156,13 +3159,13 @@ public:
   int fd(Source source) const { return source == Source::udp ? udp_.get() : unix_socket_.get(); }
   const std::string &unix_path() const { return unix_socket_.path(); }
 
-  // Reads and applies what waits on one socket, up to HERMES_DATAGRAMS_PER_STEP.
-  void receive(Source source, Registry &registry, RejectLog &rejects) {
+  // Reads and applies what waits on one socket, up to HERMES_DATAGRAMS_PER_STEP, all
+  // at the time `now`: a step is short, and reading the clocks for each batch cost more
+  // than a tenth of a datagram's CPU when the batches are small.
+  void receive(Source source, Registry &registry, RejectLog &rejects, Now now) {
     for (int taken = 0; taken < HERMES_DATAGRAMS_PER_STEP;) {
       const int got = batch_.receive(fd(source), HERMES_RECEIVE_BATCH, filtered(source));
-      const Now now = Now::current(); // ttl and summary windows on the monotonic clock, _created on the wall
       for (int i = 0; i < got; ++i) {
-        count_kernel_drops(i);
         if (!allowed(source, i)) {
           ++udp_packets_;
           registry.count_rejected(Reject::forbidden_source);
@@ -3188,7 +3191,6 @@ public:
         const int wanted = static_cast<int>(std::min<std::size_t>(room, HERMES_RECEIVE_BATCH));
         const int got = batch_.receive(fd(source), wanted, filtered(source));
         for (int i = 0; i < got; ++i) {
-          count_kernel_drops(i);
           if (allowed(source, i)) held_.hold(batch_.datagram(i), batch_.truncated(i), source);
           else ++held_forbidden_;
         }
@@ -3214,7 +3216,7 @@ public:
   void add_stats(ServerStats &stats) const {
     stats.udp_packets = udp_packets_;
     stats.unix_datagrams = unix_datagrams_;
-    stats.udp_receive_drops = udp_receive_drops_;
+    stats.udp_receive_drops = kernel_drops();
     stats.udp_receive_buffer_bytes = receive_buffer_bytes_;
   }
 
@@ -3240,12 +3242,14 @@ private:
     if (result.rejected_total() > 0) rejects.note(result, datagram, Clock::now());
   }
 
-  // The UDP socket's drop counter rides on its datagrams; it wraps at 2^32, the difference does not.
-  void count_kernel_drops(int index_in_batch) {
-    if (const auto dropped = batch_.drop_counter(index_in_batch)) {
-      udp_receive_drops_ += static_cast<std::uint32_t>(*dropped - last_drop_counter_);
-      last_drop_counter_ = *dropped;
+  // The UDP socket's drops so far. The kernel's counter wraps at 2^32, the difference
+  // between two readings does not, so each reading adds its difference to the total.
+  std::uint64_t kernel_drops() const {
+    if (const auto counter = kernel_drop_counter(udp_.get())) {
+      udp_receive_drops_ += static_cast<std::uint32_t>(*counter - last_drop_counter_);
+      last_drop_counter_ = *counter;
     }
+    return udp_receive_drops_;
   }
 
   FileDescriptor udp_;
@@ -3254,8 +3258,9 @@ private:
   HeldDatagrams held_; // taken off the sockets during a render, applied after it
   std::uint64_t held_forbidden_ = 0; // forbidden datagrams dropped during a render, counted after it
   AllowList allow_; // UDP senders; empty: everyone
-  std::uint32_t last_drop_counter_ = 0;
-  std::uint64_t udp_packets_ = 0, unix_datagrams_ = 0, udp_receive_drops_ = 0;
+  std::uint64_t udp_packets_ = 0, unix_datagrams_ = 0;
+  mutable std::uint32_t last_drop_counter_ = 0; // kernel_drops() folds each reading in
+  mutable std::uint64_t udp_receive_drops_ = 0;
   double receive_buffer_bytes_;
 };
 
@@ -4673,9 +4678,7 @@ inline double wall_clock_seconds() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-inline double monotonic_seconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+inline double monotonic_seconds() { return detail::seconds_of(detail::Clock::now()); }
 
 inline std::size_t IngestResult::rejected_total() const {
   std::size_t total = 0;
@@ -5861,14 +5864,16 @@ inline void Server::Impl::poll_once(int timeout_ms) {
   http.add_poll_fds(poll_fds, now);
   const int ready = detail::wait_for_events(poll_fds, poll_timeout(timeout_ms, now));
   now = Clock::now();
+  const double monotonic_now = detail::seconds_of(now); // the clock monotonic_seconds() reads
   if (ready > 0) {
-    if (poll_fds[udp_slot].revents) input.receive(Source::udp, registry, rejects);
-    if (poll_fds[unix_slot].revents) input.receive(Source::unix_socket, registry, rejects);
+    const Now received{monotonic_now, wall_clock_seconds()}; // ttl and windows on the first, _created on the second
+    if (poll_fds[udp_slot].revents) input.receive(Source::udp, registry, rejects, received);
+    if (poll_fds[unix_slot].revents) input.receive(Source::unix_socket, registry, rejects, received);
   }
   http.serve(&poll_fds[http_slot], now); // also ends connections past their deadline
   rejects.flush(now, false);
   sweep(now);
-  if (state.due(registry, monotonic_seconds())) save_state();
+  if (state.due(registry, monotonic_now)) save_state();
 }
 
 // ----- State file ----------------------------------------------------------------------------
@@ -5889,8 +5894,8 @@ inline void Server::Impl::save_state_at_stop() {
   constexpr int most_rounds = 1024; // of HERMES_DATAGRAMS_PER_STEP: more than a receive buffer holds
   for (int round = 0; round < most_rounds; ++round) {
     const ServerStats before = stats();
-    input.receive(Source::udp, registry, rejects);
-    if (input.fd(Source::unix_socket) >= 0) input.receive(Source::unix_socket, registry, rejects);
+    input.receive(Source::udp, registry, rejects, Now::current());
+    if (input.fd(Source::unix_socket) >= 0) input.receive(Source::unix_socket, registry, rejects, Now::current());
     const ServerStats after = stats();
     if (after.udp_packets + after.unix_datagrams == before.udp_packets + before.unix_datagrams) break;
   }
