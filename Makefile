@@ -38,7 +38,7 @@ $(BUILD)/unit_tests: $(UNIT_OBJECTS)
 $(BUILD)/allocation_tests: $(BUILD)/allocations.o $(BUILD)/doctest_main.o
 	$(CXX) $(CXXFLAGS) $(LDFLAGS) -pthread -o $@ $^
 
-$(BUILD)/%.o: tests/%.cpp hermes.hpp tests/helpers.hpp | test-deps
+$(BUILD)/%.o: tests/%.cpp hermes.hpp tests/helpers.hpp tests/reading.hpp | test-deps
 	@mkdir -p $(BUILD)
 	$(CXX) $(HERMES_FLAGS) $(CXXFLAGS) -pthread -I. -DHERMES_TEST_DIR='"$(CURDIR)/tests"' -c -o $@ $<
 
@@ -125,7 +125,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := datagram statsd config http state
 FUZZ_FLAGS := -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I.
 
-$(BUILD)/fuzz_%: tests/fuzz/fuzz_%.cpp hermes.hpp | fuzz-deps
+$(BUILD)/fuzz_%: tests/fuzz/fuzz_%.cpp hermes.hpp tests/reading.hpp | fuzz-deps
 	@mkdir -p $(BUILD)
 	$(FUZZ_CXX) $(FUZZ_FLAGS) -o $@ $<
 

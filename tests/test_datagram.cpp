@@ -1,5 +1,6 @@
 // Datagram parsing: every accepted form, and every reject reason, through Registry::ingest.
 #include "helpers.hpp"
+#include "reading.hpp"
 
 using hermes::Reject;
 
@@ -182,6 +183,39 @@ TEST_CASE("a batch counts each sample on its own") {
   CHECK(gauge(registry, "a", "b") == std::optional<double>(9));
   CHECK(registry.accepted() == 3);
   CHECK(registry.rejected(Reject::unknown_metric) == 1);
+}
+
+TEST_CASE("plain datagrams are read in place, others by picojson, and both read alike") {
+  const std::string sample = R"({"metric_name": "sample_gauge", "payload": {"labels": {"label_1": "a", "label_2": "b"}, "value": )";
+  // Plain: strings without escapes, numbers as JSON writes them, any white space and order.
+  for (const std::string &plain : {sample + "2}}", sample + "-0}}", sample + "-12.5e-3}}", sample + "1E+2}}", sample + "0.1e1}}",
+                                   sample + "4.9e-324}}", sample + "1.7976931348623157e308}}", sample + "null}}",
+                                   sample + R"("s", "value": true}})", std::string(R"( [ {"metric_name":"plain_counter"} , 7 ,"x",[]] )"),
+                                   std::string("\t{\"payload\": {\"labels\": {\"label_1\": \"\xc3\xa9\"}}, \"metric_name\": \"sample_counter\"}\r\n"),
+                                   std::string(R"({"metric_name": "c", "payload": {"labels": {"a": "x", "a": "y"}}, "payload": {}})")}) {
+    CAPTURE(plain);
+    const reading::Both both = reading::read_both(plain);
+    CHECK(both.plain);
+    CHECK(both.picojson);
+    CHECK(reading::same(both.plain_batch, both.picojson_batch));
+  }
+  // Not plain, but JSON to picojson: escapes, and numbers in forms JSON does not write
+  // or beyond a double's range.
+  for (const std::string &other : {sample + R"(2, "x": "\n"}})", sample + "01}}", sample + "1.}}", sample + "-.5}}", sample + "1e999}}",
+                                   sample + "1e-400}}", sample + "+1}}" /* not JSON to either */}) {
+    CAPTURE(other);
+    const reading::Both both = reading::read_both(other);
+    CHECK_FALSE(both.plain);
+    CHECK(both.picojson == (other != sample + "+1}}"));
+  }
+  // What picojson reads stands: an escaped label value, a number read by strtod.
+  hermes::Registry registry(datagram_config());
+  CHECK(outcome(registry, R"({"metric_name": "sample_gauge", "payload": {"labels": {"label_1": "\u00e9", "label_2": "b\/"}, "value": 01}})") == "accepted");
+  CHECK(gauge(registry, "\xc3\xa9", "b/") == std::optional<double>(1));
+  CHECK(outcome(registry, sample + "-.5}}") == "accepted");
+  CHECK(gauge(registry, "a", "b") == std::optional<double>(-0.5));
+  CHECK(outcome(registry, sample + "1e999}}") == "invalid_value");
+  CHECK(outcome(registry, sample + "+1}}") == "malformed_json");
 }
 
 TEST_CASE("a datagram that is not JSON as a whole applies nothing, not even its valid start") {

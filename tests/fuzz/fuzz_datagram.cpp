@@ -1,6 +1,9 @@
 // libFuzzer target: one datagram through the whole ingest path (parse, check, apply)
-// and out through every format, against one registry that lives across inputs.
+// and out through every format, against one registry that lives across inputs. Each
+// datagram is also read by both JSON readers: where the plain one reads it, picojson
+// must read it too, into the same samples.
 #include "hermes.hpp"
+#include "tests/reading.hpp"
 
 #include <cstdlib>
 
@@ -46,6 +49,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size
   static double now = 1e9;
   hermes::Registry &target = registry();
   const std::string_view datagram(reinterpret_cast<const char *>(data), size);
+  const reading::Both both = reading::read_both(datagram);
+  check(!both.plain || (both.picojson && reading::same(both.plain_batch, both.picojson_batch)));
   const hermes::IngestResult result = target.ingest(datagram, now += 0.5);
   check(result.accepted + result.rejected_total() >= 1); // every datagram is counted
   check(target.series_count() <= 64 * 5 + 3);
