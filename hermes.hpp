@@ -2052,13 +2052,19 @@ inline bool read_statsd_tags(std::string_view list, char separator, StatsdLine &
 // name[k=v,...] first, else InfluxDB name,k=v,... or Librato name#k=v,...
 inline bool read_name_tags(std::string_view name, StatsdLine &line) {
   line.name = name;
-  const std::size_t open = name.find('['), close = name.find(']');
+  // Where the first of each mark stands, found in one pass: most names hold none.
+  std::size_t open = std::string_view::npos, close = open, mark = open;
+  for (std::size_t i = 0; i < name.size(); ++i) {
+    const char c = name[i];
+    if (c == '[' && open == std::string_view::npos) open = i;
+    else if (c == ']' && close == std::string_view::npos) close = i;
+    else if ((c == ',' || c == '#') && mark == std::string_view::npos) mark = i;
+  }
   if (open != std::string_view::npos && close != std::string_view::npos && open < close) {
     line.name = name.substr(0, open);
     line.name_rest = name.substr(close + 1);
     if (!read_statsd_tags(name.substr(open + 1, close - open - 1), '=', line)) return false;
   } else if (open == std::string_view::npos && close == std::string_view::npos) {
-    const std::size_t mark = name.find_first_of(",#");
     if (mark == std::string_view::npos) return true;
     line.name = name.substr(0, mark);
     if (!read_statsd_tags(name.substr(mark + 1), '=', line)) return false;
@@ -2125,13 +2131,17 @@ inline bool is_name_char(unsigned char c) {
 // [a-zA-Z0-9_:] becomes one '_', a character of several UTF-8 bytes too.
 inline void append_statsd_name(std::string &out, std::string_view name, std::string_view rest = {}) {
   const std::string_view first = name.empty() ? rest : name;
-  if (!first.empty() && first.front() >= '0' && first.front() <= '9') out.push_back('_');
+  const std::size_t start = out.size();
+  out.resize(start + 1 + name.size() + rest.size()); // the most it can take: no byte becomes more than one
+  char *to = out.data() + start;
+  if (!first.empty() && first.front() >= '0' && first.front() <= '9') *to++ = '_';
   for (const std::string_view part : {name, rest})
     for (const char c : part) {
       const auto byte = static_cast<unsigned char>(c);
-      if (is_name_char(byte)) out.push_back(c);
-      else if ((byte & 0xC0) != 0x80) out.push_back('_'); // a continuation byte belongs to the '_' before
+      if (is_name_char(byte)) *to++ = c;
+      else if ((byte & 0xC0) != 0x80) *to++ = '_'; // a continuation byte belongs to the '_' before
     }
+  out.resize(static_cast<std::size_t>(to - out.data()));
 }
 
 // Whether a metric of `type` takes StatsD lines of `statsd` type.
