@@ -1746,31 +1746,6 @@ template <typename Context> bool read_plain(Context &context, PlainJson &in) {
   }
 }
 
-// What a parse context's members call to read what comes next, from either reader.
-template <typename Context, typename Iter> bool read_value(Context &context, picojson::input<Iter> &in) {
-  return picojson::_parse(context, in);
-}
-template <typename Context> bool read_value(Context &context, PlainJson &in) { return read_plain(context, in); }
-
-template <typename Iter> bool read_string(std::string &out, picojson::input<Iter> &in) {
-  return picojson::_parse_string(out, in);
-}
-inline bool read_string(std::string &out, PlainJson &in) {
-  std::string_view text;
-  if (!in.string(text)) return false;
-  out.append(text);
-  return true;
-}
-
-template <typename Iter> bool skip_string(picojson::input<Iter> &in) {
-  picojson::null_parse_context::dummy_str ignored;
-  return picojson::_parse_string(ignored, in);
-}
-inline bool skip_string(PlainJson &in) {
-  std::string_view ignored;
-  return in.string(ignored);
-}
-
 // ---- Reading datagrams without a tree ------------------------------------------------------
 //
 // A datagram is read straight into the few fields a sample has, in buffers that are
@@ -1780,10 +1755,29 @@ inline bool skip_string(PlainJson &in) {
 
 enum class JsonKind { absent, null, other, number, string, array, object };
 
+// A string of a datagram: a view of the datagram where the string stands in it as it
+// is (PlainJson), else a copy with its escapes undone (picojson). Views are used while
+// the datagram is applied, never after.
+class ReadText {
+public:
+  std::string_view get() const { return copied_ ? std::string_view(copy_) : view_; }
+  void refer_to(std::string_view text) { view_ = text, copied_ = false; }
+  std::string &start_copy() { // kept for the next datagram's copies
+    copy_.clear();
+    copied_ = true;
+    return copy_;
+  }
+
+private:
+  std::string_view view_;
+  std::string copy_;
+  bool copied_ = false;
+};
+
 struct ReadValue {
   JsonKind kind = JsonKind::absent;
   double number = 0;
-  std::string text;
+  ReadText text;
   bool present() const { return kind != JsonKind::absent && kind != JsonKind::null; } // null counts as absent
 };
 
@@ -1791,7 +1785,7 @@ struct ReadSample {
   JsonKind shape = JsonKind::absent; // the sample itself
   ReadValue metric_name, value, observation, operation;
   JsonKind payload = JsonKind::absent, labels = JsonKind::absent;
-  std::vector<std::pair<std::string, ReadValue>> label_slots; // the first label_count are this sample's
+  std::vector<std::pair<ReadText, ReadValue>> label_slots; // the first label_count are this sample's
   std::size_t label_count = 0;
 
   void reset_payload() {
@@ -1799,19 +1793,21 @@ struct ReadSample {
     labels = JsonKind::absent;
     label_count = 0;
   }
-  // The label's slot, the same one again for a repeated name: the last value wins, as in a JSON object.
-  ReadValue &label(std::string_view name) {
+  // The label's slot, the same one again for a repeated name: the last value wins, as in
+  // a JSON object. A `name` that stands in the datagram is kept as a view, else copied.
+  ReadValue &label(std::string_view name, bool in_datagram) {
     for (std::size_t i = 0; i < label_count; ++i)
-      if (label_slots[i].first == name) return label_slots[i].second;
+      if (label_slots[i].first.get() == name) return label_slots[i].second;
     if (label_count == label_slots.size()) label_slots.emplace_back();
     auto &slot = label_slots[label_count++];
-    slot.first.assign(name);
+    if (in_datagram) slot.first.refer_to(name);
+    else slot.first.start_copy().assign(name);
     slot.second.kind = JsonKind::absent;
     return slot.second;
   }
   const ReadValue *find_label(std::string_view name) const {
     for (std::size_t i = 0; i < label_count; ++i)
-      if (label_slots[i].first == name) return &label_slots[i].second;
+      if (label_slots[i].first.get() == name) return &label_slots[i].second;
     return nullptr;
   }
 };
@@ -1834,6 +1830,31 @@ struct ReadBatch {
   ReadSample &current() { return slots[count - 1]; }
 };
 
+// What a parse context's members call to read what comes next, from either reader.
+template <typename Context, typename Iter> bool read_value(Context &context, picojson::input<Iter> &in) {
+  return picojson::_parse(context, in);
+}
+template <typename Context> bool read_value(Context &context, PlainJson &in) { return read_plain(context, in); }
+
+template <typename Iter> bool read_string(ReadText &out, picojson::input<Iter> &in) {
+  return picojson::_parse_string(out.start_copy(), in);
+}
+inline bool read_string(ReadText &out, PlainJson &in) {
+  std::string_view text;
+  if (!in.string(text)) return false;
+  out.refer_to(text);
+  return true;
+}
+
+template <typename Iter> bool skip_string(picojson::input<Iter> &in) {
+  picojson::null_parse_context::dummy_str ignored;
+  return picojson::_parse_string(ignored, in);
+}
+inline bool skip_string(PlainJson &in) {
+  std::string_view ignored;
+  return in.string(ignored);
+}
+
 // A picojson parse context for one place in a datagram: the datagram itself, a sample,
 // its payload, its labels, a value to keep, or anything to skip. Nesting is bounded as
 // in BoundedJsonContext; a number beyond double's range is kept as kind `other`, so
@@ -1854,9 +1875,7 @@ public:
   }
   template <typename Input> bool parse_string(Input &in) {
     note(JsonKind::string);
-    if (!value_) return skip_string(in);
-    value_->text.clear();
-    return read_string(value_->text, in);
+    return value_ ? read_string(value_->text, in) : skip_string(in);
   }
   bool parse_array_start() { return enter() && note(JsonKind::array); }
   template <typename Input> bool parse_array_item(Input &in, std::size_t) {
@@ -1866,7 +1885,7 @@ public:
   bool parse_array_stop(std::size_t) { return true; }
   bool parse_object_start() { return enter() && note(JsonKind::object); }
   template <typename Input> bool parse_object_item(Input &in, std::string_view key) {
-    SampleReader item = member_reader(key);
+    SampleReader item = member_reader(key, std::is_same_v<Input, PlainJson>); // picojson's keys are its own
     return read_value(item, in);
   }
   bool parse_object_stop() { return true; }
@@ -1897,7 +1916,7 @@ private:
   }
 
   // Where a member of the object at this place goes.
-  SampleReader member_reader(std::string_view key) {
+  SampleReader member_reader(std::string_view key, bool key_in_datagram) {
     const bool in_sample = place_ == Place::datagram || place_ == Place::sample;
     ReadSample *sample = batch_.count ? &batch_.current() : nullptr;
     if (in_sample && key == "metric_name") return {Place::value, batch_, nesting_, &sample->metric_name};
@@ -1908,7 +1927,7 @@ private:
       if (key == "observation") return {Place::value, batch_, nesting_, &sample->observation};
       if (key == "operation") return {Place::value, batch_, nesting_, &sample->operation};
     }
-    if (place_ == Place::labels) return {Place::value, batch_, nesting_, &sample->label(key)};
+    if (place_ == Place::labels) return {Place::value, batch_, nesting_, &sample->label(key, key_in_datagram)};
     return {Place::skip, batch_, nesting_};
   }
 
@@ -4894,8 +4913,8 @@ inline std::optional<Reject> read_label_values(const MetricConfig &metric, const
   for (const std::string &name : metric.labels) {
     const ReadValue *found = sample.find_label(name);
     if (!found || found->kind != JsonKind::string) return Reject::label_mismatch;
-    if (!is_valid_utf8(found->text)) return Reject::invalid_label_value;
-    values.push_back(found->text);
+    if (!is_valid_utf8(found->text.get())) return Reject::invalid_label_value;
+    values.push_back(found->text.get());
   }
   return std::nullopt;
 }
@@ -4908,7 +4927,7 @@ inline std::optional<Reject> read_counter_update(const ReadValue *value, Update 
 
 inline std::optional<Reject> read_gauge_update(const ReadValue *value, const ReadValue *operation, Update &update) {
   if (operation && operation->kind != JsonKind::string) return Reject::invalid_operation;
-  const std::string_view name = operation ? std::string_view(operation->text) : "set";
+  const std::string_view name = operation ? operation->text.get() : "set";
   const double by = value ? value->number : 1;
   if (name == "set") {
     if (!value) return Reject::invalid_value;
@@ -5209,7 +5228,7 @@ inline std::optional<Reject> Registry::apply(const detail::ReadSample &sample, N
   const bool payload_ok = sample.payload == JsonKind::absent || sample.payload == JsonKind::null || sample.payload == JsonKind::object;
   if (sample.shape != JsonKind::object || sample.metric_name.kind != JsonKind::string || !payload_ok)
     return Reject::malformed_sample;
-  detail::Metric *metric = find(sample.metric_name.text);
+  detail::Metric *metric = find(sample.metric_name.text.get());
   if (!metric) return Reject::unknown_metric;
   std::vector<std::string_view> &label_values = reading_->label_values;
   if (const auto reason = detail::read_label_values(metric->config, sample, label_values)) return reason;

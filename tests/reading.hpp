@@ -36,7 +36,7 @@ inline Both read_both(std::string_view datagram) {
 inline bool same(const ReadValue &a, const ReadValue &b) {
   if (a.kind != b.kind) return false;
   if (a.kind == JsonKind::number) return std::memcmp(&a.number, &b.number, sizeof a.number) == 0;
-  return a.kind != JsonKind::string || a.text == b.text;
+  return a.kind != JsonKind::string || a.text.get() == b.text.get();
 }
 
 inline bool same(const ReadSample &a, const ReadSample &b) {
@@ -45,7 +45,7 @@ inline bool same(const ReadSample &a, const ReadSample &b) {
       !same(a.operation, b.operation))
     return false;
   for (std::size_t i = 0; i < a.label_count; ++i)
-    if (a.label_slots[i].first != b.label_slots[i].first || !same(a.label_slots[i].second, b.label_slots[i].second)) return false;
+    if (a.label_slots[i].first.get() != b.label_slots[i].first.get() || !same(a.label_slots[i].second, b.label_slots[i].second)) return false;
   return true;
 }
 
