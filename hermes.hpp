@@ -843,7 +843,9 @@ public:
   using Objectives = std::vector<std::pair<double, double>>; // quantile, allowed rank error
 
   void insert(double value, const Objectives &objectives) {
-    if (buffer_.capacity() < buffer_limit) buffer_.reserve(buffer_limit); // at once, so its size is known
+    // The buffer grows by doubling as a vector does, but never past buffer_limit, which
+    // worst_case_bytes() counts: a series that sees a few observations keeps a few.
+    if (buffer_.size() == buffer_.capacity()) buffer_.reserve(std::min(buffer_limit, std::max<std::size_t>(8, 2 * buffer_.capacity())));
     buffer_.push_back(value);
     if (buffer_.size() >= buffer_limit) flush(objectives);
   }
@@ -919,6 +921,8 @@ public:
   }
 
   std::size_t memory_entries() const { return entries_.size() + buffer_.size(); }
+  // The bytes its vectors hold now, used or not: at most worst_case_bytes() less its own size.
+  std::size_t held_bytes() const { return entries_.capacity() * sizeof(Entry) + buffer_.capacity() * sizeof(double); }
 
 private:
   friend class StateCodec;

@@ -92,12 +92,23 @@ TEST_CASE("a summary series takes its worst case at once, and its windows never 
   // entry limit it kept one entry in 40 of them.
   hermes::detail::QuantileStream stream;
   const std::size_t limit = hermes::detail::QuantileStream::entry_limit(config.objectives);
+  const std::size_t most_held = hermes::detail::QuantileStream::worst_case_bytes(config.objectives) - sizeof stream;
   for (int i = 300000; i > 0; --i) {
     stream.insert(i, config.objectives);
     REQUIRE(stream.memory_entries() <= limit + 500);
+    REQUIRE(stream.held_bytes() <= most_held);
   }
   stream.flush(config.objectives);
   CHECK(stream.memory_entries() <= limit);
+}
+
+TEST_CASE("a summary stream that has seen a few observations holds room for a few") {
+  const hermes::MetricConfig config = labelled_config().metrics[1];
+  hermes::detail::QuantileStream stream;
+  stream.insert(1, config.objectives);
+  CHECK(stream.held_bytes() == 8 * sizeof(double)); // not the 500 of a full buffer
+  for (int i = 0; i < 20; ++i) stream.insert(i, config.objectives);
+  CHECK(stream.held_bytes() == 32 * sizeof(double));
 }
 
 TEST_CASE("a scrape that comes while another still reads the body shares it; one after it sees what came since") {
