@@ -109,8 +109,9 @@ cross: | cross-deps
 	@file $(CROSS_BUILD)/hermes | grep -q "statically linked" && echo "$(CROSS_BUILD)/hermes: $$(stat -c %s $(CROSS_BUILD)/hermes) bytes"
 	$(QEMU_$(ARCH)) $(CROSS_BUILD)/hermes --version
 	$(QEMU_$(ARCH)) $(CROSS_BUILD)/unit_tests --no-intro=true --test-case-exclude='*the kernel drops*'
-# qemu-user does not pass on the kernel's drop count (getsockopt SO_MEMINFO), so the one
-# test of it runs natively (make test), not under emulation.
+# qemu-user passes on the kernel's drop count neither way (getsockopt SO_MEMINFO, the
+# SO_RXQ_OVFL data on datagrams), so the tests of it run natively (make test), not under
+# emulation.
 
 cross-deps:
 	@tests/ensure.sh command:$(CROSS)-g++:g++-$(CROSS) command:$(QEMU_$(ARCH)):qemu-user command:file:file

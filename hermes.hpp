@@ -2729,9 +2729,7 @@ inline FileDescriptor open_udp_listener(const std::string &host, std::uint16_t p
 }
 
 // The kernel's count of datagrams it dropped on a socket, as SO_MEMINFO tells it when
-// asked (Linux 4.6 and later; not under qemu-user, which does not pass it on). Asking
-// when the figure is wanted costs nothing per datagram, where SO_RXQ_OVFL would have the
-// kernel attach the count to every one: a tenth of the CPU a datagram costs.
+// asked (Linux 4.12 and later; not under qemu-user, which does not pass it on).
 inline std::optional<std::uint32_t> kernel_drop_counter(int fd) {
   std::array<std::uint32_t, SK_MEMINFO_VARS> info{};
   socklen_t length = sizeof info;
@@ -2739,6 +2737,39 @@ inline std::optional<std::uint32_t> kernel_drop_counter(int fd) {
     return std::nullopt;
   return info[SK_MEMINFO_DROPS];
 }
+
+// The datagrams the kernel dropped on the UDP socket, from its counter, which wraps at
+// 2^32 (the difference between two readings does not). Where the kernel tells it when
+// asked (SO_MEMINFO), it is asked when the figure is wanted, and once a second so that no
+// wrap goes unseen: nothing per datagram. Older kernels attach it to every datagram
+// instead (SO_RXQ_OVFL), which costs about a tenth of a datagram's CPU; only they pay it.
+class KernelDrops {
+public:
+  explicit KernelDrops(int fd) : fd_(fd) {
+    const int on = 1;
+    carried_ = !kernel_drop_counter(fd) && ::setsockopt(fd, SOL_SOCKET, SO_RXQ_OVFL, &on, sizeof on) == 0;
+  }
+  bool carried() const { return carried_; } // then receive with ReceiveBatch's room for it
+  void note_carried(std::uint32_t counter) { fold(counter); }
+  void ask() {
+    if (const auto counter = asked()) fold(*counter);
+  }
+  std::uint64_t total() const { // as of now, changing nothing
+    const auto counter = asked();
+    return counter ? total_ + static_cast<std::uint32_t>(*counter - last_) : total_;
+  }
+
+private:
+  std::optional<std::uint32_t> asked() const { return carried_ ? std::nullopt : kernel_drop_counter(fd_); }
+  void fold(std::uint32_t counter) {
+    total_ += static_cast<std::uint32_t>(counter - last_);
+    last_ = counter;
+  }
+  int fd_;
+  bool carried_ = false;
+  std::uint32_t last_ = 0;
+  std::uint64_t total_ = 0;
+};
 
 inline int receive_buffer_size(int fd) {
   int bytes = 0;
@@ -2748,7 +2779,7 @@ inline int receive_buffer_size(int fd) {
 }
 
 // Where recvmmsg() puts a batch of datagrams: one slot of HERMES_MAX_DATAGRAM_SIZE each,
-// and room for each one's sender.
+// and room for each one's sender and, on kernels that attach it, drop counter.
 class ReceiveBatch {
 public:
   ReceiveBatch() : data_(new char[HERMES_RECEIVE_BATCH * std::size_t{HERMES_MAX_DATAGRAM_SIZE}]) {
@@ -2762,13 +2793,16 @@ public:
   ReceiveBatch &operator=(const ReceiveBatch &) = delete;
 
   // Receives what is waiting, up to `wanted` datagrams (at most a batch); returns how
-  // many, 0 when nothing is. With `senders`, source(i) tells who sent each. Only the
-  // fields the kernel writes are set again each time.
-  int receive(int fd, int wanted, bool senders = false) {
+  // many, 0 when nothing is. With `senders`, source(i) tells who sent each; with
+  // `drop_counters`, drop_counter(i) what the kernel attached. Only the fields the
+  // kernel writes are set again each time.
+  int receive(int fd, int wanted, bool senders = false, bool drop_counters = false) {
     const unsigned count = static_cast<unsigned>(std::clamp(wanted, 0, HERMES_RECEIVE_BATCH));
     for (std::size_t i = 0; i < count; ++i) {
       messages_[i].msg_hdr.msg_name = senders ? &sources_[i] : nullptr;
       messages_[i].msg_hdr.msg_namelen = senders ? sizeof sources_[i] : 0;
+      messages_[i].msg_hdr.msg_control = drop_counters ? controls_[i].data() : nullptr;
+      messages_[i].msg_hdr.msg_controllen = drop_counters ? controls_[i].size() : 0;
     }
     const int got = retry_on_eintr([&] { return ::recvmmsg(fd, messages_.data(), count, MSG_DONTWAIT, nullptr); });
     return got > 0 ? got : 0;
@@ -2782,11 +2816,24 @@ public:
   const sockaddr *source(int i) const { return reinterpret_cast<const sockaddr *>(&sources_[static_cast<std::size_t>(i)]); }
   socklen_t source_length(int i) const { return messages_[static_cast<std::size_t>(i)].msg_hdr.msg_namelen; }
 
+  // The kernel's drop counter, if it came with datagram i (SO_RXQ_OVFL).
+  std::optional<std::uint32_t> drop_counter(int i) {
+    msghdr &header = messages_[static_cast<std::size_t>(i)].msg_hdr;
+    for (cmsghdr *c = CMSG_FIRSTHDR(&header); c; c = CMSG_NXTHDR(&header, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SO_RXQ_OVFL) continue;
+      std::uint32_t dropped = 0;
+      std::memcpy(&dropped, CMSG_DATA(c), sizeof dropped);
+      return dropped;
+    }
+    return std::nullopt;
+  }
+
 private:
   std::unique_ptr<char[]> data_; // not zeroed: only the slots a burst fills become resident
   std::array<mmsghdr, HERMES_RECEIVE_BATCH> messages_{};
   std::array<iovec, HERMES_RECEIVE_BATCH> chunks_{};
   std::array<sockaddr_in6, HERMES_RECEIVE_BATCH> sources_{}; // UDP senders, IPv4 or IPv6; a unix one is cut short
+  std::array<std::array<char, CMSG_SPACE(sizeof(std::uint32_t))>, HERMES_RECEIVE_BATCH> controls_{};
 };
 
 // Datagrams copied out of a ReceiveBatch to be applied later, in the order they came,
@@ -3364,7 +3411,7 @@ public:
 
   explicit DatagramInput(const Options &options)
       : udp_(open_udp_listener(options.udp_address, options.udp_port, options.udp_receive_buffer)),
-        unix_socket_(options.unix_socket_path, options.unix_socket_mode), allow_(options.udp_allow),
+        unix_socket_(options.unix_socket_path, options.unix_socket_mode), allow_(options.udp_allow), drops_(udp_.get()),
         receive_buffer_bytes_(receive_buffer_size(udp_.get())) {}
 
   int fd(Source source) const { return source == Source::udp ? udp_.get() : unix_socket_.get(); }
@@ -3375,8 +3422,9 @@ public:
   // than a tenth of a datagram's CPU when the batches are small.
   void receive(Source source, Registry &registry, RejectLog &rejects, Now now) {
     for (int taken = 0; taken < HERMES_DATAGRAMS_PER_STEP;) {
-      const int got = batch_.receive(fd(source), HERMES_RECEIVE_BATCH, filtered(source));
+      const int got = batch_.receive(fd(source), HERMES_RECEIVE_BATCH, filtered(source), carries_drops(source));
       for (int i = 0; i < got; ++i) {
+        if (carries_drops(source)) count_carried_drops(i);
         if (!allowed(source, i)) {
           ++udp_packets_;
           registry.count_rejected(Reject::forbidden_source);
@@ -3400,8 +3448,9 @@ public:
       const std::uint64_t forbidden_limit = held_forbidden_ + held_.room();
       for (std::size_t room = held_.room(); room > 0 && held_forbidden_ < forbidden_limit; room = held_.room()) {
         const int wanted = static_cast<int>(std::min<std::size_t>(room, HERMES_RECEIVE_BATCH));
-        const int got = batch_.receive(fd(source), wanted, filtered(source));
+        const int got = batch_.receive(fd(source), wanted, filtered(source), carries_drops(source));
         for (int i = 0; i < got; ++i) {
+          if (carries_drops(source)) count_carried_drops(i);
           if (allowed(source, i)) held_.hold(batch_.datagram(i), batch_.truncated(i), source);
           else ++held_forbidden_;
         }
@@ -3424,10 +3473,13 @@ public:
     });
   }
 
+  // Once a second: folds the kernel's drop counter in, so that no wrap of it goes unseen.
+  void ask_kernel_drops() { drops_.ask(); }
+
   void add_stats(ServerStats &stats) const {
     stats.udp_packets = udp_packets_;
     stats.unix_datagrams = unix_datagrams_;
-    stats.udp_receive_drops = kernel_drops();
+    stats.udp_receive_drops = drops_.total();
     stats.udp_receive_buffer_bytes = receive_buffer_bytes_;
   }
 
@@ -3453,14 +3505,10 @@ private:
     if (result.rejected_total() > 0) rejects.note(result, datagram, Clock::now());
   }
 
-  // The UDP socket's drops so far. The kernel's counter wraps at 2^32, the difference
-  // between two readings does not, so each reading adds its difference to the total.
-  std::uint64_t kernel_drops() const {
-    if (const auto counter = kernel_drop_counter(udp_.get())) {
-      udp_receive_drops_ += static_cast<std::uint32_t>(*counter - last_drop_counter_);
-      last_drop_counter_ = *counter;
-    }
-    return udp_receive_drops_;
+  // Whether a socket's datagrams carry the kernel's drop counter: UDP ones, on old kernels.
+  bool carries_drops(Source source) const { return source == Source::udp && drops_.carried(); }
+  void count_carried_drops(int index_in_batch) {
+    if (const auto counter = batch_.drop_counter(index_in_batch)) drops_.note_carried(*counter);
   }
 
   FileDescriptor udp_;
@@ -3469,9 +3517,8 @@ private:
   HeldDatagrams held_; // taken off the sockets during a render, applied after it
   std::uint64_t held_forbidden_ = 0; // forbidden datagrams dropped during a render, counted after it
   AllowList allow_; // UDP senders; empty: everyone
+  KernelDrops drops_; // of the UDP socket
   std::uint64_t udp_packets_ = 0, unix_datagrams_ = 0;
-  mutable std::uint32_t last_drop_counter_ = 0; // kernel_drops() folds each reading in
-  mutable std::uint64_t udp_receive_drops_ = 0;
   double receive_buffer_bytes_;
 };
 
@@ -6121,6 +6168,7 @@ inline void Server::Impl::save_state_at_stop() {
 inline void Server::Impl::sweep(Clock::time_point now) {
   if (now < next_sweep) return;
   registry.expire();
+  input.ask_kernel_drops();
   next_sweep = now + std::chrono::seconds(1);
 }
 

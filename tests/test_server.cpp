@@ -356,6 +356,43 @@ TEST_CASE("datagrams the kernel drops for a full receive buffer are counted, so 
   CHECK(contains_line(scrape(server), "hermes_udp_receive_drops_total " + std::to_string(stats.udp_receive_drops)));
 }
 
+TEST_CASE("the count of datagrams the kernel drops, on kernels that attach it to datagrams, is read from them") {
+  // The path of kernels before 4.12, taken here by asking for the counter on a socket.
+  hermes::detail::FileDescriptor receiver(::socket(AF_INET, SOCK_DGRAM, 0));
+  const int small = 4096, on = 1;
+  ::setsockopt(receiver.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  REQUIRE(::setsockopt(receiver.get(), SOL_SOCKET, SO_RXQ_OVFL, &on, sizeof on) == 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(receiver.get(), reinterpret_cast<sockaddr *>(&address), sizeof address) == 0);
+  socklen_t length = sizeof address;
+  REQUIRE(::getsockname(receiver.get(), reinterpret_cast<sockaddr *>(&address), &length) == 0);
+  for (int i = 0; i < 300; ++i) test::send_udp(ntohs(address.sin_port), "x");
+  hermes::detail::ReceiveBatch batch;
+  hermes::detail::KernelDrops drops(-1); // asks nothing: only what datagrams carry counts
+  int received = 0;
+  const auto receive_all = [&] {
+    for (int got; (got = batch.receive(receiver.get(), HERMES_RECEIVE_BATCH, false, true)) > 0; received += got)
+      for (int i = 0; i < got; ++i)
+        if (const auto counter = batch.drop_counter(i)) drops.note_carried(*counter);
+  };
+  receive_all();
+  CHECK(drops.total() == 0); // those queued before the drops carry none
+  test::send_udp(ntohs(address.sin_port), "y"); // the kernel attaches the count to the next one it queues
+  receive_all();
+  CHECK(drops.total() > 0);
+  CHECK(received + drops.total() == 301);
+}
+
+TEST_CASE("the kernel's drop counter wraps at 2^32; the total does not") {
+  hermes::detail::KernelDrops drops(-1);
+  drops.note_carried(0xFFFFFFF0u);
+  CHECK(drops.total() == 0xFFFFFFF0u);
+  drops.note_carried(0x10u);
+  CHECK(drops.total() == 0x100000010u);
+}
+
 TEST_CASE("datagrams that wait while /metrics renders are taken off the socket during it and applied after it") {
   hermes::Server server(many_series_config(), test::loopback_options());
   push_many_series(server);
