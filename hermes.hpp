@@ -4293,6 +4293,7 @@ inline std::unique_ptr<QuantileWindow> StateCodec::read_window(const MetricConfi
 inline void StateCodec::read_stream(const picojson::value &value, QuantileStream &stream, const std::string &place) const {
   const picojson::object &object = object_at(value, place);
   const picojson::array &entries = list_at(at(object, "entries", place), place + ".entries");
+  stream.entries_.reserve(entries.size()); // no more room than they take: a grown vector could pass the worst case
   for (std::size_t i = 0; i < entries.size(); ++i) {
     const std::string where = place + ".entries[" + std::to_string(i) + "]";
     const picojson::array &entry = list_at(entries[i], where);
@@ -4305,6 +4306,7 @@ inline void StateCodec::read_stream(const picojson::value &value, QuantileStream
   }
   const picojson::array &buffer = list_at(at(object, "buffer", place), place + ".buffer");
   if (buffer.size() >= QuantileStream::buffer_limit) fail(place + ".buffer", "longer than a stream's buffer");
+  stream.buffer_.reserve(buffer.size());
   for (std::size_t i = 0; i < buffer.size(); ++i)
     stream.buffer_.push_back(number_at(buffer[i], place + ".buffer[" + std::to_string(i) + "]"));
 }
