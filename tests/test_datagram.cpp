@@ -189,7 +189,7 @@ TEST_CASE("plain datagrams are read in place, others by picojson, and both read 
   const std::string sample = R"({"metric_name": "sample_gauge", "payload": {"labels": {"label_1": "a", "label_2": "b"}, "value": )";
   // Plain: strings without escapes, numbers as JSON writes them, any white space and order.
   for (const std::string &plain : {sample + "2}}", sample + "-0}}", sample + "-12.5e-3}}", sample + "1E+2}}", sample + "0.1e1}}",
-                                   sample + "4.9e-324}}", sample + "1.7976931348623157e308}}", sample + "null}}",
+                                   sample + "2.2250738585072014e-308}}", sample + "1.7976931348623157e308}}", sample + "null}}",
                                    sample + R"("s", "value": true}})", std::string(R"( [ {"metric_name":"plain_counter"} , 7 ,"x",[]] )"),
                                    std::string("\t{\"payload\": {\"labels\": {\"label_1\": \"\xc3\xa9\"}}, \"metric_name\": \"sample_counter\"}\r\n"),
                                    std::string(R"({"metric_name": "c", "payload": {"labels": {"a": "x", "a": "y"}}, "payload": {}})")}) {
@@ -208,6 +208,17 @@ TEST_CASE("plain datagrams are read in place, others by picojson, and both read 
     CHECK_FALSE(both.plain);
     CHECK(both.picojson == (other != sample + "+1}}"));
   }
+  // Ingest takes the plain reading: the strings it keeps are views of the datagram.
+  const std::string plain = sample + "2}}";
+  hermes::detail::ReadBatch batch;
+  REQUIRE(hermes::detail::read_datagram(plain, batch));
+  const std::string_view name = batch.slots[0].metric_name.text.get();
+  CHECK(name == "sample_gauge");
+  CHECK(name.data() == plain.data() + plain.find("sample_gauge"));
+  const std::string escaped = sample + R"(2, "x": "\n"}})";
+  REQUIRE(hermes::detail::read_datagram(escaped, batch)); // read again by picojson: copies
+  CHECK(batch.slots[0].metric_name.text.get() == "sample_gauge");
+  CHECK(batch.slots[0].metric_name.text.get().data() != escaped.data() + escaped.find("sample_gauge"));
   // What picojson reads stands: an escaped label value, a number read by strtod.
   hermes::Registry registry(datagram_config());
   CHECK(outcome(registry, R"({"metric_name": "sample_gauge", "payload": {"labels": {"label_1": "\u00e9", "label_2": "b\/"}, "value": 01}})") == "accepted");
