@@ -3972,7 +3972,8 @@ private:
                          const std::string &place) const;
   std::unique_ptr<QuantileWindow> read_window(const MetricConfig &shape, const picojson::value &value,
                                               const std::string &place) const;
-  void read_stream(const picojson::value &value, QuantileStream &stream, const std::string &place) const;
+  void read_stream(const picojson::value &value, QuantileStream &stream, const QuantileStream::Objectives &objectives,
+                   const std::string &place) const;
 
   double monotonic_now_;
 };
@@ -4286,13 +4287,18 @@ inline std::unique_ptr<QuantileWindow> StateCodec::read_window(const MetricConfi
   const picojson::array &streams = list_at(at(object, "streams", place), place + ".streams");
   if (streams.size() != QuantileWindow::streams) fail(place + ".streams", "a window has 5 streams");
   for (std::size_t i = 0; i < streams.size(); ++i)
-    read_stream(streams[i], window->streams_[i], place + ".streams[" + std::to_string(i) + "]");
+    read_stream(streams[i], window->streams_[i], shape.objectives, place + ".streams[" + std::to_string(i) + "]");
   return window;
 }
 
-inline void StateCodec::read_stream(const picojson::value &value, QuantileStream &stream, const std::string &place) const {
+inline void StateCodec::read_stream(const picojson::value &value, QuantileStream &stream,
+                                    const QuantileStream::Objectives &objectives, const std::string &place) const {
   const picojson::object &object = object_at(value, place);
   const picojson::array &entries = list_at(at(object, "entries", place), place + ".entries");
+  // More would pass the worst case the budget counts for the series.
+  const std::size_t most = QuantileStream::entry_limit(objectives);
+  if (entries.size() > most)
+    fail(place + ".entries", std::to_string(entries.size()) + " entries, more than a stream keeps (" + std::to_string(most) + ")");
   stream.entries_.reserve(entries.size()); // no more room than they take: a grown vector could pass the worst case
   for (std::size_t i = 0; i < entries.size(); ++i) {
     const std::string where = place + ".entries[" + std::to_string(i) + "]";

@@ -261,6 +261,15 @@ TEST_CASE("text that is not a whole state file is a StateError naming the place,
   REQUIRE(head_at != std::string::npos);
   broken[head_at + 8] = '7';
   CHECK(restore_error(broken).find(".window.head: not a stream of the window") != std::string::npos);
+  // A stream with more entries than its objectives keep would pass the budget's worst case.
+  std::string crowded = text;
+  const std::size_t entries_at = crowded.find("\"entries\": [");
+  REQUIRE(entries_at != std::string::npos);
+  std::string many;
+  for (int i = 0; i < 10000; ++i) many += "[-1e300, 1, 0], ";
+  crowded.insert(entries_at + 12, many);
+  CHECK(restore_error(crowded).find(".streams[0].entries: 100") != std::string::npos);
+  CHECK(restore_error(crowded).find(" entries, more than a stream keeps (") != std::string::npos);
 }
 
 TEST_CASE("a registry counts its changes: a state write follows only a change") {
