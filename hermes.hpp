@@ -856,7 +856,11 @@ public:
   static std::size_t entry_limit(const Objectives &objectives) {
     double limit = 32;
     for (const auto &objective : objectives) limit += 1 / (2 * objective.second);
-    return static_cast<std::size_t>(std::ceil(limit));
+    // A config's errors lie in (0, 1). A state file's may be anything, 0 or negative
+    // included, and its series are refused for not matching the config: no limit for
+    // them here, rather than a conversion out of range.
+    constexpr double most = 1e15;
+    return limit >= 0 && limit <= most ? static_cast<std::size_t>(std::ceil(limit)) : static_cast<std::size_t>(most);
   }
 
   // The most bytes a stream holds: its entries with room for a merged buffer, and the buffer.
