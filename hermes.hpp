@@ -1499,7 +1499,10 @@ struct Timestamp {
   std::uint64_t seconds, nanos;
   explicit Timestamp(double since_epoch) {
     const double whole = std::floor(since_epoch);
-    seconds = static_cast<std::uint64_t>(static_cast<std::int64_t>(whole));
+    // A state file may say any time: one past what int64 seconds hold is held at its ends.
+    constexpr double lowest = -9.2e18, highest = 9.2e18;
+    const double held = whole >= lowest ? std::min(whole, highest) : lowest;
+    seconds = static_cast<std::uint64_t>(static_cast<std::int64_t>(held));
     nanos = static_cast<std::uint64_t>(std::clamp<std::int64_t>(std::llround((since_epoch - whole) * 1e9), 0, 999999999));
   }
   std::size_t size() const { return 1 + varint_size(seconds) + (nanos > 0 ? 1 + varint_size(nanos) : 0); }

@@ -498,3 +498,10 @@ TEST_CASE("a render in protobuf steps out whole families only") {
   CHECK(out == hermes::render_metrics(registry, hermes::Format::protobuf));
   CHECK(as_text(out) == hermes::render_metrics(registry, hermes::Format::text));
 }
+
+TEST_CASE("a timestamp past what int64 seconds hold is held at its ends, as a state file may say any time") {
+  CHECK(hermes::detail::Timestamp(1.764e36).seconds == static_cast<std::uint64_t>(std::int64_t{9200000000000000000}));
+  CHECK(hermes::detail::Timestamp(-1.764e36).seconds == static_cast<std::uint64_t>(std::int64_t{-9200000000000000000}));
+  CHECK(hermes::detail::Timestamp(1764000000.25).seconds == 1764000000u);
+  CHECK(hermes::detail::Timestamp(1764000000.25).nanos == 250000000u);
+}
