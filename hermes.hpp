@@ -3431,7 +3431,7 @@ public:
     for (int taken = 0; taken < HERMES_DATAGRAMS_PER_STEP;) {
       const int got = batch_.receive(fd(source), HERMES_RECEIVE_BATCH, filtered(source), carries_drops(source));
       for (int i = 0; i < got; ++i) {
-        if (carries_drops(source)) count_carried_drops(i);
+        count_carried_drops(source, i);
         if (!allowed(source, i)) {
           ++udp_packets_;
           registry.count_rejected(Reject::forbidden_source);
@@ -3457,7 +3457,7 @@ public:
         const int wanted = static_cast<int>(std::min<std::size_t>(room, HERMES_RECEIVE_BATCH));
         const int got = batch_.receive(fd(source), wanted, filtered(source), carries_drops(source));
         for (int i = 0; i < got; ++i) {
-          if (carries_drops(source)) count_carried_drops(i);
+          count_carried_drops(source, i);
           if (allowed(source, i)) held_.hold(batch_.datagram(i), batch_.truncated(i), source);
           else ++held_forbidden_;
         }
@@ -3514,7 +3514,8 @@ private:
 
   // Whether a socket's datagrams carry the kernel's drop counter: UDP ones, on old kernels.
   bool carries_drops(Source source) const { return source == Source::udp && drops_.carried(); }
-  void count_carried_drops(int index_in_batch) {
+  void count_carried_drops(Source source, int index_in_batch) {
+    if (!carries_drops(source)) return;
     if (const auto counter = batch_.drop_counter(index_in_batch)) drops_.note_carried(*counter);
   }
 
