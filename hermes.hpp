@@ -152,6 +152,7 @@
 //     HERMES_LISTEN_BACKLOG          128   pending TCP connections the kernel queues for accept
 //     HERMES_DEFAULT_MAX_MEMORY     64 MiB the memory budget unless HERMES_MAX_MEMORY or the config sets one
 //     HERMES_SHARED_BODY_MS         1000   scrapes this close together share one /metrics body
+//     HERMES_SCRAPE_BODIES             2   /metrics bodies the memory budget always keeps room for
 //     HERMES_MAX_NATIVE_BUCKETS    10000   the largest native_max_buckets a config may set
 //     HERMES_STATE_INTERVAL_S         10   default seconds between state writes (state_interval_seconds)
 //     HERMES_MAX_STATE_SIZE   1073741824   bytes of state file read at start; a larger one is set aside
@@ -231,6 +232,9 @@
 #ifndef HERMES_SHARED_BODY_MS
 #define HERMES_SHARED_BODY_MS 1000 // scrapes this close together share one /metrics body while it is sent
 #endif
+#ifndef HERMES_SCRAPE_BODIES
+#define HERMES_SCRAPE_BODIES 2 // /metrics bodies the budget always has room for: one being sent, the next
+#endif
 #ifndef HERMES_STATE_INTERVAL_S
 #define HERMES_STATE_INTERVAL_S 10 // default seconds between state writes; each writes only if something changed
 #endif
@@ -277,6 +281,8 @@ static_assert(HERMES_MAX_SERIES_LIMIT >= 1, "HERMES_MAX_SERIES_LIMIT must be at 
 static_assert(HERMES_LISTEN_BACKLOG >= 1, "HERMES_LISTEN_BACKLOG must be at least 1");
 static_assert(HERMES_DEFAULT_MAX_MEMORY >= 8 * 1024 * 1024, "HERMES_DEFAULT_MAX_MEMORY must be at least 8 MiB");
 static_assert(HERMES_SHARED_BODY_MS >= 0, "HERMES_SHARED_BODY_MS must not be negative (0: every scrape renders)");
+static_assert(HERMES_SCRAPE_BODIES >= 1 && HERMES_SCRAPE_BODIES <= 16,
+              "HERMES_SCRAPE_BODIES must be between 1 and 16: room for at least the body being sent");
 static_assert(HERMES_MAX_NATIVE_BUCKETS >= 160 && HERMES_MAX_NATIVE_BUCKETS <= 1000000,
               "HERMES_MAX_NATIVE_BUCKETS must be between 160 (the default native_max_buckets) and 1000000");
 static_assert(HERMES_STATE_INTERVAL_S >= 1, "HERMES_STATE_INTERVAL_S must be at least 1 second");
@@ -553,37 +559,72 @@ struct IngestResult {
 // ===== PUBLIC API: MEMORY BUDGET ==========================================================
 
 // The bytes Hermes may hold for what input can grow: series and their summary windows,
-// /metrics bodies, HTTP connections and datagrams held during a render. Each is taken
-// before it is allocated and given back when it is freed; what would cross the limit is
-// refused. The binary and the C and C++ libraries are outside it.
+// /metrics bodies, HTTP connections, datagrams held during a render, the state file's
+// text. Each is taken before it is allocated and given back when it is freed; what would
+// cross the limit is refused. The binary and the C and C++ libraries are outside it.
+//
+// The rule that keeps scrapes answered: every series takes its own bytes and, besides,
+// room for its lines in each of the bodies a server keeps in flight (`bodies`). Bodies
+// are taken from that room, other buffers never are, so that after every step
+//
+//     held + max(room for bodies, bodies) <= limit
+//
+// where room for bodies = bodies * (the most one body of every existing series can take).
+// A new series that does not fit with its room is refused; a body within the room always
+// fits, whatever came before it.
 class MemoryBudget {
 public:
-  explicit MemoryBudget(std::size_t limit_bytes = SIZE_MAX) : limit_(limit_bytes) {}
-  // Takes `bytes`, or nothing and false when they would cross the limit.
-  bool take(std::size_t bytes) { return take_leaving(bytes, 0); }
-  // The same for a new series, which leaves the room kept for scrapes free.
-  bool take_for_series(std::size_t bytes) { return take_leaving(bytes, scrape_room_); }
-  // Keeps `bytes` free of series, so that /metrics can still be written when series
-  // would fill the budget: a server keeps room for two bodies as large as its last.
-  void keep_for_scrapes(std::size_t bytes) { scrape_room_ = bytes; }
-  // Takes `bytes` whatever the limit: for what must exist, such as the one series of a
-  // metric without labels.
-  void take_anyway(std::size_t bytes) { used_ += bytes; }
-  void give_back(std::size_t bytes) { used_ -= std::min(bytes, used_); }
+  // `bodies`: the /metrics bodies to keep room for; 0 (a registry without a server) keeps none.
+  explicit MemoryBudget(std::size_t limit_bytes = SIZE_MAX, std::size_t bodies = 0) : limit_(limit_bytes), bodies_(bodies) {}
+
+  // A buffer: takes `bytes`, or nothing and false when they would cross the limit or
+  // eat the room kept for bodies.
+  bool take(std::size_t bytes) { return fits(held_ + bytes, body_room()) && (held_ += bytes, true); }
+  void give_back(std::size_t bytes) { held_ -= std::min(bytes, held_); }
+
+  // A series: its own bytes, and `body_bytes` more room in each body; false when they
+  // do not fit.
+  bool take_for_series(std::size_t own_bytes, std::size_t body_bytes) {
+    if (!fits(held_ + own_bytes, bodies_ * (body_bound_ + body_bytes))) return false;
+    held_ += own_bytes, body_bound_ += body_bytes;
+    return true;
+  }
+  void give_back_series(std::size_t own_bytes, std::size_t body_bytes) {
+    held_ -= std::min(own_bytes, held_);
+    body_bound_ -= std::min(body_bytes, body_bound_);
+  }
+  // Whether series could be exchanged: given back, then others taken (a reload).
+  bool can_exchange(std::size_t own_freed, std::size_t body_freed, std::size_t own_wanted, std::size_t body_wanted) const {
+    const std::size_t held = held_ - std::min(own_freed, held_) + own_wanted;
+    const std::size_t bound = body_bound_ - std::min(body_freed, body_bound_) + body_wanted;
+    return fits(held, bodies_ * bound);
+  }
+
+  // A /metrics body: taken from the room kept for bodies, and beyond it only from what
+  // nothing else holds.
+  bool take_for_body(std::size_t bytes) { return fits(held_, in_bodies_ + bytes) && (in_bodies_ += bytes, true); }
+  void give_back_body(std::size_t bytes) { in_bodies_ -= std::min(bytes, in_bodies_); }
+
   std::size_t limit() const { return limit_; }
-  std::size_t used() const { return used_; }
+  std::size_t used() const { return held_ + in_bodies_; }          // what is taken: buffers, series and bodies
+  std::size_t body_bound() const { return body_bound_; }          // the most one body of every series can take
+  std::size_t body_room() const { return bodies_ * body_bound_; } // kept for bodies, taken or not
+  std::size_t bodies() const { return bodies_; }
+  // The rule above; true after every step.
+  bool keeps_room() const { return held_ <= limit_ && std::max(body_room(), in_bodies_) <= limit_ - held_; }
 
 private:
-  bool take_leaving(std::size_t bytes, std::size_t leave) {
-    const std::size_t free = limit_ - std::min(used_, limit_);
-    if (bytes > free || free - bytes < leave) return false;
-    used_ += bytes;
-    return true;
+  // Whether `held` bytes of buffers and series, with `bodies` bytes for bodies (or the
+  // bodies in flight, if more), stay within the limit.
+  bool fits(std::size_t held, std::size_t bodies) const {
+    return held <= limit_ && std::max(bodies, in_bodies_) <= limit_ - held;
   }
 
   std::size_t limit_;
-  std::size_t used_ = 0;
-  std::size_t scrape_room_ = 0;
+  std::size_t bodies_;          // bodies kept room for
+  std::size_t held_ = 0;        // buffers and series
+  std::size_t body_bound_ = 0;  // one body of every series, at most
+  std::size_t in_bodies_ = 0;   // bodies in flight
 };
 
 // ===== PUBLIC API: REGISTRY ===============================================================
@@ -596,14 +637,17 @@ struct ReadSample;
 struct StatsdReading;
 class Renderer;
 class StateCodec;
+struct SeriesCost;
 } // namespace detail
 
 // The metrics of a config and their series. Not thread-safe: one owner applies samples
 // and sweeps; any number of readers may render a Registry that nobody changes meanwhile.
 class Registry {
 public:
-  // Series are taken from `budget` (shared with a server's other buffers); without one,
-  // only max_series bounds them.
+  // Series are taken from `budget` (shared with a server's other buffers), each with its
+  // room in the /metrics bodies the budget keeps room for; without one, only max_series
+  // bounds them. Throws ConfigError when the budget has no room for the series of the
+  // metrics without labels and the room of every family.
   explicit Registry(const Config &config, std::shared_ptr<MemoryBudget> budget = nullptr);
   Registry(Registry &&) noexcept;
   Registry &operator=(Registry &&) noexcept;
@@ -617,7 +661,9 @@ public:
   void accept_statsd(bool on) { statsd_ = on; }
   // Takes a new config. A metric whose series have the same shape as before (type,
   // labels, buckets, objectives, max_age_seconds, the native_* settings) keeps them; a changed one starts
-  // afresh; one no longer configured disappears. The counts of samples go on.
+  // afresh; one no longer configured disappears. The counts of samples go on. Throws
+  // ConfigError, having changed nothing, when the budget has no room for what the new
+  // config makes.
   struct ReloadSummary {
     std::size_t kept = 0, fresh = 0, removed = 0; // metrics
   };
@@ -634,6 +680,8 @@ public:
   // when given, runs after every HERMES_STATE_PAUSE_STRIDE series and must not change
   // the registry.
   void save_state(std::string &out, Now now, const std::function<void()> &pause = {}) const;
+  // The most bytes save_state() would write now: what a server takes from its budget first.
+  std::size_t state_size_bound() const;
   // What restore_state() took, and what it left out and why ("metric: problem", once each).
   struct RestoreSummary {
     std::size_t restored = 0, skipped = 0; // series
@@ -669,6 +717,9 @@ private:
   detail::Metric *find(std::string_view name);
   const detail::Metric *find(std::string_view name) const;
   void release(detail::Metric &metric);
+  void give_back_budget();
+  detail::SeriesCost standing_cost() const;
+  std::string no_room_for(const detail::SeriesCost &wanted) const;
 
   std::string service_name_;
   std::vector<detail::Metric> metrics_; // sorted by name
@@ -676,6 +727,8 @@ private:
   std::unique_ptr<detail::Reading> reading_; // buffers that datagrams are read into, reused
   std::unique_ptr<detail::StatsdReading> statsd_reading_; // the same for StatsD lines
   bool statsd_ = true;
+  std::size_t fixed_body_bytes_ = 0; // the families' heads and Hermes' own families, in one body at most
+  bool holds_budget_ = false;        // what it took is still to be given back
   std::uint64_t accepted_ = 0;
   std::uint64_t expired_ = 0;
   std::uint64_t changes_ = 0;
@@ -1193,16 +1246,6 @@ struct Metric {
   std::map<std::vector<std::string>, Series, LabelValuesLess> series;
 };
 
-// The bytes of the memory budget one series takes: its node in the map with its label
-// values, and the distribution of a histogram or summary at its fullest, so that it
-// never needs more after it was let in.
-template <typename LabelValues> std::size_t series_bytes(const MetricConfig &metric, const LabelValues &label_values) {
-  constexpr std::size_t small_string = 15; // characters a std::string holds without allocating
-  std::size_t bytes = worst_case_series_bytes(metric);
-  for (const auto &value : label_values) bytes += value.size() > small_string ? value.size() + 1 : 0;
-  return bytes;
-}
-
 } // namespace detail
 } // namespace hermes
 
@@ -1518,6 +1561,115 @@ inline void append_timestamp_field(std::string &out, std::uint32_t field, double
   char bytes[32];
   out.append(bytes, static_cast<std::size_t>(put_timestamp_field(bytes, field, Timestamp(seconds)) - bytes));
 }
+
+} // namespace detail
+} // namespace hermes
+
+// ===== DETAIL: BODY BOUNDS ================================================================
+//
+// What a series may add to a /metrics body at most, in the format that writes the most
+// of it, so that the memory budget can keep that room for every series from the moment
+// it is made (see MemoryBudget). Bounds, not estimates: every number as long as a number
+// can be written, every label value as escaped, a native histogram at its most buckets.
+
+namespace hermes {
+namespace detail {
+
+constexpr std::size_t longest_number = 24; // "-2.2250738585072014e-308": the most append_double writes
+constexpr std::size_t longest_varint = 10;
+constexpr std::size_t message_head = 1 + 5;         // a field's tag and the length of a message below 2^35 bytes
+constexpr std::size_t varint_field = 1 + longest_varint;
+constexpr std::size_t double_field = 1 + 8;
+constexpr std::size_t timestamp_field = message_head + 2 * varint_field;
+constexpr std::size_t most_native_buckets_at_coarsest = 2 * 134; // schema -4: 2^16 per bucket, both signs
+constexpr std::size_t body_end_bytes = sizeof "# EOF\n";      // OpenMetrics' last line
+
+// A label value as the text formats write it: backslash, newline and double quote take two bytes.
+inline std::size_t escaped_size(std::string_view text) {
+  std::size_t size = text.size();
+  for (const char c : text) size += c == '\\' || c == '\n' || c == '"';
+  return size;
+}
+
+// The label pairs of one line in the text formats, braces and commas included, with
+// `extra` bytes for a last pair such as le="...".
+template <typename Values>
+std::size_t text_labels_bound(const std::vector<std::string> &names, const Values &values, std::size_t extra) {
+  std::size_t size = 2 + extra; // the braces
+  for (std::size_t i = 0; i < names.size(); ++i) size += names[i].size() + sizeof "=\"\"," - 1 + escaped_size(values[i]);
+  return size;
+}
+
+// One series in the text formats: OpenMetrics writes the most, with its _created line.
+template <typename Values> std::size_t text_series_bound(const MetricConfig &metric, const Values &values) {
+  const std::size_t labels = text_labels_bound(metric.labels, values, 0), name = metric.name.size();
+  const auto line = [&](std::size_t name_size, std::size_t extra) { return name_size + labels + extra + 1 + longest_number + 1; };
+  std::size_t bytes = line(name + sizeof "_created" - 1, 0);
+  if (metric.type == MetricType::histogram) {
+    const std::size_t le = sizeof ",le=\"\"" - 1 + longest_number;
+    bytes += (metric.buckets.size() + 1) * line(name + sizeof "_bucket" - 1, le);
+    bytes += line(name + sizeof "_sum" - 1, 0) + line(name + sizeof "_count" - 1, 0);
+  } else if (metric.type == MetricType::summary) {
+    const std::size_t quantile = sizeof ",quantile=\"\"" - 1 + longest_number;
+    bytes += metric.objectives.size() * line(name, quantile);
+    bytes += line(name + sizeof "_sum" - 1, 0) + line(name + sizeof "_count" - 1, 0);
+  } else {
+    bytes += line(name, 0);
+  }
+  return bytes;
+}
+
+// A native histogram's part of a protobuf Histogram: schema, zero threshold and count,
+// and per bucket a delta, up to two empty buckets' deltas before it, and a span.
+inline std::size_t native_protobuf_bound(const MetricConfig &metric) {
+  if (!metric.native) return 0;
+  const std::size_t buckets = std::max(metric.native_max_buckets, most_native_buckets_at_coarsest);
+  const std::size_t per_bucket = longest_varint + 2 + message_head + 2 * varint_field;
+  return varint_field + double_field + varint_field + 4 * message_head + buckets * per_bucket + message_head + 4;
+}
+
+// One series in the protobuf format: a Metric with its label pairs and its value message.
+template <typename Values> std::size_t protobuf_series_bound(const MetricConfig &metric, const Values &values) {
+  std::size_t labels = 0;
+  for (std::size_t i = 0; i < metric.labels.size(); ++i) {
+    const std::size_t pair = label_pair_size(metric.labels[i], values[i]);
+    labels += 1 + varint_size(pair) + pair;
+  }
+  std::size_t inner = double_field + timestamp_field; // a counter or gauge
+  if (metric.type == MetricType::histogram) {
+    inner = varint_field + double_field + timestamp_field + native_protobuf_bound(metric) +
+            metric.buckets.size() * (message_head + varint_field + double_field);
+  } else if (metric.type == MetricType::summary) {
+    inner = varint_field + double_field + timestamp_field + metric.objectives.size() * (message_head + 2 * double_field);
+  }
+  return message_head + labels + message_head + inner;
+}
+
+// A family's HELP and TYPE lines, or its protobuf MetricFamily head, whichever is longer.
+inline std::size_t family_bound(std::string_view name, std::string_view help) {
+  const std::size_t text = sizeof "# HELP  \n# TYPE  histogram\n" - 1 + 2 * name.size() + escaped_size(help);
+  const std::size_t protobuf = 5 + message_head + name.size() + message_head + help.size() + varint_field;
+  return std::max(text, protobuf);
+}
+
+// What a series takes from the memory budget: its own bytes (its node in the map with
+// its label values, and the distribution of a histogram or summary at its fullest, so
+// that it never needs more after it was let in), and what it may add to one body.
+struct SeriesCost {
+  std::size_t own = 0, body = 0;
+};
+
+template <typename Values> SeriesCost series_cost(const MetricConfig &metric, const Values &label_values) {
+  constexpr std::size_t small_string = 15; // characters a std::string holds without allocating
+  SeriesCost cost{worst_case_series_bytes(metric), 0};
+  for (const auto &value : label_values) cost.own += value.size() > small_string ? value.size() + 1 : 0;
+  cost.body = std::max(text_series_bound(metric, label_values), protobuf_series_bound(metric, label_values));
+  return cost;
+}
+
+// What a body holds besides the series of a registry, at most: the families' heads,
+// Hermes' own families, the end. Defined with the formatting, whose tables it reads.
+inline std::size_t fixed_body_bound(const Registry &registry);
 
 } // namespace detail
 } // namespace hermes
@@ -3541,32 +3693,44 @@ namespace detail {
 // Writes the /metrics body in a format over the string given, whose memory it reuses.
 using RenderBody = std::function<void(Format, std::string &body)>;
 
-// A /metrics body whose bytes are taken from the memory budget while it lives.
+// A /metrics body whose bytes are taken from the memory budget's room for bodies while
+// it lives.
 class BudgetedBody {
 public:
   explicit BudgetedBody(MemoryBudget &budget) : budget_(budget) {}
   BudgetedBody(const BudgetedBody &) = delete;
   BudgetedBody &operator=(const BudgetedBody &) = delete;
-  ~BudgetedBody() { budget_.give_back(taken_); }
+  ~BudgetedBody() { budget_.give_back_body(taken_); }
 
   std::string text;
 
-  // Takes room for a body of `bytes` before it is written; false when there is none.
-  bool reserve(std::size_t bytes) { return bytes <= taken_ || take(bytes - taken_); }
+  // Takes room for a body of at most `bytes`, and makes the text hold that much, so that
+  // writing it never allocates; false, with the text freed, when the budget has no room.
+  // Memory of an earlier body is reused while it is not more than twice what is needed.
+  bool reserve(std::size_t bytes) {
+    if (text.capacity() < bytes || text.capacity() / 2 > bytes) {
+      free();
+      if (!take(bytes + 1)) return false;
+      text.reserve(bytes);
+    }
+    return settle();
+  }
   // Matches what is taken to the memory the text holds; false, with the text freed, when
   // the budget has no room for it.
   bool settle() {
     const std::size_t holds = text.capacity() + 1;
-    if (holds > taken_ && !take(holds - taken_)) {
-      text = std::string();
-      return false;
-    }
-    if (holds < taken_) budget_.give_back(taken_ - holds), taken_ = holds;
+    if (holds > taken_ && !take(holds - taken_)) return free(), false;
+    if (holds < taken_) budget_.give_back_body(taken_ - holds), taken_ = holds;
     return true;
   }
 
 private:
-  bool take(std::size_t bytes) { return budget_.take(bytes) ? (taken_ += bytes, true) : false; }
+  void free() {
+    std::string().swap(text); // assigning an empty string would keep the memory
+    budget_.give_back_body(taken_);
+    taken_ = 0;
+  }
+  bool take(std::size_t bytes) { return budget_.take_for_body(bytes) ? (taken_ += bytes, true) : false; }
   MemoryBudget &budget_;
   std::size_t taken_ = 0;
 };
@@ -3642,7 +3806,6 @@ private:
   struct Latest {
     std::shared_ptr<BudgetedBody> body;
     Clock::time_point rendered{};
-    std::size_t size = 0; // the memory of the last body of this format, to take room before the next
   };
 
   FileDescriptor listener_;
@@ -3776,13 +3939,14 @@ inline HttpResponse HttpFrontEnd::answer(const Connection &connection, std::stri
   return route(*request, openmetrics_, protobuf_, [this, now](Format format) { return metrics_body(format, now); });
 }
 
-// A scrape the budget has no room for: logged at most once per interval, answered 503.
+// A scrape the budget has no room for, which only more bodies in flight at once than
+// HERMES_SCRAPE_BODIES can meet: logged at most once per interval, answered 503.
 inline std::shared_ptr<const std::string> HttpFrontEnd::refuse_body(std::size_t wanted) {
   const Clock::time_point now = Clock::now();
   if (now >= next_memory_warning_) {
-    logger_.log(LogLevel::warn, "no room in the memory budget for a /metrics body; answered 503",
+    logger_.log(LogLevel::warn, "no room in the memory budget for one more /metrics body; answered 503",
                 {{"wanted", std::to_string(wanted)}, {"used", std::to_string(budget_.used())},
-                 {"budget", std::to_string(budget_.limit())}});
+                 {"room_for_bodies", std::to_string(budget_.body_room())}, {"budget", std::to_string(budget_.limit())}});
     next_memory_warning_ = now + std::chrono::seconds(HERMES_REJECT_LOG_INTERVAL_S);
   }
   return nullptr;
@@ -3790,24 +3954,23 @@ inline std::shared_ptr<const std::string> HttpFrontEnd::refuse_body(std::size_t 
 
 // The body of a scrape: the latest of its format while connections still send it and it
 // is recent enough (scrapers that do not read, or read slowly, all share it), else a new
-// one, written over the latest's memory when nobody sends that any more. Null when the
-// budget has no room for it.
+// one, written over the latest's memory when nobody sends that any more. It takes the
+// most a body of the series can be, which the budget keeps room for. Idle bodies of the
+// other formats are freed first, so that the room holds only bodies in flight. Null when
+// more bodies are in flight than the room holds and the budget has no more.
 inline std::shared_ptr<const std::string> HttpFrontEnd::metrics_body(Format format, Clock::time_point now) {
   Latest &latest = latest_[static_cast<std::size_t>(format)];
   const auto shared = [](const std::shared_ptr<BudgetedBody> &body) { return std::shared_ptr<const std::string>(body, &body->text); };
   const bool in_flight = latest.body.use_count() > 1; // a connection is still sending it
   if (in_flight && now - latest.rendered < std::chrono::milliseconds(HERMES_SHARED_BODY_MS)) return shared(latest.body);
+  for (Latest &other : latest_)
+    if (&other != &latest && other.body.use_count() == 1) other.body.reset();
   std::shared_ptr<BudgetedBody> body = latest.body.use_count() == 1 ? latest.body : std::make_shared<BudgetedBody>(budget_);
   latest.body.reset(); // connections still sending it keep it
-  if (!body->reserve(latest.size)) return refuse_body(latest.size);
-  body->text.reserve(latest.size - std::min<std::size_t>(latest.size, 1)); // what it took, so that it need not double
+  const std::size_t bound = budget_.body_bound();
+  if (!body->reserve(bound)) return refuse_body(bound);
   render_(format, body->text);
-  latest.size = body->text.capacity() + 1;
-  std::size_t largest = 0;
-  for (const Latest &each : latest_) largest = std::max(largest, each.size);
-  // Series leave room for the next body beside one being sent, and for its growth.
-  budget_.keep_for_scrapes(2 * largest + largest / 4);
-  if (!body->settle()) return refuse_body(latest.size);
+  if (!body->settle()) return refuse_body(body->text.capacity()); // only a bound that fell short
   latest.body = body;
   latest.rendered = now;
   return shared(body);
@@ -3950,6 +4113,7 @@ struct RestoredMetric {
 class StateCodec {
 public:
   static void save(const Registry &registry, std::string &out, Now now, const std::function<void()> &pause);
+  static std::size_t text_bound(const Registry &registry); // the most save() writes now
   static Registry::RestoreSummary restore(Registry &registry, std::string_view text, double monotonic_now);
 
   // The reading side: every problem names its place in the file.
@@ -4018,6 +4182,35 @@ inline void StateCodec::save(const Registry &registry, std::string &out, Now now
     out += "]}";
   }
   out += "]}\n";
+}
+
+// The bytes of a JSON string as append_json_string writes it.
+inline std::size_t json_string_size(std::string_view text) {
+  std::size_t size = 2 + text.size();
+  for (const char c : text) size += c == '"' || c == '\\' ? 1 : static_cast<unsigned char>(c) < 0x20 ? 5 : 0;
+  return size;
+}
+
+// What save() writes, at most, with every number as long as a number can be: walks the
+// series, whose summary windows and native buckets vary, and nothing else.
+inline std::size_t StateCodec::text_bound(const Registry &registry) {
+  constexpr std::size_t number = longest_number + 4, punctuation = 256; // ", " and brackets; keys of an object
+  std::size_t bytes = punctuation + json_string_size(registry.service_name());
+  for (const Metric &metric : registry.metrics_) {
+    const MetricConfig &config = metric.config;
+    bytes += punctuation + json_string_size(config.name) + (config.buckets.size() + 2 * config.objectives.size() + 4) * number;
+    for (const std::string &label : config.labels) bytes += json_string_size(label) + 2;
+    for (const auto &[labels, series] : metric.series) {
+      bytes += punctuation + 6 * number;
+      for (const std::string &value : labels) bytes += json_string_size(value) + 2;
+      if (!series.distribution) continue;
+      const Distribution &seen = *series.distribution;
+      bytes += seen.bucket_counts.size() * number;
+      if (seen.native) bytes += punctuation + (seen.native->buckets() + 2) * 2 * number;
+      if (seen.quantiles) bytes += punctuation * (1 + QuantileWindow::streams) + seen.quantiles->memory_entries() * 3 * number;
+    }
+  }
+  return bytes;
 }
 
 // What a series must match to be restored: as Registry::reload, type, labels, buckets,
@@ -4343,7 +4536,8 @@ inline Registry::RestoreSummary StateCodec::put_in_place(Registry &registry, std
         ++skipped;
         continue;
       }
-      if (is_new && !registry.budget_->take_for_series(series_bytes(metric->config, series.labels))) {
+      const SeriesCost cost = series_cost(metric->config, series.labels);
+      if (is_new && !registry.budget_->take_for_series(cost.own, cost.body)) {
         ++skipped, ++over_budget;
         continue;
       }
@@ -4525,10 +4719,13 @@ inline std::string printable_ascii(std::string_view text) {
 // registry changed, and once more at stop. The slow part of a write (write, fsync,
 // rename) runs on a thread of its own that owns only a finished buffer, so that the
 // loop never waits for a disk; the text is made on the loop, between looks at the sockets.
+// The file read at start and each text written take their bytes from the memory budget
+// while they live; a text the budget has no room for is a failed write, tried again
+// at the next interval.
 class StateKeeper {
 public:
-  StateKeeper(const Options &options, const Logger &logger)
-      : path_(options.state_file), interval_(options.state_interval_seconds), logger_(logger) {}
+  StateKeeper(const Options &options, const Logger &logger, MemoryBudget &budget)
+      : path_(options.state_file), interval_(options.state_interval_seconds), logger_(logger), budget_(budget) {}
   StateKeeper(const StateKeeper &) = delete;
   StateKeeper &operator=(const StateKeeper &) = delete;
   ~StateKeeper() { wait(); }
@@ -4539,6 +4736,9 @@ public:
   // passed, the registry changed since the last write and none is in flight.
   bool due(const Registry &registry, double monotonic_now);
   bool changed(const Registry &registry) const { return enabled() && registry.changes() != written_changes_; }
+  // Takes room for a text of at most `bytes` and makes buffer() hold that much; false,
+  // and the write counted as failed, when the budget has no room for it.
+  bool reserve(std::size_t bytes, double monotonic_now);
   // Where to make the text of the next write.
   std::string &buffer() { return bytes_; }
   // Hands buffer() to the writing thread; `changes` is registry.changes() as it was made.
@@ -4554,11 +4754,14 @@ public:
 
 private:
   void take_result();
+  void free_buffer();
 
   std::string path_;
   double interval_;
   ServerStats stats_; // only its state_* figures, which add_stats() hands on
   const Logger &logger_;
+  MemoryBudget &budget_;
+  std::size_t taken_ = 0;        // of the budget, for bytes_ or job_
   std::string bytes_;            // the loop's; moved to job_ for a write, and back after it
   std::string job_;              // the writing thread's while it runs
   std::string error_;            // its result: "" or what failed
@@ -4575,23 +4778,53 @@ inline void StateKeeper::restore(Registry &registry, double monotonic_now) {
   struct stat info {};
   if (::stat(path_.c_str(), &info) != 0 && errno == ENOENT)
     return logger_.log(LogLevel::info, "no state file yet; starting empty", {{"path", path_}});
-  std::string text;
+  const auto size = static_cast<std::size_t>(std::max<off_t>(info.st_size, 0));
   const bool too_large = info.st_size > HERMES_MAX_STATE_SIZE; // not read at all
-  const int error = too_large ? 0 : read_file(path_.c_str(), std::size_t{HERMES_MAX_STATE_SIZE} + 1, text);
+  const bool no_room = !too_large && !budget_.take(size + 1);
+  std::string text;
+  const int error = too_large || no_room ? 0 : read_file(path_.c_str(), size + 1, text);
   try {
     if (error) throw StateError(std::string("cannot read: ") + std::strerror(error));
     if (too_large || text.size() > HERMES_MAX_STATE_SIZE) throw StateError("larger than " + std::to_string(HERMES_MAX_STATE_SIZE) + " bytes");
+    if (no_room) throw StateError(std::to_string(size) + " bytes, more than the memory budget has room for");
+    if (text.size() > size) throw StateError("grew while it was read");
     const Registry::RestoreSummary summary = registry.restore_state(text, monotonic_now);
     for (const std::string &problem : summary.problems) logger_.log(LogLevel::warn, "state not restored", {{"path", path_}, {"metric", problem}});
     stats_.state_restored_series = summary.restored;
     logger_.log(LogLevel::info, "state restored", {{"path", path_}, {"series", std::to_string(summary.restored)},
                                                    {"skipped", std::to_string(summary.skipped)}});
   } catch (const StateError &problem) {
+    if (!no_room) budget_.give_back(size + 1);
     const std::string aside = set_aside(path_);
     logger_.log(LogLevel::error, "state file is not state; set aside, starting empty",
                 {{"path", path_}, {"error", printable_ascii(problem.what())}, {"moved_to", aside}});
+    written_changes_ = registry.changes();
+    return;
   }
+  budget_.give_back(size + 1);
   written_changes_ = registry.changes();
+}
+
+inline bool StateKeeper::reserve(std::size_t bytes, double monotonic_now) {
+  wait();
+  free_buffer();
+  if (budget_.take(bytes + 1)) {
+    taken_ = bytes + 1;
+    bytes_.reserve(bytes);
+    return true;
+  }
+  next_write_ = monotonic_now + interval_;
+  ++stats_.state_writes_failed;
+  logger_.log(LogLevel::error, "state write failed; the previous file stays, retrying next interval",
+              {{"path", path_}, {"error", "no room in the memory budget for its text of up to " + std::to_string(bytes) + " bytes"}});
+  return false;
+}
+
+// Between writes the text holds no memory: a registry that shrank needs less next time.
+inline void StateKeeper::free_buffer() {
+  std::string().swap(bytes_);
+  budget_.give_back(taken_);
+  taken_ = 0;
 }
 
 inline bool StateKeeper::due(const Registry &registry, double monotonic_now) {
@@ -4612,7 +4845,8 @@ inline void StateKeeper::write(std::uint64_t changes, double monotonic_now) {
       done_.store(true, std::memory_order_release);
     });
   } catch (const std::system_error &problem) { // no thread to be had: a failed write, tried again later
-    bytes_ = std::move(job_);
+    std::string().swap(job_);
+    free_buffer();
     ++stats_.state_writes_failed;
     logger_.log(LogLevel::error, "state write failed; the previous file stays, retrying next interval",
                 {{"path", path_}, {"error", std::string("cannot start a thread: ") + problem.what()}});
@@ -4626,12 +4860,13 @@ inline void StateKeeper::wait() {
 // One line per failed write, and writes come at most once per interval.
 inline void StateKeeper::take_result() {
   writer_.join();
-  bytes_ = std::move(job_); // its memory serves the next write
+  std::string().swap(job_);
+  free_buffer();
   if (error_.empty()) {
     written_changes_ = pending_changes_;
     ++stats_.state_writes_succeeded;
     stats_.state_last_write_seconds = wall_clock_seconds();
-    logger_.log(LogLevel::debug, "state written", {{"path", path_}, {"bytes", std::to_string(bytes_.size())}});
+    logger_.log(LogLevel::debug, "state written", {{"path", path_}});
   } else {
     ++stats_.state_writes_failed;
     logger_.log(LogLevel::error, "state write failed; the previous file stays, retrying next interval",
@@ -5100,7 +5335,8 @@ inline std::optional<Reject> apply_to_series(Metric &metric, const std::vector<s
   auto series = metric.series.find(label_values);
   if (series == metric.series.end()) {
     if (metric.series.size() >= metric.config.max_series) return Reject::series_limit;
-    if (!budget.take_for_series(series_bytes(metric.config, label_values))) return Reject::memory_limit;
+    const SeriesCost cost = series_cost(metric.config, label_values);
+    if (!budget.take_for_series(cost.own, cost.body)) return Reject::memory_limit;
     series = metric.series
                  .emplace(std::vector<std::string>(label_values.begin(), label_values.end()), new_series(metric.config, now))
                  .first;
@@ -5119,23 +5355,51 @@ inline Registry::Registry(const Config &config, std::shared_ptr<MemoryBudget> bu
   for (const MetricConfig &metric_config : config.metrics) {
     detail::Metric metric{metric_config, {}};
     // A metric without labels has exactly one series; it shows 0 before the first push.
-    if (metric_config.labels.empty()) {
-      metric.series.emplace(std::vector<std::string>{}, detail::new_series(metric_config, 0));
-      budget_->take_anyway(detail::series_bytes(metric_config, std::vector<std::string>{}));
-    }
+    if (metric_config.labels.empty()) metric.series.emplace(std::vector<std::string>{}, detail::new_series(metric_config, 0));
     metrics_.push_back(std::move(metric));
   }
   std::sort(metrics_.begin(), metrics_.end(),
             [](const detail::Metric &a, const detail::Metric &b) { return a.config.name < b.config.name; });
+  fixed_body_bytes_ = detail::fixed_body_bound(*this);
+  const detail::SeriesCost wanted = standing_cost();
+  if (!budget_->take_for_series(wanted.own, wanted.body)) throw ConfigError(no_room_for(wanted));
+  holds_budget_ = true;
 }
 
-inline Registry::Registry(Registry &&) noexcept = default;
+// What the registry takes from its budget before any push: room for the families' heads
+// and Hermes' own families in each body, and the series of the metrics without labels.
+inline detail::SeriesCost Registry::standing_cost() const {
+  detail::SeriesCost cost{0, fixed_body_bytes_};
+  for (const detail::Metric &metric : metrics_) {
+    for (const auto &entry : metric.series) {
+      const detail::SeriesCost series = detail::series_cost(metric.config, entry.first);
+      cost.own += series.own, cost.body += series.body;
+    }
+  }
+  return cost;
+}
+
+inline std::string Registry::no_room_for(const detail::SeriesCost &wanted) const {
+  return "the memory budget of " + std::to_string(budget_->limit()) + " bytes has no room for the config's metrics: " +
+         std::to_string(wanted.own) + " bytes of series without labels, and " + std::to_string(budget_->bodies()) +
+         " times " + std::to_string(wanted.body) + " bytes of room for /metrics bodies, beside the " +
+         std::to_string(budget_->used()) + " bytes in use";
+}
+
+inline Registry::Registry(Registry &&other) noexcept
+    : service_name_(std::move(other.service_name_)), metrics_(std::move(other.metrics_)), budget_(std::move(other.budget_)),
+      reading_(std::move(other.reading_)), statsd_reading_(std::move(other.statsd_reading_)), statsd_(other.statsd_),
+      fixed_body_bytes_(other.fixed_body_bytes_), holds_budget_(std::exchange(other.holds_budget_, false)),
+      accepted_(other.accepted_), expired_(other.expired_), changes_(other.changes_), rejected_(other.rejected_),
+      received_(other.received_) {}
 inline Registry &Registry::operator=(Registry &&other) noexcept {
   if (this != &other) {
-    for (detail::Metric &metric : metrics_) release(metric);
+    give_back_budget();
     service_name_ = std::move(other.service_name_);
     metrics_ = std::move(other.metrics_);
     budget_ = std::move(other.budget_);
+    fixed_body_bytes_ = other.fixed_body_bytes_;
+    holds_budget_ = std::exchange(other.holds_budget_, false);
     reading_ = std::move(other.reading_);
     statsd_reading_ = std::move(other.statsd_reading_);
     statsd_ = other.statsd_;
@@ -5143,14 +5407,22 @@ inline Registry &Registry::operator=(Registry &&other) noexcept {
   }
   return *this;
 }
-inline Registry::~Registry() {
+inline Registry::~Registry() { give_back_budget(); }
+
+// Gives everything the registry took back to its budget: the series, and their room.
+inline void Registry::give_back_budget() {
+  if (!holds_budget_) return; // moved from
   for (detail::Metric &metric : metrics_) release(metric);
+  budget_->give_back_series(0, fixed_body_bytes_);
+  holds_budget_ = false;
 }
 
 // Gives the memory of every series of `metric` back to the budget.
 inline void Registry::release(detail::Metric &metric) {
-  if (!budget_) return; // moved from
-  for (const auto &entry : metric.series) budget_->give_back(detail::series_bytes(metric.config, entry.first));
+  for (const auto &entry : metric.series) {
+    const detail::SeriesCost cost = detail::series_cost(metric.config, entry.first);
+    budget_->give_back_series(cost.own, cost.body);
+  }
   metric.series.clear();
 }
 
@@ -5247,23 +5519,42 @@ inline bool same_shape(const MetricConfig &a, const MetricConfig &b) {
 }
 } // namespace detail
 
+// The new metrics are made on a budget of their own first, so that what the exchange
+// takes and gives back can be weighed before anything changes.
 inline Registry::ReloadSummary Registry::reload(const Config &config) {
   ReloadSummary summary;
-  Registry next(config, budget_);
-  for (detail::Metric &metric : next.metrics_) {
-    detail::Metric *before = find(metric.config.name);
-    if (before && detail::same_shape(before->config, metric.config)) {
-      next.release(metric); // the fresh label-less series, replaced by the kept one
-      metric.series = std::move(before->series);
-      before->series.clear();
-      ++summary.kept;
-    } else {
-      ++summary.fresh;
-    }
+  Registry next(config);
+  std::vector<detail::Metric *> kept_from(next.metrics_.size(), nullptr);
+  for (std::size_t i = 0; i < next.metrics_.size(); ++i) {
+    detail::Metric *before = find(next.metrics_[i].config.name);
+    if (before && detail::same_shape(before->config, next.metrics_[i].config)) kept_from[i] = before;
   }
+  detail::SeriesCost freed{0, fixed_body_bytes_}, wanted{0, next.fixed_body_bytes_};
+  const auto add_series = [](detail::SeriesCost &sum, const detail::Metric &metric) {
+    for (const auto &entry : metric.series) {
+      const detail::SeriesCost cost = detail::series_cost(metric.config, entry.first);
+      sum.own += cost.own, sum.body += cost.body;
+    }
+  };
+  for (std::size_t i = 0; i < next.metrics_.size(); ++i)
+    if (!kept_from[i]) add_series(wanted, next.metrics_[i]);
+  for (const detail::Metric &metric : metrics_)
+    if (std::find(kept_from.begin(), kept_from.end(), &metric) == kept_from.end()) add_series(freed, metric);
+  if (!budget_->can_exchange(freed.own, freed.body, wanted.own, wanted.body)) throw ConfigError(next.no_room_for(wanted));
+
+  for (std::size_t i = 0; i < next.metrics_.size(); ++i) {
+    if (!kept_from[i]) continue;
+    next.metrics_[i].series = std::move(kept_from[i]->series); // the fresh label-less series goes with next's budget
+    kept_from[i]->series.clear();
+  }
+  summary.kept = static_cast<std::size_t>(std::count_if(kept_from.begin(), kept_from.end(), [](auto *m) { return m; }));
+  summary.fresh = next.metrics_.size() - summary.kept;
   summary.removed = metrics_.size() - summary.kept;
-  for (detail::Metric &metric : metrics_) release(metric); // what was not kept
+  give_back_budget(); // what was not kept, and the old room
+  budget_->take_for_series(wanted.own, wanted.body); // fits: weighed above
+  holds_budget_ = true;
   service_name_ = next.service_name_;
+  fixed_body_bytes_ = next.fixed_body_bytes_;
   metrics_ = std::move(next.metrics_);
   return summary;
 }
@@ -5277,7 +5568,8 @@ inline std::size_t Registry::expire(double monotonic_now) {
     const double stale_before = monotonic_now - metric.config.ttl_seconds;
     for (auto series = metric.series.begin(); series != metric.series.end();) {
       if (series->second.last_push <= stale_before) {
-        budget_->give_back(detail::series_bytes(metric.config, series->first));
+        const detail::SeriesCost cost = detail::series_cost(metric.config, series->first);
+        budget_->give_back_series(cost.own, cost.body);
         series = metric.series.erase(series);
         ++dropped;
       } else {
@@ -5327,6 +5619,8 @@ namespace hermes {
 inline void Registry::save_state(std::string &out, Now now, const std::function<void()> &pause) const {
   detail::StateCodec::save(*this, out, now, pause);
 }
+
+inline std::size_t Registry::state_size_bound() const { return detail::StateCodec::text_bound(*this); }
 
 inline Registry::RestoreSummary Registry::restore_state(std::string_view text, double monotonic_now) {
   return detail::StateCodec::restore(*this, text, monotonic_now);
@@ -5893,12 +6187,11 @@ public:
   Renderer(std::string &out, const Registry &registry, SelfView self, Format format)
       : metrics_(registry.metrics_), self_(self), text_(out, format), protobuf_(out),
         writer_(format == Format::protobuf ? static_cast<Writer &>(protobuf_) : text_) {
-    out.clear();
-    std::size_t estimate = 8192; // Hermes' own families; then each series' line, roughly
-    for (const Metric &metric : metrics_)
-      estimate += metric.series.size() * (metric.config.name.size() + 16 * metric.config.labels.size() + 24);
-    out.reserve(estimate);
+    out.clear(); // its memory is the caller's: a server takes it from the budget first
   }
+
+  // The most a body of `registry` can take: the budget's count of it, kept as series come and go.
+  static std::size_t bound(const Registry &registry) { return registry.budget_->body_bound(); }
 
   // Writes up to `max_series` more series of configured metrics, and Hermes' own
   // families that fall between them; true once the body is whole.
@@ -5921,6 +6214,9 @@ public:
     return false;
   }
 
+  // What a body of `registry` holds besides its series, at most (fixed_body_bound).
+  static std::size_t fixed_bound(const Registry &registry);
+
 private:
   bool self_comes_next() const { return std::string_view(self_metrics[next_self_].name) < metrics_[next_metric_].config.name; }
 
@@ -5935,6 +6231,42 @@ private:
   bool done_ = false;
 };
 
+// Adds up the bounds of what it is given instead of writing it: Hermes' own families
+// with each number as long as a number can be.
+class BoundWriter final : public Writer {
+public:
+  void family(std::string_view name, std::string_view help, MetricType) override { bytes += family_bound(name, help); }
+  void series(const MetricConfig &config, const std::vector<std::string> &labels, const Series &) override {
+    bytes += series_cost(config, labels).body;
+  }
+  void sample(std::string_view name, LabelPairs labels, double) override {
+    std::size_t text = name.size() + 2 + 1 + longest_number + 1, protobuf = message_head + message_head + double_field;
+    for (const auto &[label, value] : labels) {
+      text += label.size() + sizeof "=\"\"," - 1 + escaped_size(value);
+      const std::size_t pair = label_pair_size(label, value);
+      protobuf += 1 + varint_size(pair) + pair;
+    }
+    bytes += std::max(text, protobuf);
+  }
+  void finish() override { bytes += body_end_bytes; }
+  std::size_t bytes = 0;
+};
+
+// Every family a server shows, with every figure present: the bound cannot depend on
+// which figures /proc gives at the moment.
+inline std::size_t Renderer::fixed_bound(const Registry &registry) {
+  BoundWriter out;
+  const ServerStats server;
+  const ProcessStats process{0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+  const SelfView view{registry, &server, &process};
+  for (const SelfMetric &metric : self_metrics) write_self_metric(out, metric, view);
+  for (const Metric &metric : registry.metrics_) out.family(metric.config.name, metric.config.help, metric.config.type);
+  out.finish();
+  return out.bytes;
+}
+
+inline std::size_t fixed_body_bound(const Registry &registry) { return Renderer::fixed_bound(registry); }
+
 } // namespace detail
 
 inline std::string render_metrics(const Registry &registry, Format format) {
@@ -5944,6 +6276,11 @@ inline std::string render_metrics(const Registry &registry, Format format) {
 }
 
 inline void render_metrics(std::string &out, const Registry &registry, Format format) {
+  if (const std::size_t bound = detail::Renderer::bound(registry); out.capacity() < bound) {
+    std::string room; // exactly the bound, where reserving over the old memory would double it
+    room.reserve(bound);
+    out.swap(room);
+  }
   detail::Renderer renderer(out, registry, {registry, nullptr, nullptr}, format);
   while (!renderer.write_some(SIZE_MAX)) {
   }
@@ -5971,7 +6308,7 @@ constexpr std::size_t fixed_buffer_bytes = std::size_t{HERMES_RECEIVE_BATCH} * H
                                            HttpFrontEnd::most_connections * HttpFrontEnd::connection_bytes + 256 * 1024;
 
 inline std::shared_ptr<MemoryBudget> budget_with_fixed_buffers(std::size_t limit) {
-  auto budget = std::make_shared<MemoryBudget>(limit);
+  auto budget = std::make_shared<MemoryBudget>(limit, HERMES_SCRAPE_BODIES);
   if (!budget->take(fixed_buffer_bytes))
     throw UsageError("HERMES_MAX_MEMORY: " + std::to_string(limit) + " bytes is less than the " +
                      std::to_string(fixed_buffer_bytes) + " bytes of Hermes' fixed buffers");
@@ -5988,7 +6325,7 @@ struct Server::Impl {
       : budget(detail::budget_with_fixed_buffers(options.max_memory)), registry(config, budget),
         logger(options.log_level, std::move(options.log_sink)), config_path(options.config_path), input(options),
         http(options, logger, *budget, [this](Format format, std::string &body) { render(format, body); }),
-        rejects(logger), start_time_seconds(detail::process_start_time_seconds()), state(options, logger) {
+        rejects(logger), start_time_seconds(detail::process_start_time_seconds()), state(options, logger, *budget) {
     registry.accept_statsd(options.statsd);
   }
 
@@ -6094,6 +6431,7 @@ inline ServerStats Server::stats() const { return impl_->stats(); }
 
 inline std::string Server::render(Format format) {
   std::string body;
+  body.reserve(impl_->budget->body_bound());
   impl_->render(format, body);
   return body;
 }
@@ -6153,6 +6491,7 @@ inline void Server::Impl::poll_once(int timeout_ms) {
 // The text is made on the loop, taking waiting datagrams off the sockets every
 // HERMES_STATE_PAUSE_STRIDE series as a render does; its writing runs on the keeper's thread.
 inline void Server::Impl::save_state() {
+  if (!state.reserve(registry.state_size_bound(), monotonic_seconds())) return;
   const std::uint64_t changes = registry.changes(); // what the text holds; held datagrams come after it
   registry.save_state(state.buffer(), Now::current(), [this] { input.hold_waiting(); });
   input.apply_held(registry, rejects);
@@ -6173,6 +6512,7 @@ inline void Server::Impl::save_state_at_stop() {
   }
   state.wait();
   if (!state.changed(registry)) return;
+  if (!state.reserve(registry.state_size_bound(), monotonic_seconds())) return;
   const std::uint64_t changes = registry.changes();
   registry.save_state(state.buffer(), Now::current());
   state.write(changes, monotonic_seconds());

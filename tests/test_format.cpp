@@ -244,6 +244,7 @@ TEST_CASE("a render in steps stops between series, never inside one, and equals 
     }
     CHECK(last_lines == std::vector<std::string>{last_line_of_a_series, last_line_of_a_series});
     CHECK(out == hermes::render_metrics(registry, format));
+    hermes::render_metrics(out, registry, format);
     const std::size_t capacity = out.capacity();
     hermes::render_metrics(out, registry, format);
     CHECK(out == hermes::render_metrics(registry, format));

@@ -61,7 +61,7 @@ TEST_CASE("HERMES_MAX_MEMORY wins over max_memory_bytes, which wins over the 64 
 
 TEST_CASE("a new series the budget has no room for is memory_limit; existing series go on, and room comes back") {
   auto budget = std::make_shared<hermes::MemoryBudget>(0);
-  const std::size_t one = hermes::detail::series_bytes(labelled_config().metrics[0], std::vector<std::string>{"0"});
+  const std::size_t one = hermes::detail::series_cost(labelled_config().metrics[0], std::vector<std::string>{"0"}).own;
   *budget = hermes::MemoryBudget(2 * one);
   hermes::Registry registry(labelled_config(), budget);
   CHECK(registry.ingest(job(1), 100).accepted == 1);
@@ -86,7 +86,7 @@ TEST_CASE("a summary series takes its worst case at once, and its windows never 
   auto budget = std::make_shared<hermes::MemoryBudget>();
   hermes::Registry registry(labelled_config(), budget);
   REQUIRE(registry.ingest(R"({"metric_name": "sizes", "payload": {"labels": {"id": "a"}, "observation": 1}})", 1).accepted == 1);
-  CHECK(budget->used() == hermes::detail::series_bytes(config, std::vector<std::string>{"a"}));
+  CHECK(budget->used() == hermes::detail::series_cost(config, std::vector<std::string>{"a"}).own);
   CHECK(budget->used() >= worst);
   // Values that only ever decrease defeat the targeted-quantile summary: without its
   // entry limit it kept one entry in 40 of them.
@@ -132,7 +132,7 @@ TEST_CASE("a scrape that comes while another still reads the body shares it; one
   const std::string shared = test::body_of(test::http(server, "GET /metrics HTTP/1.0\r\n\r\n"));
   CHECK(shared.find("wide{id=\"new\"}") == std::string::npos); // the body being sent, not a second copy
   const hermes::MetricConfig wide = hermes::parse_config(wide_config, "c").metrics[0];
-  const double new_series = static_cast<double>(hermes::detail::series_bytes(wide, std::vector<std::string>{"new"}));
+  const double new_series = static_cast<double>(hermes::detail::series_cost(wide, std::vector<std::string>{"new"}).own);
   CHECK(server.stats().memory_used_bytes - before == one_body + new_series);
   stalled.reset();
   const std::string fresh = test::body_of(test::http(server, "GET /metrics HTTP/1.0\r\n\r\n"));
@@ -141,18 +141,166 @@ TEST_CASE("a scrape that comes while another still reads the body shares it; one
   CHECK(server.stats().memory_used_bytes - before <= one_body + new_series + 4096);
 }
 
-TEST_CASE("with the budget full of series, a scrape is 503 with Retry-After, and the server goes on") {
+TEST_CASE("a series flood before the first scrape costs new series, never a scrape, in any format") {
   hermes::Options options = test::loopback_options();
-  options.max_memory = hermes::detail::fixed_buffer_bytes + 200 * 1024;
+  options.max_memory = hermes::detail::fixed_buffer_bytes + 400 * 1024;
   hermes::Server server(hermes::parse_config(wide_config, "c"), options);
   fill_wide(server, 4000, 60);
-  CHECK(server.registry().rejected(hermes::Reject::memory_limit) > 0);
+  const double refused = static_cast<double>(server.registry().rejected(hermes::Reject::memory_limit));
+  CHECK(refused > 0);
+  CHECK(static_cast<double>(server.registry().series_count()) + refused == 4000);
   CHECK(server.stats().memory_used_bytes <= server.stats().memory_budget_bytes);
-  const std::string refused = test::http(server, "GET /metrics HTTP/1.0\r\n\r\n");
-  CHECK(refused == "HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 24\r\n"
-                   "Retry-After: 1\r\nConnection: close\r\n\r\n503 Service Unavailable\n");
-  CHECK(server.stats().memory_used_bytes <= server.stats().memory_budget_bytes);
-  CHECK(test::body_of(test::http(server, "GET /-/healthy HTTP/1.0\r\n\r\n")) == "Hermes is Healthy.\n");
+  const char *accepts[] = {"text/plain", "application/openmetrics-text; version=1.0.0",
+                           "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"};
+  for (int round = 0; round < 2; ++round) {
+    for (const char *accept : accepts) {
+      CAPTURE(accept);
+      const std::string response = test::http(server, std::string("GET /metrics HTTP/1.0\r\nAccept: ") + accept + "\r\n\r\n");
+      CHECK(response.rfind("HTTP/1.0 200 OK\r\n", 0) == 0);
+      CHECK(server.stats().memory_used_bytes <= server.stats().memory_budget_bytes);
+    }
+  }
+  // Still full: one more series is refused, and the scrape after it is answered.
+  test::push(server, {R"({"metric_name": "wide", "payload": {"labels": {"id": "one more"}, "value": 1}})"});
+  CHECK(static_cast<double>(server.registry().rejected(hermes::Reject::memory_limit)) == refused + 1);
+  const std::string body = test::body_of(test::http(server, "GET /metrics HTTP/1.0\r\n\r\n"));
+  CHECK(body.find("hermes_samples_rejected_total{reason=\"memory_limit\"} " + hermes::detail::format_double(refused + 1) + "\n") !=
+        std::string::npos);
+  CHECK(server.stats().http_requests.at(503) == 0);
+}
+
+TEST_CASE("a budget with no room for the metrics without labels stops start-up, and a reload that needs more fails") {
+  auto budget = std::make_shared<hermes::MemoryBudget>(4096, 2);
+  CHECK_THROWS_WITH_AS(hermes::Registry(test::sample_config(), budget),
+                       doctest::Contains("the memory budget of 4096 bytes has no room for the config's metrics"), hermes::ConfigError);
+  CHECK(budget->used() == 0);
+  CHECK(budget->body_room() == 0);
+  const hermes::Config small = hermes::parse_config(R"({"service_name": "s", "gauges": [{"metric_name": "one"}]})", "c");
+  hermes::Registry probe(small);
+  // Room for this config and a little more, not for a hundred more metrics without labels.
+  budget = std::make_shared<hermes::MemoryBudget>(probe.series_count() * 0 + 64 * 1024, 2);
+  hermes::Registry registry(small, budget);
+  registry.ingest(R"({"metric_name": "one", "payload": {"value": 5}})");
+  const std::size_t used = budget->used(), room = budget->body_room();
+  std::string many = R"({"service_name": "s", "histograms": [)";
+  for (int i = 0; i < 100; ++i) many += std::string(i ? "," : "") + R"({"metric_name": "h)" + std::to_string(i) + R"(", "buckets": [1, 2, 3]})";
+  many += "], \"gauges\": [{\"metric_name\": \"one\"}]}";
+  CHECK_THROWS_AS(registry.reload(hermes::parse_config(many, "c")), hermes::ConfigError);
+  CHECK(budget->used() == used);
+  CHECK(budget->body_room() == room);
+  CHECK(registry.value("one", {}) == std::optional<double>(5));
+  CHECK(budget->keeps_room());
+}
+
+namespace {
+
+// Label values that escape, and numbers as long as numbers are written.
+std::string random_label(std::mt19937 &random) {
+  static const char *pieces[] = {"a", "\\\\", "\\n", "\\\"", "\u00e9", "route/", "x"};
+  std::string value;
+  for (int n = static_cast<int>(random() % 6); n >= 0; --n) value += pieces[random() % std::size(pieces)];
+  return value;
+}
+
+double random_value(std::mt19937 &random) {
+  static const double values[] = {-2.2250738585072014e-308, 1.7976931348623157e308, -0.00012345678901234567, 123456.78901234567,
+                                  0, 1, -1e-300, 5e-324, 0.1, 1e6};
+  return values[random() % std::size(values)];
+}
+
+const char *invariant_configs[] = {
+    R"({"service_name": "one", "ttl_seconds": 5,
+        "counters": [{"metric_name": "jobs_total", "labels": ["queue"], "metric_description": "a \\ b\n \"c\""}],
+        "gauges": [{"metric_name": "depth", "labels": ["queue", "host"]}, {"metric_name": "plain"}],
+        "histograms": [{"metric_name": "latency", "labels": ["route"]},
+                       {"metric_name": "sizes", "labels": ["route"], "native": true, "native_max_buckets": 20, "buckets": [-1, 0, 1]}],
+        "summaries": [{"metric_name": "quantiles", "labels": ["route"], "objectives": {"0.5": 0.05, "0.99": 0.001}}]})",
+    R"({"service_name": "two and more", "ttl_seconds": 3,
+        "counters": [{"metric_name": "jobs_total", "labels": ["queue"]}],
+        "gauges": [{"metric_name": "depth", "labels": ["queue"]}],
+        "histograms": [{"metric_name": "sizes", "labels": ["route"], "native": true, "native_max_buckets": 20, "buckets": [-1, 0, 1]}],
+        "summaries": [{"metric_name": "other", "objectives": {"0.9": 0.01}}]})"};
+
+std::string random_sample(std::mt19937 &random) {
+  static const char *metrics[][2] = {{"jobs_total", "queue"}, {"depth", "queue"}, {"latency", "route"},
+                                     {"sizes", "route"},      {"quantiles", "route"}, {"plain", ""}, {"other", ""}};
+  const auto &metric = metrics[random() % std::size(metrics)];
+  std::string labels = "{}";
+  if (*metric[1]) labels = std::string(R"({")") + metric[1] + R"(": ")" + random_label(random) + R"(")" +
+                           (std::string(metric[0]) == "depth" ? R"(, "host": "h")" : "") + "}";
+  return std::string(R"({"metric_name": ")") + metric[0] + R"(", "payload": {"labels": )" + labels + R"(, "value": )" +
+         hermes::detail::format_double(std::fabs(random_value(random))) + "}}";
+}
+
+} // namespace
+
+TEST_CASE("after any sequence of admissions, growth, expiry and reloads, used + room for bodies stays within the budget") {
+  std::mt19937 random(20);
+  for (const std::size_t limit : {std::size_t{48} * 1024, std::size_t{160} * 1024, std::size_t{1} << 20}) {
+    CAPTURE(limit);
+    auto budget = std::make_shared<hermes::MemoryBudget>(limit, 2);
+    int config = 0;
+    hermes::Registry registry(hermes::parse_config(invariant_configs[config], "c"), budget);
+    double now = 1000;
+    std::size_t bodies_checked = 0;
+    for (int step = 0; step < 3000; ++step) {
+      const auto what = random() % 100;
+      if (what < 80) {
+        registry.ingest(random_sample(random), now);
+      } else if (what < 90) {
+        now += static_cast<double>(random() % 3);
+        registry.expire(now);
+      } else if (what < 93) {
+        config = 1 - config;
+        try {
+          registry.reload(hermes::parse_config(invariant_configs[config], "c"));
+        } catch (const hermes::ConfigError &) {
+          config = 1 - config; // no room: the old config stays
+        }
+      } else {
+        // Bodies within the room always fit, and each is within the bound it was taken for.
+        hermes::detail::BudgetedBody first(*budget), second(*budget);
+        const std::size_t bound = budget->body_bound();
+        REQUIRE(first.reserve(bound));
+        REQUIRE(second.reserve(bound));
+        const auto format = static_cast<hermes::Format>(random() % 3);
+        hermes::render_metrics(first.text, registry, format);
+        REQUIRE(first.text.size() <= bound);
+        REQUIRE(first.settle());
+        REQUIRE(budget->keeps_room());
+        ++bodies_checked;
+      }
+      REQUIRE(budget->keeps_room());
+      REQUIRE(budget->used() <= limit);
+    }
+    CHECK(bodies_checked > 100);
+    if (limit < (1 << 20)) CHECK(registry.rejected(hermes::Reject::memory_limit) > 0);
+  }
+}
+
+TEST_CASE("a body never outgrows its bound: the longest numbers, escaped labels, native buckets, every format") {
+  std::mt19937 random(21);
+  auto budget = std::make_shared<hermes::MemoryBudget>(SIZE_MAX, 1);
+  hermes::Registry registry(hermes::parse_config(invariant_configs[0], "c"), budget);
+  for (int i = 0; i < 400; ++i) registry.ingest(random_sample(random), hermes::Now(1000, 1.7640000001234567e9));
+  for (int i = 0; i < 2000; ++i) // a native histogram at its most buckets, both signs
+    registry.ingest(R"({"metric_name": "sizes", "payload": {"labels": {"route": "n"}, "observation": )" +
+                        hermes::detail::format_double((i % 2 ? -1 : 1) * std::ldexp(1.0, i % 2000 - 1000)) + "}}",
+                    1000);
+  registry.expire(1000);
+  for (const hermes::Format format : {hermes::Format::text, hermes::Format::openmetrics, hermes::Format::protobuf}) {
+    const std::string body = hermes::render_metrics(registry, format);
+    CAPTURE(static_cast<int>(format));
+    CHECK(body.size() <= budget->body_bound());
+  }
+  std::string state;
+  registry.save_state(state, 1000);
+  CHECK(state.size() <= registry.state_size_bound());
+  // A bound, and not a wild one: counters with short labels and values, as most are.
+  hermes::Registry counters(labelled_config(), std::make_shared<hermes::MemoryBudget>(SIZE_MAX, 1));
+  for (int i = 0; i < 1000; ++i) counters.ingest(job(i), 1000);
+  const std::string body = hermes::render_metrics(counters, hermes::Format::openmetrics);
+  CHECK(body.size() * 3 > hermes::detail::Renderer::bound(counters));
 }
 
 TEST_CASE("a budget below the fixed buffers stops start-up with what they need") {

@@ -731,7 +731,8 @@ void measure_memory_accounting() {
     start = Clock::now();
     for (const std::string &id : ids) {
       one[0] = id;
-      budget.take_for_series(hermes::detail::series_bytes(metric, one));
+      const hermes::detail::SeriesCost cost = hermes::detail::series_cost(metric, one);
+      budget.take_for_series(cost.own, cost.body);
     }
     accounting_ns.push_back(seconds_since(start) * 1e9 / series);
     if (budget.used() == 0) std::abort(); // keeps the loop from being optimised away
