@@ -14,7 +14,7 @@ BUILD := build
 UNIT_SOURCES := $(wildcard tests/test_*.cpp) tests/doctest_main.cpp
 UNIT_OBJECTS := $(UNIT_SOURCES:tests/%.cpp=$(BUILD)/%.o)
 
-.PHONY: all run test check bench clean deps test-deps statsd-clients fuzz fuzz-smoke fuzz-deps sanitize valgrind valgrind-deps static cross cross-deps
+.PHONY: all run test check bench soak clean deps test-deps statsd-clients fuzz fuzz-smoke fuzz-deps sanitize valgrind valgrind-deps static cross cross-deps
 
 all: hermes
 
@@ -65,6 +65,14 @@ $(BUILD)/bench: tests/bench/bench.cpp hermes.hpp | deps
 
 bench: hermes $(BUILD)/static/hermes $(BUILD)/bench
 	$(BUILD)/bench ./hermes $(BUILD)/static/hermes
+
+# The soak, not part of make test: the mixed workload of tests/pressure.py for
+# SOAK_SECONDS, a scrape every second and a SIGHUP every 30 s, reported per minute.
+SOAK_SECONDS ?= 600
+
+soak: hermes
+	@tests/ensure.sh command:python3:python3
+	python3 tests/soak.py ./hermes $(SOAK_SECONDS)
 
 # ---- shipping ------------------------------------------------------------------------------
 
