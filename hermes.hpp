@@ -106,7 +106,9 @@
 // changed, and once more when run() ends, after the samples still queued on its sockets.
 // A write goes to a new file in the same directory, fsynced and renamed over the old one,
 // on a thread of its own. A file that is not state is renamed aside, never deleted; a
-// series whose metric is gone or changed shape is skipped and logged.
+// series whose metric is gone or changed shape is skipped and logged. A path with a
+// directory missing, or a file where a directory should be, holds no state yet: the
+// server starts empty, and counts and logs each write that fails until it is fixed.
 //
 // ---- Time -------------------------------------------------------------------------------------
 //
@@ -4573,8 +4575,14 @@ inline void StateKeeper::restore(Registry &registry, double monotonic_now) {
   written_changes_ = registry.changes();
   if (!enabled()) return;
   struct stat info {};
-  if (::stat(path_.c_str(), &info) != 0 && errno == ENOENT)
-    return logger_.log(LogLevel::info, "no state file yet; starting empty", {{"path", path_}});
+  // No file at the path, a directory of it missing, or a file where a directory should
+  // be (ENOTDIR): no state to read and nothing to set aside. Until the path is fixed,
+  // writes fail, and each failure is counted and logged.
+  const int missing = ::stat(path_.c_str(), &info) != 0 ? errno : 0;
+  if (missing == ENOENT) return logger_.log(LogLevel::info, "no state file yet; starting empty", {{"path", path_}});
+  if (missing == ENOTDIR)
+    return logger_.log(LogLevel::warn, "no state file yet; starting empty",
+                       {{"path", path_}, {"error", std::string("stat: ") + std::strerror(missing)}});
   std::string text;
   const bool too_large = info.st_size > HERMES_MAX_STATE_SIZE; // not read at all
   const int error = too_large ? 0 : read_file(path_.c_str(), std::size_t{HERMES_MAX_STATE_SIZE} + 1, text);
