@@ -5542,9 +5542,19 @@ private:
   std::string_view family_;
 };
 
-// Cumulative buckets with their upper bound as le, then _sum and _count. OpenMetrics
-// allows no _sum beside a negative bucket bound: the sum is then not a counter. A native
+// Cumulative buckets with their upper bound as le, then _sum and _count. A native
 // histogram without classic buckets shows the +Inf bucket alone, as client_golang does.
+// OpenMetrics 1.0 holds a histogram's sum to be a counter, never negative, and allows
+// none beside a negative bucket bound; and it writes _count if and only if it writes
+// _sum (gaugehistogram's _gsum and _gcount belong to another type, with other series
+// names). So in OpenMetrics a histogram with a negative bound has neither, nor has a
+// series while its sum is below zero (or NaN); its +Inf bucket still counts every
+// observation. Text and protobuf always carry both, as client_golang writes them.
+inline bool openmetrics_sum_allowed(const MetricConfig &config, const Distribution &seen) {
+  const bool negative_bound = !config.buckets.empty() && config.buckets.front() < 0;
+  return !negative_bound && seen.sum >= 0;
+}
+
 inline void write_histogram(Exposition &out, const MetricConfig &config, const std::vector<std::string> &labels,
                             const Distribution &seen) {
   const std::string bucket = config.name + "_bucket";
@@ -5554,8 +5564,8 @@ inline void write_histogram(Exposition &out, const MetricConfig &config, const s
     const std::string le = i < config.buckets.size() ? format_double(config.buckets[i]) : "+Inf";
     out.line(bucket, config.labels, labels, static_cast<double>(cumulative), {"le", le});
   }
-  const bool negative_bound = !config.buckets.empty() && config.buckets.front() < 0;
-  if (out.format() != Format::openmetrics || !negative_bound) out.line(config.name + "_sum", config.labels, labels, seen.sum);
+  if (out.format() == Format::openmetrics && !openmetrics_sum_allowed(config, seen)) return;
+  out.line(config.name + "_sum", config.labels, labels, seen.sum);
   out.line(config.name + "_count", config.labels, labels, static_cast<double>(seen.count));
 }
 

@@ -250,3 +250,42 @@ TEST_CASE("a render in steps stops between series, never inside one, and equals 
     CHECK(out.capacity() == capacity); // the same memory, written over
   }
 }
+
+TEST_CASE("OpenMetrics: a histogram whose sum is no counter has no _sum and no _count; text keeps both") {
+  hermes::Registry registry(hermes::parse_config(R"({"service_name": "s",
+    "histograms": [{"metric_name": "offset_seconds", "labels": ["k"], "buckets": [-1, 0, 1]},
+                   {"metric_name": "latency_seconds", "labels": ["k"], "buckets": [0.5, 1]}]})",
+                                                 "test"));
+  for (const char *datagram : {R"({"metric_name": "offset_seconds", "payload": {"labels": {"k": "a"}, "observation": -2}})",
+                               R"({"metric_name": "offset_seconds", "payload": {"labels": {"k": "a"}, "observation": 3}})",
+                               R"({"metric_name": "latency_seconds", "payload": {"labels": {"k": "up"}, "observation": -0.25}})",
+                               R"({"metric_name": "latency_seconds", "payload": {"labels": {"k": "up"}, "observation": 0.75}})",
+                               R"({"metric_name": "latency_seconds", "payload": {"labels": {"k": "down"}, "observation": -0.25}})"})
+    REQUIRE(registry.ingest(datagram, hermes::Now(1, 1764000000)).accepted == 1);
+  const std::string openmetrics = hermes::render_metrics(registry, hermes::Format::openmetrics);
+  // A negative bound: never a sum, so never a count; the +Inf bucket counts them all.
+  CHECK(openmetrics.find(R"(offset_seconds_bucket{k="a",le="-1"} 1
+offset_seconds_bucket{k="a",le="0"} 1
+offset_seconds_bucket{k="a",le="1"} 1
+offset_seconds_bucket{k="a",le="+Inf"} 2
+offset_seconds_created{k="a"} 1.764e+09
+)") != std::string::npos);
+  // Bounds from 0 up: the sum and the count while the sum is not negative.
+  CHECK(openmetrics.find(R"(latency_seconds_bucket{k="down",le="0.5"} 1
+latency_seconds_bucket{k="down",le="1"} 1
+latency_seconds_bucket{k="down",le="+Inf"} 1
+latency_seconds_created{k="down"} 1.764e+09
+latency_seconds_bucket{k="up",le="0.5"} 1
+latency_seconds_bucket{k="up",le="1"} 2
+latency_seconds_bucket{k="up",le="+Inf"} 2
+latency_seconds_sum{k="up"} 0.5
+latency_seconds_count{k="up"} 2
+latency_seconds_created{k="up"} 1.764e+09
+)") != std::string::npos);
+  const std::string text = hermes::render_metrics(registry, hermes::Format::text);
+  for (const char *line : {"offset_seconds_sum{k=\"a\"} 1\n", "offset_seconds_count{k=\"a\"} 2\n",
+                           "latency_seconds_sum{k=\"down\"} -0.25\n", "latency_seconds_count{k=\"down\"} 1\n"}) {
+    CHECK_MESSAGE(text.find(line) != std::string::npos, line);
+    CHECK_MESSAGE(openmetrics.find(line) == std::string::npos, line);
+  }
+}
