@@ -653,6 +653,14 @@ public:
   // The value of one series, label values in configured order; nullopt when it does not exist.
   std::optional<double> value(std::string_view metric, const std::vector<std::string> &label_values) const;
   std::size_t series_count() const; // live series of all configured metrics
+  // Each configured metric, by index in name order (0 to metric_count() - 1): its live
+  // series and its max_series, so that an operator sees which one is full.
+  struct MetricFill {
+    std::string_view name;
+    std::size_t series = 0, max_series = 0;
+  };
+  std::size_t metric_count() const;
+  MetricFill metric_fill(std::size_t index) const;
   std::uint64_t accepted() const { return accepted_; }
   std::uint64_t expired() const { return expired_; } // series dropped by expire(), ever
   std::uint64_t rejected(Reject reason) const { return rejected_[static_cast<std::size_t>(reason)]; }
@@ -707,9 +715,10 @@ inline const char *content_type(Format format);
 inline Format negotiate_format(std::string_view accept, bool openmetrics = true, bool protobuf = true);
 
 // The exposition of a registry: every configured metric and the registry's own figures
-// (hermes_build_info, hermes_samples_*, hermes_series*), each family once, sorted by
-// name. It only reads the registry; call Registry::expire first for up-to-date ttl and
-// summary windows. A Server adds its own figures: see Server::render.
+// (hermes_build_info, hermes_samples_*, hermes_series*, and per configured metric
+// hermes_metric_series and hermes_metric_max_series), each family once, sorted by name.
+// It only reads the registry; call Registry::expire first for up-to-date ttl and summary
+// windows. A Server adds its own figures: see Server::render.
 inline std::string render_metrics(const Registry &registry, Format format = Format::text);
 // The same written over `out`, whose memory is reused.
 inline void render_metrics(std::string &out, const Registry &registry, Format format);
@@ -5326,6 +5335,13 @@ inline std::size_t Registry::series_count() const {
   return count;
 }
 
+inline std::size_t Registry::metric_count() const { return metrics_.size(); }
+
+inline Registry::MetricFill Registry::metric_fill(std::size_t index) const {
+  const detail::Metric &metric = metrics_[index];
+  return {metric.config.name, metric.series.size(), metric.config.max_series};
+}
+
 } // namespace hermes
 
 // ===== STATE ==============================================================================
@@ -5828,6 +5844,29 @@ inline void write_http_requests(Writer &out, const char *name, const SelfView &v
   }
 }
 
+// One series per configured metric, labelled with its name, showing one Field of its
+// fill: no allocation, and a line of bounded length each (see self_metric_line_bytes).
+template <std::size_t Registry::MetricFill::*Field>
+inline void write_per_metric(Writer &out, const char *name, const SelfView &view) {
+  for (std::size_t i = 0; i < view.registry.metric_count(); ++i) {
+    const Registry::MetricFill fill = view.registry.metric_fill(i);
+    out.sample(name, {{"metric", fill.name}}, static_cast<double>(fill.*Field));
+  }
+}
+
+// The most bytes the per-metric series of Hermes' own figures (hermes_metric_series and
+// hermes_metric_max_series) add to a body for one metric whose name has `name_size`
+// characters, in the format that writes them longest: a text line each,
+// `hermes_metric_max_series{metric="NAME"} VALUE\n`, where a metric name needs no
+// escaping and a value is at most 24 characters (a double's shortest form). Protobuf
+// writes each as a Metric of about 25 bytes besides the name.
+constexpr std::size_t self_metric_value_chars = 24;
+inline std::size_t self_metric_line_bytes(std::size_t name_size) {
+  constexpr std::size_t series_line = sizeof("hermes_metric_series{metric=\"\"} \n") - 1;
+  constexpr std::size_t max_series_line = sizeof("hermes_metric_max_series{metric=\"\"} \n") - 1;
+  return series_line + max_series_line + 2 * (name_size + self_metric_value_chars);
+}
+
 inline Figure count(std::uint64_t n) { return static_cast<double>(n); }
 
 // Hermes' own families, sorted by name as the body is.
@@ -5845,6 +5884,10 @@ inline const SelfMetric self_metrics[] = {
      Scope::server, [](const SelfView &v) -> Figure { return v.server->memory_budget_bytes; }, nullptr},
     {"hermes_memory_used_bytes", "Bytes of the memory budget in use.", self_gauge, Scope::server,
      [](const SelfView &v) -> Figure { return v.server->memory_used_bytes; }, nullptr},
+    {"hermes_metric_max_series", "The max_series of each configured metric: a push for one series more is series_limit.",
+     self_gauge, Scope::registry, nullptr, write_per_metric<&Registry::MetricFill::max_series>},
+    {"hermes_metric_series", "Live series of each configured metric.", self_gauge, Scope::registry, nullptr,
+     write_per_metric<&Registry::MetricFill::series>},
     {"hermes_samples_accepted_total", "Samples applied to the registry.", self_counter, Scope::registry,
      [](const SelfView &v) { return count(v.registry.accepted()); }, nullptr},
     {"hermes_samples_received_total", "Samples received, applied or not, by wire format.", self_counter, Scope::registry,
@@ -5914,7 +5957,8 @@ public:
     out.clear();
     std::size_t estimate = 8192; // Hermes' own families; then each series' line, roughly
     for (const Metric &metric : metrics_)
-      estimate += metric.series.size() * (metric.config.name.size() + 16 * metric.config.labels.size() + 24);
+      estimate += metric.series.size() * (metric.config.name.size() + 16 * metric.config.labels.size() + 24) +
+                  self_metric_line_bytes(metric.config.name.size());
     out.reserve(estimate);
   }
 

@@ -244,6 +244,10 @@ def run(openmetrics, native=False, checks=(), outcomes=None):
             check = stored[("hermes_samples_rejected_total", (("reason", reason),))]
             assert check == rejected.get(reason, 0), f"{reason}: {check}"
         assert stored[("hermes_series", ())] == len(expected)
+        for metric in configured:  # each metric's own count of series, beside its max_series
+            series = stored[("hermes_metric_series", (("metric", metric),))]
+            assert series == len([key for key in expected if key[0] == metric]), (metric, series)
+            assert stored[("hermes_metric_max_series", (("metric", metric),))] == 10000, metric
         assert stored[("hermes_build_info", (("service", "e2e-service"), ("version", "1.0.0")))] == 1
         for check in checks:
             try:

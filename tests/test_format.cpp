@@ -75,6 +75,14 @@ TEST_CASE("a bare registry renders its metrics and its own figures, no daemon or
   CHECK(body == R"(# HELP hermes_build_info Hermes version and the configured service, always 1.
 # TYPE hermes_build_info gauge
 hermes_build_info{version=")" HERMES_VERSION_STR R"(",service="testing-service"} 1
+# HELP hermes_metric_max_series The max_series of each configured metric: a push for one series more is series_limit.
+# TYPE hermes_metric_max_series gauge
+hermes_metric_max_series{metric="sample_counter"} 10000
+hermes_metric_max_series{metric="sample_gauge"} 10000
+# HELP hermes_metric_series Live series of each configured metric.
+# TYPE hermes_metric_series gauge
+hermes_metric_series{metric="sample_counter"} 1
+hermes_metric_series{metric="sample_gauge"} 0
 # HELP hermes_samples_accepted_total Samples applied to the registry.
 # TYPE hermes_samples_accepted_total counter
 hermes_samples_accepted_total 1
@@ -248,6 +256,65 @@ TEST_CASE("a render in steps stops between series, never inside one, and equals 
     hermes::render_metrics(out, registry, format);
     CHECK(out == hermes::render_metrics(registry, format));
     CHECK(out.capacity() == capacity); // the same memory, written over
+  }
+}
+
+TEST_CASE("each configured metric shows its live series and its max_series, in every format") {
+  hermes::Registry registry(hermes::parse_config(R"({"service_name": "s", "max_series": 3,
+    "gauges": [{"metric_name": "full", "labels": ["k"]}, {"metric_name": "plain"}],
+    "counters": [{"metric_name": "jobs_total", "labels": ["k"], "max_series": 1000000}]})",
+                                                 "test"));
+  for (const char *k : {"a", "b", "c", "d"})
+    registry.ingest(std::string(R"({"metric_name": "full", "payload": {"labels": {"k": ")") + k + R"("}, "value": 1}})", 1);
+  registry.ingest(R"({"metric_name": "jobs_total", "payload": {"labels": {"k": "x"}}})", 1);
+  CHECK(registry.rejected(hermes::Reject::series_limit) == 1);
+  CHECK(registry.metric_count() == 3);
+  const hermes::Registry::MetricFill fill = registry.metric_fill(0);
+  CHECK((fill.name == "full" && fill.series == 3 && fill.max_series == 3));
+  const std::string lines = R"(# TYPE hermes_metric_max_series gauge
+hermes_metric_max_series{metric="full"} 3
+hermes_metric_max_series{metric="jobs_total"} 1e+06
+hermes_metric_max_series{metric="plain"} 3
+# HELP hermes_metric_series Live series of each configured metric.
+# TYPE hermes_metric_series gauge
+hermes_metric_series{metric="full"} 3
+hermes_metric_series{metric="jobs_total"} 1
+hermes_metric_series{metric="plain"} 1
+)";
+  for (const hermes::Format format : {hermes::Format::text, hermes::Format::openmetrics}) {
+    CAPTURE(hermes::content_type(format));
+    CHECK(hermes::render_metrics(registry, format).find(lines) != std::string::npos);
+  }
+  // Protobuf carries the same: see test_protobuf.cpp, which reads whole bodies back as text.
+}
+
+TEST_CASE("the per-metric lines of Hermes' own figures stay within self_metric_line_bytes in every format") {
+  for (const std::size_t name_size : {std::size_t{1}, std::size_t{20}, std::size_t{200}}) {
+    const std::string name(name_size, 'm');
+    hermes::Registry registry(hermes::parse_config(R"({"service_name": "s", "max_series": 9999999,
+      "gauges": [{"metric_name": ")" + name + R"(", "labels": ["k"]}]})",
+                                                   "test"));
+    hermes::Registry none(hermes::parse_config(R"({"service_name": "s"})", "test"));
+    for (const hermes::Format format : {hermes::Format::text, hermes::Format::openmetrics, hermes::Format::protobuf}) {
+      CAPTURE(name_size);
+      CAPTURE(hermes::content_type(format));
+      // Both families written alone, with and without the metric: the difference is its lines.
+      const auto families = [&](const hermes::Registry &which) {
+        std::string out;
+        hermes::detail::Exposition text(out, format);
+        hermes::detail::ProtobufExposition protobuf(out);
+        hermes::detail::Writer &writer = format == hermes::Format::protobuf ? static_cast<hermes::detail::Writer &>(protobuf) : text;
+        for (const hermes::detail::SelfMetric &metric : hermes::detail::self_metrics)
+          if (std::string_view(metric.name).rfind("hermes_metric_", 0) == 0)
+            hermes::detail::write_self_metric(writer, metric, {which, nullptr, nullptr});
+        writer.finish();
+        return out.size();
+      };
+      const std::size_t bytes = families(registry) - families(none);
+      const std::size_t bound = hermes::detail::self_metric_line_bytes(name_size);
+      CHECK(bytes <= bound);
+      if (format != hermes::Format::protobuf) CHECK(bytes + 2 * hermes::detail::self_metric_value_chars >= bound); // tight but for the values
+    }
   }
 }
 
