@@ -186,7 +186,8 @@ test-deps: deps
 	@tests/ensure.sh header:doctest/doctest.h:doctest-dev command:python3:python3 command:promtool:prometheus \
 	  command:prometheus:prometheus command:clang++:clang python:yaml:python3-yaml \
 	  file:/usr/share/i18n/locales/de_DE:locales command:localedef:libc-bin command:faketime:faketime \
-	  command:stunnel4:stunnel4 command:openssl:openssl
+	  command:stunnel4:stunnel4 command:openssl:openssl \
+	  debian-python:prometheus_client.openmetrics.parser:python3-prometheus-client
 
 clean:
 	rm -rf hermes $(BUILD)

@@ -106,7 +106,9 @@
 // changed, and once more when run() ends, after the samples still queued on its sockets.
 // A write goes to a new file in the same directory, fsynced and renamed over the old one,
 // on a thread of its own. A file that is not state is renamed aside, never deleted; a
-// series whose metric is gone or changed shape is skipped and logged.
+// series whose metric is gone or changed shape is skipped and logged. A path with a
+// directory missing, or a file where a directory should be, holds no state yet: the
+// server starts empty, and counts and logs each write that fails until it is fixed.
 //
 // ---- Time -------------------------------------------------------------------------------------
 //
@@ -699,6 +701,14 @@ public:
   // The value of one series, label values in configured order; nullopt when it does not exist.
   std::optional<double> value(std::string_view metric, const std::vector<std::string> &label_values) const;
   std::size_t series_count() const; // live series of all configured metrics
+  // Each configured metric, by index in name order (0 to metric_count() - 1): its live
+  // series and its max_series, so that an operator sees which one is full.
+  struct MetricFill {
+    std::string_view name;
+    std::size_t series = 0, max_series = 0;
+  };
+  std::size_t metric_count() const;
+  MetricFill metric_fill(std::size_t index) const;
   std::uint64_t accepted() const { return accepted_; }
   std::uint64_t expired() const { return expired_; } // series dropped by expire(), ever
   std::uint64_t rejected(Reject reason) const { return rejected_[static_cast<std::size_t>(reason)]; }
@@ -758,9 +768,10 @@ inline const char *content_type(Format format);
 inline Format negotiate_format(std::string_view accept, bool openmetrics = true, bool protobuf = true);
 
 // The exposition of a registry: every configured metric and the registry's own figures
-// (hermes_build_info, hermes_samples_*, hermes_series*), each family once, sorted by
-// name. It only reads the registry; call Registry::expire first for up-to-date ttl and
-// summary windows. A Server adds its own figures: see Server::render.
+// (hermes_build_info, hermes_samples_*, hermes_series*, and per configured metric
+// hermes_metric_series and hermes_metric_max_series), each family once, sorted by name.
+// It only reads the registry; call Registry::expire first for up-to-date ttl and summary
+// windows. A Server adds its own figures: see Server::render.
 inline std::string render_metrics(const Registry &registry, Format format = Format::text);
 // The same written over `out`, whose memory is reused.
 inline void render_metrics(std::string &out, const Registry &registry, Format format);
@@ -4776,8 +4787,14 @@ inline void StateKeeper::restore(Registry &registry, double monotonic_now) {
   written_changes_ = registry.changes();
   if (!enabled()) return;
   struct stat info {};
-  if (::stat(path_.c_str(), &info) != 0 && errno == ENOENT)
-    return logger_.log(LogLevel::info, "no state file yet; starting empty", {{"path", path_}});
+  // No file at the path, a directory of it missing, or a file where a directory should
+  // be (ENOTDIR): no state to read and nothing to set aside. Until the path is fixed,
+  // writes fail, and each failure is counted and logged.
+  const int missing = ::stat(path_.c_str(), &info) != 0 ? errno : 0;
+  if (missing == ENOENT) return logger_.log(LogLevel::info, "no state file yet; starting empty", {{"path", path_}});
+  if (missing == ENOTDIR)
+    return logger_.log(LogLevel::warn, "no state file yet; starting empty",
+                       {{"path", path_}, {"error", std::string("stat: ") + std::strerror(missing)}});
   const auto size = static_cast<std::size_t>(std::max<off_t>(info.st_size, 0));
   const bool too_large = info.st_size > HERMES_MAX_STATE_SIZE; // not read at all
   const bool no_room = !too_large && !budget_.take(size + 1);
@@ -5610,6 +5627,13 @@ inline std::size_t Registry::series_count() const {
   return count;
 }
 
+inline std::size_t Registry::metric_count() const { return metrics_.size(); }
+
+inline Registry::MetricFill Registry::metric_fill(std::size_t index) const {
+  const detail::Metric &metric = metrics_[index];
+  return {metric.config.name, metric.series.size(), metric.config.max_series};
+}
+
 } // namespace hermes
 
 // ===== STATE ==============================================================================
@@ -5828,9 +5852,19 @@ private:
   std::string_view family_;
 };
 
-// Cumulative buckets with their upper bound as le, then _sum and _count. OpenMetrics
-// allows no _sum beside a negative bucket bound: the sum is then not a counter. A native
+// Cumulative buckets with their upper bound as le, then _sum and _count. A native
 // histogram without classic buckets shows the +Inf bucket alone, as client_golang does.
+// OpenMetrics 1.0 holds a histogram's sum to be a counter, never negative, and allows
+// none beside a negative bucket bound; and it writes _count if and only if it writes
+// _sum (gaugehistogram's _gsum and _gcount belong to another type, with other series
+// names). So in OpenMetrics a histogram with a negative bound has neither, nor has a
+// series while its sum is below zero (or NaN); its +Inf bucket still counts every
+// observation. Text and protobuf always carry both, as client_golang writes them.
+inline bool openmetrics_sum_allowed(const MetricConfig &config, const Distribution &seen) {
+  const bool negative_bound = !config.buckets.empty() && config.buckets.front() < 0;
+  return !negative_bound && seen.sum >= 0;
+}
+
 inline void write_histogram(Exposition &out, const MetricConfig &config, const std::vector<std::string> &labels,
                             const Distribution &seen) {
   const std::string bucket = config.name + "_bucket";
@@ -5840,8 +5874,8 @@ inline void write_histogram(Exposition &out, const MetricConfig &config, const s
     const std::string le = i < config.buckets.size() ? format_double(config.buckets[i]) : "+Inf";
     out.line(bucket, config.labels, labels, static_cast<double>(cumulative), {"le", le});
   }
-  const bool negative_bound = !config.buckets.empty() && config.buckets.front() < 0;
-  if (out.format() != Format::openmetrics || !negative_bound) out.line(config.name + "_sum", config.labels, labels, seen.sum);
+  if (out.format() == Format::openmetrics && !openmetrics_sum_allowed(config, seen)) return;
+  out.line(config.name + "_sum", config.labels, labels, seen.sum);
   out.line(config.name + "_count", config.labels, labels, static_cast<double>(seen.count));
 }
 
@@ -6104,6 +6138,16 @@ inline void write_http_requests(Writer &out, const char *name, const SelfView &v
   }
 }
 
+// One series per configured metric, labelled with its name, showing one Field of its
+// fill: no allocation, and a line of bounded length each (see fixed_body_bound).
+template <std::size_t Registry::MetricFill::*Field>
+inline void write_per_metric(Writer &out, const char *name, const SelfView &view) {
+  for (std::size_t i = 0; i < view.registry.metric_count(); ++i) {
+    const Registry::MetricFill fill = view.registry.metric_fill(i);
+    out.sample(name, {{"metric", fill.name}}, static_cast<double>(fill.*Field));
+  }
+}
+
 inline Figure count(std::uint64_t n) { return static_cast<double>(n); }
 
 // Hermes' own families, sorted by name as the body is.
@@ -6121,6 +6165,10 @@ inline const SelfMetric self_metrics[] = {
      Scope::server, [](const SelfView &v) -> Figure { return v.server->memory_budget_bytes; }, nullptr},
     {"hermes_memory_used_bytes", "Bytes of the memory budget in use.", self_gauge, Scope::server,
      [](const SelfView &v) -> Figure { return v.server->memory_used_bytes; }, nullptr},
+    {"hermes_metric_max_series", "The max_series of each configured metric: a push for one series more is series_limit.",
+     self_gauge, Scope::registry, nullptr, write_per_metric<&Registry::MetricFill::max_series>},
+    {"hermes_metric_series", "Live series of each configured metric.", self_gauge, Scope::registry, nullptr,
+     write_per_metric<&Registry::MetricFill::series>},
     {"hermes_samples_accepted_total", "Samples applied to the registry.", self_counter, Scope::registry,
      [](const SelfView &v) { return count(v.registry.accepted()); }, nullptr},
     {"hermes_samples_received_total", "Samples received, applied or not, by wire format.", self_counter, Scope::registry,

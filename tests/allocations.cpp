@@ -89,3 +89,31 @@ TEST_CASE("StatsD ingest allocates nothing per sample once its series exist") {
   CHECK(registry.value("jobs_total", {"mail", "w-1"}) == std::optional<double>(7 * 1002));
   CHECK(registry.received(hermes::Wire::statsd) == 18 * 1002);
 }
+
+TEST_CASE("the per-metric families of Hermes' own figures allocate nothing once the body has room") {
+  const hermes::Registry registry(hermes::parse_config(R"({"service_name": "s",
+    "counters": [{"metric_name": "a_rather_long_metric_name_that_no_small_string_holds_total", "labels": ["queue"]}],
+    "gauges": [{"metric_name": "depth"}], "histograms": [{"metric_name": "latency", "labels": ["queue"]}]})",
+                                                       "test"));
+  for (const hermes::Format format : {hermes::Format::text, hermes::Format::openmetrics, hermes::Format::protobuf}) {
+    CAPTURE(hermes::content_type(format));
+    std::string out;
+    out.reserve(4096);
+    hermes::detail::Exposition text(out, format);
+    hermes::detail::ProtobufExposition protobuf(out);
+    hermes::detail::Writer &writer = format == hermes::Format::protobuf ? static_cast<hermes::detail::Writer &>(protobuf) : text;
+    std::size_t families = 0;
+    allocations = 0;
+    counting = true;
+    for (const hermes::detail::SelfMetric &metric : hermes::detail::self_metrics)
+      if (std::string_view(metric.name).rfind("hermes_metric_", 0) == 0) {
+        hermes::detail::write_self_metric(writer, metric, {registry, nullptr, nullptr});
+        ++families;
+      }
+    writer.finish();
+    counting = false;
+    CHECK(families == 2);
+    CHECK(allocations == 0);
+    CHECK(out.size() > 3 * 2 * 20); // three series in each of the two families were written
+  }
+}

@@ -244,6 +244,10 @@ def run(openmetrics, native=False, checks=(), outcomes=None):
             check = stored[("hermes_samples_rejected_total", (("reason", reason),))]
             assert check == rejected.get(reason, 0), f"{reason}: {check}"
         assert stored[("hermes_series", ())] == len(expected)
+        for metric in configured:  # each metric's own count of series, beside its max_series
+            series = stored[("hermes_metric_series", (("metric", metric),))]
+            assert series == len([key for key in expected if key[0] == metric]), (metric, series)
+            assert stored[("hermes_metric_max_series", (("metric", metric),))] == 10000, metric
         assert stored[("hermes_build_info", (("service", "e2e-service"), ("version", "1.0.0")))] == 1
         for check in checks:
             try:
@@ -471,6 +475,44 @@ def run_native():
         stack.close()
 
 
+SIGNED_CONFIG = {
+    "service_name": "e2e-signed",
+    "histograms": [
+        {"metric_name": "offset_seconds", "metric_description": "negative bounds", "labels": ["host"], "buckets": [-1, 0, 1]},
+        {"metric_name": "drift_seconds", "metric_description": "bounds from 0 up", "labels": ["host"], "buckets": [0.5, 1]}],
+}
+
+
+def run_signed_openmetrics():
+    """Histograms with negative bounds and observations, scraped as OpenMetrics: the
+    buckets of every series are stored, _sum and _count exactly where the sum is a counter."""
+    stack = Stack(True, config=SIGNED_CONFIG)
+    try:
+        sent = [json.dumps({"metric_name": metric, "payload": {"labels": {"host": host}, "observation": value}})
+                for metric, host, values in (("offset_seconds", "a", [-2, -0.5, 0.25, 3]),
+                                             ("drift_seconds", "up", [-0.25, 0.75]), ("drift_seconds", "down", [-0.25, 0.1]))
+                for value in values]
+        stack.push(sent)
+        stack.wait(lambda: stack.stored().get(("hermes_samples_accepted_total", ())) == len(sent) and
+                   ("drift_seconds_bucket", (("host", "down"), ("le", "+Inf"))) in stack.stored(),
+                   "the observations to reach Prometheus")
+        targets = get_json(f"http://{stack.prometheus}/api/v1/targets")["data"]["activeTargets"]
+        assert [(t["health"], t["lastError"]) for t in targets] == [("up", "")], targets
+        signed = {(name, labels): value for (name, labels), value in stack.stored().items()
+                  if name.startswith(("offset_seconds", "drift_seconds")) and not name.endswith("_created")}
+        expected = {("offset_seconds_bucket", (("host", "a"), ("le", le))): count
+                    for le, count in (("-1", 1), ("0", 2), ("1", 3), ("+Inf", 4))}
+        expected.update({("drift_seconds_bucket", (("host", host), ("le", le))): count
+                         for host, counts in (("up", (1, 2, 2)), ("down", (2, 2, 2)))
+                         for le, count in zip(("0.5", "1", "+Inf"), counts)})
+        expected.update({("drift_seconds_sum", (("host", "up"),)): 0.5, ("drift_seconds_count", (("host", "up"),)): 2})
+        assert signed == expected, set(signed.items()) ^ set(expected.items())
+        median = float(stack.query('histogram_quantile(0.5, offset_seconds_bucket{host="a"})')[0]["value"][1])
+        assert median == 0, median  # rank 2 of 4 closes the bucket (-1, 0]
+    finally:
+        stack.close()
+
+
 def no_reset_across_a_restart():
     """A counter scraped across a restart of hermes with a state file: Prometheus sees no reset."""
     stack = Stack(openmetrics=True, keep_state=True)
@@ -562,6 +604,13 @@ def main():
     except Exception:
         failed += 1
         print(f"FAIL native histograms: exact count and sum, quantiles within a bucket\n{traceback.format_exc()}")
+    try:
+        run_signed_openmetrics()
+        passed += 1
+        print("ok   OpenMetrics histograms with negative bounds and observations are stored whole")
+    except Exception:
+        failed += 1
+        print(f"FAIL OpenMetrics histograms with negative bounds and observations are stored whole\n{traceback.format_exc()}")
     try:
         no_reset_across_a_restart()
         passed += 1

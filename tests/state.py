@@ -271,6 +271,34 @@ def an_unwritable_path_is_counted_and_logged_once_per_interval_while_serving_goe
             hermes.close()
 
 
+@test
+def a_path_under_a_regular_file_has_no_state_yet_and_hermes_serves_on():
+    with StateDir() as state:
+        parent = os.path.join(state.path, "hermes")  # /var/lib/hermes as a file
+        with open(parent, "w") as file:
+            file.write("not a directory\n")
+        path = os.path.join(parent, "state.json")
+        hermes = start(EVERY_TYPE, path, interval="0.2")
+        try:
+            match = wait_for_line(hermes, r'level=warn msg="no state file yet; starting empty" path=(\S+) error="(.*)"$')
+            check_equal(match.groups(), (path, "stat: Not a directory"), "the start-up line")
+            check_equal(hermes.metric("hermes_state_restored_series"), 0, "restored")
+            hermes.push(sample("plain_total", value=1))
+            hermes.wait_for('hermes_state_writes_total{result="failure"}', 2, seconds=5)
+            hermes.push(sample("plain_total", value=1))
+            check_equal(hermes.metric("plain_total"), 2, "serving goes on")
+            check_equal(hermes.metric('hermes_state_writes_total{result="success"}'), 0, "successes")
+            check_equal(hermes.stop()[0], 0, "exit code")  # the last write fails too; the stop is still clean
+            lines = [line for line in hermes.log if "state write failed" in line]
+            assert lines and all(f'error="create {path}.XXXXXX: Not a directory"' in line for line in lines), lines
+            assert not any("aside" in line for line in hermes.log), hermes.log
+            check_equal(sorted(os.listdir(state.path)), ["hermes"], "files")
+            with open(parent) as file:
+                check_equal(file.read(), "not a directory\n", "the file in the way")
+        finally:
+            hermes.close()
+
+
 def limit_file_size():
     """A disk that is full: writes past 4 KiB fail with EFBIG instead of killing hermes."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -75,6 +75,14 @@ TEST_CASE("a bare registry renders its metrics and its own figures, no daemon or
   CHECK(body == R"(# HELP hermes_build_info Hermes version and the configured service, always 1.
 # TYPE hermes_build_info gauge
 hermes_build_info{version=")" HERMES_VERSION_STR R"(",service="testing-service"} 1
+# HELP hermes_metric_max_series The max_series of each configured metric: a push for one series more is series_limit.
+# TYPE hermes_metric_max_series gauge
+hermes_metric_max_series{metric="sample_counter"} 10000
+hermes_metric_max_series{metric="sample_gauge"} 10000
+# HELP hermes_metric_series Live series of each configured metric.
+# TYPE hermes_metric_series gauge
+hermes_metric_series{metric="sample_counter"} 1
+hermes_metric_series{metric="sample_gauge"} 0
 # HELP hermes_samples_accepted_total Samples applied to the registry.
 # TYPE hermes_samples_accepted_total counter
 hermes_samples_accepted_total 1
@@ -249,5 +257,97 @@ TEST_CASE("a render in steps stops between series, never inside one, and equals 
     hermes::render_metrics(out, registry, format);
     CHECK(out == hermes::render_metrics(registry, format));
     CHECK(out.capacity() == capacity); // the same memory, written over
+  }
+}
+
+TEST_CASE("each configured metric shows its live series and its max_series, in every format") {
+  hermes::Registry registry(hermes::parse_config(R"({"service_name": "s", "max_series": 3,
+    "gauges": [{"metric_name": "full", "labels": ["k"]}, {"metric_name": "plain"}],
+    "counters": [{"metric_name": "jobs_total", "labels": ["k"], "max_series": 1000000}]})",
+                                                 "test"));
+  for (const char *k : {"a", "b", "c", "d"})
+    registry.ingest(std::string(R"({"metric_name": "full", "payload": {"labels": {"k": ")") + k + R"("}, "value": 1}})", 1);
+  registry.ingest(R"({"metric_name": "jobs_total", "payload": {"labels": {"k": "x"}}})", 1);
+  CHECK(registry.rejected(hermes::Reject::series_limit) == 1);
+  CHECK(registry.metric_count() == 3);
+  const hermes::Registry::MetricFill fill = registry.metric_fill(0);
+  CHECK((fill.name == "full" && fill.series == 3 && fill.max_series == 3));
+  const std::string lines = R"(# TYPE hermes_metric_max_series gauge
+hermes_metric_max_series{metric="full"} 3
+hermes_metric_max_series{metric="jobs_total"} 1e+06
+hermes_metric_max_series{metric="plain"} 3
+# HELP hermes_metric_series Live series of each configured metric.
+# TYPE hermes_metric_series gauge
+hermes_metric_series{metric="full"} 3
+hermes_metric_series{metric="jobs_total"} 1
+hermes_metric_series{metric="plain"} 1
+)";
+  for (const hermes::Format format : {hermes::Format::text, hermes::Format::openmetrics}) {
+    CAPTURE(hermes::content_type(format));
+    CHECK(hermes::render_metrics(registry, format).find(lines) != std::string::npos);
+  }
+  // Protobuf carries the same: see test_protobuf.cpp, which reads whole bodies back as text.
+}
+
+TEST_CASE("Hermes' own families, per-metric lines included, stay within the fixed part of the body bound") {
+  for (const std::size_t name_size : {std::size_t{1}, std::size_t{20}, std::size_t{200}}) {
+    const std::string name(name_size, 'm');
+    hermes::Registry registry(hermes::parse_config(R"({"service_name": "s \"quoted\"", "max_series": 9999999,
+      "gauges": [{"metric_name": ")" + name + R"(", "labels": ["k"], "metric_description": "help \\ with \n escapes"}]})",
+                                                   "test"));
+    hermes::ServerStats server; // figures as long as figures are written
+    server.udp_packets = server.udp_receive_drops = 18446744073709551615u;
+    server.last_reload_success_seconds = server.memory_used_bytes = -2.2250738585072014e-308;
+    for (auto &entry : server.http_requests) entry.second = 18446744073709551615u;
+    const hermes::detail::ProcessStats process{-1.2345678901234567e-300, 1e300, 1.7976931348623157e308, 0.1, 5e-324, -1e-5};
+    for (const hermes::Format format : {hermes::Format::text, hermes::Format::openmetrics, hermes::Format::protobuf}) {
+      CAPTURE(name_size);
+      CAPTURE(hermes::content_type(format));
+      std::string out;
+      hermes::detail::Renderer renderer(out, registry, {registry, &server, &process}, format);
+      while (!renderer.write_some(1000)) {
+      }
+      CHECK(out.size() <= hermes::detail::fixed_body_bound(registry));
+      CHECK(out.size() * 2 > hermes::detail::fixed_body_bound(registry)); // a bound, not a wild one
+    }
+  }
+}
+
+TEST_CASE("OpenMetrics: a histogram whose sum is no counter has no _sum and no _count; text keeps both") {
+  hermes::Registry registry(hermes::parse_config(R"({"service_name": "s",
+    "histograms": [{"metric_name": "offset_seconds", "labels": ["k"], "buckets": [-1, 0, 1]},
+                   {"metric_name": "latency_seconds", "labels": ["k"], "buckets": [0.5, 1]}]})",
+                                                 "test"));
+  for (const char *datagram : {R"({"metric_name": "offset_seconds", "payload": {"labels": {"k": "a"}, "observation": -2}})",
+                               R"({"metric_name": "offset_seconds", "payload": {"labels": {"k": "a"}, "observation": 3}})",
+                               R"({"metric_name": "latency_seconds", "payload": {"labels": {"k": "up"}, "observation": -0.25}})",
+                               R"({"metric_name": "latency_seconds", "payload": {"labels": {"k": "up"}, "observation": 0.75}})",
+                               R"({"metric_name": "latency_seconds", "payload": {"labels": {"k": "down"}, "observation": -0.25}})"})
+    REQUIRE(registry.ingest(datagram, hermes::Now(1, 1764000000)).accepted == 1);
+  const std::string openmetrics = hermes::render_metrics(registry, hermes::Format::openmetrics);
+  // A negative bound: never a sum, so never a count; the +Inf bucket counts them all.
+  CHECK(openmetrics.find(R"(offset_seconds_bucket{k="a",le="-1"} 1
+offset_seconds_bucket{k="a",le="0"} 1
+offset_seconds_bucket{k="a",le="1"} 1
+offset_seconds_bucket{k="a",le="+Inf"} 2
+offset_seconds_created{k="a"} 1.764e+09
+)") != std::string::npos);
+  // Bounds from 0 up: the sum and the count while the sum is not negative.
+  CHECK(openmetrics.find(R"(latency_seconds_bucket{k="down",le="0.5"} 1
+latency_seconds_bucket{k="down",le="1"} 1
+latency_seconds_bucket{k="down",le="+Inf"} 1
+latency_seconds_created{k="down"} 1.764e+09
+latency_seconds_bucket{k="up",le="0.5"} 1
+latency_seconds_bucket{k="up",le="1"} 2
+latency_seconds_bucket{k="up",le="+Inf"} 2
+latency_seconds_sum{k="up"} 0.5
+latency_seconds_count{k="up"} 2
+latency_seconds_created{k="up"} 1.764e+09
+)") != std::string::npos);
+  const std::string text = hermes::render_metrics(registry, hermes::Format::text);
+  for (const char *line : {"offset_seconds_sum{k=\"a\"} 1\n", "offset_seconds_count{k=\"a\"} 2\n",
+                           "latency_seconds_sum{k=\"down\"} -0.25\n", "latency_seconds_count{k=\"down\"} 1\n"}) {
+    CHECK_MESSAGE(text.find(line) != std::string::npos, line);
+    CHECK_MESSAGE(openmetrics.find(line) == std::string::npos, line);
   }
 }

@@ -493,7 +493,7 @@ TEST_CASE("a render in protobuf steps out whole families only") {
     REQUIRE(size <= body.size());
     body.remove_prefix(size);
   }
-  CHECK(families == 7); // hermes_build_info, hermes_samples_* (3), hermes_series* (2), latency_seconds
+  CHECK(families == 9); // hermes_build_info, hermes_metric_* (2), hermes_samples_* (3), hermes_series* (2), latency_seconds
   CHECK(sizes.size() == 2);
   CHECK(out == hermes::render_metrics(registry, hermes::Format::protobuf));
   CHECK(as_text(out) == hermes::render_metrics(registry, hermes::Format::text));

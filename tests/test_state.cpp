@@ -463,6 +463,31 @@ TEST_CASE("a failed state write is counted, logged once per interval and tried a
   remove_tree(directory);
 }
 
+TEST_CASE("a state path under a regular file has no state yet: the server starts empty, counts each failed write, serves on") {
+  const std::string directory = temporary_directory();
+  const std::string parent = directory + "/hermes"; // a file where the state's directory should be
+  const std::string path = parent + "/state.json";
+  std::ofstream(parent) << "not a directory";
+  std::vector<std::string> log;
+  hermes::Server server(test::sample_config(), state_options(path, &log));
+  CHECK(log.back() == "level=warn msg=\"no state file yet; starting empty\" path=" + path + " error=\"stat: Not a directory\"");
+  CHECK(server.registry().series_count() == 0);
+  CHECK(server.stats().state_restored_series == 0);
+  test::push(server, {counter_sample});
+  REQUIRE(test::pump_until(server, [&] { return server.stats().state_writes_failed == 2; }));
+  CHECK(server.stats().state_writes_succeeded == 0);
+  CHECK(lines_with(log, "level=error msg=\"state write failed; the previous file stays, retrying next interval\" path=" + path +
+                            " error=\"create " + path + ".XXXXXX: Not a directory\"") == 2);
+  const std::string body = test::body_of(test::http(server, "GET /metrics HTTP/1.0\r\n\r\n"));
+  CHECK(body.find("\nsample_counter{label_1=\"x\"} 1\n") != std::string::npos);
+  const std::string failures = "\nhermes_state_writes_total{result=\"failure\"} ";
+  REQUIRE(body.find(failures) != std::string::npos);
+  CHECK(std::stod(body.substr(body.find(failures) + failures.size())) >= 2); // the scrape's steps may try again
+  CHECK(files_in(directory) == std::vector<std::string>{"hermes"}); // nothing set aside, nothing beside it
+  CHECK(test::read_file(parent) == "not a directory");
+  remove_tree(directory);
+}
+
 TEST_CASE("a server set aside a state file it cannot read, logs where, and starts empty") {
   const std::string directory = temporary_directory();
   const std::string path = directory + "/state.json";
@@ -498,7 +523,7 @@ TEST_CASE("a native histogram goes through the state file with its schema, zero 
   // The native buckets show in protobuf only: the family, from its name on, byte for byte.
   const auto native_family = [](const hermes::Registry &registry) {
     const std::string body = hermes::render_metrics(registry, hermes::Format::protobuf);
-    return body.substr(body.find("latency_seconds"));
+    return body.substr(body.find("\x0a\x0f" "latency_seconds")); // its name field; before it, its name as a label value
   };
   CHECK(native_family(after) == native_family(before));
   // A file that claims more buckets than the metric may hold is not state.
