@@ -95,9 +95,20 @@
 // ---- Memory ---------------------------------------------------------------------------
 //
 // One budget (Options::max_memory, 64 MiB by default) bounds what input can grow: fixed
-// buffers are taken at start, a new series takes its worst case (worst_case_series_bytes)
-// or is refused as memory_limit, series leave room for two /metrics bodies, scrapes
-// that come while a body is being sent share it, and a body with no room is 503.
+// buffers are taken at start; a new series takes its worst case (worst_case_series_bytes)
+// and room for its lines in each of HERMES_SCRAPE_BODIES /metrics bodies
+// (worst_case_body_bytes), or is refused as memory_limit; bodies take from that room
+// and nothing else does. So after every step
+//
+//     buffers + series + max(room for bodies, bodies in flight) <= budget
+//
+// and pressure costs new series, never a scrape: while no more bodies are in flight at
+// once than HERMES_SCRAPE_BODIES (scrapes that come while a body is being sent share it),
+// /metrics is never 503 for lack of memory. A summary's windows and a native histogram's
+// buckets never grow past the worst case their series took. The state file's text takes
+// its bound while it is written (a write with no room fails, and is tried again), and
+// the file read at start its size. The config's metrics without labels and every
+// family's room must fit at start and at each reload (ConfigError otherwise).
 //
 // ---- State across restarts ----------------------------------------------------------------
 //
@@ -451,6 +462,10 @@ struct Config {
 // What a series of `metric` may cost at most, in bytes of the memory budget, besides its
 // label values: a summary's windows at their fullest. --check-config shows it.
 inline std::size_t worst_case_series_bytes(const MetricConfig &metric);
+// What a series of `metric` may add to one /metrics body, in the format that writes the
+// most of it, with label values of `label_value_bytes` bytes that need no escaping. The
+// budget keeps this room for every series in each body a server keeps in flight.
+inline std::size_t worst_case_body_bytes(const MetricConfig &metric, std::size_t label_value_bytes = 15);
 
 // Parses and validates a config; `origin` (the file name) starts every error message.
 inline Config parse_config(std::string_view json, const std::string &origin);
@@ -611,9 +626,10 @@ public:
   std::size_t used() const { return held_ + in_bodies_; }          // what is taken: buffers, series and bodies
   std::size_t body_bound() const { return body_bound_; }          // the most one body of every series can take
   std::size_t body_room() const { return bodies_ * body_bound_; } // kept for bodies, taken or not
+  std::size_t committed() const { return held_ + std::max(body_room(), in_bodies_); } // what the rule adds up
   std::size_t bodies() const { return bodies_; }
   // The rule above; true after every step.
-  bool keeps_room() const { return held_ <= limit_ && std::max(body_room(), in_bodies_) <= limit_ - held_; }
+  bool keeps_room() const { return committed() <= limit_; }
 
 private:
   // Whether `held` bytes of buffers and series, with `bodies` bytes for bodies (or the
@@ -790,6 +806,7 @@ struct ServerStats {
   std::map<int, std::uint64_t> http_requests; // by status code; every code Hermes sends, from 0
   double memory_budget_bytes = 0;             // the limit of the memory budget
   double memory_used_bytes = 0;               // what of it is taken
+  double memory_committed_bytes = 0;          // taken, or kept for the /metrics bodies of the series that exist
   std::uint64_t state_writes_succeeded = 0;
   std::uint64_t state_writes_failed = 0;
   double state_last_write_seconds = 0; // wall clock of the last write that succeeded; 0: none yet
@@ -4935,6 +4952,11 @@ inline std::size_t worst_case_series_bytes(const MetricConfig &metric) {
   return bytes;
 }
 
+inline std::size_t worst_case_body_bytes(const MetricConfig &metric, std::size_t label_value_bytes) {
+  const std::vector<std::string> values(metric.labels.size(), std::string(label_value_bytes, 'x'));
+  return detail::series_cost(metric, values).body;
+}
+
 inline std::vector<std::string> lint_config(const Config &config) {
   std::vector<std::string> advice;
   for (const MetricConfig &metric : config.metrics)
@@ -6163,6 +6185,10 @@ inline const SelfMetric self_metrics[] = {
      write_http_requests},
     {"hermes_memory_budget_bytes", "The memory budget: bytes Hermes may hold for what input can grow.", self_gauge,
      Scope::server, [](const SelfView &v) -> Figure { return v.server->memory_budget_bytes; }, nullptr},
+    {"hermes_memory_committed_bytes",
+     "Bytes of the memory budget in use or kept for the /metrics bodies of the series that exist; a new series that "
+     "would take it past the budget is refused.",
+     self_gauge, Scope::server, [](const SelfView &v) -> Figure { return v.server->memory_committed_bytes; }, nullptr},
     {"hermes_memory_used_bytes", "Bytes of the memory budget in use.", self_gauge, Scope::server,
      [](const SelfView &v) -> Figure { return v.server->memory_used_bytes; }, nullptr},
     {"hermes_metric_max_series", "The max_series of each configured metric: a push for one series more is series_limit.",
@@ -6494,6 +6520,7 @@ inline ServerStats Server::Impl::stats() const {
   state.add_stats(stats);
   stats.memory_budget_bytes = static_cast<double>(budget->limit());
   stats.memory_used_bytes = static_cast<double>(budget->used());
+  stats.memory_committed_bytes = static_cast<double>(budget->committed());
   return stats;
 }
 

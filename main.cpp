@@ -100,12 +100,14 @@ void install_signal_handlers() {
 int check_config(const std::string &path, const hermes::Config &config, const hermes::Options &options) {
   std::printf("%s: ok, %zu metrics\n", path.c_str(), config.metrics.size());
   double worst = 0;
-  for (const hermes::MetricConfig &metric : config.metrics)
-    worst += static_cast<double>(hermes::worst_case_series_bytes(metric)) * static_cast<double>(metric.max_series);
+  for (const hermes::MetricConfig &metric : config.metrics) {
+    const double room = static_cast<double>(HERMES_SCRAPE_BODIES) * static_cast<double>(hermes::worst_case_body_bytes(metric));
+    worst += (static_cast<double>(hermes::worst_case_series_bytes(metric)) + room) * static_cast<double>(metric.max_series);
+  }
   const double needed = worst + static_cast<double>(hermes::detail::fixed_buffer_bytes);
-  std::printf("%s: memory: at most %.0f bytes with every metric at its max_series (and label values over 15 bytes), "
-              "%zu of fixed buffers; budget %zu bytes%s\n",
-              path.c_str(), worst, hermes::detail::fixed_buffer_bytes, options.max_memory,
+  std::printf("%s: memory: at most %.0f bytes with every metric at its max_series (each series with its room in %d "
+              "/metrics bodies, label values of up to 15 bytes), %zu of fixed buffers; budget %zu bytes%s\n",
+              path.c_str(), worst, HERMES_SCRAPE_BODIES, hermes::detail::fixed_buffer_bytes, options.max_memory,
               needed > static_cast<double>(options.max_memory) ? ", so new series are refused as memory_limit once it is used" : "");
   for (const std::string &advice : hermes::lint_config(config)) std::printf("%s: warning: %s\n", path.c_str(), advice.c_str());
   return 0;

@@ -352,7 +352,8 @@ def check_config_version_help_and_usage(hermes):
     check_equal((code, err), (0, ""), "--check-config of a good config")
     lines = out.splitlines()
     memory = re.fullmatch(rf"{re.escape(path)}: memory: at most (\d+) bytes with every metric at its max_series "
-                          r"\(and label values over 15 bytes\), (\d+) of fixed buffers; budget 67108864 bytes", lines.pop(1))
+                          r"\(each series with its room in 2 /metrics bodies, label values of up to 15 bytes\), "
+                          r"(\d+) of fixed buffers; budget 67108864 bytes", lines.pop(1))
     assert memory and int(memory.group(1)) > 3 * 10000 * 64, lines
     code, out, _ = run_hermes(["--check-config", hermes.config_path], env={"HERMES_MAX_MEMORY": "8MiB"})
     assert out.splitlines()[1].endswith("budget 8388608 bytes, so new series are refused as memory_limit once it is used"), out

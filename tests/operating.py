@@ -180,7 +180,7 @@ def every_panel_queries_the_chosen_datasource_and_instances(_):
     wanted = {"up", "scrape_duration_seconds", "hermes_samples_accepted_total", "hermes_samples_rejected_total",
               "hermes_udp_receive_drops_total", "hermes_series", "hermes_config_reloads_total",
               "hermes_http_requests_total", "process_resident_memory_bytes", "hermes_memory_used_bytes",
-              "hermes_memory_budget_bytes", "hermes_metric_series", "hermes_metric_max_series"}
+              "hermes_memory_committed_bytes", "hermes_memory_budget_bytes", "hermes_metric_series", "hermes_metric_max_series"}
     assert wanted <= names, f"no panel shows {wanted - names}"
 
 
