@@ -89,26 +89,34 @@ TEST_CASE("a summary series takes its worst case at once, and its windows never 
   CHECK(budget->used() == hermes::detail::series_bytes(config, std::vector<std::string>{"a"}));
   CHECK(budget->used() >= worst);
   // Values that only ever decrease defeat the targeted-quantile summary: without its
-  // entry limit it kept one entry in 40 of them.
-  hermes::detail::QuantileStream stream;
+  // entry limit it kept one entry in 40 of them. The window reaches its worst case and
+  // never passes it, though each merge holds a stream's entries and a run at once.
+  hermes::detail::QuantileWindow window(config, 0);
   const std::size_t limit = hermes::detail::QuantileStream::entry_limit(config.objectives);
-  const std::size_t most_held = hermes::detail::QuantileStream::worst_case_bytes(config.objectives) - sizeof stream;
+  const std::size_t run = hermes::detail::QuantileStream::run_limit;
+  const std::size_t most_held = hermes::detail::QuantileWindow::worst_case_bytes(config.objectives) - sizeof window;
+  std::size_t held = 0;
   for (int i = 300000; i > 0; --i) {
-    stream.insert(i, config.objectives);
-    REQUIRE(stream.memory_entries() <= limit + 500);
-    REQUIRE(stream.held_bytes() <= most_held);
+    window.observe(i, 0);
+    REQUIRE(window.memory_entries() <= 5 * limit + run);
+    held = std::max(held, window.held_bytes());
+    REQUIRE(held <= most_held);
   }
-  stream.flush(config.objectives);
-  CHECK(stream.memory_entries() <= limit);
+  CHECK(held == most_held);
+  window.advance(0);
+  CHECK(window.memory_entries() <= 5 * limit);
 }
 
-TEST_CASE("a summary stream that has seen a few observations holds room for a few") {
+TEST_CASE("a summary window that has seen a few observations holds room for a few") {
   const hermes::MetricConfig config = labelled_config().metrics[1];
-  hermes::detail::QuantileStream stream;
-  stream.insert(1, config.objectives);
-  CHECK(stream.held_bytes() == 8 * sizeof(double)); // not the 500 of a full buffer
-  for (int i = 0; i < 20; ++i) stream.insert(i, config.objectives);
-  CHECK(stream.held_bytes() == 32 * sizeof(double));
+  hermes::detail::QuantileWindow window(config, 0);
+  const std::size_t empty = window.held_bytes(); // its objectives and its five streams
+  window.observe(1, 0);
+  CHECK(window.held_bytes() - empty == 8 * sizeof(double)); // not the 100 of a full buffer
+  for (int i = 0; i < 20; ++i) window.observe(i, 0);
+  CHECK(window.held_bytes() - empty == 32 * sizeof(double));
+  window.advance(0); // each stream takes the 21, in room for 21 entries
+  CHECK(window.held_bytes() - empty == 32 * sizeof(double) + 5 * 21 * 3 * sizeof(double));
 }
 
 TEST_CASE("a scrape that comes while another still reads the body shares it; one after it sees what came since") {
