@@ -854,12 +854,16 @@ public:
     keep_within_limit(objectives);
   }
 
-  // The most entries a stream keeps: more than the targeted-quantile summary needs for
-  // its objectives in practice (a few dozen for three of them), so that the bound binds
-  // only on input ordered to defeat it, such as values that always decrease.
+  // The most entries a stream keeps once merged. A summary that just holds an objective's
+  // error at every rank needs H(q) / (2 error) entries for it, H(q) = -q ln q - (1-q) ln(1-q)
+  // (the integral of 1 / allowed error over the ranks); merging neighbours in pairs keeps
+  // up to about twice that. This allows three times it plus 32: for {0.5: 0.05, 0.9: 0.01,
+  // 0.99: 0.001}, 186, where shuffled, skewed or much-repeated values keep 40 to 95
+  // entries. Input ordered to defeat the summary (values that only ever decrease would
+  // keep one entry in 40 of them) is merged harder past it.
   static std::size_t entry_limit(const Objectives &objectives) {
     double limit = 32;
-    for (const auto &objective : objectives) limit += 1 / (2 * objective.second);
+    for (const auto &[q, error] : objectives) limit += 1.5 * (-q * std::log(q) - (1 - q) * std::log(1 - q)) / error;
     // A config's quantiles and errors lie in (0, 1). A state file's may be anything, 0 or
     // negative included, and its series are refused for not matching the config: no
     // limit for them here, rather than a conversion out of range.

@@ -235,6 +235,30 @@ TEST_CASE("a version 1 file's summary windows restore: each stream merges the bu
   CHECK(window(text) == window(saved(written, hermes::Now(1, 1764000001))));
 }
 
+TEST_CASE("a version 1 stream with more entries than a stream keeps now is merged down into the worst case") {
+  // 500 entries, within version 1's limit for these objectives (32 + 10 + 500), and a
+  // full buffer: each stream is merged down as a merge past the limit would.
+  const std::string text = version_1_file(numbers(1, 500, "[%d, 1, 0]"), numbers(501, 999, "%d"));
+  const hermes::Config config = hermes::parse_config(every_type_json, "test");
+  const hermes::MetricConfig &shape =
+      *std::find_if(config.metrics.begin(), config.metrics.end(), [](const hermes::MetricConfig &m) { return m.name == "sizes"; });
+  picojson::value tree;
+  REQUIRE(picojson::parse(tree, text).empty());
+  const picojson::value &series = tree.get("metrics").get(0).get("series").get(0);
+  const hermes::detail::RestoredSeries restored = hermes::detail::StateCodec(0).read_series(shape, series, "s");
+  const hermes::detail::QuantileWindow &window = *restored.series.distribution->quantiles;
+  CHECK(window.memory_entries() <= 5 * hermes::detail::QuantileStream::entry_limit(shape.objectives));
+  CHECK(sizeof window + window.held_bytes() <= hermes::detail::QuantileWindow::worst_case_bytes(shape.objectives));
+  // 1 to 999: the median within its error; the 0.99 quantile of values that came in
+  // ascending runs within twice its error, as in a stream that took them so.
+  CHECK(std::abs(window.query(0.5) - 500) <= 0.05 * 999);
+  CHECK(std::abs(window.query(0.99) - 0.99 * 999) <= 2 * 0.001 * 999);
+  CHECK(restore_error(version_1_file("", numbers(1, 500, "%d"))).find(".streams[0].buffer: longer than a stream's buffer") !=
+        std::string::npos);
+  hermes::Registry after = every_type();
+  CHECK(after.restore_state(text, 0).restored == 1);
+}
+
 TEST_CASE("a metric removed or reshaped is skipped and named once; the others are restored") {
   hermes::Registry before = every_type();
   push_edge_values(before, hermes::Now(1, 1764000000));
