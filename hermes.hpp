@@ -692,7 +692,7 @@ public:
   // dropped. A series without labels stays. Call it before rendering, which only reads.
   std::size_t expire(double monotonic_now = monotonic_seconds());
 
-  // Writes every series over `out` as the state file's JSON text (format version 1,
+  // Writes every series over `out` as the state file's JSON text (format version 2,
   // see README "State across restarts"): values, buckets, sums, counts, summary windows,
   // _created, each series' age since its last push, and each metric's shape. `pause`,
   // when given, runs after every HERMES_STATE_PAUSE_STRIDE series and must not change
@@ -918,50 +918,52 @@ namespace detail {
 // Muthukrishnan and Srivastava ("Effective computation of biased quantiles over data
 // streams", ICDE 2005). It keeps a sorted list of values, each standing for `width`
 // observations with an uncertainty of `delta` in rank, and merges neighbours as long
-// as the allowed error at their rank permits.
+// as the allowed error at their rank permits. Observations come in sorted runs (a
+// QuantileWindow's buffer), merged and compressed in place: the list holds at most
+// entry_limit() entries and one run, and is never copied.
 class QuantileStream {
 public:
   using Objectives = std::vector<std::pair<double, double>>; // quantile, allowed rank error
+  static constexpr std::size_t run_limit = 100;                // observations merged at once
 
-  void insert(double value, const Objectives &objectives) {
-    // The buffer grows by doubling as a vector does, but never past buffer_limit, which
-    // worst_case_bytes() counts: a series that sees a few observations keeps a few.
-    if (buffer_.size() == buffer_.capacity()) buffer_.reserve(std::min(buffer_limit, std::max<std::size_t>(8, 2 * buffer_.capacity())));
-    buffer_.push_back(value);
-    if (buffer_.size() >= buffer_limit) flush(objectives);
+  // Takes `count` values in ascending order, at most run_limit of them.
+  void merge(const double *sorted, std::size_t count, const Objectives &objectives) {
+    if (count == 0) return;
+    make_room(entries_.size() + count, objectives);
+    insert_sorted(sorted, count, objectives);
+    compress(objectives, 1);
+    keep_within_limit(objectives);
   }
 
-  // The most entries a stream keeps: more than the targeted-quantile summary needs for
-  // its objectives in practice (a few dozen for three of them), so that the bound binds
-  // only on input ordered to defeat it, such as values that always decrease.
+  // The most entries a stream keeps once merged. A summary that just holds an objective's
+  // error at every rank needs H(q) / (2 error) entries for it, H(q) = -q ln q - (1-q) ln(1-q)
+  // (the integral of 1 / allowed error over the ranks); merging neighbours in pairs keeps
+  // up to about twice that. This allows three times it plus 32: for {0.5: 0.05, 0.9: 0.01,
+  // 0.99: 0.001}, 186, where shuffled, skewed or much-repeated values keep 40 to 95
+  // entries. Input ordered to defeat the summary (values that only ever decrease would
+  // keep one entry in 40 of them) is merged harder past it.
   static std::size_t entry_limit(const Objectives &objectives) {
     double limit = 32;
-    for (const auto &objective : objectives) limit += 1 / (2 * objective.second);
-    // A config's errors lie in (0, 1). A state file's may be anything, 0 or negative
-    // included, and its series are refused for not matching the config: no limit for
-    // them here, rather than a conversion out of range.
+    for (const auto &[q, error] : objectives) limit += 1.5 * (-q * std::log(q) - (1 - q) * std::log(1 - q)) / error;
+    // A config's quantiles and errors lie in (0, 1). A state file's may be anything, 0 or
+    // negative included, and its series are refused for not matching the config: no
+    // limit for them here, rather than a conversion out of range.
     constexpr double most = 1e15;
     return limit >= 0 && limit <= most ? static_cast<std::size_t>(std::ceil(limit)) : static_cast<std::size_t>(most);
   }
 
-  // The most bytes a stream holds: its entries with room for a merged buffer, and the buffer.
+  // The most bytes a stream holds: its entries with room for a run merged in place.
   static std::size_t worst_case_bytes(const Objectives &objectives) {
-    return sizeof(QuantileStream) + (entry_limit(objectives) + buffer_limit) * sizeof(Entry) + buffer_limit * sizeof(double);
+    return sizeof(QuantileStream) + (entry_limit(objectives) + run_limit) * sizeof(Entry);
   }
 
-  // The value at quantile q (0 < q < 1); NaN without observations. Observations still
-  // in the buffer are merged into a copy, so that reading never changes the stream.
+  // The value at quantile q (0 < q < 1) of what was merged; NaN without observations.
   double query(double q, const Objectives &objectives) const {
-    if (!buffer_.empty()) {
-      QuantileStream merged = *this;
-      merged.flush(objectives);
-      return merged.query(q, objectives);
-    }
     if (entries_.empty()) return std::nan("");
     // The first entry whose rank may reach past the wanted rank plus half the allowed
     // error has gone too far; the one before it answers.
     const double rank_wanted = std::ceil(q * count_);
-    const double wanted = rank_wanted + allowed_error(rank_wanted, objectives) / 2;
+    const double wanted = rank_wanted + allowed_error(rank_wanted, count_, objectives) / 2;
     double rank = 0;
     for (std::size_t i = 1; i < entries_.size(); ++i) {
       rank += entries_[i - 1].width;
@@ -970,44 +972,14 @@ public:
     return entries_.back().value;
   }
 
-  // Merges the buffer into the summary, as the next insert would.
-  void flush(const Objectives &objectives) {
-    if (buffer_.empty()) return;
-    std::sort(buffer_.begin(), buffer_.end());
-    std::vector<Entry> merged;
-    merged.reserve(entries_.size() + buffer_.size());
-    double rank = 0;
-    std::size_t next = 0;
-    for (const double value : buffer_) {
-      for (; next < entries_.size() && entries_[next].value <= value; ++next) {
-        rank += entries_[next].width;
-        merged.push_back(entries_[next]);
-      }
-      // A new value in the middle may be off by what its place allows; at either end, not at all.
-      const bool inside = next < entries_.size();
-      const double delta = inside ? std::max(0.0, std::floor(allowed_error(rank, objectives)) - 1) : 0;
-      merged.push_back({value, 1, delta});
-      count_ += 1;
-      rank += 1;
-    }
-    merged.insert(merged.end(), entries_.begin() + static_cast<std::ptrdiff_t>(next), entries_.end());
-    entries_ = std::move(merged);
-    buffer_.clear();
-    compress(objectives, 1);
-    // Past the limit, each pass allows twice the error, so that memory stays bounded
-    // whatever the order of the input; the objectives then hold only as far as it allows.
-    for (double slack = 2; entries_.size() > entry_limit(objectives) && slack < 1e300; slack *= 2) compress(objectives, slack);
-  }
-
   void reset() {
     entries_.clear();
-    buffer_.clear();
     count_ = 0;
   }
 
-  std::size_t memory_entries() const { return entries_.size() + buffer_.size(); }
-  // The bytes its vectors hold now, used or not: at most worst_case_bytes() less its own size.
-  std::size_t held_bytes() const { return entries_.capacity() * sizeof(Entry) + buffer_.capacity() * sizeof(double); }
+  std::size_t memory_entries() const { return entries_.size(); }
+  // The bytes its vector holds now, used or not: at most worst_case_bytes() less its own size.
+  std::size_t held_bytes() const { return entries_.capacity() * sizeof(Entry); }
 
 private:
   friend class StateCodec;
@@ -1016,51 +988,90 @@ private:
     double width; // observations this entry stands for
     double delta; // how far its rank may be off
   };
-  static constexpr std::size_t buffer_limit = 500; // observations sorted and merged at once
 
-  // The rank error allowed at rank r: the tightest over all objectives.
-  double allowed_error(double rank, const Objectives &objectives) const {
+  // The rank error allowed at rank r of `count` observations: the tightest over all objectives.
+  static double allowed_error(double rank, double count, const Objectives &objectives) {
     double allowed = std::numeric_limits<double>::max();
     for (const auto &objective : objectives) {
       const double q = objective.first, error = objective.second;
-      const double here = q * count_ <= rank ? 2 * error * rank / q : 2 * error * (count_ - rank) / (1 - q);
+      const double here = q * count <= rank ? 2 * error * rank / q : 2 * error * (count - rank) / (1 - q);
       allowed = std::min(allowed, here);
     }
     return allowed;
   }
 
+  // The entries grow by doubling as a vector does, but never past the limit and a run,
+  // which worst_case_bytes() counts: a stream that has seen a few observations keeps a few.
+  void make_room(std::size_t needed, const Objectives &objectives) {
+    if (needed <= entries_.capacity()) return;
+    const std::size_t most = entry_limit(objectives) + run_limit;
+    entries_.reserve(std::max(needed, std::min(most, std::max<std::size_t>(8, 2 * entries_.capacity()))));
+  }
+
+  // Places the values among the entries from the back, each after the entries equal to
+  // it, as if inserted in ascending order one at a time. A new value in the middle may be
+  // off by what its place allows at the count so far; at either end, not at all.
+  void insert_sorted(const double *sorted, std::size_t count, const Objectives &objectives) {
+    const std::size_t had = entries_.size();
+    const double before = count_; // the widths of all entries: observations merged so far
+    entries_.resize(had + count);
+    std::size_t old = had, to = had + count;
+    double after = 0; // the widths of the old entries above the value at hand
+    for (std::size_t i = count; i-- > 0;) {
+      for (; old > 0 && entries_[old - 1].value > sorted[i]; --old) {
+        after += entries_[old - 1].width;
+        entries_[--to] = entries_[old - 1];
+      }
+      const double earlier = static_cast<double>(i); // new values below this one
+      const double rank = before - after + earlier;
+      const double delta = old < had ? std::max(0.0, std::floor(allowed_error(rank, before + earlier, objectives)) - 1) : 0;
+      entries_[--to] = {sorted[i], 1, delta};
+    }
+    count_ = before + static_cast<double>(count);
+  }
+
   // Folds each entry into its right neighbour where the error allowed there, times
-  // `slack`, permits.
+  // `slack`, permits. Walks from the top down, writing what it keeps at the top end,
+  // never over an entry it has still to read.
   void compress(const Objectives &objectives, double slack) {
     if (entries_.size() < 2) return;
-    std::vector<Entry> kept;
-    kept.reserve(entries_.size());
+    std::size_t kept = entries_.size(); // entries_[kept, size) are kept, in order
     Entry right = entries_.back();
     double rank = count_ - 1 - right.width;
     for (std::size_t i = entries_.size() - 1; i-- > 0;) {
-      const Entry &left = entries_[i];
-      if (left.width + right.width + right.delta <= slack * allowed_error(rank, objectives)) {
+      const Entry left = entries_[i];
+      if (left.width + right.width + right.delta <= slack * allowed_error(rank, count_, objectives)) {
         right.width += left.width;
       } else {
-        kept.push_back(right);
+        entries_[--kept] = right;
         right = left;
       }
       rank -= left.width;
     }
-    kept.push_back(right);
-    entries_.assign(kept.rbegin(), kept.rend());
+    entries_[--kept] = right;
+    entries_.erase(entries_.begin(), entries_.begin() + static_cast<std::ptrdiff_t>(kept));
+  }
+
+  // Past the limit, each pass allows twice the error, so that memory stays bounded
+  // whatever the order of the input; the objectives then hold only as far as it allows.
+  void keep_within_limit(const Objectives &objectives) {
+    for (double slack = 2; entries_.size() > entry_limit(objectives) && slack < 1e300; slack *= 2) compress(objectives, slack);
   }
 
   std::vector<Entry> entries_;
-  std::vector<double> buffer_;
   double count_ = 0;
 };
 
 // Quantiles over the last max_age seconds, as Prometheus' Go client keeps them: five
 // streams all take every observation, each is emptied in turn every max_age / 5, and
 // the oldest one answers, so an answer covers between 4/5 of max_age and max_age.
+// Observations wait in one buffer for all five, as client_golang's do; it is sorted
+// once and merged into every stream when full, before a turn, and on advance().
 class QuantileWindow {
 public:
+  static constexpr std::size_t streams = 5;
+  static constexpr std::size_t allocations = streams + 4; // blocks: each stream's entries, the buffer, the objectives, the streams, itself
+
   // A copy of the objectives, so that the window outlives any config it was made from.
   QuantileWindow(const MetricConfig &config, double now)
       : objectives_(config.objectives), step_(config.max_age_seconds / streams), head_expires_(now + step_),
@@ -1068,35 +1079,65 @@ public:
 
   void observe(double value, double now) {
     rotate(now);
-    for (QuantileStream &stream : streams_) stream.insert(value, objectives_);
+    // The buffer grows by doubling as a vector does, but never past buffer_limit, which
+    // worst_case_bytes() counts: a series that sees a few observations keeps a few.
+    if (buffer_.size() == buffer_.capacity()) buffer_.reserve(std::min(buffer_limit, std::max<std::size_t>(8, 2 * buffer_.capacity())));
+    buffer_.push_back(value);
+    if (buffer_.size() >= buffer_limit) flush();
   }
 
-  // The value at quantile q as of the last observe() or advance(); only reads.
-  double query(double q) const { return streams_[head_].query(q, objectives_); }
+  // The value at quantile q as of the last observe() or advance(); only reads. What
+  // still waits in the buffer is merged into a copy of the answering stream; a Server
+  // moves every window on (Registry::expire) before it renders, and never needs one.
+  double query(double q) const {
+    const QuantileStream &answering = streams_[head_];
+    if (buffer_.empty()) return answering.query(q, objectives_);
+    std::vector<double> sorted = buffer_;
+    std::sort(sorted.begin(), sorted.end());
+    QuantileStream merged = answering;
+    merged.merge(sorted.data(), sorted.size(), objectives_);
+    return merged.query(q, objectives_);
+  }
 
   // Moves the window on to `now`, and merges buffered observations, so that queries
   // until the next change read a summary that is up to date.
   void advance(double now) {
     rotate(now);
-    for (QuantileStream &stream : streams_) stream.flush(objectives_);
+    flush();
   }
 
   std::size_t memory_entries() const {
-    std::size_t total = 0;
+    std::size_t total = buffer_.size();
     for (const QuantileStream &stream : streams_) total += stream.memory_entries();
     return total;
   }
 
+  // The bytes its vectors hold now, used or not: at most worst_case_bytes() less its own size.
+  std::size_t held_bytes() const {
+    std::size_t bytes = objectives_.capacity() * sizeof(objectives_[0]) + buffer_.capacity() * sizeof(double) +
+                        streams_.capacity() * sizeof(QuantileStream);
+    for (const QuantileStream &stream : streams_) bytes += stream.held_bytes();
+    return bytes;
+  }
+
   static std::size_t worst_case_bytes(const QuantileStream::Objectives &objectives) {
-    return sizeof(QuantileWindow) + objectives.size() * sizeof(objectives[0]) +
+    return sizeof(QuantileWindow) + objectives.size() * sizeof(objectives[0]) + buffer_limit * sizeof(double) +
            streams * QuantileStream::worst_case_bytes(objectives);
   }
 
 private:
   friend class StateCodec;
-  static constexpr std::size_t streams = 5;
+  static constexpr std::size_t buffer_limit = QuantileStream::run_limit; // a full buffer is one run for each stream
+
+  void flush() {
+    if (buffer_.empty()) return;
+    std::sort(buffer_.begin(), buffer_.end());
+    for (QuantileStream &stream : streams_) stream.merge(buffer_.data(), buffer_.size(), objectives_);
+    buffer_.clear();
+  }
 
   void rotate(double now) {
+    if (now >= head_expires_) flush(); // the buffer's observations came before the turn: every stream takes them
     for (std::size_t turns = 0; now >= head_expires_ && turns < streams; ++turns) {
       streams_[head_].reset();
       head_ = (head_ + 1) % streams;
@@ -1110,6 +1151,7 @@ private:
   double head_expires_; // when the head stream is emptied and the next one answers
   std::size_t head_ = 0;
   std::vector<QuantileStream> streams_;
+  std::vector<double> buffer_; // observations not yet merged, in the order they came
 };
 
 } // namespace detail
@@ -4088,7 +4130,10 @@ inline Series new_series(const MetricConfig &metric, Now now); // SAMPLES
 inline bool same_shape(const MetricConfig &a, const MetricConfig &b); // REGISTRY
 
 constexpr const char *state_format_name = "hermes-state";
-constexpr double state_format_version = 1;
+// Version 2 keeps a summary window's buffer once, for its five streams; version 1 kept
+// one in each stream, and is still read.
+constexpr double state_format_version = 2;
+constexpr std::size_t state_v1_stream_buffer_limit = 500; // observations a version 1 stream held unmerged
 constexpr std::size_t state_json_depth = 10; // the deepest place: a quantile stream's entry
 
 inline void append_state_number(std::string &out, double value) {
@@ -4172,8 +4217,11 @@ private:
                          const std::string &place) const;
   std::unique_ptr<QuantileWindow> read_window(const MetricConfig &shape, const picojson::value &value,
                                               const std::string &place) const;
-  void read_stream(const picojson::value &value, QuantileStream &stream, const QuantileStream::Objectives &objectives,
-                   const std::string &place) const;
+  void read_stream(const picojson::value &value, QuantileStream &stream, std::size_t most, const std::string &place) const;
+  void read_v1_stream(const picojson::value &value, QuantileStream &stream, const QuantileStream::Objectives &objectives,
+                      const std::string &place) const;
+  std::vector<double> read_values(const picojson::value &value, std::size_t fewer_than, const char *what,
+                                  const std::string &place) const;
 
   double monotonic_now_;
 };
@@ -4321,8 +4369,8 @@ inline void StateCodec::write_native(std::string &out, const NativeHistogram &na
   out += '}';
 }
 
-// The five streams as they are, buffers unmerged (the file must not change the window),
-// with the stream that answers and how long until the next turn.
+// The five streams and the buffer as they are, the buffer unmerged (the file must not
+// change the window), with the stream that answers and how long until the next turn.
 inline void StateCodec::write_window(std::string &out, const QuantileWindow &window, double monotonic_now) {
   append_state_key(out, "window");
   append_state_key(out += '{', "head", true);
@@ -4338,10 +4386,10 @@ inline void StateCodec::write_window(std::string &out, const QuantileWindow &win
       append_state_number(out += ", ", entry.delta);
       out += ']';
     });
-    append_state_key(out, "buffer");
-    append_state_list(out, stream.buffer_, [&](double value) { append_state_number(out, value); });
     out += '}';
   });
+  append_state_key(out, "buffer");
+  append_state_list(out, window.buffer_, [&](double value) { append_state_number(out, value); });
   out += '}';
 }
 
@@ -4403,8 +4451,8 @@ inline void StateCodec::check_format(const picojson::object &top) const {
   if (format == top.end() || !format->second.is<std::string>() || format->second.get<std::string>() != state_format_name)
     fail("format", std::string("not a Hermes state file (no \"format\": \"") + state_format_name + "\")");
   const picojson::value &version = at(top, "version", "");
-  if (!version.is<double>() || version.get<double>() != state_format_version)
-    fail("version", "format version " + quote_json(version) + ", this Hermes reads version 1");
+  if (!version.is<double>() || !(version.get<double>() == 1 || version.get<double>() == state_format_version))
+    fail("version", "format version " + quote_json(version) + ", this Hermes reads versions 1 and 2");
 }
 
 inline MetricConfig StateCodec::read_shape(const picojson::object &metric, const std::string &place) const {
@@ -4515,17 +4563,25 @@ inline std::unique_ptr<QuantileWindow> StateCodec::read_window(const MetricConfi
   window->head_expires_ = monotonic_now_ + std::min(turns_in, window->step_);
   const picojson::array &streams = list_at(at(object, "streams", place), place + ".streams");
   if (streams.size() != QuantileWindow::streams) fail(place + ".streams", "a window has 5 streams");
-  for (std::size_t i = 0; i < streams.size(); ++i)
-    read_stream(streams[i], window->streams_[i], shape.objectives, place + ".streams[" + std::to_string(i) + "]");
+  // Series are read as they come, before the file's version may have been: the window's
+  // own buffer tells version 2 from version 1, whose streams each kept one.
+  const auto buffer = object.find("buffer");
+  for (std::size_t i = 0; i < streams.size(); ++i) {
+    const std::string where = place + ".streams[" + std::to_string(i) + "]";
+    if (buffer != object.end()) read_stream(streams[i], window->streams_[i], QuantileStream::entry_limit(shape.objectives), where);
+    else read_v1_stream(streams[i], window->streams_[i], shape.objectives, where);
+  }
+  if (buffer != object.end())
+    window->buffer_ = read_values(buffer->second, QuantileWindow::buffer_limit, "a window's", place + ".buffer");
   return window;
 }
 
-inline void StateCodec::read_stream(const picojson::value &value, QuantileStream &stream,
-                                    const QuantileStream::Objectives &objectives, const std::string &place) const {
+// A stream's entries, at most `most` of them: more would pass the worst case the budget
+// counts for the series.
+inline void StateCodec::read_stream(const picojson::value &value, QuantileStream &stream, std::size_t most,
+                                    const std::string &place) const {
   const picojson::object &object = object_at(value, place);
   const picojson::array &entries = list_at(at(object, "entries", place), place + ".entries");
-  // More would pass the worst case the budget counts for the series.
-  const std::size_t most = QuantileStream::entry_limit(objectives);
   if (entries.size() > most)
     fail(place + ".entries", std::to_string(entries.size()) + " entries, more than a stream keeps (" + std::to_string(most) + ")");
   stream.entries_.reserve(entries.size()); // no more room than they take: a grown vector could pass the worst case
@@ -4539,11 +4595,37 @@ inline void StateCodec::read_stream(const picojson::value &value, QuantileStream
     stream.entries_.push_back(read);
     stream.count_ += read.width;
   }
-  const picojson::array &buffer = list_at(at(object, "buffer", place), place + ".buffer");
-  if (buffer.size() >= QuantileStream::buffer_limit) fail(place + ".buffer", "longer than a stream's buffer");
-  stream.buffer_.reserve(buffer.size());
-  for (std::size_t i = 0; i < buffer.size(); ++i)
-    stream.buffer_.push_back(number_at(buffer[i], place + ".buffer[" + std::to_string(i) + "]"));
+}
+
+// A version 1 stream: its entries (that version kept up to 32 plus 1 / (2 error) for
+// each objective) and its own buffer, merged now in runs. Brought within this version's
+// limit as a merge would, it then holds no more than the worst case.
+inline void StateCodec::read_v1_stream(const picojson::value &value, QuantileStream &stream,
+                                       const QuantileStream::Objectives &objectives, const std::string &place) const {
+  // Its entries, however many: the tree of the file's text that holds them is larger still.
+  read_stream(value, stream, std::numeric_limits<std::size_t>::max(), place);
+  std::vector<double> buffer =
+      read_values(at(object_at(value, place), "buffer", place), state_v1_stream_buffer_limit, "a stream's", place + ".buffer");
+  std::sort(buffer.begin(), buffer.end());
+  for (std::size_t run = 0; run < buffer.size(); run += QuantileStream::run_limit)
+    stream.merge(buffer.data() + run, std::min(QuantileStream::run_limit, buffer.size() - run), objectives);
+  stream.keep_within_limit(objectives);
+  const std::size_t most = QuantileStream::entry_limit(objectives), kept = stream.entries_.size();
+  if (kept > most)
+    fail(place + ".entries", std::to_string(kept) + " entries, more than a stream keeps (" + std::to_string(most) + ")");
+  if (stream.entries_.capacity() > most + QuantileStream::run_limit) // no more room than they take
+    stream.entries_ = std::vector<QuantileStream::Entry>(stream.entries_.begin(), stream.entries_.end());
+}
+
+// A list of at most `fewer_than` - 1 numbers: a buffer is merged once full.
+inline std::vector<double> StateCodec::read_values(const picojson::value &value, std::size_t fewer_than, const char *what,
+                                                   const std::string &place) const {
+  const picojson::array &list = list_at(value, place);
+  if (list.size() >= fewer_than) fail(place, std::string("longer than ") + what + " buffer");
+  std::vector<double> values;
+  values.reserve(list.size());
+  for (std::size_t i = 0; i < list.size(); ++i) values.push_back(number_at(list[i], place + "[" + std::to_string(i) + "]"));
+  return values;
 }
 
 // Every metric of the file that is configured with the same shape takes its series, up
@@ -4948,7 +5030,8 @@ inline std::size_t worst_case_series_bytes(const MetricConfig &metric) {
     const std::size_t buckets = std::max<std::size_t>(metric.native_max_buckets, 130) + 1;
     bytes += sizeof(detail::NativeHistogram) + allocation + 2 * (2 * buckets * sizeof(detail::NativeSide::value_type) + allocation);
   }
-  if (!metric.objectives.empty()) bytes += detail::QuantileWindow::worst_case_bytes(metric.objectives) + 16 * allocation;
+  if (!metric.objectives.empty())
+    bytes += detail::QuantileWindow::worst_case_bytes(metric.objectives) + detail::QuantileWindow::allocations * allocation;
   return bytes;
 }
 

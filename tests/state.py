@@ -116,6 +116,11 @@ def wait_for_line(hermes, pattern, seconds=5):
     raise AssertionError(f"no log line matching {pattern!r} in {hermes.log!r}")
 
 
+def read_text(path):
+    with open(path) as file:
+        return file.read()
+
+
 def test(function):
     TESTS.append(function)
     return function
@@ -216,7 +221,7 @@ def state_is_written_only_after_a_change_and_sighup_leaves_it():
 @test
 def a_file_that_is_not_state_is_set_aside_and_hermes_starts_empty():
     cases = {"garbage": b"garbage\x00\xff", "truncated": None, "other program": b'{"groups": [{"name": "x"}]}\n',
-             "newer format": b'{"format": "hermes-state", "version": 2, "metrics": []}\n', "empty": b""}
+             "newer format": b'{"format": "hermes-state", "version": 3, "metrics": []}\n', "empty": b""}
     for case, content in cases.items():
         with StateDir() as state:
             if content is None:  # a real state file, cut in the middle
@@ -247,6 +252,43 @@ def a_file_that_is_not_state_is_set_aside_and_hermes_starts_empty():
                 check_equal(sorted(os.listdir(state.path)), sorted(["state.json", os.path.basename(aside)]), case)
             finally:
                 hermes.close()
+
+
+@test
+def a_version_1_file_restores_its_summaries_and_is_written_again_as_version_2():
+    """Version 1 kept a buffer in each of a window's five streams; each stream merges its
+    own, so the quantiles are those of a Hermes that took the same observations."""
+    stream = {"entries": [], "buffer": list(range(1, 101))}
+    window = {"head": 0, "turns_in": 120, "streams": [stream] * 5}
+    series = {"labels": ["/"], "sum": 5050, "count": 100, "window": window, "created": 1764000000, "pushed_ago": 0}
+    shape = {"name": "size_bytes", "type": "summary", "labels": ["route"], "objectives": [[0.5, 0.05], [0.9, 0.01]],
+             "max_age_seconds": 600, "series": [series]}
+    with StateDir() as state:
+        with open(state.file, "w") as file:
+            json.dump({"format": "hermes-state", "version": 1, "written_at": 1764000000, "service_name": "s",
+                       "metrics": [shape]}, file)
+        fed = Hermes(EVERY_TYPE)
+        try:
+            fed.push_paced([sample("size_bytes", {"route": "/"}, observation=n) for n in range(1, 101)])
+            expected = [line for line in user_series(fed.scrape()) if line.startswith("size_bytes{")]
+        finally:
+            fed.close()
+        hermes = start(EVERY_TYPE, state.file)
+        try:
+            wait_for_line(hermes, r'msg="state restored" path=\S+ series=1 skipped=0')
+            restored = [line for line in user_series(hermes.scrape()) if line.startswith("size_bytes{")]
+            check_equal(restored, expected, "quantiles")
+            check_equal(restored[0], 'size_bytes{route="/",quantile="0.5"} 49', "median")
+            hermes.push(sample("plain_total", value=1))  # a change: the next interval writes the file
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and '"version": 2' not in read_text(state.file):
+                time.sleep(0.05)
+            written = json.loads(read_text(state.file))
+            check_equal(written["version"], 2, "written again")
+            size_bytes = next(m for m in written["metrics"] if m["name"] == "size_bytes")
+            check_equal(size_bytes["series"][0]["window"]["buffer"], [], "one buffer, merged")
+        finally:
+            hermes.close()
 
 
 @test

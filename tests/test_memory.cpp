@@ -82,33 +82,42 @@ TEST_CASE("a new series the budget has no room for is memory_limit; existing ser
 TEST_CASE("a summary series takes its worst case at once, and its windows never outgrow it") {
   const hermes::MetricConfig config = labelled_config().metrics[1];
   const std::size_t worst = hermes::worst_case_series_bytes(config);
-  CHECK(worst < 256 * 1024);
+  CHECK(worst <= 40000); // 64 MiB hold 1,600 of them
   auto budget = std::make_shared<hermes::MemoryBudget>();
   hermes::Registry registry(labelled_config(), budget);
   REQUIRE(registry.ingest(R"({"metric_name": "sizes", "payload": {"labels": {"id": "a"}, "observation": 1}})", 1).accepted == 1);
   CHECK(budget->used() == hermes::detail::series_cost(config, std::vector<std::string>{"a"}).own);
   CHECK(budget->used() >= worst);
   // Values that only ever decrease defeat the targeted-quantile summary: without its
-  // entry limit it kept one entry in 40 of them.
-  hermes::detail::QuantileStream stream;
+  // entry limit it kept one entry in 40 of them. The window reaches its worst case and
+  // never passes it, though each merge holds a stream's entries and a run at once.
+  hermes::detail::QuantileWindow window(config, 0);
   const std::size_t limit = hermes::detail::QuantileStream::entry_limit(config.objectives);
-  const std::size_t most_held = hermes::detail::QuantileStream::worst_case_bytes(config.objectives) - sizeof stream;
+  const std::size_t run = hermes::detail::QuantileStream::run_limit;
+  const std::size_t most_held = hermes::detail::QuantileWindow::worst_case_bytes(config.objectives) - sizeof window;
+  std::size_t held = 0;
   for (int i = 300000; i > 0; --i) {
-    stream.insert(i, config.objectives);
-    REQUIRE(stream.memory_entries() <= limit + 500);
-    REQUIRE(stream.held_bytes() <= most_held);
+    window.observe(i, 0);
+    REQUIRE(window.memory_entries() <= 5 * limit + run);
+    held = std::max(held, window.held_bytes());
+    REQUIRE(held <= most_held);
   }
-  stream.flush(config.objectives);
-  CHECK(stream.memory_entries() <= limit);
+  CHECK(held == most_held);
+  window.advance(0);
+  CHECK(window.memory_entries() <= 5 * limit);
+  CHECK(limit == 186); // {0.5: 0.05, 0.9: 0.01, 0.99: 0.001}
 }
 
-TEST_CASE("a summary stream that has seen a few observations holds room for a few") {
+TEST_CASE("a summary window that has seen a few observations holds room for a few") {
   const hermes::MetricConfig config = labelled_config().metrics[1];
-  hermes::detail::QuantileStream stream;
-  stream.insert(1, config.objectives);
-  CHECK(stream.held_bytes() == 8 * sizeof(double)); // not the 500 of a full buffer
-  for (int i = 0; i < 20; ++i) stream.insert(i, config.objectives);
-  CHECK(stream.held_bytes() == 32 * sizeof(double));
+  hermes::detail::QuantileWindow window(config, 0);
+  const std::size_t empty = window.held_bytes(); // its objectives and its five streams
+  window.observe(1, 0);
+  CHECK(window.held_bytes() - empty == 8 * sizeof(double)); // not the 100 of a full buffer
+  for (int i = 0; i < 20; ++i) window.observe(i, 0);
+  CHECK(window.held_bytes() - empty == 32 * sizeof(double));
+  window.advance(0); // each stream takes the 21, in room for 21 entries
+  CHECK(window.held_bytes() - empty == 32 * sizeof(double) + 5 * 21 * 3 * sizeof(double));
 }
 
 TEST_CASE("a scrape that comes while another still reads the body shares it; one after it sees what came since") {

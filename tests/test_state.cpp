@@ -143,7 +143,7 @@ TEST_CASE("the state file is readable JSON with a format version, each series on
   picojson::value root;
   REQUIRE(picojson::parse(root, text).empty());
   CHECK(root.get("format").get<std::string>() == "hermes-state");
-  CHECK(root.get("version").get<double>() == 1);
+  CHECK(root.get("version").get<double>() == 2);
   CHECK(root.get("written_at").get<double>() == 1764000002.5);
   CHECK(text.find("\n{\"name\": \"plain_total\", \"type\": \"counter\", \"labels\": [], \"series\": [\n"
                   "  {\"labels\": [], \"value\": 2, \"created\": 0, \"pushed_ago\": 2.5}]}") != std::string::npos);
@@ -197,6 +197,68 @@ TEST_CASE("a window saved the instant it was made restores, though its next turn
   CHECK(after.restore_state(saved(before, hermes::Now(502.2, 1764000000)), 502.2).restored == 3);
 }
 
+// A version 1 file's "sizes" series: five streams, each with its entries and its own
+// buffer of observations not merged yet.
+std::string version_1_file(const std::string &entries, const std::string &buffer) {
+  std::string streams;
+  for (int i = 0; i < 5; ++i) streams += std::string(i ? ", " : "") + R"({"entries": [)" + entries + R"(], "buffer": [)" + buffer + "]}";
+  return R"({"format": "hermes-state", "version": 1, "written_at": 1764000000, "service_name": "s", "metrics": [
+{"name": "sizes", "type": "summary", "labels": ["route"], "objectives": [[0.5, 0.05], [0.99, 0.001]], "max_age_seconds": 100, "series": [
+  {"labels": ["/"], "sum": 5050, "count": 100, "window": {"head": 0, "turns_in": 20, "streams": [)" +
+         streams + R"(]}, "created": 1764000000, "pushed_ago": 0}]}]})";
+}
+
+std::string numbers(int from, int to, const char *format) {
+  std::string list;
+  char item[64];
+  for (int i = from; i <= to; ++i) list += std::string(i > from ? ", " : "") + (std::snprintf(item, sizeof item, format, i, i), item);
+  return list;
+}
+
+TEST_CASE("a version 1 file's summary windows restore: each stream merges the buffer it kept") {
+  hermes::Registry written = every_type(); // the same 100 observations, merged as they came
+  for (int i = 1; i <= 100; ++i)
+    written.ingest(sample("sizes", "route", "/", R"(, "observation": )" + std::to_string(i)), hermes::Now(0, 1764000000));
+  hermes::Registry after = every_type();
+  CHECK(after.restore_state(version_1_file("", numbers(1, 100, "%d")), 0).restored == 1);
+  const std::string body = render_both(after, 1);
+  CHECK(body.find("sizes{route=\"/\",quantile=\"0.5\"} 48\n") != std::string::npos);
+  CHECK(body == render_both(written, 1));
+  // Written again, it is version 2: the window's one buffer, empty, and the merged streams.
+  const std::string text = saved(after, hermes::Now(1, 1764000001));
+  CHECK(text.find(R"("version": 2)") != std::string::npos);
+  CHECK(text.find(R"("buffer": []})") != std::string::npos);
+  const auto window = [](const std::string &file) { // the one summary's window
+    const std::size_t from = file.find("\"window\": ");
+    return file.substr(from, file.find(", \"created\"", from) - from);
+  };
+  CHECK(window(text) == window(saved(written, hermes::Now(1, 1764000001))));
+}
+
+TEST_CASE("a version 1 stream with more entries than a stream keeps now is merged down into the worst case") {
+  // 500 entries, within version 1's limit for these objectives (32 + 10 + 500), and a
+  // full buffer: each stream is merged down as a merge past the limit would.
+  const std::string text = version_1_file(numbers(1, 500, "[%d, 1, 0]"), numbers(501, 999, "%d"));
+  const hermes::Config config = hermes::parse_config(every_type_json, "test");
+  const hermes::MetricConfig &shape =
+      *std::find_if(config.metrics.begin(), config.metrics.end(), [](const hermes::MetricConfig &m) { return m.name == "sizes"; });
+  picojson::value tree;
+  REQUIRE(picojson::parse(tree, text).empty());
+  const picojson::value &series = tree.get("metrics").get(0).get("series").get(0);
+  const hermes::detail::RestoredSeries restored = hermes::detail::StateCodec(0).read_series(shape, series, "s");
+  const hermes::detail::QuantileWindow &window = *restored.series.distribution->quantiles;
+  CHECK(window.memory_entries() <= 5 * hermes::detail::QuantileStream::entry_limit(shape.objectives));
+  CHECK(sizeof window + window.held_bytes() <= hermes::detail::QuantileWindow::worst_case_bytes(shape.objectives));
+  // 1 to 999: the median within its error; the 0.99 quantile of values that came in
+  // ascending runs within twice its error, as in a stream that took them so.
+  CHECK(std::abs(window.query(0.5) - 500) <= 0.05 * 999);
+  CHECK(std::abs(window.query(0.99) - 0.99 * 999) <= 2 * 0.001 * 999);
+  CHECK(restore_error(version_1_file("", numbers(1, 500, "%d"))).find(".streams[0].buffer: longer than a stream's buffer") !=
+        std::string::npos);
+  hermes::Registry after = every_type();
+  CHECK(after.restore_state(text, 0).restored == 1);
+}
+
 TEST_CASE("a metric removed or reshaped is skipped and named once; the others are restored") {
   hermes::Registry before = every_type();
   push_edge_values(before, hermes::Now(1, 1764000000));
@@ -225,8 +287,8 @@ TEST_CASE("text that is not a whole state file is a StateError naming the place,
   CHECK(restore_error("{\"service_name\": \"s\", \"counters\": []}") ==
         "format: not a Hermes state file (no \"format\": \"hermes-state\")");
   CHECK(restore_error("[1, 2]") == "expected an object, got a list");
-  CHECK(restore_error(R"({"format": "hermes-state", "version": 2, "metrics": []})") ==
-        "version: format version 2, this Hermes reads version 1");
+  CHECK(restore_error(R"({"format": "hermes-state", "version": 3, "metrics": []})") ==
+        "version: format version 3, this Hermes reads versions 1 and 2");
   CHECK(restore_error(R"({"format": "hermes-state", "version": 1})") == "metrics: missing");
   const std::string head = R"({"format": "hermes-state", "version": 1, "metrics": [)";
   CHECK(restore_error(head + R"({"name": "level", "type": "gauge", "labels": [], "series": [{"labels": [], "value": true, "created": 0, "pushed_ago": 0}]}]})") ==
@@ -261,6 +323,12 @@ TEST_CASE("text that is not a whole state file is a StateError naming the place,
   REQUIRE(head_at != std::string::npos);
   broken[head_at + 8] = '7';
   CHECK(restore_error(broken).find(".window.head: not a stream of the window") != std::string::npos);
+  // A window's buffer is merged once full: a full one was not written by Hermes.
+  std::string full = text;
+  const std::size_t buffer_at = full.find("\"buffer\": [");
+  REQUIRE(buffer_at != std::string::npos);
+  full.insert(buffer_at + 11, numbers(1, 100, "%d") + (full[buffer_at + 11] == ']' ? "" : ", "));
+  CHECK(restore_error(full).find(".window.buffer: longer than a window's buffer") != std::string::npos);
   // A stream with more entries than its objectives keep would pass the budget's worst case.
   std::string crowded = text;
   const std::size_t entries_at = crowded.find("\"entries\": [");
