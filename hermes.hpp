@@ -1652,7 +1652,7 @@ constexpr std::size_t varint_field = 1 + longest_varint;
 constexpr std::size_t double_field = 1 + 8;
 constexpr std::size_t timestamp_field = message_head + 2 * varint_field;
 constexpr std::size_t most_native_buckets_at_coarsest = 2 * 134; // schema -4: 2^16 per bucket, both signs
-constexpr std::size_t body_end_bytes = sizeof "# EOF\n";      // OpenMetrics' last line
+constexpr std::size_t body_end_bytes = sizeof "# EOF\n" - 1;  // OpenMetrics' last line
 
 // A label value as the text formats write it: backslash, newline and double quote take two bytes.
 inline std::size_t escaped_size(std::string_view text) {
@@ -3774,14 +3774,15 @@ public:
 
   std::string text;
 
-  // Takes room for a body of at most `bytes`, and makes the text hold that much, so that
-  // writing it never allocates; false, with the text freed, when the budget has no room.
-  // Memory of an earlier body is reused while it is not more than twice what is needed.
+  // Takes room for a body of at most `bytes` with its terminating NUL, and makes the text
+  // hold that much, so that writing it never allocates; false, with the text freed, when
+  // the budget has no room. Memory of an earlier body is reused while it is not more
+  // than twice what is needed.
   bool reserve(std::size_t bytes) {
-    if (text.capacity() < bytes || text.capacity() / 2 > bytes) {
+    if (text.capacity() + 1 < bytes || text.capacity() / 2 > bytes) {
       free();
-      if (!take(bytes + 1)) return false;
-      text.reserve(bytes);
+      if (!take(bytes)) return false;
+      text.reserve(bytes - 1);
     }
     return settle();
   }
@@ -6347,7 +6348,8 @@ public:
     out.clear(); // its memory is the caller's: a server takes it from the budget first
   }
 
-  // The most a body of `registry` can take: the budget's count of it, kept as series come and go.
+  // The most a body of `registry` can take, its NUL included: the budget's count of it,
+  // kept as series come and go.
   static std::size_t bound(const Registry &registry) { return registry.budget_->body_bound(); }
 
   // Writes up to `max_series` more series of configured metrics, and Hermes' own
@@ -6405,7 +6407,7 @@ public:
     }
     bytes += std::max(text, protobuf);
   }
-  void finish() override { bytes += body_end_bytes; }
+  void finish() override { bytes += body_end_bytes + 1; } // and the string's terminating NUL
   std::size_t bytes = 0;
 };
 
@@ -6433,9 +6435,9 @@ inline std::string render_metrics(const Registry &registry, Format format) {
 }
 
 inline void render_metrics(std::string &out, const Registry &registry, Format format) {
-  if (const std::size_t bound = detail::Renderer::bound(registry); out.capacity() < bound) {
-    std::string room; // exactly the bound, where reserving over the old memory would double it
-    room.reserve(bound);
+  if (const std::size_t bound = detail::Renderer::bound(registry); out.capacity() + 1 < bound) {
+    std::string room; // exactly the bound, with the NUL, where reserving over the old memory would double it
+    room.reserve(bound - 1);
     out.swap(room);
   }
   detail::Renderer renderer(out, registry, {registry, nullptr, nullptr}, format);
@@ -6588,7 +6590,7 @@ inline ServerStats Server::stats() const { return impl_->stats(); }
 
 inline std::string Server::render(Format format) {
   std::string body;
-  body.reserve(impl_->budget->body_bound());
+  body.reserve(impl_->budget->body_bound() - 1); // the bound counts the NUL
   impl_->render(format, body);
   return body;
 }
