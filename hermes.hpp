@@ -86,7 +86,8 @@
 //     GET|HEAD /-/healthy, /-/ready, /    200, short text
 //     other paths 404; other methods 405 (Allow: GET, HEAD); a malformed request 400;
 //     a request head over HERMES_MAX_REQUEST_HEAD 431; a major version other than 1, 505;
-//     503 with Retry-After when every connection is busy or the budget has no room.
+//     503 with Retry-After when every connection is busy, or when more /metrics bodies
+//     are in flight at once than the memory budget keeps room for (HERMES_SCRAPE_BODIES).
 // Empty lines before the request line are ignored. Rendering only reads the registry.
 //
 // Server::reload() (SIGHUP in the daemon) takes the config file again; an optional unix
@@ -1735,6 +1736,14 @@ template <typename Values> SeriesCost series_cost(const MetricConfig &metric, co
   for (const auto &value : label_values) cost.own += value.size() > small_string ? value.size() + 1 : 0;
   cost.body = std::max(text_series_bound(metric, label_values), protobuf_series_bound(metric, label_values));
   return cost;
+}
+
+// Adds what every series of `metric` takes to `sum`.
+inline void add_series_costs(SeriesCost &sum, const Metric &metric) {
+  for (const auto &entry : metric.series) {
+    const SeriesCost cost = series_cost(metric.config, entry.first);
+    sum.own += cost.own, sum.body += cost.body;
+  }
 }
 
 // What a body holds besides the series of a registry, at most: the families' heads,
@@ -5493,12 +5502,7 @@ inline Registry::Registry(const Config &config, std::shared_ptr<MemoryBudget> bu
 // and Hermes' own families in each body, and the series of the metrics without labels.
 inline detail::SeriesCost Registry::standing_cost() const {
   detail::SeriesCost cost{0, fixed_body_bytes_};
-  for (const detail::Metric &metric : metrics_) {
-    for (const auto &entry : metric.series) {
-      const detail::SeriesCost series = detail::series_cost(metric.config, entry.first);
-      cost.own += series.own, cost.body += series.body;
-    }
-  }
+  for (const detail::Metric &metric : metrics_) detail::add_series_costs(cost, metric);
   return cost;
 }
 
@@ -5653,17 +5657,11 @@ inline Registry::ReloadSummary Registry::reload(const Config &config) {
     if (before && detail::same_shape(before->config, next.metrics_[i].config)) kept_from[i] = before;
   }
   detail::SeriesCost freed{0, fixed_body_bytes_}, wanted{0, next.fixed_body_bytes_};
-  const auto add_series = [](detail::SeriesCost &sum, const detail::Metric &metric) {
-    for (const auto &entry : metric.series) {
-      const detail::SeriesCost cost = detail::series_cost(metric.config, entry.first);
-      sum.own += cost.own, sum.body += cost.body;
-    }
-  };
   for (std::size_t i = 0; i < next.metrics_.size(); ++i)
-    if (!kept_from[i]) add_series(wanted, next.metrics_[i]);
+    if (!kept_from[i]) detail::add_series_costs(wanted, next.metrics_[i]);
   for (const detail::Metric &metric : metrics_)
-    if (std::find(kept_from.begin(), kept_from.end(), &metric) == kept_from.end()) add_series(freed, metric);
-  if (!budget_->can_exchange(freed.own, freed.body, wanted.own, wanted.body)) throw ConfigError(next.no_room_for(wanted));
+    if (std::find(kept_from.begin(), kept_from.end(), &metric) == kept_from.end()) detail::add_series_costs(freed, metric);
+  if (!budget_->can_exchange(freed.own, freed.body, wanted.own, wanted.body)) throw ConfigError(no_room_for(wanted));
 
   for (std::size_t i = 0; i < next.metrics_.size(); ++i) {
     if (!kept_from[i]) continue;

@@ -59,6 +59,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size
   const std::string openmetrics = hermes::render_metrics(target, hermes::Format::openmetrics);
   check(!text.empty() && text.back() == '\n');
   check(openmetrics.size() >= 6 && openmetrics.compare(openmetrics.size() - 6, 6, "# EOF\n") == 0);
-  check_protobuf(hermes::render_metrics(target, hermes::Format::protobuf));
+  const std::string protobuf = hermes::render_metrics(target, hermes::Format::protobuf);
+  check_protobuf(protobuf);
+  // Every body within the bound the memory budget keeps room for, its NUL included.
+  const std::size_t bound = hermes::detail::Renderer::bound(target);
+  check(text.size() < bound && openmetrics.size() < bound && protobuf.size() < bound);
   return 0;
 }

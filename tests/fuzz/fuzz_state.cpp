@@ -1,6 +1,6 @@
 // libFuzzer target: the state file reader. Any bytes either restore or throw StateError
-// having changed nothing; what restores must render, be written again and read back to
-// the same text.
+// having changed nothing; what restores must render within the body bound, be written
+// again within the state's bound and read back to the same text.
 #include "hermes.hpp"
 
 namespace {
@@ -28,11 +28,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size
     return 0;
   }
   registry.expire(1001);
-  hermes::render_metrics(registry, hermes::Format::openmetrics);
-  hermes::render_metrics(registry, hermes::Format::protobuf);
+  // Restored series, whatever their values, stay within the bounds the budget keeps room for.
+  const std::size_t bound = hermes::detail::Renderer::bound(registry);
+  for (const hermes::Format format : {hermes::Format::text, hermes::Format::openmetrics, hermes::Format::protobuf})
+    if (hermes::render_metrics(registry, format).size() >= bound) __builtin_trap();
   registry.expire(1002);
   std::string first, second;
   registry.save_state(first, hermes::Now(1003, 1764000000));
+  if (first.size() > registry.state_size_bound()) __builtin_trap();
   hermes::Registry again(config());
   again.restore_state(first, 1003);
   again.save_state(second, hermes::Now(1003, 1764000000));
