@@ -216,6 +216,7 @@ test-deps: deps
 	  command:prometheus:prometheus command:clang++:clang python:yaml:python3-yaml \
 	  file:/usr/share/i18n/locales/de_DE:locales command:localedef:libc-bin command:faketime:faketime \
 	  command:stunnel4:stunnel4 command:openssl:openssl
+	@tests/ensure.sh command:curl:curl # the README's examples, run by tests/docs.py
 
 clean:
 	rm -rf hermes $(BUILD)
