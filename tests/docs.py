@@ -28,9 +28,9 @@ import os
 import re
 import subprocess
 import sys
-import traceback
 
 from blackbox import Hermes, ROOT, check_equal
+from state import run_suite
 
 DOCUMENTS = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "doc", "*.md")))
 RUNNABLE = re.compile(r"^<!-- runnable( with the config above)? -->$")
@@ -251,26 +251,13 @@ def runnable_tests():
 
 
 def main():
-    if not os.access(os.path.join(ROOT, "hermes"), os.X_OK):
-        print(f"docs: {ROOT}/hermes is not an executable; build it first", file=sys.stderr)
-        print("docs: 0 passed, 1 failed")
-        return 1
-    passed = failed = 0
     try:
         tests = TESTS + runnable_tests()
-    except AssertionError:
-        print(f"FAIL reading the runnable examples\n{traceback.format_exc()}")
-        tests, failed = TESTS, 1
-    for function in tests:
-        try:
-            function()
-            passed += 1
-            print(f"ok   {function.__name__}")
-        except Exception:  # a failed assertion or a crash both count as a failure
-            failed += 1
-            print(f"FAIL {function.__name__}\n{traceback.format_exc()}")
-    print(f"docs: {passed} passed, {failed} failed")
-    return 1 if failed else 0
+    except AssertionError as error:
+        def reading_the_runnable_examples():
+            raise error
+        tests = TESTS + [reading_the_runnable_examples]
+    return run_suite("docs", tests)
 
 
 if __name__ == "__main__":
