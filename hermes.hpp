@@ -107,8 +107,8 @@
 // once than HERMES_SCRAPE_BODIES (scrapes that come while a body is being sent share it),
 // /metrics is never 503 for lack of memory. A summary's windows and a native histogram's
 // buckets never grow past the worst case their series took. The state file's text takes
-// its bound while it is written (a write with no room fails, and is tried again), and
-// the file read at start its size. The config's metrics without labels and every
+// its memory part by part as it grows (a write with no room fails, and is tried again),
+// and the file read at start its size. The config's metrics without labels and every
 // family's room must fit at start and at each reload (ConfigError otherwise).
 //
 // ---- State across restarts ----------------------------------------------------------------
@@ -585,11 +585,13 @@ struct IngestResult {
 // room for its lines in each of the bodies a server keeps in flight (`bodies`). Bodies
 // are taken from that room, other buffers never are, so that after every step
 //
-//     held + max(room for bodies, bodies) <= limit
+//     held + (each body in flight, at its size or the bound if more)
+//          + (the bound for each of the `bodies` not in flight) <= limit
 //
-// where room for bodies = bodies * (the most one body of every existing series can take).
-// A new series that does not fit with its room is refused; a body within the room always
-// fits, whatever came before it.
+// where the bound is the most one body of every existing series can take. A new series
+// that does not fit with its room is refused; while fewer than `bodies` are in flight, a
+// body of the bound always fits, whatever came before it: series that expire only
+// lower the bound, and a body made before them keeps its place.
 class MemoryBudget {
 public:
   // `bodies`: the /metrics bodies to keep room for; 0 (a registry without a server) keeps none.
@@ -597,13 +599,13 @@ public:
 
   // A buffer: takes `bytes`, or nothing and false when they would cross the limit or
   // eat the room kept for bodies.
-  bool take(std::size_t bytes) { return fits(held_ + bytes, body_room()) && (held_ += bytes, true); }
+  bool take(std::size_t bytes) { return fits(held_ + bytes, body_bound_) && (held_ += bytes, true); }
   void give_back(std::size_t bytes) { held_ -= std::min(bytes, held_); }
 
   // A series: its own bytes, and `body_bytes` more room in each body; false when they
   // do not fit.
   bool take_for_series(std::size_t own_bytes, std::size_t body_bytes) {
-    if (!fits(held_ + own_bytes, bodies_ * (body_bound_ + body_bytes))) return false;
+    if (!fits(held_ + own_bytes, body_bound_ + body_bytes)) return false;
     held_ += own_bytes, body_bound_ += body_bytes;
     return true;
   }
@@ -614,36 +616,55 @@ public:
   // Whether series could be exchanged: given back, then others taken (a reload).
   bool can_exchange(std::size_t own_freed, std::size_t body_freed, std::size_t own_wanted, std::size_t body_wanted) const {
     const std::size_t held = held_ - std::min(own_freed, held_) + own_wanted;
-    const std::size_t bound = body_bound_ - std::min(body_freed, body_bound_) + body_wanted;
-    return fits(held, bodies_ * bound);
+    return fits(held, body_bound_ - std::min(body_freed, body_bound_) + body_wanted);
   }
 
-  // A /metrics body: taken from the room kept for bodies, and beyond it only from what
-  // nothing else holds.
-  bool take_for_body(std::size_t bytes) { return fits(held_, in_bodies_ + bytes) && (in_bodies_ += bytes, true); }
-  void give_back_body(std::size_t bytes) { in_bodies_ -= std::min(bytes, in_bodies_); }
+  // A /metrics body that holds `from` bytes (0: a new one) and would hold `to` (0: it is
+  // freed). Growing takes from the room kept for bodies, and beyond it only what nothing
+  // else holds; false, with nothing changed, when there is no room.
+  bool resize_body(std::size_t from, std::size_t to) {
+    const auto at = std::find(bodies_held_.begin(), bodies_held_.end(), from);
+    if (from == 0) bodies_held_.push_back(to);
+    else *at = to;
+    if (to > from && committed() > limit_) {
+      if (from == 0) bodies_held_.pop_back();
+      else *at = from;
+      return false;
+    }
+    if (to == 0) bodies_held_.erase(std::find(bodies_held_.begin(), bodies_held_.end(), std::size_t{0}));
+    in_bodies_ = in_bodies_ - from + to;
+    return true;
+  }
 
   std::size_t limit() const { return limit_; }
   std::size_t used() const { return held_ + in_bodies_; }          // what is taken: buffers, series and bodies
   std::size_t body_bound() const { return body_bound_; }          // the most one body of every series can take
   std::size_t body_room() const { return bodies_ * body_bound_; } // kept for bodies, taken or not
-  std::size_t committed() const { return held_ + std::max(body_room(), in_bodies_); } // what the rule adds up
   std::size_t bodies() const { return bodies_; }
+  std::size_t committed() const { return committed_with(held_, body_bound_); } // what the rule adds up
   // The rule above; true after every step.
   bool keeps_room() const { return committed() <= limit_; }
 
 private:
-  // Whether `held` bytes of buffers and series, with `bodies` bytes for bodies (or the
-  // bodies in flight, if more), stay within the limit.
-  bool fits(std::size_t held, std::size_t bodies) const {
-    return held <= limit_ && std::max(bodies, in_bodies_) <= limit_ - held;
+  // Buffers and series, with each body in flight at its size or the bound, whichever is
+  // more (a body made before series expired may be larger than a body now), and the
+  // bound for each body not in flight yet.
+  std::size_t committed_with(std::size_t held, std::size_t bound) const {
+    std::size_t total = held, slots = bodies_;
+    for (const std::size_t body : bodies_held_) {
+      total += std::max(body, bound);
+      slots -= slots > 0 ? 1 : 0;
+    }
+    return total + slots * bound;
   }
+  bool fits(std::size_t held, std::size_t bound) const { return committed_with(held, bound) <= limit_; }
 
   std::size_t limit_;
-  std::size_t bodies_;          // bodies kept room for
-  std::size_t held_ = 0;        // buffers and series
-  std::size_t body_bound_ = 0;  // one body of every series, at most
-  std::size_t in_bodies_ = 0;   // bodies in flight
+  std::size_t bodies_;                    // bodies kept room for
+  std::size_t held_ = 0;                  // buffers and series
+  std::size_t body_bound_ = 0;            // one body of every series, at most
+  std::size_t in_bodies_ = 0;             // bodies in flight, in all
+  std::vector<std::size_t> bodies_held_;  // each body in flight; a few
 };
 
 // ===== PUBLIC API: REGISTRY ===============================================================
@@ -3769,8 +3790,11 @@ private:
 namespace hermes {
 namespace detail {
 
-// Writes the /metrics body in a format over the string given, whose memory it reuses.
-using RenderBody = std::function<void(Format, std::string &body)>;
+class BudgetedBody;
+// Brings the registry up to now, takes room in `body` for the most the body can be, and
+// writes it there in a format, reusing the body's memory; false when the budget has no
+// room for it.
+using RenderBody = std::function<bool(Format, BudgetedBody &body)>;
 
 // A /metrics body whose bytes are taken from the memory budget's room for bodies while
 // it lives.
@@ -3779,7 +3803,7 @@ public:
   explicit BudgetedBody(MemoryBudget &budget) : budget_(budget) {}
   BudgetedBody(const BudgetedBody &) = delete;
   BudgetedBody &operator=(const BudgetedBody &) = delete;
-  ~BudgetedBody() { budget_.give_back_body(taken_); }
+  ~BudgetedBody() { budget_.resize_body(taken_, 0); }
 
   std::string text;
 
@@ -3800,17 +3824,17 @@ public:
   bool settle() {
     const std::size_t holds = text.capacity() + 1;
     if (holds > taken_ && !take(holds - taken_)) return free(), false;
-    if (holds < taken_) budget_.give_back_body(taken_ - holds), taken_ = holds;
+    if (holds < taken_) budget_.resize_body(taken_, holds), taken_ = holds;
     return true;
   }
 
 private:
   void free() {
     std::string().swap(text); // assigning an empty string would keep the memory
-    budget_.give_back_body(taken_);
+    budget_.resize_body(taken_, 0);
     taken_ = 0;
   }
-  bool take(std::size_t bytes) { return budget_.take_for_body(bytes) ? (taken_ += bytes, true) : false; }
+  bool take(std::size_t bytes) { return budget_.resize_body(taken_, taken_ + bytes) ? (taken_ += bytes, true) : false; }
   MemoryBudget &budget_;
   std::size_t taken_ = 0;
 };
@@ -4047,10 +4071,7 @@ inline std::shared_ptr<const std::string> HttpFrontEnd::metrics_body(Format form
     if (&other != &latest && other.body.use_count() == 1) other.body.reset();
   std::shared_ptr<BudgetedBody> body = latest.body.use_count() == 1 ? latest.body : std::make_shared<BudgetedBody>(budget_);
   latest.body.reset(); // connections still sending it keep it
-  const std::size_t bound = budget_.body_bound();
-  if (!body->reserve(bound)) return refuse_body(bound);
-  render_(format, body->text);
-  if (!body->settle()) return refuse_body(body->text.capacity()); // only a bound that fell short
+  if (!render_(format, *body)) return refuse_body(budget_.body_bound());
   latest.body = body;
   latest.rendered = now;
   return shared(body);
@@ -4195,7 +4216,12 @@ struct RestoredMetric {
 // classes, so that none of them needs a public surface for it.
 class StateCodec {
 public:
-  static void save(const Registry &registry, std::string &out, Now now, const std::function<void()> &pause);
+  // Makes room in `out` for `bytes` more; false stops the write.
+  using MakeRoom = std::function<bool(std::string &out, std::size_t bytes)>;
+  // Writes the state over `out`; `make_room`, when given, is asked before each part is
+  // written for the most that part can be. False when it refused.
+  static bool save(const Registry &registry, std::string &out, Now now, const std::function<void()> &pause,
+                   const MakeRoom &make_room = {});
   static std::size_t text_bound(const Registry &registry); // the most save() writes now
   static Registry::RestoreSummary restore(Registry &registry, std::string_view text, double monotonic_now);
 
@@ -4207,6 +4233,9 @@ public:
   [[noreturn]] void fail(const std::string &place, const std::string &problem) const;
 
 private:
+  static std::size_t header_bound(const Registry &registry);
+  static std::size_t shape_bound(const MetricConfig &config);
+  static std::size_t series_text_bound(const std::vector<std::string> &labels, const Series &series);
   static void write_shape(std::string &out, const MetricConfig &config);
   static void write_series(std::string &out, const MetricConfig &config, const std::vector<std::string> &labels,
                            const Series &series, double monotonic_now);
@@ -4238,8 +4267,11 @@ private:
 
 // ---- writing ---------------------------------------------------------------------------
 
-inline void StateCodec::save(const Registry &registry, std::string &out, Now now, const std::function<void()> &pause) {
+inline bool StateCodec::save(const Registry &registry, std::string &out, Now now, const std::function<void()> &pause,
+                             const MakeRoom &make_room) {
   out.clear();
+  const auto room = [&](std::size_t bytes) { return !make_room || make_room(out, bytes); };
+  if (!room(header_bound(registry))) return false;
   out += "{\"format\": \"";
   out += state_format_name;
   out += "\", \"version\": ";
@@ -4252,11 +4284,13 @@ inline void StateCodec::save(const Registry &registry, std::string &out, Now now
   std::size_t since_pause = 0;
   for (std::size_t m = 0; m < registry.metrics_.size(); ++m) {
     const Metric &metric = registry.metrics_[m];
+    if (!room(shape_bound(metric.config))) return false;
     out += m == 0 ? "\n" : ",\n";
     write_shape(out, metric.config);
     out += ", \"series\": [";
     bool first = true;
     for (const auto &[labels, series] : metric.series) {
+      if (!room(series_text_bound(labels, series))) return false;
       out += first ? "\n  " : ",\n  ";
       first = false;
       write_series(out, metric.config, labels, series, now.monotonic);
@@ -4268,6 +4302,7 @@ inline void StateCodec::save(const Registry &registry, std::string &out, Now now
     out += "]}";
   }
   out += "]}\n";
+  return true;
 }
 
 // The bytes of a JSON string as append_json_string writes it.
@@ -4279,22 +4314,36 @@ inline std::size_t json_string_size(std::string_view text) {
 
 // What save() writes, at most, with every number as long as a number can be: walks the
 // series, whose summary windows and native buckets vary, and nothing else.
+constexpr std::size_t state_number = longest_number + 4; // with ", " or brackets around it
+constexpr std::size_t state_keys = 256;                  // the keys and punctuation of one object
+
+// The file's head and end, one metric's shape, one series: each at most.
+inline std::size_t StateCodec::header_bound(const Registry &registry) {
+  return state_keys + state_number + json_string_size(registry.service_name());
+}
+
+inline std::size_t StateCodec::shape_bound(const MetricConfig &config) {
+  std::size_t bytes = state_keys + json_string_size(config.name) + (config.buckets.size() + 2 * config.objectives.size() + 4) * state_number;
+  for (const std::string &label : config.labels) bytes += json_string_size(label) + 2;
+  return bytes;
+}
+
+inline std::size_t StateCodec::series_text_bound(const std::vector<std::string> &labels, const Series &series) {
+  std::size_t bytes = state_keys + 6 * state_number;
+  for (const std::string &value : labels) bytes += json_string_size(value) + 2;
+  if (!series.distribution) return bytes;
+  const Distribution &seen = *series.distribution;
+  bytes += seen.bucket_counts.size() * state_number;
+  if (seen.native) bytes += state_keys + (seen.native->buckets() + 2) * 2 * state_number;
+  if (seen.quantiles) bytes += state_keys * (1 + QuantileWindow::streams) + seen.quantiles->memory_entries() * 3 * state_number;
+  return bytes;
+}
+
 inline std::size_t StateCodec::text_bound(const Registry &registry) {
-  constexpr std::size_t number = longest_number + 4, punctuation = 256; // ", " and brackets; keys of an object
-  std::size_t bytes = punctuation + json_string_size(registry.service_name());
+  std::size_t bytes = header_bound(registry);
   for (const Metric &metric : registry.metrics_) {
-    const MetricConfig &config = metric.config;
-    bytes += punctuation + json_string_size(config.name) + (config.buckets.size() + 2 * config.objectives.size() + 4) * number;
-    for (const std::string &label : config.labels) bytes += json_string_size(label) + 2;
-    for (const auto &[labels, series] : metric.series) {
-      bytes += punctuation + 6 * number;
-      for (const std::string &value : labels) bytes += json_string_size(value) + 2;
-      if (!series.distribution) continue;
-      const Distribution &seen = *series.distribution;
-      bytes += seen.bucket_counts.size() * number;
-      if (seen.native) bytes += punctuation + (seen.native->buckets() + 2) * 2 * number;
-      if (seen.quantiles) bytes += punctuation * (1 + QuantileWindow::streams) + seen.quantiles->memory_entries() * 3 * number;
-    }
+    bytes += shape_bound(metric.config);
+    for (const auto &[labels, series] : metric.series) bytes += series_text_bound(labels, series);
   }
   return bytes;
 }
@@ -4856,12 +4905,11 @@ public:
   // passed, the registry changed since the last write and none is in flight.
   bool due(const Registry &registry, double monotonic_now);
   bool changed(const Registry &registry) const { return enabled() && registry.changes() != written_changes_; }
-  // Takes room for a text of at most `bytes` and makes buffer() hold that much; false,
-  // and the write counted as failed, when the budget has no room for it.
-  bool reserve(std::size_t bytes, double monotonic_now);
-  // Where to make the text of the next write.
-  std::string &buffer() { return bytes_; }
-  // Hands buffer() to the writing thread; `changes` is registry.changes() as it was made.
+  // Makes the text of the next write, taking its memory from the budget as it grows;
+  // false, and the write counted as failed, when the budget has no room for it.
+  // `pause` runs between parts, as for Registry::save_state.
+  bool make_text(const Registry &registry, Now now, const std::function<void()> &pause);
+  // Hands the text to the writing thread; `changes` is registry.changes() as it was made.
   void write(std::uint64_t changes, double monotonic_now);
   // Waits for the write in flight, if any, and takes its result.
   void wait();
@@ -4874,7 +4922,10 @@ public:
 
 private:
   void take_result();
+  bool grow(std::string &text, std::size_t bytes);
   void free_buffer();
+  void count_failure(const std::string &error);
+  void put_aside(const std::string &why, const std::string &problem);
 
   std::string path_;
   double interval_;
@@ -4905,14 +4956,17 @@ inline void StateKeeper::restore(Registry &registry, double monotonic_now) {
     return logger_.log(LogLevel::warn, "no state file yet; starting empty",
                        {{"path", path_}, {"error", std::string("stat: ") + std::strerror(missing)}});
   const auto size = static_cast<std::size_t>(std::max<off_t>(info.st_size, 0));
-  const bool too_large = info.st_size > HERMES_MAX_STATE_SIZE; // not read at all
-  const bool no_room = !too_large && !budget_.take(size + 1);
+  if (info.st_size > HERMES_MAX_STATE_SIZE) // not read at all
+    return put_aside("state file is not state", "larger than " + std::to_string(HERMES_MAX_STATE_SIZE) + " bytes");
+  // The text with a byte more, to see a file that grew: exactly that much, taken first.
+  // A file the budget cannot hold is kept aside too: the next write would replace it.
+  const std::size_t taken = size + 2;
+  if (!budget_.take(taken))
+    return put_aside("state file larger than the memory budget has room for", std::to_string(size) + " bytes");
   std::string text;
-  const int error = too_large || no_room ? 0 : read_file(path_.c_str(), size + 1, text);
+  text.reserve(size + 1);
   try {
-    if (error) throw StateError(std::string("cannot read: ") + std::strerror(error));
-    if (too_large || text.size() > HERMES_MAX_STATE_SIZE) throw StateError("larger than " + std::to_string(HERMES_MAX_STATE_SIZE) + " bytes");
-    if (no_room) throw StateError(std::to_string(size) + " bytes, more than the memory budget has room for");
+    if (const int error = read_file(path_.c_str(), size + 1, text)) throw StateError(std::string("cannot read: ") + std::strerror(error));
     if (text.size() > size) throw StateError("grew while it was read");
     const Registry::RestoreSummary summary = registry.restore_state(text, monotonic_now);
     for (const std::string &problem : summary.problems) logger_.log(LogLevel::warn, "state not restored", {{"path", path_}, {"metric", problem}});
@@ -4920,30 +4974,51 @@ inline void StateKeeper::restore(Registry &registry, double monotonic_now) {
     logger_.log(LogLevel::info, "state restored", {{"path", path_}, {"series", std::to_string(summary.restored)},
                                                    {"skipped", std::to_string(summary.skipped)}});
   } catch (const StateError &problem) {
-    if (!no_room) budget_.give_back(size + 1);
-    const std::string aside = set_aside(path_);
-    logger_.log(LogLevel::error, "state file is not state; set aside, starting empty",
-                {{"path", path_}, {"error", printable_ascii(problem.what())}, {"moved_to", aside}});
-    written_changes_ = registry.changes();
-    return;
+    put_aside("state file is not state", problem.what());
   }
-  budget_.give_back(size + 1);
+  std::string().swap(text);
+  budget_.give_back(taken);
   written_changes_ = registry.changes();
 }
 
-inline bool StateKeeper::reserve(std::size_t bytes, double monotonic_now) {
+// Renames the file aside, never deleting it, and logs why; Hermes starts empty.
+inline void StateKeeper::put_aside(const std::string &why, const std::string &problem) {
+  const std::string aside = set_aside(path_);
+  logger_.log(LogLevel::error, why + "; set aside, starting empty",
+              {{"path", path_}, {"error", printable_ascii(problem)}, {"moved_to", aside}});
+}
+
+inline bool StateKeeper::make_text(const Registry &registry, Now now, const std::function<void()> &pause) {
   wait();
   free_buffer();
-  if (budget_.take(bytes + 1)) {
-    taken_ = bytes + 1;
-    bytes_.reserve(bytes);
+  if (StateCodec::save(registry, bytes_, now, pause, [this](std::string &text, std::size_t bytes) { return grow(text, bytes); }))
     return true;
-  }
-  next_write_ = monotonic_now + interval_;
+  free_buffer();
+  next_write_ = now.monotonic + interval_;
+  count_failure("no room in the memory budget for its text");
+  return false;
+}
+
+// Room for `bytes` more in the text, taken before it is allocated: a new buffer half as
+// large again (or what is asked, if more), the text moved into it, the old one given back.
+inline bool StateKeeper::grow(std::string &text, std::size_t bytes) {
+  if (text.capacity() - text.size() >= bytes) return true;
+  const std::size_t capacity = std::max(text.size() + bytes, text.capacity() + text.capacity() / 2);
+  if (!budget_.take(capacity + 1)) return false;
+  std::string larger;
+  larger.reserve(capacity); // from empty: exactly that, where growing the text would double it
+  larger += text;
+  text.swap(larger);
+  std::string().swap(larger);
+  budget_.give_back(taken_);
+  taken_ = capacity + 1;
+  return true;
+}
+
+inline void StateKeeper::count_failure(const std::string &error) {
   ++stats_.state_writes_failed;
   logger_.log(LogLevel::error, "state write failed; the previous file stays, retrying next interval",
-              {{"path", path_}, {"error", "no room in the memory budget for its text of up to " + std::to_string(bytes) + " bytes"}});
-  return false;
+              {{"path", path_}, {"error", error}});
 }
 
 // Between writes the text holds no memory: a registry that shrank needs less next time.
@@ -4973,9 +5048,7 @@ inline void StateKeeper::write(std::uint64_t changes, double monotonic_now) {
   } catch (const std::system_error &problem) { // no thread to be had: a failed write, tried again later
     std::string().swap(job_);
     free_buffer();
-    ++stats_.state_writes_failed;
-    logger_.log(LogLevel::error, "state write failed; the previous file stays, retrying next interval",
-                {{"path", path_}, {"error", std::string("cannot start a thread: ") + problem.what()}});
+    count_failure(std::string("cannot start a thread: ") + problem.what());
   }
 }
 
@@ -4994,9 +5067,7 @@ inline void StateKeeper::take_result() {
     stats_.state_last_write_seconds = wall_clock_seconds();
     logger_.log(LogLevel::debug, "state written", {{"path", path_}});
   } else {
-    ++stats_.state_writes_failed;
-    logger_.log(LogLevel::error, "state write failed; the previous file stays, retrying next interval",
-                {{"path", path_}, {"error", error_}});
+    count_failure(error_);
   }
 }
 
@@ -6481,7 +6552,7 @@ struct Server::Impl {
   Impl(const Config &config, Options &options)
       : budget(detail::budget_with_fixed_buffers(options.max_memory)), registry(config, budget),
         logger(options.log_level, std::move(options.log_sink)), config_path(options.config_path), input(options),
-        http(options, logger, *budget, [this](Format format, std::string &body) { render(format, body); }),
+        http(options, logger, *budget, [this](Format format, detail::BudgetedBody &body) { return render(format, body); }),
         rejects(logger), start_time_seconds(detail::process_start_time_seconds()), state(options, logger, *budget) {
     registry.accept_statsd(options.statsd);
   }
@@ -6491,7 +6562,8 @@ struct Server::Impl {
   bool reload_token();
   int poll_timeout(int timeout_ms, Clock::time_point now) const;
   void sweep(Clock::time_point now);
-  void render(Format format, std::string &body);
+  bool render(Format format, detail::BudgetedBody &body);
+  void write_body(Format format, std::string &body);
   ServerStats stats() const;
 
   void save_state();
@@ -6587,9 +6659,10 @@ inline const Registry &Server::registry() const { return impl_->registry; }
 inline ServerStats Server::stats() const { return impl_->stats(); }
 
 inline std::string Server::render(Format format) {
+  impl_->registry.expire(); // a scrape never shows a series past its ttl
   std::string body;
   body.reserve(impl_->budget->body_bound() - 1); // the bound counts the NUL
-  impl_->render(format, body);
+  impl_->write_body(format, body);
   return body;
 }
 
@@ -6607,12 +6680,21 @@ inline ServerStats Server::Impl::stats() const {
   return stats;
 }
 
-// The scrape: bring the registry up to now and take the figures, then write the body,
-// which only reads them. A long body is written HERMES_RENDER_PAUSE_STRIDE series at a
-// time; between the parts, datagrams waiting on the sockets are taken into the hold,
-// and applied once the body is whole.
-inline void Server::Impl::render(Format format, std::string &body) {
+// The scrape: bring the registry up to now, take room for the body and the figures,
+// then write the body, which only reads them. The series that expire are gone before
+// the bound is read, so that the body is sized for the series it shows; a bound that
+// fell short (a fault) is a body with no room.
+inline bool Server::Impl::render(Format format, detail::BudgetedBody &body) {
   registry.expire(); // a scrape never shows a series past its ttl
+  if (!body.reserve(budget->body_bound())) return false;
+  write_body(format, body.text);
+  return body.settle();
+}
+
+// A long body is written HERMES_RENDER_PAUSE_STRIDE series at a time; between the parts,
+// datagrams waiting on the sockets are taken into the hold, and applied once the body
+// is whole.
+inline void Server::Impl::write_body(Format format, std::string &body) {
   const ServerStats figures = stats();
   const detail::ProcessStats process = detail::read_process_stats(start_time_seconds);
   detail::Renderer renderer(body, registry, {registry, &figures, &process}, format);
@@ -6649,11 +6731,10 @@ inline void Server::Impl::poll_once(int timeout_ms) {
 // The text is made on the loop, taking waiting datagrams off the sockets every
 // HERMES_STATE_PAUSE_STRIDE series as a render does; its writing runs on the keeper's thread.
 inline void Server::Impl::save_state() {
-  if (!state.reserve(registry.state_size_bound(), monotonic_seconds())) return;
   const std::uint64_t changes = registry.changes(); // what the text holds; held datagrams come after it
-  registry.save_state(state.buffer(), Now::current(), [this] { input.hold_waiting(); });
+  const bool made = state.make_text(registry, Now::current(), [this] { input.hold_waiting(); });
   input.apply_held(registry, rejects);
-  state.write(changes, monotonic_seconds());
+  if (made) state.write(changes, monotonic_seconds());
 }
 
 // At stop: the samples still queued on the sockets are applied, then the state is
@@ -6670,9 +6751,8 @@ inline void Server::Impl::save_state_at_stop() {
   }
   state.wait();
   if (!state.changed(registry)) return;
-  if (!state.reserve(registry.state_size_bound(), monotonic_seconds())) return;
   const std::uint64_t changes = registry.changes();
-  registry.save_state(state.buffer(), Now::current());
+  if (!state.make_text(registry, Now::current(), {})) return;
   state.write(changes, monotonic_seconds());
   state.wait();
 }

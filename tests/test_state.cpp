@@ -572,6 +572,78 @@ TEST_CASE("a server set aside a state file it cannot read, logs where, and start
   remove_tree(directory);
 }
 
+TEST_CASE("the state's text takes its memory from the budget only while it is written, and a file read at start its size") {
+  const std::string directory = temporary_directory();
+  const std::string path = directory + "/state.json";
+  std::vector<std::string> log;
+  double idle = 0;
+  {
+    hermes::Server server(test::sample_config(), state_options(path, &log));
+    idle = server.stats().memory_used_bytes;
+    std::vector<std::string> samples;
+    for (int i = 0; i < 500; ++i)
+      samples.push_back(R"({"metric_name": "sample_counter", "payload": {"labels": {"label_1": "x)" + std::to_string(i) + R"("}}})");
+    test::push(server, samples);
+    const double with_series = server.stats().memory_used_bytes;
+    REQUIRE(test::pump_until(server, [&] { return server.stats().state_writes_succeeded == 1; }));
+    CHECK(server.stats().memory_used_bytes == with_series); // nothing kept between writes
+    std::atomic<bool> stop{true};
+    server.run(stop);
+    CHECK(server.stats().memory_used_bytes == with_series);
+  }
+  hermes::Server again(test::sample_config(), state_options(path, &log));
+  CHECK(again.stats().state_restored_series == 500);
+  hermes::Server fresh(test::sample_config(), test::loopback_options());
+  test::push(fresh, {R"({"metric_name": "sample_counter", "payload": {"labels": {"label_1": "x0"}}})"});
+  // The restore gave back the file's bytes: what is held is the series, as for pushes.
+  CHECK(again.stats().memory_used_bytes - idle == 500 * (fresh.stats().memory_used_bytes - idle));
+  remove_tree(directory);
+}
+
+TEST_CASE("a state file the memory budget cannot hold is set aside whole and named so; a state text with no room is a failed write") {
+  const std::string directory = temporary_directory();
+  const std::string path = directory + "/state.json";
+  std::vector<std::string> log;
+  hermes::Options options = state_options(path, &log);
+  {
+    hermes::Server server(test::sample_config(), options);
+    std::vector<std::string> samples;
+    for (int i = 0; i < 300; ++i)
+      samples.push_back(R"({"metric_name": "sample_counter", "payload": {"labels": {"label_1": ")" + std::string(200, 'x') +
+                        std::to_string(i) + R"("}}})");
+    test::push(server, samples);
+    std::atomic<bool> stop{true};
+    server.run(stop);
+  }
+  const std::string written = test::read_file(path);
+  REQUIRE(written.size() > 60000);
+  hermes::Server probe(test::sample_config(), test::loopback_options());
+  options.max_memory = static_cast<std::size_t>(probe.stats().memory_used_bytes) + hermes::detail::Renderer::bound(probe.registry()) * 4 + 30000;
+  {
+    hermes::Server small(test::sample_config(), options);
+    const std::vector<std::string> files = files_in(directory);
+    REQUIRE(files.size() == 1);
+    CHECK(files[0].rfind("state.json.corrupt-", 0) == 0);
+    CHECK(log.back() == "level=error msg=\"state file larger than the memory budget has room for; set aside, starting empty\" path=" +
+                            path + " error=\"" + std::to_string(written.size()) + " bytes\" moved_to=" + directory + "/" + files[0]);
+    CHECK(test::read_file(directory + "/" + files[0]) == written);
+    CHECK(small.stats().memory_used_bytes == probe.stats().memory_used_bytes); // nothing of the file is held
+    // Series up to the budget: their state text has no room, and the scrape is still answered.
+    std::vector<std::string> samples;
+    for (int i = 0; i < 300; ++i)
+      samples.push_back(R"({"metric_name": "sample_counter", "payload": {"labels": {"label_1": ")" + std::string(200, 'y') +
+                        std::to_string(i) + R"("}}})");
+    test::push(small, samples);
+    CHECK(small.registry().rejected(hermes::Reject::memory_limit) > 0);
+    REQUIRE(test::pump_until(small, [&] { return small.stats().state_writes_failed >= 1; }));
+    CHECK(lines_with(log, "level=error msg=\"state write failed; the previous file stays, retrying next interval\" path=" + path +
+                              " error=\"no room in the memory budget for its text\"") >= 1);
+    CHECK(test::http(small, "GET /metrics HTTP/1.0\r\n\r\n").rfind("HTTP/1.0 200 OK\r\n", 0) == 0);
+    CHECK(small.stats().memory_used_bytes <= small.stats().memory_budget_bytes);
+  }
+  remove_tree(directory);
+}
+
 TEST_CASE("a native histogram goes through the state file with its schema, zero bucket and sparse buckets") {
   const char *config = R"({"service_name": "s", "histograms": [
     {"metric_name": "latency_seconds", "labels": ["route"], "native": true, "buckets": [1], "native_max_buckets": 12}]})";
