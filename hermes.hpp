@@ -61,21 +61,33 @@
 // udp_allow, never parsed). malformed_json, too_large and forbidden_source count whole
 // datagrams.
 //
+// A datagram is JSON when its first byte that is not white space is {, or is [ and the
+// rest goes on as a JSON array could: nothing more, ] and only white space after it, or a
+// first element that opens with {, [ or ", or is true, false, null or a number ended by
+// white space, ',', ] or the datagram's end. So a batch broken further on
+// ([{"metric_name": ... cut short, [1, 2) is still malformed_json, and [], [ ], ["x"],
+// [null] malformed_sample. Any other datagram holds StatsD lines (below), such as
+// [env=prod]jobs:1|c.
+//
 // ---- StatsD ---------------------------------------------------------------------------
 //
-// A datagram whose first byte that is not white space is neither { nor [ holds StatsD
-// lines, one sample each (Options::statsd, HERMES_STATSD=off, turns this off):
+// A datagram that is not JSON (see Datagrams) holds StatsD lines, one sample each
+// (Options::statsd, HERMES_STATSD=off, turns this off: every datagram is then JSON):
 //
 //     jobs:1|c|@0.5|#queue:mail     counter jobs_total{queue="mail"} += 1 / 0.5
 //     depth:7|g   depth:+2|g        gauge set to 7; a sign moves it
 //     latency:250|ms|#route:/       histogram or summary observes 0.25 (seconds)
 //     sizes:3:4:5|h   sizes:3|d     each value observed; |@r counts it int(1/r) times
 //     jobs,queue=mail:1|c   jobs#queue=mail:1|c   jobs[queue=mail]:1|c   tags in the name
+//     [queue=mail]jobs:1|c          SignalFx tags first, as statsd_exporter reads them
 //
 // With statsd_exporter's meanings: names escape [^a-zA-Z0-9_:] to '_'; a counter X_total
 // also takes lines named X; tags must be exactly the metric's labels. Fields after the
 // type come in any order; DogStatsD's |c:, |T, |e: and |card: are checked and ignored.
 // Sets, events and service checks are unsupported_type. A bad line spoils no other.
+// Where both could be meant, JSON wins: a datagram whose first line opens with SignalFx
+// tags that could start JSON ([{a=b}]x:1|c, ["k"=v]x:1|c, [1]x:1|c) is malformed_json,
+// where statsd_exporter would read the tags with {, [ and " escaped to _.
 //
 // ---- HTTP -----------------------------------------------------------------------------
 //
@@ -2241,11 +2253,44 @@ inline const char *json_type_name(const picojson::value &value) {
 namespace hermes {
 namespace detail {
 
-// A datagram is StatsD lines unless its first byte that is not white space opens JSON.
-// A blank datagram is left to the JSON reader, which calls it malformed_json.
+inline std::size_t skip_json_space(std::string_view text, std::size_t at) {
+  while (at < text.size() && (plain_json_classes[static_cast<unsigned char>(text[at])] & json_space)) ++at;
+  return at;
+}
+
+// Whether a JSON word or number may end at `at`: white space, ',', ']' or the end follow.
+inline bool ends_json_value(std::string_view text, std::size_t at) {
+  return at == text.size() || text[at] == ',' || text[at] == ']' ||
+         (plain_json_classes[static_cast<unsigned char>(text[at])] & json_space);
+}
+
+// Whether `text`, which opens with '[', goes on as a JSON array could: nothing more (a
+// batch cut short), ']' and only white space after it, or a first element that opens with '{',
+// '[' or '"', or is true, false, null or a number (picojson's [0-9+-.eE]) ended as JSON
+// ends one. A SignalFx tag list's first tag (env=prod) is none of these. Only the first
+// element is looked at: a batch broken later is still the JSON reader's to refuse.
+inline bool opens_json_batch(std::string_view text) {
+  std::size_t at = skip_json_space(text, 1);
+  if (at == text.size()) return true;
+  const char first = text[at];
+  if (first == ']') return skip_json_space(text, at + 1) == text.size();
+  if (first == '{' || first == '[' || first == '"') return true;
+  for (const std::string_view word : {"true", "false", "null"})
+    if (starts_with(text.substr(at), word)) return ends_json_value(text, at + word.size());
+  if (first != '-' && !is_ascii_digit(first)) return false;
+  while (at < text.size() && (plain_json_classes[static_cast<unsigned char>(text[at])] & json_number_char)) ++at;
+  return ends_json_value(text, at);
+}
+
+// A datagram is StatsD lines unless it opens JSON: its first byte that is not white space
+// is '{', or '[' that opens a JSON batch. A line with SignalFx tags first
+// ([env=prod]jobs:1|c) opens with '[' too, so a '[' alone cannot decide. Runs on every
+// datagram: reads no further than the first element, allocates nothing. A blank datagram is left to the JSON
+// reader, which calls it malformed_json.
 inline bool is_statsd(std::string_view datagram) {
-  const std::size_t first = datagram.find_first_not_of(" \t\r\n");
-  return first != std::string_view::npos && datagram[first] != '{' && datagram[first] != '[';
+  const std::size_t first = skip_json_space(datagram, 0);
+  if (first == datagram.size() || datagram[first] == '{') return false;
+  return datagram[first] != '[' || !opens_json_batch(datagram.substr(first));
 }
 
 enum class StatsdType { counter, gauge, timer, histogram, distribution, set };

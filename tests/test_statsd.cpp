@@ -51,7 +51,7 @@ std::string body(hermes::Registry &registry) {
 
 } // namespace
 
-TEST_CASE("a datagram is JSON when its first byte that is not white space is { or [, else StatsD") {
+TEST_CASE("a datagram is JSON when its first byte that is not white space opens JSON, else StatsD") {
   hermes::Registry registry(statsd_config());
   CHECK(outcome(registry, " \t{\"metric_name\": \"plain_counter\"}") == "accepted 1");
   CHECK(outcome(registry, "\n[{\"metric_name\": \"plain_counter\"}]") == "accepted 1");
@@ -62,6 +62,116 @@ TEST_CASE("a datagram is JSON when its first byte that is not white space is { o
   CHECK(value(registry, "plain_counter") == 3.0);
   CHECK(registry.received(hermes::Wire::json) == 5);
   CHECK(registry.received(hermes::Wire::statsd) == 1);
+}
+
+TEST_CASE("is_statsd: a [ opens JSON only where a JSON array could go on from it") {
+  using hermes::detail::is_statsd;
+  // JSON: nothing more, ] and nothing after it, an element that opens with { [ ", or a
+  // JSON word or number ended by white space, ',', ] or the end.
+  for (const char *json : {"[", "[ \r\n\t", "[]", "[ ]", "[]\n", "[ ] \r\n", "[{", "[{\"metric_name\": \"plain_co", " \n[ {",
+                           "[[", "[\"x\"]", "[null]", "[true,", "[false\t]", "[null", "[1, 2", "[-1]", "[1e5]", "[0.5 ,",
+                           "[-]", "[1]depth:1|g", "[null]depth:1|g", "[{a=b}]tagged:1|c", "[\"a\"=x]tagged:1|c",
+                           "[[a=x]]tagged:1|c", "{", "{x", "", " \r\n"}) {
+    CAPTURE(json);
+    CHECK_FALSE(is_statsd(json));
+  }
+  // StatsD: anything else, such as SignalFx tags first.
+  for (const char *statsd : {"[queue=mail]jobs:1|c", " [queue=mail]jobs:1|c", "\n[queue=mail]jobs:1|c", "[ queue=mail]jobs:1|c",
+                             "[]jobs:1|c", "[ ]jobs:1|c", "[nullable=1]c:1|c", "[null=1]c:1|c", "[truth=1]c:1|c",
+                             "[f1=1]c:1|c", "[5xx=1]c:1|c", "[1e=1]c:1|c", "[-=1]c:1|c", "[nul", "[nan]", "[,",
+                             "[queue=mail]jobs:1|c\n[1, 2]", "jobs:1|c", "17"}) {
+    CAPTURE(statsd);
+    CHECK(is_statsd(statsd));
+  }
+}
+
+TEST_CASE("SignalFx tags first make a StatsD line, alone in its datagram or among others") {
+  hermes::Registry registry(statsd_config());
+  CHECK(outcome(registry, "[queue=mail]jobs:1|c") == "accepted 1");
+  CHECK(outcome(registry, "[a=x,b=y]tagged:2|c") == "accepted 1");
+  CHECK(outcome(registry, "[queue=mail]jobs:2|c|@0.5\n[queue=sms]jobs_total:3|c\r\n[room=hall]temp:21.5|g\n"
+                          "jobs[queue=sms]:1|c\n[]depth:4|g\n[b=y,a=x]tagged:1|c\n") == "accepted 6");
+  CHECK(outcome(registry, "[queue=mail]nope:1|c\n[queue=mail]jobs:-1|c\n[queue]jobs:1|c\n[room=x]temp:1|g|#room:y") ==
+        "malformed_sample 2, unknown_metric 1, invalid_value 1"); // [queue] has no value; one tag style to a line
+  CHECK(registry.received(hermes::Wire::statsd) == 12);
+  CHECK(registry.received(hermes::Wire::json) == 0);
+  const std::string text = body(registry);
+  CHECK(has_line(text, "jobs_total{queue=\"mail\"} 5")); // 1 + 2 / 0.5
+  CHECK(has_line(text, "jobs_total{queue=\"sms\"} 4"));
+  CHECK(has_line(text, "tagged{a=\"x\",b=\"y\"} 3"));
+  CHECK(has_line(text, "temp{room=\"hall\"} 21.5"));
+  CHECK(has_line(text, "depth 4"));
+  // Tag keys that start as a JSON word or number would, but go on otherwise, are tags.
+  hermes::Registry words(hermes::parse_config(
+      R"({"service_name": "s", "counters": [{"metric_name": "c", "labels": ["nullable", "truth", "f1", "_5xx"]}]})", "test"));
+  CHECK(outcome(words, "[nullable=a,truth=b,f1=c,5xx=d]c:1|c") == "accepted 1");
+  CHECK(outcome(words, "[truth=b,nullable=a,5xx=d,f1=c]c:1|c") == "accepted 1");
+  CHECK(outcome(words, "[f1=c,5xx=d,truth=b,nullable=a]c:1|c") == "accepted 1");
+  CHECK(outcome(words, "[5xx=d,f1=c,truth=b,nullable=a]c:1|c") == "accepted 1"); // 5xx escapes to _5xx
+  CHECK(value(words, "c", {"a", "b", "c", "d"}) == 4.0);
+}
+
+TEST_CASE("white space before the [ decides nothing, and stays in the line as before any name") {
+  hermes::Registry registry(statsd_config());
+  CHECK(outcome(registry, "\n[queue=mail]jobs:1|c") == "accepted 1");          // an empty line first
+  CHECK(outcome(registry, "\r\n\n[queue=mail]jobs:1|c") == "accepted 1");
+  CHECK(outcome(registry, " [queue=mail]jobs:1|c") == "unknown_metric 1");     // named _jobs, as " jobs" is
+  CHECK(outcome(registry, " jobs:1|c|#queue:mail") == "unknown_metric 1");
+  CHECK(outcome(registry, "[ queue=mail]jobs:1|c") == "label_mismatch 1");     // the tag key " queue" is _queue
+  CHECK(value(registry, "jobs_total", {"mail"}) == 2.0);
+  CHECK(outcome(registry, " \t[ {\"metric_name\": \"plain_counter\"} ]") == "accepted 1");
+  CHECK(outcome(registry, "[\n\t{\"metric_name\": \"plain_counter\"}]\n") == "accepted 1");
+  CHECK(value(registry, "plain_counter") == 2.0);
+  CHECK(registry.received(hermes::Wire::statsd) == 5);
+  CHECK(registry.received(hermes::Wire::json) == 2);
+}
+
+TEST_CASE("a broken JSON batch is counted as before: malformed_json, or malformed_sample for its shape") {
+  hermes::Registry registry(statsd_config());
+  CHECK(outcome(registry, R"([{"metric_name": "plain_counter"}, {"metric_name": )") == "malformed_json 1");
+  CHECK(outcome(registry, R"([{"metric_name": "plain_co)") == "malformed_json 1");
+  CHECK(outcome(registry, "[1, 2") == "malformed_json 1");
+  CHECK(outcome(registry, "[") == "malformed_json 1");
+  CHECK(outcome(registry, "[ \n") == "malformed_json 1");
+  CHECK(outcome(registry, "[null") == "malformed_json 1");
+  CHECK(outcome(registry, "[]") == "malformed_sample 1");
+  CHECK(outcome(registry, "[ ]") == "malformed_sample 1");
+  CHECK(outcome(registry, "[]\r\n") == "malformed_sample 1");
+  CHECK(outcome(registry, R"(["x"])") == "malformed_sample 1");
+  CHECK(outcome(registry, "[null]") == "malformed_sample 1");
+  CHECK(outcome(registry, "[true, false]") == "malformed_sample 2");
+  CHECK(outcome(registry, "[1, 2]") == "malformed_sample 2");
+  CHECK(outcome(registry, R"([-1.5e3, {"metric_name": "plain_counter"}])") == "accepted 1, malformed_sample 1");
+  CHECK(value(registry, "plain_counter") == 1.0);
+  CHECK(registry.received(hermes::Wire::json) == 17);
+  CHECK(registry.received(hermes::Wire::statsd) == 0);
+}
+
+TEST_CASE("tags that could start JSON make the datagram JSON: malformed_json, all its lines") {
+  hermes::Registry registry(statsd_config());
+  CHECK(outcome(registry, "[{a=x,b=y}]tagged:1|c") == "malformed_json 1");
+  CHECK(outcome(registry, "[\"a\"=x,b=y]tagged:1|c") == "malformed_json 1");
+  CHECK(outcome(registry, "[[a=x,b=y]]tagged:1|c") == "malformed_json 1");
+  CHECK(outcome(registry, "[1]depth:1|g") == "malformed_json 1");
+  CHECK(outcome(registry, "[null]depth:1|g") == "malformed_json 1");
+  CHECK(outcome(registry, "[{a=x,b=y}]tagged:1|c\n[a=x,b=y]tagged:1|c\ndepth:1|g") == "malformed_json 1");
+  // On a later line the same are tags, escaped as statsd_exporter escapes them: {a is _a.
+  CHECK(outcome(registry, "[a=x,b=y]tagged:1|c\n[{a=x,b=y}]tagged:1|c") == "accepted 1, label_mismatch 1");
+  CHECK(value(registry, "tagged", {"x", "y"}) == 1.0);
+  CHECK(value(registry, "depth") == 0.0);
+}
+
+TEST_CASE("StatsD off: SignalFx tags first are JSON too, and malformed_json") {
+  hermes::Registry registry(statsd_config());
+  registry.accept_statsd(false);
+  CHECK(outcome(registry, "[queue=mail]jobs:1|c") == "malformed_json 1");
+  CHECK(outcome(registry, "[a=x,b=y]tagged:1|c\n[a=x,b=y]tagged:1|c") == "malformed_json 1");
+  CHECK(outcome(registry, "[]jobs:1|c") == "malformed_json 1");
+  CHECK(outcome(registry, "\n [queue=mail]jobs:1|c") == "malformed_json 1");
+  CHECK(outcome(registry, "[1, 2]") == "malformed_sample 2");
+  CHECK(registry.received(hermes::Wire::statsd) == 0);
+  CHECK(registry.received(hermes::Wire::json) == 6);
+  CHECK_FALSE(value(registry, "jobs_total", {"mail"}).has_value());
 }
 
 TEST_CASE("lines are separated by \\n; \\r\\n, empty lines and a final newline are fine") {
@@ -356,19 +466,20 @@ TEST_CASE("the server reads StatsD from UDP and counts samples by format at /met
   hermes::Server server(hermes::parse_config(R"({"service_name": "s", "counters": [{"metric_name": "jobs_total", "labels": ["queue"]}]})", "t"),
                         options);
   test::push(server, {"jobs:1|c|#queue:mail\n", "jobs:2|c|@0.5|#queue:mail\njobs:1|s",
-                      R"({"metric_name": "jobs_total", "payload": {"labels": {"queue": "mail"}}})"});
+                      R"({"metric_name": "jobs_total", "payload": {"labels": {"queue": "mail"}}})", "[queue=sms]jobs:3|c"});
   const std::string text = server.render();
   CHECK(has_line(text, "jobs_total{queue=\"mail\"} 6"));
+  CHECK(has_line(text, "jobs_total{queue=\"sms\"} 3"));
   CHECK(has_line(text, "hermes_samples_received_total{format=\"json\"} 1"));
-  CHECK(has_line(text, "hermes_samples_received_total{format=\"statsd\"} 3"));
+  CHECK(has_line(text, "hermes_samples_received_total{format=\"statsd\"} 4"));
   CHECK(has_line(text, "hermes_samples_rejected_total{reason=\"unsupported_type\"} 1"));
 
   options = test::loopback_options();
   options.statsd = false;
   hermes::Server off(hermes::parse_config(R"({"service_name": "s", "counters": [{"metric_name": "jobs_total", "labels": ["queue"]}]})", "t"),
                      options);
-  test::push(off, {"jobs:1|c|#queue:mail"});
-  CHECK(off.registry().rejected(Reject::malformed_json) == 1);
+  test::push(off, {"jobs:1|c|#queue:mail", "[queue=mail]jobs:1|c"});
+  CHECK(off.registry().rejected(Reject::malformed_json) == 2);
   CHECK_FALSE(off.registry().value("jobs_total", {"mail"}).has_value());
 }
 
