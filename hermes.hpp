@@ -479,6 +479,10 @@ inline std::size_t worst_case_series_bytes(const MetricConfig &metric);
 // most of it, with label values of `label_value_bytes` bytes that need no escaping. The
 // budget keeps this room for every series in each body a server keeps in flight.
 inline std::size_t worst_case_body_bytes(const MetricConfig &metric, std::size_t label_value_bytes = 15);
+// What a series of `metric` may add to the state file's text at most, with label values
+// of that length: its summary windows and native buckets at their fullest. While a
+// write's text is made, it holds up to half as much again.
+inline std::size_t worst_case_state_bytes(const MetricConfig &metric, std::size_t label_value_bytes = 15);
 
 // Parses and validates a config; `origin` (the file name) starts every error message.
 inline Config parse_config(std::string_view json, const std::string &origin);
@@ -4281,6 +4285,11 @@ private:
   static std::size_t header_bound(const Registry &registry);
   static std::size_t shape_bound(const MetricConfig &config);
   static std::size_t series_text_bound(const std::vector<std::string> &labels, const Series &series);
+
+public:
+  static std::size_t worst_series_text(const MetricConfig &config, std::size_t label_value_bytes);
+
+private:
   static void write_shape(std::string &out, const MetricConfig &config);
   static void write_series(std::string &out, const MetricConfig &config, const std::vector<std::string> &labels,
                            const Series &series, double monotonic_now);
@@ -4381,6 +4390,20 @@ inline std::size_t StateCodec::series_text_bound(const std::vector<std::string> 
   bytes += seen.bucket_counts.size() * state_number;
   if (seen.native) bytes += state_keys + (seen.native->buckets() + 2) * 2 * state_number;
   if (seen.quantiles) bytes += state_keys * (1 + QuantileWindow::streams) + seen.quantiles->memory_entries() * 3 * state_number;
+  return bytes;
+}
+
+// series_text_bound of a series at its fullest: every bucket a native histogram can
+// hold, every entry a summary's streams and buffer can hold.
+inline std::size_t StateCodec::worst_series_text(const MetricConfig &config, std::size_t label_value_bytes) {
+  std::size_t bytes = state_keys + 6 * state_number + config.labels.size() * (label_value_bytes + 4);
+  if (config.type == MetricType::histogram) bytes += (config.buckets.size() + 1) * state_number;
+  if (config.native)
+    bytes += state_keys + (std::max(config.native_max_buckets, most_native_buckets_at_coarsest) + 2) * 2 * state_number;
+  if (!config.objectives.empty()) {
+    const std::size_t entries = QuantileWindow::streams * QuantileStream::entry_limit(config.objectives) + QuantileWindow::buffer_limit;
+    bytes += state_keys * (1 + QuantileWindow::streams) + entries * 3 * state_number;
+  }
   return bytes;
 }
 
@@ -5164,6 +5187,10 @@ inline std::size_t worst_case_series_bytes(const MetricConfig &metric) {
 inline std::size_t worst_case_body_bytes(const MetricConfig &metric, std::size_t label_value_bytes) {
   const std::vector<std::string> values(metric.labels.size(), std::string(label_value_bytes, 'x'));
   return detail::series_cost(metric, values).body;
+}
+
+inline std::size_t worst_case_state_bytes(const MetricConfig &metric, std::size_t label_value_bytes) {
+  return detail::StateCodec::worst_series_text(metric, label_value_bytes);
 }
 
 inline std::vector<std::string> lint_config(const Config &config) {

@@ -109,6 +109,12 @@ int check_config(const std::string &path, const hermes::Config &config, const he
               "/metrics bodies, label values of up to 15 bytes), %zu of fixed buffers; budget %zu bytes%s\n",
               path.c_str(), worst, HERMES_SCRAPE_BODIES, hermes::detail::fixed_buffer_bytes, options.max_memory,
               needed > static_cast<double>(options.max_memory) ? ", so new series are refused as memory_limit once it is used" : "");
+  if (!options.state_file.empty()) {
+    double state = 0; // the text of a write, made half as large again as it grows
+    for (const hermes::MetricConfig &metric : config.metrics)
+      state += 1.5 * static_cast<double>(hermes::worst_case_state_bytes(metric)) * static_cast<double>(metric.max_series);
+    std::printf("%s: memory: the state file's text takes at most %.0f bytes more while a write is made\n", path.c_str(), state);
+  }
   for (const std::string &advice : hermes::lint_config(config)) std::printf("%s: warning: %s\n", path.c_str(), advice.c_str());
   return 0;
 }

@@ -644,6 +644,29 @@ TEST_CASE("a state file the memory budget cannot hold is set aside whole and nam
   remove_tree(directory);
 }
 
+TEST_CASE("worst_case_state_bytes bounds the state text of a series at its fullest") {
+  const hermes::Config config = hermes::parse_config(R"({"service_name": "s",
+    "summaries": [{"metric_name": "q", "labels": ["k"], "objectives": {"0.5": 0.05, "0.9": 0.01, "0.99": 0.001}}],
+    "histograms": [{"metric_name": "n", "labels": ["k"], "native": true, "native_max_buckets": 20}]})",
+                                                     "c");
+  for (const hermes::MetricConfig &metric : config.metrics) {
+    CAPTURE(metric.name);
+    hermes::Registry registry(hermes::parse_config(R"({"service_name": "s", ")" + std::string(metric.objectives.empty() ? "histograms" : "summaries") +
+                                                       R"(": [)" + (metric.objectives.empty() ? R"({"metric_name": "n", "labels": ["k"], "native": true, "native_max_buckets": 20})"
+                                                                                               : R"({"metric_name": "q", "labels": ["k"], "objectives": {"0.5": 0.05, "0.9": 0.01, "0.99": 0.001}})") +
+                                                       "]}",
+                                                   "c"));
+    for (int i = 200000; i > 0; --i) // decreasing values fill a summary's streams; both signs and every scale a native histogram's buckets
+      registry.ingest(R"({"metric_name": ")" + metric.name + R"(", "payload": {"labels": {"k": "abcdefghijklmno"}, "observation": )" +
+                          hermes::detail::format_double(metric.objectives.empty() ? (i % 2 ? -1 : 1) * std::ldexp(1.0 + i % 7, i % 2000 - 1000) : -i * 1.2345678901234567) +
+                          "}}",
+                      hermes::Now(1000, 1.7640000001234567e9));
+    std::string text;
+    registry.save_state(text, hermes::Now(1000, 1.7640000001234567e9));
+    CHECK(text.size() <= hermes::worst_case_state_bytes(metric) + 1024); // the head and the metric's shape besides
+  }
+}
+
 TEST_CASE("a native histogram goes through the state file with its schema, zero bucket and sparse buckets") {
   const char *config = R"({"service_name": "s", "histograms": [
     {"metric_name": "latency_seconds", "labels": ["route"], "native": true, "buckets": [1], "native_max_buckets": 12}]})";
