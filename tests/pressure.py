@@ -14,7 +14,7 @@ import time
 
 from blackbox import run_suite
 from workload import (MIXED_BATCH, MIXED_CONFIG, MIXED_RATE, OBJECTIVES, Load, account, figures, mixed_maker,
-                      problems, settled)
+                      problems, rejections, settled)
 
 TESTS = []
 
@@ -38,6 +38,11 @@ def an_ordinary_mixed_workload_is_scraped_every_second_for_60_s(_):
         samples, error = settled(load.hermes, report.datagrams)
         print("     mixed: " + figures(load, report, samples, MIXED_BATCH))
         found = problems(load, report, samples, error, MIXED_BATCH)
+        # 1,000 summaries of at most 36,800 bytes with their room, and the rest: the
+        # default budget holds this workload whole.
+        refused = rejections(samples).get("memory_limit") if samples is not None else None
+        if refused:
+            found.append(f"{refused:.0f} samples refused as memory_limit: the budget does not hold the workload")
         assert not found, "; ".join(found)
 
 
