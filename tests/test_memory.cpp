@@ -169,8 +169,9 @@ TEST_CASE("a series flood before the first scrape costs new series, never a scra
       CHECK(server.stats().memory_used_bytes <= server.stats().memory_budget_bytes);
     }
   }
-  // Still full: one more series is refused, and the scrape after it is answered.
-  test::push(server, {R"({"metric_name": "wide", "payload": {"labels": {"id": "one more"}, "value": 1}})"});
+  // Still full: one more series as large as those refused is refused (the scrapes took
+  // nothing from the series' room), and the scrape after it is answered.
+  test::push(server, {R"({"metric_name": "wide", "payload": {"labels": {"id": ")" + std::string(60, 'x') + R"(9999"}, "value": 1}})"});
   CHECK(static_cast<double>(server.registry().rejected(hermes::Reject::memory_limit)) == refused + 1);
   const std::string body = test::body_of(test::http(server, "GET /metrics HTTP/1.0\r\n\r\n"));
   CHECK(body.find("hermes_samples_rejected_total{reason=\"memory_limit\"} " + hermes::detail::format_double(refused + 1) + "\n") !=
