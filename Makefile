@@ -28,7 +28,7 @@ UNIT_OBJECTS := $(UNIT_SOURCES:tests/%.cpp=$(BUILD)/%.o)
 # their -O1. `make check UNIT_OPT=` builds the tests with CXXFLAGS alone.
 UNIT_OPT ?= -Og
 
-.PHONY: all help run test check bench soak clean deps check-deps test-deps statsd-clients fuzz fuzz-smoke fuzz-deps sanitize valgrind valgrind-deps static cross cross-deps
+.PHONY: all help run test check bench soak clean deps check-deps test-deps statsd-clients bench-deps fuzz fuzz-smoke fuzz-deps sanitize valgrind valgrind-deps static cross cross-deps
 
 all: hermes
 
@@ -37,7 +37,7 @@ help:
 	@echo 'make run          build ./hermes and start it on config.json: UDP 7789, HTTP 8080'
 	@echo 'make check        build and run the doctest suite only: the edit-compile-test loop'
 	@echo 'make test         build and run every test suite; ends with "N passed, N failed"'
-	@echo 'make bench        the benchmark: ingest against a bare receiver, scrapes, state file'
+	@echo 'make bench        the benchmark: ingest against a bare receiver, scrapes, state file, Pushgateway beside'
 	@echo 'make soak         10 minutes (SOAK_SECONDS) of mixed load, scrapes and SIGHUPs; memory and latency'
 	@echo 'make static       build/static/hermes: static, stripped, for FROM scratch and boards'
 	@echo 'make cross        ARCH=aarch64 or armhf: static hermes and the doctest suite under qemu'
@@ -51,7 +51,7 @@ help:
 	@echo 'make check-deps   install what make check needs too (doctest-dev)'
 	@echo 'make test-deps    install what make test needs (prometheus, clang, faketime, ...)'
 	@echo 'make statsd-clients  install the StatsD clients make test pushes with'
-	@echo 'make fuzz-deps, valgrind-deps, cross-deps  install what those gates need'
+	@echo 'make fuzz-deps, valgrind-deps, cross-deps, bench-deps  install what those gates need'
 	@echo 'Builds run as many jobs as cores unless -j is given; CXXFLAGS, CPPFLAGS, LDFLAGS reach all.'
 
 hermes: main.cpp hermes.hpp | deps
@@ -99,8 +99,12 @@ $(BUILD)/bench: tests/bench/bench.cpp hermes.hpp | deps
 	@mkdir -p $(BUILD)
 	$(CXX) -std=c++17 -O2 $(WARNINGS) $(CPPFLAGS) $(CXXFLAGS) $(LDFLAGS) -pthread -I. -o $@ $<
 
-bench: hermes $(BUILD)/static/hermes $(BUILD)/bench
+bench: hermes $(BUILD)/static/hermes $(BUILD)/bench | bench-deps
 	$(BUILD)/bench ./hermes $(BUILD)/static/hermes
+
+# What the bench measures hermes beside: Debian's Pushgateway (its --peers part).
+bench-deps:
+	@tests/ensure.sh file:/usr/bin/prometheus-pushgateway:prometheus-pushgateway
 
 # The soak, not part of make test: the mixed workload of tests/pressure.py for
 # SOAK_SECONDS, a scrape every second and a SIGHUP every 30 s, reported per minute.

@@ -4,6 +4,8 @@
 //                          build/bench --ingest ./hermes runs only part 1,
 //                          build/bench --access ./hermes only part 8,
 //                          build/bench --series ./hermes only the resident memory of 5,
+//                          build/bench --peers ./hermes only 9, with the hermes figures it
+//                          needs (burst, 20 samples/dgram, 100k scrape, idle) measured anew,
 //                          build/bench --memory only the in-process part of 5)
 //
 // 1. Ingest: the same sender (sendmmsg) pushes the same datagrams into a bare receiver
@@ -27,6 +29,11 @@
 // 8. Allow lists: the cost per datagram of HERMES_UDP_ALLOW with 16 ranges against none,
 //    in hermes (CPU per datagram, runs interleaved) and in-process (the check against
 //    Registry::ingest of the same datagram).
+// 9. Beside Pushgateway (Debian's /usr/bin/prometheus-pushgateway, on loopback, no
+//    persistence): its size and idle memory, its CPU (every thread's, from schedstat) per
+//    single-sample PUT over keep-alive and over new connections, and /metrics with 100k
+//    gauge series pushed in one PUT; next to hermes' figures of the same run. A burst
+//    kept does not apply to it: a client pushing over HTTP waits for each answer.
 // Figures on a shared machine wander; the ratios measured in the same run are what count.
 #include "hermes.hpp"
 
@@ -42,8 +49,10 @@
 #include <vector>
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -372,7 +381,7 @@ void print_ingest(const IngestRow &bare, const IngestRow &hermes, int per_datagr
 // A burst of 300,000 single-sample datagrams, as fast as one sender thread sends them,
 // into the bare receiver and into hermes, five times each, interleaved: the run whose
 // ratio is the median. A burst is what a fleet of workers finishing a job at once sends.
-void measure_burst(const std::string &binary) {
+IngestRow measure_burst(const std::string &binary) {
   constexpr std::uint64_t burst = 300000;
   const std::string name = "1 sample/dgram, burst of 300k";
   const std::vector<std::string> single = sample_datagrams(1);
@@ -382,6 +391,15 @@ void measure_burst(const std::string &binary) {
   const auto ratio = [](const std::pair<IngestRow, IngestRow> &run) { return run.second.cpu_per_sample_us / run.first.cpu_per_sample_us; };
   std::sort(runs.begin(), runs.end(), [&](const auto &a, const auto &b) { return ratio(a) < ratio(b); });
   print_ingest(runs[2].first, runs[2].second, 1);
+  return runs[2].second;
+}
+
+// 20 samples a datagram at full speed for 2 s, into the bare receiver and hermes.
+IngestRow measure_batched(const std::string &binary, const std::vector<std::string> &batched) {
+  const IngestRow bare = measure_bare("20 samples/dgram, full speed", batched, 0, 2);
+  const IngestRow hermes = measure_hermes(binary, "20 samples/dgram, full speed", batched, 20, 0, 2);
+  print_ingest(bare, hermes, 20);
+  return hermes;
 }
 
 void load_series(const Receiver &hermes, int series) {
@@ -402,22 +420,43 @@ void load_series(const Receiver &hermes, int series) {
   while (hermes_metric(hermes, "hermes_series") < series) std::this_thread::sleep_for(std::chrono::milliseconds(5));
 }
 
-void measure_scrapes(const std::string &binary) {
-  std::printf("\n| series | /metrics, median of 7 after 2 (ms) | body (bytes) | resident (MiB) |\n|---:|---:|---:|---:|\n");
-  for (const int series : {0, 1000, 10000, 100000}) {
-    Receiver hermes = start_hermes(binary, bench_config);
-    load_series(hermes, series);
-    std::vector<double> times;
-    std::string response;
-    for (int i = 0; i < 9; ++i) { // the first two warm the socket buffers and the heap up
-      const Clock::time_point start = Clock::now();
-      http_get_into(response, hermes.http_port, "/metrics");
-      if (i >= 2) times.push_back(seconds_since(start) * 1000);
-    }
-    std::sort(times.begin(), times.end());
-    std::printf("| %6d | %34.2f | %12zu | %14.2f |\n", series, times[3], response.size(), rss_mib(hermes.pid));
-    stop(hermes);
+struct ScrapeRow {
+  double median_ms;
+  std::size_t body_bytes;
+  double resident_mib;
+};
+
+// GET /metrics `warm + timed` times over new connections: the median wall time of the
+// last `timed`, the first ones warming the socket buffers and the heap up.
+ScrapeRow time_scrapes(pid_t pid, std::uint16_t http_port, int warm, int timed) {
+  std::vector<double> times;
+  std::string response;
+  for (int i = 0; i < warm + timed; ++i) {
+    const Clock::time_point start = Clock::now();
+    http_get_into(response, http_port, "/metrics");
+    if (i >= warm) times.push_back(seconds_since(start) * 1000);
   }
+  std::sort(times.begin(), times.end());
+  return {times[times.size() / 2], response.size(), rss_mib(pid)};
+}
+
+ScrapeRow measure_scrape(const std::string &binary, int series) {
+  Receiver hermes = start_hermes(binary, bench_config);
+  load_series(hermes, series);
+  const ScrapeRow row = time_scrapes(hermes.pid, hermes.http_port, 2, 7);
+  stop(hermes);
+  return row;
+}
+
+// The table of scrapes; returns the row of 100k series.
+ScrapeRow measure_scrapes(const std::string &binary) {
+  std::printf("\n| series | /metrics, median of 7 after 2 (ms) | body (bytes) | resident (MiB) |\n|---:|---:|---:|---:|\n");
+  ScrapeRow row{};
+  for (const int series : {0, 1000, 10000, 100000}) {
+    row = measure_scrape(binary, series);
+    std::printf("| %6d | %34.2f | %12zu | %14.2f |\n", series, row.median_ms, row.body_bytes, row.resident_mib);
+  }
+  return row;
 }
 
 // Pushes `count` samples, `sample(i)` each, 50 to a datagram, letting hermes keep up: no
@@ -744,18 +783,217 @@ void measure_memory_accounting() {
               accounting_ns[2], ingest_ns[2], 100 * accounting_ns[2] / ingest_ns[2]);
 }
 
+// ---- idle memory ----------------------------------------------------------------------------
+
+struct IdleRow {
+  long long size_bytes;
+  double resident_mib;
+  double proportional_mib;
+};
+
+// A process' size on disk and its memory 500 ms after it is ready to serve.
+IdleRow measure_idle(const std::string &path, pid_t pid) {
+  struct stat info {};
+  ::stat(path.c_str(), &info);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  return {static_cast<long long>(info.st_size), rss_mib(pid), pss_mib(pid)};
+}
+
+IdleRow measure_hermes_idle(const std::string &binary) {
+  Receiver idle = start_hermes(binary, bench_config);
+  const IdleRow row = measure_idle(binary, idle.pid);
+  stop(idle);
+  return row;
+}
+
+// ---- Pushgateway, beside ------------------------------------------------------------------
+
+// Debian's prometheus-pushgateway, the push gateway Prometheus itself ships; make bench
+// installs it (bench-deps) and the bench stops when it is missing.
+const char *pushgateway_binary = "/usr/bin/prometheus-pushgateway";
+
+// Every thread's run time: Pushgateway, a Go program, works on several threads.
+double all_threads_run_ns(pid_t pid) {
+  const std::string tasks = "/proc/" + std::to_string(pid) + "/task";
+  double total = 0;
+  if (DIR *directory = ::opendir(tasks.c_str())) {
+    while (const dirent *entry = ::readdir(directory))
+      if (entry->d_name[0] != '.') {
+        const std::string text = read_text(tasks + "/" + entry->d_name + "/schedstat");
+        if (!text.empty()) total += std::stod(text);
+      }
+    ::closedir(directory);
+  }
+  return total;
+}
+
+// A port the kernel says is free now; Pushgateway takes no port 0 it would tell us about.
+std::uint16_t free_tcp_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address = loopback(0);
+  ::bind(fd, reinterpret_cast<sockaddr *>(&address), sizeof address);
+  socklen_t length = sizeof address;
+  ::getsockname(fd, reinterpret_cast<sockaddr *>(&address), &length);
+  ::close(fd);
+  return ntohs(address.sin_port);
+}
+
+bool answers_200(const std::string &response) { return response.compare(0, 12, "HTTP/1.1 200") == 0 || response.compare(0, 12, "HTTP/1.0 200") == 0; }
+
+// Pushgateway on loopback, once /-/ready answers 200. Debian's default persistence file
+// would carry the groups of an earlier run into this one, so it gets none, and the store
+// is checked empty after the idle figures are read.
+Receiver start_pushgateway() {
+  Receiver gateway;
+  gateway.http_port = free_tcp_port();
+  const std::string listen = "--web.listen-address=127.0.0.1:" + std::to_string(gateway.http_port);
+  gateway.pid = ::fork();
+  if (gateway.pid == 0) {
+    const int null = ::open("/dev/null", O_WRONLY);
+    ::dup2(null, 1), ::dup2(null, 2);
+    ::execl(pushgateway_binary, pushgateway_binary, listen.c_str(), "--persistence.file=", static_cast<char *>(nullptr));
+    std::_Exit(1);
+  }
+  for (int tries = 0; tries < 1000; ++tries) {
+    if (answers_200(http_get(gateway.http_port, "/-/ready"))) return gateway;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  std::fprintf(stderr, "bench: %s did not answer on 127.0.0.1:%u\n", pushgateway_binary, gateway.http_port);
+  std::exit(1);
+}
+
+void expect_empty_store(const Receiver &gateway) {
+  if (http_get(gateway.http_port, "/metrics").find("\npush_time_seconds{") != std::string::npos) {
+    std::fprintf(stderr, "bench: Pushgateway started with groups pushed before\n");
+    std::exit(1);
+  }
+}
+
+int connect_tcp(std::uint16_t port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  const int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  sockaddr_in address = loopback(port);
+  if (::connect(fd, reinterpret_cast<sockaddr *>(&address), sizeof address) != 0) std::perror("connect");
+  return fd;
+}
+
+// Sends one HTTP/1.1 request on `fd` and reads its answer, whose body Content-Length
+// bounds: true when the status is 200.
+bool http_exchange(int fd, const std::string &request) {
+  if (::send(fd, request.data(), request.size(), 0) != static_cast<ssize_t>(request.size())) return false;
+  std::string response;
+  char buffer[4096];
+  std::size_t head_end = std::string::npos;
+  for (ssize_t n; head_end == std::string::npos && (n = ::recv(fd, buffer, sizeof buffer, 0)) > 0;) {
+    response.append(buffer, static_cast<std::size_t>(n));
+    head_end = response.find("\r\n\r\n");
+  }
+  if (head_end == std::string::npos) return false;
+  const std::size_t length_at = response.find("Content-Length: ");
+  const std::size_t body = length_at < head_end ? std::stoul(response.substr(length_at + 16)) : 0;
+  for (ssize_t n; response.size() < head_end + 4 + body && (n = ::recv(fd, buffer, sizeof buffer, 0)) > 0;)
+    response.append(buffer, static_cast<std::size_t>(n));
+  return answers_200(response);
+}
+
+std::string put_request(const std::string &body) {
+  return "PUT /metrics/job/bench HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain; version=0.0.4\r\n"
+         "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+// Pushgateway's CPU (every thread, from schedstat) per single-sample PUT, `pushes` of
+// them one after another over one keep-alive connection or a new connection each.
+double pushgateway_us_per_push(const Receiver &gateway, int pushes, bool keep_alive) {
+  const std::string request = put_request("bench_counter 1\n");
+  int fd = connect_tcp(gateway.http_port);
+  for (int i = 0; i < 100; ++i) http_exchange(fd, request); // warm up
+  const double cpu_before = all_threads_run_ns(gateway.pid);
+  int failed = 0;
+  for (int i = 0; i < pushes; ++i) {
+    if (!keep_alive) ::close(fd), fd = connect_tcp(gateway.http_port);
+    failed += http_exchange(fd, request) ? 0 : 1;
+  }
+  ::close(fd);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300)); // let it finish what the last one started
+  const double cpu_ns = all_threads_run_ns(gateway.pid) - cpu_before;
+  if (failed != 0) {
+    std::fprintf(stderr, "bench: %d of %d pushes into Pushgateway failed\n", failed, pushes);
+    std::exit(1);
+  }
+  return cpu_ns / pushes / 1000;
+}
+
+// 100k gauge series in one PUT of 100k lines, all of them in its /metrics after.
+void push_series_into_pushgateway(const Receiver &gateway, int series) {
+  std::string body = "# TYPE bench_gauge gauge\n";
+  for (int id = 0; id < series; ++id) body += "bench_gauge{id=\"" + std::to_string(id) + "\"} " + std::to_string(id) + "\n";
+  const int fd = connect_tcp(gateway.http_port);
+  const bool pushed = http_exchange(fd, put_request(body));
+  ::close(fd);
+  const std::string scraped = http_get(gateway.http_port, "/metrics");
+  int found = 0;
+  for (std::size_t at = 0; (at = scraped.find("\nbench_gauge{", at)) != std::string::npos; ++at) ++found;
+  if (!pushed || found != series) {
+    std::fprintf(stderr, "bench: Pushgateway holds %d of %d series pushed\n", found, series);
+    std::exit(1);
+  }
+}
+
+// What Hermes measured in the same run, to print beside Pushgateway.
+struct HermesFigures {
+  IngestRow burst;      // 1 sample a datagram, 300k as fast as they go
+  IngestRow batched;    // 20 samples a datagram, 2 s at full speed
+  ScrapeRow scrape_100k;
+  IdleRow idle;
+};
+
+void measure_peers(const std::string &binary, const HermesFigures &hermes) {
+  constexpr int pushes = 5000, series = 100000;
+  Receiver gateway = start_pushgateway();
+  const IdleRow idle = measure_idle(pushgateway_binary, gateway.pid);
+  expect_empty_store(gateway);
+  const double keep_alive_us = pushgateway_us_per_push(gateway, pushes, true);
+  const double new_connection_us = pushgateway_us_per_push(gateway, pushes, false);
+  stop(gateway);
+  gateway = start_pushgateway();
+  expect_empty_store(gateway);
+  push_series_into_pushgateway(gateway, series);
+  const ScrapeRow scrape = time_scrapes(gateway.pid, gateway.http_port, 2, 5);
+  stop(gateway);
+  std::printf("\n| beside Pushgateway | %s | %s |\n|---|---|---|\n", binary.c_str(), pushgateway_binary);
+  std::printf("| takes | JSON datagrams and StatsD lines over UDP | Prometheus text over HTTP, PUT per job and group |\n");
+  std::printf("| CPU per sample | %.2f us (1 sample/dgram, UDP, burst of 300k); %.2f us (20 samples/dgram) | "
+              "%.2f us (PUT of 1 sample, keep-alive, %d pushes); %.2f us (a new connection each) |\n",
+              hermes.burst.cpu_per_sample_us, hermes.batched.cpu_per_sample_us, keep_alive_us, pushes, new_connection_us);
+  std::printf("| burst of 300k datagrams kept | %.1f%% | does not apply: a client pushing over HTTP waits for each answer |\n",
+              100 * hermes.burst.received / static_cast<double>(hermes.burst.sent));
+  std::printf("| /metrics at 100k series | %.2f ms (median of 7 after 2), %.2f MiB resident | "
+              "%.2f ms (median of 5 after 2; one PUT of 100k lines), %.2f MiB resident |\n",
+              hermes.scrape_100k.median_ms, hermes.scrape_100k.resident_mib, scrape.median_ms, scrape.resident_mib);
+  std::printf("| /metrics body at 100k series | %zu bytes | %zu bytes |\n", hermes.scrape_100k.body_bytes, scrape.body_bytes);
+  std::printf("| binary size | %lld bytes | %lld bytes |\n", hermes.idle.size_bytes, idle.size_bytes);
+  std::printf("| idle memory | %.2f MiB resident, %.2f proportional | %.2f MiB resident, %.2f proportional |\n",
+              hermes.idle.resident_mib, hermes.idle.proportional_mib, idle.resident_mib, idle.proportional_mib);
+}
+
 int main(int argc, char **argv) {
   if (argc > 1 && std::string(argv[1]) == "--memory") return measure_memory_accounting(), 0;
   const std::string part = argc > 1 && argv[1][0] == '-' ? argv[1] : "";
   if (!part.empty()) --argc, ++argv;
-  if (!part.empty() && part != "--ingest" && part != "--access" && part != "--series") {
-    std::fprintf(stderr, "usage: bench [--ingest | --access | --series | --memory] [HERMES_BINARY...]\n");
+  if (!part.empty() && part != "--ingest" && part != "--access" && part != "--series" && part != "--peers") {
+    std::fprintf(stderr, "usage: bench [--ingest | --access | --series | --peers | --memory] [HERMES_BINARY...]\n");
     return 2;
   }
   const std::string binary = argc > 1 ? argv[1] : "./hermes";
   struct stat info {};
   if (::stat(binary.c_str(), &info) != 0) {
     std::fprintf(stderr, "bench: %s not found\n", binary.c_str());
+    return 1;
+  }
+  if ((part.empty() || part == "--peers") && ::stat(pushgateway_binary, &info) != 0) {
+    std::fprintf(stderr, "bench: %s not found: make bench-deps installs it (apt-get install prometheus-pushgateway)\n",
+                 pushgateway_binary);
     return 1;
   }
   ::signal(SIGPIPE, SIG_IGN);
@@ -769,17 +1007,20 @@ int main(int argc, char **argv) {
   std::printf("| run (2 s each, or a burst)       | dgrams sent | samples applied | applied | kernel drops | bare us/dgram | hermes us/sample | ratio |\n");
   std::printf("|---|---:|---:|---:|---:|---:|---:|---:|\n");
   const std::vector<std::string> single = sample_datagrams(1), batched = sample_datagrams(20);
-  measure_burst(binary);
+  HermesFigures figures{};
+  figures.burst = measure_burst(binary);
+  if (part == "--peers") {
+    figures.batched = measure_batched(binary, batched);
+    figures.scrape_100k = measure_scrape(binary, 100000);
+    figures.idle = measure_hermes_idle(binary);
+    return measure_peers(binary, figures), 0;
+  }
   for (const double rate : {0.0, 100000.0, 200000.0}) {
     const std::string name = rate == 0 ? "1 sample/dgram, full speed" : "1 sample/dgram, " + std::to_string(int(rate / 1000)) + "k dgram/s";
     const IngestRow bare = measure_bare(name, single, rate, 2);
     print_ingest(bare, measure_hermes(binary, name, single, 1, rate, 2), 1);
   }
-  {
-    const IngestRow bare = measure_bare("20 samples/dgram, full speed", batched, 0, 2);
-    IngestRow hermes = measure_hermes(binary, "20 samples/dgram, full speed", batched, 20, 0, 2);
-    print_ingest(bare, hermes, 20);
-  }
+  figures.batched = measure_batched(binary, batched);
   const std::vector<std::string> statsd_single = statsd_datagrams(1), statsd_batched = statsd_datagrams(20);
   for (const double rate : {0.0, 100000.0}) {
     const std::string name = rate == 0 ? "statsd 1 line, full speed" : "statsd 1 line, 100k dgram/s";
@@ -792,7 +1033,7 @@ int main(int argc, char **argv) {
   }
   if (part == "--ingest") return 0;
   measure_memory_accounting();
-  measure_scrapes(binary);
+  figures.scrape_100k = measure_scrapes(binary);
   measure_scrapes_against_ingest(binary);
   measure_protobuf_scrapes(binary);
   measure_series_memory(binary);
@@ -802,11 +1043,11 @@ int main(int argc, char **argv) {
   for (int i = 1; i < std::max(argc, 2); ++i) {
     const std::string path = argc > 1 ? argv[i] : binary;
     if (::stat(path.c_str(), &info) != 0) continue;
-    Receiver idle = start_hermes(path, bench_config);
-    std::this_thread::sleep_for(std::chrono::milliseconds(500));
-    std::printf("| %s | %lld | %.2f | %.2f |\n", path.c_str(), static_cast<long long>(info.st_size), rss_mib(idle.pid), pss_mib(idle.pid));
-    stop(idle);
+    const IdleRow idle = measure_hermes_idle(path);
+    if (i == 1) figures.idle = idle;
+    std::printf("| %s | %lld | %.2f | %.2f |\n", path.c_str(), idle.size_bytes, idle.resident_mib, idle.proportional_mib);
   }
+  measure_peers(binary, figures);
   measure_allow_list(binary);
   measure_allow_list_in_process();
   return 0;
