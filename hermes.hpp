@@ -1728,11 +1728,14 @@ template <typename Values> std::size_t text_series_bound(const MetricConfig &met
 }
 
 // A native histogram's part of a protobuf Histogram: schema, zero threshold and count,
-// and per bucket a delta, up to two empty buckets' deltas before it, and a span.
+// and per bucket its delta and, before it, either the deltas of up to two empty buckets
+// (the first may undo a large count, the second is 0) or a new span (BucketSpan: a tag,
+// a length, an sint32 offset and a uint32 length).
 inline std::size_t native_protobuf_bound(const MetricConfig &metric) {
   if (!metric.native) return 0;
   const std::size_t buckets = std::max(metric.native_max_buckets, most_native_buckets_at_coarsest);
-  const std::size_t per_bucket = longest_varint + 2 + message_head + 2 * varint_field;
+  constexpr std::size_t empty_buckets = longest_varint + 1, span = 2 + 2 * (1 + 5);
+  const std::size_t per_bucket = longest_varint + std::max(empty_buckets, span);
   return varint_field + double_field + varint_field + 4 * message_head + buckets * per_bucket + message_head + 4;
 }
 
@@ -5811,7 +5814,7 @@ inline Registry::ReloadSummary Registry::reload(const Config &config) {
     next.metrics_[i].series = std::move(kept_from[i]->series); // the fresh label-less series goes with next's budget
     kept_from[i]->series.clear();
   }
-  summary.kept = static_cast<std::size_t>(std::count_if(kept_from.begin(), kept_from.end(), [](auto *m) { return m; }));
+  summary.kept = static_cast<std::size_t>(std::count_if(kept_from.begin(), kept_from.end(), [](const detail::Metric *m) { return m != nullptr; }));
   summary.fresh = next.metrics_.size() - summary.kept;
   summary.removed = metrics_.size() - summary.kept;
   give_back_budget(); // what was not kept, and the old room

@@ -289,6 +289,36 @@ TEST_CASE("after any sequence of admissions, growth, expiry and reloads, used + 
   }
 }
 
+TEST_CASE("a native histogram's protobuf message stays within its bound at its most buckets and largest counts") {
+  const hermes::MetricConfig config = hermes::parse_config(
+      R"({"service_name": "s", "histograms": [{"metric_name": "n", "labels": ["k"], "native": true, "native_max_buckets": 20}]})", "c").metrics[0];
+  const std::vector<std::string> labels{"v"};
+  for (const int gap : {1, 2, 3, 4}) { // 2 and 3: empty buckets' deltas; 4 and more: a span per bucket
+    CAPTURE(gap);
+    hermes::detail::Series series = hermes::detail::new_series(config, 1000);
+    hermes::detail::NativeHistogram &native = *series.distribution->native;
+    native.schema = hermes::detail::native_schema_min;
+    native.zero_count = UINT64_MAX;
+    for (int i = 0; i < 134; ++i) { // the most a side holds at schema -4, counts that swing as far as they can
+      // Deltas of 2^62 (ten bytes) between neighbours, or into and out of empty buckets.
+      const std::uint64_t count = gap > 1 || i % 2 ? std::uint64_t{1} << 62 : 1;
+      native.positive.push_back({-67 + i * gap, count});
+      native.negative.push_back({-67 + i * gap, count});
+    }
+    series.distribution->count = UINT64_MAX;
+    series.distribution->sum = -2.2250738585072014e-308;
+    series.created = 1.7640000001234567e9;
+    std::string body;
+    hermes::detail::ProtobufExposition out(body);
+    out.family(config.name, config.help, config.type);
+    const std::size_t head = body.size();
+    out.series(config, labels, series);
+    CHECK(body.size() - head <= hermes::detail::series_cost(config, labels).body);
+    if (gap == 2 || gap == 3) // the patterns that come nearest the bound
+      CHECK((body.size() - head) * 4 > hermes::detail::series_cost(config, labels).body * 3);
+  }
+}
+
 TEST_CASE("a body never outgrows its bound: the longest numbers, escaped labels, native buckets, every format") {
   std::mt19937 random(21);
   auto budget = std::make_shared<hermes::MemoryBudget>(SIZE_MAX, 1);
