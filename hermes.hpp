@@ -113,7 +113,10 @@
 // (worst_case_body_bytes), or is refused as memory_limit; bodies take from that room
 // and nothing else does. So after every step
 //
-//     buffers + series + max(room for bodies, bodies in flight) <= budget
+//     buffers + series + (each body in flight, at its size or the bound if more)
+//                      + (the bound for each body not yet in flight) <= budget
+//
+// where the bound is the most one body of every series can take (MemoryBudget).
 //
 // and pressure costs new series, never a scrape: while no more bodies are in flight at
 // once than HERMES_SCRAPE_BODIES (scrapes that come while a body is being sent share it),
