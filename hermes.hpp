@@ -187,6 +187,10 @@
 //     HERMES_MAX_STATE_SIZE   1073741824   bytes of state file read at start; a larger one is set aside
 //     HERMES_STATE_PAUSE_STRIDE     1024   series written to the state between looks at the sockets
 //     HERMES_MAX_TOKEN_SIZE         1024   bytes of bearer token in HERMES_HTTP_TOKEN_FILE
+//     HERMES_MAX_STATSD_CONNECTIONS  256   default of open StatsD TCP connections (Options)
+//     HERMES_STATSD_TCP_IDLE_S       300   default seconds a StatsD TCP connection may go without a whole line
+//     HERMES_STATSD_TCP_READ_BYTES 16384   bytes read from one StatsD TCP connection in a step
+//     HERMES_STATSD_TCP_ACCEPTS       64   StatsD TCP connections accepted (or refused) in a step
 
 #ifndef HERMES_HPP
 #define HERMES_HPP
@@ -282,6 +286,18 @@
 #ifndef HERMES_MAX_TOKEN_SIZE
 #define HERMES_MAX_TOKEN_SIZE 1024 // bytes of bearer token in HERMES_HTTP_TOKEN_FILE
 #endif
+#ifndef HERMES_MAX_STATSD_CONNECTIONS
+#define HERMES_MAX_STATSD_CONNECTIONS 256 // default; each takes ~8.5 KiB of the budget and a descriptor
+#endif
+#ifndef HERMES_STATSD_TCP_IDLE_S
+#define HERMES_STATSD_TCP_IDLE_S 300 // default; a connection that completes no line for this long is closed
+#endif
+#ifndef HERMES_STATSD_TCP_READ_BYTES
+#define HERMES_STATSD_TCP_READ_BYTES 16384 // one read per connection per step: a fast sender cannot starve the rest
+#endif
+#ifndef HERMES_STATSD_TCP_ACCEPTS
+#define HERMES_STATSD_TCP_ACCEPTS 64 // connections accepted or refused per step: a flood of them waits in the backlog
+#endif
 
 // Each limit is checked here, so that a wrong value stops the build with what to do
 // instead of a daemon that loops for ever or refuses every datagram.
@@ -319,6 +335,12 @@ static_assert(HERMES_MAX_STATE_SIZE >= 65536, "HERMES_MAX_STATE_SIZE must be at 
 static_assert(HERMES_STATE_PAUSE_STRIDE >= 1, "HERMES_STATE_PAUSE_STRIDE must be at least 1 series");
 static_assert(HERMES_MAX_TOKEN_SIZE >= 16 && HERMES_MAX_TOKEN_SIZE <= HERMES_MAX_REQUEST_HEAD - 64,
               "HERMES_MAX_TOKEN_SIZE must be at least 16 bytes and fit a request head (HERMES_MAX_REQUEST_HEAD - 64)");
+static_assert(HERMES_MAX_STATSD_CONNECTIONS >= 1 && HERMES_MAX_STATSD_CONNECTIONS <= 1000000,
+              "HERMES_MAX_STATSD_CONNECTIONS must be between 1 and 1000000");
+static_assert(HERMES_STATSD_TCP_IDLE_S >= 0, "HERMES_STATSD_TCP_IDLE_S must not be negative (0: never closed for idling)");
+static_assert(HERMES_STATSD_TCP_READ_BYTES >= 512 && HERMES_STATSD_TCP_READ_BYTES <= 16 * 1024 * 1024,
+              "HERMES_STATSD_TCP_READ_BYTES must be between 512 bytes and 16 MiB");
+static_assert(HERMES_STATSD_TCP_ACCEPTS >= 1, "HERMES_STATSD_TCP_ACCEPTS must be at least 1");
 
 // ===== INCLUDES ===========================================================================
 
@@ -525,6 +547,10 @@ struct Options {
   AllowList udp_allow;  // UDP senders outside these ranges are dropped (forbidden_source); empty: everyone
   AllowList http_allow; // HTTP clients outside these ranges are answered 403; empty: everyone
   std::string http_token_file; // a file holding the bearer token /metrics and / ask for; empty: none
+  // StatsD lines over TCP, on udp_address (statsd_exporter's --statsd.listen-tcp); see "StatsD over TCP".
+  std::optional<std::uint16_t> statsd_tcp_port; // none: no TCP listener; 0: the kernel chooses
+  std::size_t statsd_tcp_max_connections = HERMES_MAX_STATSD_CONNECTIONS; // more are refused (connection_limit)
+  double statsd_tcp_idle_seconds = HERMES_STATSD_TCP_IDLE_S; // without a whole line, then closed; 0: never
   LogSink log_sink;
 };
 
@@ -541,7 +567,8 @@ using Environment = std::function<const char *(const char *name)>;
 // HERMES_STATSD (on or off), HERMES_MAX_MEMORY (bytes),
 // HERMES_STATE_FILE and HERMES_STATE_INTERVAL (seconds, over the config's state_* keys),
 // HERMES_UDP_ALLOW and HERMES_HTTP_ALLOW (comma-separated CIDR ranges, over the config's
-// udp_allow and http_allow), HERMES_HTTP_TOKEN_FILE.
+// udp_allow and http_allow), HERMES_HTTP_TOKEN_FILE, HERMES_STATSD_TCP_PORT,
+// HERMES_MAX_STATSD_CONNECTIONS and HERMES_STATSD_TCP_IDLE_SECONDS (0: never).
 // An empty variable counts as unset. Throws UsageError naming a bad variable.
 inline Options options_from_environment(const Config &config, const Environment &env);
 
@@ -716,6 +743,9 @@ public:
   IngestResult ingest(std::string_view datagram, Now now = Now::current());
   // Counts a datagram rejected before parsing, such as one that was too large.
   void count_rejected(Reject reason);
+  // Applies StatsD lines as ingest() applies a datagram of them, whatever their first
+  // byte and Options::statsd: a StatsD TCP stream holds nothing else.
+  IngestResult ingest_statsd_lines(std::string_view lines, Now now = Now::current());
   // Off: every datagram is read as JSON, so StatsD lines are malformed_json. On by default.
   void accept_statsd(bool on) { statsd_ = on; }
   // Takes a new config. A metric whose series have the same shape as before (type,
@@ -835,6 +865,28 @@ inline void render_metrics(std::string &out, const Registry &registry, Format fo
 
 // ===== PUBLIC API: SERVER =================================================================
 
+// Why a StatsD TCP connection was closed as soon as it was accepted; each is a value of
+// hermes_statsd_tcp_connections_refused_total's reason.
+enum class TcpRefusal {
+  connection_limit, // Options::statsd_tcp_max_connections are open already
+  memory_limit,     // the memory budget has no room for one more connection's line buffer
+  forbidden_source, // from an address outside Options::udp_allow; nothing of it is read
+  count_
+};
+constexpr std::size_t tcp_refusal_count = static_cast<std::size_t>(TcpRefusal::count_);
+inline const char *to_string(TcpRefusal reason);
+
+// Why an open StatsD TCP connection ended; each is a value of hermes_statsd_tcp_connections_closed_total's reason.
+enum class TcpClose {
+  end,       // the client closed it; its last line, even without a newline, was taken
+  error,     // the connection failed (reset); its last line was taken too
+  idle,      // no whole line for Options::statsd_tcp_idle_seconds; what it had of one was taken as its last
+  too_large, // a line longer than HERMES_MAX_DATAGRAM_SIZE (counted too_large, not parsed)
+  count_
+};
+constexpr std::size_t tcp_close_count = static_cast<std::size_t>(TcpClose::count_);
+inline const char *to_string(TcpClose reason);
+
 // The daemon's own figures beside the registry's.
 struct ServerStats {
   std::uint64_t udp_packets = 0;
@@ -852,6 +904,11 @@ struct ServerStats {
   std::uint64_t state_writes_failed = 0;
   double state_last_write_seconds = 0; // wall clock of the last write that succeeded; 0: none yet
   std::uint64_t state_restored_series = 0;
+  bool statsd_tcp = false; // a StatsD TCP listener is on; its figures below are shown only then
+  std::uint64_t statsd_tcp_connections = 0; // open now
+  std::uint64_t statsd_tcp_accepted = 0;
+  std::array<std::uint64_t, tcp_refusal_count> statsd_tcp_refused{};
+  std::array<std::uint64_t, tcp_close_count> statsd_tcp_closed{};
   ServerStats();
 };
 
@@ -884,6 +941,7 @@ public:
   std::uint16_t http_port() const;
   std::string udp_endpoint() const; // as bound: "0.0.0.0:7789", "[::1]:7789"
   std::string http_endpoint() const;
+  std::uint16_t statsd_tcp_port() const; // 0: no StatsD TCP listener
   const Registry &registry() const;
   ServerStats stats() const;
   // The /metrics body as of now: the registry's and the daemon's figures, and the
@@ -3194,15 +3252,15 @@ private:
   std::size_t cost_ = 0;
 };
 
-inline FileDescriptor open_tcp_listener(const std::string &host, std::uint16_t port) {
+inline FileDescriptor open_tcp_listener(const std::string &host, std::uint16_t port, const std::string &what = "http") {
   const SocketAddress address = resolve(host, port, SOCK_STREAM, true);
-  FileDescriptor fd = open_socket(address, SOCK_STREAM, "http");
+  FileDescriptor fd = open_socket(address, SOCK_STREAM, what);
   // A restarted daemon must bind again at once, while old connections sit in TIME_WAIT.
   const int on = 1;
   ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
-  bind_socket(fd, address, "http");
+  bind_socket(fd, address, what);
   if (::listen(fd.get(), HERMES_LISTEN_BACKLOG) != 0)
-    throw SocketError(system_error_message("listen http " + format_endpoint(address.get()), errno));
+    throw SocketError(system_error_message("listen " + what + " " + format_endpoint(address.get()), errno));
   return fd;
 }
 
@@ -3836,6 +3894,292 @@ private:
   std::uint64_t udp_packets_ = 0, unix_datagrams_ = 0;
   double receive_buffer_bytes_;
 };
+
+} // namespace detail
+} // namespace hermes
+
+// ===== DETAIL: STATSD OVER TCP ============================================================
+//
+// statsd_exporter's --statsd.listen-tcp: newline-separated StatsD lines over TCP, each
+// applied as a line of a datagram is. Connections are non-blocking and read in the same
+// poll() loop as UDP and HTTP, one read of at most HERMES_STATSD_TCP_READ_BYTES each per
+// step. Each connection holds at most one line that is not whole yet, and takes the bytes
+// of that buffer from the memory budget before it is admitted.
+
+namespace hermes {
+
+inline const char *to_string(TcpRefusal reason) {
+  static constexpr const char *names[] = {"connection_limit", "memory_limit", "forbidden_source"};
+  return detail::name_of(reason, names);
+}
+
+inline const char *to_string(TcpClose reason) {
+  static constexpr const char *names[] = {"end", "error", "idle", "too_large"};
+  return detail::name_of(reason, names);
+}
+
+namespace detail {
+
+// Cuts a byte stream into StatsD lines as they arrive, holding the line not yet whole.
+// A line is at most HERMES_MAX_DATAGRAM_SIZE bytes before its "\n" or "\r\n", as a
+// datagram is; a longer one ends the stream. What the line buffer holds never passes
+// `most_held` bytes of memory, so that a connection's budget is a bound, not a guess.
+class StatsdStream {
+public:
+  static constexpr std::size_t longest_line = HERMES_MAX_DATAGRAM_SIZE;
+  static constexpr std::size_t most_held = longest_line + 2; // and a '\r', and the string's NUL
+
+  // Takes `bytes`: calls take(lines) with runs of whole lines, each ending in '\n', in the
+  // order they came (the held line first, on its own). False when a line is too long: the
+  // lines before it were taken, nothing after it is.
+  template <typename Take> bool feed(std::string_view bytes, Take &&take) {
+    if (!held_.empty()) {
+      const std::size_t end = bytes.find('\n');
+      if (end == std::string_view::npos) return hold(bytes);
+      if (too_long(held_.size() + end, end > 0 ? bytes[end - 1] : held_.back())) return false;
+      append(bytes.substr(0, end)); // without its '\n': a line taken alone needs none
+      take(std::string_view(held_));
+      held_.clear(); // keeps its memory, within most_held
+      bytes.remove_prefix(end + 1);
+    }
+    std::size_t start = 0;
+    for (const char *end; (end = static_cast<const char *>(std::memchr(bytes.data() + start, '\n', bytes.size() - start)));) {
+      const std::size_t length = static_cast<std::size_t>(end - bytes.data()) - start;
+      if (too_long(length, length > 0 ? end[-1] : '\n')) {
+        if (start > 0) take(bytes.substr(0, start));
+        return false;
+      }
+      start += length + 1;
+    }
+    if (start > 0) take(bytes.substr(0, start));
+    return hold(bytes.substr(start));
+  }
+
+  // At the end of the stream: the held line, without a newline, taken as the last line,
+  // as statsd_exporter's reader does.
+  template <typename Take> void finish(Take &&take) {
+    if (!held_.empty()) take(std::string_view(held_));
+    held_.clear();
+  }
+
+  std::size_t held() const { return held_.size(); }
+  std::size_t capacity() const { return held_.capacity(); }
+
+private:
+  // A line of `length` bytes before its '\n', ending in `last`: a '\r' there is not its own.
+  static bool too_long(std::size_t length, char last) { return length > longest_line + (last == '\r' ? 1 : 0); }
+
+  // Keeps the start of a line; false when it is too long already.
+  bool hold(std::string_view part) {
+    if (part.empty()) return true;
+    if (too_long(held_.size() + part.size(), part.back())) return false;
+    append(part);
+    return true;
+  }
+
+  // Grows the buffer as a string would, but never past most_held bytes: a string's own
+  // reserve() may double what it held, so the larger buffer is a new string's.
+  void append(std::string_view part) {
+    const std::size_t size = held_.size() + part.size();
+    if (size > held_.capacity()) {
+      std::string grown;
+      grown.reserve(std::min(std::max(size, 2 * held_.capacity()), most_held - 1));
+      grown.append(held_);
+      held_.swap(grown);
+    }
+    held_.append(part.data(), part.size());
+  }
+
+  std::string held_;
+};
+
+// One StatsD TCP client.
+struct StatsdConnection {
+  FileDescriptor fd;
+  StatsdStream stream;
+  Clock::time_point deadline; // when it is closed unless a line completes first
+};
+
+// The StatsD TCP listener and its connections, when Options::statsd_tcp_port is set.
+class StatsdTcpInput {
+public:
+  // What one connection takes from the budget while it is open: its line buffer and bookkeeping.
+  static constexpr std::size_t connection_bytes = StatsdStream::most_held + sizeof(StatsdConnection) + 64;
+
+  StatsdTcpInput(const Options &options, const Logger &logger, MemoryBudget &budget)
+      : logger_(logger), budget_(budget), allow_(options.udp_allow), most_(options.statsd_tcp_max_connections),
+        idle_(std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.statsd_tcp_idle_seconds))) {
+    if (!options.statsd_tcp_port) return;
+    if (!budget_.take(HERMES_STATSD_TCP_READ_BYTES))
+      throw UsageError("HERMES_MAX_MEMORY: no room for the StatsD TCP listener's read buffer");
+    buffer_.reset(new char[HERMES_STATSD_TCP_READ_BYTES]);
+    listener_ = open_tcp_listener(options.udp_address, *options.statsd_tcp_port, "statsd_tcp");
+  }
+  StatsdTcpInput(const StatsdTcpInput &) = delete;
+  StatsdTcpInput &operator=(const StatsdTcpInput &) = delete;
+  ~StatsdTcpInput() {
+    if (buffer_) budget_.give_back(HERMES_STATSD_TCP_READ_BYTES + connections_.size() * connection_bytes);
+  }
+
+  int listener() const { return listener_.get(); }
+
+  // The listener (unless off or accepting is paused) and each connection, for poll().
+  void add_poll_fds(std::vector<pollfd> &fds, Clock::time_point now) const {
+    if (!listener_) return;
+    fds.push_back({now >= accept_paused_until_ ? listener_.get() : -1, POLLIN, 0});
+    for (const StatsdConnection &connection : connections_) fds.push_back({connection.fd.get(), POLLIN, 0});
+  }
+
+  // Reads what poll() found, from the listener's entry on, applying whole lines at
+  // `received`, then accepts. close_idle() removes the connections that ended.
+  void serve(const pollfd *fds, Registry &registry, RejectLog &rejects, Now received, Clock::time_point now) {
+    if (!listener_) return;
+    for (std::size_t i = 0; i < connections_.size(); ++i)
+      if (fds[i + 1].revents) read(connections_[i], registry, rejects, received, now);
+    if (fds[0].revents) accept_connections(now);
+  }
+
+  // Closes the connections that ended, and those past their deadline: every step.
+  void close_idle(Registry &registry, RejectLog &rejects, Clock::time_point now) {
+    for (StatsdConnection &connection : connections_)
+      if (now >= connection.deadline && !closing(connection)) end(connection, TcpClose::idle, registry, rejects, Now::current());
+    remove_closed();
+  }
+
+  // The next idle deadline, or the end of a pause in accepting.
+  std::optional<Clock::time_point> due(Clock::time_point now) const {
+    std::optional<Clock::time_point> due;
+    for (const StatsdConnection &connection : connections_)
+      if (!due || connection.deadline < *due) due = connection.deadline;
+    if (accept_paused_until_ > now && (!due || accept_paused_until_ < *due)) due = accept_paused_until_;
+    return due && *due != Clock::time_point::max() ? due : std::nullopt;
+  }
+
+  void add_stats(ServerStats &stats) const {
+    stats.statsd_tcp = static_cast<bool>(listener_);
+    stats.statsd_tcp_connections = connections_.size();
+    stats.statsd_tcp_accepted = accepted_;
+    stats.statsd_tcp_refused = refused_;
+    stats.statsd_tcp_closed = closed_;
+  }
+
+private:
+  static bool closing(const StatsdConnection &connection) { return !connection.fd; }
+  Clock::time_point deadline(Clock::time_point now) const {
+    return idle_ > Clock::duration::zero() ? now + idle_ : Clock::time_point::max();
+  }
+  void accept_connections(Clock::time_point now);
+  std::optional<TcpRefusal> admission(const SocketAddress &peer) const;
+  void refuse(TcpRefusal reason, const SocketAddress &peer, Clock::time_point now);
+  void read(StatsdConnection &connection, Registry &registry, RejectLog &rejects, Now received, Clock::time_point now);
+  void apply(std::string_view lines, Registry &registry, RejectLog &rejects, Now received);
+  void end(StatsdConnection &connection, TcpClose reason, Registry &registry, RejectLog &rejects, Now received);
+  void remove_closed();
+
+  FileDescriptor listener_; // none: no TCP listener
+  const Logger &logger_;
+  MemoryBudget &budget_;
+  AllowList allow_; // UDP's: the same senders may use TCP
+  std::size_t most_;
+  Clock::duration idle_; // zero: never
+  std::unique_ptr<char[]> buffer_; // one read's bytes, shared by every connection
+  std::vector<StatsdConnection> connections_;
+  std::uint64_t accepted_ = 0;
+  std::array<std::uint64_t, tcp_refusal_count> refused_{};
+  std::array<std::uint64_t, tcp_close_count> closed_{};
+  Clock::time_point accept_paused_until_{};
+  Clock::time_point next_warning_{};
+};
+
+inline void StatsdTcpInput::accept_connections(Clock::time_point now) {
+  for (int i = 0; i < HERMES_STATSD_TCP_ACCEPTS; ++i) {
+    SocketAddress peer;
+    FileDescriptor fd(retry_on_eintr([&] {
+      peer.length = sizeof peer.storage;
+      return ::accept4(listener_.get(), reinterpret_cast<sockaddr *>(&peer.storage), &peer.length, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    }));
+    if (!fd) {
+      if (errno == ECONNABORTED) continue;
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        // The pending connection stays queued and the listener readable: pause, or poll() spins.
+        accept_paused_until_ = now + std::chrono::milliseconds(100);
+        if (now >= next_warning_) {
+          logger_.log(LogLevel::warn, "cannot accept StatsD TCP connections", {{"error", std::strerror(errno)}});
+          next_warning_ = now + std::chrono::seconds(HERMES_REJECT_LOG_INTERVAL_S);
+        }
+      }
+      return;
+    }
+    if (const auto reason = admission(peer)) {
+      refuse(*reason, peer, now); // fd closes here, its input unread
+      continue;
+    }
+    ++accepted_;
+    connections_.push_back({std::move(fd), StatsdStream(), deadline(now)});
+  }
+}
+
+// Refused, in this order: a forbidden peer, a full house, no room in the budget.
+// Taking the bytes is the last check, so that a refused connection holds none.
+inline std::optional<TcpRefusal> StatsdTcpInput::admission(const SocketAddress &peer) const {
+  if (!allow_.allows(peer.get(), peer.length)) return TcpRefusal::forbidden_source;
+  if (connections_.size() >= most_) return TcpRefusal::connection_limit;
+  if (!budget_.take(connection_bytes)) return TcpRefusal::memory_limit;
+  return std::nullopt;
+}
+
+inline void StatsdTcpInput::refuse(TcpRefusal reason, const SocketAddress &peer, Clock::time_point now) {
+  ++refused_[static_cast<std::size_t>(reason)];
+  if (logger_.enabled(LogLevel::debug))
+    logger_.log(LogLevel::debug, "StatsD TCP connection refused", {{"reason", to_string(reason)}, {"peer", format_endpoint(peer.get())}});
+  if (reason == TcpRefusal::forbidden_source || now < next_warning_) return;
+  logger_.log(LogLevel::warn, "StatsD TCP connections refused",
+              {{"reason", to_string(reason)}, {"open", std::to_string(connections_.size())},
+               {"max_connections", std::to_string(most_)}});
+  next_warning_ = now + std::chrono::seconds(HERMES_REJECT_LOG_INTERVAL_S);
+}
+
+// One read, at most HERMES_STATSD_TCP_READ_BYTES: the rest waits for the next step, so
+// that every other socket gets its turn between.
+inline void StatsdTcpInput::read(StatsdConnection &connection, Registry &registry, RejectLog &rejects, Now received,
+                                 Clock::time_point now) {
+  const ssize_t length = retry_on_eintr([&] { return ::recv(connection.fd.get(), buffer_.get(), HERMES_STATSD_TCP_READ_BYTES, 0); });
+  if (length < 0 && is_not_now(errno)) return;
+  if (length <= 0) return end(connection, length == 0 ? TcpClose::end : TcpClose::error, registry, rejects, received);
+  bool whole = false;
+  const bool fits = connection.stream.feed({buffer_.get(), static_cast<std::size_t>(length)}, [&](std::string_view lines) {
+    apply(lines, registry, rejects, received);
+    whole = true;
+  });
+  if (whole) connection.deadline = deadline(now);
+  if (fits) return;
+  IngestResult result; // the line is not parsed: its bytes may be anything
+  result.rejected[static_cast<std::size_t>(Reject::too_large)] = 1;
+  registry.count_rejected(Reject::too_large);
+  rejects.note(result, std::string_view(buffer_.get(), static_cast<std::size_t>(length)), Clock::now());
+  end(connection, TcpClose::too_large, registry, rejects, received);
+}
+
+inline void StatsdTcpInput::apply(std::string_view lines, Registry &registry, RejectLog &rejects, Now received) {
+  const IngestResult result = registry.ingest_statsd_lines(lines, received);
+  if (result.rejected_total() > 0) rejects.note(result, lines, Clock::now());
+}
+
+// Closes a connection, taking its last line unless it was too long; it is removed from
+// the list by remove_closed(), after the loop over the poll() entries.
+inline void StatsdTcpInput::end(StatsdConnection &connection, TcpClose reason, Registry &registry, RejectLog &rejects,
+                                Now received) {
+  if (reason != TcpClose::too_large)
+    connection.stream.finish([&](std::string_view line) { apply(line, registry, rejects, received); });
+  ++closed_[static_cast<std::size_t>(reason)];
+  connection.fd.reset();
+}
+
+inline void StatsdTcpInput::remove_closed() {
+  const auto closed = std::remove_if(connections_.begin(), connections_.end(), closing);
+  budget_.give_back(static_cast<std::size_t>(connections_.end() - closed) * connection_bytes);
+  connections_.erase(closed, connections_.end());
+}
 
 } // namespace detail
 } // namespace hermes
@@ -5292,6 +5636,11 @@ inline std::optional<double> positive_seconds(const std::string &text) {
   return value;
 }
 
+// 0 or more seconds, where 0 means never.
+inline std::optional<double> seconds_or_never(const std::string &text) {
+  return text == "0" ? std::optional<double>(0) : positive_seconds(text);
+}
+
 // Replaces `list` with the comma-separated ranges of variable `name`, when it is set.
 inline void allow_list_from(AllowList &list, const Environment &env, const char *name) {
   const auto found = first_set(env, {name});
@@ -5345,6 +5694,12 @@ inline Options options_from_environment(const Config &config, const Environment 
   detail::allow_list_from(options.udp_allow, env, "HERMES_UDP_ALLOW");
   detail::allow_list_from(options.http_allow, env, "HERMES_HTTP_ALLOW");
   override_from(options.http_token_file, env, {"HERMES_HTTP_TOKEN_FILE"}, detail::any_text, "");
+  override_from(options.statsd_tcp_port, env, {"HERMES_STATSD_TCP_PORT"}, parse_port, "a port number (0-65535)");
+  override_from(
+      options.statsd_tcp_max_connections, env, {"HERMES_MAX_STATSD_CONNECTIONS"},
+      [](std::string_view text) { return detail::parse_number<std::size_t>(text, 10, 1, 1000000); }, "a number from 1 to 1000000");
+  override_from(options.statsd_tcp_idle_seconds, env, {"HERMES_STATSD_TCP_IDLE_SECONDS"}, detail::seconds_or_never,
+                "a number of seconds (0: never)");
   return options;
 }
 
@@ -5785,6 +6140,13 @@ inline void Registry::apply_statsd(detail::StatsdReading &reading, Now now, Inge
 }
 
 inline void Registry::count_rejected(Reject reason) { ++rejected_[static_cast<std::size_t>(reason)]; }
+
+inline IngestResult Registry::ingest_statsd_lines(std::string_view lines, Now now) {
+  IngestResult result;
+  ingest_statsd(lines, now, result);
+  received_[static_cast<std::size_t>(Wire::statsd)] += result.accepted + result.rejected_total();
+  return result;
+}
 
 namespace detail {
 inline bool same_shape(const MetricConfig &a, const MetricConfig &b) {
@@ -6347,7 +6709,7 @@ using Figure = std::optional<double>; // absent: the family is left out
 // One family of Hermes' own: either one series without labels (`value`), or labelled
 // series that `write` adds after the family's HELP and TYPE lines.
 struct SelfMetric {
-  enum class Scope { registry, server, process };
+  enum class Scope { registry, server, process, statsd_tcp }; // statsd_tcp: a server's, when its TCP listener is on
   const char *name;
   const char *help;
   MetricType type;
@@ -6403,6 +6765,13 @@ inline void write_per_metric(Writer &out, const char *name, const SelfView &view
 
 inline Figure count(std::uint64_t n) { return static_cast<double>(n); }
 
+// A server's counts by the reasons of Reason, one series each: every reason, from 0.
+template <typename Reason, std::size_t N, std::array<std::uint64_t, N> ServerStats::*Counts>
+inline void write_by_reason(Writer &out, const char *name, const SelfView &view) {
+  for (std::size_t i = 0; i < N; ++i)
+    out.sample(name, {{"reason", to_string(static_cast<Reason>(i))}}, static_cast<double>((view.server->*Counts)[i]));
+}
+
 // Hermes' own families, sorted by name as the body is.
 constexpr MetricType self_counter = MetricType::counter, self_gauge = MetricType::gauge;
 using Scope = SelfMetric::Scope;
@@ -6444,6 +6813,14 @@ inline const SelfMetric self_metrics[] = {
      [](const SelfView &v) { return count(v.server->state_restored_series); }, nullptr},
     {"hermes_state_writes_total", "Writes of the state file, by result.", self_counter, Scope::server, nullptr,
      write_state_writes},
+    {"hermes_statsd_tcp_connections", "Open StatsD TCP connections.", self_gauge, Scope::statsd_tcp,
+     [](const SelfView &v) { return count(v.server->statsd_tcp_connections); }, nullptr},
+    {"hermes_statsd_tcp_connections_accepted_total", "StatsD TCP connections accepted.", self_counter, Scope::statsd_tcp,
+     [](const SelfView &v) { return count(v.server->statsd_tcp_accepted); }, nullptr},
+    {"hermes_statsd_tcp_connections_closed_total", "StatsD TCP connections closed after they were accepted, by reason.",
+     self_counter, Scope::statsd_tcp, nullptr, write_by_reason<TcpClose, tcp_close_count, &ServerStats::statsd_tcp_closed>},
+    {"hermes_statsd_tcp_connections_refused_total", "StatsD TCP connections closed as soon as they came, by reason.",
+     self_counter, Scope::statsd_tcp, nullptr, write_by_reason<TcpRefusal, tcp_refusal_count, &ServerStats::statsd_tcp_refused>},
     {"hermes_udp_packets_total", "UDP datagrams received.", self_counter, Scope::server,
      [](const SelfView &v) { return count(v.server->udp_packets); }, nullptr},
     {"hermes_udp_receive_buffer_bytes", "The UDP socket's receive buffer, as the kernel granted it.", self_gauge, Scope::server,
@@ -6467,6 +6844,7 @@ inline const SelfMetric self_metrics[] = {
 };
 
 inline bool has_scope(const SelfView &view, SelfMetric::Scope scope) {
+  if (scope == Scope::statsd_tcp) return view.server != nullptr && view.server->statsd_tcp;
   return scope == Scope::registry || (scope == Scope::server ? view.server != nullptr : view.process != nullptr);
 }
 
@@ -6562,7 +6940,8 @@ public:
 // which figures /proc gives at the moment.
 inline std::size_t Renderer::fixed_bound(const Registry &registry) {
   BoundWriter out;
-  const ServerStats server;
+  ServerStats server;
+  server.statsd_tcp = true; // its families too: the bound cannot depend on the options
   const ProcessStats process{0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
   const SelfView view{registry, &server, &process};
   for (const SelfMetric &metric : self_metrics) write_self_metric(out, metric, view);
@@ -6631,7 +7010,7 @@ struct Server::Impl {
       : budget(detail::budget_with_fixed_buffers(options.max_memory)), registry(config, budget),
         logger(options.log_level, std::move(options.log_sink)), config_path(options.config_path), input(options),
         http(options, logger, *budget, [this](Format format, detail::BudgetedBody &body) { return render(format, body); }),
-        rejects(logger), start_time_seconds(detail::process_start_time_seconds()), state(options, logger, *budget) {
+        statsd_tcp(options, logger, *budget), rejects(logger), start_time_seconds(detail::process_start_time_seconds()), state(options, logger, *budget) {
     registry.accept_statsd(options.statsd);
   }
 
@@ -6653,6 +7032,7 @@ struct Server::Impl {
   std::string config_path;
   detail::DatagramInput input;
   detail::HttpFrontEnd http;
+  detail::StatsdTcpInput statsd_tcp;
   detail::RejectLog rejects;
   std::optional<double> start_time_seconds;
   std::uint64_t reloads_succeeded = 0, reloads_failed = 0;
@@ -6666,6 +7046,8 @@ inline Server::Server(const Config &config, Options options) : impl_(std::make_u
   const std::string udp = udp_endpoint(), http = http_endpoint();
   detail::LogFields fields = {{"udp", udp}, {"http", http}};
   if (impl_->input.fd(Impl::Source::unix_socket) >= 0) fields.emplace_back("unix", impl_->input.unix_path());
+  const std::string statsd_tcp = impl_->statsd_tcp.listener() >= 0 ? detail::local_endpoint(impl_->statsd_tcp.listener()) : "";
+  if (!statsd_tcp.empty()) fields.emplace_back("statsd_tcp", statsd_tcp);
   std::string udp_allow, http_allow;
   for (const std::string &range : options.udp_allow.texts()) udp_allow += (udp_allow.empty() ? "" : ",") + range;
   for (const std::string &range : options.http_allow.texts()) http_allow += (http_allow.empty() ? "" : ",") + range;
@@ -6733,6 +7115,9 @@ inline std::uint16_t Server::udp_port() const { return detail::local_port(impl_-
 inline std::uint16_t Server::http_port() const { return detail::local_port(impl_->http.listener()); }
 inline std::string Server::udp_endpoint() const { return detail::local_endpoint(impl_->input.fd(Impl::Source::udp)); }
 inline std::string Server::http_endpoint() const { return detail::local_endpoint(impl_->http.listener()); }
+inline std::uint16_t Server::statsd_tcp_port() const {
+  return impl_->statsd_tcp.listener() >= 0 ? detail::local_port(impl_->statsd_tcp.listener()) : 0;
+}
 inline const Registry &Server::registry() const { return impl_->registry; }
 inline ServerStats Server::stats() const { return impl_->stats(); }
 
@@ -6748,6 +7133,7 @@ inline ServerStats Server::Impl::stats() const {
   ServerStats stats;
   input.add_stats(stats);
   http.add_stats(stats);
+  statsd_tcp.add_stats(stats);
   stats.reloads_succeeded = reloads_succeeded;
   stats.reloads_failed = reloads_failed;
   stats.last_reload_success_seconds = last_reload_success_seconds;
@@ -6780,8 +7166,8 @@ inline void Server::Impl::write_body(Format format, std::string &body) {
   input.apply_held(registry, rejects);
 }
 
-// One step: wait for any socket, then UDP first (it cannot wait), the unix socket, and
-// HTTP last.
+// One step: wait for any socket, then UDP first (it cannot wait), the unix socket, StatsD
+// over TCP, and HTTP last.
 inline void Server::Impl::poll_once(int timeout_ms) {
   enum { udp_slot, unix_slot, http_slot };
   Clock::time_point now = Clock::now();
@@ -6790,6 +7176,8 @@ inline void Server::Impl::poll_once(int timeout_ms) {
   poll_fds.push_back({input.fd(Source::udp), POLLIN, 0});
   poll_fds.push_back({input.fd(Source::unix_socket), POLLIN, 0});
   http.add_poll_fds(poll_fds, now);
+  const std::size_t statsd_tcp_slot = poll_fds.size();
+  statsd_tcp.add_poll_fds(poll_fds, now);
   const int ready = detail::wait_for_events(poll_fds, poll_timeout(timeout_ms, now));
   now = Clock::now();
   const double monotonic_now = detail::seconds_of(now); // the clock monotonic_seconds() reads
@@ -6797,7 +7185,9 @@ inline void Server::Impl::poll_once(int timeout_ms) {
     const Now received{monotonic_now, wall_clock_seconds()}; // ttl and windows on the first, _created on the second
     if (poll_fds[udp_slot].revents) input.receive(Source::udp, registry, rejects, received);
     if (poll_fds[unix_slot].revents) input.receive(Source::unix_socket, registry, rejects, received);
+    statsd_tcp.serve(poll_fds.data() + statsd_tcp_slot, registry, rejects, received, now);
   }
+  statsd_tcp.close_idle(registry, rejects, now);
   http.serve(&poll_fds[http_slot], now); // also ends connections past their deadline
   rejects.flush(now, false);
   sweep(now);
@@ -6848,6 +7238,7 @@ inline void Server::Impl::sweep(Clock::time_point now) {
 // connection deadline, the end of an accept pause or the next reject summary falls due.
 inline int Server::Impl::poll_timeout(int timeout_ms, Clock::time_point now) const {
   std::optional<Clock::time_point> due = http.due(now);
+  if (const auto idle = statsd_tcp.due(now); idle && (!due || *idle < *due)) due = idle;
   if (const auto summary = rejects.due(); summary && (!due || *summary < *due)) due = summary;
   if (!due) return timeout_ms;
   const auto until_due = std::chrono::ceil<std::chrono::milliseconds>(*due - now).count();
