@@ -84,7 +84,7 @@ $(BUILD)/statsd_send: example/statsd_send.c
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 $(WARNINGS) -O2 -o $@ $<
 
-# Real StatsD clients for tests/statsd_clients.py: Debian's python3-statsd, hot-shots
+# Real StatsD clients for tests/statsd_clients.py and tests/statsd_tcp.py: Debian's python3-statsd, hot-shots
 # (DogStatsD and telegraf tags) from npm into build/npm, and nc for the README's one-liner.
 HOT_SHOTS := hot-shots@17.1.1
 

@@ -67,6 +67,8 @@ class Hermes:
         assert match, f"no listening line, got {line!r}"
         self.udp_host, self.udp_port = match.group(1).strip("[]"), int(match.group(2))
         self.http_host, self.http_port = match.group(3).strip("[]"), int(match.group(4))
+        tcp = re.search(r" statsd_tcp=\S+:(\d+) ", line)  # with HERMES_STATSD_TCP_PORT only
+        self.statsd_tcp_port = int(tcp.group(1)) if tcp else None
 
     def read_log_line(self):
         line = self.process.stderr.readline()
