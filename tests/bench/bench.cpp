@@ -13,6 +13,9 @@
 //    as the sender can (median of five), then 2 s at full speed and at fixed rates; for
 //    each: datagrams sent, samples applied, receiving CPU per sample, and the ratio.
 //    The same samples again as StatsD lines, one and twenty to a datagram.
+// 1b. StatsD over TCP (build/bench --tcp ./hermes runs only this): the same lines over
+//    one TCP connection as fast as it takes them, against the same lines over UDP, twenty
+//    to a datagram, three rounds interleaved, the median ratio; MISMATCH above 1.5x.
 // 2. Scrapes: /metrics with 1k, 10k and 100k series: time, body size, resident memory.
 // 3. Scrapes against ingest: 100k datagrams/s while /metrics with 100k series is
 //    fetched over and over.
@@ -129,6 +132,7 @@ struct Receiver {
   pid_t pid = -1;
   std::uint16_t udp_port = 0;
   std::uint16_t http_port = 0; // hermes only
+  std::uint16_t statsd_tcp_port = 0; // hermes with HERMES_STATSD_TCP_PORT only
   std::atomic<std::uint64_t> *count = nullptr; // the bare receiver's, in shared memory
 };
 
@@ -197,6 +201,8 @@ Receiver start_hermes(const std::string &binary, const std::string &config_json,
   }
   receiver.udp_port = static_cast<std::uint16_t>(std::stoi(line.substr(line.find(':', udp) + 1)));
   receiver.http_port = static_cast<std::uint16_t>(std::stoi(line.substr(line.find(':', http) + 1)));
+  if (const std::size_t tcp = line.find(" statsd_tcp="); tcp != std::string::npos)
+    receiver.statsd_tcp_port = static_cast<std::uint16_t>(std::stoi(line.substr(line.find(':', tcp) + 1)));
   // Keep reading its log so that it never blocks on a full pipe.
   std::thread([fd = pipe_fds[0]] {
     char buffer[4096];
@@ -977,12 +983,64 @@ void measure_peers(const std::string &binary, const HermesFigures &hermes) {
               hermes.idle.resident_mib, hermes.idle.proportional_mib, idle.resident_mib, idle.proportional_mib);
 }
 
+// ---- StatsD over TCP ------------------------------------------------------------------------
+
+// Sends the lines of `datagrams`, each ended by a newline, over one TCP connection, over and
+// over for `duration` seconds, in writes of about 64 KiB as a buffering client makes them;
+// returns the lines sent.
+std::uint64_t send_tcp_lines(std::uint16_t port, const std::vector<std::string> &datagrams, double duration) {
+  std::string chunk;
+  std::uint64_t per_chunk = 0;
+  while (chunk.size() < 65536)
+    for (const std::string &line : datagrams) chunk += line + "\n", ++per_chunk;
+  const int fd = connect_tcp(port);
+  std::uint64_t sent = 0;
+  for (const Clock::time_point start = Clock::now(); seconds_since(start) < duration; sent += per_chunk)
+    for (std::size_t at = 0; at < chunk.size();) {
+      const ssize_t n = ::send(fd, chunk.data() + at, chunk.size() - at, MSG_NOSIGNAL);
+      if (n <= 0) return ::close(fd), sent;
+      at += static_cast<std::size_t>(n);
+    }
+  ::close(fd);
+  return sent;
+}
+
+IngestRow measure_tcp(const std::string &binary, const std::vector<std::string> &lines, double duration) {
+  Receiver hermes = start_hermes(binary, bench_config, {{"HERMES_STATSD_TCP_PORT", "0"}});
+  const double cpu_before = run_ns(hermes.pid);
+  const std::uint64_t sent = send_tcp_lines(hermes.statsd_tcp_port, lines, duration);
+  const double applied = settle([&] { return hermes_metric(hermes, "hermes_samples_accepted_total"); });
+  const double cpu = (run_ns(hermes.pid) - cpu_before) / 1e9;
+  stop(hermes);
+  std::printf("  statsd over TCP: sent %llu lines, applied %.0f: %s\n", static_cast<unsigned long long>(sent), applied,
+              static_cast<double>(sent) == applied ? "nothing unaccounted" : "MISMATCH");
+  return {"statsd over TCP, full speed", sent, applied, 0, applied > 0 ? cpu / applied * 1e6 : 0};
+}
+
+// TCP against UDP in hermes' CPU per sample, the same lines, three rounds interleaved:
+// the round whose ratio is the median.
+void measure_tcp_against_udp(const std::string &binary) {
+  const std::vector<std::string> lines = statsd_datagrams(1), batched = statsd_datagrams(20);
+  std::vector<std::pair<IngestRow, IngestRow>> runs;
+  for (int round = 0; round < 3; ++round) {
+    IngestRow udp = measure_hermes(binary, "statsd 20 lines, UDP", batched, 20, 0, 2);
+    runs.emplace_back(std::move(udp), measure_tcp(binary, lines, 2));
+  }
+  const auto ratio = [](const std::pair<IngestRow, IngestRow> &run) { return run.second.cpu_per_sample_us / run.first.cpu_per_sample_us; };
+  std::sort(runs.begin(), runs.end(), [&](const auto &a, const auto &b) { return ratio(a) < ratio(b); });
+  const auto &[udp, tcp] = runs[1];
+  std::printf("\n| StatsD lines (2 s each, median of 3) | samples applied | hermes us/sample | TCP / UDP |\n|---|---:|---:|---:|\n");
+  std::printf("| over UDP, 20 lines a datagram | %.0f | %.3f | |\n", udp.received, udp.cpu_per_sample_us);
+  std::printf("| over TCP, one connection | %.0f | %.3f | %.2fx%s |\n", tcp.received, tcp.cpu_per_sample_us, ratio(runs[1]),
+              ratio(runs[1]) <= 1.5 ? "" : " MISMATCH: more than 1.5x");
+}
+
 int main(int argc, char **argv) {
   if (argc > 1 && std::string(argv[1]) == "--memory") return measure_memory_accounting(), 0;
   const std::string part = argc > 1 && argv[1][0] == '-' ? argv[1] : "";
   if (!part.empty()) --argc, ++argv;
-  if (!part.empty() && part != "--ingest" && part != "--access" && part != "--series" && part != "--peers") {
-    std::fprintf(stderr, "usage: bench [--ingest | --access | --series | --peers | --memory] [HERMES_BINARY...]\n");
+  if (!part.empty() && part != "--ingest" && part != "--access" && part != "--series" && part != "--peers" && part != "--tcp") {
+    std::fprintf(stderr, "usage: bench [--ingest | --access | --series | --peers | --tcp | --memory] [HERMES_BINARY...]\n");
     return 2;
   }
   const std::string binary = argc > 1 ? argv[1] : "./hermes";
@@ -999,6 +1057,7 @@ int main(int argc, char **argv) {
   ::signal(SIGPIPE, SIG_IGN);
   std::printf("Hermes benchmark: %s, %ld cores\n\n", binary.c_str(), ::sysconf(_SC_NPROCESSORS_ONLN));
   if (part == "--series") return measure_series_memory(binary), 0;
+  if (part == "--tcp") return measure_tcp_against_udp(binary), 0;
   if (part == "--access") {
     measure_allow_list(binary);
     measure_allow_list_in_process();
@@ -1031,6 +1090,7 @@ int main(int argc, char **argv) {
     const IngestRow bare = measure_bare("statsd 20 lines, full speed", statsd_batched, 0, 2);
     print_ingest(bare, measure_hermes(binary, "statsd 20 lines, full speed", statsd_batched, 20, 0, 2), 20);
   }
+  measure_tcp_against_udp(binary);
   if (part == "--ingest") return 0;
   measure_memory_accounting();
   figures.scrape_100k = measure_scrapes(binary);
