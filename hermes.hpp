@@ -89,6 +89,18 @@
 // tags that could start JSON ([{a=b}]x:1|c, ["k"=v]x:1|c, [1]x:1|c) is malformed_json,
 // where statsd_exporter would read the tags with {, [ and " escaped to _.
 //
+// ---- StatsD over TCP -------------------------------------------------------------------
+//
+// With Options::statsd_tcp_port (HERMES_STATSD_TCP_PORT; off by default) a TCP listener
+// on udp_address takes StatsD lines separated by "\n" or "\r\n", as statsd_exporter's
+// --statsd.listen-tcp: each line as a line of a datagram (a '{' opens no JSON there),
+// the last one taken even without a newline when the connection ends. In the same poll()
+// loop, one read of HERMES_STATSD_TCP_READ_BYTES per connection per step. A line over
+// HERMES_MAX_DATAGRAM_SIZE bytes is too_large and closes its connection; a connection past
+// statsd_tcp_max_connections, without room in the memory budget for its line buffer, or
+// from outside udp_allow is closed at once; one that completes no line for
+// statsd_tcp_idle_seconds is closed. Counted in hermes_statsd_tcp_connections_* by reason.
+//
 // ---- HTTP -----------------------------------------------------------------------------
 //
 // HTTP/1.0, one request per connection:
