@@ -2,6 +2,7 @@
 #include "helpers.hpp"
 
 #include <map>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -112,6 +113,34 @@ TEST_CASE("the held line's memory stays within its bound however the bytes come"
     }
     REQUIRE(stream.feed("\n", [](std::string_view) {}));
     REQUIRE(stream.held() == 0);
+  }
+}
+
+TEST_CASE("however a stream is cut into reads, the same lines come out, each line's bytes once and in order") {
+  std::mt19937 random(23);
+  for (int round = 0; round < 2000; ++round) {
+    std::string input; // lines of 0 to 60 bytes, some ending in "\r\n", some in "\n", the last maybe in nothing
+    const int lines = std::uniform_int_distribution<int>(0, 12)(random);
+    for (int i = 0; i < lines; ++i) {
+      input += std::string(std::uniform_int_distribution<std::size_t>(0, 60)(random), static_cast<char>('a' + i));
+      if (i + 1 < lines || random() % 2) input += random() % 3 == 0 ? "\r\n" : "\n";
+    }
+    std::string whole; // what a stream given everything at once yields
+    StatsdStream at_once;
+    REQUIRE(at_once.feed(input, [&](std::string_view run) { whole += run; }));
+    at_once.finish([&](std::string_view last) { whole += std::string(last) + "|end"; });
+    StatsdStream stream; // the same in random pieces, each run of lines ending in a line end
+    std::string pieces;
+    for (std::size_t at = 0; at < input.size();) {
+      const std::size_t size = std::uniform_int_distribution<std::size_t>(1, 40)(random);
+      REQUIRE(stream.feed(std::string_view(input).substr(at, size), [&](std::string_view run) {
+        pieces += run;
+        if (run.back() != '\n') pieces += '\n'; // a held line is given without its '\n'
+      }));
+      at += size;
+    }
+    stream.finish([&](std::string_view last) { pieces += std::string(last) + "|end"; });
+    CHECK(pieces == whole);
   }
 }
 
