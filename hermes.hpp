@@ -95,7 +95,8 @@
 // on udp_address takes StatsD lines separated by "\n" or "\r\n", as statsd_exporter's
 // --statsd.listen-tcp: each line as a line of a datagram (a '{' opens no JSON there),
 // the last one taken even without a newline when the connection ends. In the same poll()
-// loop, one read of HERMES_STATSD_TCP_READ_BYTES per connection per step. A line over
+// loop (through one epoll set), one read of HERMES_STATSD_TCP_READ_BYTES per connection
+// with input per step, for up to HERMES_STATSD_TCP_READS connections. A line over
 // HERMES_MAX_DATAGRAM_SIZE bytes is too_large and closes its connection; a connection past
 // statsd_tcp_max_connections, without room in the memory budget for its line buffer, or
 // from outside udp_allow is closed at once; one that completes no line for
@@ -203,6 +204,7 @@
 //     HERMES_STATSD_TCP_IDLE_S       300   default seconds a StatsD TCP connection may go without a whole line
 //     HERMES_STATSD_TCP_READ_BYTES 16384   bytes read from one StatsD TCP connection in a step
 //     HERMES_STATSD_TCP_ACCEPTS       64   StatsD TCP connections accepted (or refused) in a step
+//     HERMES_STATSD_TCP_READS        256   StatsD TCP connections read (once each) in a step
 
 #ifndef HERMES_HPP
 #define HERMES_HPP
@@ -310,6 +312,9 @@
 #ifndef HERMES_STATSD_TCP_ACCEPTS
 #define HERMES_STATSD_TCP_ACCEPTS 64 // connections accepted or refused per step: a flood of them waits in the backlog
 #endif
+#ifndef HERMES_STATSD_TCP_READS
+#define HERMES_STATSD_TCP_READS 256 // connections read per step, one read each; the others at the next step
+#endif
 
 // Each limit is checked here, so that a wrong value stops the build with what to do
 // instead of a daemon that loops for ever or refuses every datagram.
@@ -353,6 +358,7 @@ static_assert(HERMES_STATSD_TCP_IDLE_S >= 0, "HERMES_STATSD_TCP_IDLE_S must not 
 static_assert(HERMES_STATSD_TCP_READ_BYTES >= 512 && HERMES_STATSD_TCP_READ_BYTES <= 16 * 1024 * 1024,
               "HERMES_STATSD_TCP_READ_BYTES must be between 512 bytes and 16 MiB");
 static_assert(HERMES_STATSD_TCP_ACCEPTS >= 1, "HERMES_STATSD_TCP_ACCEPTS must be at least 1");
+static_assert(HERMES_STATSD_TCP_READS >= 1 && HERMES_STATSD_TCP_READS <= 65536, "HERMES_STATSD_TCP_READS must be between 1 and 65536");
 
 // ===== INCLUDES ===========================================================================
 
@@ -391,6 +397,7 @@ static_assert(HERMES_STATSD_TCP_ACCEPTS >= 1, "HERMES_STATSD_TCP_ACCEPTS must be
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -4013,6 +4020,9 @@ struct StatsdConnection {
 };
 
 // The StatsD TCP listener and its connections, when Options::statsd_tcp_port is set.
+// The connections wait in an epoll set whose one descriptor is in the server's poll():
+// poll() pays for each descriptor it watches at every step, which with 256 idle
+// connections cost more than the datagram that woke it; epoll pays for those with input.
 class StatsdTcpInput {
 public:
   // What one connection takes from the budget while it is open: its line buffer and bookkeeping.
@@ -4025,6 +4035,8 @@ public:
     if (!budget_.take(HERMES_STATSD_TCP_READ_BYTES))
       throw UsageError("HERMES_MAX_MEMORY: no room for the StatsD TCP listener's read buffer");
     buffer_.reset(new char[HERMES_STATSD_TCP_READ_BYTES]);
+    epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
+    if (!epoll_) throw SocketError(system_error_message("epoll_create1 statsd_tcp", errno));
     listener_ = open_tcp_listener(options.udp_address, *options.statsd_tcp_port, "statsd_tcp");
   }
   StatsdTcpInput(const StatsdTcpInput &) = delete;
@@ -4035,36 +4047,41 @@ public:
 
   int listener() const { return listener_.get(); }
 
-  // The listener (unless off or accepting is paused) and each connection, for poll().
+  // The listener (unless off or accepting is paused) and the epoll set, for poll().
   void add_poll_fds(std::vector<pollfd> &fds, Clock::time_point now) const {
     if (!listener_) return;
     fds.push_back({now >= accept_paused_until_ ? listener_.get() : -1, POLLIN, 0});
-    for (const StatsdConnection &connection : connections_) fds.push_back({connection.fd.get(), POLLIN, 0});
+    fds.push_back({epoll_.get(), POLLIN, 0});
   }
 
   // Reads what poll() found, from the listener's entry on, applying whole lines at
   // `received`, then accepts. close_idle() removes the connections that ended.
   void serve(const pollfd *fds, Registry &registry, RejectLog &rejects, Now received, Clock::time_point now) {
     if (!listener_) return;
-    for (std::size_t i = 0; i < connections_.size(); ++i)
-      if (fds[i + 1].revents) read(connections_[i], registry, rejects, received, now);
+    if (fds[1].revents) read_ready(registry, rejects, received, now);
     if (fds[0].revents) accept_connections(now);
   }
 
-  // Closes the connections that ended, and those past their deadline: every step.
+  // Closes the connections past their deadline, and forgets those that ended: every step.
+  // The earliest deadline only moves later (a new or renewed one is now + the idle time),
+  // so most steps look at none of them.
   void close_idle(Registry &registry, RejectLog &rejects, Clock::time_point now) {
-    for (StatsdConnection &connection : connections_)
-      if (now >= connection.deadline && !closing(connection)) end(connection, TcpClose::idle, registry, rejects, Now::current());
-    remove_closed();
+    if (now >= earliest_deadline_) {
+      earliest_deadline_ = Clock::time_point::max();
+      for (const auto &connection : connections_) {
+        if (now >= connection->deadline && !closing(*connection)) end(*connection, TcpClose::idle, registry, rejects, Now::current());
+        if (!closing(*connection)) earliest_deadline_ = std::min(earliest_deadline_, connection->deadline);
+      }
+    }
+    if (ended_) remove_closed();
   }
 
-  // The next idle deadline, or the end of a pause in accepting.
+  // The earliest idle deadline, or the end of a pause in accepting.
   std::optional<Clock::time_point> due(Clock::time_point now) const {
     std::optional<Clock::time_point> due;
-    for (const StatsdConnection &connection : connections_)
-      if (!due || connection.deadline < *due) due = connection.deadline;
+    if (earliest_deadline_ != Clock::time_point::max()) due = earliest_deadline_;
     if (accept_paused_until_ > now && (!due || accept_paused_until_ < *due)) due = accept_paused_until_;
-    return due && *due != Clock::time_point::max() ? due : std::nullopt;
+    return due;
   }
 
   void add_stats(ServerStats &stats) const {
@@ -4080,8 +4097,10 @@ private:
   Clock::time_point deadline(Clock::time_point now) const {
     return idle_ > Clock::duration::zero() ? now + idle_ : Clock::time_point::max();
   }
+  void read_ready(Registry &registry, RejectLog &rejects, Now received, Clock::time_point now);
   void accept_connections(Clock::time_point now);
   std::optional<TcpRefusal> admission(const SocketAddress &peer) const;
+  bool admit(FileDescriptor fd, Clock::time_point now);
   void refuse(TcpRefusal reason, const SocketAddress &peer, Clock::time_point now);
   void read(StatsdConnection &connection, Registry &registry, RejectLog &rejects, Now received, Clock::time_point now);
   void apply(std::string_view lines, Registry &registry, RejectLog &rejects, Now received);
@@ -4089,19 +4108,33 @@ private:
   void remove_closed();
 
   FileDescriptor listener_; // none: no TCP listener
+  FileDescriptor epoll_;    // the connections, each with its StatsdConnection as data
   const Logger &logger_;
   MemoryBudget &budget_;
   AllowList allow_; // UDP's: the same senders may use TCP
   std::size_t most_;
   Clock::duration idle_; // zero: never
   std::unique_ptr<char[]> buffer_; // one read's bytes, shared by every connection
-  std::vector<StatsdConnection> connections_;
+  std::vector<std::unique_ptr<StatsdConnection>> connections_; // each where epoll's data points
+  std::array<epoll_event, HERMES_STATSD_TCP_READS> ready_{};
+  Clock::time_point earliest_deadline_ = Clock::time_point::max(); // of the connections, or earlier
+  bool ended_ = false; // a connection is closed and still to be forgotten
   std::uint64_t accepted_ = 0;
   std::array<std::uint64_t, tcp_refusal_count> refused_{};
   std::array<std::uint64_t, tcp_close_count> closed_{};
   Clock::time_point accept_paused_until_{};
   Clock::time_point next_warning_{};
 };
+
+// One read for each connection with input, at most HERMES_STATSD_TCP_READS of them; the
+// others are next in line at the next step (a level-triggered epoll set goes round).
+inline void StatsdTcpInput::read_ready(Registry &registry, RejectLog &rejects, Now received, Clock::time_point now) {
+  const int ready = retry_on_eintr([&] { return ::epoll_wait(epoll_.get(), ready_.data(), HERMES_STATSD_TCP_READS, 0); });
+  for (int i = 0; i < ready; ++i) {
+    StatsdConnection &connection = *static_cast<StatsdConnection *>(ready_[static_cast<std::size_t>(i)].data.ptr);
+    if (!closing(connection)) read(connection, registry, rejects, received, now);
+  }
+}
 
 inline void StatsdTcpInput::accept_connections(Clock::time_point now) {
   for (int i = 0; i < HERMES_STATSD_TCP_ACCEPTS; ++i) {
@@ -4126,9 +4159,27 @@ inline void StatsdTcpInput::accept_connections(Clock::time_point now) {
       refuse(*reason, peer, now); // fd closes here, its input unread
       continue;
     }
-    ++accepted_;
-    connections_.push_back({std::move(fd), StatsdStream(), deadline(now)});
+    if (!admit(std::move(fd), now)) refuse(TcpRefusal::memory_limit, peer, now); // the kernel's memory for epoll
   }
+}
+
+// Puts an admitted connection, whose bytes are taken, in the epoll set; false, with the
+// bytes given back, when the kernel has no room for it there.
+inline bool StatsdTcpInput::admit(FileDescriptor fd, Clock::time_point now) {
+  auto connection = std::make_unique<StatsdConnection>();
+  connection->fd = std::move(fd);
+  connection->deadline = deadline(now);
+  epoll_event event{};
+  event.events = EPOLLIN;
+  event.data.ptr = connection.get();
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, connection->fd.get(), &event) != 0) {
+    budget_.give_back(connection_bytes);
+    return false;
+  }
+  ++accepted_;
+  earliest_deadline_ = std::min(earliest_deadline_, connection->deadline);
+  connections_.push_back(std::move(connection));
+  return true;
 }
 
 // Refused, in this order: a forbidden peer, a full house, no room in the budget.
@@ -4184,13 +4235,15 @@ inline void StatsdTcpInput::end(StatsdConnection &connection, TcpClose reason, R
   if (reason != TcpClose::too_large)
     connection.stream.finish([&](std::string_view line) { apply(line, registry, rejects, received); });
   ++closed_[static_cast<std::size_t>(reason)];
-  connection.fd.reset();
+  connection.fd.reset(); // which takes it out of the epoll set
+  ended_ = true;
 }
 
 inline void StatsdTcpInput::remove_closed() {
-  const auto closed = std::remove_if(connections_.begin(), connections_.end(), closing);
+  const auto closed = std::remove_if(connections_.begin(), connections_.end(), [](const auto &c) { return closing(*c); });
   budget_.give_back(static_cast<std::size_t>(connections_.end() - closed) * connection_bytes);
   connections_.erase(closed, connections_.end());
+  ended_ = false;
 }
 
 } // namespace detail
