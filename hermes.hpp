@@ -301,7 +301,7 @@
 #define HERMES_MAX_TOKEN_SIZE 1024 // bytes of bearer token in HERMES_HTTP_TOKEN_FILE
 #endif
 #ifndef HERMES_MAX_STATSD_CONNECTIONS
-#define HERMES_MAX_STATSD_CONNECTIONS 256 // default; each takes ~8.5 KiB of the budget and a descriptor
+#define HERMES_MAX_STATSD_CONNECTIONS 256 // default; each takes 8.1 KiB of the budget and a descriptor
 #endif
 #ifndef HERMES_STATSD_TCP_IDLE_S
 #define HERMES_STATSD_TCP_IDLE_S 300 // default; a connection that completes no line for this long is closed
@@ -358,7 +358,8 @@ static_assert(HERMES_STATSD_TCP_IDLE_S >= 0, "HERMES_STATSD_TCP_IDLE_S must not 
 static_assert(HERMES_STATSD_TCP_READ_BYTES >= 512 && HERMES_STATSD_TCP_READ_BYTES <= 16 * 1024 * 1024,
               "HERMES_STATSD_TCP_READ_BYTES must be between 512 bytes and 16 MiB");
 static_assert(HERMES_STATSD_TCP_ACCEPTS >= 1, "HERMES_STATSD_TCP_ACCEPTS must be at least 1");
-static_assert(HERMES_STATSD_TCP_READS >= 1 && HERMES_STATSD_TCP_READS <= 65536, "HERMES_STATSD_TCP_READS must be between 1 and 65536");
+static_assert(HERMES_STATSD_TCP_READS >= 1 && HERMES_STATSD_TCP_READS <= 65536,
+              "HERMES_STATSD_TCP_READS must be between 1 and 65536");
 
 // ===== INCLUDES ===========================================================================
 
@@ -3922,7 +3923,7 @@ private:
 // statsd_exporter's --statsd.listen-tcp: newline-separated StatsD lines over TCP, each
 // applied as a line of a datagram is. Connections are non-blocking and read in the same
 // poll() loop as UDP and HTTP, one read of at most HERMES_STATSD_TCP_READ_BYTES each per
-// step. Each connection holds at most one line that is not whole yet, and takes the bytes
+// step when it has input. Each connection holds at most one line that is not whole yet, and takes the bytes
 // of that buffer from the memory budget before it is admitted.
 
 namespace hermes {
@@ -3949,9 +3950,10 @@ public:
   static constexpr std::size_t most_held = longest_line + 2; // and a '\r', and the string's NUL
 
   // Takes `bytes`: calls take(lines) with runs of whole lines, each ending in '\n', in the
-  // order they came (the held line first, on its own). False when a line is too long: the
-  // lines before it were taken, nothing after it is.
+  // order they came (the held line first, on its own and without its '\n'). False when a
+  // line is too long: the lines before it were taken, nothing after it is.
   template <typename Take> bool feed(std::string_view bytes, Take &&take) {
+    if (bytes.empty()) return true;
     if (!held_.empty()) {
       const std::size_t end = bytes.find('\n');
       if (end == std::string_view::npos) return hold(bytes);
@@ -4099,7 +4101,7 @@ private:
   }
   void read_ready(Registry &registry, RejectLog &rejects, Now received, Clock::time_point now);
   void accept_connections(Clock::time_point now);
-  std::optional<TcpRefusal> admission(const SocketAddress &peer) const;
+  std::optional<TcpRefusal> admission(const SocketAddress &peer);
   bool admit(FileDescriptor fd, Clock::time_point now);
   void refuse(TcpRefusal reason, const SocketAddress &peer, Clock::time_point now);
   void read(StatsdConnection &connection, Registry &registry, RejectLog &rejects, Now received, Clock::time_point now);
@@ -4184,7 +4186,7 @@ inline bool StatsdTcpInput::admit(FileDescriptor fd, Clock::time_point now) {
 
 // Refused, in this order: a forbidden peer, a full house, no room in the budget.
 // Taking the bytes is the last check, so that a refused connection holds none.
-inline std::optional<TcpRefusal> StatsdTcpInput::admission(const SocketAddress &peer) const {
+inline std::optional<TcpRefusal> StatsdTcpInput::admission(const SocketAddress &peer) {
   if (!allow_.allows(peer.get(), peer.length)) return TcpRefusal::forbidden_source;
   if (connections_.size() >= most_) return TcpRefusal::connection_limit;
   if (!budget_.take(connection_bytes)) return TcpRefusal::memory_limit;
@@ -4229,7 +4231,7 @@ inline void StatsdTcpInput::apply(std::string_view lines, Registry &registry, Re
 }
 
 // Closes a connection, taking its last line unless it was too long; it is removed from
-// the list by remove_closed(), after the loop over the poll() entries.
+// the list by remove_closed(), after the step's reads.
 inline void StatsdTcpInput::end(StatsdConnection &connection, TcpClose reason, Registry &registry, RejectLog &rejects,
                                 Now received) {
   if (reason != TcpClose::too_large)
