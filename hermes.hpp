@@ -282,6 +282,12 @@
 #ifndef HERMES_MAX_TOKEN_SIZE
 #define HERMES_MAX_TOKEN_SIZE 1024 // bytes of bearer token in HERMES_HTTP_TOKEN_FILE
 #endif
+#ifndef HERMES_GZIP_LEVEL
+#define HERMES_GZIP_LEVEL 1 // zlib level of gzip /metrics bodies (HERMES_GZIP builds); 1: a fifth of the bytes for the CPU of a render
+#endif
+#ifndef HERMES_GZIP_PAUSE_BYTES
+#define HERMES_GZIP_PAUSE_BYTES 65536 // of /metrics text compressed between looks at the sockets
+#endif
 
 // Each limit is checked here, so that a wrong value stops the build with what to do
 // instead of a daemon that loops for ever or refuses every datagram.
@@ -317,6 +323,8 @@ static_assert(HERMES_MAX_NATIVE_BUCKETS >= 160 && HERMES_MAX_NATIVE_BUCKETS <= 1
 static_assert(HERMES_STATE_INTERVAL_S >= 1, "HERMES_STATE_INTERVAL_S must be at least 1 second");
 static_assert(HERMES_MAX_STATE_SIZE >= 65536, "HERMES_MAX_STATE_SIZE must be at least 65536 bytes");
 static_assert(HERMES_STATE_PAUSE_STRIDE >= 1, "HERMES_STATE_PAUSE_STRIDE must be at least 1 series");
+static_assert(HERMES_GZIP_LEVEL >= 1 && HERMES_GZIP_LEVEL <= 9, "HERMES_GZIP_LEVEL must be a zlib level from 1 to 9");
+static_assert(HERMES_GZIP_PAUSE_BYTES >= 4096, "HERMES_GZIP_PAUSE_BYTES must be at least 4096 bytes");
 static_assert(HERMES_MAX_TOKEN_SIZE >= 16 && HERMES_MAX_TOKEN_SIZE <= HERMES_MAX_REQUEST_HEAD - 64,
               "HERMES_MAX_TOKEN_SIZE must be at least 16 bytes and fit a request head (HERMES_MAX_REQUEST_HEAD - 64)");
 
@@ -325,6 +333,12 @@ static_assert(HERMES_MAX_TOKEN_SIZE >= 16 && HERMES_MAX_TOKEN_SIZE <= HERMES_MAX
 // Quoted, so that a copy of picojson.h beside this header is found first, and an
 // installed one (<picojson.h>) otherwise.
 #include "picojson.h"
+
+// With HERMES_GZIP (link -lz), /metrics answers gzip to scrapers that ask for it.
+#ifdef HERMES_GZIP
+#include <cstdlib>
+#include <zlib.h>
+#endif
 
 #include <algorithm>
 #include <array>
@@ -3839,6 +3853,179 @@ private:
 
 } // namespace detail
 } // namespace hermes
+
+// ===== DETAIL: GZIP =======================================================================
+
+namespace hermes {
+namespace detail {
+
+// Reads one Accept-Encoding header as golang/gddo's ParseAccept does: elements "coding"
+// or "coding;q=N" (N: 0 or 1, either with decimals) separated by commas, up to the first
+// one it cannot read; `note(coding, q)` for each.
+template <typename Note> void read_accept_encoding(std::string_view text, Note &&note) {
+  const auto skip_space = [&text] {
+    while (!text.empty() && std::strchr(" \t\r\n", text.front()) != nullptr) text.remove_prefix(1);
+  };
+  const auto take = [&text](char c) { return !text.empty() && text.front() == c && (text.remove_prefix(1), true); };
+  for (;;) {
+    const auto coding_end = std::find_if(text.begin(), text.end(), [](char c) { return !is_token_char(c) && c != '/'; });
+    const std::string_view coding = text.substr(0, static_cast<std::size_t>(coding_end - text.begin()));
+    if (coding.empty()) return;
+    text.remove_prefix(coding.size());
+    skip_space();
+    double q = 1;
+    if (take(';')) {
+      skip_space();
+      if (!take('q') || !take('=') || text.empty() || (text.front() != '0' && text.front() != '1')) return;
+      q = text.front() - '0';
+      text.remove_prefix(1);
+      if (take('.'))
+        for (double scale = 0.1; !text.empty() && is_ascii_digit(text.front()); text.remove_prefix(1), scale /= 10)
+          q += (text.front() - '0') * scale;
+    }
+    note(coding, q);
+    skip_space();
+    if (!take(',')) return;
+    skip_space();
+  }
+}
+
+// Whether a request wants its /metrics body in gzip, as client_golang's promhttp
+// negotiates it (NegotiateContentEncoding over the offers identity, then gzip): gzip when
+// its best q is above 0 and above those of identity and of "*". So no header,
+// "identity", "*", "gzip;q=0", "gzip, identity" and "GZIP" (codings compare as written)
+// get the plain body; "gzip", "deflate, gzip" and "br;q=1, gzip;q=0.8, *;q=0.1" gzip.
+inline bool wants_gzip(const HttpRequest &request) {
+  double gzip = -1, identity = -1, any = -1; // the best q of each; -1: not named
+  for (const auto &[name, value] : request.headers) {
+    if (name != "accept-encoding") continue;
+    read_accept_encoding(value, [&](std::string_view coding, double q) {
+      if (coding == "gzip") gzip = std::max(gzip, q);
+      if (coding == "identity") identity = std::max(identity, q);
+      if (coding == "*") any = std::max(any, q);
+    });
+  }
+  return gzip > 0 && gzip > identity && gzip > any;
+}
+
+} // namespace detail
+} // namespace hermes
+
+#ifdef HERMES_GZIP
+
+namespace hermes {
+namespace detail {
+
+// Makes gzip bodies with zlib, over the memory of the text they compress: the output
+// trails the input it replaces, waiting in a small chunk when it runs ahead, so that a
+// compressed body never needs more than its plain text had. One encoder serves every
+// body in turn; what zlib allocates, and the chunk, are taken from the budget (when
+// given) at construction and kept, so that compressing never allocates.
+class GzipEncoder {
+public:
+  static constexpr std::size_t default_chunk_bytes = 64 * 1024; // the most the output may run ahead
+
+  // Throws UsageError when the budget has no room for the compressor.
+  GzipEncoder(int level, MemoryBudget *budget, std::size_t chunk_bytes = default_chunk_bytes)
+      : budget_(budget), chunk_bytes_(chunk_bytes) {
+    stream_.zalloc = allocate;
+    stream_.zfree = release;
+    stream_.opaque = this;
+    chunk_ = static_cast<unsigned char *>(allocate(this, 1, static_cast<uInt>(chunk_bytes)));
+    constexpr int gzip_window = 15 + 16, memory_level = 8; // zlib's defaults, with a gzip header and trailer
+    if (!chunk_ || deflateInit2(&stream_, level, Z_DEFLATED, gzip_window, memory_level, Z_DEFAULT_STRATEGY) != Z_OK) {
+      if (chunk_) release(this, chunk_);
+      throw UsageError("HERMES_MAX_MEMORY: no room for the gzip compressor (about 300 KiB) beside Hermes' fixed buffers");
+    }
+  }
+  GzipEncoder(const GzipEncoder &) = delete;
+  GzipEncoder &operator=(const GzipEncoder &) = delete;
+  ~GzipEncoder() {
+    deflateEnd(&stream_);
+    release(this, chunk_);
+  }
+
+  std::size_t bytes() const { return bytes_; } // what zlib and the chunk hold
+
+  // Replaces `text` by one gzip member of it, written over the same memory; `pause` runs
+  // after every HERMES_GZIP_PAUSE_BYTES of text. False when the output ran further ahead
+  // of the input than the chunk holds (text that does not compress), or would not fit
+  // the string's capacity at the end: the text is then spoilt, and must be made again.
+  bool compress_in_place(std::string &text, const std::function<void()> &pause) {
+    if (deflateReset(&stream_) != Z_OK) return false;
+    const std::size_t size = text.size();
+    written_ = 0, held_ = 0;
+    for (std::size_t offset = 0;;) {
+      const std::size_t piece = std::min<std::size_t>(HERMES_GZIP_PAUSE_BYTES, size - offset);
+      stream_.next_in = reinterpret_cast<Bytef *>(text.data() + offset);
+      stream_.avail_in = static_cast<uInt>(piece);
+      offset += piece;
+      const int result = deflate_piece(text, offset, offset == size ? Z_FINISH : Z_NO_FLUSH);
+      if (result == Z_STREAM_END) return text.resize(written_), true;
+      if (result != Z_OK) return false;
+      if (pause) pause();
+    }
+  }
+
+private:
+  // Deflates what the stream holds of text[..end), moving the output behind the input
+  // read so far; Z_STREAM_END when the member is whole, Z_OK when the piece is taken.
+  int deflate_piece(std::string &text, std::size_t end, int flush) {
+    for (;;) {
+      stream_.next_out = chunk_ + held_;
+      stream_.avail_out = static_cast<uInt>(chunk_bytes_ - held_);
+      const int result = deflate(&stream_, flush);
+      if (result != Z_OK && result != Z_STREAM_END && result != Z_BUF_ERROR) return result;
+      held_ = chunk_bytes_ - stream_.avail_out;
+      const bool input_read = stream_.avail_in == 0 && flush == Z_FINISH;
+      const std::size_t limit = input_read ? text.capacity() : end - stream_.avail_in; // what may be overwritten
+      const std::size_t moved = std::min(held_, limit - written_);
+      if (written_ + moved > text.size()) text.resize(written_ + moved); // past the plain text, within its memory
+      std::memcpy(&text[written_], chunk_, moved);
+      std::memmove(chunk_, chunk_ + moved, held_ - moved);
+      held_ -= moved, written_ += moved;
+      if (result == Z_STREAM_END) return held_ == 0 ? Z_STREAM_END : Z_BUF_ERROR;
+      if (held_ == chunk_bytes_) return Z_BUF_ERROR; // the output ran a whole chunk ahead
+      if (stream_.avail_in == 0 && flush == Z_NO_FLUSH && stream_.avail_out > 0) return Z_OK;
+    }
+  }
+
+  // zlib's allocator: each block takes its bytes from the budget, its size kept before it.
+  static void *allocate(void *opaque, uInt items, uInt size) {
+    auto &self = *static_cast<GzipEncoder *>(opaque);
+    const std::size_t bytes = std::size_t{items} * size + sizeof(std::max_align_t);
+    if (self.budget_ && !self.budget_->take(bytes)) return nullptr;
+    auto *block = static_cast<unsigned char *>(std::malloc(bytes));
+    if (!block) {
+      if (self.budget_) self.budget_->give_back(bytes);
+      return nullptr;
+    }
+    std::memcpy(block, &bytes, sizeof bytes);
+    self.bytes_ += bytes;
+    return block + sizeof(std::max_align_t);
+  }
+  static void release(void *opaque, void *address) {
+    auto &self = *static_cast<GzipEncoder *>(opaque);
+    unsigned char *block = static_cast<unsigned char *>(address) - sizeof(std::max_align_t);
+    std::size_t bytes = 0;
+    std::memcpy(&bytes, block, sizeof bytes);
+    if (self.budget_) self.budget_->give_back(bytes);
+    self.bytes_ -= bytes;
+    std::free(block);
+  }
+
+  MemoryBudget *budget_;
+  std::size_t chunk_bytes_;
+  unsigned char *chunk_ = nullptr;
+  std::size_t bytes_ = 0;
+  std::size_t written_ = 0, held_ = 0; // output moved into the text, and waiting in the chunk
+  z_stream stream_{};
+};
+
+} // namespace detail
+} // namespace hermes
+
+#endif // HERMES_GZIP
 
 // ===== DETAIL: HTTP FRONT END =============================================================
 
