@@ -6,7 +6,7 @@
 //
 // ---- Embedding ----------------------------------------------------------------------
 //
-//     #include "hermes.hpp"             // needs picojson.h; link nothing else
+//     #include "hermes.hpp"             // needs picojson.h; link nothing else (-lz with HERMES_GZIP)
 //
 //     std::atomic<bool> stop{false};
 //     hermes::Config config = hermes::load_config("config.json");
@@ -100,6 +100,11 @@
 //     a request head over HERMES_MAX_REQUEST_HEAD 431; a major version other than 1, 505;
 //     503 with Retry-After when every connection is busy, or when more /metrics bodies
 //     are in flight at once than the memory budget keeps room for (HERMES_SCRAPE_BODIES).
+// With HERMES_GZIP (link zlib), /metrics answers Content-Encoding: gzip when the request's
+// Accept-Encoding chooses gzip as client_golang reads it (gzip with a q above 0 and above
+// identity's and *'s: Prometheus sends "gzip"; no header, "identity", "*" and "gzip;q=0"
+// get the plain body), at zlib level Options::gzip_level (HERMES_COMPRESSION: off, on,
+// or 1-9; default HERMES_GZIP_LEVEL).
 // Empty lines before the request line are ignored. Rendering only reads the registry.
 //
 // Server::reload() (SIGHUP in the daemon) takes the config file again; an optional unix
@@ -116,7 +121,9 @@
 //     buffers + series + (each body in flight, at its size or the bound if more)
 //                      + (the bound for each body not yet in flight) <= budget
 //
-// where the bound is the most one body of every series can take (MemoryBudget).
+// where the bound is the most one body of every series can take (MemoryBudget). A gzip
+// body is compressed over the memory of its plain text, so it takes no more; the
+// compressor's state (about 320 KiB) is a fixed buffer taken at start.
 //
 // and pressure costs new series, never a scrape: while no more bodies are in flight at
 // once than HERMES_SCRAPE_BODIES (scrapes that come while a body is being sent share it),
@@ -187,6 +194,8 @@
 //     HERMES_MAX_STATE_SIZE   1073741824   bytes of state file read at start; a larger one is set aside
 //     HERMES_STATE_PAUSE_STRIDE     1024   series written to the state between looks at the sockets
 //     HERMES_MAX_TOKEN_SIZE         1024   bytes of bearer token in HERMES_HTTP_TOKEN_FILE
+//     HERMES_GZIP_LEVEL                1   zlib level of gzip /metrics bodies unless Options say otherwise
+//     HERMES_GZIP_PAUSE_BYTES      65536   /metrics text compressed between looks at the sockets
 
 #ifndef HERMES_HPP
 #define HERMES_HPP
@@ -520,6 +529,12 @@ inline std::optional<bool> parse_switch(std::string_view text);        // on/off
 // Receives each log line (logfmt, no newline). Empty: lines go to stderr.
 using LogSink = std::function<void(const std::string &line)>;
 
+#ifdef HERMES_GZIP
+constexpr int default_gzip_level = HERMES_GZIP_LEVEL;
+#else
+constexpr int default_gzip_level = 0; // a build without HERMES_GZIP has no gzip
+#endif
+
 struct Options {
   std::string udp_address = "0.0.0.0";
   std::uint16_t udp_port = 7789; // 0: the kernel chooses
@@ -529,6 +544,7 @@ struct Options {
   LogLevel log_level = LogLevel::info;
   bool openmetrics = true; // serve OpenMetrics to scrapers that prefer it
   bool protobuf = true;    // serve the protobuf format to scrapers that prefer it
+  int gzip_level = default_gzip_level; // /metrics in gzip, at this zlib level (1-9), to scrapers that ask; 0: never
   std::string config_path; // the file Server::reload() reads again; empty: no reloads
   std::string unix_socket_path; // a unix datagram socket that takes samples too; empty: none
   unsigned unix_socket_mode = 0660; // its file mode, so that only its group may push
@@ -552,7 +568,7 @@ using Environment = std::function<const char *(const char *name)>;
 // HERMES_UDP_ADDRESS (or LISTEN_ADDRESS), HERMES_UDP_PORT (or LISTEN_PORT),
 // HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (or LOG_LEVEL), HERMES_OPENMETRICS, HERMES_PROTOBUF,
 // HERMES_UNIX_SOCKET and HERMES_UNIX_SOCKET_MODE (octal), HERMES_UDP_RECEIVE_BUFFER (bytes),
-// HERMES_STATSD (on or off), HERMES_MAX_MEMORY (bytes),
+// HERMES_STATSD (on or off), HERMES_MAX_MEMORY (bytes), HERMES_COMPRESSION (off, on, or a gzip level 1-9),
 // HERMES_STATE_FILE and HERMES_STATE_INTERVAL (seconds, over the config's state_* keys),
 // HERMES_UDP_ALLOW and HERMES_HTTP_ALLOW (comma-separated CIDR ranges, over the config's
 // udp_allow and http_allow), HERMES_HTTP_TOKEN_FILE.
@@ -866,6 +882,9 @@ struct ServerStats {
   std::uint64_t state_writes_failed = 0;
   double state_last_write_seconds = 0; // wall clock of the last write that succeeded; 0: none yet
   std::uint64_t state_restored_series = 0;
+  std::uint64_t metrics_bytes_identity = 0; // of /metrics bodies sent plain
+  std::uint64_t metrics_bytes_gzip = 0;     // of /metrics bodies sent in gzip
+  std::uint64_t metrics_gzip_uncompressed_bytes = 0; // what those gzip bodies hold uncompressed
   ServerStats();
 };
 
@@ -3381,6 +3400,7 @@ struct HttpResponse {
   std::string body;
   std::shared_ptr<const std::string> shared_body; // when set, the body, which other responses may share
   bool head_only = false; // HEAD: the headers of GET, no body
+  bool gzip = false;      // the body is gzip: Content-Encoding: gzip
   const std::string &text() const { return shared_body ? *shared_body : body; }
 };
 
@@ -3388,6 +3408,7 @@ struct HttpResponse {
 inline std::string response_head(const HttpResponse &response) {
   std::string out = "HTTP/1.0 " + std::to_string(response.status) + " " + status_text(response.status) + "\r\n";
   out += "Content-Type: " + response.content_type + "\r\n";
+  if (response.gzip) out += "Content-Encoding: gzip\r\n";
   out += "Content-Length: " + std::to_string(response.text().size()) + "\r\n";
   if (response.status == 401) out += "WWW-Authenticate: Bearer\r\n";
   if (response.status == 405) out += "Allow: GET, HEAD\r\n";
@@ -4048,6 +4069,8 @@ public:
   ~BudgetedBody() { budget_.resize_body(taken_, 0); }
 
   std::string text;
+  bool gzip = false;           // the text is a gzip member of the body
+  std::size_t plain_bytes = 0; // the body's size uncompressed
 
   // Takes room for a body of at most `bytes` with its terminating NUL, and makes the text
   // hold that much, so that writing it never allocates; false, with the text freed, when
@@ -4088,7 +4111,7 @@ class HttpFrontEnd {
 public:
   HttpFrontEnd(const Options &options, const Logger &logger, MemoryBudget &budget, RenderBody render)
       : listener_(open_tcp_listener(options.http_address, options.http_port)), logger_(logger), budget_(budget),
-        openmetrics_(options.openmetrics), protobuf_(options.protobuf), render_(std::move(render)),
+        openmetrics_(options.openmetrics), protobuf_(options.protobuf), gzip_(options.gzip_level > 0), render_(std::move(render)),
         allow_(options.http_allow), token_file_(options.http_token_file) {
     if (token_file_.empty()) return;
     const std::string problem = read_token_file(token_file_, token_);
@@ -4130,7 +4153,12 @@ public:
     return due;
   }
 
-  void add_stats(ServerStats &stats) const { stats.http_requests = requests_; }
+  void add_stats(ServerStats &stats) const {
+    stats.http_requests = requests_;
+    stats.metrics_bytes_identity = sent_.metrics_bytes_identity;
+    stats.metrics_bytes_gzip = sent_.metrics_bytes_gzip;
+    stats.metrics_gzip_uncompressed_bytes = sent_.metrics_gzip_uncompressed_bytes;
+  }
 
 private:
   void accept_connections(Clock::time_point now);
@@ -4139,14 +4167,14 @@ private:
   void serve(Connection &connection, Clock::time_point now);
   void read_request(Connection &connection, Clock::time_point now);
   HttpResponse answer(const Connection &connection, std::string_view head, Clock::time_point now);
-  std::shared_ptr<const std::string> metrics_body(Format format, Clock::time_point now);
-  std::shared_ptr<const std::string> refuse_body(std::size_t wanted);
+  std::shared_ptr<const BudgetedBody> metrics_body(Format format, bool gzip, Clock::time_point now);
+  std::shared_ptr<const BudgetedBody> refuse_body(std::size_t wanted);
   void respond(Connection &connection, HttpResponse response, Clock::time_point now);
   void write_response(Connection &connection, Clock::time_point now);
   void drain(Connection &connection);
   void remove_finished(Clock::time_point now);
 
-  // The latest body of a format: shared by the scrapes that come within
+  // The latest body of a format and encoding: shared by the scrapes that come within
   // HERMES_SHARED_BODY_MS of it while it is being sent, and its memory reused by the
   // next when nobody sends it.
   struct Latest {
@@ -4157,9 +4185,10 @@ private:
   FileDescriptor listener_;
   const Logger &logger_;
   MemoryBudget &budget_;
-  bool openmetrics_, protobuf_;
+  bool openmetrics_, protobuf_, gzip_;
   RenderBody render_;
-  std::array<Latest, static_cast<std::size_t>(Format::count_)> latest_;
+  std::array<Latest, 2 * static_cast<std::size_t>(Format::count_)> latest_; // plain, then gzip
+  ServerStats sent_; // the bytes of /metrics bodies sent
   AllowList allow_;        // clients; empty: everyone
   std::string token_file_; // empty: no token asked for
   std::string token_;
@@ -4282,12 +4311,25 @@ inline HttpResponse HttpFrontEnd::answer(const Connection &connection, std::stri
   if (connection.refused) return error_response(503);
   if (!token_.empty() && needs_token(request->path) && !bearer_matches(header(*request, "authorization"), token_))
     return error_response(401, head_only);
-  return route(*request, openmetrics_, protobuf_, [this, now](Format format) { return metrics_body(format, now); });
+  const bool gzip = gzip_ && wants_gzip(*request);
+  std::shared_ptr<const BudgetedBody> body;
+  HttpResponse response = route(*request, openmetrics_, protobuf_, [&](Format format) {
+    body = metrics_body(format, gzip, now);
+    return body ? std::shared_ptr<const std::string>(body, &body->text) : nullptr;
+  });
+  if (body && response.shared_body) {
+    response.gzip = body->gzip;
+    if (!response.head_only) {
+      (body->gzip ? sent_.metrics_bytes_gzip : sent_.metrics_bytes_identity) += body->text.size();
+      sent_.metrics_gzip_uncompressed_bytes += body->gzip ? body->plain_bytes : 0;
+    }
+  }
+  return response;
 }
 
 // A scrape the budget has no room for, which only more bodies in flight at once than
 // HERMES_SCRAPE_BODIES can meet: logged at most once per interval, answered 503.
-inline std::shared_ptr<const std::string> HttpFrontEnd::refuse_body(std::size_t wanted) {
+inline std::shared_ptr<const BudgetedBody> HttpFrontEnd::refuse_body(std::size_t wanted) {
   const Clock::time_point now = Clock::now();
   if (now >= next_memory_warning_) {
     logger_.log(LogLevel::warn, "no room in the memory budget for one more /metrics body; answered 503",
@@ -4298,25 +4340,26 @@ inline std::shared_ptr<const std::string> HttpFrontEnd::refuse_body(std::size_t 
   return nullptr;
 }
 
-// The body of a scrape: the latest of its format while connections still send it and it
-// is recent enough (scrapers that do not read, or read slowly, all share it), else a new
-// one, written over the latest's memory when nobody sends that any more. It takes the
-// most a body of the series can be, which the budget keeps room for. Idle bodies of the
-// other formats are freed first, so that the room holds only bodies in flight. Null when
-// more bodies are in flight than the room holds and the budget has no more.
-inline std::shared_ptr<const std::string> HttpFrontEnd::metrics_body(Format format, Clock::time_point now) {
-  Latest &latest = latest_[static_cast<std::size_t>(format)];
-  const auto shared = [](const std::shared_ptr<BudgetedBody> &body) { return std::shared_ptr<const std::string>(body, &body->text); };
+// The body of a scrape: the latest of its format and encoding while connections still
+// send it and it is recent enough (scrapers that do not read, or read slowly, all share
+// it), else a new one, written over the latest's memory when nobody sends that any more.
+// It takes the most a body of the series can be, which the budget keeps room for; a gzip
+// body is compressed within that memory. Idle bodies of the other formats and encodings
+// are freed first, so that the room holds only bodies in flight. Null when more bodies
+// are in flight than the room holds and the budget has no more.
+inline std::shared_ptr<const BudgetedBody> HttpFrontEnd::metrics_body(Format format, bool gzip, Clock::time_point now) {
+  Latest &latest = latest_[static_cast<std::size_t>(format) + (gzip ? static_cast<std::size_t>(Format::count_) : 0)];
   const bool in_flight = latest.body.use_count() > 1; // a connection is still sending it
-  if (in_flight && now - latest.rendered < std::chrono::milliseconds(HERMES_SHARED_BODY_MS)) return shared(latest.body);
+  if (in_flight && now - latest.rendered < std::chrono::milliseconds(HERMES_SHARED_BODY_MS)) return latest.body;
   for (Latest &other : latest_)
     if (&other != &latest && other.body.use_count() == 1) other.body.reset();
   std::shared_ptr<BudgetedBody> body = latest.body.use_count() == 1 ? latest.body : std::make_shared<BudgetedBody>(budget_);
   latest.body.reset(); // connections still sending it keep it
+  body->gzip = gzip;
   if (!render_(format, *body)) return refuse_body(budget_.body_bound());
   latest.body = body;
   latest.rendered = now;
-  return shared(body);
+  return body;
 }
 
 inline void HttpFrontEnd::respond(Connection &connection, HttpResponse response, Clock::time_point now) {
@@ -5471,6 +5514,16 @@ void override_from(Option &option, const Environment &env, std::initializer_list
 
 inline std::optional<std::string> any_text(const std::string &text) { return text; }
 
+// HERMES_COMPRESSION: off (0), on (the default level), or a gzip level 1-9; only off
+// in a build without gzip.
+inline std::optional<int> parse_compression(const std::string &text) {
+  const std::optional<int> level = parse_number<int>(text, 10, 0, 9);
+  const std::optional<bool> on = parse_switch(text);
+  const std::optional<int> chosen = level ? level : on ? std::optional<int>(*on ? HERMES_GZIP_LEVEL : 0) : std::nullopt;
+  if (chosen && *chosen > 0 && default_gzip_level == 0) return std::nullopt;
+  return chosen;
+}
+
 inline std::optional<double> positive_seconds(const std::string &text) {
   double value = 0;
   const auto result = std::from_chars(text.data(), text.data() + text.size(), value);
@@ -5514,6 +5567,8 @@ inline Options options_from_environment(const Config &config, const Environment 
                 "a log level (debug, info, warn, error)");
   override_from(options.openmetrics, env, {"HERMES_OPENMETRICS"}, parse_switch, "on or off");
   override_from(options.protobuf, env, {"HERMES_PROTOBUF"}, parse_switch, "on or off");
+  override_from(options.gzip_level, env, {"HERMES_COMPRESSION"}, detail::parse_compression,
+                default_gzip_level > 0 ? "off, on or a gzip level from 1 to 9" : "off: this build has no gzip (HERMES_GZIP)");
   override_from(
       options.udp_receive_buffer, env, {"HERMES_UDP_RECEIVE_BUFFER"},
       [](std::string_view text) { return detail::parse_number<int>(text, 10, 4096, INT32_MAX); }, "a number of bytes (4096 or more)");
@@ -6571,6 +6626,11 @@ inline void write_state_writes(Writer &out, const char *name, const SelfView &vi
   out.sample(name, {{"result", "failure"}}, static_cast<double>(view.server->state_writes_failed));
 }
 
+inline void write_metrics_bytes(Writer &out, const char *name, const SelfView &view) {
+  out.sample(name, {{"encoding", "gzip"}}, static_cast<double>(view.server->metrics_bytes_gzip));
+  out.sample(name, {{"encoding", "identity"}}, static_cast<double>(view.server->metrics_bytes_identity));
+}
+
 inline void write_http_requests(Writer &out, const char *name, const SelfView &view) {
   for (const auto &[code, count] : view.server->http_requests) {
     const std::string code_text = std::to_string(code);
@@ -6599,6 +6659,10 @@ inline const SelfMetric self_metrics[] = {
     {"hermes_config_last_reload_success_timestamp_seconds", "When the config in force was loaded, in seconds since the epoch.",
      self_gauge, Scope::server, [](const SelfView &v) -> Figure { return v.server->last_reload_success_seconds; }, nullptr},
     {"hermes_config_reloads_total", "Config reloads, by result.", self_counter, Scope::server, nullptr, write_reloads},
+    {"hermes_http_metrics_bytes_total", "Bytes of /metrics bodies sent, by Content-Encoding.", self_counter, Scope::server,
+     nullptr, write_metrics_bytes},
+    {"hermes_http_metrics_gzip_uncompressed_bytes_total", "Bytes the gzip /metrics bodies sent hold uncompressed.",
+     self_counter, Scope::server, [](const SelfView &v) { return count(v.server->metrics_gzip_uncompressed_bytes); }, nullptr},
     {"hermes_http_requests_total", "HTTP requests answered, by status code.", self_counter, Scope::server, nullptr,
      write_http_requests},
     {"hermes_memory_budget_bytes", "The memory budget: bytes Hermes may hold for what input can grow.", self_gauge,
@@ -6820,6 +6884,7 @@ struct Server::Impl {
         http(options, logger, *budget, [this](Format format, detail::BudgetedBody &body) { return render(format, body); }),
         rejects(logger), start_time_seconds(detail::process_start_time_seconds()), state(options, logger, *budget) {
     registry.accept_statsd(options.statsd);
+    start_gzip(options.gzip_level);
   }
 
   void poll_once(int timeout_ms);
@@ -6829,6 +6894,8 @@ struct Server::Impl {
   void sweep(Clock::time_point now);
   bool render(Format format, detail::BudgetedBody &body);
   void write_body(Format format, std::string &body);
+  void start_gzip(int level);
+  bool compress(detail::BudgetedBody &body);
   ServerStats stats() const;
 
   void save_state();
@@ -6841,6 +6908,9 @@ struct Server::Impl {
   detail::DatagramInput input;
   detail::HttpFrontEnd http;
   detail::RejectLog rejects;
+#ifdef HERMES_GZIP
+  std::unique_ptr<detail::GzipEncoder> gzip; // null when Options::gzip_level is 0
+#endif
   std::optional<double> start_time_seconds;
   std::uint64_t reloads_succeeded = 0, reloads_failed = 0;
   double last_reload_success_seconds = wall_clock_seconds();
@@ -6953,6 +7023,8 @@ inline bool Server::Impl::render(Format format, detail::BudgetedBody &body) {
   registry.expire(); // a scrape never shows a series past its ttl
   if (!body.reserve(budget->body_bound())) return false;
   write_body(format, body.text);
+  body.plain_bytes = body.text.size();
+  if (body.gzip && !compress(body)) return body.gzip = false, render(format, body); // made again, plain
   return body.settle();
 }
 
@@ -6965,6 +7037,34 @@ inline void Server::Impl::write_body(Format format, std::string &body) {
   detail::Renderer renderer(body, registry, {registry, &figures, &process}, format);
   while (!renderer.write_some(HERMES_RENDER_PAUSE_STRIDE)) input.hold_waiting();
   input.apply_held(registry, rejects);
+}
+
+// ----- gzip ----------------------------------------------------------------------------------
+
+// The compressor, when Options ask for gzip: taken from the budget at start, as the
+// fixed buffers are. A build without HERMES_GZIP takes only level 0.
+inline void Server::Impl::start_gzip(int level) {
+  if (level < 0 || level > 9) throw UsageError("Options::gzip_level: " + std::to_string(level) + " is not 0 (off) or a zlib level from 1 to 9");
+#ifdef HERMES_GZIP
+  if (level > 0) gzip = std::make_unique<detail::GzipEncoder>(level, budget.get());
+#else
+  if (level > 0) throw UsageError("Options::gzip_level: this build has no gzip; define HERMES_GZIP and link zlib (-lz)");
+#endif
+}
+
+// Compresses a whole body over its own memory, taking and applying the datagrams that
+// wait on the sockets between pieces: the registry is no longer read. False, with the
+// body spoilt, for text that does not compress (never a real body): it is then made
+// again and sent plain.
+inline bool Server::Impl::compress(detail::BudgetedBody &body) {
+#ifdef HERMES_GZIP
+  if (gzip->compress_in_place(body.text, [this] { input.hold_waiting(), input.apply_held(registry, rejects); })) return true;
+  logger.log(LogLevel::warn, "a /metrics body did not compress within its own memory; sent plain",
+             {{"bytes", std::to_string(body.plain_bytes)}});
+#else
+  (void)body;
+#endif
+  return false;
 }
 
 // One step: wait for any socket, then UDP first (it cannot wait), the unix socket, and

@@ -31,6 +31,7 @@ constexpr const char *usage_text =
     "Environment: HERMES_UDP_ADDRESS (LISTEN_ADDRESS), HERMES_UDP_PORT (LISTEN_PORT),\n"
     "HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (LOG_LEVEL), HERMES_OPENMETRICS,\n"
     "HERMES_STATSD, HERMES_MAX_MEMORY (bytes, or with KiB, MiB, GiB),\n"
+    "HERMES_COMPRESSION (off, on, or a gzip level 1-9 for scrapers that ask for gzip),\n"
     "HERMES_UNIX_SOCKET, HERMES_UNIX_SOCKET_MODE, HERMES_UDP_RECEIVE_BUFFER,\n"
     "HERMES_STATE_FILE (the config's state_file: keep the series there across restarts),\n"
     "HERMES_STATE_INTERVAL (state_interval_seconds: seconds between writes, default 10).\n"

@@ -5,6 +5,8 @@
 #include <random>
 
 using hermes::detail::parse_request_head;
+using test::body_of;
+using test::http;
 
 namespace {
 
@@ -48,6 +50,38 @@ TEST_CASE("Accept-Encoding: gzip is chosen as client_golang chooses it") {
     CAPTURE(headers);
     CHECK(wants_gzip(headers) == gzip);
   }
+}
+
+namespace {
+
+hermes::Options options_with_compression(const char *value) {
+  return hermes::options_from_environment(test::sample_config(), [value](const char *name) -> const char * {
+    return std::string(name) == "HERMES_COMPRESSION" ? value : nullptr;
+  });
+}
+
+} // namespace
+
+TEST_CASE("HERMES_COMPRESSION is off, on, or a gzip level; a build without gzip takes only off") {
+  CHECK(options_with_compression(nullptr).gzip_level == hermes::default_gzip_level);
+  CHECK(options_with_compression("off").gzip_level == 0);
+  CHECK(options_with_compression("0").gzip_level == 0);
+#ifdef HERMES_GZIP
+  CHECK(hermes::default_gzip_level == HERMES_GZIP_LEVEL);
+  CHECK(options_with_compression("on").gzip_level == HERMES_GZIP_LEVEL);
+  CHECK(options_with_compression("6").gzip_level == 6);
+  CHECK(options_with_compression("9").gzip_level == 9);
+  for (const char *wrong : {"10", "-1", "fast", "1.5"})
+    CHECK_THROWS_WITH_AS(options_with_compression(wrong),
+                         doctest::Contains(("HERMES_COMPRESSION: \"" + std::string(wrong) + "\" is not off, on or a gzip level from 1 to 9").c_str()),
+                         hermes::UsageError);
+#else
+  CHECK(hermes::default_gzip_level == 0);
+  CHECK_THROWS_WITH_AS(options_with_compression("on"), doctest::Contains("this build has no gzip"), hermes::UsageError);
+#endif
+  hermes::Options options = test::loopback_options();
+  options.gzip_level = 10;
+  CHECK_THROWS_WITH_AS(hermes::Server(test::sample_config(), options), doctest::Contains("Options::gzip_level: 10"), hermes::UsageError);
 }
 
 #ifdef HERMES_GZIP
@@ -162,6 +196,113 @@ TEST_CASE("the compressor's memory is taken from the budget for as long as it li
   CHECK_THROWS_WITH_AS(hermes::detail::GzipEncoder(HERMES_GZIP_LEVEL, &small), doctest::Contains("no room for the gzip compressor"),
                        hermes::UsageError);
   CHECK(small.used() == 0);
+}
+
+namespace {
+
+const char *gzip_scrape = "GET /metrics HTTP/1.1\r\nAccept-Encoding: gzip\r\n\r\n";
+
+// The lines of a text body that show configured metrics: Hermes' own change from one
+// scrape to the next.
+std::string configured_lines(const std::string &body) {
+  std::string kept;
+  for (const std::string_view line : hermes::detail::split(body, '\n')) {
+    const std::string_view name = hermes::detail::starts_with(line, "# HELP ") || hermes::detail::starts_with(line, "# TYPE ") ? line.substr(7) : line;
+    if (!hermes::detail::starts_with(name, "hermes_") && !hermes::detail::starts_with(name, "process_"))
+      kept.append(line).push_back('\n');
+  }
+  return kept;
+}
+
+// A server with 3000 series of sample_counter: more than a render's step, and more
+// text than a piece of compression.
+hermes::Server server_with_series(hermes::Options options) {
+  hermes::Server server(hermes::parse_config(R"({"service_name": "svc",
+    "counters": [{"metric_name": "sample_counter", "labels": ["label_1"], "max_series": 5000}]})", "test"), options);
+  std::vector<std::string> batches;
+  for (int start = 0; start < 3000; start += 50) {
+    std::string batch = "[";
+    for (int id = start; id < start + 50; ++id)
+      batch += (id > start ? "," : "") + std::string(R"({"metric_name": "sample_counter", "payload": {"labels": {"label_1": "series-)") +
+               std::to_string(id) + R"("}, "value": 7}})";
+    batches.push_back(batch + "]");
+  }
+  test::push(server, batches);
+  return server;
+}
+
+std::string head_of(const std::string &response) { return response.substr(0, response.find("\r\n\r\n") + 4); }
+
+} // namespace
+
+TEST_CASE("a scraper that asks for gzip gets Content-Encoding: gzip and, inflated, the plain body, in every format") {
+  hermes::Server server = server_with_series(test::loopback_options());
+  for (const char *accept : {"", "Accept: application/openmetrics-text;version=1.0.0\r\n"}) {
+    CAPTURE(accept);
+    const std::string plain = http(server, std::string("GET /metrics HTTP/1.1\r\n") + accept + "\r\n");
+    const std::string gzip = http(server, std::string("GET /metrics HTTP/1.1\r\n") + accept + "Accept-Encoding: gzip\r\n\r\n");
+    CHECK(head_of(plain).find("Content-Encoding") == std::string::npos);
+    CHECK(head_of(gzip).find("\r\nContent-Encoding: gzip\r\n") != std::string::npos);
+    CHECK(head_of(gzip).find("\r\nContent-Length: " + std::to_string(body_of(gzip).size()) + "\r\n") != std::string::npos);
+    CHECK(head_of(gzip).find("Vary") == std::string::npos); // client_golang sends none
+    const std::string inflated = gunzip(body_of(gzip));
+    CHECK(configured_lines(inflated) == configured_lines(body_of(plain)));
+    CHECK(configured_lines(inflated).find("sample_counter{label_1=\"series-2999\"} 7\n") != std::string::npos);
+    CHECK(body_of(gzip).size() < body_of(plain).size() / 4);
+  }
+  const std::string protobuf = http(server, "GET /metrics HTTP/1.1\r\nAccept: application/vnd.google.protobuf;"
+                                            "proto=io.prometheus.client.MetricFamily;encoding=delimited\r\nAccept-Encoding: gzip\r\n\r\n");
+  CHECK(head_of(protobuf).find("\r\nContent-Encoding: gzip\r\n") != std::string::npos);
+  CHECK(gunzip(body_of(protobuf)).substr(1, 19) == "\x0a\x11hermes_build_info");
+  CHECK(gunzip(body_of(protobuf)).find("series-2999") != std::string::npos);
+  // HEAD: the headers of GET, the gzip body's length among them.
+  const std::string head = http(server, "HEAD /metrics HTTP/1.1\r\nAccept-Encoding: gzip\r\n\r\n");
+  CHECK(head.find("\r\nContent-Encoding: gzip\r\n") != std::string::npos);
+  CHECK(body_of(head).empty());
+}
+
+TEST_CASE("a scraper without Accept-Encoding, or with gzip;q=0, or any with compression off, gets the plain body") {
+  hermes::Options off = test::loopback_options();
+  off.gzip_level = 0;
+  hermes::Server plain_only = server_with_series(off), server = server_with_series(test::loopback_options());
+  for (auto [target, request] : {std::make_pair(&server, "GET /metrics HTTP/1.1\r\n\r\n"),
+                                 std::make_pair(&server, "GET /metrics HTTP/1.1\r\nAccept-Encoding: gzip;q=0\r\n\r\n"),
+                                 std::make_pair(&server, "GET /metrics HTTP/1.1\r\nAccept-Encoding: identity, *\r\n\r\n"),
+                                 std::make_pair(&plain_only, gzip_scrape)}) {
+    CAPTURE(request);
+    const std::string response = http(*target, request);
+    CHECK(head_of(response).find("Content-Encoding") == std::string::npos);
+    CHECK(hermes::detail::starts_with(body_of(response), "# HELP hermes_build_info"));
+  }
+}
+
+TEST_CASE("the bytes of /metrics bodies sent are counted by encoding, with what the gzip ones hold") {
+  hermes::Server server = server_with_series(test::loopback_options());
+  const std::string gzip = body_of(http(server, gzip_scrape));
+  const std::string plain = body_of(http(server, "GET /metrics HTTP/1.0\r\n\r\n"));
+  http(server, "HEAD /metrics HTTP/1.0\r\nAccept-Encoding: gzip\r\n\r\n"); // sends no body
+  const hermes::ServerStats stats = server.stats();
+  CHECK(stats.metrics_bytes_gzip == gzip.size());
+  CHECK(stats.metrics_bytes_identity == plain.size());
+  CHECK(stats.metrics_gzip_uncompressed_bytes == gunzip(gzip).size());
+  const std::string text = body_of(http(server, "GET /metrics HTTP/1.0\r\n\r\n"));
+  CHECK(text.find("\nhermes_http_metrics_bytes_total{encoding=\"gzip\"} " + std::to_string(gzip.size()) + "\n") != std::string::npos);
+  CHECK(text.find("\nhermes_http_metrics_gzip_uncompressed_bytes_total " + std::to_string(gunzip(gzip).size()) + "\n") !=
+        std::string::npos);
+}
+
+TEST_CASE("the compressor is taken from the budget at start; a gzip body takes the memory of its plain text, no more") {
+  hermes::Options off = test::loopback_options();
+  off.gzip_level = 0;
+  hermes::Server plain_only = server_with_series(off), server = server_with_series(test::loopback_options());
+  const double compressor = server.stats().memory_used_bytes - plain_only.stats().memory_used_bytes;
+  CHECK(compressor > 256 * 1024 + hermes::detail::GzipEncoder::default_chunk_bytes);
+  CHECK(compressor < 300 * 1024 + hermes::detail::GzipEncoder::default_chunk_bytes);
+  // Each keeps its latest body, idle, for the next scrape to write over.
+  http(plain_only, "GET /metrics HTTP/1.0\r\n\r\n");
+  http(server, gzip_scrape);
+  CHECK(server.stats().memory_used_bytes - plain_only.stats().memory_used_bytes == compressor);
+  CHECK(server.stats().memory_committed_bytes <= server.stats().memory_budget_bytes);
 }
 
 #endif // HERMES_GZIP
