@@ -4048,6 +4048,22 @@ private:
 
 #endif // HERMES_GZIP
 
+namespace hermes {
+namespace detail {
+
+// What the compressor of a server at gzip `level` takes from its budget at start; 0 off.
+inline std::size_t gzip_compressor_bytes(int level) {
+#ifdef HERMES_GZIP
+  return level > 0 && level <= 9 ? GzipEncoder(level, nullptr).bytes() : 0;
+#else
+  (void)level; // a build without gzip has no compressor
+  return 0;
+#endif
+}
+
+} // namespace detail
+} // namespace hermes
+
 // ===== DETAIL: HTTP FRONT END =============================================================
 
 namespace hermes {

@@ -105,10 +105,11 @@ int check_config(const std::string &path, const hermes::Config &config, const he
     const double room = static_cast<double>(HERMES_SCRAPE_BODIES) * static_cast<double>(hermes::worst_case_body_bytes(metric));
     worst += (static_cast<double>(hermes::worst_case_series_bytes(metric)) + room) * static_cast<double>(metric.max_series);
   }
-  const double needed = worst + static_cast<double>(hermes::detail::fixed_buffer_bytes);
+  const std::size_t fixed = hermes::detail::fixed_buffer_bytes + hermes::detail::gzip_compressor_bytes(options.gzip_level);
+  const double needed = worst + static_cast<double>(fixed);
   std::printf("%s: memory: at most %.0f bytes with every metric at its max_series (each series with its room in %d "
               "/metrics bodies, label values of up to 15 bytes), %zu of fixed buffers; budget %zu bytes%s\n",
-              path.c_str(), worst, HERMES_SCRAPE_BODIES, hermes::detail::fixed_buffer_bytes, options.max_memory,
+              path.c_str(), worst, HERMES_SCRAPE_BODIES, fixed, options.max_memory,
               needed > static_cast<double>(options.max_memory) ? ", so new series are refused as memory_limit once it is used" : "");
   if (!options.state_file.empty()) {
     double state = 0; // the text of a write, made half as large again as it grows
