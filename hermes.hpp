@@ -6,7 +6,7 @@
 //
 // ---- Embedding ----------------------------------------------------------------------
 //
-//     #include "hermes.hpp"             // needs picojson.h; link nothing else
+//     #include "hermes.hpp"             // needs picojson.h; link nothing else (-lz with HERMES_GZIP)
 //
 //     std::atomic<bool> stop{false};
 //     hermes::Config config = hermes::load_config("config.json");
@@ -113,6 +113,11 @@
 //     a request head over HERMES_MAX_REQUEST_HEAD 431; a major version other than 1, 505;
 //     503 with Retry-After when every connection is busy, or when more /metrics bodies
 //     are in flight at once than the memory budget keeps room for (HERMES_SCRAPE_BODIES).
+// With HERMES_GZIP (link zlib), /metrics answers Content-Encoding: gzip when the request's
+// Accept-Encoding chooses gzip as client_golang reads it (gzip with a q above 0 and above
+// identity's and *'s: Prometheus sends "gzip"; no header, "identity", "*" and "gzip;q=0"
+// get the plain body), at zlib level Options::gzip_level (HERMES_COMPRESSION: off, on,
+// or 1-9; default HERMES_GZIP_LEVEL).
 // Empty lines before the request line are ignored. Rendering only reads the registry.
 //
 // Server::reload() (SIGHUP in the daemon) takes the config file again; an optional unix
@@ -129,7 +134,9 @@
 //     buffers + series + (each body in flight, at its size or the bound if more)
 //                      + (the bound for each body not yet in flight) <= budget
 //
-// where the bound is the most one body of every series can take (MemoryBudget).
+// where the bound is the most one body of every series can take (MemoryBudget). A gzip
+// body is compressed over the memory of its plain text, so it takes no more; the
+// compressor's state (about 320 KiB) is a fixed buffer taken at start.
 //
 // and pressure costs new series, never a scrape: while no more bodies are in flight at
 // once than HERMES_SCRAPE_BODIES (scrapes that come while a body is being sent share it),
@@ -205,6 +212,8 @@
 //     HERMES_STATSD_TCP_READ_BYTES 16384   bytes read from one StatsD TCP connection in a step
 //     HERMES_STATSD_TCP_ACCEPTS       64   StatsD TCP connections accepted (or refused) in a step
 //     HERMES_STATSD_TCP_READS        256   StatsD TCP connections read (once each) in a step
+//     HERMES_GZIP_LEVEL                1   zlib level of gzip /metrics bodies unless Options say otherwise
+//     HERMES_GZIP_PAUSE_BYTES      65536   /metrics text compressed between looks at the sockets
 
 #ifndef HERMES_HPP
 #define HERMES_HPP
@@ -315,6 +324,12 @@
 #ifndef HERMES_STATSD_TCP_READS
 #define HERMES_STATSD_TCP_READS 256 // connections read per step, one read each; the others at the next step
 #endif
+#ifndef HERMES_GZIP_LEVEL
+#define HERMES_GZIP_LEVEL 1 // zlib level of gzip /metrics bodies (HERMES_GZIP builds); 1: a sixth to a quarter of the bytes for about a render's CPU
+#endif
+#ifndef HERMES_GZIP_PAUSE_BYTES
+#define HERMES_GZIP_PAUSE_BYTES 65536 // of /metrics text compressed between looks at the sockets
+#endif
 
 // Each limit is checked here, so that a wrong value stops the build with what to do
 // instead of a daemon that loops for ever or refuses every datagram.
@@ -350,6 +365,8 @@ static_assert(HERMES_MAX_NATIVE_BUCKETS >= 160 && HERMES_MAX_NATIVE_BUCKETS <= 1
 static_assert(HERMES_STATE_INTERVAL_S >= 1, "HERMES_STATE_INTERVAL_S must be at least 1 second");
 static_assert(HERMES_MAX_STATE_SIZE >= 65536, "HERMES_MAX_STATE_SIZE must be at least 65536 bytes");
 static_assert(HERMES_STATE_PAUSE_STRIDE >= 1, "HERMES_STATE_PAUSE_STRIDE must be at least 1 series");
+static_assert(HERMES_GZIP_LEVEL >= 1 && HERMES_GZIP_LEVEL <= 9, "HERMES_GZIP_LEVEL must be a zlib level from 1 to 9");
+static_assert(HERMES_GZIP_PAUSE_BYTES >= 4096, "HERMES_GZIP_PAUSE_BYTES must be at least 4096 bytes");
 static_assert(HERMES_MAX_TOKEN_SIZE >= 16 && HERMES_MAX_TOKEN_SIZE <= HERMES_MAX_REQUEST_HEAD - 64,
               "HERMES_MAX_TOKEN_SIZE must be at least 16 bytes and fit a request head (HERMES_MAX_REQUEST_HEAD - 64)");
 static_assert(HERMES_MAX_STATSD_CONNECTIONS >= 1 && HERMES_MAX_STATSD_CONNECTIONS <= 1000000,
@@ -366,6 +383,12 @@ static_assert(HERMES_STATSD_TCP_READS >= 1 && HERMES_STATSD_TCP_READS <= 65536,
 // Quoted, so that a copy of picojson.h beside this header is found first, and an
 // installed one (<picojson.h>) otherwise.
 #include "picojson.h"
+
+// With HERMES_GZIP (link -lz), /metrics answers gzip to scrapers that ask for it.
+#ifdef HERMES_GZIP
+#include <cstdlib>
+#include <zlib.h>
+#endif
 
 #include <algorithm>
 #include <array>
@@ -548,6 +571,12 @@ inline std::optional<bool> parse_switch(std::string_view text);        // on/off
 // Receives each log line (logfmt, no newline). Empty: lines go to stderr.
 using LogSink = std::function<void(const std::string &line)>;
 
+#ifdef HERMES_GZIP
+constexpr int default_gzip_level = HERMES_GZIP_LEVEL;
+#else
+constexpr int default_gzip_level = 0; // a build without HERMES_GZIP has no gzip
+#endif
+
 struct Options {
   std::string udp_address = "0.0.0.0";
   std::uint16_t udp_port = 7789; // 0: the kernel chooses
@@ -557,6 +586,7 @@ struct Options {
   LogLevel log_level = LogLevel::info;
   bool openmetrics = true; // serve OpenMetrics to scrapers that prefer it
   bool protobuf = true;    // serve the protobuf format to scrapers that prefer it
+  int gzip_level = default_gzip_level; // /metrics in gzip, at this zlib level (1-9), to scrapers that ask; 0: never
   std::string config_path; // the file Server::reload() reads again; empty: no reloads
   std::string unix_socket_path; // a unix datagram socket that takes samples too; empty: none
   unsigned unix_socket_mode = 0660; // its file mode, so that only its group may push
@@ -584,7 +614,7 @@ using Environment = std::function<const char *(const char *name)>;
 // HERMES_UDP_ADDRESS (or LISTEN_ADDRESS), HERMES_UDP_PORT (or LISTEN_PORT),
 // HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (or LOG_LEVEL), HERMES_OPENMETRICS, HERMES_PROTOBUF,
 // HERMES_UNIX_SOCKET and HERMES_UNIX_SOCKET_MODE (octal), HERMES_UDP_RECEIVE_BUFFER (bytes),
-// HERMES_STATSD (on or off), HERMES_MAX_MEMORY (bytes),
+// HERMES_STATSD (on or off), HERMES_MAX_MEMORY (bytes), HERMES_COMPRESSION (off, on, or a gzip level 1-9),
 // HERMES_STATE_FILE and HERMES_STATE_INTERVAL (seconds, over the config's state_* keys),
 // HERMES_UDP_ALLOW and HERMES_HTTP_ALLOW (comma-separated CIDR ranges, over the config's
 // udp_allow and http_allow), HERMES_HTTP_TOKEN_FILE, HERMES_STATSD_TCP_PORT,
@@ -929,6 +959,9 @@ struct ServerStats {
   std::uint64_t statsd_tcp_accepted = 0;
   std::array<std::uint64_t, tcp_refusal_count> statsd_tcp_refused{};
   std::array<std::uint64_t, tcp_close_count> statsd_tcp_closed{};
+  std::uint64_t metrics_bytes_identity = 0; // of /metrics bodies sent plain
+  std::uint64_t metrics_bytes_gzip = 0;     // of /metrics bodies sent in gzip
+  std::uint64_t metrics_gzip_uncompressed_bytes = 0; // what those gzip bodies hold uncompressed
   ServerStats();
 };
 
@@ -3445,6 +3478,7 @@ struct HttpResponse {
   std::string body;
   std::shared_ptr<const std::string> shared_body; // when set, the body, which other responses may share
   bool head_only = false; // HEAD: the headers of GET, no body
+  bool gzip = false;      // the body is gzip: Content-Encoding: gzip
   const std::string &text() const { return shared_body ? *shared_body : body; }
 };
 
@@ -3452,6 +3486,7 @@ struct HttpResponse {
 inline std::string response_head(const HttpResponse &response) {
   std::string out = "HTTP/1.0 " + std::to_string(response.status) + " " + status_text(response.status) + "\r\n";
   out += "Content-Type: " + response.content_type + "\r\n";
+  if (response.gzip) out += "Content-Encoding: gzip\r\n";
   out += "Content-Length: " + std::to_string(response.text().size()) + "\r\n";
   if (response.status == 401) out += "WWW-Authenticate: Bearer\r\n";
   if (response.status == 405) out += "Allow: GET, HEAD\r\n";
@@ -4251,6 +4286,195 @@ inline void StatsdTcpInput::remove_closed() {
 } // namespace detail
 } // namespace hermes
 
+// ===== DETAIL: GZIP =======================================================================
+
+namespace hermes {
+namespace detail {
+
+// Reads one Accept-Encoding header as golang/gddo's ParseAccept does: elements "coding"
+// or "coding;q=N" (N: 0 or 1, either with decimals) separated by commas, up to the first
+// one it cannot read; `note(coding, q)` for each.
+template <typename Note> void read_accept_encoding(std::string_view text, Note &&note) {
+  const auto skip_space = [&text] {
+    while (!text.empty() && std::strchr(" \t\r\n", text.front()) != nullptr) text.remove_prefix(1);
+  };
+  const auto take = [&text](char c) { return !text.empty() && text.front() == c && (text.remove_prefix(1), true); };
+  for (;;) {
+    const auto coding_end = std::find_if(text.begin(), text.end(), [](char c) { return !is_token_char(c) && c != '/'; });
+    const std::string_view coding = text.substr(0, static_cast<std::size_t>(coding_end - text.begin()));
+    if (coding.empty()) return;
+    text.remove_prefix(coding.size());
+    skip_space();
+    double q = 1;
+    if (take(';')) {
+      skip_space();
+      if (!take('q') || !take('=') || text.empty() || (text.front() != '0' && text.front() != '1')) return;
+      q = text.front() - '0';
+      text.remove_prefix(1);
+      if (take('.'))
+        for (double scale = 0.1; !text.empty() && is_ascii_digit(text.front()); text.remove_prefix(1), scale /= 10)
+          q += (text.front() - '0') * scale;
+    }
+    note(coding, q);
+    skip_space();
+    if (!take(',')) return;
+    skip_space();
+  }
+}
+
+// Whether a request wants its /metrics body in gzip, as client_golang's promhttp
+// negotiates it (NegotiateContentEncoding over the offers identity, then gzip): gzip when
+// its best q is above 0 and above those of identity and of "*". So no header,
+// "identity", "*", "gzip;q=0", "gzip, identity" and "GZIP" (codings compare as written)
+// get the plain body; "gzip", "deflate, gzip" and "br;q=1, gzip;q=0.8, *;q=0.1" gzip.
+inline bool wants_gzip(const HttpRequest &request) {
+  double gzip = -1, identity = -1, any = -1; // the best q of each; -1: not named
+  for (const auto &[name, value] : request.headers) {
+    if (name != "accept-encoding") continue;
+    read_accept_encoding(value, [&](std::string_view coding, double q) {
+      if (coding == "gzip") gzip = std::max(gzip, q);
+      if (coding == "identity") identity = std::max(identity, q);
+      if (coding == "*") any = std::max(any, q);
+    });
+  }
+  return gzip > 0 && gzip > identity && gzip > any;
+}
+
+} // namespace detail
+} // namespace hermes
+
+#ifdef HERMES_GZIP
+
+namespace hermes {
+namespace detail {
+
+// Makes gzip bodies with zlib, over the memory of the text they compress: the output
+// trails the input it replaces, waiting in a small chunk when it runs ahead, so that a
+// compressed body never needs more than its plain text had. One encoder serves every
+// body in turn; what zlib allocates, and the chunk, are taken from the budget (when
+// given) at construction and kept, so that compressing never allocates.
+class GzipEncoder {
+public:
+  static constexpr std::size_t default_chunk_bytes = 64 * 1024; // the most the output may run ahead
+
+  // Throws UsageError when the budget has no room for the compressor.
+  GzipEncoder(int level, MemoryBudget *budget, std::size_t chunk_bytes = default_chunk_bytes)
+      : budget_(budget), chunk_bytes_(chunk_bytes) {
+    stream_.zalloc = allocate;
+    stream_.zfree = release;
+    stream_.opaque = this;
+    chunk_ = static_cast<unsigned char *>(allocate(this, 1, static_cast<uInt>(chunk_bytes)));
+    constexpr int gzip_window = 15 + 16, memory_level = 8; // zlib's defaults, with a gzip header and trailer
+    if (!chunk_ || deflateInit2(&stream_, level, Z_DEFLATED, gzip_window, memory_level, Z_DEFAULT_STRATEGY) != Z_OK) {
+      if (chunk_) release(this, chunk_);
+      throw UsageError("HERMES_MAX_MEMORY: no room for the gzip compressor (about 300 KiB) beside Hermes' fixed buffers");
+    }
+  }
+  GzipEncoder(const GzipEncoder &) = delete;
+  GzipEncoder &operator=(const GzipEncoder &) = delete;
+  ~GzipEncoder() {
+    deflateEnd(&stream_);
+    release(this, chunk_);
+  }
+
+  std::size_t bytes() const { return bytes_; } // what zlib and the chunk hold
+
+  // Replaces `text` by one gzip member of it, written over the same memory; `pause` runs
+  // after every HERMES_GZIP_PAUSE_BYTES of text. False when the output ran further ahead
+  // of the input than the chunk holds (text that does not compress), or would not fit
+  // the string's capacity at the end: the text is then spoilt, and must be made again.
+  bool compress_in_place(std::string &text, const std::function<void()> &pause) {
+    if (deflateReset(&stream_) != Z_OK) return false;
+    const std::size_t size = text.size();
+    written_ = 0, held_ = 0;
+    for (std::size_t offset = 0;;) {
+      const std::size_t piece = std::min<std::size_t>(HERMES_GZIP_PAUSE_BYTES, size - offset);
+      stream_.next_in = reinterpret_cast<Bytef *>(text.data() + offset);
+      stream_.avail_in = static_cast<uInt>(piece);
+      offset += piece;
+      const int result = deflate_piece(text, offset, offset == size ? Z_FINISH : Z_NO_FLUSH);
+      if (result == Z_STREAM_END) return text.resize(written_), true;
+      if (result != Z_OK) return false;
+      if (pause) pause();
+    }
+  }
+
+private:
+  // Deflates what the stream holds of text[..end), moving the output behind the input
+  // read so far; Z_STREAM_END when the member is whole, Z_OK when the piece is taken.
+  int deflate_piece(std::string &text, std::size_t end, int flush) {
+    for (;;) {
+      stream_.next_out = chunk_ + held_;
+      stream_.avail_out = static_cast<uInt>(chunk_bytes_ - held_);
+      const int result = deflate(&stream_, flush);
+      if (result != Z_OK && result != Z_STREAM_END && result != Z_BUF_ERROR) return result;
+      held_ = chunk_bytes_ - stream_.avail_out;
+      const bool input_read = stream_.avail_in == 0 && flush == Z_FINISH;
+      const std::size_t limit = input_read ? text.capacity() : end - stream_.avail_in; // what may be overwritten
+      const std::size_t moved = std::min(held_, limit - written_);
+      if (written_ + moved > text.size()) text.resize(written_ + moved); // past the plain text, within its memory
+      std::memcpy(&text[written_], chunk_, moved);
+      std::memmove(chunk_, chunk_ + moved, held_ - moved);
+      held_ -= moved, written_ += moved;
+      if (result == Z_STREAM_END) return held_ == 0 ? Z_STREAM_END : Z_BUF_ERROR;
+      if (held_ == chunk_bytes_) return Z_BUF_ERROR; // the output ran a whole chunk ahead
+      if (stream_.avail_in == 0 && flush == Z_NO_FLUSH && stream_.avail_out > 0) return Z_OK;
+    }
+  }
+
+  // zlib's allocator: each block takes its bytes from the budget, its size kept before it.
+  static void *allocate(void *opaque, uInt items, uInt size) {
+    auto &self = *static_cast<GzipEncoder *>(opaque);
+    const std::size_t bytes = std::size_t{items} * size + sizeof(std::max_align_t);
+    if (self.budget_ && !self.budget_->take(bytes)) return nullptr;
+    auto *block = static_cast<unsigned char *>(std::malloc(bytes));
+    if (!block) {
+      if (self.budget_) self.budget_->give_back(bytes);
+      return nullptr;
+    }
+    std::memcpy(block, &bytes, sizeof bytes);
+    self.bytes_ += bytes;
+    return block + sizeof(std::max_align_t);
+  }
+  static void release(void *opaque, void *address) {
+    auto &self = *static_cast<GzipEncoder *>(opaque);
+    unsigned char *block = static_cast<unsigned char *>(address) - sizeof(std::max_align_t);
+    std::size_t bytes = 0;
+    std::memcpy(&bytes, block, sizeof bytes);
+    if (self.budget_) self.budget_->give_back(bytes);
+    self.bytes_ -= bytes;
+    std::free(block);
+  }
+
+  MemoryBudget *budget_;
+  std::size_t chunk_bytes_;
+  unsigned char *chunk_ = nullptr;
+  std::size_t bytes_ = 0;
+  std::size_t written_ = 0, held_ = 0; // output moved into the text, and waiting in the chunk
+  z_stream stream_{};
+};
+
+} // namespace detail
+} // namespace hermes
+
+#endif // HERMES_GZIP
+
+namespace hermes {
+namespace detail {
+
+// What the compressor of a server at gzip `level` takes from its budget at start; 0 off.
+inline std::size_t gzip_compressor_bytes(int level) {
+#ifdef HERMES_GZIP
+  return level > 0 && level <= 9 ? GzipEncoder(level, nullptr).bytes() : 0;
+#else
+  (void)level; // a build without gzip has no compressor
+  return 0;
+#endif
+}
+
+} // namespace detail
+} // namespace hermes
+
 // ===== DETAIL: HTTP FRONT END =============================================================
 
 namespace hermes {
@@ -4272,6 +4496,8 @@ public:
   ~BudgetedBody() { budget_.resize_body(taken_, 0); }
 
   std::string text;
+  bool gzip = false;           // the text is a gzip member of the body
+  std::size_t plain_bytes = 0; // the body's size uncompressed
 
   // Takes room for a body of at most `bytes` with its terminating NUL, and makes the text
   // hold that much, so that writing it never allocates; false, with the text freed, when
@@ -4312,7 +4538,7 @@ class HttpFrontEnd {
 public:
   HttpFrontEnd(const Options &options, const Logger &logger, MemoryBudget &budget, RenderBody render)
       : listener_(open_tcp_listener(options.http_address, options.http_port)), logger_(logger), budget_(budget),
-        openmetrics_(options.openmetrics), protobuf_(options.protobuf), render_(std::move(render)),
+        openmetrics_(options.openmetrics), protobuf_(options.protobuf), gzip_(options.gzip_level > 0), render_(std::move(render)),
         allow_(options.http_allow), token_file_(options.http_token_file) {
     if (token_file_.empty()) return;
     const std::string problem = read_token_file(token_file_, token_);
@@ -4354,7 +4580,12 @@ public:
     return due;
   }
 
-  void add_stats(ServerStats &stats) const { stats.http_requests = requests_; }
+  void add_stats(ServerStats &stats) const {
+    stats.http_requests = requests_;
+    stats.metrics_bytes_identity = sent_.identity;
+    stats.metrics_bytes_gzip = sent_.gzip;
+    stats.metrics_gzip_uncompressed_bytes = sent_.gzip_uncompressed;
+  }
 
 private:
   void accept_connections(Clock::time_point now);
@@ -4363,14 +4594,14 @@ private:
   void serve(Connection &connection, Clock::time_point now);
   void read_request(Connection &connection, Clock::time_point now);
   HttpResponse answer(const Connection &connection, std::string_view head, Clock::time_point now);
-  std::shared_ptr<const std::string> metrics_body(Format format, Clock::time_point now);
-  std::shared_ptr<const std::string> refuse_body(std::size_t wanted);
+  std::shared_ptr<const BudgetedBody> metrics_body(Format format, bool gzip, Clock::time_point now);
+  std::shared_ptr<const BudgetedBody> refuse_body(std::size_t wanted);
   void respond(Connection &connection, HttpResponse response, Clock::time_point now);
   void write_response(Connection &connection, Clock::time_point now);
   void drain(Connection &connection);
   void remove_finished(Clock::time_point now);
 
-  // The latest body of a format: shared by the scrapes that come within
+  // The latest body of a format and encoding: shared by the scrapes that come within
   // HERMES_SHARED_BODY_MS of it while it is being sent, and its memory reused by the
   // next when nobody sends it.
   struct Latest {
@@ -4381,9 +4612,12 @@ private:
   FileDescriptor listener_;
   const Logger &logger_;
   MemoryBudget &budget_;
-  bool openmetrics_, protobuf_;
+  bool openmetrics_, protobuf_, gzip_;
   RenderBody render_;
-  std::array<Latest, static_cast<std::size_t>(Format::count_)> latest_;
+  std::array<Latest, 2 * static_cast<std::size_t>(Format::count_)> latest_; // plain, then gzip
+  struct {
+    std::uint64_t identity = 0, gzip = 0, gzip_uncompressed = 0;
+  } sent_; // bytes of /metrics bodies sent
   AllowList allow_;        // clients; empty: everyone
   std::string token_file_; // empty: no token asked for
   std::string token_;
@@ -4506,12 +4740,25 @@ inline HttpResponse HttpFrontEnd::answer(const Connection &connection, std::stri
   if (connection.refused) return error_response(503);
   if (!token_.empty() && needs_token(request->path) && !bearer_matches(header(*request, "authorization"), token_))
     return error_response(401, head_only);
-  return route(*request, openmetrics_, protobuf_, [this, now](Format format) { return metrics_body(format, now); });
+  const bool gzip = gzip_ && wants_gzip(*request);
+  std::shared_ptr<const BudgetedBody> body;
+  HttpResponse response = route(*request, openmetrics_, protobuf_, [&](Format format) {
+    body = metrics_body(format, gzip, now);
+    return body ? std::shared_ptr<const std::string>(body, &body->text) : nullptr;
+  });
+  if (body && response.shared_body) {
+    response.gzip = body->gzip;
+    if (!response.head_only) {
+      (body->gzip ? sent_.gzip : sent_.identity) += body->text.size();
+      sent_.gzip_uncompressed += body->gzip ? body->plain_bytes : 0;
+    }
+  }
+  return response;
 }
 
 // A scrape the budget has no room for, which only more bodies in flight at once than
 // HERMES_SCRAPE_BODIES can meet: logged at most once per interval, answered 503.
-inline std::shared_ptr<const std::string> HttpFrontEnd::refuse_body(std::size_t wanted) {
+inline std::shared_ptr<const BudgetedBody> HttpFrontEnd::refuse_body(std::size_t wanted) {
   const Clock::time_point now = Clock::now();
   if (now >= next_memory_warning_) {
     logger_.log(LogLevel::warn, "no room in the memory budget for one more /metrics body; answered 503",
@@ -4522,25 +4769,26 @@ inline std::shared_ptr<const std::string> HttpFrontEnd::refuse_body(std::size_t 
   return nullptr;
 }
 
-// The body of a scrape: the latest of its format while connections still send it and it
-// is recent enough (scrapers that do not read, or read slowly, all share it), else a new
-// one, written over the latest's memory when nobody sends that any more. It takes the
-// most a body of the series can be, which the budget keeps room for. Idle bodies of the
-// other formats are freed first, so that the room holds only bodies in flight. Null when
-// more bodies are in flight than the room holds and the budget has no more.
-inline std::shared_ptr<const std::string> HttpFrontEnd::metrics_body(Format format, Clock::time_point now) {
-  Latest &latest = latest_[static_cast<std::size_t>(format)];
-  const auto shared = [](const std::shared_ptr<BudgetedBody> &body) { return std::shared_ptr<const std::string>(body, &body->text); };
+// The body of a scrape: the latest of its format and encoding while connections still
+// send it and it is recent enough (scrapers that do not read, or read slowly, all share
+// it), else a new one, written over the latest's memory when nobody sends that any more.
+// It takes the most a body of the series can be, which the budget keeps room for; a gzip
+// body is compressed within that memory. Idle bodies of the other formats and encodings
+// are freed first, so that the room holds only bodies in flight. Null when more bodies
+// are in flight than the room holds and the budget has no more.
+inline std::shared_ptr<const BudgetedBody> HttpFrontEnd::metrics_body(Format format, bool gzip, Clock::time_point now) {
+  Latest &latest = latest_[static_cast<std::size_t>(format) + (gzip ? static_cast<std::size_t>(Format::count_) : 0)];
   const bool in_flight = latest.body.use_count() > 1; // a connection is still sending it
-  if (in_flight && now - latest.rendered < std::chrono::milliseconds(HERMES_SHARED_BODY_MS)) return shared(latest.body);
+  if (in_flight && now - latest.rendered < std::chrono::milliseconds(HERMES_SHARED_BODY_MS)) return latest.body;
   for (Latest &other : latest_)
     if (&other != &latest && other.body.use_count() == 1) other.body.reset();
   std::shared_ptr<BudgetedBody> body = latest.body.use_count() == 1 ? latest.body : std::make_shared<BudgetedBody>(budget_);
   latest.body.reset(); // connections still sending it keep it
+  body->gzip = gzip;
   if (!render_(format, *body)) return refuse_body(budget_.body_bound());
   latest.body = body;
   latest.rendered = now;
-  return shared(body);
+  return body;
 }
 
 inline void HttpFrontEnd::respond(Connection &connection, HttpResponse response, Clock::time_point now) {
@@ -5695,6 +5943,16 @@ void override_from(Option &option, const Environment &env, std::initializer_list
 
 inline std::optional<std::string> any_text(const std::string &text) { return text; }
 
+// HERMES_COMPRESSION: off (0), on (the default level), or a gzip level 1-9; only off
+// in a build without gzip.
+inline std::optional<int> parse_compression(const std::string &text) {
+  const std::optional<int> level = parse_number<int>(text, 10, 0, 9);
+  const std::optional<bool> on = parse_switch(text);
+  const std::optional<int> chosen = level ? level : on ? std::optional<int>(*on ? HERMES_GZIP_LEVEL : 0) : std::nullopt;
+  if (chosen && *chosen > 0 && default_gzip_level == 0) return std::nullopt;
+  return chosen;
+}
+
 inline std::optional<double> positive_seconds(const std::string &text) {
   double value = 0;
   const auto result = std::from_chars(text.data(), text.data() + text.size(), value);
@@ -5743,6 +6001,8 @@ inline Options options_from_environment(const Config &config, const Environment 
                 "a log level (debug, info, warn, error)");
   override_from(options.openmetrics, env, {"HERMES_OPENMETRICS"}, parse_switch, "on or off");
   override_from(options.protobuf, env, {"HERMES_PROTOBUF"}, parse_switch, "on or off");
+  override_from(options.gzip_level, env, {"HERMES_COMPRESSION"}, detail::parse_compression,
+                default_gzip_level > 0 ? "off, on or a gzip level from 1 to 9" : "off: this build has no gzip (HERMES_GZIP)");
   override_from(
       options.udp_receive_buffer, env, {"HERMES_UDP_RECEIVE_BUFFER"},
       [](std::string_view text) { return detail::parse_number<int>(text, 10, 4096, INT32_MAX); }, "a number of bytes (4096 or more)");
@@ -6813,6 +7073,11 @@ inline void write_state_writes(Writer &out, const char *name, const SelfView &vi
   out.sample(name, {{"result", "failure"}}, static_cast<double>(view.server->state_writes_failed));
 }
 
+inline void write_metrics_bytes(Writer &out, const char *name, const SelfView &view) {
+  out.sample(name, {{"encoding", "gzip"}}, static_cast<double>(view.server->metrics_bytes_gzip));
+  out.sample(name, {{"encoding", "identity"}}, static_cast<double>(view.server->metrics_bytes_identity));
+}
+
 inline void write_http_requests(Writer &out, const char *name, const SelfView &view) {
   for (const auto &[code, count] : view.server->http_requests) {
     const std::string code_text = std::to_string(code);
@@ -6848,6 +7113,10 @@ inline const SelfMetric self_metrics[] = {
     {"hermes_config_last_reload_success_timestamp_seconds", "When the config in force was loaded, in seconds since the epoch.",
      self_gauge, Scope::server, [](const SelfView &v) -> Figure { return v.server->last_reload_success_seconds; }, nullptr},
     {"hermes_config_reloads_total", "Config reloads, by result.", self_counter, Scope::server, nullptr, write_reloads},
+    {"hermes_http_metrics_bytes_total", "Bytes of /metrics bodies sent, by Content-Encoding.", self_counter, Scope::server,
+     nullptr, write_metrics_bytes},
+    {"hermes_http_metrics_gzip_uncompressed_bytes_total", "Bytes the gzip /metrics bodies sent hold uncompressed.",
+     self_counter, Scope::server, [](const SelfView &v) { return count(v.server->metrics_gzip_uncompressed_bytes); }, nullptr},
     {"hermes_http_requests_total", "HTTP requests answered, by status code.", self_counter, Scope::server, nullptr,
      write_http_requests},
     {"hermes_memory_budget_bytes", "The memory budget: bytes Hermes may hold for what input can grow.", self_gauge,
@@ -7079,6 +7348,7 @@ struct Server::Impl {
         http(options, logger, *budget, [this](Format format, detail::BudgetedBody &body) { return render(format, body); }),
         statsd_tcp(options, logger, *budget), rejects(logger), start_time_seconds(detail::process_start_time_seconds()), state(options, logger, *budget) {
     registry.accept_statsd(options.statsd);
+    start_gzip(options.gzip_level);
   }
 
   void poll_once(int timeout_ms);
@@ -7088,6 +7358,8 @@ struct Server::Impl {
   void sweep(Clock::time_point now);
   bool render(Format format, detail::BudgetedBody &body);
   void write_body(Format format, std::string &body);
+  void start_gzip(int level);
+  bool compress(detail::BudgetedBody &body);
   ServerStats stats() const;
 
   void save_state();
@@ -7101,6 +7373,9 @@ struct Server::Impl {
   detail::HttpFrontEnd http;
   detail::StatsdTcpInput statsd_tcp;
   detail::RejectLog rejects;
+#ifdef HERMES_GZIP
+  std::unique_ptr<detail::GzipEncoder> gzip; // null when Options::gzip_level is 0
+#endif
   std::optional<double> start_time_seconds;
   std::uint64_t reloads_succeeded = 0, reloads_failed = 0;
   double last_reload_success_seconds = wall_clock_seconds();
@@ -7219,6 +7494,8 @@ inline bool Server::Impl::render(Format format, detail::BudgetedBody &body) {
   registry.expire(); // a scrape never shows a series past its ttl
   if (!body.reserve(budget->body_bound())) return false;
   write_body(format, body.text);
+  body.plain_bytes = body.text.size();
+  if (body.gzip && !compress(body)) return body.gzip = false, render(format, body); // made again, plain
   return body.settle();
 }
 
@@ -7231,6 +7508,34 @@ inline void Server::Impl::write_body(Format format, std::string &body) {
   detail::Renderer renderer(body, registry, {registry, &figures, &process}, format);
   while (!renderer.write_some(HERMES_RENDER_PAUSE_STRIDE)) input.hold_waiting();
   input.apply_held(registry, rejects);
+}
+
+// ----- gzip ----------------------------------------------------------------------------------
+
+// The compressor, when Options ask for gzip: taken from the budget at start, as the
+// fixed buffers are. A build without HERMES_GZIP takes only level 0.
+inline void Server::Impl::start_gzip(int level) {
+  if (level < 0 || level > 9) throw UsageError("Options::gzip_level: " + std::to_string(level) + " is not 0 (off) or a zlib level from 1 to 9");
+#ifdef HERMES_GZIP
+  if (level > 0) gzip = std::make_unique<detail::GzipEncoder>(level, budget.get());
+#else
+  if (level > 0) throw UsageError("Options::gzip_level: this build has no gzip; define HERMES_GZIP and link zlib (-lz)");
+#endif
+}
+
+// Compresses a whole body over its own memory, taking and applying the datagrams that
+// wait on the sockets between pieces: the registry is no longer read. False, with the
+// body spoilt, for text that does not compress (never a real body): it is then made
+// again and sent plain.
+inline bool Server::Impl::compress(detail::BudgetedBody &body) {
+#ifdef HERMES_GZIP
+  if (gzip->compress_in_place(body.text, [this] { input.hold_waiting(), input.apply_held(registry, rejects); })) return true;
+  logger.log(LogLevel::warn, "a /metrics body did not compress within its own memory; sent plain",
+             {{"bytes", std::to_string(body.plain_bytes)}});
+#else
+  (void)body;
+#endif
+  return false;
 }
 
 // One step: wait for any socket, then UDP first (it cannot wait), the unix socket, StatsD

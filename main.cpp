@@ -31,6 +31,7 @@ constexpr const char *usage_text =
     "Environment: HERMES_UDP_ADDRESS (LISTEN_ADDRESS), HERMES_UDP_PORT (LISTEN_PORT),\n"
     "HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (LOG_LEVEL), HERMES_OPENMETRICS,\n"
     "HERMES_STATSD, HERMES_MAX_MEMORY (bytes, or with KiB, MiB, GiB),\n"
+    "HERMES_COMPRESSION (off, on, or a gzip level 1-9 for scrapers that ask for gzip),\n"
     "HERMES_UNIX_SOCKET, HERMES_UNIX_SOCKET_MODE, HERMES_UDP_RECEIVE_BUFFER,\n"
     "HERMES_STATE_FILE (the config's state_file: keep the series there across restarts),\n"
     "HERMES_STATE_INTERVAL (state_interval_seconds: seconds between writes, default 10),\n"
@@ -107,10 +108,11 @@ int check_config(const std::string &path, const hermes::Config &config, const he
     const double room = static_cast<double>(HERMES_SCRAPE_BODIES) * static_cast<double>(hermes::worst_case_body_bytes(metric));
     worst += (static_cast<double>(hermes::worst_case_series_bytes(metric)) + room) * static_cast<double>(metric.max_series);
   }
-  const double needed = worst + static_cast<double>(hermes::detail::fixed_buffer_bytes);
+  const std::size_t fixed = hermes::detail::fixed_buffer_bytes + hermes::detail::gzip_compressor_bytes(options.gzip_level);
+  const double needed = worst + static_cast<double>(fixed);
   std::printf("%s: memory: at most %.0f bytes with every metric at its max_series (each series with its room in %d "
               "/metrics bodies, label values of up to 15 bytes), %zu of fixed buffers; budget %zu bytes%s\n",
-              path.c_str(), worst, HERMES_SCRAPE_BODIES, hermes::detail::fixed_buffer_bytes, options.max_memory,
+              path.c_str(), worst, HERMES_SCRAPE_BODIES, fixed, options.max_memory,
               needed > static_cast<double>(options.max_memory) ? ", so new series are refused as memory_limit once it is used" : "");
   if (!options.state_file.empty()) {
     double state = 0; // the text of a write, made half as large again as it grows

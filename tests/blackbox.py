@@ -357,6 +357,10 @@ def check_config_version_help_and_usage(hermes):
                           r"\(each series with its room in 2 /metrics bodies, label values of up to 15 bytes\), "
                           r"(\d+) of fixed buffers; budget 67108864 bytes", lines.pop(1))
     assert memory and int(memory.group(1)) > 3 * 10000 * 64, lines
+    code, out, _ = run_hermes(["--check-config", hermes.config_path], env={"HERMES_COMPRESSION": "off"})
+    plain = re.search(r"(\d+) of fixed buffers", out.splitlines()[1])
+    compressor = int(memory.group(2)) - int(plain.group(1))  # zlib's state and the chunk its output waits in
+    assert 256 * 1024 + 65536 < compressor < 300 * 1024 + 65536, (memory.group(2), plain.group(1))
     code, out, _ = run_hermes(["--check-config", hermes.config_path], env={"HERMES_STATE_FILE": "/nonexistent/state.json"})
     check_equal(out.splitlines()[0], f"{path}: ok, 3 metrics")
     assert re.fullmatch(rf"{re.escape(path)}: memory: the state file's text takes at most (\d+) bytes more while a write is made",

@@ -6,6 +6,8 @@ HERMES_OPENMETRICS=off, and with Prometheus' native histograms on (it asks for p
 first); pushes the same datagrams each time, reads back through Prometheus' HTTP API
 what it stored, and compares the runs. A fourth run pushes observations into native
 histograms and checks what PromQL makes of them against the exact figures. Prometheus
+asks for gzip in every run, and hermes answers it (its hermes_http_metrics_bytes_total
+says so); a scraper without Accept-Encoding, or with gzip;q=0, gets plain text. Prometheus
 loads example/alerts.yml; in the first run every rule must evaluate without error, and
 every query of example/dashboard.json must return data.
 A last, short run guards /metrics with HERMES_HTTP_TOKEN_FILE: Prometheus scrapes
@@ -14,6 +16,7 @@ through it with authorization.credentials_file, and a job without the token is r
 usage: e2e_prometheus.py PATH_TO_HERMES
 Ends with the line "e2e_prometheus: N passed, N failed".
 """
+import gzip
 import json
 import os
 import re
@@ -249,6 +252,13 @@ def run(openmetrics, native=False, checks=(), outcomes=None):
             assert series == len([key for key in expected if key[0] == metric]), (metric, series)
             assert stored[("hermes_metric_max_series", (("metric", metric),))] == 10000, metric
         assert stored[("hermes_build_info", (("service", "e2e-service"), ("version", "1.0.0")))] == 1
+        # Prometheus asks for gzip (Accept-Encoding: gzip) and reads it: every body hermes sent
+        # it was gzip, and smaller than the text it holds.
+        gzip_bytes = ("hermes_http_metrics_bytes_total", (("encoding", "gzip"),))
+        stack.wait(lambda: stack.stored().get(gzip_bytes, 0) > 0, "a gzip body to be counted")
+        stored = stack.stored()
+        assert stored[("hermes_http_metrics_bytes_total", (("encoding", "identity"),))] == 0, stored
+        assert 0 < stored[gzip_bytes] < stored[("hermes_http_metrics_gzip_uncompressed_bytes_total", ())], stored
         for check in checks:
             try:
                 check(stack)
@@ -345,6 +355,26 @@ def check_rules(stack):
                       for reason in ("invalid_value", "malformed_json", "unknown_metric")], states
 
 
+def check_encodings(stack):
+    """a scraper without Accept-Encoding, or with gzip;q=0, gets plain text; with gzip, the same compressed"""
+    def scrape(encoding):
+        request = urllib.request.Request(f"http://{stack.hermes_http}/metrics",
+                                         headers={"Accept-Encoding": encoding} if encoding else {})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.headers.get("Content-Encoding"), response.read()
+
+    def series(body):  # the configured metrics' lines: Hermes' own change from scrape to scrape
+        return [line for line in body.decode("utf-8").split("\n") if line and not line.startswith(("hermes_", "process_", "#"))]
+
+    plain_encoding, plain = scrape(None)
+    assert plain_encoding is None and plain.startswith(b"# HELP edge_values "), (plain_encoding, plain[:40])
+    refused_encoding, refused = scrape("gzip;q=0")
+    assert refused_encoding is None and refused.startswith(b"# HELP edge_values "), (refused_encoding, refused[:40])
+    gzip_encoding, compressed = scrape("gzip")
+    assert gzip_encoding == "gzip" and compressed[:2] == b"\x1f\x8b", (gzip_encoding, compressed[:2])
+    assert series(gzip.decompress(compressed)) == series(plain) == series(refused) and len(series(plain)) > 10
+
+
 def run_with_token():
     """Prometheus scrapes through the bearer token; a job without it is refused with 401."""
     stack = Stack(True, token="e2e-" + secrets.token_urlsafe(24))
@@ -363,7 +393,7 @@ def run_with_token():
         stack.close()
 
 
-CHANGING = ("process_", "hermes_http_requests_total", "hermes_config_last_reload", "scrape_")  # differ run to run
+CHANGING = ("process_", "hermes_http_requests_total", "hermes_http_metrics_", "hermes_config_last_reload", "scrape_")  # differ run to run
 
 
 def comparable(stored):
@@ -549,7 +579,7 @@ def main():
         return 1
     passed = failed = 0
     stored = {}
-    checks = (check_rules, check_dashboard)
+    checks = (check_rules, check_dashboard, check_encodings)
     outcomes = {check.__doc__: "it did not run: the run above failed" for check in checks}
     for name, openmetrics, native in (("openmetrics", True, False), ("text", False, False), ("protobuf", True, True)):
         try:

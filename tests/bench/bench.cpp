@@ -4,6 +4,7 @@
 //                          build/bench --ingest ./hermes runs only part 1,
 //                          build/bench --access ./hermes only part 8,
 //                          build/bench --series ./hermes only the resident memory of 5,
+//                          build/bench --compression ./hermes only 10,
 //                          build/bench --peers ./hermes only 9, with the hermes figures it
 //                          needs (burst, 20 samples/dgram, 100k scrape, idle) measured anew,
 //                          build/bench --memory only the in-process part of 5)
@@ -37,6 +38,9 @@
 //    single-sample PUT over keep-alive and over new connections, and /metrics with 100k
 //    gauge series pushed in one PUT; next to hermes' figures of the same run. A burst
 //    kept does not apply to it: a client pushing over HTTP waits for each answer.
+// 10. Compression: the 100k counter series of 4, and 100k gauges with values spread over
+//    six decades, scraped with Accept-Encoding: gzip from hermes with HERMES_COMPRESSION
+//    off and at levels 1, 4, 6 and 9: CPU and bytes.
 // Figures on a shared machine wander; the ratios measured in the same run are what count.
 #include "hermes.hpp"
 
@@ -222,13 +226,15 @@ void stop(Receiver &receiver) {
 
 // Reads the whole response into `response`, whose memory is kept from call to call as a
 // scraper keeps its buffers: the client's own page faults are not the server's time.
-void http_get_into(std::string &response, std::uint16_t port, const char *path, const char *accept = nullptr) {
+void http_get_into(std::string &response, std::uint16_t port, const char *path, const char *accept = nullptr,
+                   const char *encoding = nullptr) {
   response.clear();
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in address = loopback(port);
   if (::connect(fd, reinterpret_cast<sockaddr *>(&address), sizeof address) == 0) {
     const std::string request = std::string("GET ") + path + " HTTP/1.0\r\n" +
-                                (accept ? std::string("Accept: ") + accept + "\r\n" : std::string()) + "\r\n";
+                                (accept ? std::string("Accept: ") + accept + "\r\n" : std::string()) +
+                                (encoding ? std::string("Accept-Encoding: ") + encoding + "\r\n" : std::string()) + "\r\n";
     if (::send(fd, request.data(), request.size(), 0) > 0) {
       char buffer[65536];
       for (ssize_t n; (n = ::recv(fd, buffer, sizeof buffer, 0)) > 0;) response.append(buffer, static_cast<std::size_t>(n));
@@ -507,6 +513,56 @@ void measure_protobuf_scrapes(const std::string &binary) {
   }
   std::printf("| protobuf / text | %.2fx | |\n", cpu_ms[1] / (cpu_ms[0] > 0 ? cpu_ms[0] : 1));
   stop(hermes);
+}
+
+// 100k series scraped by a client that asks for gzip, from hermes with HERMES_COMPRESSION
+// off and at levels 1, 4, 6 and 9: hermes' CPU per scrape (its run time, from
+// schedstat), the body's bytes, and what they take on a 10 Mbit/s and a 1 Gbit/s link.
+// Two sets: the counters of part 4 (ids and values counting up), and gauges with
+// values spread over six decades, written with 17 digits that do not repeat. Goals at
+// the default level: at most a fifth of the plain bytes for the counters and three
+// tenths for the gauges (their digits are what no compressor takes out), for at most
+// 2.5 times the plain scrape's CPU.
+void measure_compression(const std::string &binary) {
+  std::printf("\n| 100k series, text, Accept-Encoding: gzip | hermes CPU per scrape, 10 after 2 (ms) | body (bytes) "
+              "| of plain | at 10 Mbit/s (ms) | at 1 Gbit/s (ms) |\n|---|---:|---:|---:|---:|---:|\n");
+  const auto counter = [](int id) {
+    return R"({"metric_name":"series_total","payload":{"labels":{"id":")" + std::to_string(id) + R"("},"value":)" +
+           std::to_string(id) + "}}";
+  };
+  const auto gauge = [](int id) {
+    const std::uint32_t spread = static_cast<std::uint32_t>(id) * 2654435761u; // the ids' order, scrambled
+    char value[32];
+    std::snprintf(value, sizeof value, "%.17g", std::pow(10.0, -3 + 6 * (spread % 1000003) / 1000003.0));
+    return R"({"metric_name":"series_gauge","payload":{"labels":{"id":"worker-)" + std::to_string(spread % 1000000) +
+           R"("},"value":)" + value + "}}";
+  };
+  for (const bool gauges : {false, true}) {
+    double plain_ms = 0, plain_bytes = 0;
+    const double bytes_goal = gauges ? 0.3 : 0.2; // of the plain body
+    for (const std::string level : {"off", "1", "4", "6", "9"}) {
+      Receiver hermes = start_hermes(binary, bench_config, {{"HERMES_COMPRESSION", level}});
+      if (gauges) push_all(hermes, 100000, gauge);
+      else push_all(hermes, 100000, counter);
+      std::string response;
+      for (int i = 0; i < 2; ++i) http_get_into(response, hermes.http_port, "/metrics", nullptr, "gzip");
+      const double before = run_ns(hermes.pid);
+      for (int i = 0; i < 10; ++i) http_get_into(response, hermes.http_port, "/metrics", nullptr, "gzip");
+      const double cpu_ms = (run_ns(hermes.pid) - before) / 10 / 1e6;
+      const double bytes = static_cast<double>(response.size() - response.find("\r\n\r\n") - 4);
+      const bool gzip = response.find("\r\nContent-Encoding: gzip\r\n") != std::string::npos;
+      if (level == "off") plain_ms = cpu_ms, plain_bytes = bytes;
+      const bool chosen = level == std::to_string(HERMES_GZIP_LEVEL);
+      std::printf("| %s, %s%s | %.2f | %.0f | %.1f%% | %.0f | %.1f |\n", gauges ? "gauges, values spread" : "counters, counting up",
+                  level == "off" ? "plain (HERMES_COMPRESSION=off)" : ("gzip level " + level).c_str(), chosen ? " (default)" : "",
+                  cpu_ms, bytes, 100 * bytes / plain_bytes, bytes * 8 / 10e6 * 1000, bytes * 8 / 1e9 * 1000);
+      if (gzip != (level != "off")) std::printf("MISMATCH: level %s answered %s\n", level.c_str(), gzip ? "gzip" : "plain");
+      if (chosen && bytes > bytes_goal * plain_bytes)
+        std::printf("MISMATCH: the default level's body is more than %.0f%% of the plain one\n", bytes_goal * 100);
+      if (chosen && cpu_ms > 2.5 * plain_ms) std::printf("MISMATCH: the default level takes more than 2.5x the plain scrape's CPU\n");
+      stop(hermes);
+    }
+  }
 }
 
 // Resident memory a series adds, from `series` series pushed `per_series` observations each.
@@ -1039,8 +1095,9 @@ int main(int argc, char **argv) {
   if (argc > 1 && std::string(argv[1]) == "--memory") return measure_memory_accounting(), 0;
   const std::string part = argc > 1 && argv[1][0] == '-' ? argv[1] : "";
   if (!part.empty()) --argc, ++argv;
-  if (!part.empty() && part != "--ingest" && part != "--access" && part != "--series" && part != "--peers" && part != "--tcp") {
-    std::fprintf(stderr, "usage: bench [--ingest | --access | --series | --peers | --tcp | --memory] [HERMES_BINARY...]\n");
+  if (!part.empty() && part != "--ingest" && part != "--access" && part != "--series" && part != "--peers" &&
+      part != "--tcp" && part != "--compression") {
+    std::fprintf(stderr, "usage: bench [--ingest | --access | --series | --peers | --tcp | --compression | --memory] [HERMES_BINARY...]\n");
     return 2;
   }
   const std::string binary = argc > 1 ? argv[1] : "./hermes";
@@ -1058,6 +1115,7 @@ int main(int argc, char **argv) {
   std::printf("Hermes benchmark: %s, %ld cores\n\n", binary.c_str(), ::sysconf(_SC_NPROCESSORS_ONLN));
   if (part == "--series") return measure_series_memory(binary), 0;
   if (part == "--tcp") return measure_tcp_against_udp(binary), 0;
+  if (part == "--compression") return measure_compression(binary), 0;
   if (part == "--access") {
     measure_allow_list(binary);
     measure_allow_list_in_process();
@@ -1096,6 +1154,7 @@ int main(int argc, char **argv) {
   figures.scrape_100k = measure_scrapes(binary);
   measure_scrapes_against_ingest(binary);
   measure_protobuf_scrapes(binary);
+  measure_compression(binary);
   measure_series_memory(binary);
   measure_state_text();
   measure_state_against_ingest(binary);
