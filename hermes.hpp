@@ -370,6 +370,7 @@ static_assert(HERMES_TLS_CONNECTION_BYTES >= 40 * 1024,
 #include <string_view>
 #include <system_error>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -3623,9 +3624,10 @@ inline bool TlsStream::settle(int result) {
   else if (result == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED) {
     char text[512];
     mbedtls_x509_crt_verify_info(text, sizeof text, "", mbedtls_ssl_get_verify_result(&ssl_));
-    error_ = "certificate verification failed:" + std::string(text);
-    std::replace(error_.begin(), error_.end(), '\n', ' ');
-    while (!error_.empty() && error_.back() == ' ') error_.pop_back();
+    error_ = "certificate verification failed: ";
+    for (const std::string_view line : split(text, '\n')) // one line per problem
+      if (!line.empty()) error_.append(line).append("; ");
+    error_.resize(error_.size() - 2);
   } else error_ = tls_error_text(result);
   return false;
 }
@@ -3923,6 +3925,7 @@ struct Connection {
   std::uint64_t sequence = 0; // order of accept; the lowest is the oldest
   bool refused = false;       // admitted over HERMES_MAX_CONNECTIONS: answered 503 once its head is read
   bool forbidden = false;     // from outside Options::http_allow: answered 403 once its head is read
+  bool heard = false;         // has sent something: on its way (a TLS handshake takes round trips)
   Phase phase = Phase::reading;
   std::string input;
   std::string head; // the response's, sent before its body: the body is not copied
@@ -4501,7 +4504,9 @@ inline void HttpFrontEnd::admit(FileDescriptor fd, bool forbidden, Clock::time_p
 }
 
 // A full house is most often idle or slow clients: one still sending its request head
-// gives its place to the newcomer, a forbidden one first, else the one waiting longest.
+// gives its place to the newcomer, a forbidden one first, then one that has sent nothing
+// (so that a flood of silent connections cannot push out a client mid-handshake), else
+// the one waiting longest.
 // A forbidden newcomer takes only a forbidden one's place: clients outside the allow
 // list cannot push out those inside it.
 inline bool HttpFrontEnd::close_oldest_reader(bool forbidden_only) {
@@ -4509,8 +4514,8 @@ inline bool HttpFrontEnd::close_oldest_reader(bool forbidden_only) {
   for (const auto &connection : connections_) {
     if (connection->phase != Connection::Phase::reading || connection->refused || (forbidden_only && !connection->forbidden))
       continue;
-    if (!oldest || std::make_pair(!connection->forbidden, connection->sequence) < std::make_pair(!oldest->forbidden, oldest->sequence))
-      oldest = connection.get();
+    const auto rank = [](const Connection &c) { return std::make_tuple(!c.forbidden, c.heard, c.sequence); };
+    if (!oldest || rank(*connection) < rank(*oldest)) oldest = connection.get();
   }
   if (!oldest) return false;
   count_unfinished(*oldest);
@@ -4521,7 +4526,10 @@ inline bool HttpFrontEnd::close_oldest_reader(bool forbidden_only) {
 
 inline void HttpFrontEnd::serve(Connection &connection, Clock::time_point now) {
   switch (connection.phase) {
-  case Connection::Phase::reading: read_request(connection, now); break;
+  case Connection::Phase::reading:
+    connection.heard = true;
+    read_request(connection, now);
+    break;
   case Connection::Phase::writing: write_response(connection, now); break;
   case Connection::Phase::lingering: drain(connection); break;
   case Connection::Phase::done: break;
