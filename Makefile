@@ -55,7 +55,7 @@ help:
 	@echo 'make clean        remove ./hermes and build/'
 	@echo 'make help         this list'
 	@echo 'make deps         install what ./hermes needs to build (picojson-dev, libmbedtls-dev; as root on Debian)'
-	@echo 'make check-deps   install what make check needs too (doctest-dev)'
+	@echo 'make check-deps   install what make check needs too (doctest-dev, openssl)'
 	@echo 'make test-deps    install what make test needs (prometheus, clang, faketime, ...)'
 	@echo 'make statsd-clients  install the StatsD clients make test pushes with'
 	@echo 'make fuzz-deps, valgrind-deps, cross-deps, bench-deps  install what those gates need'
