@@ -432,6 +432,8 @@ def good_clients_keep_being_served(hermes, seconds):
     check_equal(hermes.metric("plain_counter"), pushed, "datagrams applied during the attack")
     used, budget = hermes.metric("hermes_memory_used_bytes"), hermes.metric("hermes_memory_budget_bytes")
     assert used <= budget, f"{used} bytes used of a budget of {budget}"
+    resident = hermes.metric("process_resident_memory_bytes")
+    assert resident < budget, f"{resident} bytes resident, over the budget of {budget}"
 
 
 @test
