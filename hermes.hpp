@@ -178,6 +178,19 @@
 // Allow lists change only at restart. None of this is a substitute for TLS or a
 // firewall: see the README's security section.
 //
+// ---- TLS ------------------------------------------------------------------------------
+//
+// Built with HERMES_TLS (and mbedTLS 2.28), Options::tls_cert_file and tls_key_file
+// (HERMES_TLS_CERT_FILE, HERMES_TLS_KEY_FILE, "tls_server": {"cert_file", "key_file"})
+// make the HTTP port speak only TLS 1.2, ECDHE with AES-GCM or ChaCha20-Poly1305, sending
+// the whole chain of the certificate file. tls_client_ca_file ("client_ca_file") asks
+// every client for a certificate those CAs signed, and fails the handshake without one.
+// The handshake runs in the loop within HERMES_HTTP_READ_TIMEOUT_MS; each connection
+// Hermes may hold takes HERMES_TLS_CONNECTION_BYTES of the budget at start. A missing or
+// unreadable file, a key that does not match, an expired certificate: ConfigError naming
+// the file. Server::reload() reads the pair again; a bad pair keeps the one in force and
+// the reload counts as failed. Without HERMES_TLS, setting a file is a ConfigError.
+//
 // ---- Limits (define before including to change) ------------------------------------------
 //
 //     HERMES_MAX_DATAGRAM_SIZE      8192   bytes; a longer datagram is rejected as too_large
@@ -214,6 +227,8 @@
 //     HERMES_STATSD_TCP_READS        256   StatsD TCP connections read (once each) in a step
 //     HERMES_GZIP_LEVEL                1   zlib level of gzip /metrics bodies unless Options say otherwise
 //     HERMES_GZIP_PAUSE_BYTES      65536   /metrics text compressed between looks at the sockets
+//     HERMES_TLS_CONNECTION_BYTES  57344   the budget's share for each TLS connection (HERMES_TLS)
+//     HERMES_TLS_CA_BUNDLE    /etc/ssl/certs/ca-certificates.crt   the CAs a TLS client trusts by default
 
 #ifndef HERMES_HPP
 #define HERMES_HPP
@@ -330,6 +345,12 @@
 #ifndef HERMES_GZIP_PAUSE_BYTES
 #define HERMES_GZIP_PAUSE_BYTES 65536 // of /metrics text compressed between looks at the sockets
 #endif
+#ifndef HERMES_TLS_CONNECTION_BYTES
+#define HERMES_TLS_CONNECTION_BYTES (56 * 1024) // the budget's share for one TLS connection: mbedTLS' records and handshake
+#endif
+#ifndef HERMES_TLS_CA_BUNDLE
+#define HERMES_TLS_CA_BUNDLE "/etc/ssl/certs/ca-certificates.crt" // the CAs a TLS client trusts unless told others
+#endif
 
 // Each limit is checked here, so that a wrong value stops the build with what to do
 // instead of a daemon that loops for ever or refuses every datagram.
@@ -377,6 +398,8 @@ static_assert(HERMES_STATSD_TCP_READ_BYTES >= 512 && HERMES_STATSD_TCP_READ_BYTE
 static_assert(HERMES_STATSD_TCP_ACCEPTS >= 1, "HERMES_STATSD_TCP_ACCEPTS must be at least 1");
 static_assert(HERMES_STATSD_TCP_READS >= 1 && HERMES_STATSD_TCP_READS <= 65536,
               "HERMES_STATSD_TCP_READS must be between 1 and 65536");
+static_assert(HERMES_TLS_CONNECTION_BYTES >= 40 * 1024,
+              "HERMES_TLS_CONNECTION_BYTES must be at least 40 KiB: mbedTLS' two 16 KiB record buffers and a handshake");
 
 // ===== INCLUDES ===========================================================================
 
@@ -411,6 +434,7 @@ static_assert(HERMES_STATSD_TCP_READS >= 1 && HERMES_STATSD_TCP_READS <= 65536,
 #include <string_view>
 #include <system_error>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -528,6 +552,14 @@ struct MetricConfig {
   double max_age_seconds = 600;                       // summaries: quantiles cover this window
 };
 
+// "tls_server" in the config: HTTPS on the HTTP port, in a build with HERMES_TLS.
+struct TlsServerConfig {
+  std::string cert_file;      // "cert_file": PEM, the leaf first, then the intermediates
+  std::string key_file;       // "key_file": PEM or DER, unencrypted; with cert_file
+  std::string client_ca_file; // "client_ca_file": clients must show a certificate these CAs signed
+                              // "min_version": "TLS12", the only one accepted (TLS 1.2 and later)
+};
+
 struct Config {
   std::string service_name;
   std::vector<MetricConfig> metrics;       // in the order of the file
@@ -538,6 +570,7 @@ struct Config {
   std::optional<double> state_interval_seconds; // "state_interval_seconds"
   AllowList udp_allow;                      // "udp_allow": who may send; empty: everyone
   AllowList http_allow;                     // "http_allow": who may use HTTP; empty: everyone
+  TlsServerConfig tls_server;               // "tls_server": HTTPS on the HTTP port; empty: plain HTTP
 };
 
 // What a series of `metric` may cost at most, in bytes of the memory budget, besides its
@@ -601,6 +634,9 @@ struct Options {
   std::optional<std::uint16_t> statsd_tcp_port; // none: no TCP listener; 0: the kernel chooses
   std::size_t statsd_tcp_max_connections = HERMES_MAX_STATSD_CONNECTIONS; // more are refused (connection_limit)
   double statsd_tcp_idle_seconds = HERMES_STATSD_TCP_IDLE_S; // without a whole line, then closed; 0: never
+  std::string tls_cert_file;      // with tls_key_file, the HTTP port speaks only TLS (HERMES_TLS builds)
+  std::string tls_key_file;       // the certificate's private key
+  std::string tls_client_ca_file; // clients must show a certificate these CAs signed; empty: none asked
   LogSink log_sink;
 };
 
@@ -618,7 +654,8 @@ using Environment = std::function<const char *(const char *name)>;
 // HERMES_STATE_FILE and HERMES_STATE_INTERVAL (seconds, over the config's state_* keys),
 // HERMES_UDP_ALLOW and HERMES_HTTP_ALLOW (comma-separated CIDR ranges, over the config's
 // udp_allow and http_allow), HERMES_HTTP_TOKEN_FILE, HERMES_STATSD_TCP_PORT,
-// HERMES_MAX_STATSD_CONNECTIONS and HERMES_STATSD_TCP_IDLE_SECONDS (0: never).
+// HERMES_MAX_STATSD_CONNECTIONS and HERMES_STATSD_TCP_IDLE_SECONDS (0: never), HERMES_TLS_CERT_FILE,
+// HERMES_TLS_KEY_FILE and HERMES_TLS_CLIENT_CA_FILE (over the config's tls_server).
 // An empty variable counts as unset. Throws UsageError naming a bad variable.
 inline Options options_from_environment(const Config &config, const Environment &env);
 
@@ -962,6 +999,11 @@ struct ServerStats {
   std::uint64_t metrics_bytes_identity = 0; // of /metrics bodies sent plain
   std::uint64_t metrics_bytes_gzip = 0;     // of /metrics bodies sent in gzip
   std::uint64_t metrics_gzip_uncompressed_bytes = 0; // what those gzip bodies hold uncompressed
+  bool tls = false;                           // the HTTP port speaks TLS: the hermes_tls_* families are shown
+  std::uint64_t tls_handshakes_ok = 0;
+  std::uint64_t tls_handshakes_failed = 0;    // a protocol error, a refused certificate, a client that left
+  std::uint64_t tls_handshakes_timeout = 0;   // unfinished at the read timeout, or closed for a newcomer
+  double tls_certificate_expiry_seconds = 0;  // when the served certificate expires, in seconds since the epoch
   ServerStats();
 };
 
@@ -969,9 +1011,9 @@ struct ServerStats {
 // thread. Movable, not copyable.
 class Server {
 public:
-  // Binds both sockets, reads Options::http_token_file, logs where it listens, and
-  // restores Options::state_file. Throws SocketError; ConfigError when the token file is
-  // missing, empty or unfit; StateError when a state file that is not state cannot be
+  // Binds both sockets, reads Options::http_token_file and the TLS files, logs where it
+  // listens, and restores Options::state_file. Throws SocketError; ConfigError when the
+  // token file is missing, empty or unfit, or a TLS file is (see TLS above); StateError when a state file that is not state cannot be
   // set aside.
   Server(const Config &config, Options options);
   Server(Server &&) noexcept;
@@ -984,8 +1026,8 @@ public:
   // given, each time it is set the server clears it and reloads. With a state file, it
   // then applies the samples still queued on the sockets and writes the state.
   void run(const std::atomic<bool> &stop, std::atomic<bool> *reload = nullptr);
-  // Reads Options::config_path again and takes it (Registry::reload), and the token
-  // file; one that fails to load is logged and the reload counted as failed, and what
+  // Reads Options::config_path again and takes it (Registry::reload), the token file
+  // and the TLS certificate and key; one that fails to load is logged and the reload counted as failed, and what
   // is in force stays. Listen addresses and ports, allow lists, the state file and its
   // interval change only at restart.
   bool reload();
@@ -2656,7 +2698,7 @@ public:
     const auto &top = root.get<picojson::object>();
     reject_unknown_keys(top, "", {"service_name", "gauges", "counters", "histograms", "summaries", "listen_address",
                                   "listen_port", "max_series", "ttl_seconds", "max_memory_bytes", "state_file",
-                                  "state_interval_seconds", "udp_allow", "http_allow"});
+                                  "state_interval_seconds", "udp_allow", "http_allow", "tls_server"});
     Config config;
     config.service_name = read_service_name(top);
     read_series_limits(top, "", defaults_);
@@ -2675,6 +2717,7 @@ public:
     }
     if (const auto *allow = member(top, "udp_allow")) config.udp_allow = allow_list_at(*allow, "udp_allow");
     if (const auto *allow = member(top, "http_allow")) config.http_allow = allow_list_at(*allow, "http_allow");
+    if (const auto *tls = member(top, "tls_server")) config.tls_server = tls_server_at(*tls, "tls_server");
     check_name_collisions(config.metrics);
     return config;
   }
@@ -2697,6 +2740,26 @@ private:
 
   static std::string join(const std::string &place, const std::string &key) {
     return place.empty() ? key : place + "." + key;
+  }
+
+  // HTTPS on the HTTP port. mbedTLS 2.28 speaks TLS 1.2 and no later version, so that
+  // "min_version" may only say TLS12; anything older is refused as a security review would.
+  TlsServerConfig tls_server_at(const picojson::value &value, const std::string &place) const {
+    if (!value.is<picojson::object>()) fail(place, std::string("expected an object, got ") + json_type_name(value));
+    const auto &object = value.get<picojson::object>();
+    reject_unknown_keys(object, place, {"cert_file", "key_file", "client_ca_file", "min_version"});
+    TlsServerConfig tls;
+    if (const auto *path = member(object, "cert_file")) tls.cert_file = string_at(*path, join(place, "cert_file"));
+    if (const auto *path = member(object, "key_file")) tls.key_file = string_at(*path, join(place, "key_file"));
+    if (const auto *path = member(object, "client_ca_file")) tls.client_ca_file = string_at(*path, join(place, "client_ca_file"));
+    if (const auto *version = member(object, "min_version")) {
+      const std::string text = string_at(*version, join(place, "min_version"));
+      if (text == "TLS13") fail(join(place, "min_version"), "TLS13 is not available: Hermes' TLS library (mbedTLS 2.28) speaks TLS 1.2");
+      if (text != "TLS12") fail(join(place, "min_version"), "\"" + text + "\" is not accepted: TLS12 is the only minimum (TLS 1.0 and 1.1 are not spoken)");
+    }
+    if (tls.cert_file.empty() != tls.key_file.empty()) fail(place, "cert_file and key_file go together");
+    if (tls.cert_file.empty() && !tls.client_ca_file.empty()) fail(place, "client_ca_file needs cert_file and key_file");
+    return tls;
   }
 
   std::string string_at(const picojson::value &value, const std::string &place) const {
@@ -3366,6 +3429,388 @@ inline std::uint16_t local_port(int fd) {
 } // namespace detail
 } // namespace hermes
 
+// ===== DETAIL: TLS ========================================================================
+//
+// With HERMES_TLS (and mbedTLS 2.28 linked: -lmbedtls -lmbedx509 -lmbedcrypto), one TLS
+// stream over a non-blocking socket, for either side: the HTTP front end serves with it,
+// and a client (remote write) connects with it. A TlsContext holds what streams are made
+// with (certificates, key, CAs, the settings) and is shared by them, so that a reload
+// makes a new context while open streams keep theirs. A stream is stepped, never waits:
+// each call does what the socket allows and says what it waits for, for poll().
+//
+//     auto context = TlsContext::for_client({});          // the system's CA bundle
+//     TlsStream stream(context, fd, "metrics.example");   // fd: connected, O_NONBLOCK
+//     while (!stream.handshake() && !stream.failed()) poll_for(fd, stream.poll_events());
+//     stream.write(...), stream.read(...), stream.close();
+//
+// TLS 1.2 is the least either side speaks (mbedTLS 2.28 speaks no 1.3), with ECDHE key
+// exchange and AEAD ciphers only; renegotiation is refused.
+
+namespace hermes {
+namespace detail {
+
+// What a client stream trusts and shows: the CAs its peer's certificate must chain to,
+// and its own certificate and key when the server asks for one (both or neither).
+struct TlsClientSettings {
+  std::string ca_file = HERMES_TLS_CA_BUNDLE;
+  std::string cert_file;
+  std::string key_file;
+};
+
+// What a server stream shows and asks for: its certificate chain (the leaf first, then
+// the intermediates, all sent), its key, and when client_ca_file is set, a client
+// certificate signed by one of those CAs, without which the handshake fails.
+struct TlsServerSettings {
+  std::string cert_file;
+  std::string key_file;
+  std::string client_ca_file;
+};
+
+} // namespace detail
+} // namespace hermes
+
+#ifdef HERMES_TLS
+
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/entropy.h>
+#include <mbedtls/error.h>
+#include <mbedtls/net_sockets.h>
+#include <mbedtls/oid.h>
+#include <mbedtls/pk.h>
+#include <mbedtls/ssl.h>
+#include <mbedtls/x509_crt.h>
+
+#include <ctime>
+
+namespace hermes {
+namespace detail {
+
+class TlsStream;
+
+class TlsContext {
+public:
+  // Throw ConfigError naming the file and the problem: unreadable, not PEM, a key that
+  // does not match the certificate, a certificate that has expired.
+  static std::shared_ptr<const TlsContext> for_server(const TlsServerSettings &settings);
+  static std::shared_ptr<const TlsContext> for_client(const TlsClientSettings &settings);
+  TlsContext(const TlsContext &) = delete;
+  TlsContext &operator=(const TlsContext &) = delete;
+  ~TlsContext();
+
+  // When its own certificate (the leaf) expires, in seconds since the epoch; 0 without one.
+  double certificate_expiry_seconds() const { return expiry_seconds_; }
+
+private:
+  explicit TlsContext(int endpoint);
+  void load_chain(const std::string &path);
+  void load_key(const std::string &path, const std::string &cert_path);
+  void load_cas(const std::string &path);
+  friend class TlsStream;
+
+  mbedtls_entropy_context entropy_;
+  mbedtls_ctr_drbg_context random_;
+  mbedtls_x509_crt chain_, cas_;
+  mbedtls_pk_context key_;
+  mbedtls_ssl_config config_;
+  double expiry_seconds_ = 0;
+};
+
+// What a stream's last step waits for.
+enum class TlsWait { nothing, readable, writable };
+
+// One TLS connection over a socket it does not own. Neither copied nor moved: mbedTLS
+// holds its address.
+class TlsStream {
+public:
+  // The server side of an accepted socket.
+  TlsStream(std::shared_ptr<const TlsContext> context, int fd);
+  // The client side of a connected socket: `host` is sent as SNI and checked against the
+  // server's certificate, a name against its DNS names, an IPv4 or IPv6 address against
+  // its IP addresses (which mbedTLS 2.28 does not check, so Hermes does).
+  TlsStream(std::shared_ptr<const TlsContext> context, int fd, const std::string &host);
+  TlsStream(const TlsStream &) = delete;
+  TlsStream &operator=(const TlsStream &) = delete;
+  ~TlsStream() { mbedtls_ssl_free(&ssl_); }
+
+  // One step of the handshake: true once it is done; false while it waits (wait()) or
+  // when it failed (failed()).
+  bool handshake();
+  // Up to `size` bytes read or written: their count, 0 from read() when the peer ended
+  // the stream, -1 while it waits (wait()) or when it failed (failed()). A write that
+  // waited must be called again with the same bytes.
+  std::ptrdiff_t read(char *data, std::size_t size);
+  std::ptrdiff_t write(const char *data, std::size_t size);
+  // Sends close_notify, the end of what this side writes; false while it waits.
+  bool close();
+
+  bool handshake_done() const { return handshake_done_; }
+  bool failed() const { return !error_.empty(); }
+  const std::string &error() const { return error_; } // what failed, in mbedTLS' words
+  TlsWait wait() const { return wait_; }
+  short poll_events() const { return wait_ == TlsWait::writable ? short(POLLOUT) : short(POLLIN); }
+
+private:
+  TlsStream(std::shared_ptr<const TlsContext> context, int fd, int);
+  bool settle(int result);
+  static int send_to(void *stream, const unsigned char *data, std::size_t size);
+  static int receive_from(void *stream, unsigned char *data, std::size_t size);
+  static int check_ip_address(void *stream, mbedtls_x509_crt *certificate, int depth, std::uint32_t *flags);
+
+  std::shared_ptr<const TlsContext> context_;
+  int fd_;
+  mbedtls_ssl_context ssl_;
+  std::string ip_address_; // a client's host when it is an address: 4 or 16 bytes
+  bool handshake_done_ = false;
+  TlsWait wait_ = TlsWait::nothing;
+  std::string error_;
+};
+
+// mbedTLS' text for an error code, such as "SSL - No client certification received from the client".
+inline std::string tls_error_text(int code) {
+  char text[160];
+  mbedtls_strerror(code, text, sizeof text);
+  return text;
+}
+
+// The ciphers a review accepts: forward secrecy (ECDHE) and authenticated encryption
+// (GCM, ChaCha20-Poly1305), as Go's and Mozilla's "intermediate" lists.
+// AES-GCM first: with AES-NI, mbedTLS encrypts a body faster than with ChaCha20 (14 ms
+// against 16 for 3 MB, make bench).
+inline const int tls_cipher_suites[] = {
+    MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,       MBEDTLS_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,       MBEDTLS_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, MBEDTLS_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    0};
+
+// The key exchange's curves, X25519 first: a handshake takes a third less CPU than with
+// P-256, whose table mbedTLS makes anew for every handshake (make bench).
+inline const mbedtls_ecp_group_id tls_curves[] = {MBEDTLS_ECP_DP_CURVE25519, MBEDTLS_ECP_DP_SECP256R1,
+                                                  MBEDTLS_ECP_DP_SECP384R1, MBEDTLS_ECP_DP_NONE};
+
+// An X.509 time in seconds since the epoch (UTC).
+inline double x509_seconds(const mbedtls_x509_time &time) {
+  std::tm parts{};
+  parts.tm_year = time.year - 1900, parts.tm_mon = time.mon - 1, parts.tm_mday = time.day;
+  parts.tm_hour = time.hour, parts.tm_min = time.min, parts.tm_sec = time.sec;
+  return static_cast<double>(::timegm(&parts));
+}
+
+// A PEM file's text with the NUL that mbedTLS' parsers count; ConfigError when it cannot be read.
+inline std::string read_pem_file(const std::string &path, const char *what) {
+  std::string text;
+  if (const int error = read_file(path.c_str(), HERMES_MAX_CONFIG_SIZE, text))
+    throw ConfigError(std::string(what) + " " + path + ": cannot read: " + std::strerror(error));
+  if (text.empty()) throw ConfigError(std::string(what) + " " + path + ": empty");
+  text.push_back('\0');
+  return text;
+}
+
+inline TlsContext::TlsContext(int endpoint) {
+  mbedtls_entropy_init(&entropy_);
+  mbedtls_ctr_drbg_init(&random_);
+  mbedtls_x509_crt_init(&chain_);
+  mbedtls_x509_crt_init(&cas_);
+  mbedtls_pk_init(&key_);
+  mbedtls_ssl_config_init(&config_);
+  static const char personal[] = "hermes";
+  if (const int error = mbedtls_ctr_drbg_seed(&random_, mbedtls_entropy_func, &entropy_,
+                                              reinterpret_cast<const unsigned char *>(personal), sizeof personal - 1))
+    throw ConfigError("TLS: cannot seed the random generator: " + tls_error_text(error));
+  mbedtls_ssl_config_defaults(&config_, endpoint, MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT);
+  mbedtls_ssl_conf_rng(&config_, mbedtls_ctr_drbg_random, &random_);
+  mbedtls_ssl_conf_min_version(&config_, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3); // TLS 1.2
+  mbedtls_ssl_conf_ciphersuites(&config_, tls_cipher_suites);
+  mbedtls_ssl_conf_curves(&config_, tls_curves);
+  mbedtls_ssl_conf_renegotiation(&config_, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
+}
+
+inline TlsContext::~TlsContext() {
+  mbedtls_ssl_config_free(&config_);
+  mbedtls_pk_free(&key_);
+  mbedtls_x509_crt_free(&cas_);
+  mbedtls_x509_crt_free(&chain_);
+  mbedtls_ctr_drbg_free(&random_);
+  mbedtls_entropy_free(&entropy_);
+}
+
+inline void TlsContext::load_chain(const std::string &path) {
+  const std::string text = read_pem_file(path, "TLS certificate file");
+  const int result = mbedtls_x509_crt_parse(&chain_, reinterpret_cast<const unsigned char *>(text.data()), text.size());
+  if (result != 0)
+    throw ConfigError("TLS certificate file " + path + ": " +
+                      (result > 0 ? std::to_string(result) + " certificates in it cannot be read" : tls_error_text(result)));
+  if (mbedtls_x509_time_is_past(&chain_.valid_to)) {
+    char date[32];
+    std::snprintf(date, sizeof date, "%04d-%02d-%02d %02d:%02d:%02d UTC", chain_.valid_to.year, chain_.valid_to.mon,
+                  chain_.valid_to.day, chain_.valid_to.hour, chain_.valid_to.min, chain_.valid_to.sec);
+    throw ConfigError("TLS certificate file " + path + ": the certificate expired on " + date);
+  }
+  expiry_seconds_ = x509_seconds(chain_.valid_to);
+}
+
+inline void TlsContext::load_key(const std::string &path, const std::string &cert_path) {
+  const std::string text = read_pem_file(path, "TLS key file");
+  const int result = mbedtls_pk_parse_key(&key_, reinterpret_cast<const unsigned char *>(text.data()), text.size(), nullptr, 0);
+  if (result != 0) throw ConfigError("TLS key file " + path + ": not an unencrypted private key: " + tls_error_text(result));
+  if (mbedtls_pk_check_pair(&chain_.pk, &key_) != 0)
+    throw ConfigError("TLS key file " + path + ": the key does not match the certificate in " + cert_path);
+  if (const int error = mbedtls_ssl_conf_own_cert(&config_, &chain_, &key_))
+    throw ConfigError("TLS key file " + path + ": " + tls_error_text(error));
+}
+
+// A bundle may hold certificates mbedTLS cannot read (the system's does); those it can
+// are enough.
+inline void TlsContext::load_cas(const std::string &path) {
+  const std::string text = read_pem_file(path, "TLS CA file");
+  const int result = mbedtls_x509_crt_parse(&cas_, reinterpret_cast<const unsigned char *>(text.data()), text.size());
+  if (result < 0 || cas_.version == 0)
+    throw ConfigError("TLS CA file " + path + ": no certificate in it: " + tls_error_text(result < 0 ? result : MBEDTLS_ERR_X509_INVALID_FORMAT));
+  mbedtls_ssl_conf_ca_chain(&config_, &cas_, nullptr);
+}
+
+inline std::shared_ptr<const TlsContext> TlsContext::for_server(const TlsServerSettings &settings) {
+  std::shared_ptr<TlsContext> context(new TlsContext(MBEDTLS_SSL_IS_SERVER));
+  context->load_chain(settings.cert_file);
+  context->load_key(settings.key_file, settings.cert_file);
+  if (!settings.client_ca_file.empty()) {
+    context->load_cas(settings.client_ca_file);
+    mbedtls_ssl_conf_authmode(&context->config_, MBEDTLS_SSL_VERIFY_REQUIRED);
+  } else {
+    mbedtls_ssl_conf_authmode(&context->config_, MBEDTLS_SSL_VERIFY_NONE);
+  }
+  return context;
+}
+
+inline std::shared_ptr<const TlsContext> TlsContext::for_client(const TlsClientSettings &settings) {
+  std::shared_ptr<TlsContext> context(new TlsContext(MBEDTLS_SSL_IS_CLIENT));
+  context->load_cas(settings.ca_file);
+  mbedtls_ssl_conf_authmode(&context->config_, MBEDTLS_SSL_VERIFY_REQUIRED);
+  if (settings.cert_file.empty() != settings.key_file.empty())
+    throw ConfigError("TLS client certificate: a certificate file and a key file go together");
+  if (!settings.cert_file.empty()) {
+    context->load_chain(settings.cert_file);
+    context->load_key(settings.key_file, settings.cert_file);
+  }
+  return context;
+}
+
+inline TlsStream::TlsStream(std::shared_ptr<const TlsContext> context, int fd, int) : context_(std::move(context)), fd_(fd) {
+  mbedtls_ssl_init(&ssl_);
+  if (const int error = mbedtls_ssl_setup(&ssl_, &context_->config_)) error_ = tls_error_text(error);
+  mbedtls_ssl_set_bio(&ssl_, this, send_to, receive_from, nullptr);
+}
+
+inline TlsStream::TlsStream(std::shared_ptr<const TlsContext> context, int fd) : TlsStream(std::move(context), fd, 0) {}
+
+inline TlsStream::TlsStream(std::shared_ptr<const TlsContext> context, int fd, const std::string &host)
+    : TlsStream(std::move(context), fd, 0) {
+  unsigned char address[16];
+  if (::inet_pton(AF_INET, host.c_str(), address) == 1) ip_address_.assign(reinterpret_cast<char *>(address), 4);
+  else if (::inet_pton(AF_INET6, host.c_str(), address) == 1) ip_address_.assign(reinterpret_cast<char *>(address), 16);
+  if (!ip_address_.empty()) mbedtls_ssl_set_verify(&ssl_, check_ip_address, this); // no SNI for an address (RFC 6066)
+  else if (const int error = mbedtls_ssl_set_hostname(&ssl_, host.c_str())) error_ = tls_error_text(error);
+}
+
+inline bool TlsStream::handshake() {
+  if (handshake_done_ || failed()) return handshake_done_;
+  if (!settle(mbedtls_ssl_handshake(&ssl_))) return false;
+  handshake_done_ = true;
+  return true;
+}
+
+inline std::ptrdiff_t TlsStream::read(char *data, std::size_t size) {
+  if (failed()) return -1;
+  const int result = mbedtls_ssl_read(&ssl_, reinterpret_cast<unsigned char *>(data), size);
+  if (result == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY || result == 0) return wait_ = TlsWait::nothing, 0;
+  return settle(result) ? result : -1;
+}
+
+inline std::ptrdiff_t TlsStream::write(const char *data, std::size_t size) {
+  if (failed()) return -1;
+  const int result = mbedtls_ssl_write(&ssl_, reinterpret_cast<const unsigned char *>(data), size);
+  return settle(result) ? result : -1;
+}
+
+inline bool TlsStream::close() { return failed() || settle(mbedtls_ssl_close_notify(&ssl_)); }
+
+// Whether a call succeeded; when not, what it waits for or why it failed. A peer that
+// verified badly is told why in words (the verification flags), not as a code.
+inline bool TlsStream::settle(int result) {
+  wait_ = TlsWait::nothing;
+  if (result >= 0) return true;
+  if (result == MBEDTLS_ERR_SSL_WANT_READ) wait_ = TlsWait::readable;
+  else if (result == MBEDTLS_ERR_SSL_WANT_WRITE) wait_ = TlsWait::writable;
+  else if (result == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED) {
+    char text[512];
+    mbedtls_x509_crt_verify_info(text, sizeof text, "", mbedtls_ssl_get_verify_result(&ssl_));
+    error_ = "certificate verification failed: ";
+    for (const std::string_view line : split(text, '\n')) // one line per problem
+      if (!line.empty()) error_.append(line).append("; ");
+    error_.resize(error_.size() - 2);
+  } else error_ = tls_error_text(result);
+  return false;
+}
+
+inline int TlsStream::send_to(void *stream, const unsigned char *data, std::size_t size) {
+  const int fd = static_cast<TlsStream *>(stream)->fd_;
+  const ssize_t sent = retry_on_eintr([&] { return ::send(fd, data, size, MSG_NOSIGNAL); });
+  if (sent >= 0) return static_cast<int>(sent);
+  return is_not_now(errno) ? MBEDTLS_ERR_SSL_WANT_WRITE : MBEDTLS_ERR_NET_SEND_FAILED;
+}
+
+inline int TlsStream::receive_from(void *stream, unsigned char *data, std::size_t size) {
+  const int fd = static_cast<TlsStream *>(stream)->fd_;
+  const ssize_t got = retry_on_eintr([&] { return ::recv(fd, data, size, 0); });
+  if (got >= 0) return static_cast<int>(got); // 0: the peer closed
+  return is_not_now(errno) ? MBEDTLS_ERR_SSL_WANT_READ : MBEDTLS_ERR_NET_RECV_FAILED;
+}
+
+// Whether a certificate's subjectAltName extension lists `address` (4 or 16 bytes) as an
+// iPAddress ([7] in GeneralName): mbedTLS 2.28 keeps only DNS names of that extension,
+// so it is read here from the certificate's DER.
+inline bool certificate_lists_address(const mbedtls_x509_crt &certificate, std::string_view address) {
+  unsigned char *p = certificate.v3_ext.p, *end = p + certificate.v3_ext.len;
+  std::size_t length = 0;
+  if (!p || mbedtls_asn1_get_tag(&p, end, &length, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE) != 0) return false;
+  end = p + length;
+  while (p < end) {
+    if (mbedtls_asn1_get_tag(&p, end, &length, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE) != 0) return false;
+    unsigned char *extension_end = p + length;
+    mbedtls_x509_buf oid{};
+    if (mbedtls_asn1_get_tag(&p, extension_end, &oid.len, MBEDTLS_ASN1_OID) != 0) return false;
+    oid.p = p, p += oid.len;
+    if (MBEDTLS_OID_CMP(MBEDTLS_OID_SUBJECT_ALT_NAME, &oid) != 0) {
+      p = extension_end;
+      continue;
+    }
+    int critical = 0;
+    mbedtls_asn1_get_bool(&p, extension_end, &critical); // optional
+    if (mbedtls_asn1_get_tag(&p, extension_end, &length, MBEDTLS_ASN1_OCTET_STRING) != 0 ||
+        mbedtls_asn1_get_tag(&p, extension_end, &length, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE) != 0)
+      return false;
+    while (p < extension_end) {
+      const unsigned char tag = *p++;
+      if (mbedtls_asn1_get_len(&p, extension_end, &length) != 0) return false;
+      if (tag == (MBEDTLS_ASN1_CONTEXT_SPECIFIC | 7) && std::string_view(reinterpret_cast<char *>(p), length) == address)
+        return true;
+      p += length;
+    }
+    return false;
+  }
+  return false;
+}
+
+inline int TlsStream::check_ip_address(void *stream, mbedtls_x509_crt *certificate, int depth, std::uint32_t *flags) {
+  if (depth == 0 && !certificate_lists_address(*certificate, static_cast<TlsStream *>(stream)->ip_address_))
+    *flags |= MBEDTLS_X509_BADCERT_CN_MISMATCH;
+  return 0;
+}
+
+} // namespace detail
+} // namespace hermes
+
+#endif // HERMES_TLS
+
 // ===== DETAIL: HTTP =======================================================================
 
 namespace hermes {
@@ -3601,6 +4046,7 @@ struct Connection {
   std::uint64_t sequence = 0; // order of accept; the lowest is the oldest
   bool refused = false;       // admitted over HERMES_MAX_CONNECTIONS: answered 503 once its head is read
   bool forbidden = false;     // from outside Options::http_allow: answered 403 once its head is read
+  bool heard = false;         // has sent something: on its way (a TLS handshake takes round trips)
   Phase phase = Phase::reading;
   std::string input;
   std::string head; // the response's, sent before its body: the body is not copied
@@ -3608,6 +4054,9 @@ struct Connection {
   std::shared_ptr<const std::string> shared_body; // a /metrics body, in place of `body`
   std::size_t sent = 0; // of head and body together
   std::chrono::steady_clock::time_point deadline;
+#ifdef HERMES_TLS
+  std::unique_ptr<TlsStream> tls; // on a TLS port: what the socket's bytes go through
+#endif
 };
 
 } // namespace detail
@@ -4540,6 +4989,7 @@ public:
       : listener_(open_tcp_listener(options.http_address, options.http_port)), logger_(logger), budget_(budget),
         openmetrics_(options.openmetrics), protobuf_(options.protobuf), gzip_(options.gzip_level > 0), render_(std::move(render)),
         allow_(options.http_allow), token_file_(options.http_token_file) {
+    start_tls(options);
     if (token_file_.empty()) return;
     const std::string problem = read_token_file(token_file_, token_);
     if (!problem.empty()) throw ConfigError(problem);
@@ -4559,7 +5009,7 @@ public:
   void add_poll_fds(std::vector<pollfd> &fds, Clock::time_point now) const {
     fds.push_back({now >= accept_paused_until_ ? listener_.get() : -1, POLLIN, 0});
     for (const auto &connection : connections_)
-      fds.push_back({connection->fd.get(), connection->phase == Connection::Phase::writing ? short(POLLOUT) : short(POLLIN), 0});
+      fds.push_back({connection->fd.get(), poll_events(*connection), 0});
   }
 
   // Serves what poll() found, from the listener's entry on, then drops finished connections.
@@ -4585,7 +5035,16 @@ public:
     stats.metrics_bytes_identity = sent_.identity;
     stats.metrics_bytes_gzip = sent_.gzip;
     stats.metrics_gzip_uncompressed_bytes = sent_.gzip_uncompressed;
+    add_tls_stats(stats);
   }
+
+  // The budget every TLS connection takes at start, beside connection_bytes.
+  static constexpr std::size_t tls_connection_bytes = HERMES_TLS_CONNECTION_BYTES;
+  bool tls() const;
+  const std::string &tls_cert_file() const { return tls_settings_.cert_file; }
+  // Reads the certificate and key again: "" when they are in force, or the problem, and
+  // then the pair in force stays.
+  std::string reload_tls();
 
 private:
   void accept_connections(Clock::time_point now);
@@ -4600,6 +5059,17 @@ private:
   void write_response(Connection &connection, Clock::time_point now);
   void drain(Connection &connection);
   void remove_finished(Clock::time_point now);
+
+  // The hooks of TLS, which pass bytes through as they are on a plain port.
+  void start_tls(const Options &options);
+  void open_tls(Connection &connection);
+  bool handshake(Connection &connection, Clock::time_point now);
+  ssize_t receive(Connection &connection, char *buffer, std::size_t size);
+  ssize_t send_parts(Connection &connection, const iovec *parts, std::size_t count);
+  void end_output(Connection &connection);
+  void count_unfinished(const Connection &connection);
+  void add_tls_stats(ServerStats &stats) const;
+  static short poll_events(const Connection &connection);
 
   // The latest body of a format and encoding: shared by the scrapes that come within
   // HERMES_SHARED_BODY_MS of it while it is being sent, and its memory reused by the
@@ -4628,6 +5098,12 @@ private:
   Clock::time_point accept_paused_until_{};
   Clock::time_point next_fd_warning_{};
   Clock::time_point next_memory_warning_{};
+  TlsServerSettings tls_settings_; // cert_file empty: plain HTTP
+#ifdef HERMES_TLS
+  std::shared_ptr<const TlsContext> tls_;
+  std::uint64_t tls_ok_ = 0, tls_failed_ = 0, tls_timeout_ = 0, tls_failures_unlogged_ = 0;
+  Clock::time_point next_tls_warning_{};
+#endif
 };
 
 inline void HttpFrontEnd::accept_connections(Clock::time_point now) {
@@ -4674,11 +5150,14 @@ inline void HttpFrontEnd::admit(FileDescriptor fd, bool forbidden, Clock::time_p
   connection->refused = refuse;
   connection->forbidden = forbidden;
   connection->deadline = now + std::chrono::milliseconds(HERMES_HTTP_READ_TIMEOUT_MS);
+  open_tls(*connection);
   connections_.push_back(std::move(connection));
 }
 
 // A full house is most often idle or slow clients: one still sending its request head
-// gives its place to the newcomer, a forbidden one first, else the one waiting longest.
+// gives its place to the newcomer, a forbidden one first, then one that has sent nothing
+// (so that a flood of silent connections cannot push out a client mid-handshake), else
+// the one waiting longest.
 // A forbidden newcomer takes only a forbidden one's place: clients outside the allow
 // list cannot push out those inside it.
 inline bool HttpFrontEnd::close_oldest_reader(bool forbidden_only) {
@@ -4686,10 +5165,11 @@ inline bool HttpFrontEnd::close_oldest_reader(bool forbidden_only) {
   for (const auto &connection : connections_) {
     if (connection->phase != Connection::Phase::reading || connection->refused || (forbidden_only && !connection->forbidden))
       continue;
-    if (!oldest || std::make_pair(!connection->forbidden, connection->sequence) < std::make_pair(!oldest->forbidden, oldest->sequence))
-      oldest = connection.get();
+    const auto rank = [](const Connection &c) { return std::make_tuple(!c.forbidden, c.heard, c.sequence); };
+    if (!oldest || rank(*connection) < rank(*oldest)) oldest = connection.get();
   }
   if (!oldest) return false;
+  count_unfinished(*oldest);
   const auto position = std::find_if(connections_.begin(), connections_.end(), [&](const auto &c) { return c.get() == oldest; });
   connections_.erase(position);
   return true;
@@ -4697,7 +5177,10 @@ inline bool HttpFrontEnd::close_oldest_reader(bool forbidden_only) {
 
 inline void HttpFrontEnd::serve(Connection &connection, Clock::time_point now) {
   switch (connection.phase) {
-  case Connection::Phase::reading: read_request(connection, now); break;
+  case Connection::Phase::reading:
+    connection.heard = true;
+    read_request(connection, now);
+    break;
   case Connection::Phase::writing: write_response(connection, now); break;
   case Connection::Phase::lingering: drain(connection); break;
   case Connection::Phase::done: break;
@@ -4705,10 +5188,11 @@ inline void HttpFrontEnd::serve(Connection &connection, Clock::time_point now) {
 }
 
 inline void HttpFrontEnd::read_request(Connection &connection, Clock::time_point now) {
+  if (!handshake(connection, now)) return;
   char buffer[4096];
   for (;;) {
     const std::size_t room = std::min(sizeof buffer, HERMES_MAX_REQUEST_HEAD + 1 - connection.input.size());
-    const ssize_t length = retry_on_eintr([&] { return ::recv(connection.fd.get(), buffer, room, 0); });
+    const ssize_t length = receive(connection, buffer, room);
     if (length <= 0) {
       // End of stream before a whole head, or an error: nobody to answer.
       if (length == 0 || !is_not_now(errno)) connection.phase = Connection::Phase::done;
@@ -4815,10 +5299,7 @@ inline void HttpFrontEnd::write_response(Connection &connection, Clock::time_poi
       parts[count++] = {const_cast<char *>(head.data()) + connection.sent, head.size() - connection.sent};
     const std::size_t body_sent = connection.sent > head.size() ? connection.sent - head.size() : 0;
     if (body_sent < body.size()) parts[count++] = {const_cast<char *>(body.data()) + body_sent, body.size() - body_sent};
-    msghdr message{};
-    message.msg_iov = parts.data();
-    message.msg_iovlen = count;
-    const ssize_t length = retry_on_eintr([&] { return ::sendmsg(connection.fd.get(), &message, MSG_NOSIGNAL); });
+    const ssize_t length = send_parts(connection, parts.data(), count);
     if (length < 0) {
       if (!is_not_now(errno)) connection.phase = Connection::Phase::done; // the client went away
       return;
@@ -4828,7 +5309,7 @@ inline void HttpFrontEnd::write_response(Connection &connection, Clock::time_poi
   connection.head = std::string();
   connection.body = std::string();
   connection.shared_body.reset(); // the last connection sending a body that is not the latest frees it
-  ::shutdown(connection.fd.get(), SHUT_WR); // the end of the body, for an HTTP/1.0 client
+  end_output(connection); // the end of the body, for an HTTP/1.0 client
   connection.phase = Connection::Phase::lingering;
   connection.deadline = now + std::chrono::milliseconds(HERMES_HTTP_LINGER_MS);
 }
@@ -4836,7 +5317,7 @@ inline void HttpFrontEnd::write_response(Connection &connection, Clock::time_poi
 inline void HttpFrontEnd::drain(Connection &connection) {
   char buffer[4096];
   for (;;) {
-    const ssize_t length = retry_on_eintr([&] { return ::recv(connection.fd.get(), buffer, sizeof buffer, 0); });
+    const ssize_t length = receive(connection, buffer, sizeof buffer);
     if (length > 0) continue;
     if (length == 0 || !is_not_now(errno)) connection.phase = Connection::Phase::done;
     return;
@@ -4845,13 +5326,145 @@ inline void HttpFrontEnd::drain(Connection &connection) {
 
 inline void HttpFrontEnd::remove_finished(Clock::time_point now) {
   for (const auto &connection : connections_)
-    if (now >= connection->deadline) connection->phase = Connection::Phase::done;
+    if (now >= connection->deadline && connection->phase != Connection::Phase::done) {
+      count_unfinished(*connection);
+      connection->phase = Connection::Phase::done;
+    }
   const auto finished = std::remove_if(connections_.begin(), connections_.end(), [this](const auto &c) {
     if (c->phase != Connection::Phase::done) return false;
     if (c->refused) --refusing_;
     return true;
   });
   connections_.erase(finished, connections_.end());
+}
+
+// ---- TLS hooks -------------------------------------------------------------------------------
+
+// With a certificate and key, every connection speaks TLS, and each of the connections
+// the front end may hold (refused ones too) takes its TLS state's bytes from the budget
+// now, before any is accepted: a flood of handshakes cannot take memory from series.
+inline void HttpFrontEnd::start_tls(const Options &options) {
+  tls_settings_ = {options.tls_cert_file, options.tls_key_file, options.tls_client_ca_file};
+  if (tls_settings_.cert_file.empty() && tls_settings_.key_file.empty() && tls_settings_.client_ca_file.empty()) return;
+#ifndef HERMES_TLS
+  throw ConfigError("HERMES_TLS_CERT_FILE (tls_server): TLS is not compiled in: build Hermes with -DHERMES_TLS and mbedTLS");
+#else
+  if (tls_settings_.cert_file.empty() || tls_settings_.key_file.empty())
+    throw ConfigError("HERMES_TLS_CERT_FILE and HERMES_TLS_KEY_FILE (tls_server.cert_file and key_file) go together");
+  tls_ = TlsContext::for_server(tls_settings_);
+  if (!budget_.take(most_connections * tls_connection_bytes))
+    throw UsageError("HERMES_MAX_MEMORY: " + std::to_string(budget_.limit()) + " bytes leave no room for the " +
+                     std::to_string(most_connections * tls_connection_bytes) + " bytes of TLS connections");
+#endif
+}
+
+inline bool HttpFrontEnd::tls() const {
+#ifdef HERMES_TLS
+  return tls_ != nullptr;
+#else
+  return false;
+#endif
+}
+
+inline std::string HttpFrontEnd::reload_tls() {
+#ifdef HERMES_TLS
+  try {
+    tls_ = TlsContext::for_server(tls_settings_); // open connections keep the pair they started with
+    return "";
+  } catch (const ConfigError &error) {
+    return error.what();
+  }
+#else
+  return "";
+#endif
+}
+
+inline void HttpFrontEnd::open_tls([[maybe_unused]] Connection &connection) {
+#ifdef HERMES_TLS
+  if (tls_) connection.tls = std::make_unique<TlsStream>(tls_, connection.fd.get());
+#endif
+}
+
+// One step of a connection's handshake: true once its request may be read. A failed one
+// is counted and logged, at most one line per interval, with mbedTLS' reason and the
+// client's address; the alert mbedTLS sent says the same to the client.
+inline bool HttpFrontEnd::handshake([[maybe_unused]] Connection &connection, [[maybe_unused]] Clock::time_point now) {
+#ifdef HERMES_TLS
+  if (!connection.tls || connection.tls->handshake_done()) return true;
+  if (connection.tls->handshake()) return ++tls_ok_, true;
+  if (!connection.tls->failed()) return false;
+  ++tls_failed_;
+  connection.phase = Connection::Phase::done;
+  if (now < next_tls_warning_) return ++tls_failures_unlogged_, false;
+  SocketAddress peer;
+  peer.length = sizeof peer.storage;
+  const bool known = ::getpeername(connection.fd.get(), reinterpret_cast<sockaddr *>(&peer.storage), &peer.length) == 0;
+  logger_.log(LogLevel::warn, "TLS handshake failed",
+              {{"client", known ? format_endpoint(peer.get()) : "?"}, {"error", connection.tls->error()},
+               {"failed_unlogged", std::to_string(tls_failures_unlogged_)}});
+  tls_failures_unlogged_ = 0;
+  next_tls_warning_ = now + std::chrono::seconds(HERMES_REJECT_LOG_INTERVAL_S);
+#endif
+  return false;
+}
+
+// recv() as the callers know it: a count, 0 at the end, -1 with errno (EAGAIN: not now).
+inline ssize_t HttpFrontEnd::receive(Connection &connection, char *buffer, std::size_t size) {
+#ifdef HERMES_TLS
+  if (connection.tls) {
+    const std::ptrdiff_t length = connection.tls->read(buffer, size);
+    if (length < 0) errno = connection.tls->failed() ? ECONNRESET : EAGAIN;
+    return length;
+  }
+#endif
+  return retry_on_eintr([&] { return ::recv(connection.fd.get(), buffer, size, 0); });
+}
+
+// sendmsg() as the callers know it. Over TLS, the first part goes as records; the
+// caller comes back for the rest.
+inline ssize_t HttpFrontEnd::send_parts(Connection &connection, const iovec *parts, std::size_t count) {
+#ifdef HERMES_TLS
+  if (connection.tls) {
+    const std::ptrdiff_t length = connection.tls->write(static_cast<const char *>(parts[0].iov_base), parts[0].iov_len);
+    if (length < 0) errno = connection.tls->failed() ? EPIPE : EAGAIN;
+    return length;
+  }
+#endif
+  msghdr message{};
+  message.msg_iov = const_cast<iovec *>(parts);
+  message.msg_iovlen = count;
+  return retry_on_eintr([&] { return ::sendmsg(connection.fd.get(), &message, MSG_NOSIGNAL); });
+}
+
+// The end of the response: over TLS, close_notify first (sent if the socket takes it).
+inline void HttpFrontEnd::end_output(Connection &connection) {
+#ifdef HERMES_TLS
+  if (connection.tls) connection.tls->close();
+#endif
+  ::shutdown(connection.fd.get(), SHUT_WR);
+}
+
+// A connection ended by its deadline or for a newcomer while its handshake was unfinished.
+inline void HttpFrontEnd::count_unfinished([[maybe_unused]] const Connection &connection) {
+#ifdef HERMES_TLS
+  if (connection.tls && !connection.tls->handshake_done() && !connection.tls->failed()) ++tls_timeout_;
+#endif
+}
+
+inline short HttpFrontEnd::poll_events(const Connection &connection) {
+#ifdef HERMES_TLS
+  if (connection.tls && connection.phase == Connection::Phase::reading) return connection.tls->poll_events();
+#endif
+  return connection.phase == Connection::Phase::writing ? short(POLLOUT) : short(POLLIN);
+}
+
+inline void HttpFrontEnd::add_tls_stats([[maybe_unused]] ServerStats &stats) const {
+#ifdef HERMES_TLS
+  if (!tls_) return;
+  stats.tls = true;
+  stats.tls_handshakes_ok = tls_ok_, stats.tls_handshakes_failed = tls_failed_, stats.tls_handshakes_timeout = tls_timeout_;
+  stats.tls_certificate_expiry_seconds = tls_->certificate_expiry_seconds();
+#endif
 }
 
 } // namespace detail
@@ -6027,6 +6640,12 @@ inline Options options_from_environment(const Config &config, const Environment 
       [](std::string_view text) { return detail::parse_number<std::size_t>(text, 10, 1, 1000000); }, "a number from 1 to 1000000");
   override_from(options.statsd_tcp_idle_seconds, env, {"HERMES_STATSD_TCP_IDLE_SECONDS"}, detail::seconds_or_never,
                 "a number of seconds (0: never)");
+  options.tls_cert_file = config.tls_server.cert_file;
+  options.tls_key_file = config.tls_server.key_file;
+  options.tls_client_ca_file = config.tls_server.client_ca_file;
+  override_from(options.tls_cert_file, env, {"HERMES_TLS_CERT_FILE"}, detail::any_text, "");
+  override_from(options.tls_key_file, env, {"HERMES_TLS_KEY_FILE"}, detail::any_text, "");
+  override_from(options.tls_client_ca_file, env, {"HERMES_TLS_CLIENT_CA_FILE"}, detail::any_text, "");
   return options;
 }
 
@@ -7036,7 +7655,7 @@ using Figure = std::optional<double>; // absent: the family is left out
 // One family of Hermes' own: either one series without labels (`value`), or labelled
 // series that `write` adds after the family's HELP and TYPE lines.
 struct SelfMetric {
-  enum class Scope { registry, server, process, statsd_tcp }; // statsd_tcp: a server's, when its TCP listener is on
+  enum class Scope { registry, server, process, statsd_tcp, tls }; // statsd_tcp: a server's, when its TCP listener is on; tls: a server whose HTTP port speaks TLS
   const char *name;
   const char *help;
   MetricType type;
@@ -7076,6 +7695,12 @@ inline void write_state_writes(Writer &out, const char *name, const SelfView &vi
 inline void write_metrics_bytes(Writer &out, const char *name, const SelfView &view) {
   out.sample(name, {{"encoding", "gzip"}}, static_cast<double>(view.server->metrics_bytes_gzip));
   out.sample(name, {{"encoding", "identity"}}, static_cast<double>(view.server->metrics_bytes_identity));
+}
+
+inline void write_tls_handshakes(Writer &out, const char *name, const SelfView &view) {
+  out.sample(name, {{"result", "ok"}}, static_cast<double>(view.server->tls_handshakes_ok));
+  out.sample(name, {{"result", "failed"}}, static_cast<double>(view.server->tls_handshakes_failed));
+  out.sample(name, {{"result", "timeout"}}, static_cast<double>(view.server->tls_handshakes_timeout));
 }
 
 inline void write_http_requests(Writer &out, const char *name, const SelfView &view) {
@@ -7157,6 +7782,11 @@ inline const SelfMetric self_metrics[] = {
      self_counter, Scope::statsd_tcp, nullptr, write_by_reason<TcpClose, tcp_close_count, &ServerStats::statsd_tcp_closed>},
     {"hermes_statsd_tcp_connections_refused_total", "StatsD TCP connections closed as soon as they came, by reason.",
      self_counter, Scope::statsd_tcp, nullptr, write_by_reason<TcpRefusal, tcp_refusal_count, &ServerStats::statsd_tcp_refused>},
+    {"hermes_tls_certificate_expiry_timestamp_seconds",
+     "When the certificate the HTTP port serves expires, in seconds since the epoch.", self_gauge, Scope::tls,
+     [](const SelfView &v) -> Figure { return v.server->tls_certificate_expiry_seconds; }, nullptr},
+    {"hermes_tls_handshakes_total", "TLS handshakes on the HTTP port, by result.", self_counter, Scope::tls, nullptr,
+     write_tls_handshakes},
     {"hermes_udp_packets_total", "UDP datagrams received.", self_counter, Scope::server,
      [](const SelfView &v) { return count(v.server->udp_packets); }, nullptr},
     {"hermes_udp_receive_buffer_bytes", "The UDP socket's receive buffer, as the kernel granted it.", self_gauge, Scope::server,
@@ -7180,8 +7810,14 @@ inline const SelfMetric self_metrics[] = {
 };
 
 inline bool has_scope(const SelfView &view, SelfMetric::Scope scope) {
-  if (scope == Scope::statsd_tcp) return view.server != nullptr && view.server->statsd_tcp;
-  return scope == Scope::registry || (scope == Scope::server ? view.server != nullptr : view.process != nullptr);
+  switch (scope) {
+  case Scope::registry: return true;
+  case Scope::server: return view.server != nullptr;
+  case Scope::process: return view.process != nullptr;
+  case Scope::statsd_tcp: return view.server != nullptr && view.server->statsd_tcp;
+  case Scope::tls: return view.server != nullptr && view.server->tls;
+  }
+  return false;
 }
 
 // Writes one of Hermes' own families, or nothing when the view has no figure for it.
@@ -7278,6 +7914,7 @@ inline std::size_t Renderer::fixed_bound(const Registry &registry) {
   BoundWriter out;
   ServerStats server;
   server.statsd_tcp = true; // its families too: the bound cannot depend on the options
+  server.tls = true;
   const ProcessStats process{0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
   const SelfView view{registry, &server, &process};
   for (const SelfMetric &metric : self_metrics) write_self_metric(out, metric, view);
@@ -7354,6 +7991,7 @@ struct Server::Impl {
   void poll_once(int timeout_ms);
   bool reload_config();
   bool reload_token();
+  bool reload_tls();
   int poll_timeout(int timeout_ms, Clock::time_point now) const;
   void sweep(Clock::time_point now);
   bool render(Format format, detail::BudgetedBody &body);
@@ -7396,6 +8034,8 @@ inline Server::Server(const Config &config, Options options) : impl_(std::make_u
   if (!udp_allow.empty()) fields.emplace_back("udp_allow", udp_allow);
   if (!http_allow.empty()) fields.emplace_back("http_allow", http_allow);
   if (!options.http_token_file.empty()) fields.emplace_back("http_token_file", options.http_token_file);
+  if (impl_->http.tls()) fields.emplace_back("tls_cert_file", options.tls_cert_file);
+  if (impl_->http.tls() && !options.tls_client_ca_file.empty()) fields.emplace_back("tls_client_ca_file", options.tls_client_ca_file);
   fields.insert(fields.end(), {{"service", config.service_name}, {"version", HERMES_VERSION_STR}});
   impl_->logger.log(LogLevel::info, "hermes listening", fields);
   impl_->state.restore(impl_->registry, monotonic_seconds());
@@ -7423,9 +8063,10 @@ inline bool Server::reload() {
   Impl &impl = *impl_;
   const bool config = impl.reload_config();
   const bool token = impl.reload_token();
-  ++(config && token ? impl.reloads_succeeded : impl.reloads_failed);
-  if (config && token) impl.last_reload_success_seconds = wall_clock_seconds();
-  return config && token;
+  const bool tls = impl.reload_tls();
+  ++(config && token && tls ? impl.reloads_succeeded : impl.reloads_failed);
+  if (config && token && tls) impl.last_reload_success_seconds = wall_clock_seconds();
+  return config && token && tls;
 }
 
 inline bool Server::Impl::reload_config() {
@@ -7450,6 +8091,18 @@ inline bool Server::Impl::reload_token() {
     return false;
   }
   logger.log(LogLevel::info, "token reloaded", {{"path", http.token_file()}});
+  return true;
+}
+
+// The TLS certificate and key, read again as cert-manager or an ACME client rotates them.
+inline bool Server::Impl::reload_tls() {
+  if (!http.tls()) return true;
+  const std::string problem = http.reload_tls();
+  if (!problem.empty()) {
+    logger.log(LogLevel::error, "TLS certificate reload failed; the certificate in force stays", {{"error", problem}});
+    return false;
+  }
+  logger.log(LogLevel::info, "TLS certificate reloaded", {{"path", http.tls_cert_file()}});
   return true;
 }
 

@@ -46,9 +46,12 @@ constexpr const char *usage_text =
     "  HERMES_HTTP_ALLOW       the same for HTTP clients, answered 403; over \"http_allow\"\n"
     "  HERMES_HTTP_TOKEN_FILE  a file holding a token that /metrics and / then ask for\n"
     "                          as \"Authorization: Bearer TOKEN\" (else 401)\n"
+    "  HERMES_TLS_CERT_FILE, HERMES_TLS_KEY_FILE  a PEM certificate chain and its key: the\n"
+    "                          HTTP port then speaks only TLS; over the config's \"tls_server\"\n"
+    "  HERMES_TLS_CLIENT_CA_FILE  clients must show a certificate these CAs signed\n"
     "\n"
     "Signals: SIGTERM and SIGINT write the state file, if any, and stop; SIGHUP reloads the\n"
-    "config file.\n";
+    "config file, the token file and the TLS certificate and key.\n";
 
 struct CommandLine {
   bool check_config = false;

@@ -303,6 +303,9 @@ TEST_CASE("Hermes' own families, per-metric lines included, stay within the fixe
     server.statsd_tcp_connections = server.statsd_tcp_accepted = 18446744073709551615u;
     server.statsd_tcp_refused.fill(18446744073709551615u);
     server.statsd_tcp_closed.fill(18446744073709551615u);
+    server.tls = true; // the TLS families too, shown on a TLS port
+    server.tls_handshakes_ok = server.tls_handshakes_failed = server.tls_handshakes_timeout = 18446744073709551615u;
+    server.tls_certificate_expiry_seconds = -2.2250738585072014e-308;
     const hermes::detail::ProcessStats process{-1.2345678901234567e-300, 1e300, 1.7976931348623157e308, 0.1, 5e-324, -1e-5};
     for (const hermes::Format format : {hermes::Format::text, hermes::Format::openmetrics, hermes::Format::protobuf}) {
       CAPTURE(name_size);

@@ -7,7 +7,8 @@
 //                          build/bench --compression ./hermes only 10,
 //                          build/bench --peers ./hermes only 9, with the hermes figures it
 //                          needs (burst, 20 samples/dgram, 100k scrape, idle) measured anew,
-//                          build/bench --memory only the in-process part of 5)
+//                          build/bench --memory only the in-process part of 5,
+//                          build/bench --tls ./hermes only 10)
 //
 // 1. Ingest: the same sender (sendmmsg) pushes the same datagrams into a bare receiver
 //    (recvmmsg, counts, nothing else) and into hermes: a burst of 300k datagrams as fast
@@ -41,6 +42,11 @@
 // 10. Compression: the 100k counter series of 4, and 100k gauges with values spread over
 //    six decades, scraped with Accept-Encoding: gzip from hermes with HERMES_COMPRESSION
 //    off and at levels 1, 4, 6 and 9: CPU and bytes.
+// 11. TLS (a build with HERMES_TLS; certificates made with openssl, ECDSA P-256): hermes'
+//    CPU per scrape of 100k counter series over TLS against in clear; the CPU of one full
+//    handshake (GET /-/healthy over TLS against in clear, each on a new connection); and
+//    the resident memory each TLS connection holds, mid-handshake (64 clients that sent
+//    their ClientHello and stopped) and established (64 that finished it and stopped).
 // Figures on a shared machine wander; the ratios measured in the same run are what count.
 #include "hermes.hpp"
 
@@ -1091,13 +1097,155 @@ void measure_tcp_against_udp(const std::string &binary) {
               ratio(runs[1]) <= 1.5 ? "" : " MISMATCH: more than 1.5x");
 }
 
+// ---- 11. TLS ------------------------------------------------------------------------------
+
+#ifdef HERMES_TLS
+
+// A root and a server certificate for 127.0.0.1, made with openssl in a new folder.
+std::string make_certificates() {
+  char folder[] = "/tmp/hermes-bench-tls-XXXXXX";
+  if (!::mkdtemp(folder)) std::perror("mkdtemp");
+  const std::string dir = folder;
+  const std::string commands =
+      "cd " + dir + " && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out root.key"
+      " && openssl req -x509 -new -key root.key -out root.pem -days 2 -subj /CN=root"
+      " && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out server.key"
+      " && openssl req -new -key server.key -out server.csr -subj /CN=server"
+      " && echo subjectAltName=IP:127.0.0.1 > ext"
+      " && openssl x509 -req -in server.csr -CA root.pem -CAkey root.key -CAcreateserial -out server.pem -days 1 -extfile ext";
+  if (std::system((commands + " >/dev/null 2>&1").c_str()) != 0) {
+    std::fprintf(stderr, "bench: openssl could not make the certificates\n");
+    std::exit(1);
+  }
+  return dir;
+}
+
+// A TLS client on a new connection to hermes, blocking, with its handshake done; or,
+// without `finish`, stopped after its ClientHello.
+struct TlsClient {
+  hermes::detail::FileDescriptor fd;
+  std::unique_ptr<hermes::detail::TlsStream> stream;
+};
+
+TlsClient tls_connect(std::uint16_t port, const std::shared_ptr<const hermes::detail::TlsContext> &context, bool finish = true) {
+  TlsClient client{hermes::detail::FileDescriptor(::socket(AF_INET, SOCK_STREAM, 0)), nullptr};
+  sockaddr_in address = loopback(port);
+  if (::connect(client.fd.get(), reinterpret_cast<sockaddr *>(&address), sizeof address) != 0) return client;
+  client.stream = std::make_unique<hermes::detail::TlsStream>(context, client.fd.get(), "127.0.0.1");
+  if (!finish) { // the one step that sends the ClientHello, without waiting for the answer
+    ::fcntl(client.fd.get(), F_SETFL, O_NONBLOCK);
+    client.stream->handshake();
+    return client;
+  }
+  while (!client.stream->handshake() && !client.stream->failed()) {
+  }
+  return client;
+}
+
+void https_get_into(std::string &response, std::uint16_t port, const std::shared_ptr<const hermes::detail::TlsContext> &context,
+                    const char *path) {
+  response.clear();
+  TlsClient client = tls_connect(port, context);
+  if (!client.stream || !client.stream->handshake_done()) return;
+  const std::string request = std::string("GET ") + path + " HTTP/1.0\r\n\r\n";
+  if (client.stream->write(request.data(), request.size()) <= 0) return;
+  char buffer[65536];
+  for (std::ptrdiff_t n; (n = client.stream->read(buffer, sizeof buffer)) > 0;) response.append(buffer, static_cast<std::size_t>(n));
+}
+
+// hermes' CPU (ns, from schedstat) per run of `request`, `count` runs.
+template <typename Request> double run_ns_per(const Receiver &hermes, int count, Request request) {
+  const double before = run_ns(hermes.pid);
+  for (int i = 0; i < count; ++i) request();
+  return (run_ns(hermes.pid) - before) / count;
+}
+
+// Resident memory per connection of 64 TLS clients that stop mid-handshake or once it
+// is done, each measure in a hermes of its own: freed pages stay resident for the next.
+double resident_bytes_per_connection(const std::string &binary, const std::string &dir,
+                                     const std::shared_ptr<const hermes::detail::TlsContext> &context, bool finish) {
+  constexpr int count = 64;
+  Receiver hermes = start_hermes(binary, bench_config, {{"HERMES_TLS_CERT_FILE", dir + "/server.pem"}, {"HERMES_TLS_KEY_FILE", dir + "/server.key"}});
+  std::string response;
+  https_get_into(response, hermes.http_port, context, "/metrics"); // the first scrape's memory is not a connection's
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const double before = rss_mib(hermes.pid);
+  std::vector<TlsClient> clients;
+  for (int i = 0; i < count; ++i) clients.push_back(tls_connect(hermes.http_port, context, finish));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const double after = rss_mib(hermes.pid);
+  clients.clear();
+  stop(hermes);
+  return (after - before) * 1024 * 1024 / count;
+}
+
+// 100k counter series into `hermes` in parts of 1000, without reading its /metrics (a
+// TLS hermes does not answer in clear); true once it shows them all over TLS.
+bool push_series_over_tls(const Receiver &hermes, const std::shared_ptr<const hermes::detail::TlsContext> &context) {
+  for (int id = 0; id < 100000; id += 1000) {
+    std::vector<std::string> part;
+    for (int i = id; i < id + 1000; ++i)
+      part.push_back(R"({"metric_name":"series_total","payload":{"labels":{"id":")" + std::to_string(i) + R"("},"value":)" +
+                     std::to_string(i) + "}}");
+    send_stream(hermes.udp_port, part, 0, 10, part.size());
+    std::this_thread::sleep_for(std::chrono::milliseconds(5)); // within the socket's buffer
+  }
+  std::string response;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    https_get_into(response, hermes.http_port, context, "/metrics");
+    if (response.find("\nhermes_series 100000\n") != std::string::npos) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
+}
+
+void measure_tls(const std::string &binary) {
+  const std::string dir = make_certificates();
+  hermes::detail::TlsClientSettings settings;
+  settings.ca_file = dir + "/root.pem";
+  const auto context = hermes::detail::TlsContext::for_client(settings);
+  Receiver tls = start_hermes(binary, bench_config, {{"HERMES_TLS_CERT_FILE", dir + "/server.pem"}, {"HERMES_TLS_KEY_FILE", dir + "/server.key"}});
+  Receiver plain = start_hermes(binary, bench_config);
+  push_all(plain, 100000, [](int id) {
+    return R"({"metric_name":"series_total","payload":{"labels":{"id":")" + std::to_string(id) + R"("},"value":)" +
+           std::to_string(id) + "}}";
+  });
+  std::printf("\n| TLS 1.2 (ECDSA P-256 key, X25519, AES-128-GCM) | in clear | over TLS | ratio |\n|---|---:|---:|---:|\n");
+  if (!push_series_over_tls(tls, context)) std::printf("MISMATCH: the TLS hermes does not show 100000 series\n");
+  std::string response;
+  for (int i = 0; i < 2; ++i) http_get_into(response, plain.http_port, "/metrics"), https_get_into(response, tls.http_port, context, "/metrics");
+  const double plain_scrape = run_ns_per(plain, 20, [&] { http_get_into(response, plain.http_port, "/metrics"); });
+  const std::size_t plain_size = response.size();
+  const double tls_scrape = run_ns_per(tls, 20, [&] { https_get_into(response, tls.http_port, context, "/metrics"); });
+  if (response.size() < plain_size) std::printf("MISMATCH: bodies of %zu bytes in clear, %zu over TLS\n", plain_size, response.size());
+  std::printf("| hermes CPU per scrape of 100k series, 20 after 2 (ms) | %.2f | %.2f | %.2fx |\n", plain_scrape / 1e6,
+              tls_scrape / 1e6, tls_scrape / plain_scrape);
+  const double plain_request = run_ns_per(plain, 200, [&] { http_get_into(response, plain.http_port, "/-/healthy"); });
+  const double tls_request = run_ns_per(tls, 200, [&] { https_get_into(response, tls.http_port, context, "/-/healthy"); });
+  std::printf("| hermes CPU per GET /-/healthy on a new connection, 200 (ms) | %.3f | %.3f | +%.3f ms: one full handshake |\n",
+              plain_request / 1e6, tls_request / 1e6, (tls_request - plain_request) / 1e6);
+  stop(plain);
+  stop(tls);
+  const double mid = resident_bytes_per_connection(binary, dir, context, false);
+  const double established = resident_bytes_per_connection(binary, dir, context, true);
+  std::printf("| resident memory per TLS connection, 64 held (bytes) | | %.0f mid-handshake, %.0f established | the budget's share: %d |\n",
+              mid, established, HERMES_TLS_CONNECTION_BYTES);
+  if (std::system(("rm -rf " + dir).c_str()) != 0) std::fprintf(stderr, "bench: could not remove %s\n", dir.c_str());
+}
+
+#else
+
+void measure_tls(const std::string &) { std::printf("\nTLS: this bench was built without HERMES_TLS\n"); }
+
+#endif // HERMES_TLS
+
 int main(int argc, char **argv) {
   if (argc > 1 && std::string(argv[1]) == "--memory") return measure_memory_accounting(), 0;
   const std::string part = argc > 1 && argv[1][0] == '-' ? argv[1] : "";
   if (!part.empty()) --argc, ++argv;
   if (!part.empty() && part != "--ingest" && part != "--access" && part != "--series" && part != "--peers" &&
-      part != "--tcp" && part != "--compression") {
-    std::fprintf(stderr, "usage: bench [--ingest | --access | --series | --peers | --tcp | --compression | --memory] [HERMES_BINARY...]\n");
+      part != "--tcp" && part != "--compression" && part != "--tls") {
+    std::fprintf(stderr, "usage: bench [--ingest | --access | --series | --peers | --tcp | --compression | --tls | --memory] [HERMES_BINARY...]\n");
     return 2;
   }
   const std::string binary = argc > 1 ? argv[1] : "./hermes";
@@ -1116,6 +1264,7 @@ int main(int argc, char **argv) {
   if (part == "--series") return measure_series_memory(binary), 0;
   if (part == "--tcp") return measure_tcp_against_udp(binary), 0;
   if (part == "--compression") return measure_compression(binary), 0;
+  if (part == "--tls") return measure_tls(binary), 0;
   if (part == "--access") {
     measure_allow_list(binary);
     measure_allow_list_in_process();
@@ -1169,5 +1318,6 @@ int main(int argc, char **argv) {
   measure_peers(binary, figures);
   measure_allow_list(binary);
   measure_allow_list_in_process();
+  measure_tls(binary);
   return 0;
 }
