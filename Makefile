@@ -17,6 +17,9 @@ CXX ?= g++
 CXXFLAGS ?= -O2
 WARNINGS := -Wall -Wextra -Wpedantic -Wshadow -Wconversion -Werror
 HERMES_FLAGS := -std=c++17 $(WARNINGS) $(CPPFLAGS)
+# Optional parts, one line each: the macro that compiles a part in, the library it links.
+FEATURE_FLAGS += -DHERMES_YAML
+FEATURE_LIBS += -lyaml
 BUILD := build
 
 # Largest first, so that the longest compiles start first and the jobs end together.
@@ -55,7 +58,7 @@ help:
 	@echo 'Builds run as many jobs as cores unless -j is given; CXXFLAGS, CPPFLAGS, LDFLAGS reach all.'
 
 hermes: main.cpp hermes.hpp | deps
-	$(CXX) $(HERMES_FLAGS) $(CXXFLAGS) $(LDFLAGS) -o $@ main.cpp
+	$(CXX) $(HERMES_FLAGS) $(FEATURE_FLAGS) $(CXXFLAGS) $(LDFLAGS) -o $@ main.cpp $(FEATURE_LIBS)
 
 run: hermes
 	./hermes config.json
@@ -69,14 +72,14 @@ check: $(BUILD)/unit_tests
 # Each test file is its own translation unit including hermes.hpp, so a definition that
 # is not inline fails the link.
 $(BUILD)/unit_tests: $(UNIT_OBJECTS)
-	$(CXX) $(CXXFLAGS) $(LDFLAGS) -pthread -o $@ $^
+	$(CXX) $(CXXFLAGS) $(LDFLAGS) -pthread -o $@ $^ $(FEATURE_LIBS)
 
 $(BUILD)/allocation_tests: $(BUILD)/allocations.o $(BUILD)/doctest_main.o
-	$(CXX) $(CXXFLAGS) $(LDFLAGS) -pthread -o $@ $^
+	$(CXX) $(CXXFLAGS) $(LDFLAGS) -pthread -o $@ $^ $(FEATURE_LIBS)
 
 $(BUILD)/%.o: tests/%.cpp hermes.hpp tests/helpers.hpp tests/reading.hpp | check-deps
 	@mkdir -p $(BUILD)
-	$(CXX) $(HERMES_FLAGS) $(CXXFLAGS) $(UNIT_OPT) -pthread -I. -DHERMES_TEST_DIR='"$(CURDIR)/tests"' -c -o $@ $<
+	$(CXX) $(HERMES_FLAGS) $(FEATURE_FLAGS) $(CXXFLAGS) $(UNIT_OPT) -pthread -I. -DHERMES_TEST_DIR='"$(CURDIR)/tests"' -c -o $@ $<
 
 # The C example of a StatsD sender, built as a board's C compiler would take it;
 # tests/statsd_clients.py runs it against ./hermes.
@@ -97,7 +100,7 @@ statsd-clients:
 # state writes of 100k series against ingest.
 $(BUILD)/bench: tests/bench/bench.cpp hermes.hpp | deps
 	@mkdir -p $(BUILD)
-	$(CXX) -std=c++17 -O2 $(WARNINGS) $(CPPFLAGS) $(CXXFLAGS) $(LDFLAGS) -pthread -I. -o $@ $<
+	$(CXX) -std=c++17 -O2 $(WARNINGS) $(CPPFLAGS) $(FEATURE_FLAGS) $(CXXFLAGS) $(LDFLAGS) -pthread -I. -o $@ $< $(FEATURE_LIBS)
 
 bench: hermes $(BUILD)/static/hermes $(BUILD)/bench | bench-deps
 	$(BUILD)/bench ./hermes $(BUILD)/static/hermes
@@ -130,7 +133,7 @@ STATIC_FLAGS := -Os -static -s -ffunction-sections -fdata-sections -Wl,--gc-sect
 
 $(BUILD)/static/hermes: main.cpp hermes.hpp | deps
 	@mkdir -p $(BUILD)/static
-	$(CXX) $(HERMES_FLAGS) $(CXXFLAGS) $(STATIC_FLAGS) $(LDFLAGS) -o $@ main.cpp
+	$(CXX) $(HERMES_FLAGS) $(FEATURE_FLAGS) $(CXXFLAGS) $(STATIC_FLAGS) $(LDFLAGS) -o $@ main.cpp $(FEATURE_LIBS)
 
 static: $(BUILD)/static/hermes
 	@size=$$(stat -c %s $<); echo "$<: static, stripped, $$size bytes (limit $(STATIC_LIMIT))"; \
@@ -167,16 +170,16 @@ cross-deps:
 # ---- the heavier gates, run by CI after make test -----------------------------------------
 
 # libFuzzer targets for the JSON and StatsD datagram paths, the config loader, the HTTP
-# parser and the state file reader. Each first replays its committed seeds and
+# parser, the state file reader, the StatsD mapping file and mapped ingest. Each first replays its committed seeds and
 # regressions, then explores for FUZZ_SECONDS.
 FUZZ_CXX ?= clang++-14
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := datagram statsd config http state
+FUZZ_TARGETS := datagram statsd config http state mapping mapped
 FUZZ_FLAGS := -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I.
 
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_%.cpp hermes.hpp tests/reading.hpp | fuzz-deps
 	@mkdir -p $(BUILD)
-	$(FUZZ_CXX) $(FUZZ_FLAGS) -o $@ $<
+	$(FUZZ_CXX) $(FUZZ_FLAGS) $(FEATURE_FLAGS) -o $@ $< $(FEATURE_LIBS)
 
 fuzz: $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
 	@for target in $(FUZZ_TARGETS); do \
@@ -202,8 +205,8 @@ SANITIZE_FLAGS := -std=c++17 -g -O1 -fsanitize=address,undefined -fno-sanitize-r
 
 sanitize: | test-deps
 	@mkdir -p $(BUILD)/sanitize
-	$(CXX) $(SANITIZE_FLAGS) $(WARNINGS) $(CPPFLAGS) -pthread -I. -DHERMES_TEST_DIR='"$(CURDIR)/tests"' -o $(BUILD)/sanitize/unit_tests $(UNIT_SOURCES)
-	$(CXX) $(SANITIZE_FLAGS) $(WARNINGS) $(CPPFLAGS) -o $(BUILD)/sanitize/hermes main.cpp
+	$(CXX) $(SANITIZE_FLAGS) $(WARNINGS) $(CPPFLAGS) $(FEATURE_FLAGS) -pthread -I. -DHERMES_TEST_DIR='"$(CURDIR)/tests"' -o $(BUILD)/sanitize/unit_tests $(UNIT_SOURCES) $(FEATURE_LIBS)
+	$(CXX) $(SANITIZE_FLAGS) $(WARNINGS) $(CPPFLAGS) $(FEATURE_FLAGS) -o $(BUILD)/sanitize/hermes main.cpp $(FEATURE_LIBS)
 	$(BUILD)/sanitize/unit_tests --no-intro=true
 	python3 tests/blackbox.py $(BUILD)/sanitize/hermes
 
@@ -214,7 +217,7 @@ valgrind: $(BUILD)/unit_tests | valgrind-deps
 	  $(BUILD)/unit_tests --no-intro=true --source-file='*test_server.cpp,*test_state.cpp'
 
 deps:
-	@tests/ensure.sh header:picojson.h:picojson-dev
+	@tests/ensure.sh header:picojson.h:picojson-dev header:yaml.h:libyaml-dev
 
 # What `make check` needs, and no more, so that the edit loop installs nothing else.
 check-deps: deps
