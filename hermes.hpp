@@ -211,7 +211,7 @@
 //     HERMES_DEFAULT_MAX_UNDECLARED_METRICS 1000  metrics StatsD lines may make (max_undeclared_metrics)
 //     HERMES_STATSD_MAPPING_CACHE   1000   StatsD names whose mapping result is kept
 //     HERMES_MAX_MAPPING_SIZE   16777216   bytes of StatsD mapping file
-//     HERMES_MAX_MAPPING_NODES   2000000   YAML nodes of a mapping file, aliases unfolded
+//     HERMES_MAX_MAPPING_NODES    500000   YAML nodes of a mapping file, aliases unfolded
 
 #ifndef HERMES_HPP
 #define HERMES_HPP
@@ -317,7 +317,7 @@
 #define HERMES_MAX_MAPPING_SIZE (16 * 1024 * 1024) // bytes of StatsD mapping file
 #endif
 #ifndef HERMES_MAX_MAPPING_NODES
-#define HERMES_MAX_MAPPING_NODES 2000000 // YAML nodes of a mapping file, aliases unfolded
+#define HERMES_MAX_MAPPING_NODES 500000 // YAML nodes of a mapping file, aliases unfolded
 #endif
 
 // Each limit is checked here, so that a wrong value stops the build with what to do
@@ -3111,60 +3111,83 @@ struct YamlNode {
   }
 };
 
-// Turns libyaml's document into YamlNodes. Aliases are followed, so a document that
-// refers to itself, or unfolds past HERMES_MAX_MAPPING_NODES, is refused.
+// Builds YamlNodes from libyaml's events (its parser alone: the document loader would add
+// 9 KB to a static binary). Aliases are followed, so a document that refers to itself,
+// or unfolds past HERMES_MAX_MAPPING_NODES, is refused.
 class YamlTree {
 public:
-  YamlTree(yaml_document_t &document, const std::string &origin) : document_(document), origin_(origin) {}
+  YamlTree(yaml_parser_t &parser, const std::string &origin) : parser_(parser), origin_(origin) {}
+  ~YamlTree() { yaml_event_delete(&event_); }
 
-  YamlNode convert(yaml_node_t *node, std::size_t depth) {
-    if (++nodes_ > HERMES_MAX_MAPPING_NODES || depth > HERMES_MAX_JSON_DEPTH * 4)
-      throw ConfigError(origin_ + ":" + std::to_string(node->start_mark.line + 1) +
-                        ": too deep, or too many nodes once aliases are unfolded");
-    YamlNode out;
-    out.line = node->start_mark.line + 1;
-    if (node->type == YAML_SCALAR_NODE) {
-      out.text.assign(reinterpret_cast<const char *>(node->data.scalar.value), node->data.scalar.length);
-      out.plain = node->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
-    } else if (node->type == YAML_SEQUENCE_NODE) {
-      out.kind = YamlNode::Kind::sequence;
-      for (yaml_node_item_t *item = node->data.sequence.items.start; item < node->data.sequence.items.top; ++item)
-        out.items.push_back(convert(yaml_document_get_node(&document_, *item), depth + 1));
-    } else if (node->type == YAML_MAPPING_NODE) {
-      out.kind = YamlNode::Kind::mapping;
-      for (yaml_node_pair_t *pair = node->data.mapping.pairs.start; pair < node->data.mapping.pairs.top; ++pair) {
-        out.items.push_back(convert(yaml_document_get_node(&document_, pair->key), depth + 1));
-        out.items.push_back(convert(yaml_document_get_node(&document_, pair->value), depth + 1));
-      }
-    }
-    return out;
+  // The first document's root; an empty stream is an empty mapping.
+  YamlNode root() {
+    while (next() != YAML_DOCUMENT_START_EVENT)
+      if (event_.type == YAML_STREAM_END_EVENT) return YamlNode{YamlNode::Kind::mapping, {}, false, 1, {}};
+    next();
+    return node(0);
   }
 
 private:
-  yaml_document_t &document_;
+  yaml_event_type_t next() {
+    yaml_event_delete(&event_);
+    if (!yaml_parser_parse(&parser_, &event_))
+      throw ConfigError(origin_ + ":" + std::to_string(parser_.problem_mark.line + 1) + ": " +
+                        (parser_.problem ? parser_.problem : "not YAML") +
+                        (parser_.context ? std::string(" ") + parser_.context : std::string()));
+    return event_.type;
+  }
+
+  void count(std::size_t nodes, std::size_t depth) {
+    if ((nodes_ += nodes) > HERMES_MAX_MAPPING_NODES || depth > HERMES_MAX_JSON_DEPTH * 4)
+      throw ConfigError(origin_ + ":" + std::to_string(event_.start_mark.line + 1) +
+                        ": too deep, or too many nodes once aliases are unfolded");
+  }
+
+  // The node whose first event is the current one; leaves its last event current.
+  YamlNode node(std::size_t depth) {
+    count(1, depth);
+    YamlNode out;
+    out.line = event_.start_mark.line + 1;
+    const std::size_t first = nodes_;
+    const yaml_char_t *anchor = nullptr;
+    if (event_.type == YAML_ALIAS_EVENT) {
+      const std::string name = reinterpret_cast<const char *>(event_.data.alias.anchor);
+      const auto found = std::find_if(anchors_.begin(), anchors_.end(), [&](const auto &a) { return a.first == name; });
+      if (found == anchors_.end()) throw ConfigError(origin_ + ":" + std::to_string(out.line) + ": unknown alias *" + name);
+      count(found->second.second, depth);
+      return found->second.first;
+    } else if (event_.type == YAML_SCALAR_EVENT) {
+      anchor = event_.data.scalar.anchor;
+      out.text.assign(reinterpret_cast<const char *>(event_.data.scalar.value), event_.data.scalar.length);
+      out.plain = event_.data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+    } else {
+      const bool sequence = event_.type == YAML_SEQUENCE_START_EVENT;
+      anchor = sequence ? event_.data.sequence_start.anchor : event_.data.mapping_start.anchor;
+      const std::string name = anchor ? reinterpret_cast<const char *>(anchor) : "";
+      out.kind = sequence ? YamlNode::Kind::sequence : YamlNode::Kind::mapping;
+      while (next() != YAML_SEQUENCE_END_EVENT && event_.type != YAML_MAPPING_END_EVENT) out.items.push_back(node(depth + 1));
+      if (!name.empty()) anchors_.emplace_back(name, std::make_pair(out, nodes_ - first + 1));
+      return out;
+    }
+    if (anchor) anchors_.emplace_back(reinterpret_cast<const char *>(anchor), std::make_pair(out, std::size_t{1}));
+    return out;
+  }
+
+  yaml_parser_t &parser_;
   const std::string &origin_;
+  yaml_event_t event_{};
   std::size_t nodes_ = 0;
+  std::vector<std::pair<std::string, std::pair<YamlNode, std::size_t>>> anchors_; // each with its node count
 };
 
 // The first document of `text`; an empty one is an empty mapping.
 inline YamlNode parse_yaml(std::string_view text, const std::string &origin) {
   yaml_parser_t parser;
-  yaml_document_t document;
   if (!yaml_parser_initialize(&parser)) throw ConfigError(origin + ": cannot start the YAML parser");
+  const auto free_parser = [](yaml_parser_t *p) { yaml_parser_delete(p); };
+  const std::unique_ptr<yaml_parser_t, decltype(free_parser)> owner(&parser, free_parser);
   yaml_parser_set_input_string(&parser, reinterpret_cast<const unsigned char *>(text.data()), text.size());
-  if (!yaml_parser_load(&parser, &document)) {
-    const std::string problem = origin + ":" + std::to_string(parser.problem_mark.line + 1) + ": " +
-                                (parser.problem ? parser.problem : "not YAML") +
-                                (parser.context ? std::string(" ") + parser.context : std::string());
-    yaml_parser_delete(&parser);
-    throw ConfigError(problem);
-  }
-  yaml_parser_delete(&parser);
-  const auto free_document = [](yaml_document_t *d) { yaml_document_delete(d); };
-  const std::unique_ptr<yaml_document_t, decltype(free_document)> owner(&document, free_document);
-  yaml_node_t *root = yaml_document_get_root_node(&document);
-  if (!root) return YamlNode{YamlNode::Kind::mapping, {}, false, 1, {}};
-  return YamlTree(document, origin).convert(root, 0);
+  return YamlTree(parser, origin).root();
 }
 
 // A regex rule's pattern, written in RE2's syntax as statsd_exporter reads it, run by the
@@ -3400,8 +3423,7 @@ public:
     for (std::size_t i = 0; i < rules.size(); ++i) {
       const MappingRule &rule = rules[i];
       if (rule.regex) continue;
-      auto &list = rule.fields[0] == "*" ? any_first_[rule.fields.size()] : by_first_[index_key(rule.fields.size(), rule.fields[0])];
-      list.push_back(i);
+      by_first_[index_key(rule.fields.size(), rule.fields[0])].push_back(i); // "*" first: the list for any
     }
   }
 
@@ -3418,9 +3440,9 @@ private:
     const std::vector<std::string_view> fields = split(name, '.');
     static const std::vector<std::size_t> none;
     const auto literal = by_first_.find(index_key(fields.size(), fields[0]));
-    const auto any = any_first_.find(fields.size());
+    const auto any = by_first_.find(index_key(fields.size(), "*"));
     const std::vector<std::size_t> &a = literal == by_first_.end() ? none : literal->second;
-    const std::vector<std::size_t> &b = any == any_first_.end() ? none : any->second;
+    const std::vector<std::size_t> &b = any == by_first_.end() || fields[0] == "*" ? none : any->second;
     std::vector<std::string_view> captures;
     for (std::size_t i = 0, j = 0; i < a.size() || j < b.size();) { // both lists in the order of the file
       const std::size_t next = j == b.size() || (i < a.size() && a[i] < b[j]) ? a[i++] : b[j++];
@@ -3462,8 +3484,7 @@ private:
     if (!name.empty()) append_statsd_name(result.name, name);
   }
 
-  std::unordered_map<std::string, std::vector<std::size_t>> by_first_;
-  std::unordered_map<std::size_t, std::vector<std::size_t>> any_first_;
+  std::unordered_map<std::string, std::vector<std::size_t>> by_first_; // by field count and first field, or "*"
 };
 
 // Go's time.ParseDuration, as yaml.v2 reads a duration: "90s", "1h30m", "0.5m"; a bare
@@ -3545,7 +3566,6 @@ public:
     }
     // statsd_exporter asks the glob rules first, then the regex rules: both in file order.
     mapping->index();
-    std::stable_sort(warned_.begin(), warned_.end(), [](const auto &a, const auto &b) { return a.line < b.line; });
     for (const Warning &warning : warned_) warnings.push_back(warning.text);
     return mapping;
   }
@@ -3581,8 +3601,9 @@ private:
       const std::string path = where.empty() ? key.text : where + "." + key.text;
       if (std::any_of(warned_.begin(), warned_.end(), [&](const Warning &w) { return w.path == path; })) continue;
       const bool known = std::any_of(ignored.begin(), ignored.end(), is);
-      warned_.push_back({key.line, path, origin_ + ":" + std::to_string(key.line) + ": " + path +
-                                             (known ? ": not implemented by Hermes, ignored" : ": unknown key, ignored")});
+      const auto after = std::find_if(warned_.begin(), warned_.end(), [&](const Warning &w) { return w.line > key.line; });
+      warned_.insert(after, {key.line, path, origin_ + ":" + std::to_string(key.line) + ": " + path +
+                                                 (known ? ": not implemented by Hermes, ignored" : ": unknown key, ignored")});
     }
   }
 

@@ -222,7 +222,15 @@ TEST_CASE("a mapping file that cannot be used names the file, the line and the p
         "mapping.yml:4: ttl: \"soon\" is not a duration (such as 30s, 5m, 1h30m)");
   CHECK(mapping_error("mappings:\n- match: a\n  name: x\n  observer_type: histogram\n  summary_options: {}\n") ==
         "mapping.yml:5: cannot use histogram observer and summary options at the same time");
-  CHECK(mapping_error("a: &x [*x]\n").find("too deep, or too many nodes") != std::string::npos);
+  CHECK(mapping_error("a: &x [*x]\n") == "mapping.yml:1: unknown alias *x");
+  std::string laughs = "a: &a [x, x, x, x, x, x, x, x, x, x]\n"; // each level ten of the one before: 10^7 nodes at g
+  for (const char *level : {"b", "c", "d", "e", "f", "g"}) {
+    const std::string before(1, static_cast<char>(level[0] - 1));
+    laughs += std::string(level) + ": &" + level + " [*" + before;
+    for (int i = 1; i < 10; ++i) laughs += ", *" + before;
+    laughs += "]\n";
+  }
+  CHECK(mapping_error(laughs).find("too deep, or too many nodes once aliases are unfolded") != std::string::npos);
   CHECK(mapping_error("") == "");
 }
 
