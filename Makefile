@@ -50,7 +50,7 @@ help:
 	@echo 'make fuzz-smoke   make fuzz for 20 seconds a target, as CI runs it'
 	@echo 'make clean        remove ./hermes and build/'
 	@echo 'make help         this list'
-	@echo 'make deps         install what ./hermes needs to build (picojson-dev; as root on Debian)'
+	@echo 'make deps         install what ./hermes needs to build (picojson-dev, libyaml-dev; as root on Debian)'
 	@echo 'make check-deps   install what make check needs too (doctest-dev)'
 	@echo 'make test-deps    install what make test needs (prometheus, clang, faketime, ...)'
 	@echo 'make statsd-clients  install the StatsD clients make test pushes with'
