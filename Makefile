@@ -27,6 +27,9 @@ FEATURE_LIBS += -lz
 # HTTPS on the HTTP port, with mbedTLS (libmbedtls-dev)
 FEATURE_FLAGS += -DHERMES_TLS
 FEATURE_LIBS += -lmbedtls -lmbedx509 -lmbedcrypto
+# StatsD mapping files (statsd_exporter's YAML), with libyaml (libyaml-dev)
+FEATURE_FLAGS += -DHERMES_YAML
+FEATURE_LIBS += -lyaml
 BUILD := build
 
 # Largest first, so that the longest compiles start first and the jobs end together.
@@ -57,7 +60,7 @@ help:
 	@echo 'make fuzz-smoke   make fuzz for 20 seconds a target, as CI runs it'
 	@echo 'make clean        remove ./hermes and build/'
 	@echo 'make help         this list'
-	@echo 'make deps         install what ./hermes needs to build (picojson-dev, zlib1g-dev, libmbedtls-dev; as root on Debian)'
+	@echo 'make deps         install what ./hermes needs to build (picojson-dev, zlib1g-dev, libmbedtls-dev, libyaml-dev; as root on Debian)'
 	@echo 'make check-deps   install what make check needs too (doctest-dev, openssl)'
 	@echo 'make test-deps    install what make test needs (prometheus, clang, faketime, ...)'
 	@echo 'make statsd-clients  install the StatsD clients make test pushes with'
@@ -177,16 +180,16 @@ cross-deps:
 # ---- the heavier gates, run by CI after make test -----------------------------------------
 
 # libFuzzer targets for the JSON and StatsD datagram paths, the config loader, the HTTP
-# parser and the state file reader. Each first replays its committed seeds and
+# parser, the state file reader, the StatsD mapping file and mapped ingest. Each first replays its committed seeds and
 # regressions, then explores for FUZZ_SECONDS.
 FUZZ_CXX ?= clang++-14
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := datagram statsd config http state
+FUZZ_TARGETS := datagram statsd config http state mapping mapped
 FUZZ_FLAGS := -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I.
 
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_%.cpp hermes.hpp tests/reading.hpp | fuzz-deps
 	@mkdir -p $(BUILD)
-	$(FUZZ_CXX) $(FUZZ_FLAGS) -o $@ $<
+	$(FUZZ_CXX) $(FUZZ_FLAGS) $(FEATURE_FLAGS) -o $@ $< $(FEATURE_LIBS)
 
 fuzz: $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
 	@for target in $(FUZZ_TARGETS); do \
@@ -230,7 +233,7 @@ valgrind: $(BUILD)/unit_tests | valgrind-deps
 	  --test-case-exclude='$(HEAP_MEASURES)'
 
 deps:
-	@tests/ensure.sh header:picojson.h:picojson-dev header:zlib.h:zlib1g-dev header:mbedtls/ssl.h:libmbedtls-dev
+	@tests/ensure.sh header:picojson.h:picojson-dev header:zlib.h:zlib1g-dev header:mbedtls/ssl.h:libmbedtls-dev header:yaml.h:libyaml-dev
 
 # What `make check` needs, and no more, so that the edit loop installs nothing else.
 check-deps: deps

@@ -6,7 +6,7 @@
 //
 // ---- Embedding ----------------------------------------------------------------------
 //
-//     #include "hermes.hpp"             // needs picojson.h; link nothing else (-lz with HERMES_GZIP)
+//     #include "hermes.hpp"             // needs picojson.h; link nothing else (with HERMES_GZIP -lz, HERMES_TLS mbedTLS, HERMES_YAML -lyaml)
 //
 //     std::atomic<bool> stop{false};
 //     hermes::Config config = hermes::load_config("config.json");
@@ -32,7 +32,11 @@
 //      "state_file": "/var/lib/hermes/state.json",         optional: keep series across restarts
 //      "state_interval_seconds": 10,                       optional: between state writes
 //      "max_series": 10000, "ttl_seconds": 0,              optional defaults for every metric
-//      "max_memory_bytes": "64MiB"}                        optional memory budget (HERMES_MAX_MEMORY wins)
+//      "max_memory_bytes": "64MiB",                        optional memory budget (HERMES_MAX_MEMORY wins)
+//      "statsd_mapping_file": "mapping.yml",               optional: statsd_exporter's mapping (HERMES_YAML)
+//      "statsd_undeclared": "reject",                      or "accept": StatsD lines make their metrics
+//      "statsd_observer_type": "histogram",                or "summary": what undeclared ms, h, d lines make
+//      "statsd_ttl_seconds": 0, "max_undeclared_metrics": 1000}  for metrics StatsD lines make
 //
 // A metric may set its own max_series (a push that would make one more series is
 // rejected as series_limit) and ttl_seconds (a labelled series not pushed for that
@@ -58,7 +62,8 @@
 // reason: malformed_json, malformed_sample, unknown_metric, label_mismatch,
 // invalid_label_value, invalid_value, invalid_operation, series_limit, too_large,
 // unsupported_type, memory_limit, forbidden_source (a UDP datagram from outside
-// udp_allow, never parsed). malformed_json, too_large and forbidden_source count whole
+// udp_allow, never parsed), and for StatsD lines dropped, type_mismatch, metric_limit
+// (see StatsD mapping). malformed_json, too_large and forbidden_source count whole
 // datagrams.
 //
 // A datagram is JSON when its first byte that is not white space is {, or is [ and the
@@ -101,6 +106,22 @@
 // statsd_tcp_max_connections, without room in the memory budget for its line buffer, or
 // from outside udp_allow is closed at once; one that completes no line for
 // statsd_tcp_idle_seconds is closed. Counted in hermes_statsd_tcp_connections_* by reason.
+//
+// ---- StatsD mapping -------------------------------------------------------------------
+//
+// Compiled in where HERMES_YAML is defined (libyaml, -lyaml); without it, a mapping file
+// is a start-up error saying so. statsd_mapping_file (HERMES_STATSD_MAPPING) names
+// statsd_exporter's mapping file, read unchanged with v0.23's meanings: glob rules first
+// in file order, the first match winning, $1 and ${1} in names and label values; then
+// regex rules (RE2's syntax, run as POSIX regexes) in order; action: drop (counted as dropped); match_metric_type;
+// observer_type (a summary by default), buckets, quantiles, ttl, defaults. Keys Hermes does
+// not act on load with one warning each; a file that cannot be used is a ConfigError
+// naming the file and the line. A mapped name, or with "statsd_undeclared": "accept" an
+// unmapped one, that no configured metric holds makes a metric as if configured: type from
+// the line (a counter NAME_total), labels the first line's tags and the rule's, sorted.
+// Later lines of another type are type_mismatch, of other tags label_mismatch; beyond
+// max_undeclared_metrics, metric_limit. Results are kept per name (HERMES_STATSD_MAPPING_CACHE),
+// their bytes taken from the memory budget. Reloads and the state file keep such metrics.
 //
 // ---- HTTP -----------------------------------------------------------------------------
 //
@@ -229,6 +250,10 @@
 //     HERMES_GZIP_PAUSE_BYTES      65536   /metrics text compressed between looks at the sockets
 //     HERMES_TLS_CONNECTION_BYTES  57344   the budget's share for each TLS connection (HERMES_TLS)
 //     HERMES_TLS_CA_BUNDLE    /etc/ssl/certs/ca-certificates.crt   the CAs a TLS client trusts by default
+//     HERMES_DEFAULT_MAX_UNDECLARED_METRICS 1000  metrics StatsD lines may make (max_undeclared_metrics)
+//     HERMES_STATSD_MAPPING_CACHE   1000   StatsD names whose mapping result is kept
+//     HERMES_MAX_MAPPING_SIZE   16777216   bytes of StatsD mapping file
+//     HERMES_MAX_MAPPING_NODES    500000   YAML nodes of a mapping file, aliases unfolded
 
 #ifndef HERMES_HPP
 #define HERMES_HPP
@@ -351,6 +376,18 @@
 #ifndef HERMES_TLS_CA_BUNDLE
 #define HERMES_TLS_CA_BUNDLE "/etc/ssl/certs/ca-certificates.crt" // the CAs a TLS client trusts unless told others
 #endif
+#ifndef HERMES_DEFAULT_MAX_UNDECLARED_METRICS
+#define HERMES_DEFAULT_MAX_UNDECLARED_METRICS 1000 // metrics StatsD lines may make, unless max_undeclared_metrics says
+#endif
+#ifndef HERMES_STATSD_MAPPING_CACHE
+#define HERMES_STATSD_MAPPING_CACHE 1000 // StatsD names whose mapping is kept, as statsd_exporter's cache_size
+#endif
+#ifndef HERMES_MAX_MAPPING_SIZE
+#define HERMES_MAX_MAPPING_SIZE (16 * 1024 * 1024) // bytes of StatsD mapping file
+#endif
+#ifndef HERMES_MAX_MAPPING_NODES
+#define HERMES_MAX_MAPPING_NODES 500000 // YAML nodes of a mapping file, aliases unfolded
+#endif
 
 // Each limit is checked here, so that a wrong value stops the build with what to do
 // instead of a daemon that loops for ever or refuses every datagram.
@@ -400,6 +437,10 @@ static_assert(HERMES_STATSD_TCP_READS >= 1 && HERMES_STATSD_TCP_READS <= 65536,
               "HERMES_STATSD_TCP_READS must be between 1 and 65536");
 static_assert(HERMES_TLS_CONNECTION_BYTES >= 40 * 1024,
               "HERMES_TLS_CONNECTION_BYTES must be at least 40 KiB: mbedTLS' two 16 KiB record buffers and a handshake");
+static_assert(HERMES_DEFAULT_MAX_UNDECLARED_METRICS >= 1, "HERMES_DEFAULT_MAX_UNDECLARED_METRICS must be at least 1");
+static_assert(HERMES_STATSD_MAPPING_CACHE >= 1, "HERMES_STATSD_MAPPING_CACHE must be at least 1 name");
+static_assert(HERMES_MAX_MAPPING_SIZE >= 4096, "HERMES_MAX_MAPPING_SIZE must be at least 4096 bytes");
+static_assert(HERMES_MAX_MAPPING_NODES >= 1000, "HERMES_MAX_MAPPING_NODES must be at least 1000");
 
 // ===== INCLUDES ===========================================================================
 
@@ -420,6 +461,7 @@ static_assert(HERMES_TLS_CONNECTION_BYTES >= 40 * 1024,
 #include <cerrno>
 #include <charconv>
 #include <chrono>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -435,6 +477,7 @@ static_assert(HERMES_TLS_CONNECTION_BYTES >= 40 * 1024,
 #include <system_error>
 #include <thread>
 #include <tuple>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -452,6 +495,11 @@ static_assert(HERMES_TLS_CONNECTION_BYTES >= 40 * 1024,
 #include <sys/types.h>
 #include <sys/un.h>
 #include <unistd.h>
+
+#ifdef HERMES_YAML // StatsD mapping files: libyaml (Debian's libyaml-dev), linked with -lyaml
+#include <regex.h> // the C library's POSIX regexes, for regex rules: std::regex would double a static binary
+#include <yaml.h>
+#endif
 
 namespace hermes {
 
@@ -560,6 +608,16 @@ struct TlsServerConfig {
                               // "min_version": "TLS12", the only one accepted (TLS 1.2 and later)
 };
 
+// How StatsD lines make metrics that the config does not name (see StatsD mapping).
+struct StatsdSettings {
+  std::string mapping_file;        // "statsd_mapping_file": statsd_exporter's YAML mapping; empty: none
+  bool accept_undeclared = false;  // "statsd_undeclared": "accept", or "reject" (the default)
+  bool observe_as_summary = false; // "statsd_observer_type": "summary", or "histogram" (the default)
+  double ttl_seconds = 0;          // "statsd_ttl_seconds": the ttl_seconds of metrics lines make
+  std::size_t max_metrics = HERMES_DEFAULT_MAX_UNDECLARED_METRICS; // "max_undeclared_metrics": metrics lines may make
+  std::size_t max_series = HERMES_DEFAULT_MAX_SERIES; // the config's top-level max_series
+};
+
 struct Config {
   std::string service_name;
   std::vector<MetricConfig> metrics;       // in the order of the file
@@ -571,6 +629,7 @@ struct Config {
   AllowList udp_allow;                      // "udp_allow": who may send; empty: everyone
   AllowList http_allow;                     // "http_allow": who may use HTTP; empty: everyone
   TlsServerConfig tls_server;               // "tls_server": HTTPS on the HTTP port; empty: plain HTTP
+  StatsdSettings statsd;                    // the "statsd_*" keys and max_undeclared_metrics
 };
 
 // What a series of `metric` may cost at most, in bytes of the memory budget, besides its
@@ -637,6 +696,7 @@ struct Options {
   std::string tls_cert_file;      // with tls_key_file, the HTTP port speaks only TLS (HERMES_TLS builds)
   std::string tls_key_file;       // the certificate's private key
   std::string tls_client_ca_file; // clients must show a certificate these CAs signed; empty: none asked
+  std::string statsd_mapping_file; // HERMES_STATSD_MAPPING: over the config's statsd_mapping_file; empty: that
   LogSink log_sink;
 };
 
@@ -659,6 +719,27 @@ using Environment = std::function<const char *(const char *name)>;
 // An empty variable counts as unset. Throws UsageError naming a bad variable.
 inline Options options_from_environment(const Config &config, const Environment &env);
 
+// ---- StatsD mapping ----
+
+namespace detail {
+class StatsdMapping;
+} // namespace detail
+
+// statsd_exporter's mapping file, read: its rules, and a warning for each key that
+// Hermes does not act on.
+struct StatsdMappingFile {
+  std::shared_ptr<const detail::StatsdMapping> mapping;
+  std::size_t rules = 0;
+  std::vector<std::string> warnings;
+};
+// The mapping file in force: Options::statsd_mapping_file, else the config's; empty: none.
+inline std::string statsd_mapping_path(const Config &config, const Options &options);
+// Reads a mapping file (statsd_exporter v0.23's YAML). Needs HERMES_YAML; without it,
+// throws ConfigError saying so. Throws ConfigError naming the file, the line and the problem.
+inline StatsdMappingFile load_statsd_mapping(const std::string &path);
+// The same from text, `origin` naming it in messages.
+inline StatsdMappingFile parse_statsd_mapping(std::string_view yaml, const std::string &origin);
+
 // ===== PUBLIC API: SAMPLES ================================================================
 
 // Why a sample was not applied; each is a value of hermes_samples_rejected_total's reason.
@@ -675,6 +756,9 @@ enum class Reject {
   unsupported_type,    // a StatsD set, event or service check
   memory_limit,        // a new series that the memory budget has no room for
   forbidden_source,    // a UDP datagram from an address outside Options::udp_allow, not parsed
+  dropped,             // a StatsD line that a mapping rule with action: drop matched
+  type_mismatch,       // a StatsD line that would make a metric whose names another metric uses
+  metric_limit,        // a StatsD line that would make one more metric than max_undeclared_metrics
   count_
 };
 constexpr std::size_t reject_reason_count = static_cast<std::size_t>(Reject::count_);
@@ -808,6 +892,7 @@ struct Metric;
 struct Reading;
 struct ReadSample;
 struct StatsdReading;
+struct LineMetrics;
 class Renderer;
 class StateCodec;
 struct SeriesCost;
@@ -835,6 +920,9 @@ public:
   IngestResult ingest_statsd_lines(std::string_view lines, Now now = Now::current());
   // Off: every datagram is read as JSON, so StatsD lines are malformed_json. On by default.
   void accept_statsd(bool on) { statsd_ = on; }
+  // Maps StatsD names through a mapping file's rules (null: none); forgets the mapping
+  // results kept so far. Metrics made before stay.
+  void use_statsd_mapping(std::shared_ptr<const detail::StatsdMapping> mapping);
   // Takes a new config. A metric whose series have the same shape as before (type,
   // labels, buckets, objectives, max_age_seconds, the native_* settings) keeps them; a changed one starts
   // afresh; one no longer configured disappears. The counts of samples go on. Throws
@@ -896,6 +984,11 @@ private:
   void ingest_statsd(std::string_view datagram, Now now, IngestResult &result);
   void apply_statsd(detail::StatsdReading &reading, Now now, IngestResult &result);
   detail::Metric *find_statsd(detail::StatsdReading &reading);
+  detail::Metric *find_statsd_named(detail::StatsdReading &reading);
+  detail::Metric *find_or_make_statsd(detail::StatsdReading &reading, std::optional<Reject> &refused);
+  detail::Metric *make_line_metric(MetricConfig config, std::optional<Reject> &refused);
+  void carry_line_metrics(Config &next) const;
+  detail::Metric *restore_line_metric(const MetricConfig &shape);
   void tally(IngestResult &result, std::optional<Reject> reason, std::size_t samples = 1);
   std::optional<Reject> apply(const detail::ReadSample &sample, Now now);
   detail::Metric *find(std::string_view name);
@@ -911,6 +1004,7 @@ private:
   std::unique_ptr<detail::Reading> reading_; // buffers that datagrams are read into, reused
   std::unique_ptr<detail::StatsdReading> statsd_reading_; // the same for StatsD lines
   bool statsd_ = true;
+  std::unique_ptr<detail::LineMetrics> line_metrics_; // metrics made from StatsD lines, and the mapping
   std::size_t fixed_body_bytes_ = 0; // the families' heads and Hermes' own families, in one body at most
   bool holds_budget_ = false;        // what it took is still to be given back
   std::uint64_t accepted_ = 0;
@@ -1508,6 +1602,7 @@ struct Series {
 struct Metric {
   MetricConfig config;
   std::map<std::vector<std::string>, Series, LabelValuesLess> series;
+  bool from_line = false; // made from a StatsD line, not configured
 };
 
 } // namespace detail
@@ -2698,7 +2793,9 @@ public:
     const auto &top = root.get<picojson::object>();
     reject_unknown_keys(top, "", {"service_name", "gauges", "counters", "histograms", "summaries", "listen_address",
                                   "listen_port", "max_series", "ttl_seconds", "max_memory_bytes", "state_file",
-                                  "state_interval_seconds", "udp_allow", "http_allow", "tls_server"});
+                                  "state_interval_seconds", "udp_allow", "http_allow", "tls_server", "statsd_mapping_file",
+                                  "statsd_undeclared", "statsd_observer_type", "statsd_ttl_seconds",
+                                  "max_undeclared_metrics"});
     Config config;
     config.service_name = read_service_name(top);
     read_series_limits(top, "", defaults_);
@@ -2718,6 +2815,7 @@ public:
     if (const auto *allow = member(top, "udp_allow")) config.udp_allow = allow_list_at(*allow, "udp_allow");
     if (const auto *allow = member(top, "http_allow")) config.http_allow = allow_list_at(*allow, "http_allow");
     if (const auto *tls = member(top, "tls_server")) config.tls_server = tls_server_at(*tls, "tls_server");
+    read_statsd_settings(top, config.statsd);
     check_name_collisions(config.metrics);
     return config;
   }
@@ -2820,6 +2918,34 @@ private:
       if (!ttl->is<double>() || ttl->get<double>() < 0)
         fail(join(place, "ttl_seconds"), quote_json(*ttl) + " is not a number of seconds (0 or more; 0: never)");
       limits.ttl_seconds = ttl->get<double>();
+    }
+  }
+
+  // What StatsD lines may make beyond the configured metrics.
+  void read_statsd_settings(const picojson::object &top, StatsdSettings &settings) const {
+    settings.max_series = defaults_.max_series;
+    if (const auto *path = member(top, "statsd_mapping_file")) settings.mapping_file = string_at(*path, "statsd_mapping_file");
+    if (const auto *mode = member(top, "statsd_undeclared")) {
+      const std::string text = string_at(*mode, "statsd_undeclared");
+      if (text != "accept" && text != "reject") fail("statsd_undeclared", quote_json(*mode) + " is not \"accept\" or \"reject\"");
+      settings.accept_undeclared = text == "accept";
+    }
+    if (const auto *type = member(top, "statsd_observer_type")) {
+      const std::string text = string_at(*type, "statsd_observer_type");
+      if (text != "histogram" && text != "summary")
+        fail("statsd_observer_type", quote_json(*type) + " is not \"histogram\" or \"summary\"");
+      settings.observe_as_summary = text == "summary";
+    }
+    if (const auto *ttl = member(top, "statsd_ttl_seconds")) {
+      if (!ttl->is<double>() || ttl->get<double>() < 0)
+        fail("statsd_ttl_seconds", quote_json(*ttl) + " is not a number of seconds (0 or more; 0: never)");
+      settings.ttl_seconds = ttl->get<double>();
+    }
+    if (const auto *max = member(top, "max_undeclared_metrics")) {
+      const bool whole = max->is<double>() && max->get<double>() == std::floor(max->get<double>());
+      if (!whole || max->get<double>() < 0 || max->get<double>() > 1e9)
+        fail("max_undeclared_metrics", quote_json(*max) + " is not a whole number from 0 to 1000000000");
+      settings.max_metrics = static_cast<std::size_t>(max->get<double>());
     }
   }
 
@@ -3061,6 +3187,875 @@ inline std::vector<std::string> lint_names(const MetricConfig &metric) {
     if (has_part(lower, abbreviation)) problems.push_back("metric names should not contain abbreviated units");
   return problems;
 }
+
+} // namespace detail
+} // namespace hermes
+
+// ===== DETAIL: METRICS FROM STATSD LINES ==================================================
+//
+// A StatsD line whose name the config does not hold may make its metric: through a rule
+// of the mapping file, or as an undeclared metric ("statsd_undeclared": "accept"). The
+// shape comes from the rule (or the settings) and the line: its type, its tags' names.
+
+namespace hermes {
+namespace detail {
+
+// What a mapping rule says of the metrics it makes; for an undeclared metric, the settings'.
+struct LineMetricShape {
+  bool summary = false; // ms, h and d lines make a summary, else a histogram
+  std::vector<double> buckets = default_buckets();
+  std::vector<std::pair<double, double>> objectives;
+  double max_age_seconds = 600;
+  std::optional<double> ttl_seconds; // unset: the settings' statsd_ttl_seconds
+  std::string help;
+};
+
+// statsd_exporter's summary quantiles when a mapping names none.
+inline std::vector<std::pair<double, double>> statsd_default_objectives() { return {{0.5, 0.05}, {0.9, 0.01}, {0.99, 0.001}}; }
+
+// The metric a line makes, named `name` (escaped; a counter gains _total): its type from
+// the line's, its labels the line's tag keys (escaped, sorted as Prometheus' clients show
+// them; a mapping's labels are among the tags by now), the rest from `shape`.
+inline MetricConfig line_metric_config(std::string_view name, const StatsdLine &line, const LineMetricShape &shape,
+                                       const StatsdSettings &settings) {
+  MetricConfig config;
+  config.name = std::string(name);
+  if (line.type == StatsdType::counter && !ends_with(name, "_total")) config.name += "_total";
+  config.type = line.type == StatsdType::counter ? MetricType::counter
+                : line.type == StatsdType::gauge ? MetricType::gauge
+                : shape.summary                  ? MetricType::summary
+                                                 : MetricType::histogram;
+  for (const StatsdTag &tag : line.tags) {
+    std::string key;
+    append_statsd_name(key, tag.key);
+    config.labels.push_back(std::move(key));
+  }
+  std::sort(config.labels.begin(), config.labels.end());
+  config.labels.erase(std::unique(config.labels.begin(), config.labels.end()), config.labels.end());
+  if (config.type == MetricType::histogram) config.buckets = shape.buckets;
+  if (config.type == MetricType::summary) config.objectives = shape.objectives, config.max_age_seconds = shape.max_age_seconds;
+  config.ttl_seconds = shape.ttl_seconds.value_or(settings.ttl_seconds);
+  config.max_series = settings.max_series;
+  config.help = shape.help;
+  return config;
+}
+
+// Why a metric of `config` cannot stand beside `others` and be shown, if it cannot: a
+// reserved name or label, or a name another metric's family or series already uses.
+inline std::optional<Reject> line_metric_conflict(const MetricConfig &config, const std::vector<Metric> &others) {
+  if (starts_with(config.name, "hermes_") || starts_with(config.name, "process_") || !is_metric_name(config.name))
+    return Reject::unknown_metric;
+  for (const std::string &label : config.labels) {
+    const bool reserved = starts_with(label, "__") || (config.type == MetricType::histogram && label == "le") ||
+                          (config.type == MetricType::summary && label == "quantile");
+    if (reserved || !is_label_name(label)) return Reject::label_mismatch;
+  }
+  const std::vector<std::string> mine = names_taken(config);
+  for (const Metric &other : others)
+    for (const std::string &name : names_taken(other.config))
+      if (std::find(mine.begin(), mine.end(), name) != mine.end()) return Reject::type_mismatch;
+  return std::nullopt;
+}
+
+} // namespace detail
+} // namespace hermes
+
+// ===== DETAIL: STATSD MAPPING =============================================================
+//
+// statsd_exporter's mapping file (v0.23), read as it reads it: glob rules first, in the
+// order of the file, the first that matches wins; then regex rules in order. Only with
+// HERMES_YAML, which brings libyaml.
+
+#ifdef HERMES_YAML
+
+namespace hermes {
+namespace detail {
+
+// One node of a YAML document: a scalar's text, or a sequence's items, or a mapping's
+// keys and values one after the other. Where it starts, for messages.
+struct YamlNode {
+  enum class Kind { scalar, sequence, mapping } kind = Kind::scalar;
+  std::string text;
+  bool plain = false; // an unquoted scalar, which may stand for null
+  std::size_t line = 0;
+  std::vector<YamlNode> items;
+
+  bool is_null() const {
+    return kind == Kind::scalar && plain && (text.empty() || text == "~" || text == "null" || text == "Null" || text == "NULL");
+  }
+};
+
+// Builds YamlNodes from libyaml's events (its parser alone: the document loader would add
+// 9 KB to a static binary). Aliases are followed, so a document that refers to itself,
+// or unfolds past HERMES_MAX_MAPPING_NODES, is refused.
+class YamlTree {
+public:
+  YamlTree(yaml_parser_t &parser, const std::string &origin) : parser_(parser), origin_(origin) {}
+  ~YamlTree() { yaml_event_delete(&event_); }
+
+  // The first document's root; an empty stream is an empty mapping.
+  YamlNode root() {
+    while (next() != YAML_DOCUMENT_START_EVENT)
+      if (event_.type == YAML_STREAM_END_EVENT) return YamlNode{YamlNode::Kind::mapping, {}, false, 1, {}};
+    next();
+    return node(0);
+  }
+
+private:
+  yaml_event_type_t next() {
+    yaml_event_delete(&event_);
+    if (!yaml_parser_parse(&parser_, &event_))
+      throw ConfigError(origin_ + ":" + std::to_string(parser_.problem_mark.line + 1) + ": " +
+                        (parser_.problem ? parser_.problem : "not YAML") +
+                        (parser_.context ? std::string(" ") + parser_.context : std::string()));
+    return event_.type;
+  }
+
+  void count(std::size_t nodes, std::size_t depth) {
+    if ((nodes_ += nodes) > HERMES_MAX_MAPPING_NODES || depth > HERMES_MAX_JSON_DEPTH * 4)
+      throw ConfigError(origin_ + ":" + std::to_string(event_.start_mark.line + 1) +
+                        ": too deep, or too many nodes once aliases are unfolded");
+  }
+
+  // The node whose first event is the current one; leaves its last event current.
+  YamlNode node(std::size_t depth) {
+    count(1, depth);
+    YamlNode out;
+    out.line = event_.start_mark.line + 1;
+    const std::size_t first = nodes_;
+    const yaml_char_t *anchor = nullptr;
+    if (event_.type == YAML_ALIAS_EVENT) {
+      const std::string name = reinterpret_cast<const char *>(event_.data.alias.anchor);
+      const auto found = std::find_if(anchors_.begin(), anchors_.end(), [&](const auto &a) { return a.first == name; });
+      if (found == anchors_.end()) throw ConfigError(origin_ + ":" + std::to_string(out.line) + ": unknown alias *" + name);
+      count(found->second.second, depth);
+      return found->second.first;
+    } else if (event_.type == YAML_SCALAR_EVENT) {
+      anchor = event_.data.scalar.anchor;
+      out.text.assign(reinterpret_cast<const char *>(event_.data.scalar.value), event_.data.scalar.length);
+      out.plain = event_.data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+    } else {
+      const bool sequence = event_.type == YAML_SEQUENCE_START_EVENT;
+      anchor = sequence ? event_.data.sequence_start.anchor : event_.data.mapping_start.anchor;
+      const std::string name = anchor ? reinterpret_cast<const char *>(anchor) : "";
+      out.kind = sequence ? YamlNode::Kind::sequence : YamlNode::Kind::mapping;
+      while (next() != YAML_SEQUENCE_END_EVENT && event_.type != YAML_MAPPING_END_EVENT) out.items.push_back(node(depth + 1));
+      if (!name.empty()) anchors_.emplace_back(name, std::make_pair(out, nodes_ - first + 1));
+      return out;
+    }
+    if (anchor) anchors_.emplace_back(reinterpret_cast<const char *>(anchor), std::make_pair(out, std::size_t{1}));
+    return out;
+  }
+
+  yaml_parser_t &parser_;
+  const std::string &origin_;
+  yaml_event_t event_{};
+  std::size_t nodes_ = 0;
+  std::vector<std::pair<std::string, std::pair<YamlNode, std::size_t>>> anchors_; // each with its node count
+};
+
+// The first document of `text`; an empty one is an empty mapping.
+inline YamlNode parse_yaml(std::string_view text, const std::string &origin) {
+  yaml_parser_t parser;
+  if (!yaml_parser_initialize(&parser)) throw ConfigError(origin + ": cannot start the YAML parser");
+  const auto free_parser = [](yaml_parser_t *p) { yaml_parser_delete(p); };
+  const std::unique_ptr<yaml_parser_t, decltype(free_parser)> owner(&parser, free_parser);
+  yaml_parser_set_input_string(&parser, reinterpret_cast<const unsigned char *>(text.data()), text.size());
+  return YamlTree(parser, origin).root();
+}
+
+// A regex rule's pattern, written in RE2's syntax as statsd_exporter reads it, run by the
+// C library's POSIX extended regexes: \d \w \s (and their capitals), (?:...) groups,
+// (?P<name>...) names and a leading (?i) are translated; what POSIX cannot say (lazy
+// quantifiers, \b, other (?...) forms) is refused at load. Where a pattern could match
+// in several ways, POSIX takes the longest at the leftmost place, RE2 the first.
+class MappingRegex {
+public:
+  // Empty on success, else what is wrong with `pattern`.
+  std::string compile(std::string_view pattern) {
+    std::string posix, problem;
+    int flags = REG_EXTENDED;
+    for (std::size_t i = 0; i < pattern.size() && problem.empty(); ++i) problem = translate(pattern, i, posix, flags);
+    if (!problem.empty()) return problem;
+    auto compiled = std::make_unique<regex_t>();
+    if (const int error = ::regcomp(compiled.get(), posix.c_str(), flags)) { // a failed regcomp holds nothing to free
+      char message[256];
+      ::regerror(error, compiled.get(), message, sizeof message);
+      return message;
+    }
+    regex_ = std::shared_ptr<regex_t>(compiled.release(), [](regex_t *r) { ::regfree(r), delete r; });
+    return {};
+  }
+
+  // The groups of the first match in `name` by RE2's numbers (0: the whole match; a group
+  // that took no part is null), or false.
+  bool search(const std::string &name, std::vector<std::string_view> &groups) const {
+    std::vector<regmatch_t> found(posix_groups_ + 1);
+    if (::regexec(regex_.get(), name.c_str(), found.size(), found.data(), 0) != 0) return false;
+    groups.assign(1 + numbers_.size(), std::string_view());
+    const auto text = [&](std::size_t posix) {
+      const regmatch_t &m = found[posix];
+      return m.rm_so < 0 ? std::string_view() : std::string_view(name).substr(static_cast<std::size_t>(m.rm_so),
+                                                                                static_cast<std::size_t>(m.rm_eo - m.rm_so));
+    };
+    groups[0] = text(0);
+    for (std::size_t k = 0; k < numbers_.size(); ++k) groups[k + 1] = text(numbers_[k]);
+    return true;
+  }
+
+  // The RE2 number of a named group, or 0.
+  std::size_t named(std::string_view name) const {
+    for (const auto &entry : names_)
+      if (entry.first == name) return entry.second;
+    return 0;
+  }
+
+private:
+  // Appends the POSIX form of the element at `i` (moving `i` past it); a problem, or "".
+  std::string translate(std::string_view re, std::size_t &i, std::string &out, int &flags) {
+    const char c = re[i];
+    const auto next = [&](std::size_t k) { return i + k < re.size() ? re[i + k] : '\0'; };
+    if (c == '\\') {
+      static constexpr std::pair<char, const char *> classes[] = {{'d', "[0-9]"}, {'D', "[^0-9]"}, {'w', "[[:alnum:]_]"},
+                                                                  {'W', "[^[:alnum:]_]"}, {'s', "[[:space:]]"}, {'S', "[^[:space:]]"},
+                                                                  {'A', "^"}, {'z', "$"}};
+      const char d = next(1);
+      if (d == '\0') return "a trailing backslash";
+      ++i;
+      for (const auto &[letter, posix] : classes)
+        if (d == letter) return out += posix, "";
+      if (is_ascii_alnum(d)) return std::string("\\") + d + " is not supported";
+      out += '\\', out += d;
+      return "";
+    }
+    if (c == '[') return bracket(re, i, out);
+    if (c == '(' && next(1) == '?') return special_group(re, i, out, flags);
+    if (c == '(') {
+      ++posix_groups_;
+      numbers_.push_back(posix_groups_);
+    }
+    if ((c == '*' || c == '+' || c == '?' || c == '}') && next(1) == '?') return "lazy quantifiers (*?, +?) are not supported";
+    out += c;
+    return "";
+  }
+
+  // (?:...) becomes a group that RE2 does not number; (?P<name>...) and (?<name>...) a
+  // named one; (?i) at the very start ignores case.
+  std::string special_group(std::string_view re, std::size_t &i, std::string &out, int &flags) {
+    const std::string_view rest = re.substr(i);
+    if (starts_with(rest, "(?i)") && i == 0) return flags |= REG_ICASE, i += 3, "";
+    if (starts_with(rest, "(?:")) {
+      ++posix_groups_, out += '(', i += 2;
+      return "";
+    }
+    const std::size_t open = starts_with(rest, "(?P<") ? 4 : starts_with(rest, "(?<") ? 3 : 0;
+    const std::size_t close = rest.find('>');
+    if (open == 0 || close == std::string_view::npos) return "(?" + std::string(1, rest.size() > 2 ? rest[2] : ' ') + " is not supported";
+    ++posix_groups_;
+    numbers_.push_back(posix_groups_);
+    names_.emplace_back(std::string(rest.substr(open, close - open)), numbers_.size());
+    out += '(', i += close;
+    return "";
+  }
+
+  // A bracket expression: inside one POSIX reads '\' as itself, so RE2's escapes there
+  // are written out.
+  std::string bracket(std::string_view re, std::size_t &i, std::string &out) {
+    out += '[';
+    std::size_t k = i + 1;
+    if (k < re.size() && re[k] == '^') out += '^', ++k;
+    if (k < re.size() && re[k] == ']') out += ']', ++k;
+    for (; k < re.size() && re[k] != ']'; ++k) {
+      if (re[k] == '[' && k + 1 < re.size() && re[k + 1] == ':') {
+        const std::size_t end = re.find(":]", k + 2);
+        if (end == std::string_view::npos) return "an unclosed [: in a bracket";
+        out += re.substr(k, end + 2 - k), k = end + 1;
+      } else if (re[k] == '\\' && k + 1 < re.size()) {
+        const char d = re[++k];
+        if (d == 'd') out += "0-9";
+        else if (d == 'w') out += "[:alnum:]_";
+        else if (d == 's') out += "[:space:]";
+        else if (is_ascii_alnum(d)) return std::string("\\") + d + " in a bracket is not supported";
+        else out += d;
+      } else {
+        out += re[k];
+      }
+    }
+    if (k == re.size()) return "missing ]";
+    out += ']', i = k;
+    return "";
+  }
+
+  std::shared_ptr<regex_t> regex_;
+  std::size_t posix_groups_ = 0;
+  std::vector<std::size_t> numbers_;                        // RE2 group k + 1: its POSIX group
+  std::vector<std::pair<std::string, std::size_t>> names_; // named groups: RE2 numbers
+};
+
+// Which StatsD lines a rule takes: match_metric_type.
+enum class MatchOn { any, counter, gauge, observer };
+
+inline bool matches_type(MatchOn on, StatsdType type) {
+  switch (on) {
+  case MatchOn::counter: return type == StatsdType::counter;
+  case MatchOn::gauge: return type == StatsdType::gauge;
+  case MatchOn::observer: return observes(type);
+  default: return true;
+  }
+}
+
+struct MappingRule {
+  std::size_t line = 0; // in the file, for messages
+  bool regex = false;
+  std::vector<std::string> fields; // a glob's match cut at '.'; "*" captures the field
+  std::size_t captures = 0;        // a glob's '*' fields
+  std::shared_ptr<const MappingRegex> pattern;
+  MatchOn metric_type = MatchOn::any;
+  bool drop = false;
+  std::string name;                                        // with $1, ${1} (regex: Go's $name too)
+  std::vector<std::pair<std::string, std::string>> labels; // label name and value template
+  LineMetricShape shape;
+};
+
+// What a rule made of one StatsD name: the metric's name, escaped, and its labels.
+struct MappingResult {
+  enum class Action { unmapped, map, drop } action = Action::unmapped;
+  const MappingRule *rule = nullptr;
+  std::string name;
+  std::vector<std::pair<std::string, std::string>> labels;
+};
+
+// The whole text as a decimal number of digits only.
+inline std::optional<std::size_t> parse_index(std::string_view text) {
+  std::size_t value = 0;
+  const auto result = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || !is_ascii_digit(text[0]) || result.ec != std::errc() || result.ptr != text.data() + text.size())
+    return std::nullopt;
+  return value;
+}
+
+// A glob's template: $N or ${N} stands for the Nth capture; a '$' followed by
+// [a-zA-Z0-9_$]+ that is not such a number stands for nothing, as statsd_exporter's
+// formatter reads it ("$1_x" is nothing, "${1}_x" the capture and "_x").
+inline std::string expand_glob(std::string_view text, const std::vector<std::string_view> &captures) {
+  std::string out;
+  for (std::size_t i = 0; i < text.size();) {
+    const auto in_class = [&](std::size_t at) {
+      return at < text.size() && (is_ascii_alnum(text[at]) || text[at] == '_' || text[at] == '$');
+    };
+    std::size_t start = i + 1 + (i + 1 < text.size() && text[i + 1] == '{' ? 1 : 0);
+    if (text[i] != '$' || !in_class(start)) {
+      out += text[i++];
+      continue;
+    }
+    std::size_t end = start;
+    while (in_class(end)) ++end;
+    const auto index = parse_index(text.substr(start, end - start));
+    if (index && *index >= 1 && *index <= captures.size()) out += captures[*index - 1];
+    i = end + (end < text.size() && text[end] == '}' ? 1 : 0);
+  }
+  return out;
+}
+
+// A regex rule's template, as Go's Regexp.Expand reads it: $$ is '$'; $name or ${name},
+// name the longest run of [a-zA-Z0-9_], is the group of that number, or of that name (no
+// such group: nothing); a '$' that starts neither stays.
+inline std::string expand_regex(std::string_view text, const std::vector<std::string_view> &groups, const MappingRegex &regex) {
+  std::string out;
+  for (std::size_t i = 0; i < text.size();) {
+    if (text[i] != '$') {
+      out += text[i++];
+      continue;
+    }
+    if (i + 1 < text.size() && text[i + 1] == '$') {
+      out += '$', i += 2;
+      continue;
+    }
+    const bool brace = i + 1 < text.size() && text[i + 1] == '{';
+    std::size_t start = i + 1 + (brace ? 1 : 0), end = start;
+    while (end < text.size() && (is_ascii_alnum(text[end]) || text[end] == '_')) ++end;
+    if (end == start || (brace && (end == text.size() || text[end] != '}'))) {
+      out += text[i++];
+      continue;
+    }
+    const std::string_view group = text.substr(start, end - start);
+    const std::optional<std::size_t> number = parse_index(group);
+    const std::size_t index = number ? *number : regex.named(group); // 0: no group of that name
+    if (index < groups.size() && (number || index > 0)) out += groups[index];
+    i = end + (brace ? 1 : 0);
+  }
+  return out;
+}
+
+// The rules of one mapping file, and an index of the glob rules by their field count
+// and first field, so that a name is compared with the few rules that could match it.
+class StatsdMapping {
+public:
+  std::vector<MappingRule> rules;
+
+  void index() {
+    for (std::size_t i = 0; i < rules.size(); ++i) {
+      const MappingRule &rule = rules[i];
+      if (rule.regex) continue;
+      by_first_[index_key(rule.fields.size(), rule.fields[0])].push_back(i); // "*" first: the list for any
+    }
+  }
+
+  MappingResult map(std::string_view name, StatsdType type) const {
+    MappingResult result;
+    if (!map_glob(name, type, result)) map_regex(name, type, result);
+    return result;
+  }
+
+private:
+  static std::string index_key(std::size_t count, std::string_view first) { return std::to_string(count) + ":" + std::string(first); }
+
+  bool map_glob(std::string_view name, StatsdType type, MappingResult &result) const {
+    const std::vector<std::string_view> fields = split(name, '.');
+    static const std::vector<std::size_t> none;
+    const auto literal = by_first_.find(index_key(fields.size(), fields[0]));
+    const auto any = by_first_.find(index_key(fields.size(), "*"));
+    const std::vector<std::size_t> &a = literal == by_first_.end() ? none : literal->second;
+    const std::vector<std::size_t> &b = any == by_first_.end() || fields[0] == "*" ? none : any->second;
+    std::vector<std::string_view> captures;
+    for (std::size_t i = 0, j = 0; i < a.size() || j < b.size();) { // both lists in the order of the file
+      const std::size_t next = j == b.size() || (i < a.size() && a[i] < b[j]) ? a[i++] : b[j++];
+      if (matches_type(rules[next].metric_type, type) && glob_matches(rules[next], fields, captures)) {
+        fill(rules[next], expand_glob(rules[next].name, captures), result);
+        for (const auto &label : rules[next].labels) result.labels.emplace_back(label.first, expand_glob(label.second, captures));
+        return true;
+      }
+    }
+    return false;
+  }
+
+  static bool glob_matches(const MappingRule &rule, const std::vector<std::string_view> &fields,
+                           std::vector<std::string_view> &captures) {
+    captures.clear();
+    for (std::size_t k = 0; k < fields.size(); ++k) {
+      if (rule.fields[k] == "*") captures.push_back(fields[k]);
+      else if (rule.fields[k] != fields[k]) return false;
+    }
+    return true;
+  }
+
+  void map_regex(std::string_view name, StatsdType type, MappingResult &result) const {
+    const std::string text(name); // regexec reads up to a NUL
+    std::vector<std::string_view> groups;
+    for (const MappingRule &rule : rules) {
+      if (!rule.regex || !matches_type(rule.metric_type, type)) continue;
+      if (!rule.pattern->search(text, groups)) continue;
+      fill(rule, expand_regex(rule.name, groups, *rule.pattern), result);
+      for (const auto &label : rule.labels)
+        result.labels.emplace_back(label.first, expand_regex(label.second, groups, *rule.pattern));
+      return;
+    }
+  }
+
+  static void fill(const MappingRule &rule, const std::string &name, MappingResult &result) {
+    result.action = rule.drop ? MappingResult::Action::drop : MappingResult::Action::map;
+    result.rule = &rule;
+    if (!name.empty()) append_statsd_name(result.name, name);
+  }
+
+  std::unordered_map<std::string, std::vector<std::size_t>> by_first_; // by field count and first field, or "*"
+};
+
+// Go's time.ParseDuration, as yaml.v2 reads a duration: "90s", "1h30m", "0.5m"; a bare
+// whole number is nanoseconds. Seconds, or nullopt.
+inline std::optional<double> parse_go_duration(std::string_view text) {
+  static constexpr std::pair<const char *, double> units[] = {{"ns", 1e-9}, {"us", 1e-6}, {"\xC2\xB5s", 1e-6}, {"ms", 1e-3},
+                                                              {"s", 1},     {"m", 60},    {"h", 3600}};
+  if (const auto whole = parse_index(text)) return static_cast<double>(*whole) * 1e-9;
+  if (!text.empty() && text.front() == '+') text.remove_prefix(1);
+  if (text == "0") return 0.0;
+  double total = 0;
+  if (text.empty()) return std::nullopt;
+  while (!text.empty()) {
+    std::size_t digits = 0;
+    while (digits < text.size() && (is_ascii_digit(text[digits]) || text[digits] == '.')) ++digits;
+    const auto number = parse_decimal(text.substr(0, digits));
+    if (digits == 0 || !number) return std::nullopt;
+    text.remove_prefix(digits);
+    std::size_t letters = 0; // the unit runs to the next number
+    while (letters < text.size() && !is_ascii_digit(text[letters]) && text[letters] != '.') ++letters;
+    const std::string_view name = text.substr(0, letters);
+    const auto unit = std::find_if(std::begin(units), std::end(units), [&](const auto &u) { return name == u.first; });
+    if (unit == std::end(units)) return std::nullopt;
+    total += *number * unit->second;
+    text.remove_prefix(letters);
+  }
+  return total;
+}
+
+
+// Whether `text` is a glob statsd_exporter takes: fields cut at '.', each '*' or a name
+// part ([a-zA-Z_][a-zA-Z0-9_-]*, the first; later ones may start with a digit).
+inline bool is_glob_match(std::string_view text) {
+  const std::vector<std::string_view> fields = split(text, '.');
+  for (std::size_t i = 0; i < fields.size(); ++i) {
+    const std::string_view field = fields[i];
+    if (field == "*") continue;
+    if (field.empty() || !(is_ascii_alnum(field[0]) || field[0] == '_') || (i == 0 && is_ascii_digit(field[0]))) return false;
+    for (const char c : field)
+      if (!is_ascii_alnum(c) && c != '_' && c != '-') return false;
+  }
+  return true;
+}
+
+// Whether a rule's name is one statsd_exporter takes: [a-zA-Z_][a-zA-Z0-9_]*, where $N,
+// ${N} may stand for any character.
+inline bool is_name_template(std::string_view text) {
+  for (std::size_t i = 0; i < text.size();) {
+    if (text[i] == '$') {
+      std::size_t at = i + 1 + (i + 1 < text.size() && text[i + 1] == '{' ? 1 : 0), digits = at;
+      while (digits < text.size() && is_ascii_digit(text[digits])) ++digits;
+      if (digits == at) return false;
+      i = digits + (digits < text.size() && text[digits] == '}' ? 1 : 0);
+    } else if (is_ascii_alnum(text[i]) || text[i] == '_') {
+      if (i == 0 && is_ascii_digit(text[i])) return false;
+      ++i;
+    } else {
+      return false;
+    }
+  }
+  return !text.empty();
+}
+
+// Reads a mapping file's YAML into rules. Every problem names the file and the line;
+// keys Hermes reads but does not act on give one warning each.
+class MappingReader {
+public:
+  explicit MappingReader(std::string origin) : origin_(std::move(origin)) {}
+
+  std::shared_ptr<StatsdMapping> read(const YamlNode &root) {
+    auto mapping = std::make_shared<StatsdMapping>();
+    if (root.is_null()) return mapping;
+    expect(root, YamlNode::Kind::mapping, "the file");
+    keys(root, "", {"defaults", "mappings"}, {});
+    if (const YamlNode *defaults = member(root, "defaults")) read_defaults(*defaults);
+    if (const YamlNode *rules = member(root, "mappings")) {
+      expect(*rules, YamlNode::Kind::sequence, "mappings");
+      for (const YamlNode &rule : rules->items) mapping->rules.push_back(read_rule(rule));
+    }
+    // statsd_exporter asks the glob rules first, then the regex rules: both in file order.
+    mapping->index();
+    for (const Warning &warning : warned_) warnings.push_back(warning.text);
+    return mapping;
+  }
+
+  std::vector<std::string> warnings; // in the order of the file
+
+private:
+  [[noreturn]] void fail(const YamlNode &node, const std::string &problem) const {
+    throw ConfigError(origin_ + ":" + std::to_string(node.line) + ": " + problem);
+  }
+
+  void expect(const YamlNode &node, YamlNode::Kind kind, const std::string &what) const {
+    static constexpr const char *names[] = {"a scalar", "a list", "a mapping"};
+    if (node.kind != kind) fail(node, what + ": expected " + names[static_cast<int>(kind)]);
+  }
+
+  static const YamlNode *member(const YamlNode &map, std::string_view key) {
+    for (std::size_t i = 0; i + 1 < map.items.size(); i += 2)
+      if (map.items[i].kind == YamlNode::Kind::scalar && map.items[i].text == key)
+        return map.items[i + 1].is_null() ? nullptr : &map.items[i + 1];
+    return nullptr;
+  }
+
+  // Keys `read` are acted on; `ignored` are statsd_exporter's that Hermes does not act
+  // on, and others none of its: both warned of once each, so that the file still loads.
+  void keys(const YamlNode &map, const std::string &where, std::initializer_list<const char *> read,
+            std::initializer_list<const char *> ignored) {
+    for (std::size_t i = 0; i < map.items.size(); i += 2) {
+      const YamlNode &key = map.items[i];
+      if (key.kind != YamlNode::Kind::scalar) fail(key, where + ": a key that is not a scalar");
+      const auto is = [&](const char *name) { return key.text == name; };
+      if (std::any_of(read.begin(), read.end(), is)) continue;
+      const std::string path = where.empty() ? key.text : where + "." + key.text;
+      if (std::any_of(warned_.begin(), warned_.end(), [&](const Warning &w) { return w.path == path; })) continue;
+      const bool known = std::any_of(ignored.begin(), ignored.end(), is);
+      const auto after = std::find_if(warned_.begin(), warned_.end(), [&](const Warning &w) { return w.line > key.line; });
+      warned_.insert(after, {key.line, path, origin_ + ":" + std::to_string(key.line) + ": " + path +
+                                                 (known ? ": not implemented by Hermes, ignored" : ": unknown key, ignored")});
+    }
+  }
+
+  std::string scalar(const YamlNode &node, const std::string &what) const {
+    expect(node, YamlNode::Kind::scalar, what);
+    return node.text;
+  }
+
+  double number(const YamlNode &node, const std::string &what) const {
+    const auto value = parse_decimal(scalar(node, what));
+    if (!value || !std::isfinite(*value)) fail(node, what + ": \"" + node.text + "\" is not a finite number");
+    return *value;
+  }
+
+  double seconds(const YamlNode &node, const std::string &what) const {
+    const auto value = parse_go_duration(scalar(node, what));
+    if (!value) fail(node, what + ": \"" + node.text + "\" is not a duration (such as 30s, 5m, 1h30m)");
+    return *value;
+  }
+
+  bool observer_is_summary(const YamlNode &node, const std::string &what) const {
+    const std::string text = scalar(node, what);
+    if (text != "histogram" && text != "summary" && !text.empty()) fail(node, what + ": invalid observer type '" + text + "'");
+    return text != "histogram";
+  }
+
+  std::vector<double> buckets(const YamlNode &node, const std::string &what) const {
+    expect(node, YamlNode::Kind::sequence, what);
+    std::vector<double> out;
+    for (const YamlNode &item : node.items) {
+      out.push_back(number(item, what));
+      if (out.size() > 1 && out.back() <= out[out.size() - 2]) fail(item, what + ": buckets must increase strictly");
+    }
+    return out;
+  }
+
+  std::vector<std::pair<double, double>> quantiles(const YamlNode &node, const std::string &what) const {
+    expect(node, YamlNode::Kind::sequence, what);
+    std::vector<std::pair<double, double>> out;
+    for (const YamlNode &item : node.items) {
+      expect(item, YamlNode::Kind::mapping, what);
+      const YamlNode *quantile = member(item, "quantile"), *error = member(item, "error");
+      const double q = quantile ? number(*quantile, what + ".quantile") : 0, e = error ? number(*error, what + ".error") : 0;
+      if (!(q > 0 && q < 1)) fail(item, what + ": a quantile between 0 and 1 (exclusive) is needed");
+      if (!(e > 0 && e <= 0.5)) fail(item, what + ": an error above 0 and at most 0.5 is needed");
+      for (const auto &seen : out)
+        if (seen.first == q) fail(item, what + ": the quantile " + format_double(q) + " twice");
+      out.emplace_back(q, e);
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+
+  // histogram_options and summary_options, of the defaults or of a rule.
+  void read_options(const YamlNode &map, const std::string &where, LineMetricShape &shape) {
+    if (const YamlNode *histogram = member(map, "histogram_options")) {
+      expect(*histogram, YamlNode::Kind::mapping, where + "histogram_options");
+      keys(*histogram, where + "histogram_options", {"buckets"}, {"native_histogram_bucket_factor", "native_histogram_max_buckets"});
+      if (const YamlNode *list = member(*histogram, "buckets")) {
+        std::vector<double> read = buckets(*list, "buckets");
+        if (!read.empty()) shape.buckets = std::move(read);
+      }
+    }
+    if (const YamlNode *summary = member(map, "summary_options")) {
+      expect(*summary, YamlNode::Kind::mapping, where + "summary_options");
+      keys(*summary, where + "summary_options", {"quantiles", "max_age"}, {"age_buckets", "buf_cap"});
+      if (const YamlNode *list = member(*summary, "quantiles")) {
+        auto read = quantiles(*list, "quantiles");
+        if (!read.empty()) shape.objectives = std::move(read);
+      }
+      if (const YamlNode *age = member(*summary, "max_age")) {
+        const double value = seconds(*age, "max_age");
+        if (value > 0) shape.max_age_seconds = value;
+      }
+    }
+  }
+
+  void read_defaults(const YamlNode &node) {
+    expect(node, YamlNode::Kind::mapping, "defaults");
+    keys(node, "defaults",
+         {"observer_type", "timer_type", "match_type", "ttl", "summary_options", "histogram_options", "buckets", "quantiles"},
+         {"glob_disable_ordering"});
+    const YamlNode *observer = member(node, "observer_type");
+    if (!observer) observer = member(node, "timer_type");
+    if (observer) defaults_.summary = observer_is_summary(*observer, "observer_type");
+    if (const YamlNode *type = member(node, "match_type")) regex_default_ = match_is_regex(*type);
+    if (const YamlNode *ttl = member(node, "ttl")) defaults_.ttl_seconds = seconds(*ttl, "ttl");
+    read_options(node, "defaults.", defaults_);
+    if (const YamlNode *list = member(node, "buckets"); list && !member(node, "histogram_options")) {
+      auto read = buckets(*list, "buckets");
+      if (!read.empty()) defaults_.buckets = std::move(read);
+    }
+    if (const YamlNode *list = member(node, "quantiles"); list && !member(node, "summary_options")) {
+      auto read = quantiles(*list, "quantiles");
+      if (!read.empty()) defaults_.objectives = std::move(read);
+    }
+    if (defaults_.ttl_seconds && *defaults_.ttl_seconds <= 0) defaults_.ttl_seconds.reset();
+  }
+
+  bool match_is_regex(const YamlNode &node) const {
+    const std::string text = scalar(node, "match_type");
+    if (text != "glob" && text != "regex" && !text.empty()) fail(node, "invalid match type \"" + text + "\"");
+    return text == "regex";
+  }
+
+  MappingRule read_rule(const YamlNode &node) {
+    expect(node, YamlNode::Kind::mapping, "a mapping rule");
+    keys(node, "mappings[]",
+         {"match", "name", "labels", "match_type", "match_metric_type", "action", "observer_type", "timer_type",
+          "histogram_options", "summary_options", "buckets", "quantiles", "ttl", "help"},
+         {});
+    MappingRule rule;
+    rule.line = node.line;
+    const YamlNode *match = member(node, "match");
+    const std::string text = match ? scalar(*match, "match") : std::string();
+    const YamlNode *type = member(node, "match_type");
+    rule.regex = type ? match_is_regex(*type) : regex_default_;
+    read_name_and_labels(node, rule);
+    if (rule.regex) {
+      auto pattern = std::make_shared<MappingRegex>();
+      const std::string problem = pattern->compile(text);
+      if (!problem.empty()) fail(match ? *match : node, "invalid regex " + text + " in mapping: " + problem);
+      rule.pattern = std::move(pattern);
+    } else {
+      if (!is_glob_match(text)) fail(match ? *match : node, "invalid match: " + text);
+      for (const std::string_view field : split(text, '.')) rule.fields.emplace_back(field);
+      rule.captures = static_cast<std::size_t>(std::count(rule.fields.begin(), rule.fields.end(), "*"));
+    }
+    read_actions(node, rule);
+    read_shape(node, rule);
+    return rule;
+  }
+
+  void read_name_and_labels(const YamlNode &node, MappingRule &rule) const {
+    const YamlNode *name = member(node, "name");
+    rule.name = name ? scalar(*name, "name") : std::string();
+    if (rule.name.empty()) fail(node, "metric mapping didn't set a metric name");
+    if (!is_name_template(rule.name)) fail(*name, "metric name '" + rule.name + "' is not a metric name ([a-zA-Z_][a-zA-Z0-9_]*, with $1 or ${1})");
+    if (const YamlNode *labels = member(node, "labels")) {
+      expect(*labels, YamlNode::Kind::mapping, "labels");
+      for (std::size_t i = 0; i + 1 < labels->items.size(); i += 2) {
+        const std::string key = scalar(labels->items[i], "a label name");
+        if (key.size() < 2 || !is_label_name(key)) fail(labels->items[i], "invalid label key: " + key);
+        for (const auto &seen : rule.labels)
+          if (seen.first == key) fail(labels->items[i], "the label " + key + " twice");
+        rule.labels.emplace_back(key, scalar(labels->items[i + 1], "the value of label " + key));
+      }
+    }
+  }
+
+  void read_actions(const YamlNode &node, MappingRule &rule) const {
+    if (const YamlNode *action = member(node, "action")) {
+      const std::string text = scalar(*action, "action");
+      if (text != "map" && text != "drop" && !text.empty()) fail(*action, "invalid action type \"" + text + "\"");
+      rule.drop = text == "drop";
+    }
+    if (const YamlNode *type = member(node, "match_metric_type")) {
+      const std::string text = scalar(*type, "match_metric_type");
+      if (text == "counter") rule.metric_type = MatchOn::counter;
+      else if (text == "gauge") rule.metric_type = MatchOn::gauge;
+      else if (text == "observer" || text == "timer") rule.metric_type = MatchOn::observer;
+      else fail(*type, "invalid metric type '" + text + "'");
+    }
+  }
+
+  // The rule's shape: its own settings over the defaults', as statsd_exporter resolves them.
+  void read_shape(const YamlNode &node, MappingRule &rule) {
+    const YamlNode *observer = member(node, "observer_type");
+    if (!observer) observer = member(node, "timer_type");
+    rule.shape.summary = observer ? observer_is_summary(*observer, "observer_type") : defaults_.summary;
+    const YamlNode *histogram = member(node, "histogram_options"), *summary = member(node, "summary_options");
+    const YamlNode *legacy_buckets = member(node, "buckets"), *legacy_quantiles = member(node, "quantiles");
+    if (rule.shape.summary && histogram) fail(*histogram, "cannot use summary observer and histogram options at the same time");
+    if (!rule.shape.summary && summary) fail(*summary, "cannot use histogram observer and summary options at the same time");
+    if (histogram && legacy_buckets && member(*histogram, "buckets"))
+      fail(node, "cannot use buckets in both the top level and histogram options at the same time in " + rule.name);
+    if (summary && legacy_quantiles && member(*summary, "quantiles"))
+      fail(node, "cannot use quantiles in both the top level and summary options at the same time in " + rule.name);
+    rule.shape.buckets = defaults_.buckets;
+    rule.shape.objectives = defaults_.objectives;
+    rule.shape.max_age_seconds = defaults_.max_age_seconds;
+    read_options(node, "mappings[].", rule.shape);
+    if (legacy_buckets) {
+      auto read = buckets(*legacy_buckets, "buckets");
+      if (!read.empty()) rule.shape.buckets = std::move(read);
+    }
+    if (legacy_quantiles) {
+      auto read = quantiles(*legacy_quantiles, "quantiles");
+      if (!read.empty()) rule.shape.objectives = std::move(read);
+    }
+    rule.shape.ttl_seconds = defaults_.ttl_seconds;
+    if (const YamlNode *ttl = member(node, "ttl")) {
+      const double value = seconds(*ttl, "ttl");
+      if (value > 0) rule.shape.ttl_seconds = value;
+    }
+    if (const YamlNode *help = member(node, "help")) rule.shape.help = scalar(*help, "help");
+    if (!is_valid_utf8(rule.shape.help)) fail(node, "help: not valid UTF-8");
+  }
+
+  std::string origin_;
+  LineMetricShape defaults_{true, default_buckets(), statsd_default_objectives(), 600, std::nullopt, {}};
+  bool regex_default_ = false;
+  struct Warning {
+    std::size_t line;
+    std::string path, text;
+  };
+  std::vector<Warning> warned_; // one for each key path
+};
+
+// Mapping results by StatsD name and type, as statsd_exporter caches them: at most
+// HERMES_STATSD_MAPPING_CACHE names, each taking its bytes from the budget. When full, or
+// the budget has no room, a name is mapped again each time it comes.
+class MappingCache {
+public:
+  // The result for `key` (the name, a '|' and the type's letter), made by `make` if new.
+  template <typename Make> const MappingResult &get(const std::string &key, MemoryBudget &budget, Make &&make) {
+    const auto found = entries_.find(key);
+    if (found != entries_.end()) return found->second;
+    MappingResult result = make();
+    if (entries_.size() >= HERMES_STATSD_MAPPING_CACHE) evict_one(budget);
+    const std::size_t bytes = entry_bytes(key, result);
+    if (!budget.take(bytes)) return scratch_ = std::move(result);
+    bytes_ += bytes;
+    return entries_.emplace(key, std::move(result)).first->second;
+  }
+
+  void clear(MemoryBudget &budget) {
+    budget.give_back(bytes_);
+    bytes_ = 0;
+    entries_.clear();
+  }
+
+  std::size_t size() const { return entries_.size(); }
+  std::size_t bytes() const { return bytes_; }
+
+private:
+  // The hash node, the key, and the result's strings, each as allocated.
+  static std::size_t entry_bytes(const std::string &key, const MappingResult &result) {
+    constexpr std::size_t node = sizeof(std::pair<const std::string, MappingResult>) + 32, allocation = 16;
+    std::size_t bytes = node + key.size() + result.name.size() + 2 * allocation;
+    for (const auto &label : result.labels) bytes += sizeof label + label.first.size() + label.second.size() + 2 * allocation;
+    return bytes;
+  }
+
+  void evict_one(MemoryBudget &budget) {
+    const auto victim = entries_.begin(); // any: statsd_exporter's random cache does the same
+    const std::size_t bytes = entry_bytes(victim->first, victim->second);
+    budget.give_back(bytes);
+    bytes_ -= std::min(bytes, bytes_);
+    entries_.erase(victim);
+  }
+
+  std::unordered_map<std::string, MappingResult> entries_;
+  std::size_t bytes_ = 0;
+  MappingResult scratch_; // the result of a name not kept
+};
+
+} // namespace detail
+} // namespace hermes
+
+#endif // HERMES_YAML
+
+namespace hermes {
+namespace detail {
+
+// The registry's part for metrics made from StatsD lines: the settings, the mapping and
+// its cache, and how many such metrics there are.
+struct LineMetrics {
+  StatsdSettings settings;
+  std::shared_ptr<const StatsdMapping> mapping;
+#ifdef HERMES_YAML
+  MappingCache cache;
+  std::string key; // the cache's key for a line, reused
+#endif
+  std::size_t made = 0;
+
+  bool active() const { return mapping || settings.accept_undeclared; }
+};
 
 } // namespace detail
 } // namespace hermes
@@ -6039,6 +7034,7 @@ inline Registry::RestoreSummary StateCodec::put_in_place(Registry &registry, std
   Registry::RestoreSummary summary;
   for (RestoredMetric &restored : metrics) {
     Metric *metric = registry.find(restored.shape.name);
+    if (!metric) metric = registry.restore_line_metric(restored.shape);
     const char *problem = !metric ? "no longer configured"
                           : !same_shape(metric->config, restored.shape) ? "type, labels, buckets or objectives changed"
                                                                         : nullptr;
@@ -6646,6 +7642,7 @@ inline Options options_from_environment(const Config &config, const Environment 
   override_from(options.tls_cert_file, env, {"HERMES_TLS_CERT_FILE"}, detail::any_text, "");
   override_from(options.tls_key_file, env, {"HERMES_TLS_KEY_FILE"}, detail::any_text, "");
   override_from(options.tls_client_ca_file, env, {"HERMES_TLS_CLIENT_CA_FILE"}, detail::any_text, "");
+  override_from(options.statsd_mapping_file, env, {"HERMES_STATSD_MAPPING"}, detail::any_text, "");
   return options;
 }
 
@@ -6756,7 +7753,8 @@ inline const char *to_string(Reject reason) {
   static constexpr const char *names[] = {"malformed_json",      "malformed_sample", "unknown_metric",
                                           "label_mismatch",      "invalid_label_value", "invalid_value",
                                           "invalid_operation",   "series_limit",     "too_large",
-                                          "unsupported_type",    "memory_limit",     "forbidden_source"};
+                                          "unsupported_type",    "memory_limit",     "forbidden_source",
+                                          "dropped",             "type_mismatch",    "metric_limit"};
   return detail::name_of(reason, names);
 }
 
@@ -6933,7 +7931,9 @@ inline std::optional<Reject> apply_to_series(Metric &metric, const std::vector<s
 
 inline Registry::Registry(const Config &config, std::shared_ptr<MemoryBudget> budget)
     : service_name_(config.service_name), budget_(budget ? std::move(budget) : std::make_shared<MemoryBudget>()),
-      reading_(std::make_unique<detail::Reading>()), statsd_reading_(std::make_unique<detail::StatsdReading>()) {
+      reading_(std::make_unique<detail::Reading>()), statsd_reading_(std::make_unique<detail::StatsdReading>()),
+      line_metrics_(std::make_unique<detail::LineMetrics>()) {
+  line_metrics_->settings = config.statsd;
   for (const MetricConfig &metric_config : config.metrics) {
     detail::Metric metric{metric_config, {}};
     // A metric without labels has exactly one series; it shows 0 before the first push.
@@ -6966,6 +7966,7 @@ inline std::string Registry::no_room_for(const detail::SeriesCost &wanted) const
 inline Registry::Registry(Registry &&other) noexcept
     : service_name_(std::move(other.service_name_)), metrics_(std::move(other.metrics_)), budget_(std::move(other.budget_)),
       reading_(std::move(other.reading_)), statsd_reading_(std::move(other.statsd_reading_)), statsd_(other.statsd_),
+      line_metrics_(std::move(other.line_metrics_)),
       fixed_body_bytes_(other.fixed_body_bytes_), holds_budget_(std::exchange(other.holds_budget_, false)),
       accepted_(other.accepted_), expired_(other.expired_), changes_(other.changes_), rejected_(other.rejected_),
       received_(other.received_) {}
@@ -6980,6 +7981,7 @@ inline Registry &Registry::operator=(Registry &&other) noexcept {
     reading_ = std::move(other.reading_);
     statsd_reading_ = std::move(other.statsd_reading_);
     statsd_ = other.statsd_;
+    line_metrics_ = std::move(other.line_metrics_);
     accepted_ = other.accepted_, expired_ = other.expired_, rejected_ = other.rejected_, received_ = other.received_;
   }
   return *this;
@@ -6991,6 +7993,9 @@ inline void Registry::give_back_budget() {
   if (!holds_budget_) return; // moved from
   for (detail::Metric &metric : metrics_) release(metric);
   budget_->give_back_series(0, fixed_body_bytes_);
+#ifdef HERMES_YAML
+  line_metrics_->cache.clear(*budget_);
+#endif
   holds_budget_ = false;
 }
 
@@ -7061,6 +8066,12 @@ inline detail::Metric *Registry::find_statsd(detail::StatsdReading &reading) {
   const detail::StatsdLine &line = reading.line;
   reading.name.clear();
   detail::append_statsd_name(reading.name, line.name, line.name_rest);
+  return find_statsd_named(reading);
+}
+
+// The metric of the escaped name in reading.name, as find_statsd.
+inline detail::Metric *Registry::find_statsd_named(detail::StatsdReading &reading) {
+  const detail::StatsdLine &line = reading.line;
   detail::Metric *metric = find(reading.name);
   if (metric && detail::takes(metric->config.type, line.type)) return metric;
   if (line.type != detail::StatsdType::counter) return nullptr;
@@ -7071,8 +8082,9 @@ inline detail::Metric *Registry::find_statsd(detail::StatsdReading &reading) {
 
 inline void Registry::apply_statsd(detail::StatsdReading &reading, Now now, IngestResult &result) {
   const detail::StatsdLine &line = reading.line;
-  detail::Metric *metric = find_statsd(reading);
-  if (!metric) return tally(result, Reject::unknown_metric, line.value_count);
+  std::optional<Reject> refused;
+  detail::Metric *metric = line_metrics_->active() ? find_or_make_statsd(reading, refused) : find_statsd(reading);
+  if (!metric) return tally(result, refused.value_or(Reject::unknown_metric), line.value_count);
   if (const auto reason = detail::statsd_label_values(metric->config, line, reading.name, reading.label_values))
     return tally(result, reason, line.value_count);
   for (std::size_t start = 0; start <= line.values.size();) { // each of a multi-value line's values on its own
@@ -7107,7 +8119,9 @@ inline bool same_shape(const MetricConfig &a, const MetricConfig &b) {
 // takes and gives back can be weighed before anything changes.
 inline Registry::ReloadSummary Registry::reload(const Config &config) {
   ReloadSummary summary;
-  Registry next(config);
+  Config with_lines = config;
+  carry_line_metrics(with_lines);
+  Registry next(with_lines);
   std::vector<detail::Metric *> kept_from(next.metrics_.size(), nullptr);
   for (std::size_t i = 0; i < next.metrics_.size(); ++i) {
     detail::Metric *before = find(next.metrics_[i].config.name);
@@ -7134,6 +8148,13 @@ inline Registry::ReloadSummary Registry::reload(const Config &config) {
   service_name_ = next.service_name_;
   fixed_body_bytes_ = next.fixed_body_bytes_;
   metrics_ = std::move(next.metrics_);
+  line_metrics_->settings = config.statsd;
+  line_metrics_->made = 0;
+  for (detail::Metric &metric : metrics_) {
+    metric.from_line = std::none_of(config.metrics.begin(), config.metrics.end(),
+                                    [&](const MetricConfig &m) { return m.name == metric.config.name; });
+    line_metrics_->made += metric.from_line ? 1 : 0;
+  }
   return summary;
 }
 
@@ -7193,6 +8214,139 @@ inline std::size_t Registry::metric_count() const { return metrics_.size(); }
 inline Registry::MetricFill Registry::metric_fill(std::size_t index) const {
   const detail::Metric &metric = metrics_[index];
   return {metric.config.name, metric.series.size(), metric.config.max_series};
+}
+
+} // namespace hermes
+
+// ===== REGISTRY: METRICS FROM STATSD LINES ================================================
+
+namespace hermes {
+
+inline void Registry::use_statsd_mapping(std::shared_ptr<const detail::StatsdMapping> mapping) {
+#ifdef HERMES_YAML
+  line_metrics_->cache.clear(*budget_);
+#endif
+  line_metrics_->mapping = std::move(mapping);
+}
+
+// A line's metric when lines may make metrics: the name a mapping rule gives it (kept
+// per name), or its own; the metric of that name, or else a new one, when a rule matched
+// or undeclared metrics are accepted.
+inline detail::Metric *Registry::find_or_make_statsd(detail::StatsdReading &reading, std::optional<Reject> &refused) {
+  detail::LineMetrics &lines = *line_metrics_;
+  detail::StatsdLine &line = reading.line;
+  const detail::LineMetricShape *shape = nullptr;
+#ifdef HERMES_YAML
+  if (lines.mapping) {
+    static constexpr char letters[] = {'c', 'g', 'm', 'h', 'd', 's'}; // by StatsdType
+    lines.key.assign(line.name).append(line.name_rest).append(1, '|').append(1, letters[static_cast<int>(line.type)]);
+    const std::string_view name(lines.key.data(), lines.key.size() - 2);
+    const detail::MappingResult &mapped =
+        lines.cache.get(lines.key, *budget_, [&] { return lines.mapping->map(name, line.type); });
+    if (mapped.action == detail::MappingResult::Action::drop) return refused = Reject::dropped, nullptr;
+    if (mapped.action == detail::MappingResult::Action::map) {
+      if (mapped.name.empty()) return refused = Reject::malformed_sample, nullptr; // statsd_exporter's empty_metric_name
+      for (const auto &label : mapped.labels) line.tags.push_back({label.first, label.second}); // the rule's win
+      reading.name = mapped.name;
+      shape = &mapped.rule->shape;
+    }
+  }
+#endif
+  if (!shape) {
+    reading.name.clear();
+    detail::append_statsd_name(reading.name, line.name, line.name_rest);
+  }
+  const std::size_t name_size = reading.name.size();
+  if (detail::Metric *metric = find_statsd_named(reading)) {
+    if (shape && metric->from_line) metric->config.ttl_seconds = shape->ttl_seconds.value_or(lines.settings.ttl_seconds);
+    return metric;
+  }
+  if (!shape && !lines.settings.accept_undeclared) return nullptr;
+  reading.name.resize(name_size);
+  const detail::LineMetricShape undeclared{lines.settings.observe_as_summary, default_buckets(), detail::statsd_default_objectives(),
+                                           600, std::nullopt, {}};
+  return make_line_metric(detail::line_metric_config(reading.name, line, shape ? *shape : undeclared, lines.settings), refused);
+}
+
+// Adds a metric a line makes, with its family's room in the bodies, or says why not.
+inline detail::Metric *Registry::make_line_metric(MetricConfig config, std::optional<Reject> &refused) {
+  if ((refused = detail::line_metric_conflict(config, metrics_))) return nullptr;
+  if (line_metrics_->made >= line_metrics_->settings.max_metrics) return refused = Reject::metric_limit, nullptr;
+  const auto at = std::lower_bound(metrics_.begin(), metrics_.end(), config.name,
+                                   [](const detail::Metric &m, const std::string &n) { return m.config.name < n; });
+  const auto made = metrics_.insert(at, detail::Metric{std::move(config), {}, true});
+  const std::size_t bound = detail::fixed_body_bound(*this);
+  if (!budget_->take_for_series(0, bound - fixed_body_bytes_)) {
+    metrics_.erase(made);
+    return refused = Reject::memory_limit, nullptr;
+  }
+  fixed_body_bytes_ = bound;
+  ++line_metrics_->made;
+  return &*made;
+}
+
+// A reload keeps the metrics lines made, as if configured, while lines may still make
+// metrics; one whose names the new config uses gives way to it.
+inline void Registry::carry_line_metrics(Config &next) const {
+  const StatsdSettings &settings = next.statsd;
+  if (!settings.accept_undeclared && settings.mapping_file.empty()) return;
+  const std::size_t configured = next.metrics.size();
+  for (const detail::Metric &metric : metrics_) {
+    if (!metric.from_line) continue;
+    const std::vector<std::string> mine = detail::names_taken(metric.config);
+    const bool clash = std::any_of(next.metrics.begin(), next.metrics.begin() + static_cast<std::ptrdiff_t>(configured),
+                                   [&](const MetricConfig &other) {
+                                     for (const std::string &name : detail::names_taken(other))
+                                       if (std::find(mine.begin(), mine.end(), name) != mine.end()) return true;
+                                     return false;
+                                   });
+    if (!clash) next.metrics.push_back(metric.config);
+  }
+}
+
+// A metric of the state file that the config does not name, made again as a line would
+// make it, while lines may make metrics.
+inline detail::Metric *Registry::restore_line_metric(const MetricConfig &shape) {
+  if (!line_metrics_->active()) return nullptr;
+  MetricConfig config = shape;
+  config.ttl_seconds = line_metrics_->settings.ttl_seconds; // a rule's ttl comes back with its next line
+  config.max_series = line_metrics_->settings.max_series;
+  std::optional<Reject> refused;
+  return make_line_metric(std::move(config), refused);
+}
+
+// ---- StatsD mapping files ----
+
+inline std::string statsd_mapping_path(const Config &config, const Options &options) {
+  return options.statsd_mapping_file.empty() ? config.statsd.mapping_file : options.statsd_mapping_file;
+}
+
+inline StatsdMappingFile parse_statsd_mapping(std::string_view yaml, const std::string &origin) {
+#ifdef HERMES_YAML
+  detail::MappingReader reader(origin);
+  StatsdMappingFile file;
+  std::shared_ptr<detail::StatsdMapping> mapping = reader.read(detail::parse_yaml(yaml, origin));
+  file.rules = mapping->rules.size();
+  file.mapping = std::move(mapping);
+  file.warnings = std::move(reader.warnings);
+  return file;
+#else
+  (void)yaml;
+  throw ConfigError(origin + ": a StatsD mapping file is YAML, which this build of Hermes does not read "
+                             "(build it with -DHERMES_YAML and -lyaml)");
+#endif
+}
+
+inline StatsdMappingFile load_statsd_mapping(const std::string &path) {
+#ifndef HERMES_YAML
+  return parse_statsd_mapping({}, path); // says what this build lacks before looking for the file
+#endif
+  std::string text;
+  if (const int error = detail::read_file(path.c_str(), HERMES_MAX_MAPPING_SIZE + 1, text))
+    throw ConfigError(path + ": cannot read: " + std::strerror(error));
+  if (text.size() > HERMES_MAX_MAPPING_SIZE)
+    throw ConfigError(path + ": larger than " + std::to_string(HERMES_MAX_MAPPING_SIZE) + " bytes");
+  return parse_statsd_mapping(text, path);
 }
 
 } // namespace hermes
@@ -7983,9 +9137,26 @@ struct Server::Impl {
       : budget(detail::budget_with_fixed_buffers(options.max_memory)), registry(config, budget),
         logger(options.log_level, std::move(options.log_sink)), config_path(options.config_path), input(options),
         http(options, logger, *budget, [this](Format format, detail::BudgetedBody &body) { return render(format, body); }),
-        statsd_tcp(options, logger, *budget), rejects(logger), start_time_seconds(detail::process_start_time_seconds()), state(options, logger, *budget) {
+        statsd_tcp(options, logger, *budget), rejects(logger), start_time_seconds(detail::process_start_time_seconds()),
+        statsd_mapping_file(options.statsd_mapping_file), state(options, logger, *budget) {
     registry.accept_statsd(options.statsd);
     start_gzip(options.gzip_level);
+    mapping_at_start = load_statsd_mapping(config);
+    registry.use_statsd_mapping(mapping_at_start.mapping);
+  }
+
+  // The mapping file the config (or HERMES_STATSD_MAPPING) names; none: an empty one.
+  StatsdMappingFile load_statsd_mapping(const Config &config) {
+    Options named;
+    named.statsd_mapping_file = statsd_mapping_file;
+    const std::string path = statsd_mapping_path(config, named);
+    return path.empty() ? StatsdMappingFile{} : hermes::load_statsd_mapping(path);
+  }
+
+  void log_statsd_mapping(const StatsdMappingFile &file) {
+    if (!file.mapping) return;
+    for (const std::string &warning : file.warnings) logger.log(LogLevel::warn, "statsd mapping", {{"warning", warning}});
+    logger.log(LogLevel::info, "statsd mapping loaded", {{"rules", std::to_string(file.rules)}});
   }
 
   void poll_once(int timeout_ms);
@@ -8019,6 +9190,8 @@ struct Server::Impl {
   double last_reload_success_seconds = wall_clock_seconds();
   std::vector<pollfd> poll_fds;
   Clock::time_point next_sweep{};
+  std::string statsd_mapping_file; // HERMES_STATSD_MAPPING, over the config's at each reload
+  StatsdMappingFile mapping_at_start; // logged once the server says where it listens
   detail::StateKeeper state; // last: its writing thread ends first
 };
 
@@ -8038,6 +9211,7 @@ inline Server::Server(const Config &config, Options options) : impl_(std::make_u
   if (impl_->http.tls() && !options.tls_client_ca_file.empty()) fields.emplace_back("tls_client_ca_file", options.tls_client_ca_file);
   fields.insert(fields.end(), {{"service", config.service_name}, {"version", HERMES_VERSION_STR}});
   impl_->logger.log(LogLevel::info, "hermes listening", fields);
+  impl_->log_statsd_mapping(std::exchange(impl_->mapping_at_start, {}));
   impl_->state.restore(impl_->registry, monotonic_seconds());
 }
 
@@ -8072,7 +9246,12 @@ inline bool Server::reload() {
 inline bool Server::Impl::reload_config() {
   try {
     if (config_path.empty()) throw ConfigError("no config file to reload");
-    const Registry::ReloadSummary summary = registry.reload(load_config(config_path));
+    Config next = load_config(config_path);
+    if (!statsd_mapping_file.empty()) next.statsd.mapping_file = statsd_mapping_file; // the variable wins
+    StatsdMappingFile mapping = load_statsd_mapping(next); // a bad one fails the reload, as a bad config
+    const Registry::ReloadSummary summary = registry.reload(next);
+    registry.use_statsd_mapping(mapping.mapping);
+    log_statsd_mapping(mapping);
     logger.log(LogLevel::info, "config reloaded",
                {{"path", config_path}, {"kept", std::to_string(summary.kept)},
                 {"fresh", std::to_string(summary.fresh)}, {"removed", std::to_string(summary.removed)}});

@@ -37,7 +37,8 @@ constexpr const char *usage_text =
     "HERMES_STATE_INTERVAL (state_interval_seconds: seconds between writes, default 10),\n"
     "HERMES_STATSD_TCP_PORT (StatsD lines over TCP too; off unless set),\n"
     "HERMES_MAX_STATSD_CONNECTIONS (default 256),\n"
-    "HERMES_STATSD_TCP_IDLE_SECONDS (seconds without a whole line; default 300, 0: never).\n"
+    "HERMES_STATSD_TCP_IDLE_SECONDS (seconds without a whole line; default 300, 0: never),\n"
+    "HERMES_STATSD_MAPPING (the config's statsd_mapping_file: statsd_exporter's YAML mapping).\n"
     "\n"
     "Access control:\n"
     "  HERMES_UDP_ALLOW        CIDR ranges, comma-separated (10.0.0.0/8,2001:db8::/32,::1):\n"
@@ -102,9 +103,12 @@ void install_signal_handlers() {
   std::signal(SIGPIPE, SIG_IGN); // a client that hangs up is an error code, not a death
 }
 
-// Valid: says so, with the memory its series may take at worst beside the budget, then
+// Valid, and so is the StatsD mapping file if one is named: says so, with the memory its series may take at worst beside the budget, then
 // gives promtool's naming advice, which does not make it invalid.
 int check_config(const std::string &path, const hermes::Config &config, const hermes::Options &options) {
+  const std::string mapping_path = hermes::statsd_mapping_path(config, options);
+  hermes::StatsdMappingFile mapping; // a bad file throws ConfigError: exit 2, before any "ok"
+  if (!mapping_path.empty()) mapping = hermes::load_statsd_mapping(mapping_path);
   std::printf("%s: ok, %zu metrics\n", path.c_str(), config.metrics.size());
   double worst = 0;
   for (const hermes::MetricConfig &metric : config.metrics) {
@@ -124,6 +128,10 @@ int check_config(const std::string &path, const hermes::Config &config, const he
     std::printf("%s: memory: the state file's text takes at most %.0f bytes more while a write is made\n", path.c_str(), state);
   }
   for (const std::string &advice : hermes::lint_config(config)) std::printf("%s: warning: %s\n", path.c_str(), advice.c_str());
+  if (!mapping_path.empty()) {
+    std::printf("%s: ok, %zu rules\n", mapping_path.c_str(), mapping.rules);
+    for (const std::string &warning : mapping.warnings) std::printf("%s\n", warning.c_str());
+  }
   return 0;
 }
 

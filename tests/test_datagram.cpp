@@ -248,7 +248,8 @@ TEST_CASE("count_rejected counts a datagram rejected before parsing") {
 TEST_CASE("every reason has its name") {
   const char *names[] = {"malformed_json",      "malformed_sample", "unknown_metric",    "label_mismatch",
                          "invalid_label_value", "invalid_value",    "invalid_operation", "series_limit", "too_large",
-                         "unsupported_type",    "memory_limit",     "forbidden_source"};
+                         "unsupported_type",    "memory_limit",     "forbidden_source",  "dropped",      "type_mismatch",
+                         "metric_limit"};
   static_assert(std::size(names) == hermes::reject_reason_count, "one expected name per reason");
   for (std::size_t i = 0; i < hermes::reject_reason_count; ++i)
     CHECK(std::string(hermes::to_string(static_cast<Reject>(i))) == names[i]);

@@ -104,6 +104,9 @@ hermes_samples_rejected_total{reason="too_large"} 0
 hermes_samples_rejected_total{reason="unsupported_type"} 0
 hermes_samples_rejected_total{reason="memory_limit"} 0
 hermes_samples_rejected_total{reason="forbidden_source"} 0
+hermes_samples_rejected_total{reason="dropped"} 0
+hermes_samples_rejected_total{reason="type_mismatch"} 0
+hermes_samples_rejected_total{reason="metric_limit"} 0
 # HELP hermes_series Live series of the configured metrics.
 # TYPE hermes_series gauge
 hermes_series 1
