@@ -4,6 +4,7 @@
 //                          build/bench --ingest ./hermes runs only part 1,
 //                          build/bench --access ./hermes only part 8,
 //                          build/bench --series ./hermes only the resident memory of 5,
+//                          build/bench --scale ./hermes only 10,
 //                          build/bench --peers ./hermes only 9, with the hermes figures it
 //                          needs (burst, 20 samples/dgram, 100k scrape, idle) measured anew,
 //                          build/bench --memory only the in-process part of 5)
@@ -34,6 +35,10 @@
 //    single-sample PUT over keep-alive and over new connections, and /metrics with 100k
 //    gauge series pushed in one PUT; next to hermes' figures of the same run. A burst
 //    kept does not apply to it: a client pushing over HTTP waits for each answer.
+// 10. A million series: 100k and 1M counters with one 10-byte label value, resident
+//    memory per series and in all after scrapes, CPU per scrape as text and protobuf and
+//    the client's wall time against it, and CPU per applied sample with 1M series against
+//    100; each against its goal, MISMATCH where the run falls short.
 // Figures on a shared machine wander; the ratios measured in the same run are what count.
 #include "hermes.hpp"
 
@@ -783,6 +788,118 @@ void measure_memory_accounting() {
               accounting_ns[2], ingest_ns[2], 100 * accounting_ns[2] / ingest_ns[2]);
 }
 
+// ---- a million series -----------------------------------------------------------------------
+
+// Counters with one label value of 10 bytes, as the goals of the scale part count them.
+const char *scale_config = R"({"service_name": "bench",
+  "counters": [{"metric_name": "scale_total", "metric_description": "many counters", "labels": ["id"], "max_series": 1000000}]})";
+
+std::string scale_id(int id) {
+  char text[16];
+  std::snprintf(text, sizeof text, "s%09d", id);
+  return text;
+}
+
+std::string scale_sample(int id) { return R"({"metric_name":"scale_total","payload":{"labels":{"id":")" + scale_id(id) + R"("}}})"; }
+
+// A scrape of 1M series is too slow to pace a load by, so the load goes in bursts that
+// the receive buffer holds, and starts over (counters only count again) until every
+// series is there.
+void load_scale_series(const Receiver &hermes, int series) {
+  const int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+  sockaddr_in address = loopback(hermes.udp_port);
+  while (hermes_metric(hermes, "hermes_series") < series) {
+    for (int start = 0, sent = 0; start < series; start += 100) {
+      std::string batch = "[";
+      for (int id = start; id < std::min(series, start + 100); ++id) batch += (id > start ? "," : "") + scale_sample(id);
+      batch += "]";
+      ::sendto(fd, batch.data(), batch.size(), 0, reinterpret_cast<sockaddr *>(&address), sizeof address);
+      if (++sent % 100 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(15));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  ::close(fd);
+}
+
+// A figure against its goal: the row's last column says MISMATCH where the run fell short.
+void goal_row(const char *what, double figure, const char *unit, double goal) {
+  std::printf("| %s | %.2f %s | %.2f %s | %s |\n", what, figure, unit, goal, unit, figure <= goal ? "met" : "MISMATCH");
+}
+
+struct ScrapeCpu {
+  double cpu_ms, wall_ms;
+};
+
+// Medians of 9 scrapes after 2: hermes' run time (schedstat) and the client's wall time,
+// read as fast as loopback allows.
+ScrapeCpu scrape_cpu(const Receiver &hermes, const char *accept) {
+  std::string response;
+  for (int i = 0; i < 2; ++i) http_get_into(response, hermes.http_port, "/metrics", accept);
+  std::vector<double> cpu, wall;
+  for (int i = 0; i < 9; ++i) {
+    const double before = run_ns(hermes.pid);
+    const Clock::time_point start = Clock::now();
+    http_get_into(response, hermes.http_port, "/metrics", accept);
+    wall.push_back(seconds_since(start) * 1000);
+    cpu.push_back((run_ns(hermes.pid) - before) / 1e6);
+  }
+  return {median(cpu), median(wall)};
+}
+
+// Hermes' run time per applied sample, one sample a datagram at 100k/s for 2 s, each
+// to a series drawn at random among `series` that exist. The scrapes that read the
+// count of samples come before and after the time measured: at 1M series each costs
+// more than a thousand samples.
+double ns_per_sample(const std::string &binary, int series) {
+  Receiver hermes = start_hermes(binary, scale_config, {{"HERMES_MAX_MEMORY", "2GiB"}});
+  load_scale_series(hermes, series);
+  std::vector<std::string> datagrams;
+  std::uint64_t state = 88172645463325252ull; // xorshift: the same series every run
+  for (int i = 0; i < 200000; ++i) {
+    state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+    datagrams.push_back(scale_sample(static_cast<int>(state % static_cast<std::uint64_t>(series))));
+  }
+  const double applied_before = hermes_metric(hermes, "hermes_samples_accepted_total");
+  const double before = run_ns(hermes.pid);
+  send_stream(hermes.udp_port, datagrams, 100000, 2);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500)); // hermes keeps up: its queue is empty by then
+  const double elapsed = run_ns(hermes.pid) - before;
+  const double applied = hermes_metric(hermes, "hermes_samples_accepted_total") - applied_before;
+  stop(hermes);
+  return elapsed / applied;
+}
+
+// One registry of `series` counters: resident memory per series and in all after
+// scrapes, CPU per scrape as text and protobuf, and the client's wall time against it.
+void measure_scale_scrapes(const std::string &binary, int series, const char *label) {
+  Receiver hermes = start_hermes(binary, scale_config, {{"HERMES_MAX_MEMORY", "2GiB"}});
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const double idle = rss_mib(hermes.pid);
+  load_scale_series(hermes, series);
+  const double per_series = (rss_mib(hermes.pid) - idle) * 1024 * 1024 / series;
+  const ScrapeCpu text = scrape_cpu(hermes, nullptr), protobuf = scrape_cpu(hermes, protobuf_accept);
+  const double resident = rss_mib(hermes.pid);
+  stop(hermes);
+  const bool million = series == 1000000;
+  const std::string name = std::string(label) + " counter series";
+  goal_row((name + ", resident bytes a series").c_str(), per_series, "B", 96);
+  goal_row((name + ", resident in all after scrapes").c_str(), resident, "MiB", million ? 140 : 17);
+  goal_row((name + ", CPU per scrape, text").c_str(), text.cpu_ms, "ms", million ? 70 : 8);
+  if (million) goal_row((name + ", CPU per scrape, protobuf").c_str(), protobuf.cpu_ms, "ms", 45);
+  goal_row((name + ", wall time of a text scrape / its CPU").c_str(), text.wall_ms / text.cpu_ms, "x", 1.3);
+}
+
+// 10. A million series: each figure against its goal.
+void measure_scale(const std::string &binary) {
+  std::printf("\n| counters, one 10-byte label value | measured | goal | |\n|---|---:|---:|---|\n");
+  measure_scale_scrapes(binary, 100000, "100k");
+  measure_scale_scrapes(binary, 1000000, "1M");
+  const double few = ns_per_sample(binary, 100), many = ns_per_sample(binary, 1000000);
+  std::printf("| CPU per applied sample, 100 series | %.2f us | | |\n", few / 1000);
+  std::printf("| CPU per applied sample, 1M series | %.2f us | | |\n", many / 1000);
+  goal_row("CPU per applied sample, 1M series / 100 series", many / few, "x", 1.3);
+}
+
 // ---- idle memory ----------------------------------------------------------------------------
 
 struct IdleRow {
@@ -981,8 +1098,9 @@ int main(int argc, char **argv) {
   if (argc > 1 && std::string(argv[1]) == "--memory") return measure_memory_accounting(), 0;
   const std::string part = argc > 1 && argv[1][0] == '-' ? argv[1] : "";
   if (!part.empty()) --argc, ++argv;
-  if (!part.empty() && part != "--ingest" && part != "--access" && part != "--series" && part != "--peers") {
-    std::fprintf(stderr, "usage: bench [--ingest | --access | --series | --peers | --memory] [HERMES_BINARY...]\n");
+  if (!part.empty() && part != "--ingest" && part != "--access" && part != "--series" && part != "--peers" &&
+      part != "--scale") {
+    std::fprintf(stderr, "usage: bench [--ingest | --access | --series | --scale | --peers | --memory] [HERMES_BINARY...]\n");
     return 2;
   }
   const std::string binary = argc > 1 ? argv[1] : "./hermes";
@@ -999,6 +1117,7 @@ int main(int argc, char **argv) {
   ::signal(SIGPIPE, SIG_IGN);
   std::printf("Hermes benchmark: %s, %ld cores\n\n", binary.c_str(), ::sysconf(_SC_NPROCESSORS_ONLN));
   if (part == "--series") return measure_series_memory(binary), 0;
+  if (part == "--scale") return measure_scale(binary), 0;
   if (part == "--access") {
     measure_allow_list(binary);
     measure_allow_list_in_process();
@@ -1037,6 +1156,7 @@ int main(int argc, char **argv) {
   measure_scrapes_against_ingest(binary);
   measure_protobuf_scrapes(binary);
   measure_series_memory(binary);
+  measure_scale(binary);
   measure_state_text();
   measure_state_against_ingest(binary);
   std::printf("\n| binary | size (bytes) | idle, resident (MiB) | idle, proportional (MiB) |\n|---|---:|---:|---:|\n");
