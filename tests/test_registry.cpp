@@ -262,3 +262,42 @@ TEST_CASE("a native histogram without classic buckets shows +Inf, _sum and _coun
   CHECK(text.find("# HELP h H.\n# TYPE h histogram\nh_bucket{a=\"x\",le=\"+Inf\"} 3\nh_sum{a=\"x\"} 5.5\nh_count{a=\"x\"} 3\n") !=
         std::string::npos);
 }
+
+// The index against a std::map of the same series: after any sequence of new series,
+// updates and drops, each is found with its value, and a walk lists them in label order
+// whether or not they were sorted since they came.
+TEST_CASE("the series index finds every series and lists them in label order, sorted or not") {
+  std::mt19937 random(24);
+  hermes::detail::SeriesTable table;
+  std::map<std::vector<std::string>, double> expected;
+  std::vector<std::uint32_t> pending;
+  for (int step = 0; step < 20000; ++step) {
+    const auto what = random() % 100;
+    const std::vector<std::string> labels = {std::to_string(random() % 3000), std::string(random() % 20, 'x')};
+    if (what < 70) {
+      hermes::detail::Series *series = table.find(labels);
+      REQUIRE((series != nullptr) == (expected.count(labels) == 1));
+      if (!series) series = &table.add(labels, hermes::detail::Series{});
+      series->value += 1;
+      expected[labels] += 1;
+    } else if (what < 72) {
+      const auto cut = std::to_string(random() % 3000);
+      CHECK(table.drop_if([&](const hermes::detail::SeriesTable::Entry &entry) { return entry.first[0] < cut; }) ==
+            static_cast<std::size_t>(std::count_if(expected.begin(), expected.end(), [&](const auto &e) { return e.first[0] < cut; })));
+      for (auto at = expected.begin(); at != expected.end();) at = at->first[0] < cut ? expected.erase(at) : std::next(at);
+    } else if (what < 80) {
+      table.sort();
+    } else {
+      REQUIRE(table.size() == expected.size());
+      auto want = expected.begin();
+      for (hermes::detail::SeriesTable::InOrder walk(table, pending); !walk.done(); ++want) {
+        const hermes::detail::SeriesTable::Entry &entry = walk.next();
+        REQUIRE(want != expected.end());
+        REQUIRE(entry.first == want->first);
+        REQUIRE(entry.second.value == want->second);
+      }
+      REQUIRE(want == expected.end());
+    }
+  }
+  for (const auto &[labels, value] : expected) REQUIRE(table.find(labels)->value == value);
+}
