@@ -348,6 +348,7 @@ static_assert(HERMES_MAX_TOKEN_SIZE >= 16 && HERMES_MAX_TOKEN_SIZE <= HERMES_MAX
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <type_traits>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -1351,6 +1352,103 @@ struct Series {
   std::unique_ptr<Distribution> distribution; // histograms and summaries
 };
 
+// The label values of one series in configured order, packed into one string: their
+// count, each value but the last after its length (both varints), then the last value.
+// A 10-byte value takes 11 bytes, inside what std::string holds without allocating, where
+// a vector of strings took 24 bytes in the series and 48 on the heap.
+class LabelValues {
+public:
+  class Iterator;
+  LabelValues() : packed_(1, '\0') {}
+  LabelValues(std::initializer_list<std::string_view> values) { pack(values); }
+  template <typename Values, typename = std::enable_if_t<!std::is_same_v<Values, LabelValues>>,
+            typename = decltype(std::declval<const Values &>().begin())>
+  LabelValues(const Values &values) { // NOLINT: implicit, so that a list of strings stands for its packed form
+    pack(values);
+  }
+
+  std::size_t size() const { return count_and_start().first; }
+  bool empty() const { return size() == 0; }
+  std::string_view operator[](std::size_t index) const;
+  Iterator begin() const;
+  Iterator end() const;
+
+private:
+  template <typename Values> void pack(const Values &values);
+  static std::size_t read_varint(const char *&at) {
+    std::size_t value = 0;
+    for (int shift = 0;; shift += 7) {
+      const auto byte = static_cast<unsigned char>(*at++);
+      value |= static_cast<std::size_t>(byte & 0x7F) << shift;
+      if (byte < 0x80) return value;
+    }
+  }
+  void write_varint(std::size_t value) {
+    for (; value >= 0x80; value >>= 7) packed_ += static_cast<char>((value & 0x7F) | 0x80);
+    packed_ += static_cast<char>(value);
+  }
+  std::pair<std::size_t, const char *> count_and_start() const {
+    const char *at = packed_.data();
+    const std::size_t count = read_varint(at);
+    return {count, at};
+  }
+  // The value that starts at `at` with `left` values after it; moves `at` past it.
+  std::string_view value_at(const char *&at, std::size_t left) const {
+    const std::size_t length = left == 0 ? static_cast<std::size_t>(packed_.data() + packed_.size() - at) : read_varint(at);
+    const std::string_view value(at, length);
+    at += length;
+    return value;
+  }
+
+  std::string packed_;
+};
+
+template <typename Values> void LabelValues::pack(const Values &values) {
+  std::size_t count = 0, bytes = 0;
+  for (const auto &value : values) ++count, bytes += std::string_view(value).size() + 2;
+  packed_.clear();
+  packed_.reserve(bytes + 2);
+  write_varint(count);
+  std::size_t index = 0;
+  for (const auto &value : values) {
+    const std::string_view text(value);
+    if (++index < count) write_varint(text.size());
+    packed_ += text;
+  }
+}
+
+// Reads the values one after another, as a range-for over them does.
+class LabelValues::Iterator {
+public:
+  Iterator(const LabelValues &values, const char *at, std::size_t left) : values_(&values), at_(at), left_(left) {}
+  std::string_view operator*() const {
+    const char *at = at_;
+    return values_->value_at(at, left_ - 1);
+  }
+  Iterator &operator++() {
+    values_->value_at(at_, --left_);
+    return *this;
+  }
+  bool operator!=(const Iterator &other) const { return left_ != other.left_; }
+
+private:
+  const LabelValues *values_;
+  const char *at_;
+  std::size_t left_;
+};
+
+inline LabelValues::Iterator LabelValues::begin() const {
+  const auto [count, start] = count_and_start();
+  return Iterator(*this, start, count);
+}
+inline LabelValues::Iterator LabelValues::end() const { return Iterator(*this, nullptr, 0); }
+
+inline std::string_view LabelValues::operator[](std::size_t index) const {
+  auto [count, at] = count_and_start();
+  for (std::size_t i = 0; i < index; ++i) value_at(at, count - 1 - i);
+  return value_at(at, count - 1 - index);
+}
+
 // A hash of label values in configured order, the same for strings and views of them.
 // Eight bytes at a time, each value's length mixed in so that ("ab", "c") and ("a", "bc")
 // differ; the last multiply spreads every input bit over the bits the index uses.
@@ -1392,7 +1490,7 @@ template <typename A, typename B> bool same_label_values(const A &a, const B &b)
 // made since join at sort(), one merge, instead of a tree kept sorted at every push.
 class SeriesTable {
 public:
-  using Entry = std::pair<std::vector<std::string>, Series>;
+  using Entry = std::pair<LabelValues, Series>;
   static constexpr std::size_t max_size = (std::size_t{1} << 24) - 2; // positions + 1 in 24 bits
   // The bytes one series adds, at most: its entry with its share of the deque's blocks, its slot at the lowest load (3/8, just
   // after the index doubled) and its place in the sorted list (which may have twice the room).
@@ -1411,7 +1509,7 @@ public:
     return const_cast<SeriesTable *>(this)->find(values);
   }
   // A series whose label values are not in the table yet.
-  Series &add(std::vector<std::string> values, Series series);
+  Series &add(LabelValues values, Series series);
   std::size_t size() const { return entries_.size(); }
   void clear() { *this = SeriesTable(); }
   // Every series, in the order they were made.
@@ -1464,7 +1562,7 @@ inline void SeriesTable::reindex(std::size_t slot_count) {
     index(position, hash_label_values(entries_[position].first));
 }
 
-inline Series &SeriesTable::add(std::vector<std::string> values, Series series) {
+inline Series &SeriesTable::add(LabelValues values, Series series) {
   if ((entries_.size() + 1) * 4 > slots_.size() * 3) reindex(std::max<std::size_t>(8, 2 * slots_.size())); // load <= 3/4
   const std::uint64_t hash = hash_label_values(values);
   entries_.emplace_back(std::move(values), std::move(series));
@@ -1958,8 +2056,12 @@ struct SeriesCost {
 
 template <typename Values> SeriesCost series_cost(const MetricConfig &metric, const Values &label_values) {
   constexpr std::size_t small_string = 15; // characters a std::string holds without allocating
+  constexpr std::size_t allocation = 32;   // what malloc adds to a block, rounding included
   SeriesCost cost{worst_case_series_bytes(metric), 0};
-  for (const auto &value : label_values) cost.own += value.size() > small_string ? value.size() + 1 : 0;
+  std::size_t packed = varint_size(label_values.size()), index = 0; // as LabelValues packs them
+  for (const auto &value : label_values)
+    packed += std::string_view(value).size() + (++index < label_values.size() ? varint_size(std::string_view(value).size()) : 0);
+  cost.own += packed > small_string ? packed + 1 + allocation : 0;
   cost.body = std::max(text_series_bound(metric, label_values), protobuf_series_bound(metric, label_values));
   return cost;
 }
@@ -4473,14 +4575,14 @@ public:
 private:
   static std::size_t header_bound(const Registry &registry);
   static std::size_t shape_bound(const MetricConfig &config);
-  static std::size_t series_text_bound(const std::vector<std::string> &labels, const Series &series);
+  static std::size_t series_text_bound(const LabelValues &labels, const Series &series);
 
 public:
   static std::size_t worst_series_text(const MetricConfig &config, std::size_t label_value_bytes);
 
 private:
   static void write_shape(std::string &out, const MetricConfig &config);
-  static void write_series(std::string &out, const MetricConfig &config, const std::vector<std::string> &labels,
+  static void write_series(std::string &out, const MetricConfig &config, const LabelValues &labels,
                            const Series &series, double monotonic_now);
   static void write_window(std::string &out, const QuantileWindow &window, double monotonic_now);
   static void write_native(std::string &out, const NativeHistogram &native);
@@ -4573,9 +4675,9 @@ inline std::size_t StateCodec::shape_bound(const MetricConfig &config) {
   return bytes;
 }
 
-inline std::size_t StateCodec::series_text_bound(const std::vector<std::string> &labels, const Series &series) {
+inline std::size_t StateCodec::series_text_bound(const LabelValues &labels, const Series &series) {
   std::size_t bytes = state_keys + 6 * state_number;
-  for (const std::string &value : labels) bytes += json_string_size(value) + 2;
+  for (const std::string_view value : labels) bytes += json_string_size(value) + 2;
   if (!series.distribution) return bytes;
   const Distribution &seen = *series.distribution;
   bytes += seen.bucket_counts.size() * state_number;
@@ -4640,10 +4742,10 @@ inline void StateCodec::write_shape(std::string &out, const MetricConfig &config
   }
 }
 
-inline void StateCodec::write_series(std::string &out, const MetricConfig &config, const std::vector<std::string> &labels,
+inline void StateCodec::write_series(std::string &out, const MetricConfig &config, const LabelValues &labels,
                                      const Series &series, double monotonic_now) {
   append_state_key(out += '{', "labels", true);
-  append_state_list(out, labels, [&](const std::string &value) { append_json_string(out, value); });
+  append_state_list(out, labels, [&](std::string_view value) { append_json_string(out, value); });
   if (const Distribution *seen = series.distribution.get()) {
     append_state_key(out, "sum");
     append_state_number(out, seen->sum);
@@ -5361,8 +5463,7 @@ inline Config load_config(const std::string &path) {
 
 inline std::size_t worst_case_series_bytes(const MetricConfig &metric) {
   constexpr std::size_t allocation = 16;  // what malloc adds to each block
-  std::size_t bytes = detail::SeriesTable::bytes_per_series;
-  bytes += metric.labels.size() * sizeof(std::string) + (metric.labels.empty() ? 0 : allocation);
+  std::size_t bytes = detail::SeriesTable::bytes_per_series; // label values beyond the string's own room: series_cost
   if (metric.type == MetricType::histogram)
     bytes += sizeof(detail::Distribution) + (metric.buckets.size() + 1) * sizeof(std::uint64_t) + 2 * allocation;
   if (metric.type == MetricType::summary) bytes += sizeof(detail::Distribution) + allocation;
@@ -5803,7 +5904,7 @@ inline std::optional<Reject> apply_to_series(Metric &metric, const std::vector<s
     if (metric.series.size() >= metric.config.max_series) return Reject::series_limit;
     const SeriesCost cost = series_cost(metric.config, label_values);
     if (!budget.take_for_series(cost.own, cost.body)) return Reject::memory_limit;
-    series = &metric.series.add(std::vector<std::string>(label_values.begin(), label_values.end()), new_series(metric.config, now));
+    series = &metric.series.add(label_values, new_series(metric.config, now));
   }
   apply_update(metric.config, *series, update, now.monotonic);
   return std::nullopt;
@@ -6180,7 +6281,7 @@ using LabelPairs = std::initializer_list<std::pair<std::string_view, std::string
 class Writer {
 public:
   virtual void family(std::string_view name, std::string_view help, MetricType type) = 0;
-  virtual void series(const MetricConfig &config, const std::vector<std::string> &labels, const Series &series) = 0;
+  virtual void series(const MetricConfig &config, const LabelValues &labels, const Series &series) = 0;
   virtual void sample(std::string_view name, LabelPairs labels, double value) = 0;
   virtual void finish() = 0;
 
@@ -6216,7 +6317,7 @@ public:
     out_ += '\n';
   }
 
-  void series(const MetricConfig &config, const std::vector<std::string> &labels, const Series &series) override;
+  void series(const MetricConfig &config, const LabelValues &labels, const Series &series) override;
 
   void sample(std::string_view name, LabelPairs labels, double value) override {
     out_ += name;
@@ -6298,7 +6399,7 @@ inline bool openmetrics_sum_allowed(const MetricConfig &config, const Distributi
   return !negative_bound && seen.sum >= 0;
 }
 
-inline void write_histogram(Exposition &out, const MetricConfig &config, const std::vector<std::string> &labels,
+inline void write_histogram(Exposition &out, const MetricConfig &config, const LabelValues &labels,
                             const Distribution &seen) {
   const std::string bucket = config.name + "_bucket";
   std::uint64_t cumulative = 0;
@@ -6313,7 +6414,7 @@ inline void write_histogram(Exposition &out, const MetricConfig &config, const s
 }
 
 // Each objective's quantile over the window (NaN while it is empty), then _sum and _count.
-inline void write_summary(Exposition &out, const MetricConfig &config, const std::vector<std::string> &labels,
+inline void write_summary(Exposition &out, const MetricConfig &config, const LabelValues &labels,
                           const Distribution &seen) {
   for (const auto &objective : config.objectives)
     out.line(config.name, config.labels, labels, seen.quantiles->query(objective.first),
@@ -6322,7 +6423,7 @@ inline void write_summary(Exposition &out, const MetricConfig &config, const std
   out.line(config.name + "_count", config.labels, labels, static_cast<double>(seen.count));
 }
 
-inline void Exposition::series(const MetricConfig &config, const std::vector<std::string> &labels, const Series &series) {
+inline void Exposition::series(const MetricConfig &config, const LabelValues &labels, const Series &series) {
   if (config.type == MetricType::histogram) {
     write_histogram(*this, config, labels, *series.distribution);
   } else if (config.type == MetricType::summary) {
@@ -6398,7 +6499,7 @@ public:
   }
 
   // A Metric {label = 1, gauge = 2, counter = 3, summary = 4, histogram = 7}.
-  void series(const MetricConfig &config, const std::vector<std::string> &labels, const Series &series) override {
+  void series(const MetricConfig &config, const LabelValues &labels, const Series &series) override {
     if (config.type == MetricType::counter || config.type == MetricType::gauge) {
       const double created = config.type == MetricType::counter ? series.created : 0;
       return scalar([&](auto &&label) { for (std::size_t i = 0; i < labels.size(); ++i) label(config.labels[i], labels[i]); },
@@ -6724,7 +6825,7 @@ private:
 class BoundWriter final : public Writer {
 public:
   void family(std::string_view name, std::string_view help, MetricType) override { bytes += family_bound(name, help); }
-  void series(const MetricConfig &config, const std::vector<std::string> &labels, const Series &) override {
+  void series(const MetricConfig &config, const LabelValues &labels, const Series &) override {
     bytes += series_cost(config, labels).body;
   }
   void sample(std::string_view name, LabelPairs labels, double) override {

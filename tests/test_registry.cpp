@@ -293,11 +293,32 @@ TEST_CASE("the series index finds every series and lists them in label order, so
       for (hermes::detail::SeriesTable::InOrder walk(table, pending); !walk.done(); ++want) {
         const hermes::detail::SeriesTable::Entry &entry = walk.next();
         REQUIRE(want != expected.end());
-        REQUIRE(entry.first == want->first);
+        REQUIRE(hermes::detail::same_label_values(entry.first, want->first));
         REQUIRE(entry.second.value == want->second);
       }
       REQUIRE(want == expected.end());
     }
   }
   for (const auto &[labels, value] : expected) REQUIRE(table.find(labels)->value == value);
+}
+
+// Packed label values read back as they were given: none, empty ones, NUL bytes, values
+// whose length takes two varint bytes, and as many values as a label set may have.
+TEST_CASE("label values packed into one string read back value by value") {
+  const std::vector<std::vector<std::string>> cases = {
+      {}, {""}, {"", ""}, {"s000000001"}, {std::string("a\0b", 3), "c"}, {std::string(200, 'x'), "y", std::string(300, 'z')},
+      {"mail", "w-1"}, std::vector<std::string>(130, "v")};
+  for (const std::vector<std::string> &values : cases) {
+    const hermes::detail::LabelValues packed(values);
+    REQUIRE(packed.size() == values.size());
+    std::size_t index = 0;
+    for (const std::string_view value : packed) {
+      REQUIRE(index < values.size());
+      CHECK(value == values[index]);
+      CHECK(packed[index] == values[index]);
+      ++index;
+    }
+    CHECK(index == values.size());
+    CHECK(hermes::detail::same_label_values(packed, values));
+  }
 }
