@@ -90,6 +90,27 @@ TEST_CASE("StatsD ingest allocates nothing per sample once its series exist") {
   CHECK(registry.received(hermes::Wire::statsd) == 18 * 1002);
 }
 
+// At a million series the index has grown many times over, and lookups probe past
+// neighbours: none of that allocates once the series are there.
+TEST_CASE("ingest allocates nothing per sample with a million series, the index included") {
+  hermes::Registry registry(hermes::parse_config(R"({"service_name": "s",
+    "counters": [{"metric_name": "jobs_total", "labels": ["id"], "max_series": 1000000}]})",
+                                                 "test"));
+  constexpr int series = 1000000;
+  const auto sample = [](int id) {
+    char text[96];
+    std::snprintf(text, sizeof text, R"({"metric_name": "jobs_total", "payload": {"labels": {"id": "s%09d"}}})", id);
+    return std::string(text);
+  };
+  for (int id = 0; id < series; ++id) registry.ingest(sample(id), 1);
+  REQUIRE(registry.series_count() == series);
+  std::vector<std::string> datagrams;
+  for (int id = 0; id < series; id += 997) datagrams.push_back(sample(id)); // spread over the whole index
+  check_no_allocations(registry, datagrams);
+  CHECK(registry.value("jobs_total", {"s000000997"}) == std::optional<double>(1 + 1002));
+  CHECK(registry.series_count() == series);
+}
+
 TEST_CASE("the per-metric families of Hermes' own figures allocate nothing once the body has room") {
   const hermes::Registry registry(hermes::parse_config(R"({"service_name": "s",
     "counters": [{"metric_name": "a_rather_long_metric_name_that_no_small_string_holds_total", "labels": ["queue"]}],

@@ -262,3 +262,65 @@ TEST_CASE("a native histogram without classic buckets shows +Inf, _sum and _coun
   CHECK(text.find("# HELP h H.\n# TYPE h histogram\nh_bucket{a=\"x\",le=\"+Inf\"} 3\nh_sum{a=\"x\"} 5.5\nh_count{a=\"x\"} 3\n") !=
         std::string::npos);
 }
+
+// The index against a std::map of the same series: after any sequence of new series,
+// updates and drops, each is found with its value, and a walk lists them in label order
+// whether or not they were sorted since they came.
+TEST_CASE("the series index finds every series and lists them in label order, sorted or not") {
+  std::mt19937 random(24);
+  hermes::detail::SeriesTable table;
+  std::map<std::vector<std::string>, double> expected;
+  std::vector<std::uint32_t> pending;
+  for (int step = 0; step < 20000; ++step) {
+    const auto what = random() % 100;
+    // First values that share their first eight bytes, or end inside them, or hold NUL
+    const std::string pad(random() % 12, random() % 2 ? 'a' : '\0');
+    const std::vector<std::string> labels = {pad + std::to_string(random() % 3000), std::string(random() % 20, 'x')};
+    if (what < 70) {
+      hermes::detail::Series *series = table.find(labels);
+      REQUIRE((series != nullptr) == (expected.count(labels) == 1));
+      if (!series) series = &table.add(labels, hermes::detail::Series{});
+      series->value += 1;
+      expected[labels] += 1;
+    } else if (what < 72) {
+      const auto cut = std::string(random() % 12, 'a') + std::to_string(random() % 3000);
+      CHECK(table.drop_if([&](const hermes::detail::SeriesTable::Entry &entry) { return entry.first[0] < cut; }) ==
+            static_cast<std::size_t>(std::count_if(expected.begin(), expected.end(), [&](const auto &e) { return e.first[0] < cut; })));
+      for (auto at = expected.begin(); at != expected.end();) at = at->first[0] < cut ? expected.erase(at) : std::next(at);
+    } else if (what < 80) {
+      table.sort();
+    } else {
+      REQUIRE(table.size() == expected.size());
+      auto want = expected.begin();
+      for (hermes::detail::SeriesTable::InOrder walk(table, pending); !walk.done(); ++want) {
+        const hermes::detail::SeriesTable::Entry &entry = walk.next();
+        REQUIRE(want != expected.end());
+        REQUIRE(hermes::detail::same_label_values(entry.first, want->first));
+        REQUIRE(entry.second.value == want->second);
+      }
+      REQUIRE(want == expected.end());
+    }
+  }
+  for (const auto &[labels, value] : expected) REQUIRE(table.find(labels)->value == value);
+}
+
+// Packed label values read back as they were given: none, empty ones, NUL bytes, values
+// whose length takes two varint bytes, and as many values as a label set may have.
+TEST_CASE("label values packed into one string read back value by value") {
+  const std::vector<std::vector<std::string>> cases = {
+      {}, {""}, {"", ""}, {"s000000001"}, {std::string("a\0b", 3), "c"}, {std::string(200, 'x'), "y", std::string(300, 'z')},
+      {"mail", "w-1"}, std::vector<std::string>(130, "v")};
+  for (const std::vector<std::string> &values : cases) {
+    const hermes::detail::LabelValues packed(values);
+    REQUIRE(packed.size() == values.size());
+    std::size_t index = 0;
+    for (const std::string_view value : packed) {
+      REQUIRE(index < values.size());
+      CHECK(value == values[index]);
+      CHECK(packed[index] == values[index]);
+      ++index;
+    }
+    CHECK(index == values.size());
+    CHECK(hermes::detail::same_label_values(packed, values));
+  }
+}

@@ -4,11 +4,14 @@
 //                          build/bench --ingest ./hermes runs only part 1,
 //                          build/bench --access ./hermes only part 8,
 //                          build/bench --series ./hermes only the resident memory of 5,
-//                          build/bench --compression ./hermes only 10,
+//                          build/bench --compression ./hermes only 12,
+//                          build/bench --scale ./hermes only 11 and the scrapes against
+//                          ingest of 3,
+//                          build/bench --mapping only 10,
 //                          build/bench --peers ./hermes only 9, with the hermes figures it
 //                          needs (burst, 20 samples/dgram, 100k scrape, idle) measured anew,
 //                          build/bench --memory only the in-process part of 5,
-//                          build/bench --tls ./hermes only 10)
+//                          build/bench --tls ./hermes only 13)
 //
 // 1. Ingest: the same sender (sendmmsg) pushes the same datagrams into a bare receiver
 //    (recvmmsg, counts, nothing else) and into hermes: a burst of 300k datagrams as fast
@@ -34,18 +37,22 @@
 // 8. Allow lists: the cost per datagram of HERMES_UDP_ALLOW with 16 ranges against none,
 //    in hermes (CPU per datagram, runs interleaved) and in-process (the check against
 //    Registry::ingest of the same datagram).
-// 10. StatsD mapping, in-process: a line mapped by a file of 100 glob rules, once its name
-//    is cached and when its name comes for the first time, against the same line of a
-//    configured metric (build/bench --mapping runs only this part).
 // 9. Beside Pushgateway (Debian's /usr/bin/prometheus-pushgateway, on loopback, no
 //    persistence): its size and idle memory, its CPU (every thread's, from schedstat) per
 //    single-sample PUT over keep-alive and over new connections, and /metrics with 100k
 //    gauge series pushed in one PUT; next to hermes' figures of the same run. A burst
 //    kept does not apply to it: a client pushing over HTTP waits for each answer.
-// 10. Compression: the 100k counter series of 4, and 100k gauges with values spread over
+// 10. StatsD mapping, in-process: a line mapped by a file of 100 glob rules, once its name
+//    is cached and when its name comes for the first time, against the same line of a
+//    configured metric (build/bench --mapping runs only this part).
+// 11. A million series: 100k and 1M counters with one 10-byte label value, resident
+//    memory per series and in all after scrapes, CPU per scrape as text and protobuf and
+//    the client's wall time against it, and CPU per applied sample with 1M series against
+//    100; each against its goal, MISMATCH where the run falls short.
+// 12. Compression: the 100k counter series of 4, and 100k gauges with values spread over
 //    six decades, scraped with Accept-Encoding: gzip from hermes with HERMES_COMPRESSION
 //    off and at levels 1, 4, 6 and 9: CPU and bytes.
-// 11. TLS (a build with HERMES_TLS; certificates made with openssl, ECDSA P-256): hermes'
+// 13. TLS (a build with HERMES_TLS; certificates made with openssl, ECDSA P-256): hermes'
 //    CPU per scrape of 100k counter series over TLS against in clear; the CPU of one full
 //    handshake (GET /-/healthy over TLS against in clear, each on a new connection); and
 //    the resident memory each TLS connection holds, mid-handshake (64 clients that sent
@@ -598,19 +605,26 @@ double bytes_per_series(const std::string &binary, const std::string &metric_jso
   return (after - before) * 1024 * 1024 / series;
 }
 
+// Each kind's figure against its goal: 30% below what Hermes 1.0 took on the bench's
+// machine (175, 756, 1993, 453 and 7414 bytes).
+void series_row(const char *what, double figure, double before) {
+  std::printf("| %s | %.0f | %.0f | %s |\n", what, figure, 0.7 * before, figure <= 0.7 * before ? "met" : "MISMATCH");
+}
+
 void measure_series_memory(const std::string &binary) {
   const std::string labels = R"("metric_name": "m", "labels": ["id"], "max_series": 200000)";
-  std::printf("\n| series | resident bytes per series |\n|---|---:|\n");
-  std::printf("| counter, 20k series | %.0f |\n", bytes_per_series(binary, R"("counters": [{)" + labels + "}]", 20000, 1, "value"));
-  std::printf("| classic histogram, 11 buckets, 20k series | %.0f |\n",
-              bytes_per_series(binary, R"("histograms": [{)" + labels + "}]", 20000, 1, "observation"));
-  std::printf("| summary, 2 objectives, 2k series | %.0f |\n",
-              bytes_per_series(binary, R"("summaries": [{)" + labels + R"(, "objectives": {"0.5": 0.05, "0.99": 0.001}}])", 2000,
-                               1, "observation"));
-  std::printf("| native histogram, one observation, 20k series | %.0f |\n",
-              bytes_per_series(binary, R"("histograms": [{)" + labels + R"(, "native": true}])", 20000, 1, "observation"));
-  std::printf("| native histogram, 10,000 observations over six decades, 200 series | %.0f |\n",
-              bytes_per_series(binary, R"("histograms": [{)" + labels + R"(, "native": true}])", 200, 10000, "observation"));
+  std::printf("\n| series | resident bytes per series | goal | |\n|---|---:|---:|---|\n");
+  series_row("counter, 20k series", bytes_per_series(binary, R"("counters": [{)" + labels + "}]", 20000, 1, "value"), 175);
+  series_row("classic histogram, 11 buckets, 20k series",
+             bytes_per_series(binary, R"("histograms": [{)" + labels + "}]", 20000, 1, "observation"), 756);
+  series_row("summary, 2 objectives, 2k series",
+             bytes_per_series(binary, R"("summaries": [{)" + labels + R"(, "objectives": {"0.5": 0.05, "0.99": 0.001}}])", 2000,
+                              1, "observation"),
+             1993);
+  series_row("native histogram, one observation, 20k series",
+             bytes_per_series(binary, R"("histograms": [{)" + labels + R"(, "native": true}])", 20000, 1, "observation"), 453);
+  series_row("native histogram, 10,000 observations over six decades, 200 series",
+             bytes_per_series(binary, R"("histograms": [{)" + labels + R"(, "native": true}])", 200, 10000, "observation"), 7414);
 }
 
 void measure_scrapes_against_ingest(const std::string &binary) {
@@ -633,8 +647,9 @@ void measure_scrapes_against_ingest(const std::string &binary) {
   const double drops = hermes_metric(hermes, "hermes_udp_receive_drops_total");
   stop(hermes);
   std::printf("\nScrapes against ingest: %d scrapes of 100k series while sending %llu datagrams at 100k/s: "
-              "%.0f applied (%.2f%%), %.0f dropped by the kernel\n",
-              scrapes.load(), static_cast<unsigned long long>(sent), applied, 100 * applied / static_cast<double>(sent), drops);
+              "%.0f applied (%.2f%%), %.0f dropped by the kernel%s\n",
+              scrapes.load(), static_cast<unsigned long long>(sent), applied, 100 * applied / static_cast<double>(sent), drops,
+              applied < static_cast<double>(sent) ? "; MISMATCH: the goal is none lost" : "");
 }
 
 // The state's text and a /metrics body of the same 100k series, each made 7 times: the
@@ -908,6 +923,141 @@ void measure_memory_accounting() {
               accounting_ns[2], ingest_ns[2], 100 * accounting_ns[2] / ingest_ns[2]);
 }
 
+// ---- a million series -----------------------------------------------------------------------
+
+// Counters with one label value of 10 bytes, as the goals of the scale part count them.
+const char *scale_config = R"({"service_name": "bench",
+  "counters": [{"metric_name": "scale_total", "metric_description": "many counters", "labels": ["id"], "max_series": 1000000}]})";
+
+std::string scale_id(int id) {
+  char text[16];
+  std::snprintf(text, sizeof text, "s%09d", id);
+  return text;
+}
+
+std::string scale_sample(int id) { return R"({"metric_name":"scale_total","payload":{"labels":{"id":")" + scale_id(id) + R"("}}})"; }
+
+// Sends every series once, in bursts that the receive buffer holds, and returns once
+// hermes has taken them all in (it runs for less than 1 ms in 300).
+void send_scale_series(const Receiver &hermes, int series) {
+  const int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+  sockaddr_in address = loopback(hermes.udp_port);
+  for (int start = 0, sent = 0; start < series; start += 100) {
+    std::string batch = "[";
+    for (int i = start; i < std::min(series, start + 100); ++i) // made out of label order, as workers make them
+      batch += (i > start ? "," : "") + scale_sample(static_cast<int>(static_cast<long>(i) * 7919 % series));
+    batch += "]";
+    ::sendto(fd, batch.data(), batch.size(), 0, reinterpret_cast<sockaddr *>(&address), sizeof address);
+    if (++sent % 50 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(15));
+  }
+  ::close(fd);
+  for (double before = run_ns(hermes.pid);;) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    const double now = run_ns(hermes.pid);
+    if (now - before < 1e6) return;
+    before = now;
+  }
+}
+
+// A scrape of 1M series is too slow to pace a load by: the series go in bursts, again
+// (counters only count again) until every one is there.
+void load_scale_series(const Receiver &hermes, int series) {
+  while (hermes_metric(hermes, "hermes_series") < series) send_scale_series(hermes, series);
+}
+
+// A figure against its goal: the row's last column says MISMATCH where the run fell short.
+void goal_row(const char *what, double figure, const char *unit, double goal) {
+  std::printf("| %s | %.2f %s | %.2f %s | %s |\n", what, figure, unit, goal, unit, figure <= goal ? "met" : "MISMATCH");
+}
+
+struct ScrapeCpu {
+  double cpu_ms, wall_ms, waiting_ms; // waiting: runnable, but another process had the CPU
+};
+
+// Nanoseconds the process' one thread has waited on a run queue: on a busy machine,
+// the part of a wall time that other processes took.
+double wait_ns(pid_t pid) {
+  const std::string text = read_text("/proc/" + std::to_string(pid) + "/schedstat");
+  const std::size_t space = text.find(' ');
+  return space == std::string::npos ? 0 : std::stod(text.substr(space + 1));
+}
+
+// Medians of 9 scrapes after 2: hermes' run time (schedstat) and the client's wall time,
+// read as fast as loopback allows.
+ScrapeCpu scrape_cpu(const Receiver &hermes, const char *accept) {
+  std::string response;
+  for (int i = 0; i < 2; ++i) http_get_into(response, hermes.http_port, "/metrics", accept);
+  std::vector<double> cpu, wall, waiting;
+  for (int i = 0; i < 9; ++i) {
+    const double before = run_ns(hermes.pid), waited_before = wait_ns(hermes.pid);
+    const Clock::time_point start = Clock::now();
+    http_get_into(response, hermes.http_port, "/metrics", accept);
+    wall.push_back(seconds_since(start) * 1000);
+    cpu.push_back((run_ns(hermes.pid) - before) / 1e6);
+    waiting.push_back((wait_ns(hermes.pid) - waited_before) / 1e6);
+  }
+  return {median(cpu), median(wall), median(waiting)};
+}
+
+// Hermes' run time per applied sample, one sample a datagram at 100k/s for 2 s, each
+// to a series drawn at random among `series` that exist. The scrapes that read the
+// count of samples come before and after the time measured: at 1M series each costs
+// more than a thousand samples.
+double ns_per_sample(const std::string &binary, int series) {
+  Receiver hermes = start_hermes(binary, scale_config, {{"HERMES_MAX_MEMORY", "2GiB"}});
+  load_scale_series(hermes, series);
+  std::vector<std::string> datagrams;
+  std::uint64_t state = 88172645463325252ull; // xorshift: the same series every run
+  for (int i = 0; i < 200000; ++i) {
+    state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+    datagrams.push_back(scale_sample(static_cast<int>(state % static_cast<std::uint64_t>(series))));
+  }
+  const double applied_before = hermes_metric(hermes, "hermes_samples_accepted_total");
+  const double before = run_ns(hermes.pid);
+  send_stream(hermes.udp_port, datagrams, 100000, 2);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500)); // hermes keeps up: its queue is empty by then
+  const double elapsed = run_ns(hermes.pid) - before;
+  const double applied = hermes_metric(hermes, "hermes_samples_accepted_total") - applied_before;
+  stop(hermes);
+  return elapsed / applied;
+}
+
+// One registry of `series` counters: resident memory per series and in all after
+// scrapes, CPU per scrape as text and protobuf, and the client's wall time against it.
+void measure_scale_scrapes(const std::string &binary, int series, const char *label) {
+  Receiver hermes = start_hermes(binary, scale_config, {{"HERMES_MAX_MEMORY", "2GiB"}});
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const double idle = rss_mib(hermes.pid);
+  send_scale_series(hermes, series);
+  const double loaded = rss_mib(hermes.pid); // before any scrape: a server keeps its latest body
+  const double made = hermes_metric(hermes, "hermes_series");
+  load_scale_series(hermes, series);
+  const double per_series = (loaded - idle) * 1024 * 1024 / made;
+  const ScrapeCpu text = scrape_cpu(hermes, nullptr), protobuf = scrape_cpu(hermes, protobuf_accept);
+  const double resident = rss_mib(hermes.pid);
+  stop(hermes);
+  const bool million = series == 1000000;
+  const std::string name = std::string(label) + " counter series";
+  goal_row((name + ", resident bytes a series").c_str(), per_series, "B", 96);
+  goal_row((name + ", resident in all after scrapes").c_str(), resident, "MiB", million ? 140 : 17);
+  goal_row((name + ", CPU per scrape, text").c_str(), text.cpu_ms, "ms", million ? 70 : 8);
+  if (million) goal_row((name + ", CPU per scrape, protobuf").c_str(), protobuf.cpu_ms, "ms", 45);
+  goal_row((name + ", wall time of a text scrape / its CPU").c_str(), text.wall_ms / text.cpu_ms, "x", 1.3);
+  std::printf("| %s, the same less hermes' wait for a busy CPU | %.2f x | | |\n", name.c_str(),
+              (text.wall_ms - text.waiting_ms) / text.cpu_ms);
+}
+
+// 11. A million series: each figure against its goal.
+void measure_scale(const std::string &binary) {
+  std::printf("\n| counters, one 10-byte label value | measured | goal | |\n|---|---:|---:|---|\n");
+  measure_scale_scrapes(binary, 100000, "100k");
+  measure_scale_scrapes(binary, 1000000, "1M");
+  const double few = ns_per_sample(binary, 100), many = ns_per_sample(binary, 1000000);
+  std::printf("| CPU per applied sample, 100 series | %.2f us | | |\n", few / 1000);
+  std::printf("| CPU per applied sample, 1M series | %.2f us | | |\n", many / 1000);
+  goal_row("CPU per applied sample, 1M series / 100 series", many / few, "x", 1.3);
+}
+
 // ---- idle memory ----------------------------------------------------------------------------
 
 struct IdleRow {
@@ -1154,7 +1304,7 @@ void measure_tcp_against_udp(const std::string &binary) {
               ratio(runs[1]) <= 1.5 ? "" : " MISMATCH: more than 1.5x");
 }
 
-// ---- 11. TLS ------------------------------------------------------------------------------
+// ---- 13. TLS ------------------------------------------------------------------------------
 
 #ifdef HERMES_TLS
 
@@ -1302,8 +1452,8 @@ int main(int argc, char **argv) {
   if (!part.empty()) --argc, ++argv;
   if (!part.empty() && part != "--ingest" && part != "--access" && part != "--series" && part != "--peers" &&
       part != "--tcp" && part != "--compression" && part != "--tls" &&
-      part != "--mapping") {
-    std::fprintf(stderr, "usage: bench [--ingest | --access | --series | --peers | --tcp | --compression | --tls | --mapping | --memory] [HERMES_BINARY...]\n");
+      part != "--mapping" && part != "--scale") {
+    std::fprintf(stderr, "usage: bench [--ingest | --access | --series | --scale | --peers | --tcp | --compression | --tls | --mapping | --memory] [HERMES_BINARY...]\n");
     return 2;
   }
   const std::string binary = argc > 1 ? argv[1] : "./hermes";
@@ -1326,6 +1476,7 @@ int main(int argc, char **argv) {
 #ifdef HERMES_YAML
   if (part == "--mapping") return measure_mapping_in_process(), 0;
 #endif
+  if (part == "--scale") return measure_scrapes_against_ingest(binary), measure_scale(binary), 0;
   if (part == "--access") {
     measure_allow_list(binary);
     measure_allow_list_in_process();
@@ -1366,6 +1517,7 @@ int main(int argc, char **argv) {
   measure_protobuf_scrapes(binary);
   measure_compression(binary);
   measure_series_memory(binary);
+  measure_scale(binary);
   measure_state_text();
   measure_state_against_ingest(binary);
   std::printf("\n| binary | size (bytes) | idle, resident (MiB) | idle, proportional (MiB) |\n|---|---:|---:|---:|\n");
