@@ -130,3 +130,176 @@ TEST_CASE("remote_write: HERMES_REMOTE_WRITE_URL adds one target, its secret fro
           return key == "HERMES_REMOTE_WRITE_URL" ? "http://h/" : key == "HERMES_REMOTE_WRITE_BEARER_TOKEN_FILE" ? "/nonexistent" : nullptr;
         }) == "HERMES_REMOTE_WRITE_BEARER_TOKEN_FILE: token file /nonexistent: cannot read: No such file or directory");
 }
+
+// ---- snappy ----------------------------------------------------------------------------------
+
+namespace {
+
+std::string compressed(std::string_view raw) {
+  std::string out;
+  hermes::detail::snappy_compress(raw, out);
+  return out;
+}
+
+std::string pseudo_random(std::size_t size, std::uint32_t seed) {
+  std::string out;
+  for (std::size_t i = 0; i < size; ++i) {
+    seed = seed * 1103515245u + 12345u;
+    out += static_cast<char>((seed >> 16) & 0xff);
+  }
+  return out;
+}
+
+} // namespace
+
+TEST_CASE("snappy: what Hermes compresses decodes to the same bytes, and shrinks what repeats") {
+  const std::vector<std::string> inputs = {"", "a", "abcd", std::string(100000, 'x'), pseudo_random(70000, 1),
+                                           test::read_file(test::test_path("expected/snappy/text.raw")),
+                                           std::string(65536, 'y') + "z" + std::string(65536, 'y')};
+  for (const std::string &raw : inputs) {
+    CAPTURE(raw.size());
+    const std::string packed = compressed(raw);
+    CHECK(packed.size() <= hermes::detail::snappy_max_compressed_length(raw.size()));
+    CHECK(test::snappy_decompress(packed) == std::optional<std::string>(raw));
+  }
+  CHECK(compressed("") == std::string(1, '\0'));
+  CHECK(compressed("abc") == std::string("\x03\x08" "abc", 5)); // length 3, a literal of 3
+  CHECK(compressed(std::string(100000, 'x')).size() < 5000);
+}
+
+TEST_CASE("snappy: the test's decoder reads what python3-snappy wrote") {
+  for (const char *name : {"text", "random", "runs"}) {
+    CAPTURE(name);
+    const std::string raw = test::read_file(test::test_path(std::string("expected/snappy/") + name + ".raw"));
+    const std::string packed = test::read_file(test::test_path(std::string("expected/snappy/") + name + ".sz"));
+    CHECK(test::snappy_decompress(packed) == std::optional<std::string>(raw));
+    CHECK(test::snappy_decompress(compressed(raw)) == std::optional<std::string>(raw));
+  }
+  CHECK_FALSE(test::snappy_decompress(std::string("\x05\x08" "abc", 5)).has_value()); // says 5 bytes, holds 3
+  CHECK_FALSE(test::snappy_decompress(std::string("\x04\x05\x01", 3)).has_value());   // a copy before any byte
+}
+
+// ---- snapshots ---------------------------------------------------------------------------------
+
+namespace {
+
+struct Snapshot {
+  hermes::detail::PendingSnapshot pending;
+  std::vector<test::DecodedSeries> series;
+  std::string key_text;
+  std::vector<hermes::detail::SeriesKey> keys;
+};
+
+// One snapshot of a registry, as a server makes it, decoded by the test's own decoder.
+Snapshot take_snapshot(const hermes::Registry &registry, const hermes::RemoteWriteConfig &target, std::int64_t timestamp_ms,
+                       const Snapshot *previous = nullptr) {
+  static const std::string job = "boards", instance = "board-1";
+  hermes::detail::SnapshotWriter writer({&job, &instance, &target.external_labels, target.max_samples_per_send}, timestamp_ms,
+                                        [](std::size_t) { return true; });
+  hermes::detail::Renderer renderer(writer, registry, {registry, nullptr, nullptr});
+  while (!renderer.write_some(SIZE_MAX)) {
+  }
+  static const std::string no_text;
+  static const std::vector<hermes::detail::SeriesKey> no_keys;
+  REQUIRE(writer.add_stale_markers(previous ? previous->key_text : no_text, previous ? previous->keys : no_keys));
+  Snapshot out{std::move(writer.snapshot()), {}, std::move(writer.key_text()), std::move(writer.keys())};
+  const auto decoded = test::decode_write_request(out.pending.series);
+  REQUIRE(decoded.has_value());
+  out.series = *decoded;
+  return out;
+}
+
+const test::DecodedSeries *find_series(const Snapshot &snapshot, const std::string &name, const std::string &label = "",
+                                       const std::string &value = "") {
+  for (const test::DecodedSeries &series : snapshot.series)
+    if (series.label("__name__") == name && (label.empty() || series.label(label) == value)) return &series;
+  return nullptr;
+}
+
+const char *snapshot_config = R"({"service_name": "boards",
+  "counters": [{"metric_name": "jobs_total", "labels": ["queue", "job"]}],
+  "gauges": [{"metric_name": "depth"}],
+  "histograms": [{"metric_name": "latency_seconds", "buckets": [0.1, 1]},
+                 {"metric_name": "size_bytes", "native": true}],
+  "summaries": [{"metric_name": "rtt_seconds", "objectives": {"0.5": 0.05}}]})";
+
+} // namespace
+
+TEST_CASE("remote write snapshot: every series as a scrape gives it, labels sorted, one timestamp") {
+  hermes::Registry registry(hermes::parse_config(snapshot_config, "config.json"));
+  registry.ingest(R"([{"metric_name": "jobs_total", "payload": {"labels": {"queue": "mail", "job": "inner"}, "value": 3}},
+                      {"metric_name": "depth", "payload": {"value": 7, "operation": "set"}},
+                      {"metric_name": "latency_seconds", "payload": {"observation": 0.5}},
+                      {"metric_name": "latency_seconds", "payload": {"observation": 5}},
+                      {"metric_name": "size_bytes", "payload": {"observation": 3}},
+                      {"metric_name": "rtt_seconds", "payload": {"observation": 0.25}}])", 1000);
+  hermes::RemoteWriteConfig target;
+  target.external_labels = {{"instance", "north-7"}, {"site", "north"}};
+  const Snapshot snapshot = take_snapshot(registry, target, 1234567);
+  const test::DecodedSeries *jobs = find_series(snapshot, "jobs_total");
+  REQUIRE(jobs != nullptr);
+  CHECK(jobs->labels == std::vector<std::pair<std::string, std::string>>{{"__name__", "jobs_total"}, {"exported_job", "inner"},
+                                                                         {"instance", "north-7"}, {"job", "boards"},
+                                                                         {"queue", "mail"}, {"site", "north"}});
+  CHECK(jobs->samples == std::vector<std::pair<double, std::int64_t>>{{3, 1234567}});
+  REQUIRE(find_series(snapshot, "depth") != nullptr);
+  CHECK(find_series(snapshot, "depth")->samples[0].first == 7);
+  CHECK(find_series(snapshot, "latency_seconds_bucket", "le", "0.1")->samples[0].first == 0);
+  CHECK(find_series(snapshot, "latency_seconds_bucket", "le", "1")->samples[0].first == 1);
+  CHECK(find_series(snapshot, "latency_seconds_bucket", "le", "+Inf")->samples[0].first == 2);
+  CHECK(find_series(snapshot, "latency_seconds_sum")->samples[0].first == 5.5);
+  CHECK(find_series(snapshot, "latency_seconds_count")->samples[0].first == 2);
+  CHECK(find_series(snapshot, "rtt_seconds", "quantile", "0.5")->samples[0].first == 0.25);
+  CHECK(find_series(snapshot, "rtt_seconds_count")->samples[0].first == 1);
+  const test::DecodedSeries *native = find_series(snapshot, "size_bytes");
+  REQUIRE(native != nullptr);
+  REQUIRE(native->histograms.size() == 1);
+  CHECK(native->samples.empty());
+  CHECK(native->histograms[0].count == 1);
+  CHECK(native->histograms[0].sum == 3);
+  CHECK(native->histograms[0].timestamp == 1234567);
+  CHECK(native->histograms[0].positive_spans.size() == 1);
+  CHECK(native->histograms[0].positive_deltas == std::vector<std::int64_t>{1});
+  CHECK(find_series(snapshot, "size_bytes_count") == nullptr); // a native histogram without classic buckets is one series
+  CHECK(find_series(snapshot, "hermes_samples_accepted_total") != nullptr); // Hermes' own, as /metrics shows them
+  for (const test::DecodedSeries &series : snapshot.series) {
+    CAPTURE(series.label("__name__"));
+    CHECK(std::is_sorted(series.labels.begin(), series.labels.end()));
+    CHECK(series.samples.size() + series.histograms.size() == 1);
+    if (!series.samples.empty()) CHECK(series.samples[0].second == 1234567);
+  }
+  CHECK(snapshot.pending.samples == snapshot.series.size());
+}
+
+TEST_CASE("remote write snapshot: batches of max_samples_per_send, and stale markers for series gone since") {
+  hermes::Registry registry(hermes::parse_config(
+      R"({"service_name": "s", "gauges": [{"metric_name": "g", "labels": ["k"], "ttl_seconds": 10}]})", "config.json"));
+  for (int i = 0; i < 5; ++i)
+    registry.ingest(R"({"metric_name": "g", "payload": {"labels": {"k": ")" + std::to_string(i) + R"("}, "value": 1}})", 1000);
+  hermes::RemoteWriteConfig target;
+  target.max_samples_per_send = 4;
+  const Snapshot first = take_snapshot(registry, target, 1000);
+  const std::size_t total = first.series.size();
+  CHECK(first.pending.batch_ends.size() == (total + 3) / 4);
+  std::size_t in_batches = 0;
+  for (const std::size_t samples : first.pending.batch_samples) {
+    in_batches += samples;
+    CHECK(samples <= 4);
+  }
+  CHECK(in_batches == total);
+  CHECK(first.pending.batch_ends.back() == first.pending.series.size());
+  registry.ingest(R"({"metric_name": "g", "payload": {"labels": {"k": "0"}, "value": 2}})", 1005);
+  registry.expire(1012); // k=1..4 expire, k=0 stays
+  const Snapshot second = take_snapshot(registry, target, 2000, &first);
+  std::vector<std::string> stale;
+  for (const test::DecodedSeries &series : second.series) {
+    std::uint64_t bits;
+    std::memcpy(&bits, &series.samples.at(0).first, sizeof bits);
+    if (bits == 0x7ff0000000000002ull) stale.push_back(series.label("__name__") + "{k=" + series.label("k") + "}");
+  }
+  std::sort(stale.begin(), stale.end()); // markers come in the order of the label sets' hashes
+  CHECK(stale == std::vector<std::string>{"g{k=1}", "g{k=2}", "g{k=3}", "g{k=4}"});
+  CHECK(find_series(second, "g", "k", "0")->samples[0] == std::pair<double, std::int64_t>{2, 2000});
+  const Snapshot third = take_snapshot(registry, target, 3000, &second);
+  CHECK(third.series.size() == second.series.size() - 4); // a marker once, not again
+}
