@@ -169,16 +169,18 @@ cross-deps:
 # ---- the heavier gates, run by CI after make test -----------------------------------------
 
 # libFuzzer targets for the JSON and StatsD datagram paths, the config loader, the HTTP
-# parser and the state file reader. Each first replays its committed seeds and
+# parser, the state file reader, and remote write's snappy and WriteRequest encoders. Each first replays its committed seeds and
 # regressions, then explores for FUZZ_SECONDS.
 FUZZ_CXX ?= clang++-14
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := datagram statsd config http state
+FUZZ_TARGETS := datagram statsd config http state remote_write
 FUZZ_FLAGS := -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I.
 
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_%.cpp hermes.hpp tests/reading.hpp | fuzz-deps
 	@mkdir -p $(BUILD)
 	$(FUZZ_CXX) $(FUZZ_FLAGS) -o $@ $<
+
+$(BUILD)/fuzz_remote_write: tests/remote_write_decode.hpp
 
 fuzz: $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
 	@for target in $(FUZZ_TARGETS); do \

@@ -7233,11 +7233,12 @@ inline void SnapshotWriter::encode_labels(std::string_view name) {
   }
   std::string_view job = *context_.job, instance = *context_.instance;
   const std::size_t own = pairs_.size();
-  for (const auto &[label, value] : *context_.external_labels) {
-    if (label == "job") job = value;
-    else if (label == "instance") instance = value;
+  for (const auto &external : *context_.external_labels) {
+    const std::string &label = external.first;
+    if (label == "job") job = external.second;
+    else if (label == "instance") instance = external.second;
     else if (std::none_of(pairs_.begin(), pairs_.begin() + static_cast<std::ptrdiff_t>(own), [&](const Pair &p) { return p.first == label; }))
-      pairs_.emplace_back(label, value);
+      pairs_.emplace_back(label, external.second);
   }
   pairs_.emplace_back("__name__", name);
   pairs_.emplace_back("job", job);

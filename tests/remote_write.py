@@ -325,12 +325,31 @@ def prometheus_end_to_end(checks):
         gone = time.monotonic()
         wait_for(lambda: not prometheus.query('lease_seconds{job="rw-e2e"}'), "the expired lease to go stale", 10)
         checks["an expired series is absent from an instant query at once"] = None
+        empty = []
+        for title, query in remote_write_dashboard_queries(socket.gethostname()):
+            if not prometheus.query(query):
+                empty.append((title, query))
+        checks["the dashboard's remote-write row has data"] = None if not empty else repr(empty)
         own = prometheus.query('hermes_remote_storage_samples_total{job="rw-e2e"}')
         checks["Hermes' own figures arrive too"] = None if own and float(own[0]["value"][1]) > 0 else repr(own)
         del gone
     finally:
         hermes.stop()
         prometheus.close()
+
+
+def remote_write_dashboard_queries(instance):
+    """The queries of example/dashboard.json that show remote write, for one instance."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "example", "dashboard.json")) as file:
+        dashboard = json.load(file)
+    queries = []
+    for panel in dashboard["panels"]:
+        for target_ in panel.get("targets", []):
+            if "hermes_remote_storage_" in target_["expr"]:
+                query = target_["expr"].replace("$instance", re.escape(instance)).replace("$__rate_interval", "5s")
+                queries.append((panel["title"], query))
+    assert len(queries) >= 5, queries
+    return queries
 
 
 # ---- faults --------------------------------------------------------------------------------
