@@ -32,7 +32,8 @@
 //      "state_file": "/var/lib/hermes/state.json",         optional: keep series across restarts
 //      "state_interval_seconds": 10,                       optional: between state writes
 //      "max_series": 10000, "ttl_seconds": 0,              optional defaults for every metric
-//      "max_memory_bytes": "64MiB"}                        optional memory budget (HERMES_MAX_MEMORY wins)
+//      "max_memory_bytes": "64MiB",                        optional memory budget (HERMES_MAX_MEMORY wins)
+//      "remote_write": [{"url": "http://tsdb:9090/api/v1/write", ...}]}  optional receivers: see Remote write
 //
 // A metric may set its own max_series (a push that would make one more series is
 // rejected as series_limit) and ttl_seconds (a labelled series not pushed for that
@@ -137,6 +138,26 @@
 // directory missing, or a file where a directory should be, holds no state yet: the
 // server starts empty, and counts and logs each write that fails until it is fixed.
 //
+// ---- Remote write ---------------------------------------------------------------------------
+//
+// Each entry of "remote_write" (and HERMES_REMOTE_WRITE_URL, with _INTERVAL and
+// _BEARER_TOKEN_FILE) is a Prometheus remote-write 1.0 receiver:
+//     {"url": "http://host:port/path", "interval_seconds": 15, "timeout_seconds": 10,
+//      "max_samples_per_send": 2000, "max_backoff_seconds": 30, "bearer_token_file": "...",
+//      "basic_auth": {"username": "...", "password_file": "..."}, "headers": {...},
+//      "external_labels": {...}, "tls": {...}}
+// Secrets are read from files with the config and never logged. https and "tls" need
+// HERMES_TLS, which this header does not have yet: without it they are ConfigErrors.
+// Every interval_seconds the server makes one snapshot of every series /metrics would
+// show (labels as a scrape gives them: the series', job = service name, instance = host
+// name, then external_labels; sorted), as a snappy-compressed WriteRequest in batches of
+// max_samples_per_send, with Prometheus' stale marker for each series gone since the
+// last one. A thread per target sends; failures that may pass (connection, timeout, 5xx,
+// 429) are retried after 0.5 s doubling to max_backoff_seconds or after Retry-After,
+// another 4xx drops the batch. Snapshots waiting take at most 1/HERMES_REMOTE_WRITE_PENDING_SHARE
+// of the memory budget, oldest dropped first; run() ends with one last send within
+// timeout_seconds. hermes_remote_storage_* show it all, per target.
+//
 // ---- Time -------------------------------------------------------------------------------------
 //
 // ttl_seconds, summary windows, log rate limits and HTTP timeouts count on the monotonic
@@ -187,6 +208,13 @@
 //     HERMES_MAX_STATE_SIZE   1073741824   bytes of state file read at start; a larger one is set aside
 //     HERMES_STATE_PAUSE_STRIDE     1024   series written to the state between looks at the sockets
 //     HERMES_MAX_TOKEN_SIZE         1024   bytes of bearer token in HERMES_HTTP_TOKEN_FILE
+//     HERMES_REMOTE_WRITE_INTERVAL_S  15   default interval_seconds of a remote-write target
+//     HERMES_REMOTE_WRITE_TIMEOUT_S   10   default timeout_seconds: one request, connect to answer
+//     HERMES_REMOTE_WRITE_BATCH     2000   default max_samples_per_send
+//     HERMES_REMOTE_WRITE_MAX_BACKOFF_S 30 default max_backoff_seconds; retries start at 0.5 s
+//     HERMES_REMOTE_WRITE_MAX_RETRY_AFTER_S 300  a longer Retry-After is taken as this
+//     HERMES_REMOTE_WRITE_PENDING_SHARE 4  snapshots waiting take at most 1/this of the budget
+//     HERMES_REMOTE_WRITE_MAX_RESPONSE 4096  bytes of a receiver's answer read
 
 #ifndef HERMES_HPP
 #define HERMES_HPP
