@@ -550,6 +550,36 @@ def stale_markers_after_expiry():
         receiver.close()
 
 
+def pending_snapshots_stay_within_the_budget():
+    """Receiver down: snapshots take at most a quarter of the budget, oldest dropped; scrapes and new series go on."""
+    config = {"service_name": "rw-memory", "gauges": [{"metric_name": "load", "labels": ["board"]}],
+              "remote_write": [target(f"http://127.0.0.1:{free_port()}/w", interval_seconds=0.2, max_backoff_seconds=1)]}
+    budget = 16 * 1024 * 1024
+    hermes = Hermes(config, {"HERMES_MAX_MEMORY": str(budget)})
+    try:
+        for start in range(0, 3000, 100):  # batches of 100 samples in one datagram each
+            batch = [{"metric_name": "load", "payload": {"labels": {"board": f"board-{i:05d}"}, "value": i}}
+                     for i in range(start, start + 100)]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                for part in range(0, 100, 25):
+                    sock.sendto(json.dumps(batch[part:part + 25]).encode(), ("127.0.0.1", hermes.udp_port))
+            time.sleep(0.005)
+        wait_for(lambda: hermes.figure("hermes_series") == 3000, "3000 series")
+        wait_for(lambda: hermes.figure("hermes_remote_storage_samples_dropped_total") > 0, "a snapshot dropped", 20)
+        for _ in range(20):
+            text = hermes.metrics()  # raises on anything but 200
+            pending = hermes.figure("hermes_remote_storage_pending_bytes")
+            assert 0 < pending <= budget / 4, pending
+            assert hermes.figure("hermes_memory_committed_bytes") <= budget
+            time.sleep(0.1)
+        hermes.push([{"metric_name": "load", "payload": {"labels": {"board": f"new-{i}"}, "value": 1}} for i in range(50)])
+        wait_for(lambda: hermes.figure("hermes_series") == 3050, "the new series")
+        assert hermes.figure("hermes_samples_rejected_total", reason="memory_limit") == 0
+        assert "hermes_http_requests_total{code=\"503\"} 0" in text, "a scrape was refused"
+    finally:
+        hermes.stop()
+
+
 def main():
     passed = failed = 0
     if shutil.which("prometheus") is None:
@@ -565,7 +595,7 @@ def main():
             passed, failed = (passed + 1, failed) if failure is None else (passed, failed + 1)
             print(f"ok   {what}" if failure is None else f"FAIL {what}\n{failure}")
     for test in (backoff_after_500, retry_after_429, never_answers, down_then_back, bad_request_drops_the_batch,
-                 last_send_at_sigterm, stale_markers_after_expiry):
+                 last_send_at_sigterm, stale_markers_after_expiry, pending_snapshots_stay_within_the_budget):
         try:
             test()
             passed += 1
