@@ -972,8 +972,9 @@ class Server {
 public:
   // Binds both sockets, reads Options::http_token_file, logs where it listens, and
   // restores Options::state_file. Throws SocketError; ConfigError when the token file is
-  // missing, empty or unfit; StateError when a state file that is not state cannot be
-  // set aside.
+  // missing, empty or unfit, or a remote-write target's URL is (https without
+  // HERMES_TLS), or the budget has no room for its figures; StateError when a state file
+  // that is not state cannot be set aside. Starts a sending thread per remote-write target.
   Server(const Config &config, Options options);
   Server(Server &&) noexcept;
   Server &operator=(Server &&) noexcept;
@@ -7807,7 +7808,8 @@ public:
                const Logger &logger, MemoryBudget &budget)
       : logger_(logger), budget_(budget) {
     const std::string instance = host_name();
-    for (const RemoteWriteConfig &config : targets) {
+    for (const RemoteWriteConfig &config : targets) { // Options made in code, not read from a config, are checked too
+      RemoteWriteReader("remote_write").check_url(config.url, "url");
       slots_.emplace_back();
       slots_.back().target = std::make_unique<RemoteTarget>(config, job, instance);
     }
