@@ -91,6 +91,8 @@ $(BUILD)/%.o: tests/%.cpp hermes.hpp tests/helpers.hpp tests/reading.hpp | check
 	@mkdir -p $(BUILD)
 	$(CXX) $(HERMES_FLAGS) $(FEATURE_FLAGS) $(CXXFLAGS) $(UNIT_OPT) -pthread -I. -DHERMES_TEST_DIR='"$(CURDIR)/tests"' -c -o $@ $<
 
+$(BUILD)/test_remote_write.o: tests/remote_write_decode.hpp
+
 # The C example of a StatsD sender, built as a board's C compiler would take it;
 # tests/statsd_clients.py runs it against ./hermes.
 $(BUILD)/statsd_send: example/statsd_send.c
@@ -180,16 +182,19 @@ cross-deps:
 # ---- the heavier gates, run by CI after make test -----------------------------------------
 
 # libFuzzer targets for the JSON and StatsD datagram paths, the config loader, the HTTP
-# parser, the state file reader, the StatsD mapping file and mapped ingest. Each first replays its committed seeds and
+# parser, the state file reader, the StatsD mapping file and mapped ingest, and remote write's
+# snappy and WriteRequest encoders. Each first replays its committed seeds and
 # regressions, then explores for FUZZ_SECONDS.
 FUZZ_CXX ?= clang++-14
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := datagram statsd config http state mapping mapped
+FUZZ_TARGETS := datagram statsd config http state mapping mapped remote_write
 FUZZ_FLAGS := -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I.
 
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_%.cpp hermes.hpp tests/reading.hpp | fuzz-deps
 	@mkdir -p $(BUILD)
 	$(FUZZ_CXX) $(FUZZ_FLAGS) $(FEATURE_FLAGS) -o $@ $< $(FEATURE_LIBS)
+
+$(BUILD)/fuzz_remote_write: tests/remote_write_decode.hpp
 
 fuzz: $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
 	@for target in $(FUZZ_TARGETS); do \
@@ -250,7 +255,7 @@ test-deps: deps
 	  command:prometheus:prometheus command:clang++:clang python:yaml:python3-yaml \
 	  file:/usr/share/i18n/locales/de_DE:locales command:localedef:libc-bin command:faketime:faketime \
 	  command:stunnel4:stunnel4 command:openssl:openssl \
-	  debian-python:prometheus_client.openmetrics.parser:python3-prometheus-client
+	  debian-python:prometheus_client.openmetrics.parser:python3-prometheus-client debian-python:snappy:python3-snappy
 	@tests/ensure.sh command:curl:curl # the README's examples, run by tests/docs.py
 
 clean:

@@ -36,7 +36,8 @@
 //      "statsd_mapping_file": "mapping.yml",               optional: statsd_exporter's mapping (HERMES_YAML)
 //      "statsd_undeclared": "reject",                      or "accept": StatsD lines make their metrics
 //      "statsd_observer_type": "histogram",                or "summary": what undeclared ms, h, d lines make
-//      "statsd_ttl_seconds": 0, "max_undeclared_metrics": 1000}  for metrics StatsD lines make
+//      "statsd_ttl_seconds": 0, "max_undeclared_metrics": 1000,  for metrics StatsD lines make
+//      "remote_write": [{"url": "http://tsdb:9090/api/v1/write", ...}]}  optional receivers: see Remote write
 //
 // A metric may set its own max_series (a push that would make one more series is
 // rejected as series_limit) and ttl_seconds (a labelled series not pushed for that
@@ -178,6 +179,26 @@
 // directory missing, or a file where a directory should be, holds no state yet: the
 // server starts empty, and counts and logs each write that fails until it is fixed.
 //
+// ---- Remote write ---------------------------------------------------------------------------
+//
+// Each entry of "remote_write" (and HERMES_REMOTE_WRITE_URL, with _INTERVAL and
+// _BEARER_TOKEN_FILE) is a Prometheus remote-write 1.0 receiver:
+//     {"url": "http://host:port/path", "interval_seconds": 15, "timeout_seconds": 10,
+//      "max_samples_per_send": 2000, "max_backoff_seconds": 30, "bearer_token_file": "...",
+//      "basic_auth": {"username": "...", "password_file": "..."}, "headers": {...},
+//      "external_labels": {...}, "tls": {...}}
+// Secrets are read from files with the config and never logged. https and "tls" need
+// HERMES_TLS, which this header does not have yet: without it they are ConfigErrors.
+// Every interval_seconds the server makes one snapshot of every series /metrics would
+// show (labels as a scrape gives them: the series', job = service name, instance = host
+// name, then external_labels; sorted), as a snappy-compressed WriteRequest in batches of
+// max_samples_per_send, with Prometheus' stale marker for each series gone since the
+// last one. A thread per target sends; failures that may pass (connection, timeout, 5xx,
+// 429) are retried after 0.5 s doubling to max_backoff_seconds or after Retry-After,
+// another 4xx drops the batch. Snapshots waiting take at most 1/HERMES_REMOTE_WRITE_PENDING_SHARE
+// of the memory budget, oldest dropped first; run() ends with one last send within
+// timeout_seconds. hermes_remote_storage_* show it all, per target.
+//
 // ---- Time -------------------------------------------------------------------------------------
 //
 // ttl_seconds, summary windows, log rate limits and HTTP timeouts count on the monotonic
@@ -254,6 +275,13 @@
 //     HERMES_STATSD_MAPPING_CACHE   1000   StatsD names whose mapping result is kept
 //     HERMES_MAX_MAPPING_SIZE   16777216   bytes of StatsD mapping file
 //     HERMES_MAX_MAPPING_NODES    500000   YAML nodes of a mapping file, aliases unfolded
+//     HERMES_REMOTE_WRITE_INTERVAL_S  15   default interval_seconds of a remote-write target
+//     HERMES_REMOTE_WRITE_TIMEOUT_S   10   default timeout_seconds: one request, connect to answer
+//     HERMES_REMOTE_WRITE_BATCH     2000   default max_samples_per_send
+//     HERMES_REMOTE_WRITE_MAX_BACKOFF_S 30 default max_backoff_seconds; retries start at 0.5 s
+//     HERMES_REMOTE_WRITE_MAX_RETRY_AFTER_S 300  a longer Retry-After is taken as this
+//     HERMES_REMOTE_WRITE_PENDING_SHARE 4  snapshots waiting take at most 1/this of the budget
+//     HERMES_REMOTE_WRITE_MAX_RESPONSE 4096  bytes of a receiver's answer read
 
 #ifndef HERMES_HPP
 #define HERMES_HPP
@@ -388,6 +416,28 @@
 #ifndef HERMES_MAX_MAPPING_NODES
 #define HERMES_MAX_MAPPING_NODES 500000 // YAML nodes of a mapping file, aliases unfolded
 #endif
+// remote write
+#ifndef HERMES_REMOTE_WRITE_INTERVAL_S
+#define HERMES_REMOTE_WRITE_INTERVAL_S 15 // default interval_seconds: one snapshot of every series this often
+#endif
+#ifndef HERMES_REMOTE_WRITE_TIMEOUT_S
+#define HERMES_REMOTE_WRITE_TIMEOUT_S 10 // default timeout_seconds: connect, send and answer of one request
+#endif
+#ifndef HERMES_REMOTE_WRITE_BATCH
+#define HERMES_REMOTE_WRITE_BATCH 2000 // default max_samples_per_send, as Prometheus' queue manager
+#endif
+#ifndef HERMES_REMOTE_WRITE_MAX_BACKOFF_S
+#define HERMES_REMOTE_WRITE_MAX_BACKOFF_S 30 // default max_backoff_seconds; retries start at 0.5 s
+#endif
+#ifndef HERMES_REMOTE_WRITE_MAX_RETRY_AFTER_S
+#define HERMES_REMOTE_WRITE_MAX_RETRY_AFTER_S 300 // a longer Retry-After is taken as this: a receiver cannot stall Hermes for ever
+#endif
+#ifndef HERMES_REMOTE_WRITE_PENDING_SHARE
+#define HERMES_REMOTE_WRITE_PENDING_SHARE 4 // snapshots waiting to be sent take at most 1/this of the memory budget
+#endif
+#ifndef HERMES_REMOTE_WRITE_MAX_RESPONSE
+#define HERMES_REMOTE_WRITE_MAX_RESPONSE 4096 // bytes of a receiver's answer read; its message is cut there
+#endif
 
 // Each limit is checked here, so that a wrong value stops the build with what to do
 // instead of a daemon that loops for ever or refuses every datagram.
@@ -443,6 +493,14 @@ static_assert(HERMES_STATSD_MAPPING_CACHE >= 1, "HERMES_STATSD_MAPPING_CACHE mus
 static_assert(HERMES_MAX_MAPPING_SIZE >= 4096, "HERMES_MAX_MAPPING_SIZE must be at least 4096 bytes");
 static_assert(HERMES_MAX_MAPPING_NODES >= 1000, "HERMES_MAX_MAPPING_NODES must be at least 1000");
 
+static_assert(HERMES_REMOTE_WRITE_INTERVAL_S >= 1, "HERMES_REMOTE_WRITE_INTERVAL_S must be at least 1 second");
+static_assert(HERMES_REMOTE_WRITE_TIMEOUT_S >= 1, "HERMES_REMOTE_WRITE_TIMEOUT_S must be at least 1 second");
+static_assert(HERMES_REMOTE_WRITE_BATCH >= 1, "HERMES_REMOTE_WRITE_BATCH must be at least 1 sample");
+static_assert(HERMES_REMOTE_WRITE_MAX_BACKOFF_S >= 1, "HERMES_REMOTE_WRITE_MAX_BACKOFF_S must be at least 1 second");
+static_assert(HERMES_REMOTE_WRITE_MAX_RETRY_AFTER_S >= 1, "HERMES_REMOTE_WRITE_MAX_RETRY_AFTER_S must be at least 1 second");
+static_assert(HERMES_REMOTE_WRITE_PENDING_SHARE >= 2, "HERMES_REMOTE_WRITE_PENDING_SHARE must be at least 2: half the budget at most");
+static_assert(HERMES_REMOTE_WRITE_MAX_RESPONSE >= 256, "HERMES_REMOTE_WRITE_MAX_RESPONSE must be at least 256 bytes: a status line and headers");
+
 // ===== INCLUDES ===========================================================================
 
 // Quoted, so that a copy of picojson.h beside this header is found first, and an
@@ -463,6 +521,8 @@ static_assert(HERMES_MAX_MAPPING_NODES >= 1000, "HERMES_MAX_MAPPING_NODES must b
 #include <charconv>
 #include <chrono>
 #include <climits>
+#include <condition_variable>
+#include <deque>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -472,6 +532,7 @@ static_assert(HERMES_MAX_MAPPING_NODES >= 1000, "HERMES_MAX_MAPPING_NODES must b
 #include <limits>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -577,6 +638,53 @@ private:
   std::vector<std::string> texts_;
 };
 
+// ===== PUBLIC API: REMOTE WRITE ===========================================================
+
+// A receiver of Prometheus remote write 1.0 that Hermes pushes every series to: one entry
+// of the config's "remote_write" list, or HERMES_REMOTE_WRITE_URL. Secrets come from files
+// only and are read when the config is; they are never logged.
+struct RemoteWriteTls {
+  std::string ca_file, cert_file, key_file, server_name;
+  bool insecure_skip_verify = false;
+};
+
+struct RemoteWriteConfig {
+  std::string url;                                             // http://host[:port][/path]
+  double interval_seconds = HERMES_REMOTE_WRITE_INTERVAL_S;    // between snapshots
+  double timeout_seconds = HERMES_REMOTE_WRITE_TIMEOUT_S;      // one request, from connect to answer
+  std::size_t max_samples_per_send = HERMES_REMOTE_WRITE_BATCH; // samples in one request at most
+  double max_backoff_seconds = HERMES_REMOTE_WRITE_MAX_BACKOFF_S; // retries wait 0.5 s, doubling up to this
+  std::string bearer_token_file;                               // "Authorization: Bearer <its token>"
+  std::string basic_auth_username, basic_auth_password_file;   // "Authorization: Basic ..."
+  std::vector<std::pair<std::string, std::string>> headers;    // more headers, as given
+  std::vector<std::pair<std::string, std::string>> external_labels; // sorted by name
+  std::optional<RemoteWriteTls> tls;
+  std::string authorization; // the Authorization header's value made from the files; secret
+};
+
+// The parts of a remote-write URL. Returns "" and sets `url`, or says what is wrong.
+struct RemoteWriteUrl {
+  std::string scheme, host; // host without brackets for an IPv6 address
+  std::uint16_t port = 0;
+  std::string path;         // "/" at least, with the query if any
+};
+inline std::string parse_remote_write_url(std::string_view text, RemoteWriteUrl &url);
+
+// What a server did for one remote-write target, as hermes_remote_storage_* shows it.
+struct RemoteWriteStats {
+  std::string url;                    // as configured, without user info
+  std::uint64_t samples_in = 0;       // samples in the snapshots taken, stale markers included
+  std::uint64_t samples_sent = 0;     // accepted by the receiver (2xx)
+  std::uint64_t samples_failed = 0;   // in requests that failed and will be retried
+  std::uint64_t samples_retried = 0;  // sent again after a failure
+  std::uint64_t samples_dropped = 0;  // given up: a 4xx other than 429, or a snapshot dropped for memory
+  std::uint64_t snapshots_failed = 0; // snapshots the memory budget had no room for
+  std::map<int, std::uint64_t> requests; // by status code; 0: no answer (connection error, timeout)
+  double pending_snapshots = 0, pending_bytes = 0;
+  double last_send_seconds = 0;          // wall clock of the last request that succeeded; 0: none yet
+  double highest_sent_timestamp_seconds = 0;
+};
+
 // ===== PUBLIC API: CONFIG =================================================================
 
 enum class MetricType { counter, gauge, histogram, summary, count_ };
@@ -633,6 +741,7 @@ struct Config {
   AllowList http_allow;                     // "http_allow": who may use HTTP; empty: everyone
   TlsServerConfig tls_server;               // "tls_server": HTTPS on the HTTP port; empty: plain HTTP
   StatsdSettings statsd;                    // the "statsd_*" keys and max_undeclared_metrics
+  std::vector<RemoteWriteConfig> remote_write; // "remote_write": receivers to push to
 };
 
 // What a series of `metric` may cost at most, in bytes of the memory budget, besides its
@@ -700,6 +809,7 @@ struct Options {
   std::string tls_key_file;       // the certificate's private key
   std::string tls_client_ca_file; // clients must show a certificate these CAs signed; empty: none asked
   std::string statsd_mapping_file; // HERMES_STATSD_MAPPING: over the config's statsd_mapping_file; empty: that
+  std::vector<RemoteWriteConfig> remote_write; // the config's, and HERMES_REMOTE_WRITE_URL's
   LogSink log_sink;
 };
 
@@ -1101,6 +1211,7 @@ struct ServerStats {
   std::uint64_t tls_handshakes_failed = 0;    // a protocol error, a refused certificate, a client that left
   std::uint64_t tls_handshakes_timeout = 0;   // unfinished at the read timeout, or closed for a newcomer
   double tls_certificate_expiry_seconds = 0;  // when the served certificate expires, in seconds since the epoch
+  std::vector<RemoteWriteStats> remote_write; // one per target, in config order
   ServerStats();
 };
 
@@ -1110,8 +1221,10 @@ class Server {
 public:
   // Binds both sockets, reads Options::http_token_file and the TLS files, logs where it
   // listens, and restores Options::state_file. Throws SocketError; ConfigError when the
-  // token file is missing, empty or unfit, or a TLS file is (see TLS above); StateError when a state file that is not state cannot be
-  // set aside.
+  // token file is missing, empty or unfit, or a TLS file is (see TLS above), or a
+  // remote-write target's URL is (https without HERMES_TLS), or the budget has no room
+  // for its figures; StateError when a state file that is not state cannot be set aside.
+  // Starts a sending thread per remote-write target.
   Server(const Config &config, Options options);
   Server(Server &&) noexcept;
   Server &operator=(Server &&) noexcept;
@@ -2260,6 +2373,96 @@ inline void append_timestamp_field(std::string &out, std::uint32_t field, double
 } // namespace detail
 } // namespace hermes
 
+// ===== DETAIL: SNAPPY =====================================================================
+//
+// Snappy's block format, as remote write sends it: the uncompressed length as a varint,
+// then elements. A literal is tag 00 with its length - 1 in the upper six bits, or 60 to
+// 63 there saying that 1 to 4 bytes of length - 1 follow, little-endian; then the bytes.
+// A copy repeats bytes seen before: tag 01 for lengths 4 to 11 at offsets below 2048
+// (length - 4 in bits 2-4, the offset's high 3 bits in bits 5-7, its low byte after), or
+// tag 10 for lengths 1 to 64 with a two-byte offset. The input is taken in blocks of
+// 64 KiB, each matched only within itself, so that every offset fits two bytes; a hash of
+// the four bytes at each place remembers where they were last seen.
+
+namespace hermes {
+namespace detail {
+
+constexpr std::size_t snappy_block = 65536;
+constexpr std::size_t snappy_table_size = 1 << 14; // positions remembered per block
+
+inline std::size_t snappy_max_compressed_length(std::size_t length) { return 32 + length + length / 6; }
+
+inline void snappy_literal(std::string &out, const char *bytes, std::size_t length) {
+  const std::size_t n = length - 1;
+  if (n < 60) {
+    out += static_cast<char>(n << 2);
+  } else {
+    const std::size_t width = n < 0x100 ? 1 : n < 0x10000 ? 2 : n < 0x1000000 ? 3 : 4;
+    out += static_cast<char>((59 + width) << 2);
+    for (std::size_t i = 0; i < width; ++i) out += static_cast<char>((n >> (8 * i)) & 0xff);
+  }
+  out.append(bytes, length);
+}
+
+// One copy element of 1 to 64 bytes.
+inline void snappy_copy_element(std::string &out, std::size_t offset, std::size_t length) {
+  if (length >= 4 && length <= 11 && offset < 2048) {
+    out += static_cast<char>(1 | ((length - 4) << 2) | ((offset >> 8) << 5));
+    out += static_cast<char>(offset & 0xff);
+  } else {
+    out += static_cast<char>(2 | ((length - 1) << 2));
+    out += static_cast<char>(offset & 0xff);
+    out += static_cast<char>(offset >> 8);
+  }
+}
+
+// A match of 4 bytes or more as copies of at most 64, none left shorter than 4.
+inline void snappy_copy(std::string &out, std::size_t offset, std::size_t length) {
+  for (; length >= 68; length -= 64) snappy_copy_element(out, offset, 64);
+  if (length > 64) snappy_copy_element(out, offset, 60), length -= 60;
+  snappy_copy_element(out, offset, length);
+}
+
+inline std::uint32_t load32(const char *at) {
+  std::uint32_t value;
+  std::memcpy(&value, at, sizeof value);
+  return value;
+}
+
+inline void snappy_compress_block(std::string &out, const char *block, std::size_t size, std::uint16_t *table) {
+  std::fill(table, table + snappy_table_size, std::uint16_t{0});
+  std::size_t literal_start = 0, at = 0, misses = 0;
+  while (at + 4 <= size) {
+    const std::uint32_t bytes = load32(block + at);
+    const std::size_t slot = (bytes * 0x1e35a7bdu) >> (32 - 14);
+    const std::size_t candidate = table[slot];
+    table[slot] = static_cast<std::uint16_t>(at);
+    if (candidate >= at || load32(block + candidate) != bytes) {
+      at += 1 + (misses++ >> 5); // data that does not repeat is passed over faster and faster
+      continue;
+    }
+    std::size_t length = 4;
+    while (at + length < size && block[candidate + length] == block[at + length]) ++length;
+    if (literal_start < at) snappy_literal(out, block + literal_start, at - literal_start);
+    snappy_copy(out, at - candidate, length);
+    at += length, literal_start = at, misses = 0;
+  }
+  if (literal_start < size) snappy_literal(out, block + literal_start, size - literal_start);
+}
+
+// Compresses `input` over `out`, whose memory is reused.
+inline void snappy_compress(std::string_view input, std::string &out) {
+  out.clear();
+  out.reserve(snappy_max_compressed_length(input.size()));
+  append_varint(out, input.size());
+  std::vector<std::uint16_t> table(snappy_table_size);
+  for (std::size_t start = 0; start < input.size(); start += snappy_block)
+    snappy_compress_block(out, input.data() + start, std::min(snappy_block, input.size() - start), table.data());
+}
+
+} // namespace detail
+} // namespace hermes
+
 // ===== DETAIL: BODY BOUNDS ================================================================
 //
 // What a series may add to a /metrics body at most, in the format that writes the most
@@ -3123,6 +3326,8 @@ inline std::vector<std::string> names_taken(const MetricConfig &metric) {
   return {name};
 }
 
+inline std::vector<RemoteWriteConfig> read_remote_write(const picojson::value &value, const std::string &origin); // REMOTE WRITE CONFIG
+
 // Reads a config tree; every error names the file and the JSON path of the place.
 class ConfigReader {
 public:
@@ -3133,7 +3338,7 @@ public:
     const auto &top = root.get<picojson::object>();
     reject_unknown_keys(top, "", {"service_name", "gauges", "counters", "histograms", "summaries", "listen_address",
                                   "listen_port", "max_series", "ttl_seconds", "max_memory_bytes", "state_file",
-                                  "state_interval_seconds", "udp_allow", "http_allow", "tls_server", "statsd_mapping_file",
+                                  "state_interval_seconds", "udp_allow", "http_allow", "remote_write", "tls_server", "statsd_mapping_file",
                                   "statsd_undeclared", "statsd_observer_type", "statsd_ttl_seconds",
                                   "max_undeclared_metrics"});
     Config config;
@@ -3156,6 +3361,7 @@ public:
     if (const auto *allow = member(top, "http_allow")) config.http_allow = allow_list_at(*allow, "http_allow");
     if (const auto *tls = member(top, "tls_server")) config.tls_server = tls_server_at(*tls, "tls_server");
     read_statsd_settings(top, config.statsd);
+    if (const auto *targets = member(top, "remote_write")) config.remote_write = read_remote_write(*targets, origin_);
     check_name_collisions(config.metrics);
     return config;
   }
@@ -5395,6 +5601,254 @@ struct Connection {
 };
 
 } // namespace detail
+} // namespace hermes
+
+// ===== DETAIL: REMOTE WRITE CONFIG ========================================================
+
+namespace hermes {
+namespace detail {
+
+inline std::string base64(std::string_view bytes) {
+  static constexpr char digits[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  for (std::size_t i = 0; i < bytes.size(); i += 3) {
+    std::uint32_t group = static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[i])) << 16;
+    if (i + 1 < bytes.size()) group |= static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[i + 1])) << 8;
+    if (i + 2 < bytes.size()) group |= static_cast<unsigned char>(bytes[i + 2]);
+    for (std::size_t k = 0; k < 4; ++k)
+      out += k <= bytes.size() - i ? digits[(group >> (18 - 6 * k)) & 63] : '=';
+  }
+  return out;
+}
+
+// Headers a receiver's protocol or the auth settings own: a config may not set them.
+inline bool reserved_remote_write_header(std::string_view name) {
+  static constexpr const char *reserved[] = {"authorization", "host", "content-encoding", "content-type", "content-length",
+                                             "x-prometheus-remote-write-version", "user-agent", "connection",
+                                             "transfer-encoding", "keep-alive", "te", "upgrade"};
+  const std::string lower = lowercase(name);
+  return std::any_of(std::begin(reserved), std::end(reserved), [&](const char *r) { return lower == r; });
+}
+
+// Reads the "remote_write" list, or the one target of the environment; every error names
+// the origin (the file, or the variable), the place and the problem. Files named are read
+// here: a secret that cannot be read is a config error at start, not a failing send.
+class RemoteWriteReader {
+public:
+  explicit RemoteWriteReader(std::string origin) : origin_(std::move(origin)) {}
+
+  std::vector<RemoteWriteConfig> read_list(const picojson::value &value) {
+    if (!value.is<picojson::array>()) fail("remote_write", std::string("expected a list of receivers, got ") + json_type_name(value));
+    std::vector<RemoteWriteConfig> targets;
+    const auto &items = value.get<picojson::array>();
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      const std::string place = "remote_write[" + std::to_string(i) + "]";
+      targets.push_back(read_target(items[i], place));
+      for (std::size_t j = 0; j < i; ++j)
+        if (targets[j].url == targets.back().url) fail(place + ".url", "the same URL as remote_write[" + std::to_string(j) + "]");
+    }
+    return targets;
+  }
+
+  RemoteWriteConfig read_target(const picojson::value &value, const std::string &place) {
+    if (!value.is<picojson::object>()) fail(place, std::string("expected an object, got ") + json_type_name(value));
+    const auto &object = value.get<picojson::object>();
+    static constexpr const char *known[] = {"url", "interval_seconds", "timeout_seconds", "max_samples_per_send",
+                                            "max_backoff_seconds", "bearer_token_file", "basic_auth", "headers",
+                                            "external_labels", "tls"};
+    reject_unknown(object, place, known);
+    RemoteWriteConfig target;
+    const auto *url = member(object, "url");
+    if (!url) fail(place + ".url", "missing: the receiver's URL, such as http://prometheus:9090/api/v1/write");
+    target.url = text_at(*url, place + ".url");
+    check_url(target.url, place + ".url");
+    read_seconds(object, place, "interval_seconds", target.interval_seconds);
+    read_seconds(object, place, "timeout_seconds", target.timeout_seconds);
+    read_seconds(object, place, "max_backoff_seconds", target.max_backoff_seconds);
+    if (const auto *batch = member(object, "max_samples_per_send")) {
+      const double n = batch->is<double>() ? batch->get<double>() : -1;
+      if (!(n >= 1 && n <= 1e7 && n == std::floor(n)))
+        fail(place + ".max_samples_per_send", quote_json(*batch) + " is not a whole number from 1 to 10000000");
+      target.max_samples_per_send = static_cast<std::size_t>(n);
+    }
+    read_auth(object, place, target);
+    if (const auto *headers = member(object, "headers")) target.headers = read_headers(*headers, place + ".headers");
+    if (const auto *labels = member(object, "external_labels"))
+      target.external_labels = read_external_labels(*labels, place + ".external_labels");
+    if (const auto *tls = member(object, "tls")) target.tls = read_tls(*tls, place + ".tls");
+    return target;
+  }
+
+  [[noreturn]] void fail(const std::string &place, const std::string &problem) const {
+    throw ConfigError(origin_ + ": " + (place.empty() ? "" : place + ": ") + problem);
+  }
+
+  void check_url(const std::string &text, const std::string &place) const {
+    RemoteWriteUrl url;
+    if (const std::string problem = parse_remote_write_url(text, url); !problem.empty()) fail(place, "\"" + text + "\": " + problem);
+#ifndef HERMES_TLS
+    if (url.scheme == "https")
+      fail(place, "\"" + text + "\": https needs TLS, which is not compiled into this build of Hermes (HERMES_TLS)");
+#endif
+  }
+
+  // The secret of a file: its bytes without the line end that ends it, printable ASCII.
+  std::string read_secret(const std::string &path, const std::string &place) const {
+    std::string secret;
+    const std::string problem = read_token_file(path, secret);
+    if (!problem.empty()) fail(place, problem.substr(std::strlen("http ")));
+    return secret;
+  }
+
+private:
+  template <std::size_t N> void reject_unknown(const picojson::object &object, const std::string &place, const char *const (&known)[N]) const {
+    for (const auto &entry : object) {
+      if (std::any_of(known, known + N, [&](const char *k) { return entry.first == k; })) continue;
+      std::string expected;
+      for (const char *k : known) expected += (expected.empty() ? "" : ", ") + std::string(k);
+      fail(place + "." + entry.first, "unknown key (expected one of: " + expected + ")");
+    }
+  }
+
+  std::string text_at(const picojson::value &value, const std::string &place) const {
+    if (!value.is<std::string>()) fail(place, std::string("expected a string, got ") + json_type_name(value));
+    return value.get<std::string>();
+  }
+
+  void read_seconds(const picojson::object &object, const std::string &place, const char *key, double &seconds) const {
+    const auto *value = member(object, key);
+    if (!value) return;
+    if (!value->is<double>() || !(value->get<double>() > 0) || !(value->get<double>() <= 86400))
+      fail(place + "." + key, quote_json(*value) + " is not a number of seconds above 0 and at most 86400");
+    seconds = value->get<double>();
+  }
+
+  void read_auth(const picojson::object &object, const std::string &place, RemoteWriteConfig &target) const {
+    if (const auto *file = member(object, "bearer_token_file")) {
+      target.bearer_token_file = text_at(*file, place + ".bearer_token_file");
+      target.authorization = "Bearer " + read_secret(target.bearer_token_file, place + ".bearer_token_file");
+    }
+    const auto *basic = member(object, "basic_auth");
+    if (!basic) return;
+    const std::string at = place + ".basic_auth";
+    if (!target.bearer_token_file.empty()) fail(at, "beside bearer_token_file: a request carries one Authorization");
+    if (!basic->is<picojson::object>()) fail(at, std::string("expected an object, got ") + json_type_name(*basic));
+    const auto &fields = basic->get<picojson::object>();
+    static constexpr const char *known[] = {"username", "password_file"};
+    reject_unknown(fields, at, known);
+    const auto *user = member(fields, "username");
+    const auto *file = member(fields, "password_file");
+    if (!user) fail(at + ".username", "missing");
+    if (!file) fail(at + ".password_file", "missing: the password is read from a file, never from the config");
+    target.basic_auth_username = text_at(*user, at + ".username");
+    if (target.basic_auth_username.find(':') != std::string::npos || target.basic_auth_username.empty() ||
+        !std::all_of(target.basic_auth_username.begin(), target.basic_auth_username.end(), [](char c) { return c >= 0x20 && c != 0x7f; }))
+      fail(at + ".username", "must be non-empty, without ':' or control characters");
+    target.basic_auth_password_file = text_at(*file, at + ".password_file");
+    const std::string password = read_secret(target.basic_auth_password_file, at + ".password_file");
+    target.authorization = "Basic " + base64(target.basic_auth_username + ":" + password);
+  }
+
+  std::vector<std::pair<std::string, std::string>> read_headers(const picojson::value &value, const std::string &place) const {
+    if (!value.is<picojson::object>()) fail(place, std::string("expected an object, got ") + json_type_name(value));
+    std::vector<std::pair<std::string, std::string>> headers;
+    for (const auto &[name, text] : value.get<picojson::object>()) {
+      if (!is_token(name)) fail(place + "." + name, "not a header name");
+      if (reserved_remote_write_header(name)) fail(place + "." + name, "set by Hermes itself; use bearer_token_file or basic_auth for Authorization");
+      const std::string header_value = text_at(text, place + "." + name);
+      if (!std::all_of(header_value.begin(), header_value.end(), [](char c) { return c == '\t' || (c >= 0x20 && c != 0x7f); }))
+        fail(place + "." + name, "holds a control character, which a header cannot");
+      headers.emplace_back(name, header_value);
+    }
+    return headers;
+  }
+
+  std::vector<std::pair<std::string, std::string>> read_external_labels(const picojson::value &value, const std::string &place) const {
+    if (!value.is<picojson::object>()) fail(place, std::string("expected an object, got ") + json_type_name(value));
+    std::vector<std::pair<std::string, std::string>> labels;
+    for (const auto &[name, text] : value.get<picojson::object>()) { // picojson's object is a std::map: sorted
+      if (!is_label_name(name) || name.rfind("__", 0) == 0) fail(place + "." + name, "not a label name ([a-zA-Z_][a-zA-Z0-9_]*, not __*)");
+      labels.emplace_back(name, text_at(text, place + "." + name));
+      if (labels.back().second.empty()) fail(place + "." + name, "empty: a label with an empty value is no label");
+    }
+    return labels;
+  }
+
+  RemoteWriteTls read_tls(const picojson::value &value, const std::string &place) const {
+    if (!value.is<picojson::object>()) fail(place, std::string("expected an object, got ") + json_type_name(value));
+    const auto &fields = value.get<picojson::object>();
+    static constexpr const char *known[] = {"ca_file", "cert_file", "key_file", "server_name", "insecure_skip_verify"};
+    reject_unknown(fields, place, known);
+    RemoteWriteTls tls;
+    const auto file = [&](const char *key, std::string &path) {
+      const auto *item = member(fields, key);
+      if (!item) return;
+      path = text_at(*item, place + "." + key);
+      std::string ignored;
+      if (const int error = read_file(path.c_str(), 1, ignored)) fail(place + "." + key, path + ": cannot read: " + std::strerror(error));
+    };
+    file("ca_file", tls.ca_file);
+    file("cert_file", tls.cert_file);
+    file("key_file", tls.key_file);
+    if (tls.cert_file.empty() != tls.key_file.empty()) fail(place, "cert_file and key_file go together: a client certificate needs its key");
+    if (const auto *name = member(fields, "server_name")) tls.server_name = text_at(*name, place + ".server_name");
+    if (const auto *skip = member(fields, "insecure_skip_verify")) {
+      if (!skip->is<bool>()) fail(place + ".insecure_skip_verify", std::string("expected true or false, got ") + json_type_name(*skip));
+      tls.insecure_skip_verify = skip->get<bool>();
+    }
+#ifndef HERMES_TLS
+    fail(place, "TLS is not compiled into this build of Hermes (HERMES_TLS); its settings cannot be used");
+#endif
+    return tls;
+  }
+
+  std::string origin_;
+};
+
+inline std::vector<RemoteWriteConfig> read_remote_write(const picojson::value &value, const std::string &origin) {
+  return RemoteWriteReader(origin).read_list(value);
+}
+
+} // namespace detail
+
+inline std::string parse_remote_write_url(std::string_view text, RemoteWriteUrl &url) {
+  const std::size_t scheme_end = text.find("://");
+  if (scheme_end == std::string_view::npos) return "not a URL (expected http://host[:port]/path)";
+  RemoteWriteUrl parsed;
+  parsed.scheme = detail::lowercase(text.substr(0, scheme_end));
+  if (parsed.scheme != "http" && parsed.scheme != "https") return "scheme \"" + parsed.scheme + "\" is neither http nor https";
+  std::string_view rest = text.substr(scheme_end + 3);
+  const std::size_t path_start = std::min(rest.find('/'), rest.find('?'));
+  std::string_view authority = rest.substr(0, path_start);
+  parsed.path = path_start == std::string_view::npos ? "/" : std::string(rest.substr(path_start));
+  if (parsed.path[0] == '?') parsed.path.insert(0, "/");
+  if (const std::size_t hash = parsed.path.find('#'); hash != std::string::npos) parsed.path.resize(hash);
+  if (authority.find('@') != std::string_view::npos) return "user info in the URL; use basic_auth with a password_file";
+  std::string_view port_text;
+  if (!authority.empty() && authority[0] == '[') {
+    const std::size_t close = authority.find(']');
+    if (close == std::string_view::npos) return "an IPv6 address without its closing ]";
+    parsed.host = std::string(authority.substr(1, close - 1));
+    const std::string_view after = authority.substr(close + 1);
+    if (!after.empty() && after[0] != ':') return "junk after the IPv6 address";
+    if (!after.empty()) port_text = after.substr(1);
+  } else {
+    const std::size_t colon = authority.rfind(':');
+    parsed.host = std::string(authority.substr(0, colon));
+    if (colon != std::string_view::npos) port_text = authority.substr(colon + 1);
+  }
+  if (parsed.host.empty()) return "no host";
+  if (!std::all_of(parsed.host.begin(), parsed.host.end(), [](char c) { return detail::is_ascii_alnum(c) || std::strchr("-._:%", c); }))
+    return "host \"" + parsed.host + "\" holds a character a host name cannot";
+  if (!std::all_of(parsed.path.begin(), parsed.path.end(), [](char c) { return c > 0x20 && c < 0x7f; }))
+    return "the path holds a space, a control character or a byte past ASCII (percent-encode it)";
+  const auto port = parse_port(port_text);
+  if (!port_text.empty() && (!port || *port == 0)) return "port \"" + std::string(port_text) + "\" is not a number from 1 to 65535";
+  parsed.port = !port_text.empty() ? *port : parsed.scheme == "https" ? 443 : 80;
+  url = std::move(parsed);
+  return "";
+}
+
 } // namespace hermes
 
 // ===== DETAIL: LOGGING ====================================================================
@@ -7934,6 +8388,36 @@ inline void allow_list_from(AllowList &list, const Environment &env, const char 
   list = std::move(read);
 }
 
+// HERMES_REMOTE_WRITE_URL, with HERMES_REMOTE_WRITE_INTERVAL and
+// HERMES_REMOTE_WRITE_BEARER_TOKEN_FILE: one more target; an error names the variable.
+inline std::optional<RemoteWriteConfig> remote_write_from_environment(const Environment &env) {
+  const auto url = first_set(env, {"HERMES_REMOTE_WRITE_URL"});
+  const auto interval = first_set(env, {"HERMES_REMOTE_WRITE_INTERVAL"});
+  const auto token = first_set(env, {"HERMES_REMOTE_WRITE_BEARER_TOKEN_FILE"});
+  if (!url) {
+    if (interval || token) throw UsageError((interval ? interval : token)->first + ": set without HERMES_REMOTE_WRITE_URL");
+    return std::nullopt;
+  }
+  RemoteWriteConfig target;
+  target.url = url->second;
+  try {
+    RemoteWriteReader("HERMES_REMOTE_WRITE_URL").check_url(target.url, "");
+    if (token) {
+      target.bearer_token_file = token->second;
+      target.authorization = "Bearer " + RemoteWriteReader("HERMES_REMOTE_WRITE_BEARER_TOKEN_FILE").read_secret(token->second, "");
+    }
+  } catch (const ConfigError &error) {
+    throw UsageError(error.what());
+  }
+  if (interval) {
+    const auto seconds = positive_seconds(interval->second);
+    if (!seconds || *seconds > 86400)
+      throw UsageError("HERMES_REMOTE_WRITE_INTERVAL: \"" + interval->second + "\" is not a number of seconds above 0 and at most 86400");
+    target.interval_seconds = *seconds;
+  }
+  return target;
+}
+
 } // namespace detail
 
 inline Options options_from_environment(const Config &config, const Environment &env) {
@@ -7984,6 +8468,8 @@ inline Options options_from_environment(const Config &config, const Environment 
   override_from(options.tls_key_file, env, {"HERMES_TLS_KEY_FILE"}, detail::any_text, "");
   override_from(options.tls_client_ca_file, env, {"HERMES_TLS_CLIENT_CA_FILE"}, detail::any_text, "");
   override_from(options.statsd_mapping_file, env, {"HERMES_STATSD_MAPPING"}, detail::any_text, "");
+  options.remote_write = config.remote_write;
+  if (auto target = detail::remote_write_from_environment(env)) options.remote_write.push_back(std::move(*target));
   return options;
 }
 
@@ -9187,7 +9673,7 @@ using Figure = std::optional<double>; // absent: the family is left out
 // One family of Hermes' own: either one series without labels (`value`), or labelled
 // series that `write` adds after the family's HELP and TYPE lines.
 struct SelfMetric {
-  enum class Scope { registry, server, process, statsd_tcp, tls }; // statsd_tcp: a server's, when its TCP listener is on; tls: a server whose HTTP port speaks TLS
+  enum class Scope { registry, server, process, statsd_tcp, tls, remote_write }; // statsd_tcp: a server's, when its TCP listener is on; tls: a server whose HTTP port speaks TLS; remote_write: one with a target
   const char *name;
   const char *help;
   MetricType type;
@@ -9261,6 +9747,24 @@ inline void write_by_reason(Writer &out, const char *name, const SelfView &view)
     out.sample(name, {{"reason", to_string(static_cast<Reason>(i))}}, static_cast<double>((view.server->*Counts)[i]));
 }
 
+// Remote write's figures, one series per target, as Prometheus' remote_storage ones.
+template <typename Field, Field RemoteWriteStats::*Member>
+inline void write_remote_write(Writer &out, const char *name, const SelfView &view) {
+  for (const RemoteWriteStats &target : view.server->remote_write)
+    out.sample(name, {{"url", target.url}}, static_cast<double>(target.*Member));
+}
+
+inline void write_remote_write_requests(Writer &out, const char *name, const SelfView &view) {
+  for (const RemoteWriteStats &target : view.server->remote_write)
+    for (const auto &[code, count] : target.requests) {
+      const std::string code_text = std::to_string(code);
+      out.sample(name, {{"code", code_text}, {"url", target.url}}, static_cast<double>(count));
+    }
+}
+
+template <std::uint64_t RemoteWriteStats::*Member> constexpr auto remote_count = write_remote_write<std::uint64_t, Member>;
+template <double RemoteWriteStats::*Member> constexpr auto remote_figure = write_remote_write<double, Member>;
+
 // Hermes' own families, sorted by name as the body is.
 constexpr MetricType self_counter = MetricType::counter, self_gauge = MetricType::gauge;
 using Scope = SelfMetric::Scope;
@@ -9288,6 +9792,31 @@ inline const SelfMetric self_metrics[] = {
      self_gauge, Scope::registry, nullptr, write_per_metric<&Registry::MetricFill::max_series>},
     {"hermes_metric_series", "Live series of each configured metric.", self_gauge, Scope::registry, nullptr,
      write_per_metric<&Registry::MetricFill::series>},
+    {"hermes_remote_storage_last_send_timestamp_seconds",
+     "When a remote-write request last succeeded, in seconds since the epoch; 0 before the first.", self_gauge,
+     Scope::remote_write, nullptr, remote_figure<&RemoteWriteStats::last_send_seconds>},
+    {"hermes_remote_storage_pending_bytes", "Bytes of the memory budget held by remote-write snapshots waiting to be sent.",
+     self_gauge, Scope::remote_write, nullptr, remote_figure<&RemoteWriteStats::pending_bytes>},
+    {"hermes_remote_storage_pending_snapshots", "Remote-write snapshots waiting to be sent, the one being sent included.",
+     self_gauge, Scope::remote_write, nullptr, remote_figure<&RemoteWriteStats::pending_snapshots>},
+    {"hermes_remote_storage_queue_highest_sent_timestamp_seconds",
+     "Timestamp of the newest snapshot a receiver accepted, in seconds since the epoch.", self_gauge, Scope::remote_write,
+     nullptr, remote_figure<&RemoteWriteStats::highest_sent_timestamp_seconds>},
+    {"hermes_remote_storage_requests_total", "Remote-write requests, by status code; 0: no answer (connection error, timeout).",
+     self_counter, Scope::remote_write, nullptr, write_remote_write_requests},
+    {"hermes_remote_storage_samples_dropped_total",
+     "Samples given up unsent: snapshots dropped for memory, or left at stop.", self_counter, Scope::remote_write, nullptr,
+     remote_count<&RemoteWriteStats::samples_dropped>},
+    {"hermes_remote_storage_samples_failed_total", "Samples a receiver refused for good (a 4xx other than 429), not retried.",
+     self_counter, Scope::remote_write, nullptr, remote_count<&RemoteWriteStats::samples_failed>},
+    {"hermes_remote_storage_samples_in_total", "Samples in the remote-write snapshots taken, stale markers included.",
+     self_counter, Scope::remote_write, nullptr, remote_count<&RemoteWriteStats::samples_in>},
+    {"hermes_remote_storage_samples_retried_total", "Samples sent again after a failure that may pass (5xx, 429, no answer).",
+     self_counter, Scope::remote_write, nullptr, remote_count<&RemoteWriteStats::samples_retried>},
+    {"hermes_remote_storage_samples_total", "Samples a remote-write receiver accepted.", self_counter, Scope::remote_write,
+     nullptr, remote_count<&RemoteWriteStats::samples_sent>},
+    {"hermes_remote_storage_snapshots_failed_total", "Remote-write snapshots the memory budget had no room for.",
+     self_counter, Scope::remote_write, nullptr, remote_count<&RemoteWriteStats::snapshots_failed>},
     {"hermes_samples_accepted_total", "Samples applied to the registry.", self_counter, Scope::registry,
      [](const SelfView &v) { return count(v.registry.accepted()); }, nullptr},
     {"hermes_samples_received_total", "Samples received, applied or not, by wire format.", self_counter, Scope::registry,
@@ -9347,6 +9876,7 @@ inline bool has_scope(const SelfView &view, SelfMetric::Scope scope) {
   case Scope::server: return view.server != nullptr;
   case Scope::process: return view.process != nullptr;
   case Scope::statsd_tcp: return view.server != nullptr && view.server->statsd_tcp;
+  case Scope::remote_write: return view.server != nullptr && !view.server->remote_write.empty();
   case Scope::tls: return view.server != nullptr && view.server->tls;
   }
   return false;
@@ -9376,6 +9906,9 @@ public:
         writer_(format == Format::protobuf ? static_cast<Writer &>(protobuf_) : text_) {
     out.clear(); // its memory is the caller's: a server takes it from the budget first
   }
+  // Every series through a writer of the caller's (a remote-write snapshot).
+  Renderer(Writer &writer, const Registry &registry, SelfView self)
+      : metrics_(registry.metrics_), self_(self), text_(unused_, Format::text), protobuf_(unused_), writer_(writer) {}
 
   // The most a body of `registry` can take, its NUL included: the budget's count of it,
   // kept as series come and go.
@@ -9411,6 +9944,7 @@ private:
 
   const std::vector<Metric> &metrics_;
   SelfView self_;
+  std::string unused_; // the text writers' target when the caller's writer is used
   Exposition text_;
   ProtobufExposition protobuf_;
   Writer &writer_; // one of the two
@@ -9480,6 +10014,849 @@ inline void render_metrics(std::string &out, const Registry &registry, Format fo
 
 } // namespace hermes
 
+// ===== DETAIL: REMOTE WRITE SNAPSHOT ======================================================
+//
+// Every interval, one snapshot of every series a scrape would show, as the timeseries
+// fields of a WriteRequest (prompb: WriteRequest {timeseries = 1}, TimeSeries {labels = 1,
+// samples = 2, histograms = 4}, Label {name = 1, value = 2}, Sample {value = 1, timestamp = 2}),
+// one sample each, all at the snapshot's time. A batch of N samples is then N fields in a
+// row: the bytes of a WriteRequest as they are. Made on the loop, as a scrape's body is,
+// its memory taken from the budget as it grows.
+
+namespace hermes {
+namespace detail {
+
+// The value Prometheus writes to end a series: a NaN that no arithmetic makes.
+constexpr std::uint64_t stale_nan_bits = 0x7ff0000000000002ull;
+
+inline double stale_nan() {
+  double value;
+  std::memcpy(&value, &stale_nan_bits, sizeof value);
+  return value;
+}
+
+inline std::int64_t milliseconds_of(double seconds) { return static_cast<std::int64_t>(std::llround(seconds * 1000)); }
+
+// One series' label set, encoded, with its hash: what tells a series gone since the last snapshot.
+struct SeriesKey {
+  std::uint64_t hash;
+  std::uint32_t offset, size; // in the key text
+};
+
+// A snapshot on its way: its bytes and where each batch ends.
+struct PendingSnapshot {
+  std::string series;                   // TimeSeries fields, one sample each
+  std::vector<std::size_t> batch_ends;  // offsets in `series`
+  std::vector<std::size_t> batch_samples;
+  std::int64_t timestamp_ms = 0;
+  std::size_t samples = 0;
+  std::size_t taken = 0;      // of the memory budget, for all of the above and its sending
+  std::size_t next_batch = 0; // the sender's
+};
+
+// Asks for `bytes` more of the budget; false when there is no room even after dropping
+// older snapshots.
+using MakeRoom = std::function<bool(std::size_t bytes)>;
+
+class SnapshotWriter final : public Writer {
+public:
+  struct Context {
+    const std::string *job, *instance;
+    const std::vector<std::pair<std::string, std::string>> *external_labels;
+    std::size_t max_samples_per_send;
+    std::size_t expected_bytes = 0, expected_series = 0; // the last snapshot's: room taken at once
+  };
+  SnapshotWriter(Context context, std::int64_t timestamp_ms, MakeRoom make_room)
+      : context_(context), make_room_(std::move(make_room)) {
+    snapshot_.timestamp_ms = timestamp_ms;
+    // As large as the last one, so that a snapshot is not copied as it grows.
+    if (context.expected_bytes > 0 && fit(snapshot_.series, context.expected_bytes + context.expected_bytes / 16)) {
+      const std::size_t keys = context.expected_series + context.expected_series / 16;
+      if (make_room_(keys * sizeof(SeriesKey))) snapshot_.taken += keys * sizeof(SeriesKey), keys_.reserve(keys);
+      else failed_ = true;
+    }
+  }
+
+  void family(std::string_view, std::string_view, MetricType) override {}
+  void series(const MetricConfig &config, const LabelValues &labels, const Series &series) override;
+  void sample(std::string_view name, LabelPairs labels, double value) override {
+    pairs_.clear();
+    for (const auto &pair : labels) pairs_.push_back(pair);
+    add_float(name, value);
+  }
+  void finish() override {}
+
+  // Adds a stale marker for each series of `previous_keys` that this snapshot lacks;
+  // false when the memory for them was not to be had.
+  bool add_stale_markers(const std::string &previous_text, const std::vector<SeriesKey> &previous);
+  bool failed() const { return failed_; }
+  PendingSnapshot &snapshot() { return snapshot_; }
+  std::string &key_text() { return key_text_; }
+  std::vector<SeriesKey> &keys() { return keys_; }
+
+private:
+  using Pair = std::pair<std::string_view, std::string_view>;
+  void add_float(std::string_view name, double value);
+  void add_native(const MetricConfig &config, const LabelValues &labels, const Distribution &seen);
+  void with_series_labels(const MetricConfig &config, const LabelValues &labels, Pair extra = {});
+  void encode_labels(std::string_view name);
+  void append_series(std::string_view labels_bytes, std::uint32_t field, std::string_view message);
+  bool fit(std::string &text, std::size_t more);
+  void add_key();
+
+  Context context_;
+  MakeRoom make_room_;
+  PendingSnapshot snapshot_;
+  std::string key_text_;
+  std::vector<SeriesKey> keys_;
+  std::vector<Pair> pairs_;                  // one series' labels, before sorting
+  std::string labels_, message_, piece_, deltas_, le_; // scratch, reused
+  std::size_t in_batch_ = 0;
+  bool failed_ = false;
+};
+
+// A label set's hash, eight bytes at a time: it only tells candidates apart, the bytes decide.
+inline std::uint64_t label_set_hash(std::string_view bytes) {
+  std::uint64_t hash = bytes.size() * 0x9e3779b97f4a7c15ull;
+  std::size_t at = 0;
+  for (; at + 8 <= bytes.size(); at += 8) {
+    std::uint64_t word;
+    std::memcpy(&word, bytes.data() + at, sizeof word);
+    hash = (hash ^ word) * 0xff51afd7ed558ccdull;
+    hash ^= hash >> 32;
+  }
+  for (; at < bytes.size(); ++at) hash = (hash ^ static_cast<unsigned char>(bytes[at])) * 0x100000001b3ull;
+  return hash ^ (hash >> 29);
+}
+
+// Room for `more` bytes: a larger buffer taken from the budget first, as the state's text.
+inline bool SnapshotWriter::fit(std::string &text, std::size_t more) {
+  if (failed_) return false;
+  if (text.capacity() - text.size() >= more) return true;
+  const std::size_t capacity = std::max({text.size() + more, text.capacity() * 2, std::size_t{4096}});
+  if (!make_room_(capacity - text.capacity())) return failed_ = true, false;
+  snapshot_.taken += capacity - text.capacity();
+  text.reserve(capacity);
+  return true;
+}
+
+// Remembers the label set just written, for the stale markers of the next snapshot.
+inline void SnapshotWriter::add_key() {
+  if (failed_ || !fit(key_text_, labels_.size())) return;
+  if (keys_.size() == keys_.capacity()) {
+    const std::size_t more = std::max<std::size_t>(keys_.capacity(), 256);
+    if (!make_room_(more * sizeof(SeriesKey))) return void(failed_ = true);
+    snapshot_.taken += more * sizeof(SeriesKey);
+    keys_.reserve(keys_.capacity() + more);
+  }
+  keys_.push_back({label_set_hash(labels_), static_cast<std::uint32_t>(key_text_.size()), static_cast<std::uint32_t>(labels_.size())});
+  key_text_ += labels_;
+}
+
+// The labels a scrape gives: the series' own (job and instance renamed exported_*, as a
+// scrape without honor_labels does), job and instance, then external labels for names
+// still free (job and instance among them); sorted by name, empty values left out.
+inline void SnapshotWriter::encode_labels(std::string_view name) {
+  static const std::string exported_job = "exported_job", exported_instance = "exported_instance";
+  for (Pair &pair : pairs_) {
+    if (pair.first == "job") pair.first = exported_job;
+    else if (pair.first == "instance") pair.first = exported_instance;
+  }
+  std::string_view job = *context_.job, instance = *context_.instance;
+  const std::size_t own = pairs_.size();
+  for (const auto &external : *context_.external_labels) {
+    const std::string &label = external.first;
+    if (label == "job") job = external.second;
+    else if (label == "instance") instance = external.second;
+    else if (std::none_of(pairs_.begin(), pairs_.begin() + static_cast<std::ptrdiff_t>(own), [&](const Pair &p) { return p.first == label; }))
+      pairs_.emplace_back(label, external.second);
+  }
+  pairs_.emplace_back("__name__", name);
+  pairs_.emplace_back("job", job);
+  pairs_.emplace_back("instance", instance);
+  std::sort(pairs_.begin(), pairs_.end(), [](const Pair &a, const Pair &b) { return a.first < b.first; });
+  labels_.clear();
+  for (const Pair &pair : pairs_)
+    if (!pair.second.empty()) append_label_pair(labels_, 1, pair.first, pair.second);
+}
+
+inline void SnapshotWriter::with_series_labels(const MetricConfig &config, const LabelValues &labels, Pair extra) {
+  pairs_.clear();
+  for (std::size_t i = 0; i < labels.size(); ++i) pairs_.emplace_back(config.labels[i], labels[i]);
+  if (!extra.first.empty()) pairs_.push_back(extra);
+}
+
+// A TimeSeries field: the labels, then one Sample (field 2) or Histogram (field 4).
+inline void SnapshotWriter::append_series(std::string_view labels_bytes, std::uint32_t field, std::string_view message) {
+  piece_.clear();
+  const std::size_t body = labels_bytes.size() + 1 + varint_size(message.size()) + message.size();
+  append_tag(piece_, 1, WireType::length_delimited);
+  append_varint(piece_, body);
+  piece_ += labels_bytes;
+  append_bytes_field(piece_, field, message);
+  if (!fit(snapshot_.series, piece_.size())) return;
+  snapshot_.series += piece_;
+  ++snapshot_.samples;
+  if (++in_batch_ == context_.max_samples_per_send) {
+    snapshot_.batch_ends.push_back(snapshot_.series.size());
+    snapshot_.batch_samples.push_back(in_batch_);
+    in_batch_ = 0;
+  }
+}
+
+inline void SnapshotWriter::add_float(std::string_view name, double value) {
+  encode_labels(name);
+  message_.clear();
+  append_double_field(message_, 1, value);
+  append_uint_field(message_, 2, static_cast<std::uint64_t>(snapshot_.timestamp_ms));
+  append_series(labels_, 2, message_);
+  add_key();
+}
+
+// As the text format writes them: buckets with le, the +Inf one, _sum and _count; a
+// summary's quantiles, _sum and _count. A native histogram is one Histogram, beside
+// its classic buckets where it has any.
+inline void SnapshotWriter::series(const MetricConfig &config, const LabelValues &labels, const Series &series) {
+  if (config.type == MetricType::counter || config.type == MetricType::gauge) {
+    with_series_labels(config, labels);
+    return add_float(config.name, series.value);
+  }
+  const Distribution &seen = *series.distribution;
+  if (config.type == MetricType::summary) {
+    for (const auto &objective : config.objectives) {
+      le_ = format_double(objective.first);
+      with_series_labels(config, labels, {"quantile", le_});
+      add_float(config.name, seen.quantiles->query(objective.first));
+    }
+  } else {
+    if (seen.native) add_native(config, labels, seen);
+    if (seen.native && config.buckets.empty()) return;
+    std::uint64_t cumulative = 0;
+    const std::string bucket = config.name + "_bucket";
+    for (std::size_t i = 0; i < seen.bucket_counts.size(); ++i) {
+      cumulative += seen.bucket_counts[i];
+      le_ = i < config.buckets.size() ? format_double(config.buckets[i]) : "+Inf";
+      with_series_labels(config, labels, {"le", le_});
+      add_float(bucket, static_cast<double>(cumulative));
+    }
+  }
+  with_series_labels(config, labels);
+  add_float(config.name + "_sum", seen.sum);
+  with_series_labels(config, labels);
+  add_float(config.name + "_count", static_cast<double>(seen.count));
+}
+
+// Histogram {count_int = 1, sum = 3, schema = 4, zero_threshold = 5, zero_count_int = 6,
+// negative_spans = 8, negative_deltas = 9, positive_spans = 11, positive_deltas = 12,
+// timestamp = 15}: the spans and deltas as the exposition writes them.
+inline void SnapshotWriter::add_native(const MetricConfig &config, const LabelValues &labels, const Distribution &seen) {
+  with_series_labels(config, labels);
+  encode_labels(config.name);
+  const NativeHistogram &native = *seen.native;
+  message_.clear();
+  append_uint_field(message_, 1, seen.count);
+  append_double_field(message_, 3, seen.sum);
+  append_sint_field(message_, 4, native.schema);
+  append_double_field(message_, 5, config.native_zero_threshold);
+  append_uint_field(message_, 6, native.zero_count);
+  append_native_side(message_, deltas_, native.negative, 8, 9);
+  append_native_side(message_, deltas_, native.positive, 11, 12);
+  append_uint_field(message_, 15, static_cast<std::uint64_t>(snapshot_.timestamp_ms));
+  append_series(labels_, 4, message_);
+  add_key();
+}
+
+inline bool SnapshotWriter::add_stale_markers(const std::string &previous_text, const std::vector<SeriesKey> &previous) {
+  const auto by_hash = [](const SeriesKey &a, const SeriesKey &b) { return a.hash < b.hash; };
+  std::sort(keys_.begin(), keys_.end(), by_hash);
+  message_.clear();
+  append_double_field(message_, 1, stale_nan());
+  append_uint_field(message_, 2, static_cast<std::uint64_t>(snapshot_.timestamp_ms));
+  const std::string marker = message_;
+  auto next = keys_.begin(); // both sorted by hash: one pass over each
+  for (const SeriesKey &old : previous) {
+    const std::string_view old_labels(previous_text.data() + old.offset, old.size);
+    while (next != keys_.end() && next->hash < old.hash) ++next;
+    bool present = false;
+    for (auto it = next; !present && it != keys_.end() && it->hash == old.hash; ++it)
+      present = std::string_view(key_text_.data() + it->offset, it->size) == old_labels;
+    if (!present) append_series(old_labels, 2, marker);
+  }
+  if (in_batch_ > 0) {
+    snapshot_.batch_ends.push_back(snapshot_.series.size());
+    snapshot_.batch_samples.push_back(in_batch_);
+    in_batch_ = 0;
+  }
+  return !failed_;
+}
+
+} // namespace detail
+} // namespace hermes
+
+// ===== DETAIL: REMOTE WRITE SENDER ========================================================
+//
+// Each target has a thread of its own that sends its snapshots, oldest first, batch by
+// batch, as the state file's writer has: the loop never waits for a receiver, a DNS
+// lookup or a retry. The loop and the thread share only the queue and the figures,
+// under one mutex; the memory budget stays the loop's, which frees what the thread is done with.
+
+namespace hermes {
+namespace detail {
+
+// How a connection moves bytes: plain TCP here; TLS plugs in behind the same calls. Each
+// call is non-blocking: `want_read`/`want_write` ask the caller to poll fd() and call again.
+enum class IoStatus { done, want_read, want_write, closed, failed };
+struct IoResult {
+  IoStatus status;
+  std::size_t bytes = 0;
+};
+
+class Transport {
+public:
+  virtual ~Transport() = default;
+  // Starts connecting to one resolved address; then finish_open() until done.
+  virtual IoResult open(const sockaddr *address, socklen_t length) = 0;
+  virtual IoResult finish_open() = 0;
+  virtual IoResult write(const char *bytes, std::size_t length) = 0;
+  virtual IoResult read(char *bytes, std::size_t length) = 0;
+  virtual int fd() const = 0;
+  virtual std::string error() const = 0; // what failed, as "call: strerror"
+  virtual void close() = 0;
+};
+
+class PlainTransport final : public Transport {
+public:
+  IoResult open(const sockaddr *address, socklen_t length) override {
+    socket_ = FileDescriptor(::socket(address->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (!socket_) return failure("socket");
+    if (::connect(socket_.get(), address, length) == 0) return {IoStatus::done};
+    return errno == EINPROGRESS ? IoResult{IoStatus::want_write} : failure("connect");
+  }
+  IoResult finish_open() override {
+    int problem = 0;
+    socklen_t size = sizeof problem;
+    if (::getsockopt(socket_.get(), SOL_SOCKET, SO_ERROR, &problem, &size) != 0) return failure("getsockopt");
+    if (problem != 0) return errno = problem, failure("connect");
+    return {IoStatus::done};
+  }
+  IoResult write(const char *bytes, std::size_t length) override {
+    const ssize_t sent = ::send(socket_.get(), bytes, length, MSG_NOSIGNAL);
+    if (sent >= 0) return {IoStatus::done, static_cast<std::size_t>(sent)};
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return {IoStatus::want_write};
+    return failure("send");
+  }
+  IoResult read(char *bytes, std::size_t length) override {
+    const ssize_t got = ::recv(socket_.get(), bytes, length, 0);
+    if (got > 0) return {IoStatus::done, static_cast<std::size_t>(got)};
+    if (got == 0) return {IoStatus::closed};
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return {IoStatus::want_read};
+    return failure("recv");
+  }
+  int fd() const override { return socket_.get(); }
+  std::string error() const override { return error_; }
+  void close() override { socket_ = FileDescriptor(); }
+
+private:
+  IoResult failure(const char *call) {
+    error_ = std::string(call) + ": " + std::strerror(errno);
+    return {IoStatus::failed};
+  }
+  FileDescriptor socket_;
+  std::string error_;
+};
+
+// What one request came to: a status (0 when none came), Retry-After in seconds (0: none)
+// and the start of the receiver's message, or what failed on the way.
+struct SendOutcome {
+  int status = 0;
+  double retry_after = 0;
+  std::string message;
+};
+
+// The status, Retry-After (seconds, or an HTTP date) and the body of an HTTP response head.
+inline SendOutcome read_response(std::string_view response) {
+  SendOutcome outcome;
+  const std::size_t head_end = find_head_end(response);
+  const std::vector<std::string_view> lines = head_lines(response.substr(0, head_end));
+  if (lines.empty() || lines[0].substr(0, 5) != "HTTP/" || lines[0].size() < 12) return outcome.message = "not an HTTP response", outcome;
+  outcome.status = parse_number<int>(lines[0].substr(9, 3), 10, 100, 599).value_or(0);
+  for (std::size_t i = 1; i < lines.size(); ++i) {
+    const std::size_t colon = lines[i].find(':');
+    if (colon == std::string_view::npos || lowercase(trim(lines[i].substr(0, colon))) != "retry-after") continue;
+    const std::string_view value = trim(lines[i].substr(colon + 1));
+    if (const auto seconds = parse_number<std::uint32_t>(value, 10, 0, UINT32_MAX)) outcome.retry_after = *seconds;
+  }
+  if (head_end != std::string_view::npos) outcome.message = printable_ascii(trim(response.substr(head_end)).substr(0, 512));
+  if (outcome.status == 0) outcome.message = "not an HTTP response";
+  return outcome;
+}
+
+// One POST over a new connection, within `deadline`; `abort` ends it early.
+class HttpPoster {
+public:
+  HttpPoster(RemoteWriteUrl url, const std::atomic<bool> &abort, const std::atomic<Clock::rep> &hard_deadline)
+      : url_(std::move(url)), abort_(abort), hard_deadline_(hard_deadline) {}
+
+  SendOutcome post(const std::string &request, Clock::time_point deadline) {
+    transport_ = std::make_unique<PlainTransport>(); // https is refused by the config until TLS is built in
+    SendOutcome outcome;
+    const std::string problem = exchange(request, deadline);
+    transport_->close();
+    if (!problem.empty()) return outcome.message = problem, outcome;
+    return read_response(response_);
+  }
+
+private:
+  std::string exchange(const std::string &request, Clock::time_point deadline) {
+    addrinfo hints{}, *found = nullptr;
+    hints.ai_socktype = SOCK_STREAM;
+    const std::string port = std::to_string(url_.port);
+    if (const int error = ::getaddrinfo(url_.host.c_str(), port.c_str(), &hints, &found))
+      return "resolve " + url_.host + ": " + ::gai_strerror(error);
+    std::unique_ptr<addrinfo, void (*)(addrinfo *)> addresses(found, ::freeaddrinfo);
+    IoResult step = transport_->open(found->ai_addr, found->ai_addrlen);
+    while (step.status == IoStatus::want_write || step.status == IoStatus::want_read) {
+      if (const std::string waited = wait(step.status, deadline); !waited.empty()) return "connect: " + waited;
+      step = transport_->finish_open();
+    }
+    if (step.status != IoStatus::done) return transport_->error();
+    for (std::size_t sent = 0; sent < request.size();) {
+      step = transport_->write(request.data() + sent, request.size() - sent);
+      if (step.status == IoStatus::failed) return transport_->error();
+      if (step.status != IoStatus::done) {
+        if (const std::string waited = wait(step.status, deadline); !waited.empty()) return "send: " + waited;
+      }
+      sent += step.bytes;
+    }
+    return read_all(deadline);
+  }
+
+  // Until the receiver closes (the request said Connection: close) or enough is read.
+  std::string read_all(Clock::time_point deadline) {
+    response_.clear();
+    char buffer[1024];
+    while (response_.size() < HERMES_REMOTE_WRITE_MAX_RESPONSE) {
+      const IoResult step = transport_->read(buffer, sizeof buffer);
+      if (step.status == IoStatus::closed) break;
+      if (step.status == IoStatus::failed) return response_.empty() ? transport_->error() : "";
+      if (step.status == IoStatus::done) {
+        response_.append(buffer, step.bytes);
+        continue;
+      }
+      if (const std::string waited = wait(step.status, deadline); !waited.empty())
+        return find_head_end(response_) != std::string::npos ? "" : "answer: " + waited;
+    }
+    return "";
+  }
+
+  // Polls in short slices, so that an abort is seen within 100 ms.
+  std::string wait(IoStatus status, Clock::time_point deadline) {
+    for (;;) {
+      if (abort_.load()) return "given up";
+      const auto hard = Clock::time_point(Clock::duration(hard_deadline_.load()));
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(std::min(deadline, hard) - Clock::now()).count();
+      if (left <= 0) return "timed out";
+      pollfd slot{transport_->fd(), static_cast<short>(status == IoStatus::want_read ? POLLIN : POLLOUT), 0};
+      const int ready = ::poll(&slot, 1, static_cast<int>(std::min<std::int64_t>(left, 100)));
+      if (ready > 0) return "";
+      if (ready < 0 && errno != EINTR) return std::string("poll: ") + std::strerror(errno);
+    }
+  }
+
+  RemoteWriteUrl url_;
+  const std::atomic<bool> &abort_;
+  const std::atomic<Clock::rep> &hard_deadline_;
+  std::unique_ptr<Transport> transport_;
+  std::string response_;
+};
+
+// What the thread leaves for the loop to log, once per interval at most.
+struct SendTroubles {
+  std::uint64_t refused_batches = 0, failed_requests = 0;
+  std::string refused, failed; // the last of each: status and the receiver's message, or the error
+};
+
+// One target: its queue of snapshots, its figures and its sending thread.
+class RemoteTarget {
+public:
+  RemoteTarget(const RemoteWriteConfig &config, const std::string &job, const std::string &instance)
+      : config_(config), job_(job), instance_(instance) {
+    parse_remote_write_url(config.url, url_);
+    stats_.url = config.url;
+    for (const int code : request_codes) stats_.requests[code] = 0;
+    head_ = "POST " + url_.path + " HTTP/1.1\r\nHost: " + host_header() + "\r\nUser-Agent: Hermes/" HERMES_VERSION_STR
+            "\r\nContent-Encoding: snappy\r\nContent-Type: application/x-protobuf\r\nX-Prometheus-Remote-Write-Version: 0.1.0\r\n";
+    if (!config.authorization.empty()) head_ += "Authorization: " + config.authorization + "\r\n";
+    for (const auto &[name, value] : config.headers) head_ += name + ": " + value + "\r\n";
+    head_ += "Connection: close\r\n";
+  }
+  RemoteTarget(const RemoteTarget &) = delete;
+  RemoteTarget &operator=(const RemoteTarget &) = delete;
+  ~RemoteTarget() { stop(Clock::now()); }
+
+  // The status codes counted one by one; others count under the nearest class' first code.
+  static constexpr int request_codes[] = {0, 200, 204, 400, 401, 403, 404, 413, 429, 500, 502, 503, 504};
+
+  const RemoteWriteConfig &config() const { return config_; }
+  SnapshotWriter::Context context() const { return {&job_, &instance_, &config_.external_labels, config_.max_samples_per_send}; }
+
+  void start() { sender_ = std::thread([this] { send_loop(); }); }
+
+  // The loop's side. Queues a snapshot; the thread takes it from there.
+  void enqueue(std::unique_ptr<PendingSnapshot> snapshot) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stats_.samples_in += snapshot->samples;
+    pending_bytes_ += snapshot->taken;
+    queue_.push_back(std::move(snapshot));
+    wake_.notify_all();
+  }
+  // Drops the oldest snapshot not being sent, or asks the thread to give up the one it
+  // sends; returns the bytes freed at once (0: none).
+  std::size_t drop_oldest() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const std::size_t first = in_flight_ ? 1 : 0;
+    if (queue_.size() > first) {
+      PendingSnapshot &dropped = *queue_[first];
+      stats_.samples_dropped += dropped.samples;
+      const std::size_t freed = dropped.taken;
+      pending_bytes_ -= freed;
+      queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(first));
+      return freed;
+    }
+    if (in_flight_) abandon_ = true, abort_now_ = true, wake_.notify_all();
+    return 0;
+  }
+  // The bytes of the snapshots the thread is done with, now freed.
+  std::size_t collect_freed() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const std::size_t freed = freed_;
+    freed_ = 0;
+    return freed;
+  }
+  std::size_t pending_bytes() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return pending_bytes_;
+  }
+  RemoteWriteStats stats() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    RemoteWriteStats copy = stats_;
+    copy.pending_snapshots = static_cast<double>(queue_.size());
+    copy.pending_bytes = static_cast<double>(pending_bytes_);
+    return copy;
+  }
+  SendTroubles take_troubles() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return std::exchange(troubles_, SendTroubles{});
+  }
+  // At stop: every snapshot but the newest is dropped, the one in flight given up, and
+  // the thread has until `deadline` to send what is left; then it ends.
+  void stop(Clock::time_point deadline) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!sender_.joinable()) return;
+      while (queue_.size() > 1 + (in_flight_ ? 1 : 0)) {
+        const std::size_t at = in_flight_ ? 1 : 0;
+        stats_.samples_dropped += queue_[at]->samples;
+        pending_bytes_ -= queue_[at]->taken, freed_ += queue_[at]->taken;
+        queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(at));
+      }
+      if (in_flight_ && queue_.size() > 1) abandon_ = true, abort_now_ = true;
+      stopping_ = true, deadline_ = deadline;
+      hard_deadline_ = deadline.time_since_epoch().count();
+      wake_.notify_all();
+    }
+    sender_.join();
+  }
+
+private:
+  std::string host_header() const {
+    const bool v6 = url_.host.find(':') != std::string::npos;
+    const bool default_port = url_.port == (url_.scheme == "https" ? 443 : 80);
+    return (v6 ? "[" + url_.host + "]" : url_.host) + (default_port ? "" : ":" + std::to_string(url_.port));
+  }
+
+  void send_loop() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty() || (stopping_ && Clock::now() >= deadline_)) break;
+      in_flight_ = true, abandon_ = false, abort_now_ = false;
+      PendingSnapshot &snapshot = *queue_.front();
+      lock.unlock();
+      send_snapshot(snapshot);
+      lock.lock();
+      if (snapshot.next_batch < snapshot.batch_ends.size()) // given up: the rest is dropped
+        for (std::size_t b = snapshot.next_batch; b < snapshot.batch_ends.size(); ++b) stats_.samples_dropped += snapshot.batch_samples[b];
+      pending_bytes_ -= snapshot.taken, freed_ += snapshot.taken;
+      queue_.pop_front();
+      in_flight_ = false;
+    }
+    for (const auto &left : queue_) { // past the deadline at stop
+      stats_.samples_dropped += left->samples;
+      pending_bytes_ -= left->taken, freed_ += left->taken;
+    }
+    queue_.clear();
+  }
+
+  // Batch after batch; a failure that may pass is retried after a backoff that starts at
+  // 0.5 s and doubles up to max_backoff_seconds, or after the receiver's Retry-After.
+  void send_snapshot(PendingSnapshot &snapshot) {
+    HttpPoster poster(url_, abort_now_, hard_deadline_);
+    double backoff = 0.5;
+    bool retrying = false;
+    while (snapshot.next_batch < snapshot.batch_ends.size()) {
+      const std::size_t batch = snapshot.next_batch;
+      const std::size_t start = batch == 0 ? 0 : snapshot.batch_ends[batch - 1], samples = snapshot.batch_samples[batch];
+      snappy_compress(std::string_view(snapshot.series).substr(start, snapshot.batch_ends[batch] - start), body_);
+      request_ = head_ + "Content-Length: " + std::to_string(body_.size()) + "\r\n\r\n";
+      request_ += body_;
+      auto deadline = Clock::now() + std::chrono::milliseconds(milliseconds_of(config_.timeout_seconds));
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (stopping_) deadline = std::min(deadline, deadline_);
+        if (retrying) stats_.samples_retried += samples;
+      }
+      const SendOutcome outcome = poster.post(request_, deadline);
+      std::unique_lock<std::mutex> lock(mutex_);
+      ++stats_.requests[counted_code(outcome.status)];
+      if (outcome.status >= 200 && outcome.status < 300) {
+        stats_.samples_sent += samples;
+        stats_.last_send_seconds = wall_clock_seconds();
+        stats_.highest_sent_timestamp_seconds = std::max(stats_.highest_sent_timestamp_seconds, static_cast<double>(snapshot.timestamp_ms) / 1000);
+        ++snapshot.next_batch, backoff = 0.5, retrying = false;
+        continue;
+      }
+      if (outcome.status >= 300 && outcome.status < 500 && outcome.status != 429) { // will not pass: dropped
+        stats_.samples_failed += samples;
+        ++troubles_.refused_batches;
+        troubles_.refused = std::to_string(outcome.status) + " " + outcome.message;
+        ++snapshot.next_batch, retrying = false;
+        continue;
+      }
+      ++troubles_.failed_requests;
+      troubles_.failed = outcome.status ? std::to_string(outcome.status) + " " + outcome.message : outcome.message;
+      const double sleep = outcome.retry_after > 0 ? std::min<double>(outcome.retry_after, HERMES_REMOTE_WRITE_MAX_RETRY_AFTER_S) : backoff;
+      backoff = std::min(sleep * 2, std::max(config_.max_backoff_seconds, 0.5));
+      retrying = true;
+      // At stop, a retry that would come after the deadline is not waited for.
+      const auto until = Clock::now() + std::chrono::milliseconds(milliseconds_of(sleep));
+      const auto give_up = [&] { return abandon_ || (stopping_ && until > deadline_); };
+      wake_.wait_until(lock, until, give_up);
+      if (give_up()) return;
+    }
+  }
+
+  static int counted_code(int status) {
+    for (const int code : request_codes)
+      if (code == status) return code;
+    return status >= 500 ? 500 : status >= 400 ? 400 : status >= 200 && status < 300 ? 200 : 0;
+  }
+
+  RemoteWriteConfig config_;
+  RemoteWriteUrl url_;
+  std::string job_, instance_, head_;
+  std::string body_, request_; // the thread's
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<std::unique_ptr<PendingSnapshot>> queue_; // the front is in flight while in_flight_
+  bool in_flight_ = false, abandon_ = false, stopping_ = false;
+  std::atomic<bool> abort_now_{false};
+  std::atomic<Clock::rep> hard_deadline_{std::numeric_limits<Clock::rep>::max()}; // at stop, for the request in flight
+  Clock::time_point deadline_{};
+  std::size_t pending_bytes_ = 0, freed_ = 0;
+  RemoteWriteStats stats_;
+  SendTroubles troubles_;
+  std::thread sender_;
+};
+
+} // namespace detail
+} // namespace hermes
+
+// ===== DETAIL: REMOTE WRITE ===============================================================
+
+namespace hermes {
+namespace detail {
+
+inline std::string host_name() {
+  char name[256] = {};
+  if (::gethostname(name, sizeof name - 1) != 0) return "localhost";
+  return name;
+}
+
+// The loop's side of remote write: when each target's snapshot is due, the memory that
+// snapshots take (at most 1/HERMES_REMOTE_WRITE_PENDING_SHARE of the budget, oldest
+// dropped first), the stale markers, the log lines, and the room its own figures take in
+// every /metrics body.
+class RemoteWriter {
+public:
+  using Render = std::function<void(Writer &)>;
+
+  RemoteWriter(const std::vector<RemoteWriteConfig> &targets, const std::string &job, const Registry &registry,
+               const Logger &logger, MemoryBudget &budget)
+      : logger_(logger), budget_(budget) {
+    const std::string instance = host_name();
+    for (const RemoteWriteConfig &config : targets) { // Options made in code, not read from a config, are checked too
+      RemoteWriteReader("remote_write").check_url(config.url, "url");
+      slots_.emplace_back();
+      slots_.back().target = std::make_unique<RemoteTarget>(config, job, instance);
+    }
+    take_figures_room(registry);
+    for (Slot &slot : slots_) slot.target->start();
+  }
+  RemoteWriter(const RemoteWriter &) = delete;
+  RemoteWriter &operator=(const RemoteWriter &) = delete;
+  ~RemoteWriter() {
+    for (Slot &slot : slots_) slot.target->stop(Clock::now());
+    give_back_all();
+  }
+
+  bool enabled() const { return !slots_.empty(); }
+  std::optional<Clock::time_point> next_due() const {
+    std::optional<Clock::time_point> next;
+    for (const Slot &slot : slots_)
+      if (!next || slot.next_due < *next) next = slot.next_due;
+    return next;
+  }
+  // Frees what the threads are done with, logs their troubles once per interval, and
+  // takes each snapshot that is due.
+  void step(Clock::time_point now, const Render &render) {
+    for (std::size_t i = 0; i < slots_.size(); ++i) {
+      give_back(slots_[i].target->collect_freed());
+      if (now < slots_[i].next_due) continue;
+      slots_[i].next_due = now + std::chrono::milliseconds(milliseconds_of(slots_[i].target->config().interval_seconds));
+      log_troubles(*slots_[i].target);
+      take_snapshot(slots_[i], render);
+    }
+  }
+  // At stop: one last snapshot of each target, sent within its timeout_seconds.
+  void stop(const Render &render) {
+    for (Slot &slot : slots_) {
+      take_snapshot(slot, render);
+      slot.target->stop(Clock::now() + std::chrono::milliseconds(milliseconds_of(slot.target->config().timeout_seconds)));
+      log_troubles(*slot.target);
+      give_back(slot.target->collect_freed());
+    }
+  }
+  void add_stats(ServerStats &stats) const {
+    for (const Slot &slot : slots_) {
+      stats.remote_write.push_back(slot.target->stats());
+      stats.remote_write.back().snapshots_failed = slot.snapshots_failed;
+    }
+  }
+
+private:
+  struct Slot {
+    std::unique_ptr<RemoteTarget> target;
+    Clock::time_point next_due{};      // the first snapshot at the first step
+    std::string key_text;              // the label sets of the last snapshot taken
+    std::vector<SeriesKey> keys;
+    std::size_t keys_taken = 0;        // of the budget, for those two
+    std::size_t last_bytes = 0;        // of the last snapshot's series
+    std::uint64_t snapshots_failed = 0;
+  };
+
+  // Every /metrics body shows the targets' figures: their room is kept as a series' is.
+  void take_figures_room(const Registry &registry) {
+    if (slots_.empty()) return;
+    ServerStats figures;
+    for (const Slot &slot : slots_) figures.remote_write.push_back(slot.target->stats());
+    BoundWriter bound;
+    const SelfView view{registry, &figures, nullptr};
+    for (const SelfMetric &metric : self_metrics)
+      if (metric.scope == SelfMetric::Scope::remote_write) write_self_metric(bound, metric, view);
+    if (!budget_.take_for_series(0, bound.bytes))
+      throw ConfigError("remote_write: no room in the memory budget for its figures in /metrics (" + std::to_string(bound.bytes) + " bytes)");
+    figures_room_ = bound.bytes;
+  }
+
+  void take_snapshot(Slot &slot, const Render &render) {
+    RemoteTarget &target = *slot.target;
+    const std::size_t share = budget_.limit() / HERMES_REMOTE_WRITE_PENDING_SHARE;
+    std::size_t taking = 0; // by this snapshot so far
+    const auto make_room = [&](std::size_t bytes) {
+      for (;;) {
+        const bool within_share = pending_total() + slot.keys_taken + taking + bytes <= share;
+        if (within_share && budget_.take(bytes)) return taking += bytes, taken_ += bytes, true;
+        const std::size_t freed = drop_oldest_anywhere();
+        if (freed == 0) return false;
+      }
+    };
+    SnapshotWriter::Context context = target.context();
+    context.expected_bytes = slot.last_bytes, context.expected_series = slot.keys.size();
+    SnapshotWriter writer(context, milliseconds_of(wall_clock_seconds()), make_room);
+    render(writer);
+    const bool whole = !writer.failed() && writer.add_stale_markers(slot.key_text, slot.keys);
+    PendingSnapshot &made = writer.snapshot();
+    // Sending it takes a compressed batch and its request at most, beside the snapshot.
+    std::size_t largest = 0;
+    for (std::size_t b = 0; b < made.batch_ends.size(); ++b)
+      largest = std::max(largest, made.batch_ends[b] - (b == 0 ? 0 : made.batch_ends[b - 1]));
+    const std::size_t sending = 2 * snappy_max_compressed_length(largest) + snappy_table_size * 2 + 4096;
+    if (!whole || !make_room(sending)) {
+      ++slot.snapshots_failed;
+      give_back(taking);
+      return logger_.log(LogLevel::warn, "remote write snapshot skipped: no room in the memory budget", {{"url", target.config().url}});
+    }
+    const std::size_t keys_taken = writer.key_text().capacity() + writer.keys().capacity() * sizeof(SeriesKey);
+    give_back(slot.keys_taken);
+    slot.key_text = std::move(writer.key_text());
+    slot.keys = std::move(writer.keys());
+    slot.keys_taken = keys_taken;
+    slot.last_bytes = made.series.size();
+    made.taken = taking - std::min(keys_taken, taking);
+    target.enqueue(std::make_unique<PendingSnapshot>(std::move(made)));
+  }
+
+  // The oldest snapshot of the target that holds the most: what pressure costs first.
+  std::size_t drop_oldest_anywhere() {
+    std::size_t freed = 0;
+    for (Slot &slot : slots_) {
+      give_back(slot.target->collect_freed());
+      if (freed == 0) freed = slot.target->drop_oldest();
+    }
+    give_back(freed);
+    return freed;
+  }
+
+  std::size_t pending_total() const {
+    std::size_t total = 0;
+    for (const Slot &slot : slots_) total += slot.target->pending_bytes();
+    return total;
+  }
+
+  void log_troubles(RemoteTarget &target) {
+    const SendTroubles troubles = target.take_troubles();
+    const std::string &url = target.config().url;
+    if (troubles.refused_batches > 0)
+      logger_.log(LogLevel::error, "remote write batches refused by the receiver; dropped",
+                  {{"url", url}, {"batches", std::to_string(troubles.refused_batches)}, {"last", troubles.refused}});
+    if (troubles.failed_requests > 0)
+      logger_.log(LogLevel::warn, "remote write failing; retrying with backoff",
+                  {{"url", url}, {"failures", std::to_string(troubles.failed_requests)}, {"last", troubles.failed}});
+  }
+
+  void give_back(std::size_t bytes) {
+    bytes = std::min(bytes, taken_);
+    budget_.give_back(bytes);
+    taken_ -= bytes;
+  }
+  void give_back_all() {
+    budget_.give_back(taken_);
+    taken_ = 0;
+    budget_.give_back_series(0, figures_room_);
+    figures_room_ = 0;
+  }
+
+  const Logger &logger_;
+  MemoryBudget &budget_;
+  std::vector<Slot> slots_;
+  std::size_t taken_ = 0;       // of the budget, by snapshots and key sets
+  std::size_t figures_room_ = 0; // kept in each body for the figures
+};
+
+} // namespace detail
+} // namespace hermes
+
 // ===== SERVER =============================================================================
 
 namespace hermes {
@@ -9518,7 +10895,8 @@ struct Server::Impl {
         logger(options.log_level, std::move(options.log_sink)), config_path(options.config_path), input(options),
         http(options, logger, *budget, [this](Format format, detail::BudgetedBody &body) { return render(format, body); }),
         statsd_tcp(options, logger, *budget), rejects(logger), start_time_seconds(detail::process_start_time_seconds()),
-        statsd_mapping_file(options.statsd_mapping_file), state(options, logger, *budget) {
+        statsd_mapping_file(options.statsd_mapping_file), state(options, logger, *budget),
+        remote(options.remote_write, config.service_name, registry, logger, *budget) {
     registry.accept_statsd(options.statsd);
     start_gzip(options.gzip_level);
     mapping_at_start = load_statsd_mapping(config);
@@ -9572,7 +10950,11 @@ struct Server::Impl {
   Clock::time_point next_sweep{};
   std::string statsd_mapping_file; // HERMES_STATSD_MAPPING, over the config's at each reload
   StatsdMappingFile mapping_at_start; // logged once the server says where it listens
-  detail::StateKeeper state; // last: its writing thread ends first
+  detail::StateKeeper state; // its writing thread ends before what is above goes
+  detail::RemoteWriter remote; // last: its sending threads end first
+
+  void remote_write_step(Clock::time_point now);
+  void render_snapshot(detail::Writer &writer);
 };
 
 inline Server::Server(const Config &config, Options options) : impl_(std::make_unique<Impl>(config, options)) {
@@ -9607,6 +10989,7 @@ inline void Server::run(const std::atomic<bool> &stop, std::atomic<bool> *reload
     if (reload_requested && reload_requested->exchange(false)) reload();
   }
   impl_->save_state_at_stop();
+  impl_->remote.stop([this](detail::Writer &writer) { impl_->render_snapshot(writer); });
   impl_->rejects.flush(Impl::Clock::now(), true);
   impl_->logger.log(LogLevel::info, "hermes stopped");
 }
@@ -9692,6 +11075,7 @@ inline ServerStats Server::Impl::stats() const {
   stats.reloads_failed = reloads_failed;
   stats.last_reload_success_seconds = last_reload_success_seconds;
   state.add_stats(stats);
+  remote.add_stats(stats);
   stats.memory_budget_bytes = static_cast<double>(budget->limit());
   stats.memory_used_bytes = static_cast<double>(budget->used());
   stats.memory_committed_bytes = static_cast<double>(budget->committed());
@@ -9776,6 +11160,24 @@ inline void Server::Impl::poll_once(int timeout_ms) {
   rejects.flush(now, false);
   sweep(now);
   if (state.due(registry, monotonic_now)) save_state();
+  if (remote.enabled()) remote_write_step(now);
+}
+
+// ----- Remote write ----------------------------------------------------------------------------
+
+// A snapshot is made as a scrape's body is: the registry brought up to now, every series
+// through the writer, datagrams held between parts.
+inline void Server::Impl::render_snapshot(detail::Writer &writer) {
+  registry.expire();
+  const ServerStats figures = stats();
+  const detail::ProcessStats process = detail::read_process_stats(start_time_seconds);
+  detail::Renderer renderer(writer, registry, {registry, &figures, &process});
+  while (!renderer.write_some(HERMES_RENDER_PAUSE_STRIDE)) input.hold_waiting();
+  input.apply_held(registry, rejects);
+}
+
+inline void Server::Impl::remote_write_step(Clock::time_point now) {
+  remote.step(now, [this](detail::Writer &writer) { render_snapshot(writer); });
 }
 
 // ----- State file ----------------------------------------------------------------------------
@@ -9824,6 +11226,7 @@ inline int Server::Impl::poll_timeout(int timeout_ms, Clock::time_point now) con
   std::optional<Clock::time_point> due = http.due(now);
   if (const auto idle = statsd_tcp.due(now); idle && (!due || *idle < *due)) due = idle;
   if (const auto summary = rejects.due(); summary && (!due || *summary < *due)) due = summary;
+  if (const auto snapshot = remote.next_due(); snapshot && (!due || *snapshot < *due)) due = snapshot;
   if (!due) return timeout_ms;
   const auto until_due = std::chrono::ceil<std::chrono::milliseconds>(*due - now).count();
   const int wait = static_cast<int>(std::clamp<std::int64_t>(until_due, 0, INT32_MAX));

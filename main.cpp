@@ -40,6 +40,11 @@ constexpr const char *usage_text =
     "HERMES_STATSD_TCP_IDLE_SECONDS (seconds without a whole line; default 300, 0: never),\n"
     "HERMES_STATSD_MAPPING (the config's statsd_mapping_file: statsd_exporter's YAML mapping).\n"
     "\n"
+    "Remote write (one receiver; the config's \"remote_write\" list takes more):\n"
+    "  HERMES_REMOTE_WRITE_URL                http://host:port/api/v1/write\n"
+    "  HERMES_REMOTE_WRITE_INTERVAL           seconds between snapshots (default 15)\n"
+    "  HERMES_REMOTE_WRITE_BEARER_TOKEN_FILE  a file holding its bearer token\n"
+    "\n"
     "Access control:\n"
     "  HERMES_UDP_ALLOW        CIDR ranges, comma-separated (10.0.0.0/8,2001:db8::/32,::1):\n"
     "                          datagrams from elsewhere are dropped (forbidden_source);\n"
@@ -127,6 +132,9 @@ int check_config(const std::string &path, const hermes::Config &config, const he
       state += 1.5 * static_cast<double>(hermes::worst_case_state_bytes(metric)) * static_cast<double>(metric.max_series);
     std::printf("%s: memory: the state file's text takes at most %.0f bytes more while a write is made\n", path.c_str(), state);
   }
+  for (const hermes::RemoteWriteConfig &target : options.remote_write) // never its secrets
+    std::printf("%s: remote_write: %s every %g s, %zu samples a request at most%s\n", path.c_str(), target.url.c_str(),
+                target.interval_seconds, target.max_samples_per_send, target.authorization.empty() ? "" : ", with credentials");
   for (const std::string &advice : hermes::lint_config(config)) std::printf("%s: warning: %s\n", path.c_str(), advice.c_str());
   if (!mapping_path.empty()) {
     std::printf("%s: ok, %zu rules\n", mapping_path.c_str(), mapping.rules);

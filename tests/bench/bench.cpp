@@ -11,7 +11,8 @@
 //                          build/bench --peers ./hermes only 9, with the hermes figures it
 //                          needs (burst, 20 samples/dgram, 100k scrape, idle) measured anew,
 //                          build/bench --memory only the in-process part of 5,
-//                          build/bench --tls ./hermes only 13)
+//                          build/bench --tls ./hermes only 13,
+//                          build/bench --remote-write only 14)
 //
 // 1. Ingest: the same sender (sendmmsg) pushes the same datagrams into a bare receiver
 //    (recvmmsg, counts, nothing else) and into hermes: a burst of 300k datagrams as fast
@@ -57,6 +58,9 @@
 //    handshake (GET /-/healthy over TLS against in clear, each on a new connection); and
 //    the resident memory each TLS connection holds, mid-handshake (64 clients that sent
 //    their ClientHello and stopped) and established (64 that finished it and stopped).
+// 14. Remote write, in-process: the CPU of one cycle (the snapshot of every series, its
+//     WriteRequest encoding, snappy of each batch) at 10k and 100k series against a text
+//     /metrics body of the same registry, and snappy's compression ratio.
 // Figures on a shared machine wander; the ratios measured in the same run are what count.
 #include "hermes.hpp"
 
@@ -1446,8 +1450,67 @@ void measure_tls(const std::string &) { std::printf("\nTLS: this bench was built
 
 #endif // HERMES_TLS
 
+// The CPU this thread has used, in ms: what one remote-write cycle or one body costs.
+double thread_cpu_ms() {
+  timespec now{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
+  return static_cast<double>(now.tv_sec) * 1000 + static_cast<double>(now.tv_nsec) / 1e6;
+}
+
+void measure_remote_write() {
+  std::printf("\n| remote write, in-process | series | text /metrics CPU (ms) | remote-write cycle CPU (ms) | cycle / scrape | WriteRequest bytes | snappy bytes | ratio |\n"
+              "|---|---:|---:|---:|---:|---:|---:|---:|\n");
+  for (const int count : {10000, 100000}) {
+    hermes::Registry registry(hermes::parse_config(bench_config, "bench"));
+    for (int id = 0; id < count; ++id)
+      registry.ingest(R"({"metric_name":"series_gauge","payload":{"labels":{"id":")" + std::to_string(id) + R"("},"value":)" +
+                      std::to_string(id) + "}}");
+    const hermes::ServerStats stats;
+    const auto median = [](const std::function<void()> &work) {
+      std::vector<double> times;
+      for (int i = 0; i < 7; ++i) {
+        const double start = thread_cpu_ms();
+        work();
+        times.push_back(thread_cpu_ms() - start);
+      }
+      std::sort(times.begin(), times.end());
+      return times[3];
+    };
+    std::string body;
+    const double scrape = median([&] {
+      hermes::detail::Renderer renderer(body, registry, {registry, &stats, nullptr}, hermes::Format::text);
+      while (!renderer.write_some(HERMES_RENDER_PAUSE_STRIDE)) {
+      }
+    });
+    static const std::string job = "bench", instance = "board";
+    static const std::vector<std::pair<std::string, std::string>> external = {{"site", "lab"}};
+    std::size_t raw = 0, packed = 0;
+    std::string compressed, previous_text;
+    std::vector<hermes::detail::SeriesKey> previous_keys;
+    const double cycle = median([&] { // as a server does it: sized as the last one, stale markers against it
+      hermes::detail::SnapshotWriter writer({&job, &instance, &external, 2000, raw, previous_keys.size()}, 1764000000000,
+                                            [](std::size_t) { return true; });
+      hermes::detail::Renderer renderer(writer, registry, {registry, &stats, nullptr});
+      while (!renderer.write_some(HERMES_RENDER_PAUSE_STRIDE)) {
+      }
+      writer.add_stale_markers(previous_text, previous_keys);
+      previous_text.swap(writer.key_text());
+      previous_keys.swap(writer.keys());
+      const hermes::detail::PendingSnapshot &snapshot = writer.snapshot();
+      raw = packed = 0;
+      for (std::size_t b = 0, start = 0; b < snapshot.batch_ends.size(); start = snapshot.batch_ends[b++]) {
+        hermes::detail::snappy_compress(std::string_view(snapshot.series).substr(start, snapshot.batch_ends[b] - start), compressed);
+        raw += snapshot.batch_ends[b] - start, packed += compressed.size();
+      }
+    });
+    std::printf("| %s series | %d | %.2f | %.2f | %.2fx | %zu | %zu | %.1fx |\n", count == 10000 ? "10k" : "100k", count, scrape,
+                cycle, cycle / scrape, raw, packed, static_cast<double>(raw) / static_cast<double>(packed));
+  }
+}
+
 int main(int argc, char **argv) {
   if (argc > 1 && std::string(argv[1]) == "--memory") return measure_memory_accounting(), 0;
+  if (argc > 1 && std::string(argv[1]) == "--remote-write") return measure_remote_write(), 0;
   const std::string part = argc > 1 && argv[1][0] == '-' ? argv[1] : "";
   if (!part.empty()) --argc, ++argv;
   if (!part.empty() && part != "--ingest" && part != "--access" && part != "--series" && part != "--peers" &&
@@ -1520,6 +1583,7 @@ int main(int argc, char **argv) {
   measure_scale(binary);
   measure_state_text();
   measure_state_against_ingest(binary);
+  measure_remote_write();
   std::printf("\n| binary | size (bytes) | idle, resident (MiB) | idle, proportional (MiB) |\n|---|---:|---:|---:|\n");
   for (int i = 1; i < std::max(argc, 2); ++i) {
     const std::string path = argc > 1 ? argv[i] : binary;
