@@ -7633,13 +7633,13 @@ inline void append_pushed_line(std::string &out, std::string_view name, std::str
     if (!extra_name.empty()) {
       out += separator;
       out.append(extra_name).append("=\"");
-      append_double(out, extra);
+      append_double(out, extra == 0 ? 0.0 : extra);
       out += '"';
     }
     out += '}';
   }
   out += ' ';
-  append_double(out, value);
+  append_double(out, value == 0 ? 0.0 : value); // -0 too: client_golang's text writer spells every zero 0
   out += '\n';
 }
 
