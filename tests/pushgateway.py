@@ -14,8 +14,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 
 DEBIAN_PYTHON = "/usr/bin/python3"  # python3-prometheus-client installs where Debian's python3 looks
 try:
@@ -33,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from blackbox import Hermes, check_equal  # noqa: E402
+from pushgateway_diff import send as send_to  # noqa: E402
 from state import run_suite  # noqa: E402
 
 TESTS = []
@@ -65,12 +64,7 @@ def gateway(hermes):
 
 def send(hermes, method, path, body=None, headers=None):
     """An HTTP request to hermes: (status, body text)."""
-    request = urllib.request.Request(f"http://{gateway(hermes)}{path}", data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
+    return send_to(hermes.http_port, method, path, body, headers)
 
 
 def curl(hermes, *args):
