@@ -101,6 +101,22 @@
 //     503 with Retry-After when every connection is busy, or when more /metrics bodies
 //     are in flight at once than the memory budget keeps room for (HERMES_SCRAPE_BODIES).
 // Empty lines before the request line are ignored. Rendering only reads the registry.
+//     PUT|POST|DELETE /metrics/job/<JOB>{/<NAME>/<VALUE>}   the Pushgateway API (below)
+//
+// ---- Pushgateway API --------------------------------------------------------------------
+//
+// Options::push (HERMES_PUSH, on by default) takes pushes as Pushgateway 1.5.1 answers
+// them: PUT replaces a group's families, POST those of the same name, DELETE removes the
+// group (202); a name suffixed @base64 carries a base64url value; the body is the text
+// format 0.0.4, and one that does not parse gets 400 with Pushgateway's message. Each
+// sample carries the grouping labels and instance=""; each group its push_time_seconds
+// and push_failure_time_seconds. A push with timestamps, or one that would make /metrics
+// inconsistent (a name of the config's or Hermes' own, another type than another
+// group's, two samples with the same labels) is 400 and changes nothing but the failure
+// time. Each group takes its bytes and its room in the bodies from the memory budget: a
+// push with no room, or one group past max_push_groups, is 507. A body over
+// max_push_bytes is 413, one without Content-Length 411, a Content-Encoding 415. Groups
+// not pushed for push_ttl_seconds disappear; push_token_file guards pushes (401).
 //
 // Server::reload() (SIGHUP in the daemon) takes the config file again; an optional unix
 // datagram socket (Options::unix_socket_path) takes samples beside UDP.
@@ -187,6 +203,8 @@
 //     HERMES_MAX_STATE_SIZE   1073741824   bytes of state file read at start; a larger one is set aside
 //     HERMES_STATE_PAUSE_STRIDE     1024   series written to the state between looks at the sockets
 //     HERMES_MAX_TOKEN_SIZE         1024   bytes of bearer token in HERMES_HTTP_TOKEN_FILE
+//     HERMES_MAX_PUSH_BYTES      4194304   default largest push body (Options::max_push_bytes)
+//     HERMES_DEFAULT_MAX_PUSH_GROUPS 10000 pushed groups unless max_push_groups says otherwise
 
 #ifndef HERMES_HPP
 #define HERMES_HPP
