@@ -108,7 +108,8 @@
 // Options::push (HERMES_PUSH, on by default) takes pushes as Pushgateway 1.5.1 answers
 // them: PUT replaces a group's families, POST those of the same name, DELETE removes the
 // group (202); a name suffixed @base64 carries a base64url value; the body is the text
-// format 0.0.4, and one that does not parse gets 400 with Pushgateway's message. Each
+// format 0.0.4, or the delimited protobuf format (native histograms too) when the
+// Content-Type names it; one that does not parse gets 400 with Pushgateway's message. Each
 // sample carries the grouping labels and instance=""; each group its push_time_seconds
 // and push_failure_time_seconds. A push with timestamps, or one that would make /metrics
 // inconsistent (a name of the config's or Hermes' own, another type than another
@@ -3762,6 +3763,8 @@ struct PushedMetric {
   double value = 0;
   double count = 0, sum = 0;
   std::vector<std::pair<double, double>> points;
+  std::string native;          // a histogram's native fields (5 to 14 of metrics.proto's Histogram), as pushed
+  PushType kind = PushType::count_; // the value it holds; count_: none
   bool has_timestamp = false;
 };
 
@@ -4018,6 +4021,7 @@ inline PushTextParser::Next PushTextParser::value() {
     }
   }
   if (!current_) family_->metrics.push_back(std::move(metric_)), current_ = &family_->metrics.back();
+  current_->kind = *family_->type;
   if (!token_until_white()) return Next::stop;
   const auto number = parse_go_float(token_);
   if (!number) return fail("expected float as value, got " + go_quote(token_));
@@ -4157,6 +4161,201 @@ inline void PushTextParser::set_family() {
 } // namespace detail
 } // namespace hermes
 
+// ===== DETAIL: PUSH PROTOBUF FORMAT =======================================================
+//
+// A push body in the delimited protobuf format that client_golang's push package sends:
+// io.prometheus.client.MetricFamily messages, each after its varint length. Every type,
+// native histograms included: a histogram's native fields (schema, zero bucket, spans and
+// deltas or counts) are kept as they came and written back as client_golang writes them.
+// Every read is bounded: a truncated or hostile body is an error, "unexpected EOF" as
+// Pushgateway words a cut one, never a read past its end.
+
+namespace hermes {
+namespace detail {
+
+class ProtobufReader {
+public:
+  explicit ProtobufReader(std::string_view bytes) : bytes_(bytes) {}
+  bool done() const { return at_ == bytes_.size(); }
+  std::size_t position() const { return at_; }
+  std::string_view bytes_between(std::size_t from, std::size_t to) const { return bytes_.substr(from, to - from); }
+
+  bool varint(std::uint64_t &value) {
+    value = 0;
+    for (unsigned shift = 0; shift < 64 && at_ < bytes_.size(); shift += 7) {
+      const auto byte = static_cast<unsigned char>(bytes_[at_++]);
+      value |= std::uint64_t{byte & 0x7Fu} << shift;
+      if ((byte & 0x80) == 0) return true;
+    }
+    return false;
+  }
+  bool fixed(std::size_t size, std::uint64_t &value) {
+    if (bytes_.size() - at_ < size) return false;
+    value = 0;
+    for (std::size_t i = 0; i < size; ++i) value |= std::uint64_t{static_cast<unsigned char>(bytes_[at_ + i])} << (8 * i);
+    at_ += size;
+    return true;
+  }
+  bool double_value(std::uint32_t wire, double &value) {
+    std::uint64_t bits = 0;
+    if (wire != 1 || !fixed(8, bits)) return false;
+    std::memcpy(&value, &bits, sizeof value);
+    return true;
+  }
+  bool bytes(std::string_view &out) {
+    std::uint64_t length = 0;
+    if (!varint(length) || length > bytes_.size() - at_) return false;
+    out = bytes_.substr(at_, static_cast<std::size_t>(length));
+    at_ += static_cast<std::size_t>(length);
+    return true;
+  }
+  bool field(std::uint32_t &number, std::uint32_t &wire) {
+    std::uint64_t tag = 0;
+    if (!varint(tag) || (tag >> 3) == 0 || (tag >> 3) > 0x1FFFFFFF) return false;
+    number = static_cast<std::uint32_t>(tag >> 3), wire = static_cast<std::uint32_t>(tag & 7);
+    return true;
+  }
+  bool skip(std::uint32_t wire) {
+    std::uint64_t ignored = 0;
+    std::string_view also_ignored;
+    switch (wire) {
+    case 0: return varint(ignored);
+    case 1: return fixed(8, ignored);
+    case 2: return bytes(also_ignored);
+    case 5: return fixed(4, ignored);
+    default: return false; // groups (3, 4) are not in metrics.proto
+    }
+  }
+
+private:
+  std::string_view bytes_;
+  std::size_t at_ = 0;
+};
+
+// A field of a message, read by `read(number, wire, reader)` (false: the bytes are bad);
+// fields it does not know it skips.
+template <typename Read> bool read_message(std::string_view message, Read &&read) {
+  ProtobufReader reader(message);
+  std::uint32_t number = 0, wire = 0;
+  while (!reader.done())
+    if (!reader.field(number, wire) || !read(number, wire, reader)) return false;
+  return true;
+}
+
+// Quantile {quantile = 1, value = 2} or Bucket {cumulative_count = 1, upper_bound = 2,
+// cumulative_count_float = 4}: (quantile, value) or (upper bound, count).
+inline bool read_point(std::string_view message, bool bucket, std::pair<double, double> &point) {
+  return read_message(message, [&](std::uint32_t number, std::uint32_t wire, ProtobufReader &reader) {
+    std::uint64_t count = 0;
+    if (bucket && number == 1 && wire == 0) return reader.varint(count) && (point.second = static_cast<double>(count), true);
+    if (bucket && number == 4) return reader.double_value(wire, point.second);
+    if (number == 1 || number == 2) return reader.double_value(wire, (number == 1) != bucket ? point.first : point.second);
+    return reader.skip(wire);
+  });
+}
+
+// A packed repeated field as one field per element, as client_golang writes the deltas
+// and counts of a native histogram (metrics.proto does not declare them packed).
+inline bool unpack(std::string_view packed, std::uint32_t number, std::uint32_t wire, std::string &out) {
+  ProtobufReader reader(packed);
+  while (!reader.done()) {
+    const std::size_t start = reader.position();
+    if (!reader.skip(wire)) return false;
+    append_tag(out, number, static_cast<WireType>(wire));
+    out.append(reader.bytes_between(start, reader.position()));
+  }
+  return true;
+}
+
+// Summary {sample_count = 1, sample_sum = 2, quantile = 3} or Histogram {sample_count = 1,
+// sample_sum = 2, bucket = 3, sample_count_float = 4, the native fields 5 to 14}.
+inline bool read_distribution(std::string_view message, bool histogram, PushedMetric &metric) {
+  return read_message(message, [&](std::uint32_t number, std::uint32_t wire, ProtobufReader &reader) {
+    const std::size_t start = reader.position() - varint_size(std::uint64_t{number} << 3 | wire);
+    std::uint64_t count = 0;
+    std::string_view point;
+    if (number == 1 && wire == 0) return reader.varint(count) && (metric.count = static_cast<double>(count), true);
+    if (number == 2) return reader.double_value(wire, metric.sum);
+    if (number == 3 && wire == 2) {
+      metric.points.emplace_back();
+      return reader.bytes(point) && read_point(point, histogram, metric.points.back());
+    }
+    if (histogram && number == 4) return reader.double_value(wire, metric.count);
+    if (!histogram || number < 5 || number > 14) return reader.skip(wire);
+    const bool repeated_number = number == 10 || number == 11 || number == 13 || number == 14; // deltas, counts
+    if (repeated_number && wire == 2) return reader.bytes(point) && unpack(point, number, number == 11 || number == 14 ? 1 : 0, metric.native);
+    if (!reader.skip(wire)) return false;
+    metric.native.append(reader.bytes_between(start, reader.position()));
+    return true;
+  });
+}
+
+// Metric {label = 1, gauge = 2, counter = 3, summary = 4, untyped = 5, timestamp_ms = 6,
+// histogram = 7}; LabelPair {name = 1, value = 2}.
+inline bool read_metric(std::string_view message, PushedMetric &metric) {
+  static constexpr PushType kinds[] = {PushType::gauge, PushType::counter, PushType::summary, PushType::untyped};
+  return read_message(message, [&](std::uint32_t number, std::uint32_t wire, ProtobufReader &reader) {
+    std::string_view inner;
+    if (number == 6) return metric.has_timestamp = true, reader.skip(wire);
+    if (number == 1 && wire == 2) {
+      auto &label = metric.labels.emplace_back();
+      return reader.bytes(inner) && read_message(inner, [&](std::uint32_t field, std::uint32_t type, ProtobufReader &pair) {
+               std::string_view text;
+               if ((field == 1 || field == 2) && type == 2)
+                 return pair.bytes(text) && ((field == 1 ? label.first : label.second) = std::string(text), true);
+               return pair.skip(type);
+             });
+    }
+    if ((number < 2 || number > 5) && number != 7) return reader.skip(wire);
+    if (wire != 2 || !reader.bytes(inner)) return false;
+    metric.kind = number == 7 ? PushType::histogram : kinds[number - 2];
+    if (metric.kind == PushType::summary || metric.kind == PushType::histogram)
+      return read_distribution(inner, metric.kind == PushType::histogram, metric);
+    return read_message(inner, [&](std::uint32_t field, std::uint32_t type, ProtobufReader &value) {
+      return field == 1 ? value.double_value(type, metric.value) : value.skip(type);
+    });
+  });
+}
+
+// MetricFamily {name = 1, help = 2, type = 3, metric = 4}.
+inline bool read_family(std::string_view message, PushedFamily &family) {
+  family.type = PushType::counter; // the type's default in metrics.proto
+  return read_message(message, [&](std::uint32_t number, std::uint32_t wire, ProtobufReader &reader) {
+    std::string_view text;
+    std::uint64_t type = 0;
+    if ((number == 1 || number == 2) && wire == 2) {
+      if (!reader.bytes(text)) return false;
+      (number == 1 ? family.name : family.help.emplace()) = std::string(text);
+      return true;
+    }
+    if (number == 3 && wire == 0) {
+      if (!reader.varint(type)) return false;
+      if (type < static_cast<std::uint64_t>(PushType::count_)) family.type = static_cast<PushType>(type);
+      return true;
+    }
+    if (number == 4 && wire == 2) return reader.bytes(text) && read_metric(text, family.metrics.emplace_back());
+    return reader.skip(wire);
+  });
+}
+
+// The families of a delimited body by name (a later family of a name replaces an
+// earlier one, as Pushgateway keeps them), or nullopt and `error`.
+inline std::optional<std::map<std::string, PushedFamily>> parse_push_protobuf(std::string_view body, std::string &error) {
+  std::map<std::string, PushedFamily> families;
+  ProtobufReader stream(body);
+  while (!stream.done()) {
+    std::string_view message;
+    PushedFamily family;
+    if (!stream.bytes(message)) return error = "unexpected EOF", std::nullopt;
+    if (!read_family(message, family)) return error = "unexpected EOF", std::nullopt; // what Pushgateway says of a cut message
+    if (!family.metrics.empty()) families[family.name] = std::move(family);
+  }
+  return families;
+}
+
+} // namespace detail
+} // namespace hermes
+
 // ===== DETAIL: PUSH GROUPS ================================================================
 //
 // The groups pushed over the Pushgateway API, with Pushgateway 1.5.1's semantics: PUT
@@ -4234,6 +4433,7 @@ inline PushedFamily push_time_family(const char *name, const PushLabels &key, do
   family.metrics.back().labels = key;
   add_grouping_labels(family.metrics.back().labels, key);
   family.metrics.back().value = seconds;
+  family.metrics.back().kind = PushType::gauge;
   return family;
 }
 
@@ -4363,6 +4563,8 @@ inline std::optional<PushType> PushStore::other_type(std::string_view name, cons
 inline std::string PushStore::check_family(const PushedFamily &family, const PushGroup &candidate, const PushGroup *old) const {
   const std::string &name = family.name;
   const PushType type = *family.type;
+  if (!is_metric_name(name)) return "family " + go_quote(name) + ": not a metric name";
+  if (type == PushType::gauge_histogram) return "family \"" + name + "\": gauge histograms are not supported";
   for (const std::string &sample : sample_names(name, type))
     if (std::binary_search(reserved_.begin(), reserved_.end(), sample)) return "family \"" + name + "\" writes " + sample + ", a metric Hermes serves already";
   if (const auto found = index_.find(name); found != index_.end() && found->second.type != type) {
@@ -4385,7 +4587,12 @@ inline std::string PushStore::check_family(const PushedFamily &family, const Pus
   std::vector<std::string> keys;
   const auto found = index_.find(name);
   for (const PushedMetric &metric : family.metrics) {
+    if (metric.kind != type) return "family \"" + name + "\": a sample that is not a " + to_string(type);
+    for (std::size_t i = 0; i + 1 < metric.labels.size(); ++i)
+      if (metric.labels[i].first == metric.labels[i + 1].first)
+        return "family \"" + name + "\": two labels named \"" + metric.labels[i].first + "\" on one sample";
     for (const auto &[label, value] : metric.labels) {
+      if (!is_label_name(label) || starts_with(label, "__")) return "family \"" + name + "\": the label name " + go_quote(label) + " is not one";
       if ((type == PushType::summary && label == "quantile") || (type == PushType::histogram && label == "le"))
         return "family \"" + name + "\": a " + to_string(type) + " must not have an explicit \"" + label + "\" label";
       if (!is_valid_utf8(value)) return "family \"" + name + "\": the value of label \"" + label + "\" is not UTF-8";
@@ -4510,6 +4717,7 @@ inline std::size_t PushStore::own_bytes(const PushGroup &group) {
     bytes += node + sizeof(PushFamilyIndex) + sizeof(void *); // its share of the index
     for (const PushedMetric &metric : family.metrics) {
       bytes += sizeof(PushedMetric) + metric.points.size() * sizeof(metric.points[0]) + node + small_string + 1;
+      bytes += text(metric.native);
       for (const auto &[label, value] : metric.labels)
         bytes += sizeof(metric.labels[0]) + text(label) + text(value) + label.size() + value.size() + 2;
     }
@@ -7712,6 +7920,7 @@ inline void append_pushed_protobuf(std::string &out, PushType type, const Pushed
       }
       append_bytes_field(inner, 3, pair);
     }
+    inner += metric.native; // fields 5 to 14, after the buckets, as client_golang orders them
   } else {
     append_double_field(inner, 1, metric.value);
   }
@@ -8184,11 +8393,15 @@ inline detail::HttpResponse Server::Impl::answer_push(const detail::HttpRequest 
   const detail::GroupingKey key = detail::parse_grouping_key(request.path);
   if (!key.problem.empty()) return detail::push_response(400, key.problem);
   if (request.method == "DELETE") return pushes.remove(key.labels), detail::push_response(202, "");
+  // Pushgateway reads the delimited MetricFamily stream when the Content-Type names it
+  // with both parameters, and the text format otherwise.
   const std::string_view type = detail::header(request, "content-type");
-  if (detail::lowercase(detail::trim(type.substr(0, type.find(';')))) == "application/vnd.google.protobuf")
-    return detail::push_response(415, "protobuf bodies are not supported yet: send the text format");
-  auto families = push_parser.parse(body);
-  if (!families) return detail::push_response(400, push_parser.error());
+  const bool protobuf = detail::lowercase(detail::trim(type.substr(0, type.find(';')))) == "application/vnd.google.protobuf" &&
+                        detail::media_parameter(type, "proto") == "io.prometheus.client.MetricFamily" &&
+                        detail::media_parameter(type, "encoding") == "delimited";
+  std::string error;
+  auto families = protobuf ? detail::parse_push_protobuf(body, error) : push_parser.parse(body);
+  if (!families) return detail::push_response(400, protobuf ? error : push_parser.error());
   const detail::PushOutcome outcome = pushes.push(key.labels, std::move(*families), request.method == "PUT", Now::current());
   return detail::push_response(outcome.status, outcome.message);
 }

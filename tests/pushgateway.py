@@ -230,7 +230,7 @@ def length_size_and_encoding_are_checked_before_the_body_is_read(hermes):
     check_equal(curl(hermes, "--data-binary", "a 1\n" * 600, "/metrics/job/j")[0], 413, "over HERMES_MAX_PUSH_BYTES")
     check_equal(curl(hermes, "-H", "Content-Encoding: gzip", "--data-binary", "a 1\n", "/metrics/job/j")[0], 415, "gzip")
     check_equal(curl(hermes, "-H", "Content-Type: application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily;"
-                     " encoding=delimited", "--data-binary", "x", "/metrics/job/j")[0], 415, "protobuf, not yet read")
+                     " encoding=delimited", "--data-binary", "x", "/metrics/job/j")[0], 400, "protobuf, cut short")
     check_equal(curl(hermes, "-X", "DELETE", "/metrics/job/j"), (202, ""), "a DELETE needs no length")
     check_equal(curl(hermes, "-X", "GET", "/metrics/job/j")[0], 404, "GET is no push")
     check_equal(curl(hermes, "-X", "PATCH", "/metrics/job/j")[0], 405, "nor is PATCH")

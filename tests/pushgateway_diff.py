@@ -13,6 +13,7 @@ Ends with the line "pushgateway_diff: N passed, N failed".
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -211,6 +212,111 @@ def where_hermes_differs_on_purpose(gateway, hermes):
     check_equal(hermes.request(raw).split("\r\n")[0], "HTTP/1.0 411 Length Required", "Hermes: 411")
     # A family of Hermes' own or configured is refused.
     check_equal(send(hermes.http_port, "PUT", "/metrics/job/x", b"configured_gauge 1\n")[0], 400, "configured")
+
+
+# The delimited protobuf format, encoded here as client_golang's push package encodes it.
+def varint(number):
+    out = b""
+    while True:
+        out += bytes([(number & 0x7F) | (0x80 if number > 0x7F else 0)])
+        number >>= 7
+        if not number:
+            return out
+
+
+def field(number, wire, payload):
+    return varint(number << 3 | wire) + payload
+
+
+def length_delimited(number, data):
+    data = data.encode() if isinstance(data, str) else data
+    return field(number, 2, varint(len(data)) + data)
+
+
+def double(number, value):
+    return field(number, 1, struct.pack("<d", value))
+
+
+def unsigned(number, value):
+    return field(number, 0, varint(value))
+
+
+def zigzag(value):
+    return value * 2 if value >= 0 else -value * 2 - 1
+
+
+def metric(labels, **kinds):
+    """A Metric: label pairs, then the value message of its kind (gauge=2, counter=3,
+    summary=4, untyped=5, histogram=7) and a timestamp_ms (6) when given."""
+    out = b"".join(length_delimited(1, length_delimited(1, name) + length_delimited(2, value)) for name, value in labels)
+    numbers = {"gauge": 2, "counter": 3, "summary": 4, "untyped": 5, "timestamp_ms": 6, "histogram": 7}
+    for kind, payload in sorted(kinds.items(), key=lambda item: numbers[item[0]]):
+        out += unsigned(6, payload) if kind == "timestamp_ms" else length_delimited(numbers[kind], payload)
+    return out
+
+
+def family(name, type_number, metrics, help_text=None):
+    out = length_delimited(1, name) + (length_delimited(2, help_text) if help_text is not None else b"")
+    return out + unsigned(3, type_number) + b"".join(length_delimited(4, m) for m in metrics)
+
+
+def delimited(*families):
+    return b"".join(varint(len(f)) + f for f in families)
+
+
+PROTOBUF = {"Content-Type": "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"}
+NATIVE = (unsigned(1, 5) + double(2, 12.5) + field(5, 0, varint(zigzag(3))) + double(6, 2 ** -128) + unsigned(7, 1)
+          + length_delimited(12, field(1, 0, varint(zigzag(0))) + unsigned(2, 2))
+          + length_delimited(13, varint(zigzag(1)) + varint(zigzag(2))))
+EVERY_TYPE = delimited(
+    family("pb_done_total", 0, [metric([("kind", "a")], counter=double(1, 3)), metric([("kind", "b")], counter=double(1, 4))],
+           "Things done."),
+    family("pb_temperature", 1, [metric([], gauge=double(1, -4.5))]),
+    family("pb_untyped", 3, [metric([("x", "y")], untyped=double(1, 1e6))]),
+    family("pb_rpc_seconds", 2, [metric([], summary=unsigned(1, 3) + double(2, 1.5)
+                                        + length_delimited(3, double(1, 0.5) + double(2, 0.25)))]),
+    family("pb_size_bytes", 4, [metric([], histogram=unsigned(1, 4) + double(2, 70)
+                                       + length_delimited(3, unsigned(1, 1) + double(2, 10))
+                                       + length_delimited(3, unsigned(1, 3) + double(2, 100)))]),
+    family("pb_native_seconds", 4, [metric([("route", "/")], histogram=NATIVE)], "A native histogram."))
+
+
+def protobuf_family(port, name):
+    """One family of a protobuf scrape, as its bytes."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Accept": PROTOBUF["Content-Type"]})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        body = response.read()
+    at = 0
+    while at < len(body):
+        length, shift = 0, 0
+        while True:
+            byte = body[at]
+            at += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        message = body[at:at + length]
+        at += length
+        if message.startswith(length_delimited(1, name)):
+            return message
+    return None
+
+
+@both
+def protobuf_bodies_of_every_type_and_a_native_histogram(gateway, hermes):
+    step(gateway, hermes, "PUT", "/metrics/job/pb/instance/i", EVERY_TYPE, headers=PROTOBUF)
+    check_groups(gateway, hermes, "a protobuf push")
+    for name in ("pb_native_seconds", "pb_rpc_seconds", "pb_done_total"):
+        ours, theirs = protobuf_family(hermes.http_port, name), protobuf_family(gateway.port, name)
+        check_equal(ours is not None and ours == theirs, True, f"{name} in protobuf: {ours!r} against {theirs!r}")
+    stamped = delimited(family("pb_stamped", 1, [metric([], gauge=double(1, 1), timestamp_ms=1700000000000)]))
+    step(gateway, hermes, "PUT", "/metrics/job/pb2", stamped, headers=PROTOBUF)
+    step(gateway, hermes, "PUT", "/metrics/job/pb2", EVERY_TYPE[:-3], headers=PROTOBUF)
+    step(gateway, hermes, "PUT", "/metrics/job/pb2", b"\x05\xff\xff\xff\xff\xff", headers=PROTOBUF)
+    mixed = delimited(family("pb_mixed", 0, [metric([], gauge=double(1, 1))]))
+    step(gateway, hermes, "PUT", "/metrics/job/pb2", mixed, compare_message=False, headers=PROTOBUF)
+    check_groups(gateway, hermes, "refused protobuf pushes")
 
 
 if __name__ == "__main__":

@@ -184,3 +184,30 @@ TEST_CASE("families of several groups are written once, their samples sorted as 
                         "x{instance=\"\",job=\"a\",zone=\"z\"} 1\n");
   CHECK(shown(store, hermes::Format::openmetrics).find("# TYPE x gauge\n") == 0);
 }
+
+TEST_CASE("a delimited protobuf body is read whole or not at all") {
+  std::string family, metric, counter, label;
+  hermes::detail::append_bytes_field(label, 1, "kind");
+  hermes::detail::append_bytes_field(label, 2, "a");
+  hermes::detail::append_bytes_field(metric, 1, label);
+  hermes::detail::append_double_field(counter, 1, 3);
+  hermes::detail::append_bytes_field(metric, 3, counter);
+  hermes::detail::append_bytes_field(family, 1, "done_total");
+  hermes::detail::append_uint_field(family, 3, 0);
+  hermes::detail::append_bytes_field(family, 4, metric);
+  std::string body;
+  hermes::detail::append_varint(body, family.size());
+  body += family;
+  std::string error;
+  const auto families = hermes::detail::parse_push_protobuf(body, error);
+  REQUIRE(families.has_value());
+  const auto &read = families->at("done_total");
+  CHECK(read.type == PushType::counter);
+  CHECK(read.metrics.at(0).labels == PushLabels{{"kind", "a"}});
+  CHECK(read.metrics.at(0).value == 3);
+  CHECK(read.metrics.at(0).kind == PushType::counter);
+  for (std::size_t cut = 1; cut < body.size(); ++cut) {
+    CHECK(!hermes::detail::parse_push_protobuf(std::string_view(body).substr(0, cut), error));
+    CHECK(error == "unexpected EOF");
+  }
+}
