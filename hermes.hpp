@@ -4409,12 +4409,12 @@ inline std::string series_key(const PushLabels &labels) {
 // Pushgateway's sanitizeLabels: the grouping labels over the pushed ones, instance=""
 // when there is no instance, sorted by name.
 inline void add_grouping_labels(PushLabels &labels, const PushLabels &key) {
-  for (const auto &[name, value] : key) {
-    const auto found = std::find_if(labels.begin(), labels.end(), [&](const auto &pair) { return pair.first == name; });
+  for (const auto &grouping : key) {
+    const auto found = std::find_if(labels.begin(), labels.end(), [&](const auto &pair) { return pair.first == grouping.first; });
     if (found != labels.end()) {
-      found->second = value;
+      found->second = grouping.second;
     } else {
-      labels.emplace_back(name, value);
+      labels.push_back(grouping);
     }
   }
   if (std::none_of(labels.begin(), labels.end(), [](const auto &pair) { return pair.first == "instance"; }))
