@@ -187,7 +187,7 @@ cross-deps:
 # regressions, then explores for FUZZ_SECONDS.
 FUZZ_CXX ?= clang++-14
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := datagram statsd config http state mapping mapped remote_write
+FUZZ_TARGETS := datagram statsd config http state mapping mapped remote_write push
 FUZZ_FLAGS := -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I.
 
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_%.cpp hermes.hpp tests/reading.hpp | fuzz-deps
@@ -255,7 +255,8 @@ test-deps: deps
 	  command:prometheus:prometheus command:clang++:clang python:yaml:python3-yaml \
 	  file:/usr/share/i18n/locales/de_DE:locales command:localedef:libc-bin command:faketime:faketime \
 	  command:stunnel4:stunnel4 command:openssl:openssl \
-	  debian-python:prometheus_client.openmetrics.parser:python3-prometheus-client debian-python:snappy:python3-snappy
+	  debian-python:prometheus_client.openmetrics.parser:python3-prometheus-client debian-python:snappy:python3-snappy \
+	  file:/usr/bin/prometheus-pushgateway:prometheus-pushgateway
 	@tests/ensure.sh command:curl:curl # the README's examples, run by tests/docs.py
 
 clean:

@@ -141,6 +141,23 @@
 // get the plain body), at zlib level Options::gzip_level (HERMES_COMPRESSION: off, on,
 // or 1-9; default HERMES_GZIP_LEVEL).
 // Empty lines before the request line are ignored. Rendering only reads the registry.
+//     PUT|POST|DELETE /metrics/job/<JOB>{/<NAME>/<VALUE>}   the Pushgateway API (below)
+//
+// ---- Pushgateway API --------------------------------------------------------------------
+//
+// Options::push (HERMES_PUSH, on by default) takes pushes as Pushgateway 1.5.1 answers
+// them: PUT replaces a group's families, POST those of the same name, DELETE removes the
+// group (202); a name suffixed @base64 carries a base64url value; the body is the text
+// format 0.0.4, or the delimited protobuf format (native histograms too) when the
+// Content-Type names it; one that does not parse gets 400 with Pushgateway's message. Each
+// sample carries the grouping labels and instance=""; each group its push_time_seconds
+// and push_failure_time_seconds. A push with timestamps, or one that would make /metrics
+// inconsistent (a name of the config's or Hermes' own, another type than another
+// group's, two samples with the same labels) is 400 and changes nothing but the failure
+// time. Each group takes its bytes and its room in the bodies from the memory budget: a
+// push with no room, or one group past max_push_groups, is 507. A body over
+// max_push_bytes is 413, one without Content-Length 411, a Content-Encoding 415. Groups
+// not pushed for push_ttl_seconds disappear; push_token_file guards pushes (401).
 //
 // Server::reload() (SIGHUP in the daemon) takes the config file again; an optional unix
 // datagram socket (Options::unix_socket_path) takes samples beside UDP.
@@ -282,6 +299,8 @@
 //     HERMES_REMOTE_WRITE_MAX_RETRY_AFTER_S 300  a longer Retry-After is taken as this
 //     HERMES_REMOTE_WRITE_PENDING_SHARE 4  snapshots waiting take at most 1/this of the budget
 //     HERMES_REMOTE_WRITE_MAX_RESPONSE 4096  bytes of a receiver's answer read
+//     HERMES_MAX_PUSH_BYTES      4194304   default largest push body (Options::max_push_bytes)
+//     HERMES_DEFAULT_MAX_PUSH_GROUPS 10000 pushed groups unless max_push_groups says otherwise
 
 #ifndef HERMES_HPP
 #define HERMES_HPP
@@ -438,6 +457,12 @@
 #ifndef HERMES_REMOTE_WRITE_MAX_RESPONSE
 #define HERMES_REMOTE_WRITE_MAX_RESPONSE 4096 // bytes of a receiver's answer read; its message is cut there
 #endif
+#ifndef HERMES_MAX_PUSH_BYTES
+#define HERMES_MAX_PUSH_BYTES (4 * 1024 * 1024) // default largest push body; HERMES_MAX_PUSH_BYTES in the environment wins
+#endif
+#ifndef HERMES_DEFAULT_MAX_PUSH_GROUPS
+#define HERMES_DEFAULT_MAX_PUSH_GROUPS 10000 // pushed groups unless max_push_groups says otherwise
+#endif
 
 // Each limit is checked here, so that a wrong value stops the build with what to do
 // instead of a daemon that loops for ever or refuses every datagram.
@@ -476,6 +501,8 @@ static_assert(HERMES_MAX_STATE_SIZE >= 65536, "HERMES_MAX_STATE_SIZE must be at 
 static_assert(HERMES_STATE_PAUSE_STRIDE >= 1, "HERMES_STATE_PAUSE_STRIDE must be at least 1 series");
 static_assert(HERMES_GZIP_LEVEL >= 1 && HERMES_GZIP_LEVEL <= 9, "HERMES_GZIP_LEVEL must be a zlib level from 1 to 9");
 static_assert(HERMES_GZIP_PAUSE_BYTES >= 4096, "HERMES_GZIP_PAUSE_BYTES must be at least 4096 bytes");
+static_assert(HERMES_MAX_PUSH_BYTES >= 1024, "HERMES_MAX_PUSH_BYTES must be at least 1024 bytes");
+static_assert(HERMES_DEFAULT_MAX_PUSH_GROUPS >= 1, "HERMES_DEFAULT_MAX_PUSH_GROUPS must be at least 1");
 static_assert(HERMES_MAX_TOKEN_SIZE >= 16 && HERMES_MAX_TOKEN_SIZE <= HERMES_MAX_REQUEST_HEAD - 64,
               "HERMES_MAX_TOKEN_SIZE must be at least 16 bytes and fit a request head (HERMES_MAX_REQUEST_HEAD - 64)");
 static_assert(HERMES_MAX_STATSD_CONNECTIONS >= 1 && HERMES_MAX_STATSD_CONNECTIONS <= 1000000,
@@ -742,6 +769,8 @@ struct Config {
   TlsServerConfig tls_server;               // "tls_server": HTTPS on the HTTP port; empty: plain HTTP
   StatsdSettings statsd;                    // the "statsd_*" keys and max_undeclared_metrics
   std::vector<RemoteWriteConfig> remote_write; // "remote_write": receivers to push to
+  std::optional<std::size_t> max_push_groups; // "max_push_groups"
+  std::optional<double> push_ttl_seconds;     // "push_ttl_seconds"
 };
 
 // What a series of `metric` may cost at most, in bytes of the memory budget, besides its
@@ -810,6 +839,12 @@ struct Options {
   std::string tls_client_ca_file; // clients must show a certificate these CAs signed; empty: none asked
   std::string statsd_mapping_file; // HERMES_STATSD_MAPPING: over the config's statsd_mapping_file; empty: that
   std::vector<RemoteWriteConfig> remote_write; // the config's, and HERMES_REMOTE_WRITE_URL's
+  bool push = true;            // take pushes over the Pushgateway API on the HTTP port
+  std::size_t max_push_bytes = HERMES_MAX_PUSH_BYTES; // a longer push body is answered 413
+  std::size_t max_push_groups = HERMES_DEFAULT_MAX_PUSH_GROUPS; // a push for one group more is answered 507
+  double push_ttl_seconds = 0;  // a group not pushed for this long disappears; 0: never
+  std::string push_token_file;  // a file holding the bearer token pushes and deletes must carry; empty: none
+  bool push_admin = false;      // PUT /api/v1/admin/wipe deletes every group
   LogSink log_sink;
 };
 
@@ -1191,6 +1226,9 @@ struct ServerStats {
   std::uint64_t reloads_failed = 0;
   double last_reload_success_seconds = 0; // the start, until a reload succeeds
   std::map<int, std::uint64_t> http_requests; // by status code; every code Hermes sends, from 0
+  std::map<std::pair<std::string, int>, std::uint64_t> push_requests; // Pushgateway API requests by method and status, from 0
+  double push_groups = 0;      // groups pushed over the Pushgateway API
+  double push_group_bytes = 0; // what they hold of the memory budget
   double memory_budget_bytes = 0;             // the limit of the memory budget
   double memory_used_bytes = 0;               // what of it is taken
   double memory_committed_bytes = 0;          // taken, or kept for the /metrics bodies of the series that exist
@@ -3338,7 +3376,7 @@ public:
     const auto &top = root.get<picojson::object>();
     reject_unknown_keys(top, "", {"service_name", "gauges", "counters", "histograms", "summaries", "listen_address",
                                   "listen_port", "max_series", "ttl_seconds", "max_memory_bytes", "state_file",
-                                  "state_interval_seconds", "udp_allow", "http_allow", "remote_write", "tls_server", "statsd_mapping_file",
+                                  "state_interval_seconds", "udp_allow", "http_allow", "max_push_groups", "push_ttl_seconds", "remote_write", "tls_server", "statsd_mapping_file",
                                   "statsd_undeclared", "statsd_observer_type", "statsd_ttl_seconds",
                                   "max_undeclared_metrics"});
     Config config;
@@ -3362,6 +3400,7 @@ public:
     if (const auto *tls = member(top, "tls_server")) config.tls_server = tls_server_at(*tls, "tls_server");
     read_statsd_settings(top, config.statsd);
     if (const auto *targets = member(top, "remote_write")) config.remote_write = read_remote_write(*targets, origin_);
+    read_push_limits(top, config);
     check_name_collisions(config.metrics);
     return config;
   }
@@ -3369,6 +3408,20 @@ public:
 private:
   [[noreturn]] void fail(const std::string &place, const std::string &problem) const {
     throw ConfigError(origin_ + ": " + (place.empty() ? "" : place + ": ") + problem);
+  }
+
+  // max_push_groups (a whole number from 1) and push_ttl_seconds (seconds, 0: never).
+  void read_push_limits(const picojson::object &top, Config &config) const {
+    if (const auto *groups = member(top, "max_push_groups")) {
+      const double n = groups->is<double>() ? groups->get<double>() : 0;
+      if (!(n >= 1 && n <= 1e9 && n == std::floor(n))) fail("max_push_groups", quote_json(*groups) + " is not a whole number from 1");
+      config.max_push_groups = static_cast<std::size_t>(n);
+    }
+    if (const auto *ttl = member(top, "push_ttl_seconds")) {
+      if (!ttl->is<double>() || !(ttl->get<double>() >= 0) || !std::isfinite(ttl->get<double>()))
+        fail("push_ttl_seconds", quote_json(*ttl) + " is not a number of seconds, 0 or more");
+      config.push_ttl_seconds = ttl->get<double>();
+    }
   }
 
   void reject_unknown_keys(const picojson::object &object, const std::string &place,
@@ -5448,9 +5501,10 @@ struct HttpStatus {
   const char *text;
 };
 constexpr HttpStatus http_statuses[] = {
-    {200, "OK"},          {400, "Bad Request"}, {401, "Unauthorized"}, {403, "Forbidden"},
-    {404, "Not Found"},   {405, "Method Not Allowed"},
-    {431, "Request Header Fields Too Large"},   {503, "Service Unavailable"}, {505, "HTTP Version Not Supported"}};
+    {200, "OK"},          {202, "Accepted"}, {400, "Bad Request"}, {401, "Unauthorized"}, {403, "Forbidden"},
+    {404, "Not Found"},   {405, "Method Not Allowed"}, {411, "Length Required"}, {413, "Payload Too Large"},
+    {415, "Unsupported Media Type"}, {431, "Request Header Fields Too Large"},   {503, "Service Unavailable"},
+    {505, "HTTP Version Not Supported"}, {507, "Insufficient Storage"}};
 
 inline const char *status_text(int status) {
   for (const HttpStatus &known : http_statuses)
@@ -5510,16 +5564,16 @@ inline std::string_view header(const HttpRequest &request, std::string_view name
 // Reads a bearer token file into `token`: its bytes without the line end that ends it.
 // Returns "", or what is wrong: the file cannot be read, is empty, too long, or holds
 // a byte that an Authorization header cannot carry (only visible ASCII can).
-inline std::string read_token_file(const std::string &path, std::string &token) {
+inline std::string read_token_file(const std::string &path, std::string &token, const std::string &what = "http token file") {
   std::string text;
   if (const int error = read_file(path.c_str(), HERMES_MAX_TOKEN_SIZE + 3, text))
-    return "http token file " + path + ": cannot read: " + std::strerror(error);
+    return what + " " + path + ": cannot read: " + std::strerror(error);
   while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
-  if (text.empty()) return "http token file " + path + ": empty: it must hold the bearer token";
+  if (text.empty()) return what + " " + path + ": empty: it must hold the bearer token";
   if (text.size() > HERMES_MAX_TOKEN_SIZE)
-    return "http token file " + path + ": longer than " + std::to_string(HERMES_MAX_TOKEN_SIZE) + " bytes";
+    return what + " " + path + ": longer than " + std::to_string(HERMES_MAX_TOKEN_SIZE) + " bytes";
   if (!std::all_of(text.begin(), text.end(), [](char c) { return c > 0x20 && c < 0x7f; }))
-    return "http token file " + path + ": holds a space, a control character or a byte past ASCII, which a bearer token cannot";
+    return what + " " + path + ": holds a space, a control character or a byte past ASCII, which a bearer token cannot";
   token = std::move(text);
   return "";
 }
@@ -5577,6 +5631,16 @@ HttpResponse route(const HttpRequest &request, bool openmetrics, bool protobuf, 
   return response;
 }
 
+// What the front end hands the requests of the Pushgateway API to: whether a request is
+// one (seen once its head is read), and its answer once its body is read too. Empty
+// `takes`: no push API.
+struct PushEndpoint {
+  std::function<bool(const HttpRequest &)> takes;
+  std::function<HttpResponse(const HttpRequest &, std::string_view body)> answer;
+  std::size_t max_body = 0;  // bytes; a longer body is answered 413
+  std::string token_file;    // a bearer token pushes must carry; empty: none
+};
+
 // One HTTP client: its request head as it arrives, then its response as it leaves.
 // After the response it lingers: reads and drops what the client still sends until
 // the client closes, because closing a socket with unread input resets the connection
@@ -5598,6 +5662,13 @@ struct Connection {
 #ifdef HERMES_TLS
   std::unique_ptr<TlsStream> tls; // on a TLS port: what the socket's bytes go through
 #endif
+  std::optional<HttpRequest> push; // a push whose body is being read, after its head in `input`
+  std::size_t body_start = 0, body_length = 0;
+  MemoryBudget *budget = nullptr; // where the push body's bytes were taken from
+  std::size_t body_taken = 0;
+  ~Connection() {
+    if (budget) budget->give_back(body_taken);
+  }
 };
 
 } // namespace detail
@@ -5849,6 +5920,1162 @@ inline std::string parse_remote_write_url(std::string_view text, RemoteWriteUrl 
   return "";
 }
 
+} // namespace hermes
+
+// ===== DETAIL: PUSH GROUPING KEY ==========================================================
+//
+// The Pushgateway API's paths: /metrics/job/<JOB>{/<NAME>/<VALUE>}, where a name
+// suffixed @base64 (job@base64 too) carries its value in base64url, as Pushgateway
+// 1.5.1 reads them. Errors are worded as Pushgateway words them, so that a client's log
+// says the same whichever gateway answered.
+
+namespace hermes {
+namespace detail {
+
+// Label pairs sorted by name: a grouping key, or the labels of one pushed sample.
+using PushLabels = std::vector<std::pair<std::string, std::string>>;
+
+// A string as Go's %q writes it: double quotes, with \" \\ and the C escapes, other
+// control bytes and bytes that are not UTF-8 as \xNN.
+inline std::string go_quote(std::string_view text) {
+  static constexpr char escapes[] = "\a\b\f\n\r\t\v", letters[] = "abfnrtv";
+  std::string out = "\"";
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const auto byte = static_cast<unsigned char>(text[i]);
+    if (byte == '"' || byte == '\\') {
+      out += '\\', out += static_cast<char>(byte);
+    } else if (byte != 0 && std::strchr(escapes, byte) != nullptr) {
+      out += '\\', out += letters[std::strchr(escapes, byte) - escapes];
+    } else if (byte >= 0x20 && byte < 0x7f) {
+      out += static_cast<char>(byte);
+    } else {
+      std::size_t length = byte >= 0xF0 ? 4 : byte >= 0xE0 ? 3 : byte >= 0xC0 ? 2 : 1;
+      if (byte >= 0x80 && i + length <= text.size() && is_valid_utf8(text.substr(i, length))) {
+        out += text.substr(i, length);
+        i += length - 1;
+        continue;
+      }
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "\\x%02x", byte);
+      out += hex;
+    }
+  }
+  return out + '"';
+}
+
+// A byte as Go's %q writes a byte: a quoted character, read as the code point of that value.
+inline std::string go_quote_byte(unsigned char byte) {
+  if (byte == '\'') return "'\\''";
+  if (byte == '"') return "'\"'";
+  std::string quoted = go_quote(std::string(1, static_cast<char>(byte < 0x80 ? byte : 0)));
+  if (byte >= 0x80) {
+    char text[12];
+    if (byte < 0xA0 || byte == 0xAD) {
+      std::snprintf(text, sizeof text, "\\u%04x", byte);
+    } else {
+      text[0] = static_cast<char>(0xC0 | (byte >> 6)), text[1] = static_cast<char>(0x80 | (byte & 0x3F)), text[2] = '\0';
+    }
+    quoted = std::string("\"") + text + "\"";
+  }
+  quoted.front() = quoted.back() = '\'';
+  return quoted;
+}
+
+// The path with %XX escapes decoded, as Go's net/url does before routing; nullopt for
+// a bad escape.
+inline std::optional<std::string> percent_decoded(std::string_view path) {
+  std::string out;
+  out.reserve(path.size());
+  for (std::size_t i = 0; i < path.size(); ++i) {
+    if (path[i] != '%') {
+      out += path[i];
+      continue;
+    }
+    const auto digit = [&](std::size_t at) -> int {
+      if (at >= path.size()) return -1;
+      const char c = path[at];
+      return is_ascii_digit(c) ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : (c >= 'A' && c <= 'F') ? c - 'A' + 10 : -1;
+    };
+    const int high = digit(i + 1), low = digit(i + 2);
+    if (high < 0 || low < 0) return std::nullopt;
+    out += static_cast<char>(high * 16 + low);
+    i += 2;
+  }
+  return out;
+}
+
+// base64url without padding (trailing '=' ignored), as Go's base64.RawURLEncoding
+// decodes it: the bytes, or the offset of the first bad input byte as `bad_at`, with
+// `out` then holding what came before the quantum that failed.
+inline bool decode_base64url(std::string_view text, std::string &out, std::size_t &bad_at) {
+  while (!text.empty() && text.back() == '=') text.remove_suffix(1);
+  out.clear();
+  std::uint32_t bits = 0;
+  std::size_t held = 0;
+  std::string quantum;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    const int value = is_ascii_upper(c) ? c - 'A' : is_ascii_lower(c) ? c - 'a' + 26 : is_ascii_digit(c) ? c - '0' + 52
+                      : c == '-' ? 62 : c == '_' ? 63 : -1;
+    if (value < 0) return bad_at = i, false;
+    bits = bits << 6 | static_cast<std::uint32_t>(value);
+    if (++held == 4) {
+      out += static_cast<char>(bits >> 16), out += static_cast<char>(bits >> 8), out += static_cast<char>(bits);
+      bits = 0, held = 0;
+    }
+  }
+  if (held == 1) return bad_at = text.size() - 1, false;
+  if (held == 2) out += static_cast<char>(bits >> 4);
+  if (held == 3) out += static_cast<char>(bits >> 10), out += static_cast<char>(bits >> 2);
+  return true;
+}
+
+// A grouping key read from a push path: the labels, sorted by name with job among them,
+// or what is wrong with the path.
+struct GroupingKey {
+  PushLabels labels;
+  std::string problem; // empty when the key is good
+};
+
+inline bool is_push_path(std::string_view path) {
+  return starts_with(path, "/metrics/job/") || starts_with(path, "/metrics/job@base64/");
+}
+
+// Pushgateway's splitLabels: name/value pairs after the job, each name a label name not
+// starting with __, its value base64url when the name ends in @base64.
+inline std::string read_grouping_labels(std::string_view rest, std::map<std::string, std::string> &labels) {
+  if (rest.size() <= 1) return "";
+  const std::vector<std::string_view> parts = split(rest, '/');
+  if (parts.size() % 2 == 0) return "odd number of components in label string " + go_quote(rest);
+  for (std::size_t i = 1; i + 1 < parts.size(); i += 2) {
+    std::string_view name = parts[i];
+    const bool base64 = ends_with(name, "@base64");
+    if (base64) name.remove_suffix(sizeof "@base64" - 1);
+    if (!is_label_name(name) || starts_with(name, "__")) return "improper label name " + go_quote(name);
+    std::string value(parts[i + 1]);
+    std::size_t bad_at = 0;
+    if (base64 && !decode_base64url(parts[i + 1], value, bad_at))
+      return "invalid base64 encoding for label " + std::string(name) + "=" + go_quote(parts[i + 1]) +
+             ": illegal base64 data at input byte " + std::to_string(bad_at);
+    labels[std::string(name)] = std::move(value);
+  }
+  return "";
+}
+
+inline GroupingKey parse_grouping_key(std::string_view raw_path) {
+  GroupingKey key;
+  const auto path = percent_decoded(raw_path);
+  if (!path) return key.problem = "invalid URL escape in " + go_quote(raw_path), key;
+  std::string_view rest = std::string_view(*path).substr(sizeof "/metrics/" - 1);
+  const bool base64 = starts_with(rest, "job@base64/");
+  rest.remove_prefix(base64 ? sizeof "job@base64/" - 1 : sizeof "job/" - 1);
+  const std::size_t slash = rest.find('/');
+  std::string job(rest.substr(0, slash));
+  rest = slash == std::string_view::npos ? std::string_view() : rest.substr(slash);
+  std::size_t bad_at = 0;
+  if (base64 && !decode_base64url(std::string(job), job, bad_at))
+    return key.problem = "invalid base64 encoding in job name " + go_quote(job) + ": illegal base64 data at input byte " +
+                         std::to_string(bad_at), key;
+  if (job.empty()) return key.problem = "job name is required", key;
+  std::map<std::string, std::string> labels;
+  key.problem = read_grouping_labels(rest, labels);
+  labels["job"] = job;
+  key.labels.assign(labels.begin(), labels.end());
+  return key;
+}
+
+} // namespace detail
+} // namespace hermes
+
+// ===== DETAIL: PUSH TEXT FORMAT ===========================================================
+//
+// A body in the text format 0.0.4, read as Pushgateway 1.5.1 reads it (the Prometheus
+// text parser of its time): the same families, samples and labels, and on a bad body
+// the same "text format parsing error in line N: ..." message. A state machine over the
+// body's bytes, one state per function as there; nothing is applied from a body that fails.
+
+namespace hermes {
+namespace detail {
+
+// The families of the Pushgateway API, in the order of metrics.proto's MetricType.
+enum class PushType { counter, gauge, summary, untyped, histogram, gauge_histogram, count_ };
+
+inline const char *to_string(PushType type) {
+  static constexpr const char *names[] = {"counter", "gauge", "summary", "untyped", "histogram", "gauge_histogram"};
+  return name_of(type, names);
+}
+
+// One pushed sample: a counter's, gauge's or untyped value, or a summary's or
+// histogram's count, sum, and quantiles (quantile, value) or buckets (upper bound,
+// cumulative count).
+struct PushedMetric {
+  PushLabels labels; // sorted by name once the grouping labels are in
+  double value = 0;
+  double count = 0, sum = 0;
+  std::vector<std::pair<double, double>> points;
+  std::string native;          // a histogram's native fields (5 to 14 of metrics.proto's Histogram), as pushed
+  PushType kind = PushType::count_; // the value it holds; count_: none
+  bool has_timestamp = false;
+};
+
+struct PushedFamily {
+  std::string name;
+  std::optional<std::string> help; // absent: no HELP line, as Pushgateway writes it
+  std::optional<PushType> type;    // absent until a TYPE line or a sample sets it
+  std::vector<PushedMetric> metrics;
+};
+
+// Go's strconv.ParseFloat as the text parser calls it: decimal, Inf, Infinity or NaN in
+// any case; no hexadecimal, no underscores; a finite number too large is an error.
+inline std::optional<double> parse_go_float(std::string_view text) {
+  if (text.find_first_of("pP_") != std::string_view::npos || text.empty()) return std::nullopt;
+  const bool negative = text[0] == '-';
+  std::string_view body = text[0] == '+' || text[0] == '-' ? text.substr(1) : text;
+  const std::string word = lowercase(body);
+  if (word == "inf" || word == "infinity") return negative ? -HUGE_VAL : HUGE_VAL;
+  if (word == "nan" && body.size() == text.size()) return std::nan("");
+  std::size_t i = 0, digits = 0;
+  long order = 0; // digits before the point, leading zeros aside: how large the number is
+  bool leading = true;
+  for (; i < body.size() && is_ascii_digit(body[i]); ++i, ++digits)
+    if (!(leading = leading && body[i] == '0')) ++order;
+  if (i < body.size() && body[i] == '.')
+    for (++i; i < body.size() && is_ascii_digit(body[i]); ++i) ++digits;
+  if (digits == 0) return std::nullopt;
+  long exponent = 0;
+  if (i < body.size() && (body[i] == 'e' || body[i] == 'E')) {
+    std::size_t k = i + 1;
+    const bool minus = k < body.size() && body[k] == '-';
+    if (k < body.size() && (body[k] == '+' || body[k] == '-')) ++k;
+    if (k == body.size()) return std::nullopt;
+    for (; k < body.size(); ++k) {
+      if (!is_ascii_digit(body[k])) return std::nullopt;
+      exponent = std::min(exponent * 10 + (body[k] - '0'), 100000L);
+    }
+    exponent = minus ? -exponent : exponent;
+    i = body.size();
+  }
+  if (i != body.size()) return std::nullopt;
+  double value = 0;
+  const auto result = std::from_chars(body.data(), body.data() + body.size(), value);
+  const bool out_of_range = result.ec == std::errc::result_out_of_range;
+  if (out_of_range ? order + exponent > 0 : std::isinf(value)) return std::nullopt; // too large: Go says so
+  if (out_of_range) value = 0; // below the smallest double: Go reads 0
+  return negative ? -value : value;
+}
+
+// Go's strconv.ParseInt(text, 10, 64).
+inline std::optional<std::int64_t> parse_go_int(std::string_view text) {
+  if (!text.empty() && text[0] == '+') text.remove_prefix(1);
+  std::int64_t value = 0;
+  const auto result = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || result.ec != std::errc() || result.ptr != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
+class PushTextParser {
+public:
+  // The families of `body` by name, or nullopt and error() saying why.
+  std::optional<std::map<std::string, PushedFamily>> parse(std::string_view body);
+  const std::string &error() const { return error_; }
+
+private:
+  enum class Next { line, comment, metric_name, labels, label_name, label_value, value, timestamp, help, type, stop };
+  enum class State { ok, end, failed }; // end: the body ended inside a line
+
+  bool read() {
+    if (at_ >= body_.size()) return state_ = State::end, false;
+    byte_ = static_cast<unsigned char>(body_[at_++]);
+    return true;
+  }
+  bool stopped() const { return state_ != State::ok; }
+  Next fail(const std::string &message) {
+    state_ = State::failed;
+    error_ = "text format parsing error in line " + std::to_string(line_) + ": " + message;
+    return Next::stop;
+  }
+  static bool blank(unsigned char c) { return c == ' ' || c == '\t'; }
+  bool skip_blank() {
+    while (read() && blank(byte_)) {
+    }
+    return !stopped();
+  }
+  bool skip_blank_if_blank() { return blank(byte_) ? skip_blank() : true; }
+  bool token_until_white() {
+    token_.clear();
+    while (!stopped() && !blank(byte_) && byte_ != '\n') {
+      token_ += static_cast<char>(byte_);
+      read();
+    }
+    return !stopped();
+  }
+  bool token_until_newline(bool escapes);
+  bool token_as_name(bool metric);
+  bool token_as_label_value();
+  void set_family();
+  bool summary_or_histogram() const {
+    return family_->type == PushType::summary || family_->type == PushType::histogram;
+  }
+
+  Next step(Next next);
+  Next start_of_line();
+  Next start_comment();
+  Next metric_name();
+  Next label_name();
+  Next label_value();
+  Next value();
+  Next timestamp();
+  Next help();
+  Next type();
+
+  std::string_view body_;
+  std::size_t at_ = 0, line_ = 0;
+  State state_ = State::ok;
+  unsigned char byte_ = 0;
+  std::string token_, error_;
+  std::map<std::string, PushedFamily> families_;
+  PushedFamily *family_ = nullptr;
+  PushedMetric metric_;             // the sample being read
+  PushedMetric *current_ = nullptr; // where its value goes: itself, or the summary or histogram it joins
+  std::map<std::pair<std::string, PushLabels>, std::size_t> joined_; // summaries and histograms by labels but quantile and le
+  std::map<std::string, std::string> signature_; // the labels of the sample being read but quantile and le
+  std::string label_name_;
+  bool special_ = false; // the label is a summary's quantile or a histogram's le
+  double quantile_ = NAN, bucket_ = NAN;
+  bool is_count_ = false, is_sum_ = false;
+};
+
+inline std::optional<std::map<std::string, PushedFamily>> PushTextParser::parse(std::string_view body) {
+  body_ = body, at_ = 0, line_ = 0, state_ = State::ok;
+  families_.clear(), joined_.clear(), family_ = nullptr;
+  for (Next next = Next::line; next != Next::stop;) next = step(next);
+  if (state_ == State::end) fail("unexpected end of input stream");
+  if (state_ != State::ok) return std::nullopt;
+  for (auto it = families_.begin(); it != families_.end();) it = it->second.metrics.empty() ? families_.erase(it) : std::next(it);
+  return std::move(families_);
+}
+
+inline PushTextParser::Next PushTextParser::step(Next next) {
+  switch (next) {
+  case Next::line: return start_of_line();
+  case Next::comment: return start_comment();
+  case Next::metric_name: return metric_name();
+  case Next::labels:
+    if (summary_or_histogram()) signature_.clear(), quantile_ = NAN, bucket_ = NAN;
+    return byte_ == '{' ? Next::label_name : value();
+  case Next::label_name: return label_name();
+  case Next::label_value: return label_value();
+  case Next::value: return value();
+  case Next::timestamp: return timestamp();
+  case Next::help: return help();
+  case Next::type: return type();
+  case Next::stop: break;
+  }
+  return Next::stop;
+}
+
+inline PushTextParser::Next PushTextParser::start_of_line() {
+  ++line_;
+  if (!skip_blank()) {
+    if (state_ == State::end) state_ = State::ok; // the body ends between lines: done
+    return Next::stop;
+  }
+  if (byte_ == '#') return Next::comment;
+  if (byte_ == '\n') return Next::line;
+  return Next::metric_name;
+}
+
+// "# HELP name text", "# TYPE name type", or any other comment, skipped.
+inline PushTextParser::Next PushTextParser::start_comment() {
+  if (!skip_blank()) return Next::stop;
+  if (byte_ == '\n') return Next::line;
+  if (!token_until_white()) return Next::stop;
+  if (byte_ == '\n') return Next::line;
+  const std::string keyword = token_;
+  if (keyword != "HELP" && keyword != "TYPE") {
+    while (byte_ != '\n')
+      if (!read()) return Next::stop;
+    return Next::line;
+  }
+  if (!skip_blank() || !token_as_name(true)) return Next::stop;
+  if (byte_ == '\n') return Next::line;
+  if (!blank(byte_)) return fail("invalid metric name in comment");
+  set_family();
+  if (!skip_blank()) return Next::stop;
+  if (byte_ == '\n') return Next::line;
+  return keyword == "HELP" ? Next::help : Next::type;
+}
+
+inline PushTextParser::Next PushTextParser::metric_name() {
+  if (!token_as_name(true)) return Next::stop;
+  if (token_.empty()) return fail("invalid metric name");
+  set_family();
+  if (!family_->type) family_->type = PushType::untyped;
+  metric_ = PushedMetric();
+  if (!skip_blank_if_blank()) return Next::stop;
+  return Next::labels;
+}
+
+inline PushTextParser::Next PushTextParser::label_name() {
+  if (!skip_blank()) return Next::stop;
+  if (byte_ == '}') return skip_blank() ? value() : Next::stop;
+  if (!token_as_name(false)) return Next::stop;
+  if (token_.empty()) return fail("invalid label name for metric " + go_quote(family_->name));
+  label_name_ = token_;
+  if (label_name_ == "__name__") return fail("label name \"__name__\" is reserved");
+  const bool special = (family_->type == PushType::summary && label_name_ == "quantile") ||
+                       (family_->type == PushType::histogram && label_name_ == "le");
+  special_ = special;
+  if (!special) metric_.labels.emplace_back(label_name_, std::string());
+  if (!skip_blank_if_blank()) return Next::stop;
+  if (byte_ != '=') return fail("expected '=' after label name, found " + go_quote_byte(byte_));
+  for (std::size_t i = 0; !special && i + 1 < metric_.labels.size(); ++i)
+    if (metric_.labels[i].first == label_name_) return fail("duplicate label names for metric " + go_quote(family_->name));
+  return Next::label_value;
+}
+
+inline PushTextParser::Next PushTextParser::label_value() {
+  const bool special = special_;
+  if (!skip_blank()) return Next::stop;
+  if (byte_ != '"') return fail("expected '\"' at start of label value, found " + go_quote_byte(byte_));
+  if (!token_as_label_value()) return Next::stop;
+  if (!is_valid_utf8(token_)) return fail("invalid label value " + go_quote(token_));
+  if (!special) metric_.labels.back().second = token_;
+  if (summary_or_histogram()) {
+    if (special) {
+      const auto bound = parse_go_float(token_);
+      const char *label = family_->type == PushType::summary ? "quantile" : "le";
+      if (!bound) return fail(std::string("expected float as value for '") + label + "' label, got " + go_quote(token_));
+      (family_->type == PushType::summary ? quantile_ : bucket_) = *bound;
+    } else {
+      signature_[label_name_] = token_;
+    }
+  }
+  if (!skip_blank()) return Next::stop;
+  if (byte_ == ',') return Next::label_name;
+  if (byte_ == '}') return skip_blank() ? value() : Next::stop;
+  return fail("unexpected end of label value " + go_quote(token_));
+}
+
+// The sample's value; a summary's or histogram's line joins the series of the same
+// labels read before, as the text parser joins them.
+inline PushTextParser::Next PushTextParser::value() {
+  current_ = nullptr;
+  if (summary_or_histogram()) {
+    const auto key = std::make_pair(family_->name, PushLabels(signature_.begin(), signature_.end()));
+    const auto found = joined_.find(key);
+    if (found != joined_.end()) {
+      current_ = &family_->metrics[found->second];
+    } else {
+      joined_.emplace(key, family_->metrics.size());
+    }
+  }
+  if (!current_) family_->metrics.push_back(std::move(metric_)), current_ = &family_->metrics.back();
+  current_->kind = *family_->type;
+  if (!token_until_white()) return Next::stop;
+  const auto number = parse_go_float(token_);
+  if (!number) return fail("expected float as value, got " + go_quote(token_));
+  const double value = *number;
+  const auto as_count = [](double v) { return v >= 0 ? std::min(v, 0x1p64 - 2048) : 0.0; }; // Go's uint64(v), within range
+  switch (*family_->type) {
+  case PushType::counter:
+  case PushType::gauge:
+  case PushType::untyped: current_->value = value; break;
+  case PushType::summary:
+  case PushType::histogram: {
+    const bool summary = family_->type == PushType::summary;
+    const double point = summary ? quantile_ : bucket_;
+    if (is_count_) {
+      current_->count = std::trunc(as_count(value));
+    } else if (is_sum_) {
+      current_->sum = value;
+    } else if (!std::isnan(point)) {
+      current_->points.emplace_back(point, summary ? value : std::trunc(as_count(value)));
+    }
+    break;
+  }
+  case PushType::gauge_histogram:
+  case PushType::count_: return fail("unexpected type for metric name " + go_quote(family_->name));
+  }
+  return byte_ == '\n' ? Next::line : Next::timestamp;
+}
+
+inline PushTextParser::Next PushTextParser::timestamp() {
+  if (!skip_blank() || !token_until_white()) return Next::stop;
+  if (!parse_go_int(token_)) return fail("expected integer as timestamp, got " + go_quote(token_));
+  current_->has_timestamp = true;
+  if (!token_until_newline(false)) return Next::stop;
+  if (!token_.empty()) return fail("spurious string after timestamp: " + go_quote(token_));
+  return Next::line;
+}
+
+inline PushTextParser::Next PushTextParser::help() {
+  if (family_->help) return fail("second HELP line for metric name " + go_quote(family_->name));
+  if (!token_until_newline(true)) return Next::stop;
+  family_->help = token_;
+  return Next::line;
+}
+
+inline PushTextParser::Next PushTextParser::type() {
+  if (family_->type) return fail("second TYPE line for metric name " + go_quote(family_->name) + ", or TYPE reported after samples");
+  if (!token_until_newline(false)) return Next::stop;
+  const std::string word = lowercase(token_);
+  for (std::size_t i = 0; i < static_cast<std::size_t>(PushType::count_); ++i)
+    if (word == to_string(static_cast<PushType>(i))) return family_->type = static_cast<PushType>(i), Next::line;
+  return fail("unknown metric type " + go_quote(token_));
+}
+
+// The rest of the line; HELP text with its escapes \\ and \n read.
+inline bool PushTextParser::token_until_newline(bool escapes) {
+  token_.clear();
+  bool escaped = false;
+  while (!stopped()) {
+    if (escapes && escaped) {
+      if (byte_ != '\\' && byte_ != 'n') {
+        fail(std::string("invalid escape sequence '\\") + static_cast<char>(byte_) + "'");
+        return false;
+      }
+      token_ += byte_ == 'n' ? '\n' : '\\';
+      escaped = false;
+    } else if (byte_ == '\n') {
+      return true;
+    } else if (byte_ == '\\') {
+      escaped = true;
+    } else {
+      token_ += static_cast<char>(byte_);
+    }
+    read();
+  }
+  return false;
+}
+
+// A metric name ([a-zA-Z_:][a-zA-Z0-9_:]*) or a label name (no colon), from the current
+// byte on; empty when it does not start one.
+inline bool PushTextParser::token_as_name(bool metric) {
+  token_.clear();
+  const auto fits = [metric](unsigned char c, bool first) {
+    return is_ascii_upper(static_cast<char>(c)) || is_ascii_lower(static_cast<char>(c)) || c == '_' ||
+           (metric && c == ':') || (!first && is_ascii_digit(static_cast<char>(c)));
+  };
+  if (!fits(byte_, true)) return true;
+  do {
+    token_ += static_cast<char>(byte_);
+  } while (read() && fits(byte_, false));
+  return !stopped();
+}
+
+inline bool PushTextParser::token_as_label_value() {
+  token_.clear();
+  bool escaped = false;
+  while (read()) {
+    if (escaped) {
+      if (byte_ != '"' && byte_ != '\\' && byte_ != 'n') {
+        fail(std::string("invalid escape sequence '\\") + static_cast<char>(byte_) + "'");
+        return false;
+      }
+      token_ += byte_ == 'n' ? '\n' : static_cast<char>(byte_);
+      escaped = false;
+    } else if (byte_ == '"') {
+      return true;
+    } else if (byte_ == '\n') {
+      fail("label value " + go_quote(token_) + " contains unescaped new-line");
+      return false;
+    } else if (byte_ == '\\') {
+      escaped = true;
+    } else {
+      token_ += static_cast<char>(byte_);
+    }
+  }
+  return false;
+}
+
+// The family a name belongs to: its own, or the summary or histogram whose _count, _sum
+// (or _bucket) it is; else a new one.
+inline void PushTextParser::set_family() {
+  is_count_ = is_sum_ = false;
+  if (const auto found = families_.find(token_); found != families_.end()) return void(family_ = &found->second);
+  const bool count = token_.size() > 6 && ends_with(token_, "_count"), sum = token_.size() > 4 && ends_with(token_, "_sum");
+  const bool bucket = token_.size() > 7 && ends_with(token_, "_bucket");
+  const std::string base = token_.substr(0, token_.size() - (count ? 6 : sum ? 4 : bucket ? 7 : 0));
+  if (const auto found = families_.find(base); (count || sum || bucket) && found != families_.end()) {
+    const auto type = found->second.type;
+    if ((type == PushType::summary && !bucket) || type == PushType::histogram) {
+      is_count_ = count, is_sum_ = sum;
+      return void(family_ = &found->second);
+    }
+  }
+  family_ = &families_[token_];
+  family_->name = token_;
+}
+
+} // namespace detail
+} // namespace hermes
+
+// ===== DETAIL: PUSH PROTOBUF FORMAT =======================================================
+//
+// A push body in the delimited protobuf format that client_golang's push package sends:
+// io.prometheus.client.MetricFamily messages, each after its varint length. Every type,
+// native histograms included: a histogram's native fields (schema, zero bucket, spans and
+// deltas or counts) are kept as they came and written back as client_golang writes them.
+// Every read is bounded: a truncated or hostile body is an error, "unexpected EOF" as
+// Pushgateway words a cut one, never a read past its end.
+
+namespace hermes {
+namespace detail {
+
+class ProtobufReader {
+public:
+  explicit ProtobufReader(std::string_view bytes) : bytes_(bytes) {}
+  bool done() const { return at_ == bytes_.size(); }
+  std::size_t position() const { return at_; }
+  std::string_view bytes_between(std::size_t from, std::size_t to) const { return bytes_.substr(from, to - from); }
+
+  bool varint(std::uint64_t &value) {
+    value = 0;
+    for (unsigned shift = 0; shift < 64 && at_ < bytes_.size(); shift += 7) {
+      const auto byte = static_cast<unsigned char>(bytes_[at_++]);
+      value |= std::uint64_t{byte & 0x7Fu} << shift;
+      if ((byte & 0x80) == 0) return true;
+    }
+    return false;
+  }
+  bool fixed(std::size_t size, std::uint64_t &value) {
+    if (bytes_.size() - at_ < size) return false;
+    value = 0;
+    for (std::size_t i = 0; i < size; ++i) value |= std::uint64_t{static_cast<unsigned char>(bytes_[at_ + i])} << (8 * i);
+    at_ += size;
+    return true;
+  }
+  bool double_value(std::uint32_t wire, double &value) {
+    std::uint64_t bits = 0;
+    if (wire != 1 || !fixed(8, bits)) return false;
+    std::memcpy(&value, &bits, sizeof value);
+    return true;
+  }
+  bool bytes(std::string_view &out) {
+    std::uint64_t length = 0;
+    if (!varint(length) || length > bytes_.size() - at_) return false;
+    out = bytes_.substr(at_, static_cast<std::size_t>(length));
+    at_ += static_cast<std::size_t>(length);
+    return true;
+  }
+  bool field(std::uint32_t &number, std::uint32_t &wire) {
+    std::uint64_t tag = 0;
+    if (!varint(tag) || (tag >> 3) == 0 || (tag >> 3) > 0x1FFFFFFF) return false;
+    number = static_cast<std::uint32_t>(tag >> 3), wire = static_cast<std::uint32_t>(tag & 7);
+    return true;
+  }
+  bool skip(std::uint32_t wire) {
+    std::uint64_t ignored = 0;
+    std::string_view also_ignored;
+    switch (wire) {
+    case 0: return varint(ignored);
+    case 1: return fixed(8, ignored);
+    case 2: return bytes(also_ignored);
+    case 5: return fixed(4, ignored);
+    default: return false; // groups (3, 4) are not in metrics.proto
+    }
+  }
+
+private:
+  std::string_view bytes_;
+  std::size_t at_ = 0;
+};
+
+// A field of a message, read by `read(number, wire, reader)` (false: the bytes are bad);
+// fields it does not know it skips.
+template <typename Read> bool read_message(std::string_view message, Read &&read) {
+  ProtobufReader reader(message);
+  std::uint32_t number = 0, wire = 0;
+  while (!reader.done())
+    if (!reader.field(number, wire) || !read(number, wire, reader)) return false;
+  return true;
+}
+
+// Quantile {quantile = 1, value = 2} or Bucket {cumulative_count = 1, upper_bound = 2,
+// cumulative_count_float = 4}: (quantile, value) or (upper bound, count).
+inline bool read_point(std::string_view message, bool bucket, std::pair<double, double> &point) {
+  return read_message(message, [&](std::uint32_t number, std::uint32_t wire, ProtobufReader &reader) {
+    std::uint64_t count = 0;
+    if (bucket && number == 1 && wire == 0) return reader.varint(count) && (point.second = static_cast<double>(count), true);
+    if (bucket && number == 4) return reader.double_value(wire, point.second);
+    if (number == 1 || number == 2) return reader.double_value(wire, (number == 1) != bucket ? point.first : point.second);
+    return reader.skip(wire);
+  });
+}
+
+// A packed repeated field as one field per element, as client_golang writes the deltas
+// and counts of a native histogram (metrics.proto does not declare them packed).
+inline bool unpack(std::string_view packed, std::uint32_t number, std::uint32_t wire, std::string &out) {
+  ProtobufReader reader(packed);
+  while (!reader.done()) {
+    const std::size_t start = reader.position();
+    if (!reader.skip(wire)) return false;
+    append_tag(out, number, static_cast<WireType>(wire));
+    out.append(reader.bytes_between(start, reader.position()));
+  }
+  return true;
+}
+
+// Summary {sample_count = 1, sample_sum = 2, quantile = 3} or Histogram {sample_count = 1,
+// sample_sum = 2, bucket = 3, sample_count_float = 4, the native fields 5 to 14}.
+inline bool read_distribution(std::string_view message, bool histogram, PushedMetric &metric) {
+  return read_message(message, [&](std::uint32_t number, std::uint32_t wire, ProtobufReader &reader) {
+    const std::size_t start = reader.position() - varint_size(std::uint64_t{number} << 3 | wire);
+    std::uint64_t count = 0;
+    std::string_view point;
+    if (number == 1 && wire == 0) return reader.varint(count) && (metric.count = static_cast<double>(count), true);
+    if (number == 2) return reader.double_value(wire, metric.sum);
+    if (number == 3 && wire == 2) {
+      metric.points.emplace_back();
+      return reader.bytes(point) && read_point(point, histogram, metric.points.back());
+    }
+    if (histogram && number == 4) return reader.double_value(wire, metric.count);
+    if (!histogram || number < 5 || number > 14) return reader.skip(wire);
+    const bool repeated_number = number == 10 || number == 11 || number == 13 || number == 14; // deltas, counts
+    if (repeated_number && wire == 2) return reader.bytes(point) && unpack(point, number, number == 11 || number == 14 ? 1 : 0, metric.native);
+    if (!reader.skip(wire)) return false;
+    metric.native.append(reader.bytes_between(start, reader.position()));
+    return true;
+  });
+}
+
+// Metric {label = 1, gauge = 2, counter = 3, summary = 4, untyped = 5, timestamp_ms = 6,
+// histogram = 7}; LabelPair {name = 1, value = 2}.
+inline bool read_metric(std::string_view message, PushedMetric &metric) {
+  static constexpr PushType kinds[] = {PushType::gauge, PushType::counter, PushType::summary, PushType::untyped};
+  return read_message(message, [&](std::uint32_t number, std::uint32_t wire, ProtobufReader &reader) {
+    std::string_view inner;
+    if (number == 6) return metric.has_timestamp = true, reader.skip(wire);
+    if (number == 1 && wire == 2) {
+      auto &label = metric.labels.emplace_back();
+      return reader.bytes(inner) && read_message(inner, [&](std::uint32_t field, std::uint32_t type, ProtobufReader &pair) {
+               std::string_view text;
+               if ((field == 1 || field == 2) && type == 2)
+                 return pair.bytes(text) && ((field == 1 ? label.first : label.second) = std::string(text), true);
+               return pair.skip(type);
+             });
+    }
+    if ((number < 2 || number > 5) && number != 7) return reader.skip(wire);
+    if (wire != 2 || !reader.bytes(inner)) return false;
+    metric.kind = number == 7 ? PushType::histogram : kinds[number - 2];
+    if (metric.kind == PushType::summary || metric.kind == PushType::histogram)
+      return read_distribution(inner, metric.kind == PushType::histogram, metric);
+    return read_message(inner, [&](std::uint32_t field, std::uint32_t type, ProtobufReader &value) {
+      return field == 1 ? value.double_value(type, metric.value) : value.skip(type);
+    });
+  });
+}
+
+// MetricFamily {name = 1, help = 2, type = 3, metric = 4}.
+inline bool read_family(std::string_view message, PushedFamily &family) {
+  family.type = PushType::counter; // the type's default in metrics.proto
+  return read_message(message, [&](std::uint32_t number, std::uint32_t wire, ProtobufReader &reader) {
+    std::string_view text;
+    std::uint64_t type = 0;
+    if ((number == 1 || number == 2) && wire == 2) {
+      if (!reader.bytes(text)) return false;
+      (number == 1 ? family.name : family.help.emplace()) = std::string(text);
+      return true;
+    }
+    if (number == 3 && wire == 0) {
+      if (!reader.varint(type)) return false;
+      if (type < static_cast<std::uint64_t>(PushType::count_)) family.type = static_cast<PushType>(type);
+      return true;
+    }
+    if (number == 4 && wire == 2) return reader.bytes(text) && read_metric(text, family.metrics.emplace_back());
+    return reader.skip(wire);
+  });
+}
+
+// The families of a delimited body by name (a later family of a name replaces an
+// earlier one, as Pushgateway keeps them), or nullopt and `error`.
+inline std::optional<std::map<std::string, PushedFamily>> parse_push_protobuf(std::string_view body, std::string &error) {
+  std::map<std::string, PushedFamily> families;
+  ProtobufReader stream(body);
+  while (!stream.done()) {
+    std::string_view message;
+    PushedFamily family;
+    if (!stream.bytes(message)) return error = "unexpected EOF", std::nullopt;
+    if (!read_family(message, family)) return error = "unexpected EOF", std::nullopt; // what Pushgateway says of a cut message
+    if (!family.metrics.empty()) families[family.name] = std::move(family);
+  }
+  return families;
+}
+
+} // namespace detail
+} // namespace hermes
+
+// ===== DETAIL: PUSH GROUPS ================================================================
+//
+// The groups pushed over the Pushgateway API, with Pushgateway 1.5.1's semantics: PUT
+// replaces a group's families, POST those of the same name, DELETE the group; every
+// sample carries the grouping labels (over a pushed label of the same name) and
+// instance="" when it has no instance; each group has its push_time_seconds and
+// push_failure_time_seconds. A push that would make /metrics inconsistent is refused
+// whole and only its failure time is kept. Each group takes its bytes and its room in
+// the /metrics bodies from the memory budget, as a series does.
+
+namespace hermes {
+namespace detail {
+
+constexpr const char *push_time_name = "push_time_seconds";
+constexpr const char *push_failure_name = "push_failure_time_seconds";
+
+struct PushGroup {
+  PushLabels key;                                          // the grouping labels, job among them
+  std::map<std::string, PushedFamily, std::less<>> families; // with the two push_* gauges
+  double last_push = 0;                                    // monotonic seconds: when its TTL starts
+  std::size_t own_bytes = 0, body_bytes = 0;               // what it took from the budget
+};
+
+// What a push or delete answers: an HTTP status and, for a refusal, why.
+struct PushOutcome {
+  int status = 200;
+  std::string message;
+};
+
+// Each family name over the groups: its type, the HELP of its latest push, the groups
+// that hold it and the label sets of its samples, so that a push is checked against the
+// others without reading them.
+struct PushFamilyIndex {
+  PushType type = PushType::untyped;
+  std::optional<std::string> help;
+  std::vector<const PushGroup *> groups;
+  std::map<std::string, const PushGroup *> series; // label set (series_key) -> its group
+};
+
+// What a pushed family may add to one /metrics body, in the format that writes the most
+// of it; defined with the formatting, which writes it.
+inline std::size_t pushed_body_bytes(const PushGroup &group);
+
+// A label set as one string: each name and value followed by 0xFF, a byte UTF-8 never holds.
+inline std::string series_key(const PushLabels &labels) {
+  std::string key;
+  for (const auto &[name, value] : labels) key.append(name).append(1, '\xff').append(value).append(1, '\xff');
+  return key;
+}
+
+// Pushgateway's sanitizeLabels: the grouping labels over the pushed ones, instance=""
+// when there is no instance, sorted by name.
+inline void add_grouping_labels(PushLabels &labels, const PushLabels &key) {
+  for (const auto &grouping : key) {
+    const auto found = std::find_if(labels.begin(), labels.end(), [&](const auto &pair) { return pair.first == grouping.first; });
+    if (found != labels.end()) {
+      found->second = grouping.second;
+    } else {
+      labels.push_back(grouping);
+    }
+  }
+  if (std::none_of(labels.begin(), labels.end(), [](const auto &pair) { return pair.first == "instance"; }))
+    labels.emplace_back("instance", "");
+  std::sort(labels.begin(), labels.end());
+}
+
+// A push_time_seconds or push_failure_time_seconds family of one group.
+inline PushedFamily push_time_family(const char *name, const PushLabels &key, double seconds) {
+  PushedFamily family;
+  family.name = name;
+  family.help = name == push_time_name ? "Last Unix time when changing this group in the Pushgateway succeeded."
+                                       : "Last Unix time when changing this group in the Pushgateway failed.";
+  family.type = PushType::gauge;
+  family.metrics.emplace_back();
+  family.metrics.back().labels = key;
+  add_grouping_labels(family.metrics.back().labels, key);
+  family.metrics.back().value = seconds;
+  family.metrics.back().kind = PushType::gauge;
+  return family;
+}
+
+// Labels as the text format writes them, for messages: {a="1",b="2"}.
+inline std::string labels_text(const PushLabels &labels) {
+  std::string out = "{";
+  for (const auto &[name, value] : labels) {
+    if (out.size() > 1) out += ',';
+    out.append(name).append("=").append(go_quote(value));
+  }
+  return out + '}';
+}
+
+inline bool is_push_time(std::string_view name) { return name == push_time_name || name == push_failure_name; }
+
+// The names a family's samples take in the text format.
+inline std::vector<std::string> sample_names(std::string_view name, PushType type) {
+  const std::string base(name);
+  if (type == PushType::histogram) return {base + "_bucket", base + "_sum", base + "_count"};
+  if (type == PushType::summary) return {base, base + "_sum", base + "_count"};
+  return {base};
+}
+
+class PushStore {
+public:
+  PushStore(std::shared_ptr<MemoryBudget> budget, std::size_t max_groups, double ttl_seconds)
+      : budget_(std::move(budget)), max_groups_(max_groups), ttl_seconds_(ttl_seconds) {}
+  PushStore(const PushStore &) = delete;
+  PushStore &operator=(const PushStore &) = delete;
+  ~PushStore() { wipe(); }
+
+  // The sample names of the configured metrics and Hermes' own: no pushed family may
+  // write one of them.
+  void reserve_names(std::vector<std::string> names) {
+    std::sort(names.begin(), names.end());
+    reserved_ = std::move(names);
+  }
+
+  // PUT (`replace`) or POST of `families` to the group of `key`.
+  PushOutcome push(const PushLabels &key, std::map<std::string, PushedFamily> families, bool replace, Now now);
+  // DELETE: the group goes, if there is one.
+  void remove(const PushLabels &key);
+  void wipe() {
+    while (!groups_.empty()) drop(groups_.begin());
+  }
+  // Drops the groups not pushed for the TTL; returns how many.
+  std::size_t expire(double monotonic_now);
+
+  std::size_t group_count() const { return groups_.size(); }
+  std::size_t bytes() const { return bytes_; }
+  const std::map<std::string, PushFamilyIndex, std::less<>> &families() const { return index_; }
+
+private:
+  using Groups = std::map<PushLabels, PushGroup>;
+  std::string check(const PushGroup &candidate, const PushGroup *old) const;
+  std::string check_family(const PushedFamily &family, const PushGroup &candidate, const PushGroup *old) const;
+  std::optional<PushType> other_type(std::string_view name, const PushGroup &candidate, const PushGroup *old) const;
+  std::string commit(PushGroup &candidate, Groups::iterator old);
+  void record_failure(const PushLabels &key, Now now);
+  void index(const PushGroup &group);
+  void unindex(const PushGroup &group);
+  void drop(Groups::iterator group);
+  static std::size_t own_bytes(const PushGroup &group);
+
+  std::shared_ptr<MemoryBudget> budget_;
+  std::size_t max_groups_;
+  double ttl_seconds_;
+  Groups groups_;
+  std::map<std::string, PushFamilyIndex, std::less<>> index_;
+  std::vector<std::string> reserved_; // sorted
+  std::size_t bytes_ = 0;
+};
+
+inline PushOutcome PushStore::push(const PushLabels &key, std::map<std::string, PushedFamily> families, bool replace, Now now) {
+  const auto old = groups_.find(key);
+  PushGroup candidate;
+  candidate.key = key;
+  candidate.last_push = now.monotonic;
+  if (old != groups_.end())
+    for (const auto &[name, family] : old->second.families)
+      if (!replace || is_push_time(name)) candidate.families.emplace(name, family);
+  bool timestamps = false;
+  for (auto &[name, family] : families) {
+    if (is_push_time(name)) continue; // Pushgateway writes its own over them
+    for (PushedMetric &metric : family.metrics) {
+      add_grouping_labels(metric.labels, key);
+      timestamps = timestamps || metric.has_timestamp;
+    }
+    candidate.families[name] = std::move(family);
+  }
+  candidate.families[push_time_name] = push_time_family(push_time_name, key, now.wall);
+  if (!candidate.families.count(push_failure_name))
+    candidate.families[push_failure_name] = push_time_family(push_failure_name, key, 0);
+  std::string problem = timestamps ? "pushed metrics must not have timestamps"
+                                   : check(candidate, old == groups_.end() ? nullptr : &old->second);
+  if (!problem.empty()) {
+    record_failure(key, now);
+    return {400, "pushed metrics are invalid or inconsistent with existing metrics: " + problem};
+  }
+  problem = commit(candidate, old);
+  if (!problem.empty()) return {507, problem};
+  return {200, ""};
+}
+
+// Why `candidate` would make /metrics inconsistent, or "".
+inline std::string PushStore::check(const PushGroup &candidate, const PushGroup *old) const {
+  for (const auto &entry : candidate.families) {
+    const std::string problem = check_family(entry.second, candidate, old);
+    if (!problem.empty()) return problem;
+  }
+  return "";
+}
+
+// The type of another family named `name`: in the candidate, or in another group.
+inline std::optional<PushType> PushStore::other_type(std::string_view name, const PushGroup &candidate,
+                                                     const PushGroup *old) const {
+  if (const auto found = candidate.families.find(name); found != candidate.families.end()) return found->second.type;
+  const auto found = index_.find(name);
+  if (found == index_.end()) return std::nullopt;
+  const auto &groups = found->second.groups;
+  if (groups.size() == 1 && groups.front() == old) return std::nullopt;
+  return found->second.type;
+}
+
+// A family against Hermes' own names, the other groups' families of the same or a
+// colliding name (as client_golang's gatherer checks them), and each sample's labels.
+inline std::string PushStore::check_family(const PushedFamily &family, const PushGroup &candidate, const PushGroup *old) const {
+  const std::string &name = family.name;
+  const PushType type = *family.type;
+  if (!is_metric_name(name)) return "family " + go_quote(name) + ": not a metric name";
+  if (type == PushType::gauge_histogram) return "family \"" + name + "\": gauge histograms are not supported";
+  for (const std::string &sample : sample_names(name, type))
+    if (std::binary_search(reserved_.begin(), reserved_.end(), sample)) return "family \"" + name + "\" writes " + sample + ", a metric Hermes serves already";
+  if (const auto found = index_.find(name); found != index_.end() && found->second.type != type) {
+    const auto &groups = found->second.groups;
+    if (!(groups.size() == 1 && groups.front() == old))
+      return "family \"" + name + "\" is pushed as " + to_string(type) + " but another group has it as " +
+             to_string(found->second.type);
+  }
+  for (const char *suffix : {"_count", "_sum", "_bucket"}) {
+    if (!ends_with(name, suffix) || name.size() == std::strlen(suffix)) continue;
+    const auto base = other_type(std::string_view(name).substr(0, name.size() - std::strlen(suffix)), candidate, old);
+    if ((base == PushType::summary && std::strcmp(suffix, "_bucket") != 0) || base == PushType::histogram)
+      return "family \"" + name + "\" collides with the " + to_string(*base) + " \"" +
+             name.substr(0, name.size() - std::strlen(suffix)) + "\"";
+  }
+  if (type == PushType::summary || type == PushType::histogram)
+    for (const char *suffix : {"_count", "_sum", "_bucket"})
+      if ((type == PushType::histogram || std::strcmp(suffix, "_bucket") != 0) && other_type(name + suffix, candidate, old))
+        return "the " + std::string(to_string(type)) + " \"" + name + "\" collides with the family \"" + name + suffix + "\"";
+  std::vector<std::string> keys;
+  const auto found = index_.find(name);
+  for (const PushedMetric &metric : family.metrics) {
+    if (metric.kind != type) return "family \"" + name + "\": a sample that is not a " + to_string(type);
+    for (std::size_t i = 0; i + 1 < metric.labels.size(); ++i)
+      if (metric.labels[i].first == metric.labels[i + 1].first)
+        return "family \"" + name + "\": two labels named \"" + metric.labels[i].first + "\" on one sample";
+    for (const auto &[label, value] : metric.labels) {
+      if (!is_label_name(label) || starts_with(label, "__")) return "family \"" + name + "\": the label name " + go_quote(label) + " is not one";
+      if ((type == PushType::summary && label == "quantile") || (type == PushType::histogram && label == "le"))
+        return "family \"" + name + "\": a " + to_string(type) + " must not have an explicit \"" + label + "\" label";
+      if (!is_valid_utf8(value)) return "family \"" + name + "\": the value of label \"" + label + "\" is not UTF-8";
+    }
+    keys.push_back(series_key(metric.labels));
+    if (found == index_.end()) continue;
+    const auto owner = found->second.series.find(keys.back());
+    if (owner != found->second.series.end() && owner->second != old)
+      return "family \"" + name + "\": the labels " + labels_text(metric.labels) + " are another group's already";
+  }
+  std::sort(keys.begin(), keys.end());
+  if (std::adjacent_find(keys.begin(), keys.end()) != keys.end())
+    return "family \"" + name + "\": two samples with the same labels";
+  return "";
+}
+
+// Puts the candidate in place of the old group, within the budget and max_push_groups;
+// "" or why it could not.
+inline std::string PushStore::commit(PushGroup &candidate, Groups::iterator old) {
+  const bool fresh = old == groups_.end();
+  if (fresh && groups_.size() >= max_groups_)
+    return "no room for one more group: max_push_groups (" + std::to_string(max_groups_) + ") groups are held";
+  candidate.own_bytes = own_bytes(candidate);
+  candidate.body_bytes = pushed_body_bytes(candidate);
+  if (budget_) {
+    if (!fresh) budget_->give_back_series(old->second.own_bytes, old->second.body_bytes);
+    if (!budget_->take_for_series(candidate.own_bytes, candidate.body_bytes)) {
+      // What it held fits again: nothing else changed since it was given back.
+      if (!fresh && !budget_->take_for_series(old->second.own_bytes, old->second.body_bytes)) {
+        bytes_ -= old->second.own_bytes; // a fault: the group goes rather than break the budget's rule
+        old->second.own_bytes = old->second.body_bytes = 0;
+        drop(old);
+      }
+      return "no room in the memory budget for this group: it needs " +
+             std::to_string(candidate.own_bytes + candidate.body_bytes * HERMES_SCRAPE_BODIES) + " bytes";
+    }
+  }
+  if (!fresh) {
+    unindex(old->second);
+    bytes_ -= old->second.own_bytes;
+    old->second = std::move(candidate);
+    bytes_ += old->second.own_bytes;
+    index(old->second);
+    return "";
+  }
+  const auto made = groups_.emplace(candidate.key, std::move(candidate)).first;
+  bytes_ += made->second.own_bytes;
+  index(made->second);
+  return "";
+}
+
+// Pushgateway keeps the time of a refused push: in the group, made for it if need be
+// (with push_time_seconds 0), when the limits leave room for that.
+inline void PushStore::record_failure(const PushLabels &key, Now now) {
+  const auto old = groups_.find(key);
+  if (old != groups_.end()) {
+    old->second.families[push_failure_name].metrics.front().value = now.wall; // same size: the budget holds
+    return;
+  }
+  PushGroup group;
+  group.key = key;
+  group.last_push = now.monotonic;
+  group.families[push_time_name] = push_time_family(push_time_name, key, 0);
+  group.families[push_failure_name] = push_time_family(push_failure_name, key, now.wall);
+  if (check(group, nullptr).empty()) commit(group, groups_.end());
+}
+
+inline void PushStore::remove(const PushLabels &key) {
+  if (const auto found = groups_.find(key); found != groups_.end()) drop(found);
+}
+
+inline std::size_t PushStore::expire(double monotonic_now) {
+  if (ttl_seconds_ <= 0) return 0;
+  std::size_t dropped = 0;
+  for (auto it = groups_.begin(); it != groups_.end();) {
+    const auto next = std::next(it);
+    if (monotonic_now - it->second.last_push >= ttl_seconds_) drop(it), ++dropped;
+    it = next;
+  }
+  return dropped;
+}
+
+inline void PushStore::index(const PushGroup &group) {
+  for (const auto &[name, family] : group.families) {
+    PushFamilyIndex &entry = index_[name];
+    entry.type = *family.type;
+    entry.help = family.help;
+    entry.groups.push_back(&group);
+    for (const PushedMetric &metric : family.metrics) entry.series.emplace(series_key(metric.labels), &group);
+  }
+}
+
+inline void PushStore::unindex(const PushGroup &group) {
+  for (const auto &[name, family] : group.families) {
+    const auto found = index_.find(name);
+    PushFamilyIndex &entry = found->second;
+    entry.groups.erase(std::find(entry.groups.begin(), entry.groups.end(), &group));
+    if (entry.groups.empty()) {
+      index_.erase(found);
+      continue;
+    }
+    for (const PushedMetric &metric : family.metrics) entry.series.erase(series_key(metric.labels));
+  }
+}
+
+inline void PushStore::drop(Groups::iterator group) {
+  unindex(group->second);
+  if (budget_) budget_->give_back_series(group->second.own_bytes, group->second.body_bytes);
+  bytes_ -= group->second.own_bytes;
+  groups_.erase(group);
+}
+
+// The heap a group holds, its copy of each label set in the index included: strings
+// past the small-string buffer, vectors, and a map or hash node's overhead each.
+inline std::size_t PushStore::own_bytes(const PushGroup &group) {
+  constexpr std::size_t node = 64, small_string = 15;
+  const auto text = [](const std::string &s) { return s.size() > small_string ? s.size() + 1 : 0; };
+  std::size_t bytes = sizeof(PushGroup) + node;
+  for (const auto &[label, value] : group.key) bytes += sizeof(group.key[0]) + text(label) + text(value);
+  for (const auto &[name, family] : group.families) {
+    bytes += node + sizeof(PushedFamily) + 2 * text(name) + (family.help ? text(*family.help) : 0);
+    bytes += node + sizeof(PushFamilyIndex) + sizeof(void *); // its share of the index
+    for (const PushedMetric &metric : family.metrics) {
+      bytes += sizeof(PushedMetric) + metric.points.size() * sizeof(metric.points[0]) + node + small_string + 1;
+      bytes += text(metric.native);
+      for (const auto &[label, value] : metric.labels)
+        bytes += sizeof(metric.labels[0]) + text(label) + text(value) + label.size() + value.size() + 2;
+    }
+  }
+  return bytes;
+}
+
+} // namespace detail
 } // namespace hermes
 
 // ===== DETAIL: LOGGING ====================================================================
@@ -6774,11 +8001,15 @@ private:
 // 403, and when a token file is given, /metrics and / ask for its bearer token.
 class HttpFrontEnd {
 public:
-  HttpFrontEnd(const Options &options, const Logger &logger, MemoryBudget &budget, RenderBody render)
+  HttpFrontEnd(const Options &options, const Logger &logger, MemoryBudget &budget, RenderBody render, PushEndpoint push = {})
       : listener_(open_tcp_listener(options.http_address, options.http_port)), logger_(logger), budget_(budget),
         openmetrics_(options.openmetrics), protobuf_(options.protobuf), gzip_(options.gzip_level > 0), render_(std::move(render)),
-        allow_(options.http_allow), token_file_(options.http_token_file) {
+        allow_(options.http_allow), token_file_(options.http_token_file), push_(std::move(push)) {
     start_tls(options);
+    if (!push_.token_file.empty()) {
+      const std::string problem = read_token_file(push_.token_file, push_token_, "push token file");
+      if (!problem.empty()) throw ConfigError(problem);
+    }
     if (token_file_.empty()) return;
     const std::string problem = read_token_file(token_file_, token_);
     if (!problem.empty()) throw ConfigError(problem);
@@ -6824,6 +8055,7 @@ public:
     stats.metrics_bytes_identity = sent_.identity;
     stats.metrics_bytes_gzip = sent_.gzip;
     stats.metrics_gzip_uncompressed_bytes = sent_.gzip_uncompressed;
+    stats.push_requests = push_requests_;
     add_tls_stats(stats);
   }
 
@@ -6842,6 +8074,9 @@ private:
   void serve(Connection &connection, Clock::time_point now);
   void read_request(Connection &connection, Clock::time_point now);
   HttpResponse answer(const Connection &connection, std::string_view head, Clock::time_point now);
+  enum class PushStart { not_push, answered, reading_body };
+  PushStart begin_push(Connection &connection, std::string_view head, Clock::time_point now);
+  std::optional<int> push_refusal(const HttpRequest &request, std::size_t &length, std::string &why);
   std::shared_ptr<const BudgetedBody> metrics_body(Format format, bool gzip, Clock::time_point now);
   std::shared_ptr<const BudgetedBody> refuse_body(std::size_t wanted);
   void respond(Connection &connection, HttpResponse response, Clock::time_point now);
@@ -6882,6 +8117,9 @@ private:
   std::string token_;
   std::vector<std::unique_ptr<Connection>> connections_;
   std::map<int, std::uint64_t> requests_ = ServerStats().http_requests; // by status, every one from 0
+  PushEndpoint push_;
+  std::string push_token_;
+  std::map<std::pair<std::string, int>, std::uint64_t> push_requests_ = ServerStats().push_requests; // by method and status
   std::uint64_t accepted_ = 0;
   std::size_t refusing_ = 0; // connections being told 503
   Clock::time_point accept_paused_until_{};
@@ -6980,12 +8218,21 @@ inline void HttpFrontEnd::read_request(Connection &connection, Clock::time_point
   if (!handshake(connection, now)) return;
   char buffer[4096];
   for (;;) {
-    const std::size_t room = std::min(sizeof buffer, HERMES_MAX_REQUEST_HEAD + 1 - connection.input.size());
+    const std::size_t wanted = connection.push ? connection.body_start + connection.body_length : HERMES_MAX_REQUEST_HEAD + 1;
+    if (connection.push && connection.input.size() >= wanted) {
+      const std::string_view body = std::string_view(connection.input).substr(connection.body_start, connection.body_length);
+      return respond(connection, push_.answer(*connection.push, body), now);
+    }
+    const std::size_t room = std::min(sizeof buffer, wanted - connection.input.size());
     const ssize_t length = receive(connection, buffer, room);
     if (length <= 0) {
-      // End of stream before a whole head, or an error: nobody to answer.
+      // End of stream before a whole head or body, or an error: nobody to answer.
       if (length == 0 || !is_not_now(errno)) connection.phase = Connection::Phase::done;
       return;
+    }
+    if (connection.push) {
+      connection.input.append(buffer, static_cast<std::size_t>(length));
+      continue;
     }
     std::size_t searched = connection.input.size() >= 2 ? connection.input.size() - 2 : 0;
     connection.input.append(buffer, static_cast<std::size_t>(length));
@@ -6999,8 +8246,69 @@ inline void HttpFrontEnd::read_request(Connection &connection, Clock::time_point
     if (head_end == std::string::npos && connection.input.size() <= HERMES_MAX_REQUEST_HEAD) continue;
     if (head_end == std::string::npos || searched + head_end > HERMES_MAX_REQUEST_HEAD)
       return respond(connection, error_response(connection.forbidden ? 403 : 431), now);
-    return respond(connection, answer(connection, std::string_view(connection.input).substr(0, searched + head_end), now), now);
+    const std::string_view head = std::string_view(connection.input).substr(0, searched + head_end);
+    const PushStart push = begin_push(connection, head, now);
+    if (push == PushStart::answered) return;
+    if (push == PushStart::reading_body) continue;
+    return respond(connection, answer(connection, head, now), now);
   }
+}
+
+// A Content-Length: decimal digits only.
+inline std::optional<std::size_t> parse_decimal_size(std::string_view text) {
+  std::size_t value = 0;
+  const auto result = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || result.ec != std::errc() || result.ptr != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
+// A request of the Pushgateway API goes on to read its body, within HERMES_HTTP_READ_TIMEOUT_MS
+// more, its bytes taken from the memory budget; or is answered at once when it lacks the
+// push token, a length, or an encoding Hermes reads, or when its body is too large for
+// the limit or the budget. Any other request, and one from a forbidden or refused
+// client, is not a push.
+inline HttpFrontEnd::PushStart HttpFrontEnd::begin_push(Connection &connection, std::string_view head, Clock::time_point now) {
+  if (!push_.takes || connection.forbidden || connection.refused) return PushStart::not_push;
+  auto request = parse_request_head(head);
+  if (!request || request->version[5] != '1' || !push_.takes(*request)) return PushStart::not_push;
+  std::size_t length = 0;
+  std::string why;
+  const auto count = [&](int status) { ++push_requests_[{request->method, status}]; };
+  if (const auto refusal = push_refusal(*request, length, why)) {
+    count(*refusal);
+    HttpResponse response = error_response(*refusal);
+    if (!why.empty()) response.body = why + "\n";
+    respond(connection, std::move(response), now);
+    return PushStart::answered;
+  }
+  connection.budget = &budget_;
+  connection.body_taken = length;
+  connection.body_start = head.size();
+  connection.body_length = length;
+  connection.input.reserve(head.size() + length);
+  connection.push = std::move(*request);
+  connection.deadline = now + std::chrono::milliseconds(HERMES_HTTP_READ_TIMEOUT_MS);
+  return PushStart::reading_body;
+}
+
+// Why a push is answered before its body is read, with `why` for the client; or nullopt
+// with `length` its body's and the bytes taken from the budget.
+inline std::optional<int> HttpFrontEnd::push_refusal(const HttpRequest &request, std::size_t &length, std::string &why) {
+  if (!push_token_.empty() && !bearer_matches(header(request, "authorization"), push_token_)) return 401;
+  const std::string_view encoding = header(request, "content-encoding");
+  if (!encoding.empty() && lowercase(encoding) != "identity")
+    return why = "Content-Encoding " + std::string(encoding) + " is not supported: send the body as it is", 415;
+  const std::string_view length_text = header(request, "content-length");
+  if (length_text.empty() && request.method == "DELETE" && header(request, "transfer-encoding").empty()) return std::nullopt;
+  if (length_text.empty()) return why = "a push needs a Content-Length", 411;
+  const auto parsed = parse_decimal_size(length_text);
+  if (!parsed) return why = "Content-Length " + std::string(length_text) + " is not a number of bytes", 400;
+  if (*parsed > push_.max_body)
+    return why = "a body of " + std::string(length_text) + " bytes is larger than the limit of " + std::to_string(push_.max_body), 413;
+  if (!budget_.take(*parsed))
+    return why = "no room in the memory budget for a body of " + std::string(length_text) + " bytes", 507;
+  length = *parsed;
+  return std::nullopt;
 }
 
 // A forbidden client learns nothing but 403, whatever it asked; a request without the
@@ -7066,6 +8374,7 @@ inline std::shared_ptr<const BudgetedBody> HttpFrontEnd::metrics_body(Format for
 
 inline void HttpFrontEnd::respond(Connection &connection, HttpResponse response, Clock::time_point now) {
   ++requests_[response.status];
+  if (connection.push) ++push_requests_[{connection.push->method, response.status}];
   connection.head = response_head(response);
   if (!response.head_only) {
     connection.body = std::move(response.body);
@@ -7073,6 +8382,7 @@ inline void HttpFrontEnd::respond(Connection &connection, HttpResponse response,
   }
   connection.input.clear();
   connection.input.shrink_to_fit();
+  if (connection.budget) connection.budget->give_back(connection.body_taken), connection.body_taken = 0;
   connection.phase = Connection::Phase::writing;
   connection.deadline = now + std::chrono::milliseconds(HERMES_HTTP_WRITE_TIMEOUT_MS);
   write_response(connection, now); // most responses fit the socket buffer at once
@@ -8418,6 +9728,25 @@ inline std::optional<RemoteWriteConfig> remote_write_from_environment(const Envi
   return target;
 }
 
+// The Pushgateway API's: HERMES_PUSH (on or off), HERMES_MAX_PUSH_BYTES,
+// HERMES_MAX_PUSH_GROUPS and HERMES_PUSH_TTL (over the config's keys),
+// HERMES_PUSH_TOKEN_FILE, HERMES_PUSH_ADMIN.
+inline void push_options_from(Options &options, const Config &config, const Environment &env) {
+  if (config.max_push_groups) options.max_push_groups = *config.max_push_groups;
+  if (config.push_ttl_seconds) options.push_ttl_seconds = *config.push_ttl_seconds;
+  override_from(options.push, env, {"HERMES_PUSH"}, parse_switch, "on or off");
+  override_from(options.max_push_bytes, env, {"HERMES_MAX_PUSH_BYTES"}, parse_bytes, "a number of bytes (such as 4MiB)");
+  override_from(
+      options.max_push_groups, env, {"HERMES_MAX_PUSH_GROUPS"},
+      [](std::string_view text) { return parse_number<std::size_t>(text, 10, 1, 1000000000); }, "a number of groups from 1");
+  override_from(
+      options.push_ttl_seconds, env, {"HERMES_PUSH_TTL"},
+      [](const std::string &text) { return text == "0" ? std::optional<double>(0) : positive_seconds(text); },
+      "a number of seconds (0: never)");
+  override_from(options.push_token_file, env, {"HERMES_PUSH_TOKEN_FILE"}, any_text, "");
+  override_from(options.push_admin, env, {"HERMES_PUSH_ADMIN"}, parse_switch, "on or off");
+}
+
 } // namespace detail
 
 inline Options options_from_environment(const Config &config, const Environment &env) {
@@ -8470,6 +9799,7 @@ inline Options options_from_environment(const Config &config, const Environment 
   override_from(options.statsd_mapping_file, env, {"HERMES_STATSD_MAPPING"}, detail::any_text, "");
   options.remote_write = config.remote_write;
   if (auto target = detail::remote_write_from_environment(env)) options.remote_write.push_back(std::move(*target));
+  detail::push_options_from(options, config, env);
   return options;
 }
 
@@ -9666,6 +10996,7 @@ struct SelfView {
   const Registry &registry;
   const ServerStats *server;
   const ProcessStats *process;
+  const PushStore *pushed = nullptr; // the groups pushed over the Pushgateway API, when a server has them
 };
 
 using Figure = std::optional<double>; // absent: the family is left out
@@ -9725,6 +11056,13 @@ inline void write_http_requests(Writer &out, const char *name, const SelfView &v
   for (const auto &[code, count] : view.server->http_requests) {
     const std::string code_text = std::to_string(code);
     out.sample(name, {{"code", code_text}}, static_cast<double>(count));
+  }
+}
+
+inline void write_push_requests(Writer &out, const char *name, const SelfView &view) {
+  for (const auto &[key, count] : view.server->push_requests) {
+    const std::string code_text = std::to_string(key.second);
+    out.sample(name, {{"method", key.first}, {"code", code_text}}, static_cast<double>(count));
   }
 }
 
@@ -9792,6 +11130,12 @@ inline const SelfMetric self_metrics[] = {
      self_gauge, Scope::registry, nullptr, write_per_metric<&Registry::MetricFill::max_series>},
     {"hermes_metric_series", "Live series of each configured metric.", self_gauge, Scope::registry, nullptr,
      write_per_metric<&Registry::MetricFill::series>},
+    {"hermes_push_group_bytes", "Bytes of the memory budget that the groups pushed over the Pushgateway API hold.",
+     self_gauge, Scope::server, [](const SelfView &v) -> Figure { return v.server->push_group_bytes; }, nullptr},
+    {"hermes_push_groups", "Groups pushed over the Pushgateway API.", self_gauge, Scope::server,
+     [](const SelfView &v) -> Figure { return v.server->push_groups; }, nullptr},
+    {"hermes_push_requests_total", "Requests of the Pushgateway API answered, by method and status code.", self_counter,
+     Scope::server, nullptr, write_push_requests},
     {"hermes_remote_storage_last_send_timestamp_seconds",
      "When a remote-write request last succeeded, in seconds since the epoch; 0 before the first.", self_gauge,
      Scope::remote_write, nullptr, remote_figure<&RemoteWriteStats::last_send_seconds>},
@@ -9894,6 +11238,159 @@ inline void write_self_metric(Writer &out, const SelfMetric &metric, const SelfV
   }
 }
 
+// ---- Pushed groups -------------------------------------------------------------------------
+
+// Pushed families are written as Pushgateway writes them with client_golang: a HELP line
+// only when one was pushed, the samples of every group that holds the family together,
+// sorted as client_golang sorts them (fewer labels first, then by label values in the
+// order of the label names), and a histogram's +Inf bucket added when it was not pushed.
+
+inline bool pushed_metric_less(const PushedMetric *a, const PushedMetric *b) {
+  if (a->labels.size() != b->labels.size()) return a->labels.size() < b->labels.size();
+  for (std::size_t i = 0; i < a->labels.size(); ++i)
+    if (a->labels[i].second != b->labels[i].second) return a->labels[i].second < b->labels[i].second;
+  return a->labels < b->labels; // the same values under other names: an order that does not depend on the groups'
+}
+
+inline void append_pushed_line(std::string &out, std::string_view name, std::string_view suffix, const PushLabels &labels,
+                               double value, std::string_view extra_name = {}, double extra = 0) {
+  out += name;
+  out += suffix;
+  if (!labels.empty() || !extra_name.empty()) {
+    char separator = '{';
+    for (const auto &[label, text] : labels) {
+      out += separator;
+      out.append(label).append("=\"");
+      append_escaped(out, text, true);
+      out += '"';
+      separator = ',';
+    }
+    if (!extra_name.empty()) {
+      out += separator;
+      out.append(extra_name).append("=\"");
+      append_double(out, extra == 0 ? 0.0 : extra);
+      out += '"';
+    }
+    out += '}';
+  }
+  out += ' ';
+  append_double(out, value == 0 ? 0.0 : value); // -0 too: client_golang's text writer spells every zero 0
+  out += '\n';
+}
+
+inline void append_pushed_text(std::string &out, std::string_view name, PushType type, const PushedMetric &metric) {
+  const PushLabels &labels = metric.labels;
+  if (type == PushType::summary) {
+    for (const auto &[quantile, value] : metric.points) append_pushed_line(out, name, "", labels, value, "quantile", quantile);
+  } else if (type == PushType::histogram) {
+    bool infinity = false;
+    for (const auto &[bound, count] : metric.points) {
+      append_pushed_line(out, name, "_bucket", labels, count, "le", bound);
+      infinity = infinity || (std::isinf(bound) && bound > 0);
+    }
+    if (!infinity) append_pushed_line(out, name, "_bucket", labels, metric.count, "le", HUGE_VAL);
+  } else {
+    return append_pushed_line(out, name, "", labels, metric.value);
+  }
+  append_pushed_line(out, name, "_sum", labels, metric.sum);
+  append_pushed_line(out, name, "_count", labels, metric.count);
+}
+
+// HELP and TYPE. In OpenMetrics a counter named *_total is the family without the
+// suffix, other counters and untyped families are unknown, as for the configured metrics.
+inline void append_pushed_head(std::string &out, Format format, std::string_view name, PushType type,
+                               const std::optional<std::string> &help) {
+  const bool openmetrics = format == Format::openmetrics;
+  const bool total = type == PushType::counter && ends_with(name, "_total");
+  const std::string_view family = openmetrics && total ? name.substr(0, name.size() - 6) : name;
+  const char *type_name = to_string(type);
+  if (openmetrics && (type == PushType::untyped || (type == PushType::counter && !total))) type_name = "unknown";
+  if (help) {
+    out.append("# HELP ").append(family).append(" ");
+    append_escaped(out, *help, openmetrics);
+    out += '\n';
+  }
+  out.append("# TYPE ").append(family).append(" ").append(type_name).append("\n");
+}
+
+// A Metric {label = 1, gauge = 2, counter = 3, summary = 4, untyped = 5, histogram = 7}.
+inline void append_pushed_protobuf(std::string &out, PushType type, const PushedMetric &metric, std::string &inner) {
+  for (const auto &[label, text] : metric.labels) append_label_pair(out, 1, label, text);
+  inner.clear();
+  if (type == PushType::summary || type == PushType::histogram) {
+    append_uint_field(inner, 1, static_cast<std::uint64_t>(metric.count));
+    append_double_field(inner, 2, metric.sum);
+    for (const auto &[point, value] : metric.points) {
+      std::string pair; // Quantile {quantile = 1, value = 2} or Bucket {cumulative_count = 1, upper_bound = 2}
+      if (type == PushType::summary) {
+        append_double_field(pair, 1, point), append_double_field(pair, 2, value);
+      } else {
+        append_uint_field(pair, 1, static_cast<std::uint64_t>(value)), append_double_field(pair, 2, point);
+      }
+      append_bytes_field(inner, 3, pair);
+    }
+    inner += metric.native; // fields 5 to 14, after the buckets, as client_golang orders them
+  } else {
+    append_double_field(inner, 1, metric.value);
+  }
+  static constexpr std::uint32_t fields[] = {3, 2, 4, 5, 7, 8}; // by PushType
+  append_bytes_field(out, fields[static_cast<std::size_t>(type)], inner);
+}
+
+// One family with the given samples, sorted, in a format; `scratch` holds a protobuf
+// family while it is made.
+inline void write_pushed_family(std::string &out, Format format, std::string_view name, PushType type,
+                                const std::optional<std::string> &help, std::vector<const PushedMetric *> &metrics,
+                                std::string &scratch) {
+  std::sort(metrics.begin(), metrics.end(), pushed_metric_less);
+  if (format != Format::protobuf) {
+    append_pushed_head(out, format, name, type, help);
+    for (const PushedMetric *metric : metrics) append_pushed_text(out, name, type, *metric);
+    return;
+  }
+  scratch.clear();
+  append_bytes_field(scratch, 1, name);
+  if (help) append_bytes_field(scratch, 2, *help);
+  append_uint_field(scratch, 3, static_cast<std::uint64_t>(type));
+  std::string metric_message, inner;
+  for (const PushedMetric *metric : metrics) {
+    metric_message.clear();
+    append_pushed_protobuf(metric_message, type, *metric, inner);
+    append_bytes_field(scratch, 4, metric_message);
+  }
+  append_varint(out, scratch.size());
+  out += scratch;
+}
+
+// A family of the pushed groups, its samples from every group that holds it.
+inline std::size_t write_pushed_family(std::string &out, Format format, const std::string &name, const PushFamilyIndex &index,
+                                       std::string &scratch) {
+  std::vector<const PushedMetric *> metrics;
+  for (const PushGroup *group : index.groups)
+    for (const PushedMetric &metric : group->families.find(name)->second.metrics) metrics.push_back(&metric);
+  write_pushed_family(out, format, name, index.type, index.help, metrics, scratch);
+  return metrics.size();
+}
+
+// Each family of a group written alone, in the format that writes the most of it: what
+// the group may add to a body, where a family's head is written once for all groups.
+inline std::size_t pushed_body_bytes(const PushGroup &group) {
+  std::string out, scratch;
+  std::size_t bytes = 0;
+  for (const auto &[name, family] : group.families) {
+    std::vector<const PushedMetric *> metrics;
+    for (const PushedMetric &metric : family.metrics) metrics.push_back(&metric);
+    std::size_t most = 0;
+    for (const Format format : {Format::text, Format::openmetrics, Format::protobuf}) {
+      out.clear();
+      write_pushed_family(out, format, name, *family.type, family.help, metrics, scratch);
+      most = std::max(most, out.size());
+    }
+    bytes += most + (is_push_time(name) ? longest_number : 0); // a later push may write a longer time
+  }
+  return bytes;
+}
+
 // ---- The body, a few series at a time ------------------------------------------------------
 
 // Writes the /metrics body in steps of a bounded number of series, so that the caller
@@ -9903,12 +11400,14 @@ class Renderer {
 public:
   Renderer(std::string &out, const Registry &registry, SelfView self, Format format)
       : metrics_(registry.metrics_), self_(self), text_(out, format), protobuf_(out),
-        writer_(format == Format::protobuf ? static_cast<Writer &>(protobuf_) : text_) {
+        writer_(format == Format::protobuf ? static_cast<Writer &>(protobuf_) : text_), out_(out), format_(format) {
     out.clear(); // its memory is the caller's: a server takes it from the budget first
+    if (self.pushed) pushed_ = self.pushed->families().begin(), pushed_end_ = self.pushed->families().end();
   }
   // Every series through a writer of the caller's (a remote-write snapshot).
   Renderer(Writer &writer, const Registry &registry, SelfView self)
-      : metrics_(registry.metrics_), self_(self), text_(unused_, Format::text), protobuf_(unused_), writer_(writer) {}
+      : metrics_(registry.metrics_), self_(self), text_(unused_, Format::text), protobuf_(unused_), writer_(writer),
+        out_(unused_), format_(Format::text) {}
 
   // The most a body of `registry` can take, its NUL included: the budget's count of it,
   // kept as series come and go.
@@ -9922,6 +11421,10 @@ public:
         const SeriesTable::Entry &entry = walk_->next();
         writer_.series(current_->config, entry.first, entry.second);
         ++written;
+      } else if (pushed_comes_next()) {
+        if (format_ == Format::protobuf) protobuf_.finish(); // closes the family before, if open
+        written += write_pushed_family(out_, format_, pushed_->first, pushed_->second, scratch_) + 1;
+        ++pushed_;
       } else if (next_self_ < std::size(self_metrics) && (next_metric_ == metrics_.size() || self_comes_next())) {
         write_self_metric(writer_, self_metrics[next_self_++], self_);
       } else if (next_metric_ < metrics_.size()) {
@@ -9941,6 +11444,14 @@ public:
 
 private:
   bool self_comes_next() const { return std::string_view(self_metrics[next_self_].name) < metrics_[next_metric_].config.name; }
+  // Whether a family of the pushed groups comes before the next of the others: names
+  // never clash (PushStore keeps Hermes' names out).
+  bool pushed_comes_next() const {
+    if (!self_.pushed || pushed_ == pushed_end_) return false;
+    const std::string &name = pushed_->first;
+    return (next_self_ == std::size(self_metrics) || name < self_metrics[next_self_].name) &&
+           (next_metric_ == metrics_.size() || name < metrics_[next_metric_].config.name);
+  }
 
   const std::vector<Metric> &metrics_;
   SelfView self_;
@@ -9952,6 +11463,10 @@ private:
   const Metric *current_ = nullptr;
   std::optional<SeriesTable::InOrder> walk_; // current_'s series
   std::vector<std::uint32_t> pending_;       // its series made since the registry last sorted them
+  std::string &out_;
+  Format format_;
+  std::map<std::string, PushFamilyIndex, std::less<>>::const_iterator pushed_{}, pushed_end_{};
+  std::string scratch_; // a pushed family in protobuf while it is made
   bool done_ = false;
 };
 
@@ -10863,6 +12378,11 @@ namespace hermes {
 
 inline ServerStats::ServerStats() {
   for (const detail::HttpStatus &status : detail::http_statuses) http_requests[status.code] = 0;
+  // Each answer a method can get: a push 200, a delete (or the PUT of a wipe) 202.
+  for (const char *method : {"POST", "PUT"})
+    for (const int code : {200, 400, 401, 411, 413, 415, 507}) push_requests[{method, code}] = 0;
+  for (const char *method : {"DELETE", "PUT"})
+    for (const int code : {202, 400, 401, 411, 413, 415}) push_requests[{method, code}] = 0;
 }
 
 // The server's parts, each owning its sockets and state: datagram input, the HTTP front
@@ -10886,19 +12406,50 @@ inline std::shared_ptr<MemoryBudget> budget_with_fixed_buffers(std::size_t limit
 
 } // namespace detail
 
+namespace detail {
+
+// The sample names of the configured metrics in every format, and Hermes' own families:
+// what no pushed family may write.
+inline std::vector<std::string> reserved_push_names(const Config &config) {
+  std::vector<std::string> names;
+  for (const MetricConfig &metric : config.metrics) {
+    const std::string &name = metric.name;
+    names.push_back(name);
+    if (metric.type == MetricType::counter && ends_with(name, "_total"))
+      names.push_back(name.substr(0, name.size() - 6)), names.push_back(name.substr(0, name.size() - 6) + "_created");
+    if (metric.type == MetricType::histogram) names.push_back(name + "_bucket");
+    if (metric.type == MetricType::histogram || metric.type == MetricType::summary)
+      for (const char *suffix : {"_sum", "_count", "_created"}) names.push_back(name + suffix);
+  }
+  for (const SelfMetric &metric : self_metrics) names.emplace_back(metric.name);
+  return names;
+}
+
+inline HttpResponse push_response(int status, const std::string &message) {
+  HttpResponse response;
+  response.status = status;
+  response.body = message.empty() ? "" : message + "\n";
+  return response;
+}
+
+} // namespace detail
+
 struct Server::Impl {
   using Clock = detail::Clock;
   using Source = detail::DatagramInput::Source;
 
   Impl(const Config &config, Options &options)
       : budget(detail::budget_with_fixed_buffers(options.max_memory)), registry(config, budget),
+        pushes(budget, options.max_push_groups, options.push_ttl_seconds),
         logger(options.log_level, std::move(options.log_sink)), config_path(options.config_path), input(options),
-        http(options, logger, *budget, [this](Format format, detail::BudgetedBody &body) { return render(format, body); }),
+        http(options, logger, *budget, [this](Format format, detail::BudgetedBody &body) { return render(format, body); },
+             push_endpoint(options)),
         statsd_tcp(options, logger, *budget), rejects(logger), start_time_seconds(detail::process_start_time_seconds()),
         statsd_mapping_file(options.statsd_mapping_file), state(options, logger, *budget),
         remote(options.remote_write, config.service_name, registry, logger, *budget) {
     registry.accept_statsd(options.statsd);
     start_gzip(options.gzip_level);
+    pushes.reserve_names(detail::reserved_push_names(config));
     mapping_at_start = load_statsd_mapping(config);
     registry.use_statsd_mapping(mapping_at_start.mapping);
   }
@@ -10917,6 +12468,9 @@ struct Server::Impl {
     logger.log(LogLevel::info, "statsd mapping loaded", {{"rules", std::to_string(file.rules)}});
   }
 
+  detail::PushEndpoint push_endpoint(const Options &options);
+  detail::HttpResponse answer_push(const detail::HttpRequest &request, std::string_view body);
+
   void poll_once(int timeout_ms);
   bool reload_config();
   bool reload_token();
@@ -10934,6 +12488,8 @@ struct Server::Impl {
 
   std::shared_ptr<MemoryBudget> budget; // before all that takes from it, so that it goes last
   Registry registry;
+  detail::PushStore pushes;
+  detail::PushTextParser push_parser;
   detail::Logger logger;
   std::string config_path;
   detail::DatagramInput input;
@@ -11015,6 +12571,7 @@ inline bool Server::Impl::reload_config() {
     const Registry::ReloadSummary summary = registry.reload(next);
     registry.use_statsd_mapping(mapping.mapping);
     log_statsd_mapping(mapping);
+    pushes.reserve_names(detail::reserved_push_names(next));
     logger.log(LogLevel::info, "config reloaded",
                {{"path", config_path}, {"kept", std::to_string(summary.kept)},
                 {"fresh", std::to_string(summary.fresh)}, {"removed", std::to_string(summary.removed)}});
@@ -11060,6 +12617,7 @@ inline ServerStats Server::stats() const { return impl_->stats(); }
 
 inline std::string Server::render(Format format) {
   impl_->registry.expire(); // a scrape never shows a series past its ttl
+  impl_->pushes.expire(monotonic_seconds());
   std::string body;
   body.reserve(impl_->budget->body_bound() - 1); // the bound counts the NUL
   impl_->write_body(format, body);
@@ -11079,6 +12637,8 @@ inline ServerStats Server::Impl::stats() const {
   stats.memory_budget_bytes = static_cast<double>(budget->limit());
   stats.memory_used_bytes = static_cast<double>(budget->used());
   stats.memory_committed_bytes = static_cast<double>(budget->committed());
+  stats.push_groups = static_cast<double>(pushes.group_count());
+  stats.push_group_bytes = static_cast<double>(pushes.bytes());
   return stats;
 }
 
@@ -11088,6 +12648,7 @@ inline ServerStats Server::Impl::stats() const {
 // fell short (a fault) is a body with no room.
 inline bool Server::Impl::render(Format format, detail::BudgetedBody &body) {
   registry.expire(); // a scrape never shows a series past its ttl
+  pushes.expire(monotonic_seconds());
   if (!body.reserve(budget->body_bound())) return false;
   write_body(format, body.text);
   body.plain_bytes = body.text.size();
@@ -11101,7 +12662,7 @@ inline bool Server::Impl::render(Format format, detail::BudgetedBody &body) {
 inline void Server::Impl::write_body(Format format, std::string &body) {
   const ServerStats figures = stats();
   const detail::ProcessStats process = detail::read_process_stats(start_time_seconds);
-  detail::Renderer renderer(body, registry, {registry, &figures, &process}, format);
+  detail::Renderer renderer(body, registry, {registry, &figures, &process, &pushes}, format);
   while (!renderer.write_some(HERMES_RENDER_PAUSE_STRIDE)) input.hold_waiting();
   input.apply_held(registry, rejects);
 }
@@ -11180,6 +12741,44 @@ inline void Server::Impl::remote_write_step(Clock::time_point now) {
   remote.step(now, [this](detail::Writer &writer) { render_snapshot(writer); });
 }
 
+// ----- Pushgateway API -----------------------------------------------------------------------
+
+// PUT, POST and DELETE on /metrics/job/..., and PUT /api/v1/admin/wipe when allowed.
+inline detail::PushEndpoint Server::Impl::push_endpoint(const Options &options) {
+  if (!options.push) return {};
+  const bool admin = options.push_admin;
+  detail::PushEndpoint endpoint;
+  endpoint.takes = [admin](const detail::HttpRequest &request) {
+    const std::string &method = request.method;
+    if (admin && request.path == "/api/v1/admin/wipe") return method == "PUT";
+    return detail::is_push_path(request.path) && (method == "PUT" || method == "POST" || method == "DELETE");
+  };
+  endpoint.answer = [this](const detail::HttpRequest &request, std::string_view body) { return answer_push(request, body); };
+  endpoint.max_body = options.max_push_bytes;
+  endpoint.token_file = options.push_token_file;
+  return endpoint;
+}
+
+// A push as Pushgateway answers it: 400 with its message for a bad path or body, 200 for
+// a push, 202 for a delete or a wipe; 507 when the budget or max_push_groups has no room.
+inline detail::HttpResponse Server::Impl::answer_push(const detail::HttpRequest &request, std::string_view body) {
+  if (request.path == "/api/v1/admin/wipe") return pushes.wipe(), detail::push_response(202, "");
+  const detail::GroupingKey key = detail::parse_grouping_key(request.path);
+  if (!key.problem.empty()) return detail::push_response(400, key.problem);
+  if (request.method == "DELETE") return pushes.remove(key.labels), detail::push_response(202, "");
+  // Pushgateway reads the delimited MetricFamily stream when the Content-Type names it
+  // with both parameters, and the text format otherwise.
+  const std::string_view type = detail::header(request, "content-type");
+  const bool protobuf = detail::lowercase(detail::trim(type.substr(0, type.find(';')))) == "application/vnd.google.protobuf" &&
+                        detail::media_parameter(type, "proto") == "io.prometheus.client.MetricFamily" &&
+                        detail::media_parameter(type, "encoding") == "delimited";
+  std::string error;
+  auto families = protobuf ? detail::parse_push_protobuf(body, error) : push_parser.parse(body);
+  if (!families) return detail::push_response(400, protobuf ? error : push_parser.error());
+  const detail::PushOutcome outcome = pushes.push(key.labels, std::move(*families), request.method == "PUT", Now::current());
+  return detail::push_response(outcome.status, outcome.message);
+}
+
 // ----- State file ----------------------------------------------------------------------------
 
 // The text is made on the loop, taking waiting datagrams off the sockets every
@@ -11216,6 +12815,7 @@ inline void Server::Impl::save_state_at_stop() {
 inline void Server::Impl::sweep(Clock::time_point now) {
   if (now < next_sweep) return;
   registry.expire();
+  pushes.expire(detail::seconds_of(now));
   input.ask_kernel_drops();
   next_sweep = now + std::chrono::seconds(1);
 }

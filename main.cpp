@@ -56,6 +56,14 @@ constexpr const char *usage_text =
     "                          HTTP port then speaks only TLS; over the config's \"tls_server\"\n"
     "  HERMES_TLS_CLIENT_CA_FILE  clients must show a certificate these CAs signed\n"
     "\n"
+    "Pushgateway API (PUT, POST, DELETE on /metrics/job/JOB/NAME/VALUE...):\n"
+    "  HERMES_PUSH             off: no push API (default on)\n"
+    "  HERMES_MAX_PUSH_BYTES   the largest push body (default 4MiB); more is 413\n"
+    "  HERMES_MAX_PUSH_GROUPS  groups at most (the config's max_push_groups, default 10000)\n"
+    "  HERMES_PUSH_TTL         seconds a group lives without a push (push_ttl_seconds; 0: ever)\n"
+    "  HERMES_PUSH_TOKEN_FILE  a file holding a token that pushes and deletes must carry\n"
+    "  HERMES_PUSH_ADMIN       on: PUT /api/v1/admin/wipe deletes every group\n"
+    "\n"
     "Signals: SIGTERM and SIGINT write the state file, if any, and stop; SIGHUP reloads the\n"
     "config file, the token file and the TLS certificate and key.\n";
 

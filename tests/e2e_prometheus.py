@@ -123,7 +123,7 @@ class Stack:
         with open(os.path.join(self.folder, "prometheus.yml"), "w") as file:
             file.write("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
                        f"rule_files:\n  - {json.dumps(ALERTS)}\n"
-                       "scrape_configs:\n  - job_name: hermes\n    static_configs:\n"
+                       "scrape_configs:\n  - job_name: hermes\n    honor_labels: true\n    static_configs:\n"
                        f"      - targets: ['{self.hermes_http}']\n")
             if token:
                 file.write(f"    authorization:\n      credentials_file: {token_path}\n"
@@ -396,6 +396,33 @@ def run_with_token():
         stack.close()
 
 
+def run_with_pushes():
+    """Prometheus scrapes a group pushed over the Pushgateway API with honor_labels, and
+    PromQL returns the pushed values with the grouping labels."""
+    stack = Stack(False)
+    try:
+        body = (b"# TYPE backup_last_success_seconds gauge\nbackup_last_success_seconds 1700000000\n"
+                b"# TYPE backup_files_total counter\nbackup_files_total{kind=\"db\"} 42\n")
+        request = urllib.request.Request(f"http://{stack.hermes_http}/metrics/job/backup/path@base64/L3Zhci9saWI",
+                                         data=body, method="PUT")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200, response.status
+
+        def pushed():
+            return stack.query('{job="backup"}')
+        stack.wait(lambda: len(pushed()) >= 4, "the pushed group to be scraped")
+        got = sorted((result["metric"]["__name__"], tuple(sorted(result["metric"].items())), result["value"][1])
+                     for result in pushed() if not result["metric"]["__name__"].startswith("push_"))
+        assert got == [("backup_files_total", (("__name__", "backup_files_total"), ("job", "backup"),
+                                               ("kind", "db"), ("path", "/var/lib")), "42"),
+                       ("backup_last_success_seconds", (("__name__", "backup_last_success_seconds"),
+                                                        ("job", "backup"), ("path", "/var/lib")), "1700000000")], got
+        failure = stack.query('push_failure_time_seconds{job="backup",path="/var/lib"}')
+        assert len(failure) == 1 and failure[0]["value"][1] == "0", failure
+    finally:
+        stack.close()
+
+
 CHANGING = ("process_", "hermes_http_requests_total", "hermes_http_metrics_", "hermes_config_last_reload", "scrape_")  # differ run to run
 
 
@@ -644,6 +671,13 @@ def main():
     except Exception:
         failed += 1
         print(f"FAIL OpenMetrics histograms with negative bounds and observations are stored whole\n{traceback.format_exc()}")
+    try:
+        run_with_pushes()
+        passed += 1
+        print("ok   Prometheus scrapes the pushed groups with honor_labels")
+    except Exception:
+        failed += 1
+        print(f"FAIL Prometheus scrapes the pushed groups with honor_labels\n{traceback.format_exc()}")
     try:
         no_reset_across_a_restart()
         passed += 1

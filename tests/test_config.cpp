@@ -122,7 +122,7 @@ TEST_CASE("unknown keys are errors, so a typo is never ignored") {
   CHECK(config_error(R"({"service_name": "s", "counters": [{"metric_name": "c", "lables": ["a"]}]})") ==
         "config.json: counters[0].lables: unknown key (expected one of: metric_name, metric_description, labels, max_series, ttl_seconds)");
   CHECK(config_error(R"({"service_name": "s", "gauge": []})") ==
-        "config.json: gauge: unknown key (expected one of: service_name, gauges, counters, histograms, summaries, listen_address, listen_port, max_series, ttl_seconds, max_memory_bytes, state_file, state_interval_seconds, udp_allow, http_allow, remote_write, tls_server, statsd_mapping_file, statsd_undeclared, statsd_observer_type, statsd_ttl_seconds, max_undeclared_metrics)");
+        "config.json: gauge: unknown key (expected one of: service_name, gauges, counters, histograms, summaries, listen_address, listen_port, max_series, ttl_seconds, max_memory_bytes, state_file, state_interval_seconds, udp_allow, http_allow, max_push_groups, push_ttl_seconds, remote_write, tls_server, statsd_mapping_file, statsd_undeclared, statsd_observer_type, statsd_ttl_seconds, max_undeclared_metrics)");
 }
 
 TEST_CASE("load_config names a file it cannot read, and one that is too large") {
