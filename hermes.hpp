@@ -8503,8 +8503,10 @@ inline bool HttpFrontEnd::handshake([[maybe_unused]] Connection &connection, [[m
                {"failed_unlogged", std::to_string(tls_failures_unlogged_)}});
   tls_failures_unlogged_ = 0;
   next_tls_warning_ = now + std::chrono::seconds(HERMES_REJECT_LOG_INTERVAL_S);
-#endif
   return false;
+#else
+  return true; // a plain port has no handshake
+#endif
 }
 
 // recv() as the callers know it: a count, 0 at the end, -1 with errno (EAGAIN: not now).
