@@ -234,7 +234,7 @@ def every_relative_link_and_anchor_leads_somewhere():
 def the_readme_marks_the_push_examples_check_config_and_the_statsd_one_liner_runnable():
     commands = [command for _, _, steps in runnable_examples(DOCUMENTS[0]) for command, _ in steps]
     for wanted in ["> /dev/udp/127.0.0.1/7789", "example/send_metric.py", "./hermes --check-config",
-                   "| nc -u -w0 127.0.0.1 7789"]:
+                   "| nc -u -q0 127.0.0.1 7789"]:
         assert any(wanted in command for command in commands), f"no runnable example runs {wanted!r}: {commands}"
 
 

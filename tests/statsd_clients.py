@@ -204,7 +204,7 @@ def the_c_example_sends_one_line(hermes):
 @with_hermes
 def the_shell_one_liner_of_the_readme(hermes):
     assert shutil.which("nc"), "nc is missing: apt-get install netcat-openbsd (make statsd-clients)"
-    subprocess.run(f'echo "jobs:1|c|#queue:mail" | nc -u -w0 127.0.0.1 {hermes.udp_port}', shell=True, check=True, timeout=10)
+    subprocess.run(f'echo "jobs:1|c|#queue:mail" | nc -u -q0 127.0.0.1 {hermes.udp_port}', shell=True, check=True, timeout=10)
     wait_packets(hermes, 1)
     check_lines(hermes, 'jobs_total{queue="mail"} 1')
 
