@@ -225,10 +225,21 @@ HEAP_MEASURES := *per TLS connection memory*
 # UndefinedBehaviorSanitizer: any finding fails the run.
 SANITIZE_FLAGS := -std=c++17 -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-sanitize: | test-deps
+# Each test file its own object, as for make check, so that they compile side by side.
+SANITIZE_OBJECTS := $(UNIT_SOURCES:tests/%.cpp=$(BUILD)/sanitize/%.o)
+
+$(BUILD)/sanitize/%.o: tests/%.cpp hermes.hpp tests/helpers.hpp tests/reading.hpp tests/remote_write_decode.hpp | test-deps
 	@mkdir -p $(BUILD)/sanitize
-	$(CXX) $(SANITIZE_FLAGS) $(WARNINGS) $(CPPFLAGS) $(FEATURE_FLAGS) -pthread -I. -DHERMES_TEST_DIR='"$(CURDIR)/tests"' -o $(BUILD)/sanitize/unit_tests $(UNIT_SOURCES) $(FEATURE_LIBS)
-	$(CXX) $(SANITIZE_FLAGS) $(WARNINGS) $(CPPFLAGS) $(FEATURE_FLAGS) -o $(BUILD)/sanitize/hermes main.cpp $(FEATURE_LIBS)
+	$(CXX) $(SANITIZE_FLAGS) $(WARNINGS) $(CPPFLAGS) $(FEATURE_FLAGS) -pthread -I. -DHERMES_TEST_DIR='"$(CURDIR)/tests"' -c -o $@ $<
+
+$(BUILD)/sanitize/unit_tests: $(SANITIZE_OBJECTS)
+	$(CXX) $(SANITIZE_FLAGS) -pthread -o $@ $^ $(FEATURE_LIBS)
+
+$(BUILD)/sanitize/hermes: main.cpp hermes.hpp | test-deps
+	@mkdir -p $(BUILD)/sanitize
+	$(CXX) $(SANITIZE_FLAGS) $(WARNINGS) $(CPPFLAGS) $(FEATURE_FLAGS) -o $@ main.cpp $(FEATURE_LIBS)
+
+sanitize: $(BUILD)/sanitize/unit_tests $(BUILD)/sanitize/hermes | test-deps
 	$(BUILD)/sanitize/unit_tests --no-intro=true --test-case-exclude='$(HEAP_MEASURES)'
 	python3 tests/blackbox.py $(BUILD)/sanitize/hermes
 	python3 tests/tls.py $(BUILD)/sanitize/hermes
