@@ -1,12 +1,16 @@
-// hermes.hpp - Hermes 1.0.0, a push gateway for Prometheus metrics over UDP. MIT licence.
+// hermes.hpp - Hermes 1.0.0, a push gateway for Prometheus metrics. MIT licence.
 //
-// Worker processes push samples as small JSON datagrams over UDP; Hermes keeps them
-// in a registry and serves them at /metrics for Prometheus to scrape. A worker never
-// waits for Hermes and never breaks when Hermes is gone.
+// Worker processes push samples as small JSON datagrams or StatsD lines over UDP (or
+// StatsD over TCP, or a client library's Pushgateway push over HTTP); Hermes keeps them
+// in a registry and serves them at /metrics for Prometheus to scrape, or writes them to
+// a remote-write receiver. A worker that pushes over UDP never waits for Hermes and
+// never breaks when Hermes is gone.
 //
 // ---- Embedding ----------------------------------------------------------------------
 //
-//     #include "hermes.hpp"             // needs picojson.h; link nothing else (with HERMES_GZIP -lz, HERMES_TLS mbedTLS, HERMES_YAML -lyaml)
+//     #include "hermes.hpp"             // needs picojson.h; link nothing else, unless defined:
+//                                       // HERMES_GZIP (-lz), HERMES_TLS (-lmbedtls -lmbedx509
+//                                       // -lmbedcrypto), HERMES_YAML (-lyaml)
 //
 //     std::atomic<bool> stop{false};
 //     hermes::Config config = hermes::load_config("config.json");
