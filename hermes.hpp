@@ -3979,6 +3979,7 @@ public:
     std::string posix, problem;
     int flags = REG_EXTENDED;
     for (std::size_t i = 0; i < pattern.size() && problem.empty(); ++i) problem = translate(pattern, i, posix, flags);
+    if (problem.empty()) problem = check_size(posix);
     if (!problem.empty()) return problem;
     auto compiled = std::make_unique<regex_t>();
     if (const int error = ::regcomp(compiled.get(), posix.c_str(), flags)) { // a failed regcomp holds nothing to free
@@ -4040,6 +4041,66 @@ private:
     if ((c == '*' || c == '+' || c == '?' || c == '}') && next(1) == '?') return "lazy quantifiers (*?, +?) are not supported";
     out += c;
     return "";
+  }
+
+  // The C library copies a bounded repetition's operand once per count, so nested counts
+  // multiply: (a{1000}){1000} would take gigabytes to compile. As RE2 and Go do, a count
+  // is at most 1000; and the pattern, its repetitions written out, at most 10,000 elements.
+  static std::string check_size(std::string_view posix) {
+    constexpr std::size_t max_count = 1000, max_elements = 10000;
+    struct Group {
+      std::size_t size = 0, last = 0; // elements so far; those of the last element
+    };
+    std::vector<Group> open(1);
+    for (std::size_t i = 0; i < posix.size(); ++i) {
+      Group &group = open.back();
+      const char c = posix[i];
+      if (c == '(') {
+        open.emplace_back();
+        continue;
+      }
+      if (c == ')' && open.size() > 1) {
+        const std::size_t inner = std::max<std::size_t>(open.back().size, 1);
+        open.pop_back();
+        open.back().size += inner, open.back().last = inner;
+      } else if (c == '{' && i + 1 < posix.size() && (is_ascii_digit(posix[i + 1]) || posix[i + 1] == ',')) {
+        const std::size_t end = posix.find('}', i);
+        const std::size_t count = end == std::string_view::npos ? 0 : largest_count(posix.substr(i + 1, end - i - 1));
+        if (count > max_count) return "a repetition count over 1000";
+        if (count > 1) group.size += group.last * (count - 1), group.last *= count;
+        if (end != std::string_view::npos) i = end;
+      } else if (c != '*' && c != '+' && c != '?' && c != '|') {
+        if (c == '[') i = bracket_end(posix, i);
+        else if (c == '\\') ++i;
+        group.size += 1, group.last = 1;
+      }
+      if (open.back().size > max_elements) return "too large once its repetitions are written out (over 10000 elements)";
+    }
+    return "";
+  }
+
+  // The larger count of "n", "n," or "n,m" (a missing m counts n), capped past 1000.
+  static std::size_t largest_count(std::string_view counts) {
+    std::size_t largest = 0, value = 0;
+    for (const char c : counts) {
+      if (is_ascii_digit(c)) value = std::min<std::size_t>(value * 10 + static_cast<std::size_t>(c - '0'), 100000);
+      else largest = std::max(largest, value), value = 0;
+    }
+    return std::max(largest, value);
+  }
+
+  // Where the POSIX bracket expression opening at `i` closes ([]...] and [:class:] inside).
+  static std::size_t bracket_end(std::string_view posix, std::size_t i) {
+    std::size_t k = i + 1;
+    if (k < posix.size() && posix[k] == '^') ++k;
+    if (k < posix.size() && posix[k] == ']') ++k;
+    for (; k < posix.size() && posix[k] != ']'; ++k)
+      if (posix[k] == '[' && k + 1 < posix.size() && posix[k + 1] == ':') {
+        const std::size_t end = posix.find(":]", k + 2);
+        if (end == std::string_view::npos) return posix.size();
+        k = end + 1;
+      }
+    return k;
   }
 
   // (?:...) becomes a group that RE2 does not number; (?P<name>...) and (?<name>...) a

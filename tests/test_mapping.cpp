@@ -132,6 +132,19 @@ TEST_CASE("templates read $N as statsd_exporter does: $1_x is nothing, ${1}_x th
   CHECK(hermes::detail::MappingRegex().compile("\\bx") == "\\b is not supported");
 }
 
+TEST_CASE("a regex whose repetitions would blow up when compiled is refused at load") {
+  const auto compile = [](const char *pattern) { return hermes::detail::MappingRegex().compile(pattern); };
+  CHECK(compile("a{1000}") == "");
+  CHECK(compile("[a]{2}(x{10}){999}") == "");
+  CHECK(compile("a{1001}") == "a repetition count over 1000");
+  CHECK(compile("a{2,1001}") == "a repetition count over 1000");
+  CHECK(compile("a{,1001}") == "a repetition count over 1000");
+  CHECK(compile("(a{1000}){1000}") == "too large once its repetitions are written out (over 10000 elements)");
+  CHECK(compile("((ab){100}c){100}") == "too large once its repetitions are written out (over 10000 elements)");
+  CHECK(compile("[]{}]{1000}x{1000}") == "");
+  CHECK(compile("\\d{5000}") == "a repetition count over 1000");
+}
+
 TEST_CASE("match_metric_type picks the rule by the line's type; action: drop refuses the line as dropped") {
   hermes::Registry registry = mapped(R"(
 mappings:
