@@ -4043,50 +4043,64 @@ private:
     return "";
   }
 
-  // The C library copies a bounded repetition's operand once per count, so nested counts
-  // multiply: (a{1000}){1000} would take gigabytes to compile. As RE2 and Go do, a count
-  // is at most 1000; and the pattern, its repetitions written out, at most 10,000 elements.
+  // The C library compiles a repetition by copying its operand: X{n,m} holds max(n, m)
+  // copies of X, X+ two, and nested repetitions multiply, so (a{1000}){1000} or
+  // ((a+)+)+... would take gigabytes to compile. As Go and RE2 do, a count is at most
+  // 1000 and a repetition of a repetition (a**, a+{2}) is refused; and the pattern, its
+  // copies written out, is at most 10,000 elements.
   static std::string check_size(std::string_view posix) {
     constexpr std::size_t max_count = 1000, max_elements = 10000;
     struct Group {
       std::size_t size = 0, last = 0; // elements so far; those of the last element
     };
     std::vector<Group> open(1);
+    bool after_repetition = false;
     for (std::size_t i = 0; i < posix.size(); ++i) {
-      Group &group = open.back();
       const char c = posix[i];
-      if (c == '(') {
+      const bool counted = c == '{' && i + 1 < posix.size() && (is_ascii_digit(posix[i + 1]) || posix[i + 1] == ',');
+      const bool repetition = counted || c == '*' || c == '+' || c == '?';
+      if (repetition && after_repetition) return "invalid nested repetition operator";
+      after_repetition = repetition;
+      Group &group = open.back();
+      std::size_t copies = 1;
+      if (counted) {
+        const std::size_t end = posix.find('}', i);
+        if (end == std::string_view::npos) break; // regcomp says what is wrong
+        std::size_t largest = 0;
+        copies = copies_of(posix.substr(i + 1, end - i - 1), largest);
+        if (largest > max_count) return "a repetition count over 1000";
+        i = end;
+      } else if (c == '+') {
+        copies = 2;
+      } else if (c == '(') {
         open.emplace_back();
-        continue;
-      }
-      if (c == ')' && open.size() > 1) {
+      } else if (c == ')' && open.size() > 1) {
         const std::size_t inner = std::max<std::size_t>(open.back().size, 1);
         open.pop_back();
         open.back().size += inner, open.back().last = inner;
-      } else if (c == '{' && i + 1 < posix.size() && (is_ascii_digit(posix[i + 1]) || posix[i + 1] == ',')) {
-        const std::size_t end = posix.find('}', i);
-        const std::size_t count = end == std::string_view::npos ? 0 : largest_count(posix.substr(i + 1, end - i - 1));
-        if (count > max_count) return "a repetition count over 1000";
-        if (count > 1) group.size += group.last * (count - 1), group.last *= count;
-        if (end != std::string_view::npos) i = end;
-      } else if (c != '*' && c != '+' && c != '?' && c != '|') {
+      } else if (c != '*' && c != '?' && c != '|') {
         if (c == '[') i = bracket_end(posix, i);
         else if (c == '\\') ++i;
         group.size += 1, group.last = 1;
       }
+      if (copies > 1) group.size += group.last * (copies - 1), group.last *= copies;
       if (open.back().size > max_elements) return "too large once its repetitions are written out (over 10000 elements)";
     }
     return "";
   }
 
-  // The larger count of "n", "n," or "n,m" (a missing m counts n), capped past 1000.
-  static std::size_t largest_count(std::string_view counts) {
-    std::size_t largest = 0, value = 0;
+  // How many copies of its operand "n", "n,m", ",m" or "n," makes (the last n + 1: n
+  // copies and a starred one), and the largest count written; past 100,000 a count is
+  // only known to be over.
+  static std::size_t copies_of(std::string_view counts, std::size_t &largest) {
+    std::size_t low = 0, high = 0, *value = &low;
     for (const char c : counts) {
-      if (is_ascii_digit(c)) value = std::min<std::size_t>(value * 10 + static_cast<std::size_t>(c - '0'), 100000);
-      else largest = std::max(largest, value), value = 0;
+      if (c == ',') value = &high;
+      else if (is_ascii_digit(c)) *value = std::min<std::size_t>(*value * 10 + static_cast<std::size_t>(c - '0'), 100000);
     }
-    return std::max(largest, value);
+    const bool open_ended = value == &high && counts.back() == ',';
+    largest = std::max(low, high);
+    return open_ended ? low + 1 : largest;
   }
 
   // Where the POSIX bracket expression opening at `i` closes ([]...] and [:class:] inside).

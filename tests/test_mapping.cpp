@@ -143,6 +143,15 @@ TEST_CASE("a regex whose repetitions would blow up when compiled is refused at l
   CHECK(compile("((ab){100}c){100}") == "too large once its repetitions are written out (over 10000 elements)");
   CHECK(compile("[]{}]{1000}x{1000}") == "");
   CHECK(compile("\\d{5000}") == "a repetition count over 1000");
+  CHECK(compile("(a+)+b{2,}[+*]") == "");
+  CHECK(compile("a**") == "invalid nested repetition operator");
+  CHECK(compile("a+{2}") == "invalid nested repetition operator");
+  CHECK(compile("((((((((((((((a+)+)+)+)+)+)+)+)+)+)+)+)+)+)+") ==
+        "too large once its repetitions are written out (over 10000 elements)");
+  CHECK(compile("(a{999,}){10}") == "");
+  CHECK(compile("(a{999,}){11}") == "too large once its repetitions are written out (over 10000 elements)");
+  CHECK(compile("a{1000,}") == "");
+  CHECK(compile("a{1001,}") == "a repetition count over 1000");
 }
 
 TEST_CASE("match_metric_type picks the rule by the line's type; action: drop refuses the line as dropped") {
