@@ -1112,6 +1112,11 @@ public:
   std::uint64_t changes() const { return changes_; }
 
   const std::string &service_name() const { return service_name_; }
+  // Whether a metric, configured or made by StatsD lines, writes `name` in either format.
+  bool uses_name(std::string_view name) const;
+  // Names written elsewhere on /metrics (pushed groups): a StatsD line may not make a
+  // metric that writes one of them.
+  void keep_line_metrics_off(std::function<bool(std::string_view)> taken) { taken_elsewhere_ = std::move(taken); }
   // The value of one series, label values in configured order; nullopt when it does not exist.
   std::optional<double> value(std::string_view metric, const std::vector<std::string> &label_values) const;
   std::size_t series_count() const; // live series of all configured metrics
@@ -1157,6 +1162,7 @@ private:
   std::unique_ptr<detail::StatsdReading> statsd_reading_; // the same for StatsD lines
   bool statsd_ = true;
   std::unique_ptr<detail::LineMetrics> line_metrics_; // metrics made from StatsD lines, and the mapping
+  std::function<bool(std::string_view)> taken_elsewhere_;
   std::size_t fixed_body_bytes_ = 0; // the families' heads and Hermes' own families, in one body at most
   bool holds_budget_ = false;        // what it took is still to be given back
   std::uint64_t accepted_ = 0;
@@ -6900,6 +6906,10 @@ public:
     std::sort(names.begin(), names.end());
     reserved_ = std::move(names);
   }
+  // And the names metrics made at run time (by StatsD lines) write.
+  void reserve_names_of(std::function<bool(std::string_view)> taken) { taken_elsewhere_ = std::move(taken); }
+  // Whether a pushed family writes `name`: as its family or one of its samples.
+  bool writes(std::string_view name) const;
 
   // PUT (`replace`) or POST of `families` to the group of `key`.
   PushOutcome push(const PushLabels &key, std::map<std::string, PushedFamily> families, bool replace, Now now);
@@ -6933,8 +6943,22 @@ private:
   Groups groups_;
   std::map<std::string, PushFamilyIndex, std::less<>> index_;
   std::vector<std::string> reserved_; // sorted
+  std::function<bool(std::string_view)> taken_elsewhere_;
   std::size_t bytes_ = 0;
 };
+
+inline bool PushStore::writes(std::string_view name) const {
+  const auto writes_as = [&](std::string_view family) {
+    const auto found = index_.find(family);
+    if (found == index_.end()) return false;
+    const std::vector<std::string> samples = sample_names(family, found->second.type);
+    return family == name || std::find(samples.begin(), samples.end(), name) != samples.end();
+  };
+  if (writes_as(name)) return true;
+  for (const char *suffix : {"_bucket", "_sum", "_count"})
+    if (ends_with(name, suffix) && writes_as(name.substr(0, name.size() - std::strlen(suffix)))) return true;
+  return false;
+}
 
 inline PushOutcome PushStore::push(const PushLabels &key, std::map<std::string, PushedFamily> families, bool replace, Now now) {
   const auto old = groups_.find(key);
@@ -6994,8 +7018,11 @@ inline std::string PushStore::check_family(const PushedFamily &family, const Pus
   const PushType type = *family.type;
   if (!is_metric_name(name)) return "family " + go_quote(name) + ": not a metric name";
   if (type == PushType::gauge_histogram) return "family \"" + name + "\": gauge histograms are not supported";
-  for (const std::string &sample : sample_names(name, type))
-    if (std::binary_search(reserved_.begin(), reserved_.end(), sample)) return "family \"" + name + "\" writes " + sample + ", a metric Hermes serves already";
+  std::vector<std::string> written = sample_names(name, type);
+  written.push_back(name);
+  for (const std::string &sample : written)
+    if (std::binary_search(reserved_.begin(), reserved_.end(), sample) || (taken_elsewhere_ && taken_elsewhere_(sample)))
+      return "family \"" + name + "\" writes " + sample + ", a metric Hermes serves already";
   if (const auto found = index_.find(name); found != index_.end() && found->second.type != type) {
     const auto &groups = found->second.groups;
     if (!(groups.size() == 1 && groups.front() == old))
@@ -10504,6 +10531,9 @@ inline detail::Metric *Registry::find_or_make_statsd(detail::StatsdReading &read
 // Adds a metric a line makes, with its family's room in the bodies, or says why not.
 inline detail::Metric *Registry::make_line_metric(MetricConfig config, std::optional<Reject> &refused) {
   if ((refused = detail::line_metric_conflict(config, metrics_))) return nullptr;
+  if (taken_elsewhere_)
+    for (const std::string &name : detail::names_taken(config))
+      if (taken_elsewhere_(name)) return refused = Reject::type_mismatch, nullptr;
   if (line_metrics_->made >= line_metrics_->settings.max_metrics) return refused = Reject::metric_limit, nullptr;
   const auto at = std::lower_bound(metrics_.begin(), metrics_.end(), config.name,
                                    [](const detail::Metric &m, const std::string &n) { return m.config.name < n; });
@@ -10516,6 +10546,23 @@ inline detail::Metric *Registry::make_line_metric(MetricConfig config, std::opti
   fixed_body_bytes_ = bound;
   ++line_metrics_->made;
   return &*made;
+}
+
+inline bool Registry::uses_name(std::string_view name) const {
+  const auto writes = [&](const std::string &base) {
+    const detail::Metric *metric = find(base);
+    if (!metric) return false;
+    const std::vector<std::string> names = detail::names_taken(metric->config);
+    return std::find(names.begin(), names.end(), name) != names.end();
+  };
+  const std::string whole(name);
+  if (writes(whole) || writes(whole + "_total")) return true;
+  for (const char *suffix : {"_total", "_created", "_bucket", "_sum", "_count"})
+    if (detail::ends_with(name, suffix)) {
+      const std::string base(name.substr(0, name.size() - std::strlen(suffix)));
+      if (writes(base) || writes(base + "_total")) return true;
+    }
+  return false;
 }
 
 // A reload keeps the metrics lines made, as if configured, while lines may still make
@@ -12531,6 +12578,8 @@ struct Server::Impl {
     registry.accept_statsd(options.statsd);
     start_gzip(options.gzip_level);
     pushes.reserve_names(detail::reserved_push_names(config));
+    pushes.reserve_names_of([this](std::string_view name) { return registry.uses_name(name); });
+    registry.keep_line_metrics_off([this](std::string_view name) { return pushes.writes(name); });
     mapping_at_start = load_statsd_mapping(config);
     registry.use_statsd_mapping(mapping_at_start.mapping);
   }
@@ -12649,6 +12698,9 @@ inline bool Server::Impl::reload_config() {
     Config next = load_config(config_path);
     if (!statsd_mapping_file.empty()) next.statsd.mapping_file = statsd_mapping_file; // the variable wins
     StatsdMappingFile mapping = load_statsd_mapping(next); // a bad one fails the reload, as a bad config
+    for (const std::string &name : detail::reserved_push_names(next))
+      if (pushes.writes(name))
+        throw ConfigError(config_path + ": metric name " + name + " is written by a pushed group; delete the group first");
     const Registry::ReloadSummary summary = registry.reload(next);
     registry.use_statsd_mapping(mapping.mapping);
     log_statsd_mapping(mapping);

@@ -9,7 +9,9 @@ figures.
 usage: pushgateway.py PATH_TO_HERMES
 Ends with the line "pushgateway: N passed, N failed".
 """
+import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -222,6 +224,28 @@ def bad_bodies_and_conflicts_are_refused_with_the_reason_and_change_nothing(herm
                 [line for line in before if not line.startswith("push_failure")], "nothing else changed")
     failed = hermes.metric('push_failure_time_seconds{instance="",job="j"}')
     check_equal(abs(failed - time.time()) < 60, True, "the failure time is kept")
+
+
+@with_hermes(config={"service_name": "push-service", "statsd_undeclared": "accept",
+                     "gauges": [{"metric_name": "configured"}]})
+def a_name_is_either_pushed_or_made_by_statsd_lines_or_configured_never_two(hermes):
+    check_equal(curl(hermes, "--data-binary", "# TYPE built counter\nbuilt 3\n", "/metrics/job/j"), (200, ""))
+    hermes.push(b"built:1|c", b"lines:2|g")
+    hermes.wait_for("lines", 2)
+    check_equal(hermes.metric('hermes_samples_rejected_total{reason="type_mismatch"}'), 1,
+                "the line's built_total would write built, a pushed family")
+    check_equal(curl(hermes, "--data-binary", "lines_sum 1\n", "/metrics/job/j")[0], 200, "a name lines does not write")
+    check_equal(curl(hermes, "--data-binary", "# TYPE lines histogram\nlines_count 1\nlines_sum 1\n", "/metrics/job/k"),
+                (400, 'pushed metrics are invalid or inconsistent with existing metrics: family "lines" writes lines, '
+                      'a metric Hermes serves already'))
+    families = [f.name for f in text_string_to_metric_families(hermes.scrape())]
+    check_equal(len(families), len(set(families)), "every family once on /metrics")
+    with open(hermes.config_path, "w") as file:
+        json.dump({"service_name": "push-service", "statsd_undeclared": "accept",
+                   "gauges": [{"metric_name": "configured"}, {"metric_name": "built"}]}, file)
+    hermes.process.send_signal(signal.SIGHUP)
+    hermes.wait_for('hermes_config_reloads_total{result="failure"}', 1)
+    check_equal(hermes.metric('built{instance="",job="j"}'), 3, "the pushed family stays; the config that would hide it is refused")
 
 
 @with_hermes(env={"HERMES_MAX_PUSH_BYTES": "2048"})
