@@ -25,9 +25,13 @@ for program in unit_tests allocation_tests; do
     "$(echo "$line" | sed -nE 's/.*\| *([0-9]+) failed.*/\1/p')"
 done
 
-# The Python suites close with "NAME: P passed, F failed".
+# The Python suites close with "NAME: P passed, F failed". build/suite-times.log keeps
+# how long each took, to find where the minutes of make test go.
+: >build/suite-times.log
 for suite in tests/blackbox.py tests/statsd_clients.py tests/statsd_tcp.py tests/state.py tests/openmetrics.py tests/pushgateway.py tests/pushgateway_diff.py tests/hostile.py tests/shipping.py tests/e2e_prometheus.py tests/remote_write.py tests/operating.py tests/pressure.py tests/tls.py tests/mapping.py tests/docs.py tests/tooling.py; do
+  started=$(date +%s)
   python3 "$suite" ./hermes 2>&1 | tee build/suite.log
+  echo "$suite took $(($(date +%s) - started)) s" >>build/suite-times.log
   line=$(grep -E '^[a-z0-9_-]+: [0-9]+ passed, [0-9]+ failed$' build/suite.log | tail -n 1)
   add_counts "$suite" "$(echo "$line" | sed -nE 's/.*: ([0-9]+) passed.*/\1/p')" \
     "$(echo "$line" | sed -nE 's/.* ([0-9]+) failed$/\1/p')"
