@@ -345,6 +345,39 @@ def openmetrics_and_protobuf_scrapes_show_the_groups(hermes):
     check_equal(families["done"].samples[0].value, 3, "the OpenMetrics parser reads it")
 
 
+@test
+def pushed_groups_survive_a_restart_through_the_state_file():
+    """As Pushgateway's --persistence.file: every group, its push times and its TTL age
+    come back; a group past its TTL at restart goes at the first sweep."""
+    directory = tempfile.mkdtemp(prefix="hermes-push-state-")
+    env = {"HERMES_STATE_FILE": os.path.join(directory, "state.json"), "HERMES_STATE_INTERVAL": "3600",
+           "HERMES_PUSH_TTL": "6"}
+    first = Hermes(CONFIG, env=env)
+    try:
+        check_equal(send(first, "PUT", "/metrics/job@base64/YS9i/zone/z", b"# HELP x An x.\n# TYPE x gauge\nx 1.5\n")[0], 200)
+        check_equal(send(first, "PUT", "/metrics/job/bad", b"x 1 1000\n")[0], 400, "a failure time only")
+        check_equal(send(first, "PUT", "/metrics/job/short", b"y 2\n")[0], 200)
+        time.sleep(3)
+        check_equal(send(first, "POST", "/metrics/job/short", b"z 3\n")[0], 200, "pushed again: its TTL starts over")
+        before = pushed_lines(first)
+        check_equal(first.stop()[0], 0, "exit code")
+    finally:
+        first.close()
+    again = Hermes(CONFIG, env=env)
+    try:
+        check_equal(pushed_lines(again), before, "every group, push times and all")
+        check_equal(again.metric("hermes_push_groups"), 3, "three groups")
+        time.sleep(3.2)  # past the TTL of the groups pushed first, not of the one pushed again 3 s later
+        metrics = again.metrics()
+        check_equal(metrics.get('x{instance="",job="a/b",zone="z"}'), None, "expired on its age from before")
+        check_equal(metrics.get('z{instance="",job="short"}'), 3, "still within its TTL")
+    finally:
+        again.close()
+        for name in os.listdir(directory):
+            os.unlink(os.path.join(directory, name))
+        os.rmdir(directory)
+
+
 if __name__ == "__main__":
     code = run_suite("pushgateway", TESTS)
     os.unlink(PUSH_TOKEN)
