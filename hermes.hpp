@@ -8114,6 +8114,8 @@ public:
   // Reads the token file again: "" when it now holds the token, or the problem, and
   // then the token in force stays.
   std::string reload_token() { return read_token_file(token_file_, token_); }
+  const std::string &push_token_file() const { return push_.token_file; }
+  std::string reload_push_token() { return read_token_file(push_.token_file, push_token_, "push token file"); }
 
   // The listener (unless accepting is paused) and each connection, for poll().
   void add_poll_fds(std::vector<pollfd> &fds, Clock::time_point now) const {
@@ -12811,6 +12813,7 @@ struct Server::Impl {
   void poll_once(int timeout_ms);
   bool reload_config();
   bool reload_token();
+  bool reload_push_token();
   bool reload_tls();
   int poll_timeout(int timeout_ms, Clock::time_point now) const;
   void sweep(Clock::time_point now);
@@ -12887,12 +12890,12 @@ inline void Server::run(const std::atomic<bool> &stop, std::atomic<bool> *reload
   impl_->logger.log(LogLevel::info, "hermes stopped");
 }
 
-// The config and the token file, each taken on its own: one that fails to load keeps
+// The config and the token files, each taken on its own: one that fails to load keeps
 // what is in force, and makes the reload count as failed.
 inline bool Server::reload() {
   Impl &impl = *impl_;
   const bool config = impl.reload_config();
-  const bool token = impl.reload_token();
+  const bool token = impl.reload_token() & impl.reload_push_token(); // both, whatever the first did
   const bool tls = impl.reload_tls();
   ++(config && token && tls ? impl.reloads_succeeded : impl.reloads_failed);
   if (config && token && tls) impl.last_reload_success_seconds = wall_clock_seconds();
@@ -12927,6 +12930,18 @@ inline bool Server::Impl::reload_token() {
     return false;
   }
   logger.log(LogLevel::info, "token reloaded", {{"path", http.token_file()}});
+  return true;
+}
+
+// The push token, rotated apart from the /metrics token: the jobs that push hold it.
+inline bool Server::Impl::reload_push_token() {
+  if (http.push_token_file().empty()) return true;
+  const std::string problem = http.reload_push_token();
+  if (!problem.empty()) {
+    logger.log(LogLevel::error, "push token reload failed; the push token in force stays", {{"error", problem}});
+    return false;
+  }
+  logger.log(LogLevel::info, "push token reloaded", {{"path", http.push_token_file()}});
   return true;
 }
 
