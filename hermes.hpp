@@ -9100,7 +9100,8 @@ inline void StateCodec::write_push_group(std::string &out, const PushGroup &grou
     append_state_key(out, "type");
     append_json_string(out, to_string(*family.type));
     append_state_key(out, "metrics");
-    append_state_list(out, family.metrics, [&](const PushedMetric &metric) { write_pushed_metric(out, *family.type, metric); });
+    const PushType type = *family.type; // a lambda may not capture a structured binding in C++17
+    append_state_list(out, family.metrics, [&](const PushedMetric &metric) { write_pushed_metric(out, type, metric); });
     out += '}';
   }
   out += "]}";
