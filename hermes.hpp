@@ -192,11 +192,12 @@
 // ---- State across restarts ----------------------------------------------------------------
 //
 // With Options::state_file (HERMES_STATE_FILE, "state_file") a Server restores every
-// series from that file at start, writes it every state_interval_seconds when something
-// changed, and once more when run() ends, after the samples still queued on its sockets.
-// A write goes to a new file in the same directory, fsynced and renamed over the old one,
-// on a thread of its own. A file that is not state is renamed aside, never deleted; a
-// series whose metric is gone or changed shape is skipped and logged. A path with a
+// series and pushed group (its push times and TTL age too) from that file at start,
+// writes it every state_interval_seconds when something changed, and once more when
+// run() ends, after the samples still queued on its sockets. A write goes to a new file
+// in the same directory, fsynced and renamed over the old one, on a thread of its own. A
+// file that is not state is renamed aside, never deleted; a series whose metric is gone
+// or changed shape, or a group a push would not be taken for, is skipped and logged. A path with a
 // directory missing, or a file where a directory should be, holds no state yet: the
 // server starts empty, and counts and logs each write that fails until it is fixed.
 //
@@ -1102,6 +1103,8 @@ public:
   struct RestoreSummary {
     std::size_t restored = 0, skipped = 0; // series
     std::vector<std::string> problems;
+    std::size_t push_groups_restored = 0, push_groups_skipped = 0; // a server's pushed groups
+    std::vector<std::string> push_group_problems;                  // "{job=\"x\"}: why", once each
   };
   // Takes the series of a state file whose metric is configured with the same shape;
   // series past their ttl_seconds expire at the next expire(). Throws StateError, having
@@ -6916,17 +6919,24 @@ public:
   // DELETE: the group goes, if there is one.
   void remove(const PushLabels &key);
   void wipe() {
+    changes_ += groups_.empty() ? 0 : 1;
     while (!groups_.empty()) drop(groups_.begin());
   }
   // Drops the groups not pushed for the TTL; returns how many.
   std::size_t expire(double monotonic_now);
+  // A group read back from the state file, its push_* families made from its times:
+  // checked as a push is, and held within the same limits; "" or why it is not taken.
+  std::string restore(PushGroup group, double push_time, double push_failure_time);
 
+  using Groups = std::map<PushLabels, PushGroup>;
+  const Groups &groups() const { return groups_; }
   std::size_t group_count() const { return groups_.size(); }
   std::size_t bytes() const { return bytes_; }
   const std::map<std::string, PushFamilyIndex, std::less<>> &families() const { return index_; }
+  // Goes up whenever a group changes, goes or comes: the state file is written after a change.
+  std::uint64_t changes() const { return changes_; }
 
 private:
-  using Groups = std::map<PushLabels, PushGroup>;
   std::string check(const PushGroup &candidate, const PushGroup *old) const;
   std::string check_family(const PushedFamily &family, const PushGroup &candidate, const PushGroup *old) const;
   std::optional<PushType> other_type(std::string_view name, const PushGroup &candidate, const PushGroup *old) const;
@@ -6945,6 +6955,7 @@ private:
   std::vector<std::string> reserved_; // sorted
   std::function<bool(std::string_view)> taken_elsewhere_;
   std::size_t bytes_ = 0;
+  std::uint64_t changes_ = 0;
 };
 
 inline bool PushStore::writes(std::string_view name) const {
@@ -6982,6 +6993,7 @@ inline PushOutcome PushStore::push(const PushLabels &key, std::map<std::string, 
     candidate.families[push_failure_name] = push_time_family(push_failure_name, key, 0);
   std::string problem = timestamps ? "pushed metrics must not have timestamps"
                                    : check(candidate, old == groups_.end() ? nullptr : &old->second);
+  ++changes_; // a success, or a failure time kept
   if (!problem.empty()) {
     record_failure(key, now);
     return {400, "pushed metrics are invalid or inconsistent with existing metrics: " + problem};
@@ -7117,7 +7129,19 @@ inline void PushStore::record_failure(const PushLabels &key, Now now) {
 }
 
 inline void PushStore::remove(const PushLabels &key) {
-  if (const auto found = groups_.find(key); found != groups_.end()) drop(found);
+  if (const auto found = groups_.find(key); found != groups_.end()) drop(found), ++changes_;
+}
+
+inline std::string PushStore::restore(PushGroup group, double push_time, double push_failure_time) {
+  if (groups_.count(group.key)) return "the group is in the file twice";
+  for (auto &[name, family] : group.families)
+    for (PushedMetric &metric : family.metrics) add_grouping_labels(metric.labels, group.key);
+  group.families[push_time_name] = push_time_family(push_time_name, group.key, push_time);
+  group.families[push_failure_name] = push_time_family(push_failure_name, group.key, push_failure_time);
+  std::string problem = check(group, nullptr);
+  if (problem.empty()) problem = commit(group, groups_.end());
+  changes_ += problem.empty() ? 1 : 0;
+  return problem;
 }
 
 inline std::size_t PushStore::expire(double monotonic_now) {
@@ -7128,6 +7152,7 @@ inline std::size_t PushStore::expire(double monotonic_now) {
     if (monotonic_now - it->second.last_push >= ttl_seconds_) drop(it), ++dropped;
     it = next;
   }
+  changes_ += dropped;
   return dropped;
 }
 
@@ -8130,6 +8155,8 @@ public:
   // Reads the token file again: "" when it now holds the token, or the problem, and
   // then the token in force stays.
   std::string reload_token() { return read_token_file(token_file_, token_); }
+  const std::string &push_token_file() const { return push_.token_file; }
+  std::string reload_push_token() { return read_token_file(push_.token_file, push_token_, "push token file"); }
 
   // The listener (unless accepting is paused) and each connection, for poll().
   void add_poll_fds(std::vector<pollfd> &fds, Clock::time_point now) const {
@@ -8745,6 +8772,12 @@ struct RestoredMetric {
   MetricConfig shape;
   std::vector<RestoredSeries> series;
 };
+// A pushed group of a state file, read and checked; its push_* families are made from
+// its two times as it is put in place.
+struct RestoredPushGroup {
+  PushGroup group;
+  double push_time = 0, push_failure_time = 0;
+};
 
 // Writes and reads the state file's text; a friend of Registry and the quantile
 // classes, so that none of them needs a public surface for it.
@@ -8754,16 +8787,20 @@ public:
   using MakeRoom = std::function<bool(std::string &out, std::size_t bytes)>;
   // Writes the state over `out`; `make_room`, when given, is asked before each part is
   // written for the most that part can be. False when it refused.
+  // With `pushes`, their groups follow the series.
   static bool save(const Registry &registry, std::string &out, Now now, const std::function<void()> &pause,
-                   const MakeRoom &make_room = {});
+                   const MakeRoom &make_room = {}, const PushStore *pushes = nullptr);
   static std::size_t text_bound(const Registry &registry); // the most save() writes now
-  static Registry::RestoreSummary restore(Registry &registry, std::string_view text, double monotonic_now);
+  // With `pushes`, the file's groups go into them; without, they are read, checked and left.
+  static Registry::RestoreSummary restore(Registry &registry, std::string_view text, double monotonic_now,
+                                          PushStore *pushes = nullptr);
 
   // The reading side: every problem names its place in the file.
   explicit StateCodec(double monotonic_now) : monotonic_now_(monotonic_now) {}
   void check_format(const picojson::object &top) const;
   MetricConfig read_shape(const picojson::object &metric, const std::string &place) const;
   RestoredSeries read_series(const MetricConfig &shape, const picojson::value &value, const std::string &place) const;
+  RestoredPushGroup read_push_group(const picojson::value &value, const std::string &place) const;
   [[noreturn]] void fail(const std::string &place, const std::string &problem) const;
 
 private:
@@ -8780,6 +8817,13 @@ private:
                            const Series &series, double monotonic_now);
   static void write_window(std::string &out, const QuantileWindow &window, double monotonic_now);
   static void write_native(std::string &out, const NativeHistogram &native);
+  static bool write_push_groups(std::string &out, const PushStore &pushes, double monotonic_now, const MakeRoom &make_room);
+  static void write_push_group(std::string &out, const PushGroup &group, double monotonic_now);
+  static std::size_t push_group_text_bound(const PushGroup &group);
+  PushLabels read_push_labels(const picojson::value &value, const std::string &place) const;
+  PushedFamily read_pushed_family(const picojson::value &value, const std::string &place) const;
+  static void put_push_groups_in_place(PushStore &pushes, std::vector<RestoredPushGroup> &groups,
+                                       Registry::RestoreSummary &summary);
   void read_native(const MetricConfig &shape, const picojson::value &value, NativeHistogram &native,
                    const std::string &place) const;
   static Registry::RestoreSummary put_in_place(Registry &registry, std::vector<RestoredMetric> &metrics);
@@ -8807,7 +8851,7 @@ private:
 // ---- writing ---------------------------------------------------------------------------
 
 inline bool StateCodec::save(const Registry &registry, std::string &out, Now now, const std::function<void()> &pause,
-                             const MakeRoom &make_room) {
+                             const MakeRoom &make_room, const PushStore *pushes) {
   out.clear();
   const auto room = [&](std::size_t bytes) { return !make_room || make_room(out, bytes); };
   if (!room(header_bound(registry))) return false;
@@ -8842,7 +8886,9 @@ inline bool StateCodec::save(const Registry &registry, std::string &out, Now now
     }
     out += "]}";
   }
-  out += "]}\n";
+  out += ']';
+  if (pushes && !write_push_groups(out, *pushes, now.monotonic, make_room)) return false;
+  out += "}\n";
   return true;
 }
 
@@ -9005,6 +9051,116 @@ inline void StateCodec::write_window(std::string &out, const QuantileWindow &win
   append_state_key(out, "buffer");
   append_state_list(out, window.buffer_, [&](double value) { append_state_number(out, value); });
   out += '}';
+}
+
+// ---- pushed groups ---------------------------------------------------------------------
+//
+// "push_groups": one group a line, with what Pushgateway's persistence file keeps of it
+// (its families and two push times) and how long before the write it was last pushed,
+// from which its TTL counts on. Older files have none, and still load; an older Hermes
+// reads past them.
+
+inline bool StateCodec::write_push_groups(std::string &out, const PushStore &pushes, double monotonic_now,
+                                          const MakeRoom &make_room) {
+  const auto room = [&](std::size_t bytes) { return !make_room || make_room(out, bytes); };
+  if (!room(state_keys)) return false;
+  append_state_key(out, "push_groups");
+  out += '[';
+  bool first = true;
+  for (const auto &entry : pushes.groups()) {
+    if (!room(push_group_text_bound(entry.second))) return false;
+    out += first ? "\n" : ",\n";
+    first = false;
+    write_push_group(out, entry.second, monotonic_now);
+  }
+  out += ']';
+  return true;
+}
+
+// Label pairs as one flat list of strings: name, value, name, value...
+inline void append_state_labels(std::string &out, const PushLabels &labels) {
+  out += '[';
+  for (std::size_t i = 0; i < labels.size(); ++i) {
+    append_json_string(out += i == 0 ? "" : ", ", labels[i].first);
+    append_json_string(out += ", ", labels[i].second);
+  }
+  out += ']';
+}
+
+inline void write_pushed_metric(std::string &out, PushType type, const PushedMetric &metric) {
+  append_state_key(out += '{', "labels", true);
+  append_state_labels(out, metric.labels);
+  if (type == PushType::summary || type == PushType::histogram) {
+    append_state_key(out, "count");
+    append_state_number(out, metric.count);
+    append_state_key(out, "sum");
+    append_state_number(out, metric.sum);
+    append_state_key(out, "points"); // quantiles or buckets: bound, value, bound, value...
+    out += '[';
+    for (std::size_t i = 0; i < metric.points.size(); ++i) {
+      append_state_number(out += i == 0 ? "" : ", ", metric.points[i].first);
+      append_state_number(out += ", ", metric.points[i].second);
+    }
+    out += ']';
+  } else {
+    append_state_key(out, "value");
+    append_state_number(out, metric.value);
+  }
+  if (!metric.native.empty()) { // metrics.proto's bytes, in hexadecimal
+    static constexpr char digits[] = "0123456789abcdef";
+    append_state_key(out, "native");
+    out += '"';
+    for (const char c : metric.native) out.append(1, digits[static_cast<unsigned char>(c) >> 4]).append(1, digits[c & 15]);
+    out += '"';
+  }
+  out += '}';
+}
+
+inline void StateCodec::write_push_group(std::string &out, const PushGroup &group, double monotonic_now) {
+  append_state_key(out += '{', "key", true);
+  append_state_labels(out, group.key);
+  append_state_key(out, "pushed_ago");
+  append_state_number(out, monotonic_now - group.last_push);
+  for (const char *name : {push_time_name, push_failure_name}) {
+    append_state_key(out, name == push_time_name ? "push_time" : "push_failure_time");
+    append_state_number(out, group.families.at(name).metrics.front().value);
+  }
+  append_state_key(out, "families");
+  out += '[';
+  bool first = true;
+  for (const auto &[name, family] : group.families) {
+    if (is_push_time(name)) continue;
+    out += first ? "" : ", ";
+    first = false;
+    append_state_key(out += '{', "name", true);
+    append_json_string(out, name);
+    if (family.help) {
+      append_state_key(out, "help");
+      append_json_string(out, *family.help);
+    }
+    append_state_key(out, "type");
+    append_json_string(out, to_string(*family.type));
+    append_state_key(out, "metrics");
+    const PushType type = *family.type; // a lambda may not capture a structured binding in C++17
+    append_state_list(out, family.metrics, [&](const PushedMetric &metric) { write_pushed_metric(out, type, metric); });
+    out += '}';
+  }
+  out += "]}";
+}
+
+inline std::size_t StateCodec::push_group_text_bound(const PushGroup &group) {
+  const auto labels_bound = [](const PushLabels &labels) {
+    std::size_t bytes = 2;
+    for (const auto &[name, value] : labels) bytes += json_string_size(name) + json_string_size(value) + 4;
+    return bytes;
+  };
+  std::size_t bytes = state_keys + labels_bound(group.key) + 3 * state_number;
+  for (const auto &[name, family] : group.families) {
+    bytes += state_keys + json_string_size(name) + (family.help ? json_string_size(*family.help) : 0);
+    for (const PushedMetric &metric : family.metrics)
+      bytes += state_keys + labels_bound(metric.labels) + (3 + 2 * metric.points.size()) * state_number + 2 * metric.native.size();
+  }
+  return bytes;
 }
 
 // ---- reading ---------------------------------------------------------------------------
@@ -9242,6 +9398,102 @@ inline std::vector<double> StateCodec::read_values(const picojson::value &value,
   return values;
 }
 
+inline PushLabels StateCodec::read_push_labels(const picojson::value &value, const std::string &place) const {
+  const picojson::array &list = list_at(value, place);
+  if (list.size() % 2 != 0) fail(place, "expected name, value, name, value...");
+  PushLabels labels;
+  for (std::size_t i = 0; i < list.size(); i += 2) {
+    labels.emplace_back(text_at(list[i], place + "[" + std::to_string(i) + "]"),
+                        text_at(list[i + 1], place + "[" + std::to_string(i + 1) + "]"));
+    if (!is_label_name(labels.back().first)) fail(place + "[" + std::to_string(i) + "]", "not a label name");
+  }
+  return labels;
+}
+
+inline std::optional<std::string> read_native_hex(std::string_view hex) {
+  if (hex.size() % 2 != 0) return std::nullopt;
+  std::string bytes;
+  for (std::size_t i = 0; i < hex.size(); i += 2) {
+    unsigned byte = 0;
+    if (std::from_chars(hex.data() + i, hex.data() + i + 2, byte, 16).ptr != hex.data() + i + 2) return std::nullopt;
+    bytes += static_cast<char>(byte);
+  }
+  return bytes;
+}
+
+inline PushedFamily StateCodec::read_pushed_family(const picojson::value &value, const std::string &place) const {
+  static constexpr PushType types[] = {PushType::counter, PushType::gauge, PushType::summary, PushType::untyped, PushType::histogram};
+  const picojson::object &object = object_at(value, place);
+  PushedFamily family;
+  family.name = text_at(at(object, "name", place), place + ".name");
+  if (object.count("help")) family.help = text_at(object.at("help"), place + ".help");
+  const std::string type = text_at(at(object, "type", place), place + ".type");
+  for (const PushType known : types)
+    if (type == to_string(known)) family.type = known;
+  if (!family.type) fail(place + ".type", quote_json(object.at("type")) + " is not a pushed type");
+  const picojson::array &metrics = list_at(at(object, "metrics", place), place + ".metrics");
+  const bool distribution = family.type == PushType::summary || family.type == PushType::histogram;
+  for (std::size_t m = 0; m < metrics.size(); ++m) {
+    const std::string where = place + ".metrics[" + std::to_string(m) + "]";
+    const picojson::object &fields = object_at(metrics[m], where);
+    PushedMetric &metric = family.metrics.emplace_back();
+    metric.kind = *family.type;
+    metric.labels = read_push_labels(at(fields, "labels", where), where + ".labels");
+    if (!distribution) {
+      metric.value = number_at(at(fields, "value", where), where + ".value");
+    } else {
+      metric.count = number_at(at(fields, "count", where), where + ".count");
+      metric.sum = number_at(at(fields, "sum", where), where + ".sum");
+      const picojson::array &points = list_at(at(fields, "points", where), where + ".points");
+      if (points.size() % 2 != 0) fail(where + ".points", "expected bound, value, bound, value...");
+      for (std::size_t i = 0; i < points.size(); i += 2)
+        metric.points.emplace_back(number_at(points[i], where + ".points"), number_at(points[i + 1], where + ".points"));
+    }
+    if (!fields.count("native")) continue;
+    const std::optional<std::string> native = read_native_hex(text_at(fields.at("native"), where + ".native"));
+    if (!native || family.type != PushType::histogram) fail(where + ".native", "not a histogram's bytes in hexadecimal");
+    metric.native = *native;
+  }
+  return family;
+}
+
+inline RestoredPushGroup StateCodec::read_push_group(const picojson::value &value, const std::string &place) const {
+  const picojson::object &object = object_at(value, place);
+  RestoredPushGroup restored;
+  PushGroup &group = restored.group;
+  group.key = read_push_labels(at(object, "key", place), place + ".key");
+  if (std::none_of(group.key.begin(), group.key.end(), [](const auto &label) { return label.first == "job"; }))
+    fail(place + ".key", "no job");
+  group.last_push = monotonic_now_ - finite_at(at(object, "pushed_ago", place), place + ".pushed_ago", 0, HUGE_VAL);
+  restored.push_time = number_at(at(object, "push_time", place), place + ".push_time");
+  restored.push_failure_time = number_at(at(object, "push_failure_time", place), place + ".push_failure_time");
+  const picojson::array &families = list_at(at(object, "families", place), place + ".families");
+  for (std::size_t f = 0; f < families.size(); ++f) {
+    const std::string where = place + ".families[" + std::to_string(f) + "]";
+    PushedFamily family = read_pushed_family(families[f], where);
+    if (is_push_time(family.name)) fail(where + ".name", "made from the group's times, not kept as a family");
+    const std::string name = family.name;
+    if (!group.families.emplace(name, std::move(family)).second) fail(where + ".name", "a second family " + go_quote(name));
+  }
+  return restored;
+}
+
+// Each group is checked as a push is, and held within the budget and max_push_groups;
+// one that is not taken is counted and named.
+inline void StateCodec::put_push_groups_in_place(PushStore &pushes, std::vector<RestoredPushGroup> &groups,
+                                                 Registry::RestoreSummary &summary) {
+  for (RestoredPushGroup &restored : groups) {
+    const std::string key = labels_text(restored.group.key);
+    const std::string problem = pushes.restore(std::move(restored.group), restored.push_time, restored.push_failure_time);
+    if (problem.empty()) {
+      ++summary.push_groups_restored;
+      continue;
+    }
+    ++summary.push_groups_skipped;
+    summary.push_group_problems.push_back(key + ": " + problem);
+  }
+}
+
 // Every metric of the file that is configured with the same shape takes its series, up
 // to max_series; the rest are counted and named once each.
 inline Registry::RestoreSummary StateCodec::put_in_place(Registry &registry, std::vector<RestoredMetric> &metrics) {
@@ -9285,6 +9537,7 @@ inline Registry::RestoreSummary StateCodec::put_in_place(Registry &registry, std
 struct StateDocument {
   picojson::object top;
   std::vector<RestoredMetric> metrics;
+  std::vector<RestoredPushGroup> push_groups;
 };
 
 // A picojson parse context for one place of a state file: the whole file, its list of
@@ -9294,7 +9547,7 @@ struct StateDocument {
 // A problem throws StateError naming its place.
 class StateReader {
 public:
-  enum class Place { root, metrics, metric, series };
+  enum class Place { root, metrics, metric, series, push_groups };
 
   StateReader(Place place, std::string where, const StateCodec &codec, StateDocument &document)
       : place_(place), where_(std::move(where)), codec_(codec), document_(document) {}
@@ -9303,7 +9556,7 @@ public:
   bool set_bool(bool) { return wrong("a boolean"); }
   bool set_number(double) { return wrong("a number"); }
   template <typename Iter> bool parse_string(picojson::input<Iter> &) { return wrong("a string"); }
-  bool parse_array_start() { return place_ == Place::metrics || place_ == Place::series || wrong("a list"); }
+  bool parse_array_start() { return is_list() || wrong("a list"); }
   template <typename Iter> bool parse_array_item(picojson::input<Iter> &in, std::size_t index) {
     const std::string where = where_ + "[" + std::to_string(index) + "]";
     if (place_ == Place::metrics) {
@@ -9313,11 +9566,12 @@ public:
       if (!metric.seen_series_) codec_.fail(where + ".series", "missing");
       return true;
     }
-    picojson::value tree; // one series
+    picojson::value tree; // one series, or one pushed group: each as deep as a series' quantile entry at most
     std::optional<std::string> out_of_range;
     BoundedJsonContext context(&tree, NestingBudget{state_json_depth - 4}, where, &out_of_range);
     if (!picojson::_parse(context, in)) return false;
     if (out_of_range) codec_.fail(*out_of_range, "a number beyond the range of a double");
+    if (place_ == Place::push_groups) return document_.push_groups.push_back(codec_.read_push_group(tree, where)), true;
     RestoredMetric &metric = document_.metrics.back();
     metric.series.push_back(codec_.read_series(metric.shape, tree, where));
     return true;
@@ -9329,6 +9583,11 @@ public:
       document_.top[key] = picojson::value(true); // present; its content is in document_.metrics
       StateReader metrics(Place::metrics, "metrics", codec_, document_);
       return picojson::_parse(metrics, in);
+    }
+    if (place_ == Place::root && key == "push_groups") {
+      document_.top[key] = picojson::value(true);
+      StateReader groups(Place::push_groups, "push_groups", codec_, document_);
+      return picojson::_parse(groups, in);
     }
     if (place_ == Place::metric && key == "series") {
       seen_series_ = true;
@@ -9346,9 +9605,9 @@ public:
   bool parse_object_stop() { return true; }
 
 private:
+  bool is_list() const { return place_ == Place::metrics || place_ == Place::series || place_ == Place::push_groups; }
   bool wrong(const char *got) const {
-    const bool list = place_ == Place::metrics || place_ == Place::series;
-    codec_.fail(where_, std::string(list ? "expected a list, got " : "expected an object, got ") + got);
+    codec_.fail(where_, std::string(is_list() ? "expected a list, got " : "expected an object, got ") + got);
   }
 
   Place place_;
@@ -9359,7 +9618,8 @@ private:
   bool seen_series_ = false;
 };
 
-inline Registry::RestoreSummary StateCodec::restore(Registry &registry, std::string_view text, double monotonic_now) {
+inline Registry::RestoreSummary StateCodec::restore(Registry &registry, std::string_view text, double monotonic_now,
+                                                   PushStore *pushes) {
   const StateCodec codec(monotonic_now);
   StateDocument document;
   StateReader reader(StateReader::Place::root, "", codec, document);
@@ -9367,7 +9627,9 @@ inline Registry::RestoreSummary StateCodec::restore(Registry &registry, std::str
   if (!parse_json_into(reader, text, &error)) throw StateError(error);
   codec.check_format(document.top);
   if (document.top.find("metrics") == document.top.end()) codec.fail("metrics", "missing");
-  return put_in_place(registry, document.metrics);
+  Registry::RestoreSummary summary = put_in_place(registry, document.metrics);
+  if (pushes) put_push_groups_in_place(*pushes, document.push_groups, summary);
+  return summary;
 }
 
 // ---- files -----------------------------------------------------------------------------
@@ -9442,7 +9704,7 @@ inline std::string printable_ascii(std::string_view text) {
 }
 
 // The state file of a server: restores it at start, writes it every interval when the
-// registry changed, and once more at stop. The slow part of a write (write, fsync,
+// registry or the pushed groups changed, and once more at stop. The slow part of a write (write, fsync,
 // rename) runs on a thread of its own that owns only a finished buffer, so that the
 // loop never waits for a disk; the text is made on the loop, between looks at the sockets.
 // The file read at start and each text written take their bytes from the memory budget
@@ -9450,8 +9712,9 @@ inline std::string printable_ascii(std::string_view text) {
 // at the next interval.
 class StateKeeper {
 public:
-  StateKeeper(const Options &options, const Logger &logger, MemoryBudget &budget)
-      : path_(options.state_file), interval_(options.state_interval_seconds), logger_(logger), budget_(budget) {}
+  StateKeeper(const Options &options, const Logger &logger, MemoryBudget &budget, PushStore &pushes)
+      : path_(options.state_file), interval_(options.state_interval_seconds), logger_(logger), budget_(budget),
+        pushes_(pushes) {}
   StateKeeper(const StateKeeper &) = delete;
   StateKeeper &operator=(const StateKeeper &) = delete;
   ~StateKeeper() { wait(); }
@@ -9461,12 +9724,14 @@ public:
   // Takes the result of a finished write; true when a write is due: the interval has
   // passed, the registry changed since the last write and none is in flight.
   bool due(const Registry &registry, double monotonic_now);
-  bool changed(const Registry &registry) const { return enabled() && registry.changes() != written_changes_; }
+  bool changed(const Registry &registry) const { return enabled() && changes(registry) != written_changes_; }
+  // What the state has seen so far: both counts only go up, so their sum moves with either.
+  std::uint64_t changes(const Registry &registry) const { return registry.changes() + pushes_.changes(); }
   // Makes the text of the next write, taking its memory from the budget as it grows;
   // false, and the write counted as failed, when the budget has no room for it.
   // `pause` runs between parts, as for Registry::save_state.
   bool make_text(const Registry &registry, Now now, const std::function<void()> &pause);
-  // Hands the text to the writing thread; `changes` is registry.changes() as it was made.
+  // Hands the text to the writing thread; `changes` is changes() as it was made.
   void write(std::uint64_t changes, double monotonic_now);
   // Waits for the write in flight, if any, and takes its result.
   void wait();
@@ -9489,6 +9754,7 @@ private:
   ServerStats stats_; // only its state_* figures, which add_stats() hands on
   const Logger &logger_;
   MemoryBudget &budget_;
+  PushStore &pushes_;            // written beside the registry, and restored into
   std::size_t taken_ = 0;        // of the budget, for bytes_ or job_
   std::string bytes_;            // the loop's; moved to job_ for a write, and back after it
   std::string job_;              // the writing thread's while it runs
@@ -9501,7 +9767,7 @@ private:
 
 inline void StateKeeper::restore(Registry &registry, double monotonic_now) {
   next_write_ = monotonic_now + interval_;
-  written_changes_ = registry.changes();
+  written_changes_ = changes(registry);
   if (!enabled()) return;
   struct stat info {};
   // No file at the path, a directory of it missing, or a file where a directory should
@@ -9525,17 +9791,23 @@ inline void StateKeeper::restore(Registry &registry, double monotonic_now) {
   try {
     if (const int error = read_file(path_.c_str(), size + 1, text)) throw StateError(std::string("cannot read: ") + std::strerror(error));
     if (text.size() > size) throw StateError("grew while it was read");
-    const Registry::RestoreSummary summary = registry.restore_state(text, monotonic_now);
+    const Registry::RestoreSummary summary = StateCodec::restore(registry, text, monotonic_now, &pushes_);
     for (const std::string &problem : summary.problems) logger_.log(LogLevel::warn, "state not restored", {{"path", path_}, {"metric", problem}});
+    for (const std::string &problem : summary.push_group_problems)
+      logger_.log(LogLevel::warn, "state not restored", {{"path", path_}, {"push_group", problem}});
     stats_.state_restored_series = summary.restored;
-    logger_.log(LogLevel::info, "state restored", {{"path", path_}, {"series", std::to_string(summary.restored)},
-                                                   {"skipped", std::to_string(summary.skipped)}});
+    const std::string series = std::to_string(summary.restored), skipped = std::to_string(summary.skipped),
+                      groups = std::to_string(summary.push_groups_restored), groups_skipped = std::to_string(summary.push_groups_skipped);
+    LogFields fields = {{"path", path_}, {"series", series}, {"skipped", skipped}};
+    if (summary.push_groups_restored + summary.push_groups_skipped > 0) // a file with groups names them
+      fields.insert(fields.end(), {{"push_groups", groups}, {"push_groups_skipped", groups_skipped}});
+    logger_.log(LogLevel::info, "state restored", fields);
   } catch (const StateError &problem) {
     put_aside("state file is not state", problem.what());
   }
   std::string().swap(text);
   budget_.give_back(taken);
-  written_changes_ = registry.changes();
+  written_changes_ = changes(registry);
 }
 
 // Renames the file aside, never deleting it, and logs why; Hermes starts empty.
@@ -9548,7 +9820,8 @@ inline void StateKeeper::put_aside(const std::string &why, const std::string &pr
 inline bool StateKeeper::make_text(const Registry &registry, Now now, const std::function<void()> &pause) {
   wait();
   free_buffer();
-  if (StateCodec::save(registry, bytes_, now, pause, [this](std::string &text, std::size_t bytes) { return grow(text, bytes); }))
+  if (StateCodec::save(registry, bytes_, now, pause, [this](std::string &text, std::size_t bytes) { return grow(text, bytes); },
+                       &pushes_))
     return true;
   free_buffer();
   next_write_ = now.monotonic + interval_;
@@ -12573,7 +12846,7 @@ struct Server::Impl {
         http(options, logger, *budget, [this](Format format, detail::BudgetedBody &body) { return render(format, body); },
              push_endpoint(options)),
         statsd_tcp(options, logger, *budget), rejects(logger), start_time_seconds(detail::process_start_time_seconds()),
-        statsd_mapping_file(options.statsd_mapping_file), state(options, logger, *budget),
+        statsd_mapping_file(options.statsd_mapping_file), state(options, logger, *budget, pushes),
         remote(options.remote_write, config.service_name, registry, logger, *budget) {
     registry.accept_statsd(options.statsd);
     start_gzip(options.gzip_level);
@@ -12604,6 +12877,7 @@ struct Server::Impl {
   void poll_once(int timeout_ms);
   bool reload_config();
   bool reload_token();
+  bool reload_push_token();
   bool reload_tls();
   int poll_timeout(int timeout_ms, Clock::time_point now) const;
   void sweep(Clock::time_point now);
@@ -12680,12 +12954,12 @@ inline void Server::run(const std::atomic<bool> &stop, std::atomic<bool> *reload
   impl_->logger.log(LogLevel::info, "hermes stopped");
 }
 
-// The config and the token file, each taken on its own: one that fails to load keeps
+// The config and the token files, each taken on its own: one that fails to load keeps
 // what is in force, and makes the reload count as failed.
 inline bool Server::reload() {
   Impl &impl = *impl_;
   const bool config = impl.reload_config();
-  const bool token = impl.reload_token();
+  const bool token = impl.reload_token() & impl.reload_push_token(); // both, whatever the first did
   const bool tls = impl.reload_tls();
   ++(config && token && tls ? impl.reloads_succeeded : impl.reloads_failed);
   if (config && token && tls) impl.last_reload_success_seconds = wall_clock_seconds();
@@ -12723,6 +12997,18 @@ inline bool Server::Impl::reload_token() {
     return false;
   }
   logger.log(LogLevel::info, "token reloaded", {{"path", http.token_file()}});
+  return true;
+}
+
+// The push token, rotated apart from the /metrics token: the jobs that push hold it.
+inline bool Server::Impl::reload_push_token() {
+  if (http.push_token_file().empty()) return true;
+  const std::string problem = http.reload_push_token();
+  if (!problem.empty()) {
+    logger.log(LogLevel::error, "push token reload failed; the push token in force stays", {{"error", problem}});
+    return false;
+  }
+  logger.log(LogLevel::info, "push token reloaded", {{"path", http.push_token_file()}});
   return true;
 }
 
@@ -12917,7 +13203,7 @@ inline detail::HttpResponse Server::Impl::answer_push(const detail::HttpRequest 
 // The text is made on the loop, taking waiting datagrams off the sockets every
 // HERMES_STATE_PAUSE_STRIDE series as a render does; its writing runs on the keeper's thread.
 inline void Server::Impl::save_state() {
-  const std::uint64_t changes = registry.changes(); // what the text holds; held datagrams come after it
+  const std::uint64_t changes = state.changes(registry); // what the text holds; held datagrams come after it
   const bool made = state.make_text(registry, Now::current(), [this] { input.hold_waiting(); });
   input.apply_held(registry, rejects);
   if (made) state.write(changes, monotonic_seconds());
@@ -12937,7 +13223,7 @@ inline void Server::Impl::save_state_at_stop() {
   }
   state.wait();
   if (!state.changed(registry)) return;
-  const std::uint64_t changes = registry.changes();
+  const std::uint64_t changes = state.changes(registry);
   if (!state.make_text(registry, Now::current(), {})) return;
   state.write(changes, monotonic_seconds());
   state.wait();

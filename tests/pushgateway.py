@@ -3,8 +3,10 @@
 python3-prometheus-client (push_to_gateway, pushadd_to_gateway, delete_from_gateway,
 every metric type, a grouping key with a '/' in a value) and curl with text bodies;
 every pushed value is checked on /metrics. Then what Hermes adds: the memory budget,
-max_push_groups, the TTL, the push token, the allow list, the admin wipe, and its own
-figures.
+max_push_groups, the TTL, the push token, the allow list, the admin wipe, its own
+figures, and the groups kept across a restart. Last, hostile pushes: a trickled body, a
+Content-Length that lies, more pushes holding connections than there are, a key of a
+thousand labels, every escape, and a flood of groups into the budget.
 
 usage: pushgateway.py PATH_TO_HERMES
 Ends with the line "pushgateway: N passed, N failed".
@@ -12,9 +14,11 @@ Ends with the line "pushgateway: N passed, N failed".
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 DEBIAN_PYTHON = "/usr/bin/python3"  # python3-prometheus-client installs where Debian's python3 looks
@@ -367,6 +371,199 @@ def openmetrics_and_protobuf_scrapes_show_the_groups(hermes):
     families = {family.name: family for family in
                 __import__("prometheus_client.openmetrics.parser", fromlist=["x"]).text_string_to_metric_families(body)}
     check_equal(families["done"].samples[0].value, 3, "the OpenMetrics parser reads it")
+
+
+@test
+def pushed_groups_survive_a_restart_through_the_state_file():
+    """As Pushgateway's --persistence.file: every group, its push times and its TTL age
+    come back; a group past its TTL at restart goes at the first sweep."""
+    directory = tempfile.mkdtemp(prefix="hermes-push-state-")
+    env = {"HERMES_STATE_FILE": os.path.join(directory, "state.json"), "HERMES_STATE_INTERVAL": "3600",
+           "HERMES_PUSH_TTL": "6"}
+    first = Hermes(CONFIG, env=env)
+    try:
+        check_equal(send(first, "PUT", "/metrics/job@base64/YS9i/zone/z", b"# HELP x An x.\n# TYPE x gauge\nx 1.5\n")[0], 200)
+        check_equal(send(first, "PUT", "/metrics/job/bad", b"x 1 1000\n")[0], 400, "a failure time only")
+        check_equal(send(first, "PUT", "/metrics/job/short", b"y 2\n")[0], 200)
+        time.sleep(3)
+        check_equal(send(first, "POST", "/metrics/job/short", b"z 3\n")[0], 200, "pushed again: its TTL starts over")
+        before = pushed_lines(first)
+        check_equal(first.stop()[0], 0, "exit code")
+    finally:
+        first.close()
+    again = Hermes(CONFIG, env=env)
+    try:
+        check_equal(pushed_lines(again), before, "every group, push times and all")
+        check_equal(again.metric("hermes_push_groups"), 3, "three groups")
+        time.sleep(3.2)  # past the TTL of the groups pushed first, not of the one pushed again 3 s later
+        metrics = again.metrics()
+        check_equal(metrics.get('x{instance="",job="a/b",zone="z"}'), None, "expired on its age from before")
+        check_equal(metrics.get('z{instance="",job="short"}'), 3, "still within its TTL")
+    finally:
+        again.close()
+        for name in os.listdir(directory):
+            os.unlink(os.path.join(directory, name))
+        os.rmdir(directory)
+
+
+# ---- Hostile pushes ----------------------------------------------------------------------
+
+READ_TIMEOUT = 5.0  # HERMES_HTTP_READ_TIMEOUT_MS: what a client has for its head, and then for its body
+
+
+def open_push(hermes, path, length, first_bytes=b""):
+    """A socket that has sent a push's head (Content-Length `length`) and `first_bytes` of its body."""
+    sock = socket.create_connection((hermes.http_host, hermes.http_port), timeout=READ_TIMEOUT + 5)
+    sock.sendall(f"PUT {path} HTTP/1.0\r\nContent-Length: {length}\r\n\r\n".encode() + first_bytes)
+    return sock
+
+
+def answer_of(sock):
+    """What the server sends before it closes: b"" when it closes without an answer."""
+    chunks = []
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    sock.close()
+    return b"".join(chunks)
+
+
+def trickle(sock, stop):
+    """A byte a second until the server closes or `stop` is set."""
+    while not stop.is_set():
+        try:
+            sock.sendall(b"x")
+        except OSError:
+            return
+        stop.wait(1)
+
+
+@with_hermes()
+def a_trickled_body_and_a_longer_content_length_are_cut_at_the_read_timeout(hermes):
+    """Slowloris on the body, and a body shorter than its Content-Length: each client has
+    the read timeout from its head, then it is closed, its room given back; scrapes go on."""
+    used = hermes.metric("hermes_memory_used_bytes")
+    started = time.monotonic()
+    trickler = open_push(hermes, "/metrics/job/trickle", 1000, b"# a comment\n")
+    liar = open_push(hermes, "/metrics/job/liar", 4000, b"x 1\n")
+    stop = threading.Event()
+    feeder = threading.Thread(target=trickle, args=(trickler, stop))
+    feeder.start()
+    try:
+        time.sleep(1)
+        check_equal(hermes.metric("hermes_push_groups"), 0, "nothing applied while bodies are unread")
+        answers = {}
+        readers = [threading.Thread(target=lambda name, sock: answers.__setitem__(name, (answer_of(sock), time.monotonic())),
+                                    args=(name, sock)) for name, sock in (("trickle", trickler), ("liar", liar))]
+        for reader in readers:
+            reader.start()
+        while any(reader.is_alive() for reader in readers):
+            hermes.scrape()  # never refused meanwhile
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        feeder.join()
+    for name in ("trickle", "liar"):
+        answer, closed_at = answers[name]
+        check_equal(answer, b"", f"{name}: closed unanswered, nothing of it applied")
+        check_equal(READ_TIMEOUT - 0.5 < closed_at - started < READ_TIMEOUT + 2, True, f"{name}: closed after {closed_at - started:.1f} s")
+    check_equal(hermes.metric("hermes_push_groups"), 0, "no group")
+    check_equal(hermes.metric("hermes_memory_used_bytes") <= used, True, "the bodies' room is given back")
+
+
+@with_hermes()
+def a_shorter_content_length_pushes_what_it_counts(hermes):
+    """As Go's server reads it: the body is the Content-Length's bytes; the rest is not a request."""
+    sock = open_push(hermes, "/metrics/job/short", 4, b"x 1\ny 2\n")
+    check_equal(answer_of(sock).split(b"\r\n")[0], b"HTTP/1.0 200 OK")
+    metrics = hermes.metrics()
+    check_equal(metrics.get('x{instance="",job="short"}'), 1, "the counted bytes")
+    check_equal(metrics.get('y{instance="",job="short"}'), None, "not the rest")
+
+
+@with_hermes()
+def many_pushes_holding_connections_never_darken_metrics(hermes):
+    """80 pushes hold connections mid-body, past HERMES_MAX_CONNECTIONS: a scrape still gets
+    200 (an idle reader gives up its place), the pushes still open finish, and every
+    byte taken for the bodies is given back."""
+    used = hermes.metric("hermes_memory_used_bytes")
+    body = b"x 1\n# " + b"p" * 100000 + b"\n"  # each body's room is taken at its head: 100 kB
+    socks = [open_push(hermes, f"/metrics/job/hold/n/{n}", len(body), body[:-2]) for n in range(80)]
+    time.sleep(0.3)
+    for _ in range(3):
+        hermes.scrape()  # asserts 200
+    statuses = []
+    for sock in socks:
+        try:
+            sock.sendall(body[-2:])
+        except OSError:
+            pass
+        answer = answer_of(sock)
+        statuses.append(answer.split(b" ")[1] if answer else b"closed")
+    pushed = statuses.count(b"200")
+    check_equal(set(statuses) <= {b"200", b"closed"} and pushed >= 60, True, f"statuses {statuses}")
+    check_equal(hermes.metric("hermes_push_groups"), pushed, "a group per push answered 200")
+    # What is used now: the groups, and a scrape body with them (far less than one push body).
+    check_equal(hermes.metric("hermes_memory_used_bytes") < used + hermes.metric("hermes_push_group_bytes") + 50000, True,
+                "no push body's room is kept")
+
+
+@with_hermes()
+def a_key_of_a_thousand_labels_is_taken_and_a_huge_path_is_431(hermes):
+    labels = "".join(f"/l{i}/v" for i in range(1000))  # within HERMES_MAX_REQUEST_HEAD
+    status, message = send(hermes, "PUT", "/metrics/job/wide" + labels, b"x 1\n")
+    check_equal(status, 200, message)
+    line = [line for line in hermes.scrape().splitlines() if line.startswith("x{")]
+    check_equal(len(line), 1, "one sample")
+    check_equal(line[0].count('="v"'), 1000, "every grouping label on it")
+    check_equal(hermes.request("PUT /metrics/job/" + "j" * 20000 + " HTTP/1.0\r\nContent-Length: 4\r\n\r\nx 1\n").split("\r\n")[0],
+                "HTTP/1.0 431 Request Header Fields Too Large")
+    hermes.scrape()
+
+
+@with_hermes()
+def label_values_with_every_escape_come_back_exactly(hermes):
+    body = ('m{a="q\\"b",b="back\\\\slash",c="new\\nline",d="tab\tand \u00e9\U0001F600",e=""} 1\n').encode()
+    check_equal(send(hermes, "PUT", "/metrics/job@base64/Lw==/k@base64/YT1iL2M=/z/%20%25", body), (200, ""))
+    shown = [line for line in hermes.scrape().splitlines() if line.startswith("m{")]
+    check_equal(shown, ['m{a="q\\"b",b="back\\\\slash",c="new\\nline",d="tab\tand \u00e9\U0001F600",e="",instance="",'
+                        'job="/",k="a=b/c",z=" %"} 1'])
+    status, message = send(hermes, "PUT", "/metrics/job/j", b'm{a="\\t"} 1\n')
+    check_equal((status, message), (400, 'text format parsing error in line 1: invalid escape sequence \'\\t\'\n'))
+    status, message = send(hermes, "PUT", "/metrics/job/j", b'm{a="\xff"} 1\n')
+    check_equal(status, 400, message)
+
+
+@with_hermes(env={"HERMES_MAX_MEMORY": "8MiB", "HERMES_MAX_PUSH_GROUPS": "100000"})
+def a_flood_of_groups_ends_in_507_while_metrics_answers_200(hermes):
+    body = "".join(f'flood{{i="{i:03d}"}} {i}\n' for i in range(100)).encode()
+    scrapes, stop = [], threading.Event()
+
+    def scrape_all_along():
+        while not stop.is_set():
+            scrapes.append(hermes.request("GET /metrics HTTP/1.0\r\n\r\n").split("\r\n")[0])
+
+    scraper = threading.Thread(target=scrape_all_along)
+    scraper.start()
+    try:
+        statuses = []
+        for n in range(20000):
+            statuses.append(send(hermes, "PUT", f"/metrics/job/flood/n/{n}", body)[0])
+            if statuses[-1] != 200 and len(statuses) > 5 and set(statuses[-5:]) == {507}:
+                break
+    finally:
+        stop.set()
+        scraper.join()
+    held = statuses.index(507)
+    check_equal(set(statuses[:held]) == {200} and set(statuses[held:]) == {507}, True, "200 until full, then 507")
+    check_equal(set(scrapes), {"HTTP/1.0 200 OK"}, f"{len(scrapes)} scrapes during the flood")
+    check_equal(hermes.metric("hermes_push_groups"), held, "the groups that fitted")
+    check_equal(hermes.metric('hermes_push_requests_total{method="PUT",code="507"}'), len(statuses) - held, "counted")
 
 
 if __name__ == "__main__":

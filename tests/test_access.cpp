@@ -581,6 +581,43 @@ TEST_CASE("SIGHUP's reload reads the token file again; a missing or empty one ke
   std::remove(config_path.c_str());
 }
 
+TEST_CASE("SIGHUP's reload reads the push token file again; a bad or unreadable one keeps the push token and counts as failed") {
+  const std::string config_path = "/tmp/hermes-test-push-token-config-" + std::to_string(::getpid()) + ".json";
+  std::ofstream(config_path) << test::sample_config_json;
+  const TokenFile file;
+  file.write("first-push\n");
+  std::vector<std::string> log;
+  hermes::Options options = test::loopback_options(&log);
+  options.push_token_file = file.path;
+  options.config_path = config_path;
+  hermes::Server server(test::sample_config(), options);
+  const auto push_with = [&](const std::string &token) {
+    return test::http(server, "PUT /metrics/job/j HTTP/1.0\r\nContent-Length: 4\r\nAuthorization: Bearer " + token +
+                                  "\r\n\r\nx 1\n").substr(0, 12);
+  };
+  CHECK(push_with("first-push") == "HTTP/1.0 200");
+  file.write("second-push\n");
+  CHECK(server.reload());
+  CHECK(log.back() == "level=info msg=\"push token reloaded\" path=" + file.path);
+  CHECK(push_with("second-push") == "HTTP/1.0 200");
+  CHECK(push_with("first-push") == "HTTP/1.0 401");
+  file.write("two words\n");
+  CHECK_FALSE(server.reload());
+  CHECK(log.back() == "level=error msg=\"push token reload failed; the push token in force stays\" error=\"push token file " +
+                          file.path + ": holds a space, a control character or a byte past ASCII, which a bearer token cannot\"");
+  CHECK(push_with("second-push") == "HTTP/1.0 200");
+  std::remove(file.path.c_str());
+  CHECK_FALSE(server.reload());
+  CHECK(log.back() == "level=error msg=\"push token reload failed; the push token in force stays\" error=\"push token file " +
+                          file.path + ": cannot read: No such file or directory\"");
+  CHECK(push_with("second-push") == "HTTP/1.0 200");
+  CHECK(push_with("") == "HTTP/1.0 401");
+  const std::string body = scrape(server, "");
+  CHECK(contains_line(body, "hermes_config_reloads_total{result=\"success\"} 1"));
+  CHECK(contains_line(body, "hermes_config_reloads_total{result=\"failure\"} 2"));
+  std::remove(config_path.c_str());
+}
+
 TEST_CASE("a missing or empty token file stops the server at start, naming the file") {
   const TokenFile file;
   hermes::Options options = test::loopback_options();

@@ -712,3 +712,149 @@ TEST_CASE("a native histogram goes through the state file with its schema, zero 
   hermes::Registry refused(hermes::parse_config(config, "test"));
   CHECK_THROWS_AS(refused.restore_state(swollen, 20), hermes::StateError);
 }
+
+namespace {
+
+using hermes::detail::PushLabels;
+using hermes::detail::PushStore;
+
+void push_text(PushStore &store, const PushLabels &key, std::string_view body, hermes::Now now, int status = 200) {
+  hermes::detail::PushTextParser parser;
+  auto families = parser.parse(body);
+  REQUIRE_MESSAGE(families.has_value(), parser.error());
+  CHECK(store.push(key, std::move(*families), true, now).status == status);
+}
+
+// Every pushed family, push times and all, in the text and the protobuf format.
+std::string shown_groups(const PushStore &store) {
+  std::string out, scratch;
+  for (const hermes::Format format : {hermes::Format::text, hermes::Format::protobuf})
+    for (const auto &[name, index] : store.families()) hermes::detail::write_pushed_family(out, format, name, index, scratch);
+  return out;
+}
+
+std::string saved_with(const hermes::Registry &registry, const PushStore &store, hermes::Now now) {
+  std::string text;
+  REQUIRE(hermes::detail::StateCodec::save(registry, text, now, {}, {}, &store));
+  return text;
+}
+
+// Groups of every pushed type, an escaped HELP and label values with every escape, a
+// key value with a slash, a native histogram's bytes, and a group whose push failed.
+void push_every_group(PushStore &store) {
+  const hermes::Now at(990, 1764000000.25);
+  push_text(store, {{"job", "batch/nightly"}, {"zone", "a\"b\\c\nd"}},
+            "# HELP jobs_done_total Jobs \\\\ done\\nfor real.\n# TYPE jobs_done_total counter\n"
+            "jobs_done_total{queue=\"a\\\"b\\\\c\\nd \xF0\x9F\x98\x80\"} 1.5e308\njobs_done_total{queue=\"\"} 0\n"
+            "# TYPE level gauge\nlevel -0\nplain{instance=\"mine\"} NaN\n"
+            "# TYPE size summary\nsize{quantile=\"0.5\"} +Inf\nsize{quantile=\"0.99\"} 7\nsize_sum 8\nsize_count 2\n"
+            "# TYPE took histogram\ntook_bucket{le=\"0.1\"} 1\ntook_bucket{le=\"+Inf\"} 3\ntook_sum -Inf\ntook_count 3\n",
+            at);
+  push_text(store, {{"job", "other"}}, "# TYPE level gauge\nlevel 2\n", at);
+  push_text(store, {{"job", "other"}}, "# TYPE level counter\nlevel 3\n", hermes::Now(995, 1764000005.5), 400);
+  push_text(store, {{"job", "failed"}}, "level 1 1000\n", at, 400); // a group of push times only
+  std::map<std::string, hermes::detail::PushedFamily> native;
+  auto &family = native["wait_seconds"];
+  family.name = "wait_seconds";
+  family.type = hermes::detail::PushType::histogram;
+  auto &metric = family.metrics.emplace_back();
+  metric.kind = hermes::detail::PushType::histogram;
+  metric.count = 4, metric.sum = 2.5;
+  hermes::detail::append_uint_field(metric.native, 5, 3);             // schema
+  hermes::detail::append_double_field(metric.native, 6, 1e-128);      // zero threshold
+  hermes::detail::append_bytes_field(metric.native, 12, "\x02\x00\x01"); // positive spans, bytes of every value
+  REQUIRE(store.push({{"job", "native"}}, std::move(native), true, at).status == 200);
+}
+
+} // namespace
+
+TEST_CASE("pushed groups go through the state file and come back identical, push times and TTL age with them") {
+  auto budget = std::make_shared<hermes::MemoryBudget>(1 << 24, 2);
+  hermes::Registry registry = every_type();
+  PushStore store(budget, 100, 30);
+  push_every_group(store);
+  REQUIRE(store.group_count() == 4);
+  const std::string text = saved_with(registry, store, hermes::Now(1000, 1764000010));
+  CHECK(text.find("\n{\"key\": [\"job\", \"other\"], \"pushed_ago\": 10, \"push_time\": 1764000000.25, "
+                  "\"push_failure_time\": 1764000005.5, \"families\": [{\"name\": \"level\", \"type\": \"gauge\", "
+                  "\"metrics\": [{\"labels\": [\"instance\", \"\", \"job\", \"other\"], \"value\": 2}]}]}") != std::string::npos);
+  // After a reboot the monotonic clock starts again: the TTL counts on from the age.
+  auto budget_after = std::make_shared<hermes::MemoryBudget>(1 << 24, 2);
+  hermes::Registry after = every_type();
+  PushStore restored(budget_after, 100, 30);
+  const hermes::Registry::RestoreSummary summary = hermes::detail::StateCodec::restore(after, text, 50, &restored);
+  CHECK(summary.push_groups_restored == 4);
+  CHECK(summary.push_groups_skipped == 0);
+  CHECK(shown_groups(restored) == shown_groups(store));
+  CHECK(restored.bytes() == store.bytes());
+  CHECK(budget_after->used() == budget->used());
+  CHECK(restored.changes() == 4);
+  CHECK(saved_with(after, restored, hermes::Now(50, 1764000010)) == text);
+  CHECK(restored.expire(69.9) == 0);
+  CHECK(restored.expire(70) == 4);
+  // The registry's own reader takes the series and leaves the groups.
+  hermes::Registry plain = every_type();
+  CHECK(plain.restore_state(text, 50).push_groups_restored == 0);
+}
+
+TEST_CASE("a state file without pushed groups still loads; a broken group is a StateError naming its place") {
+  hermes::Registry registry = every_type();
+  PushStore none(nullptr, 100, 0);
+  const std::string old = saved(registry, hermes::Now(2, 1764000001));
+  CHECK(old.find("push_groups") == std::string::npos);
+  CHECK(hermes::detail::StateCodec::restore(registry, old, 0, &none).push_groups_restored == 0);
+  CHECK(none.group_count() == 0);
+  const std::string head = R"({"format": "hermes-state", "version": 2, "metrics": [], "push_groups": [)";
+  const std::string group = R"({"key": ["job", "j"], "pushed_ago": 0, "push_time": 1, "push_failure_time": 0, "families": )";
+  const auto error = [&](const std::string &text) -> std::string {
+    hermes::Registry fresh = every_type();
+    PushStore store(nullptr, 100, 0);
+    try {
+      hermes::detail::StateCodec::restore(fresh, text, 0, &store);
+    } catch (const hermes::StateError &problem) {
+      CHECK(store.group_count() == 0);
+      CHECK(fresh.changes() == 0);
+      return problem.what();
+    }
+    return "";
+  };
+  CHECK(error(head + "7]}") == "push_groups[0]: expected an object, got a number");
+  CHECK(error(R"({"format": "hermes-state", "version": 2, "metrics": [], "push_groups": {}})") ==
+        "push_groups: expected a list, got an object");
+  CHECK(error(head + R"({"key": ["zone", "z"], "pushed_ago": 0, "push_time": 1, "push_failure_time": 0, "families": []}]})") ==
+        "push_groups[0].key: no job");
+  CHECK(error(head + R"({"key": ["job"], "pushed_ago": 0, "push_time": 1, "push_failure_time": 0, "families": []}]})") ==
+        "push_groups[0].key: expected name, value, name, value...");
+  CHECK(error(head + R"({"key": ["job", "j"], "pushed_ago": -1, "push_time": 1, "push_failure_time": 0, "families": []}]})") ==
+        "push_groups[0].pushed_ago: -1 is out of range");
+  CHECK(error(head + group + R"([{"name": "x", "type": "meter", "metrics": []}]}]})") ==
+        "push_groups[0].families[0].type: \"meter\" is not a pushed type");
+  CHECK(error(head + group + R"([{"name": "x", "type": "gauge", "metrics": [{"labels": []}]}]}]})") ==
+        "push_groups[0].families[0].metrics[0].value: missing");
+  CHECK(error(head + group + R"([{"name": "x", "type": "summary", "metrics": [{"labels": [], "count": 1, "sum": 1, "points": [1]}]}]}]})") ==
+        "push_groups[0].families[0].metrics[0].points: expected bound, value, bound, value...");
+  CHECK(error(head + group + R"([{"name": "x", "type": "histogram", "metrics": [{"labels": [], "count": 1, "sum": 1, "points": [], "native": "0g"}]}]}]})") ==
+        "push_groups[0].families[0].metrics[0].native: not a histogram's bytes in hexadecimal");
+  CHECK(error(head + group + R"([{"name": "push_time_seconds", "type": "gauge", "metrics": []}]}]})") ==
+        "push_groups[0].families[0].name: made from the group's times, not kept as a family");
+  CHECK(error(head + group + R"([{"name": "x", "type": "gauge", "metrics": []}, {"name": "x", "type": "gauge", "metrics": []}]}]})") ==
+        "push_groups[0].families[1].name: a second family \"x\"");
+  // Nested deeper than a group is: refused where picojson stops.
+  CHECK(error(head + group + R"([[[[[[[[1]]]]]]]]}]})") == "not valid JSON: syntax error at line 1 near: [[1]]]]]]]]}]}");
+}
+
+TEST_CASE("a restored group is checked as a push is: one that no longer fits is skipped and named") {
+  hermes::Registry registry = every_type();
+  PushStore store(nullptr, 100, 0);
+  push_every_group(store);
+  const std::string text = saved_with(registry, store, hermes::Now(1000, 1764000010));
+  PushStore reserved(nullptr, 2, 0);
+  reserved.reserve_names({"level"}); // now a configured metric
+  const hermes::Registry::RestoreSummary summary = hermes::detail::StateCodec::restore(registry, text, 0, &reserved);
+  CHECK(summary.push_groups_restored == 2);
+  CHECK(summary.push_groups_skipped == 2);
+  CHECK(summary.push_group_problems ==
+        std::vector<std::string>{"{job=\"batch/nightly\",zone=\"a\\\"b\\\\c\\nd\"}: family \"level\" writes level, a metric Hermes serves already",
+                                 "{job=\"other\"}: family \"level\" writes level, a metric Hermes serves already"});
+  CHECK(reserved.group_count() == 2);
+}

@@ -12,6 +12,7 @@
 //                          needs (burst, 20 samples/dgram, 100k scrape, idle) measured anew,
 //                          build/bench --memory only the in-process part of 5,
 //                          build/bench --tls ./hermes only 13,
+//                          build/bench --push ./hermes only 15,
 //                          build/bench --remote-write only 14)
 //
 // 1. Ingest: the same sender (sendmmsg) pushes the same datagrams into a bare receiver
@@ -58,6 +59,10 @@
 //    handshake (GET /-/healthy over TLS against in clear, each on a new connection); and
 //    the resident memory each TLS connection holds, mid-handshake (64 clients that sent
 //    their ClientHello and stopped) and established (64 that finished it and stopped).
+// 15. The Pushgateway API (build/bench --push ./hermes runs only this): CPU per
+//    single-metric PUT, and resident memory and /metrics time with 100 groups of 1,000
+//    samples, in hermes and in Pushgateway in the same run, against the goals (1/20 of
+//    Pushgateway's CPU, 1/4 of its memory, 1/10 of its scrape time); MISMATCH where short.
 // 14. Remote write, in-process: the CPU of one cycle (the snapshot of every series, its
 //     WriteRequest encoding, snappy of each batch) at 10k and 100k series against a text
 //     /metrics body of the same registry, and snappy's compression ratio.
@@ -1181,12 +1186,15 @@ std::string put_request(const std::string &body) {
          "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
 }
 
-// Pushgateway's CPU (every thread, from schedstat) per single-sample PUT, `pushes` of
+// A receiver's CPU (every thread, from schedstat) per single-sample PUT, `pushes` of
 // them one after another over one keep-alive connection or a new connection each.
-double pushgateway_us_per_push(const Receiver &gateway, int pushes, bool keep_alive) {
+double cpu_us_per_push(const Receiver &gateway, int pushes, bool keep_alive) {
   const std::string request = put_request("bench_counter 1\n");
   int fd = connect_tcp(gateway.http_port);
-  for (int i = 0; i < 100; ++i) http_exchange(fd, request); // warm up
+  for (int i = 0; i < 100; ++i) { // warm up
+    if (!keep_alive) ::close(fd), fd = connect_tcp(gateway.http_port);
+    http_exchange(fd, request);
+  }
   const double cpu_before = all_threads_run_ns(gateway.pid);
   int failed = 0;
   for (int i = 0; i < pushes; ++i) {
@@ -1197,7 +1205,7 @@ double pushgateway_us_per_push(const Receiver &gateway, int pushes, bool keep_al
   std::this_thread::sleep_for(std::chrono::milliseconds(300)); // let it finish what the last one started
   const double cpu_ns = all_threads_run_ns(gateway.pid) - cpu_before;
   if (failed != 0) {
-    std::fprintf(stderr, "bench: %d of %d pushes into Pushgateway failed\n", failed, pushes);
+    std::fprintf(stderr, "bench: %d of %d pushes into port %u failed\n", failed, pushes, gateway.http_port);
     std::exit(1);
   }
   return cpu_ns / pushes / 1000;
@@ -1232,8 +1240,8 @@ void measure_peers(const std::string &binary, const HermesFigures &hermes) {
   Receiver gateway = start_pushgateway();
   const IdleRow idle = measure_idle(pushgateway_binary, gateway.pid);
   expect_empty_store(gateway);
-  const double keep_alive_us = pushgateway_us_per_push(gateway, pushes, true);
-  const double new_connection_us = pushgateway_us_per_push(gateway, pushes, false);
+  const double keep_alive_us = cpu_us_per_push(gateway, pushes, true);
+  const double new_connection_us = cpu_us_per_push(gateway, pushes, false);
   stop(gateway);
   gateway = start_pushgateway();
   expect_empty_store(gateway);
@@ -1254,6 +1262,70 @@ void measure_peers(const std::string &binary, const HermesFigures &hermes) {
   std::printf("| binary size | %lld bytes | %lld bytes |\n", hermes.idle.size_bytes, idle.size_bytes);
   std::printf("| idle memory | %.2f MiB resident, %.2f proportional | %.2f MiB resident, %.2f proportional |\n",
               hermes.idle.resident_mib, hermes.idle.proportional_mib, idle.resident_mib, idle.proportional_mib);
+}
+
+// ---- The Pushgateway API, beside Pushgateway --------------------------------------------------
+
+// `groups` groups of 100 gauge families of 10 samples each, one PUT a group on a
+// connection of its own; every one must be answered 200.
+void push_groups(const Receiver &receiver, int groups) {
+  std::string body;
+  for (int family = 0; family < 100; ++family) {
+    body += "# TYPE bench_family_" + std::to_string(family) + " gauge\n";
+    for (int sample = 0; sample < 10; ++sample)
+      body += "bench_family_" + std::to_string(family) + "{i=\"" + std::to_string(sample) + "\"} " +
+              std::to_string(family * 10 + sample) + ".5\n";
+  }
+  for (int group = 0; group < groups; ++group) {
+    const int fd = connect_tcp(receiver.http_port);
+    std::string request = put_request(body);
+    request.replace(request.find("/job/bench"), 10, "/job/bench/group/" + std::to_string(group));
+    const bool pushed = http_exchange(fd, request);
+    ::close(fd);
+    if (!pushed) {
+      std::fprintf(stderr, "bench: group %d of %d was not pushed into port %u\n", group, groups, receiver.http_port);
+      std::exit(1);
+    }
+  }
+}
+
+struct PushFigures {
+  double cpu_us;    // per single-metric PUT, a new connection each
+  ScrapeRow groups; // /metrics with the groups, and resident memory after it
+};
+
+PushFigures measure_push_api(Receiver receiver, int pushes, int groups) {
+  PushFigures figures{};
+  figures.cpu_us = cpu_us_per_push(receiver, pushes, false);
+  push_groups(receiver, groups);
+  figures.groups = time_scrapes(receiver.pid, receiver.http_port, 2, 5);
+  stop(receiver);
+  return figures;
+}
+
+// A figure against a fraction of Pushgateway's: MISMATCH where Hermes falls short.
+void push_goal_row(const char *what, double hermes, double gateway, const char *unit, double fraction) {
+  const double goal = gateway * fraction;
+  std::printf("| %s | %.2f %s | %.2f %s | at most 1/%.0f: %.2f %s | %s |\n", what, hermes, unit, gateway, unit, 1 / fraction,
+              goal, unit, hermes <= goal ? "met" : "MISMATCH");
+}
+
+// 15. The Pushgateway API: the same pushes into hermes and into Pushgateway in one run,
+// CPU per single-metric PUT (a new connection each: hermes answers one request per
+// connection), then 100 groups of 1,000 samples: resident memory after a scrape, and the
+// scrape's time; each against the goals of the Pushgateway API (1/20, 1/4, 1/10).
+void measure_push_against_pushgateway(const std::string &binary) {
+  constexpr int pushes = 5000, groups = 100;
+  Receiver gateway = start_pushgateway();
+  expect_empty_store(gateway);
+  const PushFigures theirs = measure_push_api(gateway, pushes, groups);
+  // Room for the groups whatever their worst case: the budget is not what is measured.
+  const PushFigures ours = measure_push_api(start_hermes(binary, bench_config, {{"HERMES_MAX_MEMORY", "1GiB"}}), pushes, groups);
+  std::printf("\n| Pushgateway API | %s | %s | goal | |\n|---|---:|---:|---|---|\n", binary.c_str(), pushgateway_binary);
+  push_goal_row("CPU per single-metric PUT, a new connection each", ours.cpu_us, theirs.cpu_us, "us", 1.0 / 20);
+  push_goal_row("resident, 100 groups of 1,000 samples", ours.groups.resident_mib, theirs.groups.resident_mib, "MiB", 1.0 / 4);
+  push_goal_row("/metrics of those groups, median of 5 after 2", ours.groups.median_ms, theirs.groups.median_ms, "ms", 1.0 / 10);
+  std::printf("| /metrics body of those groups | %zu bytes | %zu bytes | | |\n", ours.groups.body_bytes, theirs.groups.body_bytes);
 }
 
 // ---- StatsD over TCP ------------------------------------------------------------------------
@@ -1514,9 +1586,9 @@ int main(int argc, char **argv) {
   const std::string part = argc > 1 && argv[1][0] == '-' ? argv[1] : "";
   if (!part.empty()) --argc, ++argv;
   if (!part.empty() && part != "--ingest" && part != "--access" && part != "--series" && part != "--peers" &&
-      part != "--tcp" && part != "--compression" && part != "--tls" &&
+      part != "--tcp" && part != "--compression" && part != "--tls" && part != "--push" &&
       part != "--mapping" && part != "--scale") {
-    std::fprintf(stderr, "usage: bench [--ingest | --access | --series | --scale | --peers | --tcp | --compression | --tls | --mapping | --memory] [HERMES_BINARY...]\n");
+    std::fprintf(stderr, "usage: bench [--ingest | --access | --series | --scale | --peers | --push | --tcp | --compression | --tls | --mapping | --memory] [HERMES_BINARY...]\n");
     return 2;
   }
   const std::string binary = argc > 1 ? argv[1] : "./hermes";
@@ -1525,7 +1597,7 @@ int main(int argc, char **argv) {
     std::fprintf(stderr, "bench: %s not found\n", binary.c_str());
     return 1;
   }
-  if ((part.empty() || part == "--peers") && ::stat(pushgateway_binary, &info) != 0) {
+  if ((part.empty() || part == "--peers" || part == "--push") && ::stat(pushgateway_binary, &info) != 0) {
     std::fprintf(stderr, "bench: %s not found: make bench-deps installs it (apt-get install prometheus-pushgateway)\n",
                  pushgateway_binary);
     return 1;
@@ -1536,6 +1608,7 @@ int main(int argc, char **argv) {
   if (part == "--tcp") return measure_tcp_against_udp(binary), 0;
   if (part == "--compression") return measure_compression(binary), 0;
   if (part == "--tls") return measure_tls(binary), 0;
+  if (part == "--push") return measure_push_against_pushgateway(binary), 0;
 #ifdef HERMES_YAML
   if (part == "--mapping") return measure_mapping_in_process(), 0;
 #endif
@@ -1593,6 +1666,7 @@ int main(int argc, char **argv) {
     std::printf("| %s | %lld | %.2f | %.2f |\n", path.c_str(), idle.size_bytes, idle.resident_mib, idle.proportional_mib);
   }
   measure_peers(binary, figures);
+  measure_push_against_pushgateway(binary);
   measure_allow_list(binary);
   measure_allow_list_in_process();
   measure_tls(binary);
