@@ -94,6 +94,33 @@ TEST_CASE("remote_write: errors name the file, the place and the problem") {
         "config.json: remote_write[0].external_labels.__name__: not a label name ([a-zA-Z_][a-zA-Z0-9_]*, not __*)");
 }
 
+#ifdef HERMES_TLS
+TEST_CASE("remote_write: the tls files are loaded with the config, an error names the file, the place and the problem") {
+  test::TempDir dir;
+  write_text(dir.file("bad.pem"), "x");
+  const std::string make = "cd '" + dir.file("") + "' && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+                           "-keyout a.key -out a.pem -days 1 -subj /CN=a >/dev/null 2>&1 && openssl genpkey -algorithm EC "
+                           "-pkeyopt ec_paramgen_curve:P-256 -out b.key >/dev/null 2>&1";
+  REQUIRE(std::system(make.c_str()) == 0);
+  const auto with_tls = [&](const std::string &tls) { return with_remote_write(R"([{"url": "https://h/x", "tls": )" + tls + "}]"); };
+  CHECK(config_error(with_tls(R"({"ca_file": ")" + dir.file("bad.pem") + R"("})")) ==
+        "config.json: remote_write[0].tls: TLS CA file " + dir.file("bad.pem") +
+            ": no certificate in it: X509 - The CRT/CRL/CSR format is invalid, e.g. different type expected");
+  CHECK(config_error(with_tls(R"({"ca_file": ")" + dir.file("a.pem") + R"(", "cert_file": ")" + dir.file("a.pem") +
+                              R"(", "key_file": ")" + dir.file("b.key") + R"("})")) ==
+        "config.json: remote_write[0].tls: TLS key file " + dir.file("b.key") + ": the key does not match the certificate in " + dir.file("a.pem"));
+  CHECK(config_error(with_tls(R"({"cert_file": ")" + dir.file("bad.pem") + R"(", "key_file": ")" + dir.file("b.key") + R"("})")) ==
+        "config.json: remote_write[0].tls: TLS certificate file " + dir.file("bad.pem") +
+            ": X509 - The CRT/CRL/CSR format is invalid, e.g. different type expected");
+  // Good files, and insecure_skip_verify without a CA at all, are taken.
+  const auto good = hermes::parse_config(with_tls(R"({"ca_file": ")" + dir.file("a.pem") + R"(", "cert_file": ")" + dir.file("a.pem") +
+                                                  R"(", "key_file": ")" + dir.file("a.key") + R"(", "server_name": "a"})"),
+                                         "config.json");
+  CHECK(good.remote_write.at(0).tls->server_name == "a");
+  CHECK(hermes::parse_config(with_tls(R"({"insecure_skip_verify": true})"), "config.json").remote_write.at(0).tls->insecure_skip_verify);
+}
+#endif
+
 TEST_CASE("remote_write: HERMES_REMOTE_WRITE_URL adds one target, its secret from a file") {
   test::TempDir dir;
   write_text(dir.file("token"), "tok\n");
