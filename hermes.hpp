@@ -217,10 +217,12 @@
 // nothing and counts under hermes_remote_storage_unanswered_requests_total{reason=
 // "tls_handshake"}. Each https target takes its TLS state from the memory budget at start.
 // Every interval_seconds the server makes one snapshot of every series /metrics would
-// show (labels as a scrape gives them: the series', job = service name, instance = host
-// name, then external_labels; sorted), as a snappy-compressed WriteRequest in batches of
-// max_samples_per_send, with Prometheus' stale marker for each series gone since the
-// last one. A thread per target sends; failures that may pass (connection, timeout, 5xx,
+// show, the Pushgateway API's groups included (labels as a scrape gives them: the
+// series', a group's job and instance as exported_job and exported_instance, job =
+// service name, instance = host name, then external_labels; sorted), as a
+// snappy-compressed WriteRequest in batches of max_samples_per_send, with Prometheus'
+// stale marker for each series gone since the last one (an expired series, a deleted
+// group). A thread per target sends; failures that may pass (connection, timeout, 5xx,
 // 429) are retried after 0.5 s doubling to max_backoff_seconds or after Retry-After,
 // another 4xx drops the batch. Snapshots waiting take at most 1/HERMES_REMOTE_WRITE_PENDING_SHARE
 // of the memory budget, oldest dropped first; run() ends with one last send within
@@ -10747,6 +10749,12 @@ public:
   virtual void series(const MetricConfig &config, const LabelValues &labels, const Series &series) = 0;
   virtual void sample(std::string_view name, LabelPairs labels, double value) = 0;
   virtual void finish() = 0;
+  // A sample of a pushed group, its labels known only as it is written, and `extra` (le,
+  // quantile) after them: what a remote-write snapshot takes. The bodies write pushed
+  // families as text or protobuf directly, and never call it.
+  virtual void pushed_sample(std::string_view name, const PushLabels &labels, LabelPairs extra, double value) {
+    (void)name, (void)labels, (void)extra, (void)value;
+  }
 
 protected:
   ~Writer() = default;
@@ -11440,6 +11448,29 @@ inline void append_pushed_text(std::string &out, std::string_view name, PushType
   append_pushed_line(out, name, "_count", labels, metric.count);
 }
 
+// A pushed metric's samples through a writer, as append_pushed_text writes them: the
+// series a scrape of the text makes.
+inline void write_pushed_samples(Writer &out, const std::string &name, PushType type, const PushedMetric &metric) {
+  const PushLabels &labels = metric.labels;
+  std::string suffixed, bound;
+  const auto with = [&](const char *suffix) -> const std::string & { return suffixed = name + suffix; };
+  const auto number = [&](double value) -> const std::string & { return bound.clear(), append_double(bound, value == 0 ? 0.0 : value), bound; };
+  if (type == PushType::summary) {
+    for (const auto &[quantile, value] : metric.points) out.pushed_sample(name, labels, {{"quantile", number(quantile)}}, value);
+  } else if (type == PushType::histogram) {
+    bool infinity = false;
+    for (const auto &[le, count] : metric.points) {
+      out.pushed_sample(with("_bucket"), labels, {{"le", number(le)}}, count);
+      infinity = infinity || (std::isinf(le) && le > 0);
+    }
+    if (!infinity) out.pushed_sample(with("_bucket"), labels, {{"le", number(HUGE_VAL)}}, metric.count);
+  } else {
+    return out.pushed_sample(name, labels, {}, metric.value);
+  }
+  out.pushed_sample(with("_sum"), labels, {}, metric.sum);
+  out.pushed_sample(with("_count"), labels, {}, metric.count);
+}
+
 // HELP and TYPE. In OpenMetrics a counter named *_total is the family without the
 // suffix, other counters and untyped families are unknown, as for the configured metrics.
 inline void append_pushed_head(std::string &out, Format format, std::string_view name, PushType type,
@@ -11551,7 +11582,9 @@ public:
   // Every series through a writer of the caller's (a remote-write snapshot).
   Renderer(Writer &writer, const Registry &registry, SelfView self)
       : metrics_(registry.metrics_), self_(self), text_(unused_, Format::text), protobuf_(unused_), writer_(writer),
-        out_(unused_), format_(Format::text) {}
+        out_(unused_), format_(Format::text) {
+    if (self.pushed) pushed_ = self.pushed->families().begin(), pushed_end_ = self.pushed->families().end();
+  }
 
   // The most a body of `registry` can take, its NUL included: the budget's count of it,
   // kept as series come and go.
@@ -11565,6 +11598,11 @@ public:
         const SeriesTable::Entry &entry = walk_->next();
         writer_.series(current_->config, entry.first, entry.second);
         ++written;
+      } else if (pushed_comes_next() && &out_ == &unused_) { // a snapshot: through the caller's writer
+        for (const PushGroup *group : pushed_->second.groups)
+          for (const PushedMetric &metric : group->families.find(pushed_->first)->second.metrics)
+            write_pushed_samples(writer_, pushed_->first, pushed_->second.type, metric), ++written;
+        ++pushed_;
       } else if (pushed_comes_next()) {
         if (format_ == Format::protobuf) protobuf_.finish(); // closes the family before, if open
         written += write_pushed_family(out_, format_, pushed_->first, pushed_->second, scratch_) + 1;
@@ -11741,6 +11779,12 @@ public:
   void sample(std::string_view name, LabelPairs labels, double value) override {
     pairs_.clear();
     for (const auto &pair : labels) pairs_.push_back(pair);
+    add_float(name, value);
+  }
+  void pushed_sample(std::string_view name, const PushLabels &labels, LabelPairs extra, double value) override {
+    pairs_.clear();
+    for (const auto &pair : labels) pairs_.emplace_back(pair.first, pair.second);
+    for (const auto &pair : extra) pairs_.push_back(pair);
     add_float(name, value);
   }
   void finish() override {}
@@ -13062,7 +13106,7 @@ inline void Server::Impl::render_snapshot(detail::Writer &writer) {
   registry.expire();
   const ServerStats figures = stats();
   const detail::ProcessStats process = detail::read_process_stats(start_time_seconds);
-  detail::Renderer renderer(writer, registry, {registry, &figures, &process});
+  detail::Renderer renderer(writer, registry, {registry, &figures, &process, &pushes});
   while (!renderer.write_some(HERMES_RENDER_PAUSE_STRIDE)) input.hold_waiting();
   input.apply_held(registry, rejects);
 }

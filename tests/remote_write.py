@@ -585,6 +585,69 @@ def pending_snapshots_stay_within_the_budget():
         hermes.stop()
 
 
+PUSHED = b"""# TYPE done_total counter
+done_total{step="a"} 3
+# TYPE took_seconds histogram
+took_seconds_bucket{le="1"} 2
+took_seconds_bucket{le="+Inf"} 3
+took_seconds_sum 4.5
+took_seconds_count 3
+# TYPE lag_seconds summary
+lag_seconds{quantile="0.5"} 0.25
+lag_seconds_sum 1
+lag_seconds_count 4
+"""
+PUSHED_FAMILIES = ("done_total", "took_seconds", "lag_seconds", "push_time_seconds", "push_failure_time_seconds")
+
+
+def pushed_in_snapshot(series):
+    """{(name, labels): value} of the pushed families in one request, the group's job and
+    instance back under their names (the snapshot has them as exported_*, as a scrape)."""
+    found = {}
+    for labels, value, _, _ in series:
+        name = labels.get("__name__", "")
+        if not any(name == n or name.startswith(n + "_") for n in PUSHED_FAMILIES):
+            continue
+        assert labels["job"] == "rw-faults" and labels["instance"] == socket.gethostname(), labels
+        own = {("job" if k == "exported_job" else "instance" if k == "exported_instance" else k): v
+               for k, v in labels.items() if k not in ("__name__", "job", "instance")}
+        found[(name, tuple(sorted(own.items())))] = value
+    return found
+
+
+def pushed_groups_are_in_snapshots_and_a_deleted_group_goes_stale():
+    """A group pushed over the Pushgateway API is in every snapshot with the series and
+    values /metrics shows; once deleted, each of its series gets one stale marker."""
+    receiver = Receiver()
+    hermes = Hermes(small_config(receiver.url(), interval_seconds=0.5))
+    group = f"http://{hermes.http}/metrics/job/batch/instance/b1"
+    try:
+        request = urllib.request.Request(group, data=PUSHED, method="PUT")
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            assert answer.status == 200, answer.status
+        expected = exposition(hermes.metrics(), PUSHED_FAMILIES)
+        assert len(expected) == 10, expected  # 1 + 4 + 3 samples, and the two push times
+        seen = wait_for(lambda: next((pushed_in_snapshot(s) for _, s, _, _ in reversed(receiver.requests)
+                                      if pushed_in_snapshot(s)), None), "the pushed group in a snapshot", 5)
+        assert seen == expected, (seen, expected)
+        with urllib.request.urlopen(urllib.request.Request(group, method="DELETE"), timeout=5) as answer:
+            assert answer.status == 202, answer.status
+        deleted_at = len(receiver.requests)
+
+        def bits(value):
+            return struct.unpack("<Q", struct.pack("<d", value))[0]
+        wait_for(lambda: len(receiver.requests) >= deleted_at + 3, "three snapshots after the delete", 5)
+        after = [pushed_in_snapshot(s) for _, s, _, _ in receiver.requests[deleted_at:]]
+        while after and after[0] == expected:  # a snapshot taken before the delete, sent after it
+            after.pop(0)
+        assert after and set(after[0]) == set(expected), f"stale markers for every series: {after}"
+        assert all(bits(v) == STALE_NAN for v in after[0].values()), after[0]
+        assert len(after) >= 2 and not any(after[1:]), f"one snapshot with stale markers, then none: {after}"
+    finally:
+        hermes.stop()
+        receiver.close()
+
+
 # ---- over TLS: Prometheus serving https, certificates made with openssl here --------------
 
 def openssl(*args, cwd):
@@ -728,6 +791,7 @@ def main():
             print(f"ok   {what}" if failure is None else f"FAIL {what}\n{failure}")
     for test in (backoff_after_500, retry_after_429, never_answers, down_then_back, bad_request_drops_the_batch,
                  last_send_at_sigterm, stale_markers_after_expiry, pending_snapshots_stay_within_the_budget,
+                 pushed_groups_are_in_snapshots_and_a_deleted_group_goes_stale,
                  prometheus_receives_over_https_with_a_client_certificate):
         try:
             test()
