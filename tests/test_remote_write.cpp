@@ -4,6 +4,7 @@
 #include "remote_write_decode.hpp"
 
 #include <fstream>
+#include <malloc.h>
 
 using test::config_error;
 
@@ -118,6 +119,21 @@ TEST_CASE("remote_write: the tls files are loaded with the config, an error name
                                          "config.json");
   CHECK(good.remote_write.at(0).tls->server_name == "a");
   CHECK(hermes::parse_config(with_tls(R"({"insecure_skip_verify": true})"), "config.json").remote_write.at(0).tls->insecure_skip_verify);
+}
+#endif
+
+#ifdef HERMES_TLS
+// Its name matches the Makefile's HEAP_MEASURES: excluded under the sanitizers and
+// valgrind, whose allocators mallinfo2 cannot see.
+TEST_CASE("remote_write: per TLS connection memory: a client context's count covers its heap, Debian's CA bundle too") {
+  hermes::detail::TlsClientSettings settings; // the system's bundle: 140-odd CAs
+  const std::size_t before = mallinfo2().uordblks;
+  const auto context = hermes::detail::TlsContext::for_client(settings);
+  const std::size_t heap = mallinfo2().uordblks - before;
+  MESSAGE("a client context with " << settings.ca_file << ": " << heap << " bytes of heap, " << context->held_bytes() << " counted");
+  CHECK(heap > 100 * 1024); // a measure: the bundle was read
+  CHECK(context->held_bytes() >= heap);
+  CHECK(context->held_bytes() <= 2 * heap);
 }
 #endif
 
