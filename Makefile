@@ -256,7 +256,8 @@ deps:
 
 # What `make check` needs, and no more, so that the edit loop installs nothing else.
 check-deps: deps
-	@tests/ensure.sh header:doctest/doctest.h:doctest-dev command:openssl:openssl # openssl makes test_tls' certificates
+	@tests/ensure.sh header:doctest/doctest.h:doctest-dev command:openssl:openssl \
+	  file:/etc/ssl/certs/ca-certificates.crt:ca-certificates # openssl makes test_tls' certificates; the bundle, remote write's default CAs
 
 fuzz-deps: deps
 	@tests/ensure.sh command:$(FUZZ_CXX):clang-14 fuzzer:$(FUZZ_CXX):libclang-rt-14-dev

@@ -116,6 +116,15 @@ void install_signal_handlers() {
   std::signal(SIGPIPE, SIG_IGN); // a client that hangs up is an error code, not a death
 }
 
+// What an https target trusts, as --check-config says it; "" over plain HTTP.
+std::string remote_write_trust(const hermes::RemoteWriteConfig &target) {
+  if (target.url.compare(0, 8, "https://") != 0 && !target.tls) return "";
+  const hermes::RemoteWriteTls tls = target.tls.value_or(hermes::RemoteWriteTls{});
+  if (tls.insecure_skip_verify) return ", TLS without verifying the receiver's certificate (insecure_skip_verify)";
+  return std::string(", TLS trusting the CAs in ") + (tls.ca_file.empty() ? HERMES_TLS_CA_BUNDLE : tls.ca_file.c_str()) +
+         (tls.server_name.empty() ? "" : " for the name " + tls.server_name) + (tls.cert_file.empty() ? "" : ", with a client certificate");
+}
+
 // Valid, and so is the StatsD mapping file if one is named: says so, with the memory its series may take at worst beside the budget, then
 // gives promtool's naming advice, which does not make it invalid.
 int check_config(const std::string &path, const hermes::Config &config, const hermes::Options &options) {
@@ -141,8 +150,9 @@ int check_config(const std::string &path, const hermes::Config &config, const he
     std::printf("%s: memory: the state file's text takes at most %.0f bytes more while a write is made\n", path.c_str(), state);
   }
   for (const hermes::RemoteWriteConfig &target : options.remote_write) // never its secrets
-    std::printf("%s: remote_write: %s every %g s, %zu samples a request at most%s\n", path.c_str(), target.url.c_str(),
-                target.interval_seconds, target.max_samples_per_send, target.authorization.empty() ? "" : ", with credentials");
+    std::printf("%s: remote_write: %s every %g s, %zu samples a request at most%s%s\n", path.c_str(), target.url.c_str(),
+                target.interval_seconds, target.max_samples_per_send, target.authorization.empty() ? "" : ", with credentials",
+                remote_write_trust(target).c_str());
   for (const std::string &advice : hermes::lint_config(config)) std::printf("%s: warning: %s\n", path.c_str(), advice.c_str());
   if (!mapping_path.empty()) {
     std::printf("%s: ok, %zu rules\n", mapping_path.c_str(), mapping.rules);

@@ -258,7 +258,8 @@ def exposition(text, names):
 # ---- end to end with Prometheus ------------------------------------------------------------
 
 class Prometheus:
-    def __init__(self):
+    def __init__(self, flags=(), scheme="http", context=None):
+        self.scheme, self.context = scheme, context
         self.folder = tempfile.mkdtemp(prefix="hermes-rw-prom-")
         self.address = f"127.0.0.1:{free_port()}"
         with open(os.path.join(self.folder, "prometheus.yml"), "w") as file:
@@ -266,20 +267,24 @@ class Prometheus:
         self.process = subprocess.Popen(
             ["prometheus", "--config.file=" + os.path.join(self.folder, "prometheus.yml"),
              "--storage.tsdb.path=" + os.path.join(self.folder, "data"), "--web.listen-address=" + self.address,
-             "--web.enable-remote-write-receiver", "--enable-feature=native-histograms", "--log.level=error"],
+             "--web.enable-remote-write-receiver", "--enable-feature=native-histograms", "--log.level=error", *flags],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(self.ready, "Prometheus to start")
 
     def ready(self):
         try:
-            return http_get(f"http://{self.address}/-/ready", timeout=1) is not None
+            return self.get("/-/ready", timeout=1) is not None
         except OSError:
             return False
 
     def query(self, promql):
-        answer = json.loads(http_get(f"http://{self.address}/api/v1/query?" + urllib.parse.urlencode({"query": promql})))
+        answer = json.loads(self.get("/api/v1/query?" + urllib.parse.urlencode({"query": promql})))
         assert answer["status"] == "success", answer
         return answer["data"]["result"]
+
+    def get(self, path, timeout=5):
+        with urllib.request.urlopen(f"{self.scheme}://{self.address}{path}", timeout=timeout, context=self.context) as response:
+            return response.read().decode("utf-8")
 
     def close(self):
         self.process.send_signal(signal.SIGTERM)
@@ -580,6 +585,196 @@ def pending_snapshots_stay_within_the_budget():
         hermes.stop()
 
 
+PUSHED = b"""# TYPE done_total counter
+done_total{step="a"} 3
+# TYPE took_seconds histogram
+took_seconds_bucket{le="1"} 2
+took_seconds_bucket{le="+Inf"} 3
+took_seconds_sum 4.5
+took_seconds_count 3
+# TYPE lag_seconds summary
+lag_seconds{quantile="0.5"} 0.25
+lag_seconds_sum 1
+lag_seconds_count 4
+"""
+PUSHED_FAMILIES = ("done_total", "took_seconds", "lag_seconds", "push_time_seconds", "push_failure_time_seconds")
+
+
+def pushed_in_snapshot(series):
+    """{(name, labels): value} of the pushed families in one request, the group's job and
+    instance back under their names (the snapshot has them as exported_*, as a scrape)."""
+    found = {}
+    for labels, value, _, _ in series:
+        name = labels.get("__name__", "")
+        if not any(name == n or name.startswith(n + "_") for n in PUSHED_FAMILIES):
+            continue
+        assert labels["job"] == "rw-faults" and labels["instance"] == socket.gethostname(), labels
+        own = {("job" if k == "exported_job" else "instance" if k == "exported_instance" else k): v
+               for k, v in labels.items() if k not in ("__name__", "job", "instance")}
+        found[(name, tuple(sorted(own.items())))] = value
+    return found
+
+
+def pushed_groups_are_in_snapshots_and_a_deleted_group_goes_stale():
+    """A group pushed over the Pushgateway API is in every snapshot with the series and
+    values /metrics shows; once deleted, each of its series gets one stale marker."""
+    receiver = Receiver()
+    hermes = Hermes(small_config(receiver.url(), interval_seconds=0.5))
+    group = f"http://{hermes.http}/metrics/job/batch/instance/b1"
+    try:
+        request = urllib.request.Request(group, data=PUSHED, method="PUT")
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            assert answer.status == 200, answer.status
+        expected = exposition(hermes.metrics(), PUSHED_FAMILIES)
+        assert len(expected) == 10, expected  # 1 + 4 + 3 samples, and the two push times
+        seen = wait_for(lambda: next((pushed_in_snapshot(s) for _, s, _, _ in reversed(receiver.requests)
+                                      if pushed_in_snapshot(s)), None), "the pushed group in a snapshot", 5)
+        assert seen == expected, (seen, expected)
+        with urllib.request.urlopen(urllib.request.Request(group, method="DELETE"), timeout=5) as answer:
+            assert answer.status == 202, answer.status
+        deleted_at = len(receiver.requests)
+
+        def bits(value):
+            return struct.unpack("<Q", struct.pack("<d", value))[0]
+        wait_for(lambda: len(receiver.requests) >= deleted_at + 3, "three snapshots after the delete", 5)
+        after = [pushed_in_snapshot(s) for _, s, _, _ in receiver.requests[deleted_at:]]
+        while after and after[0] == expected:  # a snapshot taken before the delete, sent after it
+            after.pop(0)
+        assert after and set(after[0]) == set(expected), f"stale markers for every series: {after}"
+        assert all(bits(v) == STALE_NAN for v in after[0].values()), after[0]
+        assert len(after) >= 2 and not any(after[1:]), f"one snapshot with stale markers, then none: {after}"
+    finally:
+        hermes.stop()
+        receiver.close()
+
+
+# ---- over TLS: Prometheus serving https, certificates made with openssl here --------------
+
+def openssl(*args, cwd):
+    result = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, f"openssl {' '.join(args)}: {result.stderr}"
+
+
+class Certificates:
+    """A CA that signs the receiver's certificate (localhost, 127.0.0.1) and Hermes' client
+    certificate, and a stranger CA that signs nothing Hermes meets."""
+
+    def __init__(self):
+        self.folder = tempfile.mkdtemp(prefix="hermes-rw-tls-")
+        for name in ("ca", "stranger"):
+            self.key(name)
+            openssl("req", "-x509", "-new", "-key", f"{name}.key", "-out", f"{name}.pem", "-days", "2", "-subj", f"/CN={name}",
+                    cwd=self.folder)
+        self.leaf("receiver", "subjectAltName=DNS:localhost,IP:127.0.0.1")
+        self.leaf("client", "extendedKeyUsage=clientAuth")
+
+    def key(self, name):
+        openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", f"{name}.key", cwd=self.folder)
+
+    def leaf(self, name, extensions):
+        self.key(name)
+        with open(self.path(f"{name}.ext"), "w") as file:
+            file.write(extensions + "\n")
+        openssl("req", "-new", "-key", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=self.folder)
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext", cwd=self.folder)
+
+    def path(self, name):
+        return os.path.join(self.folder, name)
+
+    def close(self):
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class Recorder:
+    """A TCP proxy in front of `port` that keeps every byte the client sent: what a
+    network between Hermes and the receiver sees."""
+
+    def __init__(self, port):
+        self.sent = bytearray()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self.accept, args=(port,), daemon=True).start()
+
+    def accept(self, port):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", port))
+            threading.Thread(target=self.pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self.pipe, args=(upstream, client, False), daemon=True).start()
+
+    def pipe(self, source, sink, keep):
+        try:
+            while data := source.recv(65536):
+                if keep:
+                    self.sent += data
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self):
+        self.listener.close()
+
+
+def prometheus_receives_over_https_with_a_client_certificate():
+    """Prometheus 2.42 over https, CA verified, client certificate required: the series
+    arrive, one handshake serves every send, nothing is in clear; a stranger CA or a wrong
+    server_name is refused in the handshake, counted, and nothing is sent."""
+    certs = Certificates()
+    web_config = certs.path("web.yml")
+    with open(web_config, "w") as file:
+        file.write(f"tls_server_config:\n  cert_file: {certs.path('receiver.pem')}\n  key_file: {certs.path('receiver.key')}\n"
+                   f"  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {certs.path('ca.pem')}\n")
+    prometheus = Prometheus(["--web.config.file=" + web_config], scheme="https",
+                            context=client_context(certs))
+    recorder = Recorder(int(prometheus.address.rsplit(":", 1)[1]))
+    client = {"cert_file": certs.path("client.pem"), "key_file": certs.path("client.key")}
+    good = Hermes(dict(small_config(f"https://127.0.0.1:{recorder.port}/api/v1/write", interval_seconds=0.5,
+                                    tls=dict(client, ca_file=certs.path("ca.pem"))), service_name="rw-tls"))
+    wrong_ca = Hermes(dict(small_config(f"https://localhost:{prometheus.address.rsplit(':', 1)[1]}/api/v1/write",
+                                        tls=dict(client, ca_file=certs.path("stranger.pem"))), service_name="rw-stranger"))
+    wrong_name = Hermes(dict(small_config(f"https://{prometheus.address}/api/v1/write",
+                                          tls=dict(client, ca_file=certs.path("ca.pem"), server_name="elsewhere.example")),
+                             service_name="rw-elsewhere"))
+    try:
+        for hermes in (good, wrong_ca, wrong_name):
+            hermes.push([{"metric_name": "jobs_total", "payload": {"labels": {"queue": "q"}, "value": 7}}])
+        wait_for(lambda: prometheus.query('jobs_total{job="rw-tls", queue="q"} == 7'), "the series over https", 15)
+        wait_for(lambda: good.figure("hermes_remote_storage_requests_total", code="204") >= 4, "four sends", 10)
+        assert good.figure("hermes_remote_storage_connections_total") == 1, "a handshake per send, not per connection"
+        assert good.figure("hermes_remote_storage_requests_total", code="0") == 0
+        assert b"POST" not in recorder.sent and b"jobs_total" not in recorder.sent, "sent in clear"
+        assert recorder.sent[:1] == b"\x16", "the first byte is a TLS handshake record"
+        for hermes, why in ((wrong_ca, "signed by the trusted CA"), (wrong_name, "expected CN")):
+            wait_for(lambda: hermes.figure("hermes_remote_storage_unanswered_requests_total", reason="tls_handshake") >= 2,
+                     "handshakes refused", 10)
+            assert hermes.figure("hermes_remote_storage_unanswered_requests_total") == \
+                hermes.figure("hermes_remote_storage_unanswered_requests_total", reason="tls_handshake")
+            assert hermes.figure("hermes_remote_storage_samples_total") == 0
+            wait_for(lambda: any("TLS handshake" in line and why in line for line in hermes.log), f"the log line: {why}", 5)
+        for job in ("rw-stranger", "rw-elsewhere"):
+            assert not prometheus.query(f'{{job="{job}"}}'), f"{job} reached Prometheus"
+    finally:
+        for hermes in (good, wrong_ca, wrong_name):
+            hermes.stop()
+        recorder.close()
+        prometheus.close()
+        certs.close()
+
+
+def client_context(certs):
+    import ssl
+    context = ssl.create_default_context(cafile=certs.path("ca.pem"))
+    context.load_cert_chain(certs.path("client.pem"), certs.path("client.key"))
+    return context
+
+
 def main():
     passed = failed = 0
     if shutil.which("prometheus") is None:
@@ -595,7 +790,9 @@ def main():
             passed, failed = (passed + 1, failed) if failure is None else (passed, failed + 1)
             print(f"ok   {what}" if failure is None else f"FAIL {what}\n{failure}")
     for test in (backoff_after_500, retry_after_429, never_answers, down_then_back, bad_request_drops_the_batch,
-                 last_send_at_sigterm, stale_markers_after_expiry, pending_snapshots_stay_within_the_budget):
+                 last_send_at_sigterm, stale_markers_after_expiry, pending_snapshots_stay_within_the_budget,
+                 pushed_groups_are_in_snapshots_and_a_deleted_group_goes_stale,
+                 prometheus_receives_over_https_with_a_client_certificate):
         try:
             test()
             passed += 1
