@@ -219,8 +219,9 @@
 // "tls_handshake"}. Each https target takes its TLS state from the memory budget at start.
 // Every interval_seconds the server makes one snapshot of every series /metrics would
 // show, the Pushgateway API's groups included (labels as a scrape gives them: the
-// series', a group's job and instance as exported_job and exported_instance, job =
-// service name, instance = host name, then external_labels; sorted), as a
+// series' (job and instance renamed exported_job and exported_instance, as without
+// honor_labels, but a pushed group's kept, as with it), job = service name, instance =
+// host name, then external_labels; sorted), as a
 // snappy-compressed WriteRequest in batches of max_samples_per_send, with Prometheus'
 // stale marker for each series gone since the last one (an expired series, a deleted
 // group). A thread per target sends; failures that may pass (connection, timeout, 5xx,
@@ -12120,7 +12121,9 @@ public:
     pairs_.clear();
     for (const auto &pair : labels) pairs_.emplace_back(pair.first, pair.second);
     for (const auto &pair : extra) pairs_.push_back(pair);
+    pushed_ = true;
     add_float(name, value);
+    pushed_ = false;
   }
   void finish() override {}
 
@@ -12151,6 +12154,7 @@ private:
   std::string labels_, message_, piece_, deltas_, le_; // scratch, reused
   std::size_t in_batch_ = 0;
   bool failed_ = false;
+  bool pushed_ = false; // the sample being added is a pushed group's
 };
 
 // A label set's hash, eight bytes at a time: it only tells candidates apart, the bytes decide.
@@ -12192,13 +12196,16 @@ inline void SnapshotWriter::add_key() {
 }
 
 // The labels a scrape gives: the series' own (job and instance renamed exported_*, as a
-// scrape without honor_labels does), job and instance, then external labels for names
-// still free (job and instance among them); sorted by name, empty values left out.
+// scrape without honor_labels does; a pushed group's kept, as Pushgateway is scraped
+// with honor_labels), job and instance, then external labels for names still free (job
+// and instance among them); sorted by name, empty values left out.
 inline void SnapshotWriter::encode_labels(std::string_view name) {
   static const std::string exported_job = "exported_job", exported_instance = "exported_instance";
+  bool own_job = false, own_instance = false;
   for (Pair &pair : pairs_) {
-    if (pair.first == "job") pair.first = exported_job;
-    else if (pair.first == "instance") pair.first = exported_instance;
+    if (pair.first != "job" && pair.first != "instance") continue;
+    if (pushed_) (pair.first == "job" ? own_job : own_instance) = true;
+    else pair.first = pair.first == "job" ? exported_job : exported_instance;
   }
   std::string_view job = *context_.job, instance = *context_.instance;
   const std::size_t own = pairs_.size();
@@ -12210,8 +12217,8 @@ inline void SnapshotWriter::encode_labels(std::string_view name) {
       pairs_.emplace_back(label, external.second);
   }
   pairs_.emplace_back("__name__", name);
-  pairs_.emplace_back("job", job);
-  pairs_.emplace_back("instance", instance);
+  if (!own_job) pairs_.emplace_back("job", job);
+  if (!own_instance) pairs_.emplace_back("instance", instance);
   std::sort(pairs_.begin(), pairs_.end(), [](const Pair &a, const Pair &b) { return a.first < b.first; });
   labels_.clear();
   for (const Pair &pair : pairs_)

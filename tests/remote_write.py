@@ -601,16 +601,15 @@ PUSHED_FAMILIES = ("done_total", "took_seconds", "lag_seconds", "push_time_secon
 
 
 def pushed_in_snapshot(series):
-    """{(name, labels): value} of the pushed families in one request, the group's job and
-    instance back under their names (the snapshot has them as exported_*, as a scrape)."""
+    """{(name, labels): value} of the pushed families in one request: the group keeps its
+    own job and instance, as a scrape with honor_labels."""
     found = {}
     for labels, value, _, _ in series:
         name = labels.get("__name__", "")
         if not any(name == n or name.startswith(n + "_") for n in PUSHED_FAMILIES):
             continue
-        assert labels["job"] == "rw-faults" and labels["instance"] == socket.gethostname(), labels
-        own = {("job" if k == "exported_job" else "instance" if k == "exported_instance" else k): v
-               for k, v in labels.items() if k not in ("__name__", "job", "instance")}
+        assert "exported_job" not in labels and "exported_instance" not in labels, labels
+        own = {k: v for k, v in labels.items() if k != "__name__"}
         found[(name, tuple(sorted(own.items())))] = value
     return found
 
