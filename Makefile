@@ -148,19 +148,20 @@ STATIC_FLAGS := -Os -static -s -ffunction-sections -fdata-sections -Wl,--gc-sect
   -include istream -include ostream -D_GLIBCXX_IOSTREAM=1
 
 # The smallest daemon: JSON datagrams over UDP (and the unix socket) in, /metrics as text
-# and OpenMetrics out. Each HERMES_NO_* macro, one line each, leaves a part out (see the
-# doc block of hermes.hpp), and no optional library is linked. The goal was 600 KiB, but
-# glibc's static C library alone is 667 KiB for a C program that calls printf, and
-# libstdc++'s strings, maps, threads and number conversions add 150 KiB more: the limit
-# holds the size where it is. A smaller binary needs a C++ runtime built on musl, which
-# Debian does not ship.
+# and OpenMetrics out, numeric addresses only. Each HERMES_NO_* macro, one line each,
+# leaves a part out (see the doc block of hermes.hpp), and no optional library is linked.
+# The goal was 600 KiB, but glibc's static C library alone is 667 KiB for a C program
+# that calls printf, and libstdc++'s strings, maps, threads and number conversions add
+# 150 KiB more: the limit holds the size where it is. A smaller binary needs a C++
+# runtime built on musl, which Debian does not ship.
 TINY_FLAGS :=
 TINY_FLAGS += -DHERMES_NO_STATSD
 TINY_FLAGS += -DHERMES_NO_PROTOBUF
 TINY_FLAGS += -DHERMES_NO_STATE
 TINY_FLAGS += -DHERMES_NO_PUSH
 TINY_FLAGS += -DHERMES_NO_REMOTE_WRITE
-TINY_LIMIT := 1433600
+TINY_FLAGS += -DHERMES_NO_RESOLVER
+TINY_LIMIT := 1310720
 
 $(BUILD)/tiny/hermes: main.cpp hermes.hpp | deps
 	@mkdir -p $(BUILD)/tiny

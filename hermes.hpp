@@ -25,7 +25,7 @@
 //
 // As stb's STBI_NO_PNG, each macro defined before including leaves a part out: none of its
 // functions is emitted, so a static program holds no byte of it (make tiny builds the
-// daemon with all five). A config key, environment variable or Options field of a part
+// daemon with all of them). A config key, environment variable or Options field of a part
 // left out is an error at start that names the macro, never ignored:
 //     HERMES_NO_STATSD        StatsD lines over UDP and TCP, and the mapping file: every
 //                             datagram is JSON (statsd_*, max_undeclared_metrics, HERMES_STATSD*)
@@ -34,6 +34,8 @@
 //     HERMES_NO_PUSH          the Pushgateway API: PUT, POST and DELETE get 405
 //                             (max_push_groups, push_ttl_seconds, HERMES_PUSH*, HERMES_MAX_PUSH_*)
 //     HERMES_NO_REMOTE_WRITE  remote write (remote_write, HERMES_REMOTE_WRITE_*)
+//     HERMES_NO_RESOLVER      host names: addresses must be numeric, and getaddrinfo and
+//                             the C library's resolver stay out (needs HERMES_NO_REMOTE_WRITE)
 // hermes::has_statsd, has_protobuf, has_state, has_push and has_remote_write tell which
 // parts a build has.
 //
@@ -852,6 +854,9 @@ constexpr bool has_state = true;
 constexpr bool has_push = false;
 #else
 constexpr bool has_push = true;
+#endif
+#if defined(HERMES_NO_RESOLVER) && !defined(HERMES_NO_REMOTE_WRITE)
+#error "HERMES_NO_RESOLVER: remote write looks its receivers' names up; define HERMES_NO_REMOTE_WRITE too"
 #endif
 #ifdef HERMES_NO_REMOTE_WRITE
 constexpr bool has_remote_write = false;
@@ -4898,6 +4903,8 @@ inline std::string strip_brackets(const std::string &host) {
   return host;
 }
 
+#ifndef HERMES_NO_RESOLVER
+
 // A numeric address first, then a name: a static binary in an empty image has no
 // resolver, and numeric addresses need none.
 inline SocketAddress resolve(const std::string &host, std::uint16_t port, int socket_type, bool passive) {
@@ -4929,6 +4936,33 @@ inline SocketAddress resolve(const std::string &host, std::uint16_t port, int so
   ::freeaddrinfo(found);
   return address;
 }
+
+#else // HERMES_NO_RESOLVER
+
+// Numeric addresses only: without getaddrinfo, a static build holds none of the C
+// library's resolver, nor the dynamic loader its NSS modules need.
+inline SocketAddress resolve(const std::string &host, std::uint16_t port, int, bool) {
+  const std::string name = strip_brackets(host);
+  SocketAddress address;
+  sockaddr_in v4{};
+  sockaddr_in6 v6{};
+  if (::inet_pton(AF_INET, name.c_str(), &v4.sin_addr) == 1) {
+    v4.sin_family = AF_INET;
+    v4.sin_port = htons(port);
+    std::memcpy(&address.storage, &v4, sizeof v4);
+    address.length = sizeof v4;
+  } else if (::inet_pton(AF_INET6, name.c_str(), &v6.sin6_addr) == 1) {
+    v6.sin6_family = AF_INET6;
+    v6.sin6_port = htons(port);
+    std::memcpy(&address.storage, &v6, sizeof v6);
+    address.length = sizeof v6;
+  } else {
+    throw SocketError("cannot resolve address \"" + host + "\": this build takes numeric addresses only (HERMES_NO_RESOLVER)");
+  }
+  return address;
+}
+
+#endif // HERMES_NO_RESOLVER
 
 // The address a socket is bound to; nullopt when the kernel cannot tell.
 inline std::optional<SocketAddress> local_address(int fd) {

@@ -189,12 +189,34 @@ def the_tiny_build_refuses_the_settings_of_the_parts_it_left_out(_):
 
 
 @test
-def each_part_left_out_alone_compiles_cleanly(_):
+def the_tiny_build_takes_numeric_addresses_only(_):
+    path = write_config(TINY_CONFIG)
+    try:
+        result = subprocess.run([TINY, path], capture_output=True, text=True, timeout=10,
+                                env=clean_env(HERMES_UDP_ADDRESS="localhost", HERMES_UDP_PORT="0", HERMES_HTTP_PORT="0"))
+    finally:
+        os.unlink(path)
+    check_equal((result.returncode, result.stderr),
+                (1, 'hermes: cannot resolve address "localhost": this build takes numeric addresses only '
+                    "(HERMES_NO_RESOLVER)\n"), "a name")
+
+
+def syntax_check(*macros):
     features = ["-DHERMES_GZIP", "-DHERMES_TLS", "-DHERMES_YAML"]
+    return subprocess.run(["g++", *STRICT, *features, *("-D" + macro for macro in macros), "-fsyntax-only",
+                           "-I" + ROOT, os.path.join(ROOT, "main.cpp")], capture_output=True, text=True)
+
+
+@test
+def each_part_left_out_alone_compiles_cleanly(_):
     for macro, _, _, _ in PARTS:
-        result = subprocess.run(["g++", *STRICT, *features, "-D" + macro, "-fsyntax-only", "-I" + ROOT,
-                                 os.path.join(ROOT, "main.cpp")], capture_output=True, text=True)
+        result = syntax_check(macro)
         check_equal((result.returncode, result.stderr), (0, ""), macro)
+    result = syntax_check("HERMES_NO_RESOLVER", "HERMES_NO_REMOTE_WRITE")
+    check_equal((result.returncode, result.stderr), (0, ""), "HERMES_NO_RESOLVER")
+    result = syntax_check("HERMES_NO_RESOLVER")  # remote write looks names up: a wrong combination
+    assert result.returncode != 0 and "#error \"HERMES_NO_RESOLVER: remote write looks its receivers' names up; " \
+        "define HERMES_NO_REMOTE_WRITE too\"" in result.stderr, result.stderr
 
 
 if __name__ == "__main__":
