@@ -834,7 +834,10 @@ constexpr int default_gzip_level = 0; // a build without HERMES_GZIP has no gzip
 
 // The parts this build has: each HERMES_NO_* macro leaves one out (see "Leaving parts out").
 // A part left out keeps its declarations, so that code naming it still compiles, but nothing
-// reaches it: the compiler emits none of its functions and the linker none of its libraries.
+// reaches it, so the compiler emits none of its functions.
+#if defined(HERMES_NO_RESOLVER) && !defined(HERMES_NO_REMOTE_WRITE)
+#error "HERMES_NO_RESOLVER: remote write looks its receivers' names up; define HERMES_NO_REMOTE_WRITE too"
+#endif
 #ifdef HERMES_NO_STATSD
 constexpr bool has_statsd = false;
 #else
@@ -854,9 +857,6 @@ constexpr bool has_state = true;
 constexpr bool has_push = false;
 #else
 constexpr bool has_push = true;
-#endif
-#if defined(HERMES_NO_RESOLVER) && !defined(HERMES_NO_REMOTE_WRITE)
-#error "HERMES_NO_RESOLVER: remote write looks its receivers' names up; define HERMES_NO_REMOTE_WRITE too"
 #endif
 #ifdef HERMES_NO_REMOTE_WRITE
 constexpr bool has_remote_write = false;
@@ -11200,7 +11200,7 @@ using Figure = std::optional<double>; // absent: the family is left out
 // One family of Hermes' own: either one series without labels (`value`), or labelled
 // series that `write` adds after the family's HELP and TYPE lines.
 struct SelfMetric {
-  enum class Scope { registry, server, process, statsd_tcp, tls, remote_write }; // statsd_tcp: a server's, when its TCP listener is on; tls: a server whose HTTP port speaks TLS; remote_write: one with a target
+  enum class Scope { registry, server, process, statsd_tcp, tls, remote_write, push, state }; // statsd_tcp: a server's, when its TCP listener is on; tls: a server whose HTTP port speaks TLS; remote_write: one with a target; push, state: a server's, in a build with that part
   const char *name;
   const char *help;
   MetricType type;
@@ -11327,11 +11327,11 @@ inline const SelfMetric self_metrics[] = {
     {"hermes_metric_series", "Live series of each configured metric.", self_gauge, Scope::registry, nullptr,
      write_per_metric<&Registry::MetricFill::series>},
     {"hermes_push_group_bytes", "Bytes of the memory budget that the groups pushed over the Pushgateway API hold.",
-     self_gauge, Scope::server, [](const SelfView &v) -> Figure { return v.server->push_group_bytes; }, nullptr},
-    {"hermes_push_groups", "Groups pushed over the Pushgateway API.", self_gauge, Scope::server,
+     self_gauge, Scope::push, [](const SelfView &v) -> Figure { return v.server->push_group_bytes; }, nullptr},
+    {"hermes_push_groups", "Groups pushed over the Pushgateway API.", self_gauge, Scope::push,
      [](const SelfView &v) -> Figure { return v.server->push_groups; }, nullptr},
     {"hermes_push_requests_total", "Requests of the Pushgateway API answered, by method and status code.", self_counter,
-     Scope::server, nullptr, write_push_requests},
+     Scope::push, nullptr, write_push_requests},
     {"hermes_remote_storage_last_send_timestamp_seconds",
      "When a remote-write request last succeeded, in seconds since the epoch; 0 before the first.", self_gauge,
      Scope::remote_write, nullptr, remote_figure<&RemoteWriteStats::last_send_seconds>},
@@ -11370,10 +11370,10 @@ inline const SelfMetric self_metrics[] = {
      [](const SelfView &v) { return count(v.registry.expired()); }, nullptr},
     {"hermes_state_last_write_timestamp_seconds",
      "When the state file was last written, in seconds since the epoch; 0 before the first write.", self_gauge,
-     Scope::server, [](const SelfView &v) -> Figure { return v.server->state_last_write_seconds; }, nullptr},
-    {"hermes_state_restored_series", "Series restored from the state file at start.", self_gauge, Scope::server,
+     Scope::state, [](const SelfView &v) -> Figure { return v.server->state_last_write_seconds; }, nullptr},
+    {"hermes_state_restored_series", "Series restored from the state file at start.", self_gauge, Scope::state,
      [](const SelfView &v) { return count(v.server->state_restored_series); }, nullptr},
-    {"hermes_state_writes_total", "Writes of the state file, by result.", self_counter, Scope::server, nullptr,
+    {"hermes_state_writes_total", "Writes of the state file, by result.", self_counter, Scope::state, nullptr,
      write_state_writes},
     {"hermes_statsd_tcp_connections", "Open StatsD TCP connections.", self_gauge, Scope::statsd_tcp,
      [](const SelfView &v) { return count(v.server->statsd_tcp_connections); }, nullptr},
@@ -11418,6 +11418,8 @@ inline bool has_scope(const SelfView &view, SelfMetric::Scope scope) {
   case Scope::statsd_tcp: return view.server != nullptr && view.server->statsd_tcp;
   case Scope::remote_write: return view.server != nullptr && !view.server->remote_write.empty();
   case Scope::tls: return view.server != nullptr && view.server->tls;
+  case Scope::push: return view.server != nullptr && has_push;
+  case Scope::state: return view.server != nullptr && has_state;
   }
   return false;
 }

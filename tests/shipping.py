@@ -118,6 +118,15 @@ def cxxflags_cppflags_and_ldflags_reach_every_build(_):
 TINY = os.path.join(ROOT, "build", "tiny", "hermes")
 TINY_CONFIG = {"service_name": "tiny",
                "counters": [{"metric_name": "jobs_total", "metric_description": "Jobs done.", "labels": ["queue"]}]}
+TINY_FAMILIES = [
+    "hermes_build_info", "hermes_config_last_reload_success_timestamp_seconds", "hermes_config_reloads_total",
+    "hermes_http_metrics_bytes_total", "hermes_http_metrics_gzip_uncompressed_bytes_total", "hermes_http_requests_total",
+    "hermes_memory_budget_bytes", "hermes_memory_committed_bytes", "hermes_memory_used_bytes", "hermes_metric_max_series",
+    "hermes_metric_series", "hermes_samples_accepted_total", "hermes_samples_received_total",
+    "hermes_samples_rejected_total", "hermes_series", "hermes_series_expired_total", "hermes_udp_packets_total",
+    "hermes_udp_receive_buffer_bytes", "hermes_udp_receive_drops_total", "hermes_unix_datagrams_total", "jobs_total",
+    "process_cpu_seconds_total", "process_max_fds", "process_open_fds", "process_resident_memory_bytes",
+    "process_start_time_seconds", "process_virtual_memory_bytes"]
 # Each macro, the name its errors give the part, and a config key and a variable of it.
 PARTS = [("HERMES_NO_STATSD", "StatsD", ("statsd_undeclared", "accept"), ("HERMES_STATSD_TCP_PORT", "9125")),
          ("HERMES_NO_PROTOBUF", "protobuf format", None, ("HERMES_PROTOBUF", "on")),
@@ -159,6 +168,8 @@ def the_tiny_build_takes_json_over_udp_and_serves_text_metrics(_):
             check_equal(family[:family.index("# HELP process_")],
                         '# HELP jobs_total Jobs done.\n# TYPE jobs_total counter\njobs_total{queue="mail"} 2\n', "the family")
             assert 'hermes_samples_rejected_total{reason="malformed_json"} 1\n' in body, "a StatsD line is not JSON"
+            families = [line.split()[2] for line in body.splitlines() if line.startswith("# TYPE ")]
+            check_equal(families, TINY_FAMILIES, "no family of a part left out")
         head = hermes.request("PUT /metrics/job/x HTTP/1.0\r\nContent-Length: 4\r\n\r\nx 1\n").split("\r\n")[0]
         check_equal(head, "HTTP/1.0 405 Method Not Allowed", "a push")
         check_equal(hermes.stop()[0], 0, "exit code after SIGTERM")
