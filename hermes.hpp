@@ -21,6 +21,24 @@
 //     hermes::Client("127.0.0.1", server.udp_port()).increment_counter("jobs_total", {{"queue", "mail"}});
 //     stop = true; gateway.join();
 //
+// ---- Leaving parts out ------------------------------------------------------------------
+//
+// As stb's STBI_NO_PNG, each macro defined before including leaves a part out: none of its
+// functions is emitted, so a static program holds no byte of it (make tiny builds the
+// daemon with all of them). A config key, environment variable or Options field of a part
+// left out is an error at start that names the macro, never ignored:
+//     HERMES_NO_STATSD        StatsD lines over UDP and TCP, and the mapping file: every
+//                             datagram is JSON (statsd_*, max_undeclared_metrics, HERMES_STATSD*)
+//     HERMES_NO_PROTOBUF      the protobuf /metrics format: scrapers get text or OpenMetrics
+//     HERMES_NO_STATE         the state file (state_file, state_interval_seconds, HERMES_STATE_*)
+//     HERMES_NO_PUSH          the Pushgateway API: PUT, POST and DELETE get 405
+//                             (max_push_groups, push_ttl_seconds, HERMES_PUSH*, HERMES_MAX_PUSH_*)
+//     HERMES_NO_REMOTE_WRITE  remote write (remote_write, HERMES_REMOTE_WRITE_*)
+//     HERMES_NO_RESOLVER      host names: addresses must be numeric, and getaddrinfo and
+//                             the C library's resolver stay out (needs HERMES_NO_REMOTE_WRITE)
+// hermes::has_statsd, has_protobuf, has_state, has_push and has_remote_write tell which
+// parts a build has.
+//
 // ---- Config file ----------------------------------------------------------------------
 //
 //     {"service_name": "testing-service",                  required, non-empty
@@ -834,6 +852,76 @@ constexpr int default_gzip_level = HERMES_GZIP_LEVEL;
 constexpr int default_gzip_level = 0; // a build without HERMES_GZIP has no gzip
 #endif
 
+// The parts this build has: each HERMES_NO_* macro leaves one out (see "Leaving parts out").
+// A part left out keeps its declarations, so that code naming it still compiles, but nothing
+// reaches it, so the compiler emits none of its functions.
+#if defined(HERMES_NO_RESOLVER) && !defined(HERMES_NO_REMOTE_WRITE)
+#error "HERMES_NO_RESOLVER: remote write looks its receivers' names up; define HERMES_NO_REMOTE_WRITE too"
+#endif
+#ifdef HERMES_NO_STATSD
+constexpr bool has_statsd = false;
+#else
+constexpr bool has_statsd = true;
+#endif
+#ifdef HERMES_NO_PROTOBUF
+constexpr bool has_protobuf = false;
+#else
+constexpr bool has_protobuf = true;
+#endif
+#ifdef HERMES_NO_STATE
+constexpr bool has_state = false;
+#else
+constexpr bool has_state = true;
+#endif
+#ifdef HERMES_NO_PUSH
+constexpr bool has_push = false;
+#else
+constexpr bool has_push = true;
+#endif
+#ifdef HERMES_NO_REMOTE_WRITE
+constexpr bool has_remote_write = false;
+#else
+constexpr bool has_remote_write = true;
+#endif
+
+namespace detail {
+
+// A part and the macro that leaves it out, for the error a setting of it gets.
+struct Part {
+  bool built;
+  const char *what;
+  const char *macro;
+};
+inline constexpr Part statsd_part{has_statsd, "StatsD", "HERMES_NO_STATSD"};
+inline constexpr Part protobuf_part{has_protobuf, "protobuf format", "HERMES_NO_PROTOBUF"};
+inline constexpr Part state_part{has_state, "state file", "HERMES_NO_STATE"};
+inline constexpr Part push_part{has_push, "Pushgateway API", "HERMES_NO_PUSH"};
+inline constexpr Part remote_write_part{has_remote_write, "remote write", "HERMES_NO_REMOTE_WRITE"};
+
+inline std::string not_built(const Part &part) { return std::string("this build has no ") + part.what + " (" + part.macro + ")"; }
+
+// A config key or environment variable, and the part it sets: in a build without that
+// part, setting it is an error rather than ignored.
+struct PartSetting {
+  const char *name;
+  const Part &part;
+};
+inline constexpr PartSetting part_config_keys[] = {
+    {"statsd_mapping_file", statsd_part}, {"statsd_undeclared", statsd_part},  {"statsd_observer_type", statsd_part},
+    {"statsd_ttl_seconds", statsd_part},  {"max_undeclared_metrics", statsd_part}, {"state_file", state_part},
+    {"state_interval_seconds", state_part}, {"max_push_groups", push_part}, {"push_ttl_seconds", push_part},
+    {"remote_write", remote_write_part}};
+inline constexpr PartSetting part_variables[] = {
+    {"HERMES_STATSD", statsd_part}, {"HERMES_STATSD_TCP_PORT", statsd_part}, {"HERMES_MAX_STATSD_CONNECTIONS", statsd_part},
+    {"HERMES_STATSD_TCP_IDLE_SECONDS", statsd_part}, {"HERMES_STATSD_MAPPING", statsd_part},
+    {"HERMES_PROTOBUF", protobuf_part}, {"HERMES_STATE_FILE", state_part}, {"HERMES_STATE_INTERVAL", state_part},
+    {"HERMES_PUSH", push_part}, {"HERMES_MAX_PUSH_BYTES", push_part}, {"HERMES_MAX_PUSH_GROUPS", push_part},
+    {"HERMES_PUSH_TTL", push_part}, {"HERMES_PUSH_TOKEN_FILE", push_part}, {"HERMES_PUSH_ADMIN", push_part},
+    {"HERMES_REMOTE_WRITE_URL", remote_write_part}, {"HERMES_REMOTE_WRITE_INTERVAL", remote_write_part},
+    {"HERMES_REMOTE_WRITE_BEARER_TOKEN_FILE", remote_write_part}};
+
+} // namespace detail
+
 struct Options {
   std::string udp_address = "0.0.0.0";
   std::uint16_t udp_port = 7789; // 0: the kernel chooses
@@ -842,12 +930,12 @@ struct Options {
   std::uint16_t http_port = 8080;
   LogLevel log_level = LogLevel::info;
   bool openmetrics = true; // serve OpenMetrics to scrapers that prefer it
-  bool protobuf = true;    // serve the protobuf format to scrapers that prefer it
+  bool protobuf = has_protobuf; // serve the protobuf format to scrapers that prefer it
   int gzip_level = default_gzip_level; // /metrics in gzip, at this zlib level (1-9), to scrapers that ask; 0: never
   std::string config_path; // the file Server::reload() reads again; empty: no reloads
   std::string unix_socket_path; // a unix datagram socket that takes samples too; empty: none
   unsigned unix_socket_mode = 0660; // its file mode, so that only its group may push
-  bool statsd = true; // datagrams that are not JSON hold StatsD lines; off: they are malformed_json
+  bool statsd = has_statsd; // datagrams that are not JSON hold StatsD lines; off: they are malformed_json
   std::size_t max_memory = HERMES_DEFAULT_MAX_MEMORY; // the memory budget, in bytes
   std::string state_file; // where the series are kept across restarts; empty: nowhere
   double state_interval_seconds = HERMES_STATE_INTERVAL_S; // between writes, each only after a change
@@ -863,7 +951,7 @@ struct Options {
   std::string tls_client_ca_file; // clients must show a certificate these CAs signed; empty: none asked
   std::string statsd_mapping_file; // HERMES_STATSD_MAPPING: over the config's statsd_mapping_file; empty: that
   std::vector<RemoteWriteConfig> remote_write; // the config's, and HERMES_REMOTE_WRITE_URL's
-  bool push = true;            // take pushes over the Pushgateway API on the HTTP port
+  bool push = has_push;        // take pushes over the Pushgateway API on the HTTP port
   std::size_t max_push_bytes = HERMES_MAX_PUSH_BYTES; // a longer push body is answered 413
   std::size_t max_push_groups = HERMES_DEFAULT_MAX_PUSH_GROUPS; // a push for one group more is answered 507
   double push_ttl_seconds = 0;  // a group not pushed for this long disappears; 0: never
@@ -3411,6 +3499,7 @@ public:
                                   "state_interval_seconds", "udp_allow", "http_allow", "max_push_groups", "push_ttl_seconds", "remote_write", "tls_server", "statsd_mapping_file",
                                   "statsd_undeclared", "statsd_observer_type", "statsd_ttl_seconds",
                                   "max_undeclared_metrics"});
+    reject_left_out_keys(top);
     Config config;
     config.service_name = read_service_name(top);
     read_series_limits(top, "", defaults_);
@@ -3431,7 +3520,8 @@ public:
     if (const auto *allow = member(top, "http_allow")) config.http_allow = allow_list_at(*allow, "http_allow");
     if (const auto *tls = member(top, "tls_server")) config.tls_server = tls_server_at(*tls, "tls_server");
     read_statsd_settings(top, config.statsd);
-    if (const auto *targets = member(top, "remote_write")) config.remote_write = read_remote_write(*targets, origin_);
+    if (const auto *targets = has_remote_write ? member(top, "remote_write") : nullptr)
+      config.remote_write = read_remote_write(*targets, origin_);
     read_push_limits(top, config);
     check_name_collisions(config.metrics);
     return config;
@@ -3440,6 +3530,12 @@ public:
 private:
   [[noreturn]] void fail(const std::string &place, const std::string &problem) const {
     throw ConfigError(origin_ + ": " + (place.empty() ? "" : place + ": ") + problem);
+  }
+
+  // A key of a part this build leaves out (HERMES_NO_*) is an error, never ignored.
+  void reject_left_out_keys(const picojson::object &top) const {
+    for (const PartSetting &key : part_config_keys)
+      if (!key.part.built && member(top, key.name)) fail(key.name, not_built(key.part));
   }
 
   // max_push_groups (a whole number from 1) and push_ttl_seconds (seconds, 0: never).
@@ -4849,6 +4945,8 @@ inline std::string strip_brackets(const std::string &host) {
   return host;
 }
 
+#ifndef HERMES_NO_RESOLVER
+
 // A numeric address first, then a name: a static binary in an empty image has no
 // resolver, and numeric addresses need none.
 inline SocketAddress resolve(const std::string &host, std::uint16_t port, int socket_type, bool passive) {
@@ -4880,6 +4978,33 @@ inline SocketAddress resolve(const std::string &host, std::uint16_t port, int so
   ::freeaddrinfo(found);
   return address;
 }
+
+#else // HERMES_NO_RESOLVER
+
+// Numeric addresses only: without getaddrinfo, a static build holds none of the C
+// library's resolver, nor the dynamic loader its NSS modules need.
+inline SocketAddress resolve(const std::string &host, std::uint16_t port, int, bool) {
+  const std::string name = strip_brackets(host);
+  SocketAddress address;
+  sockaddr_in v4{};
+  sockaddr_in6 v6{};
+  if (::inet_pton(AF_INET, name.c_str(), &v4.sin_addr) == 1) {
+    v4.sin_family = AF_INET;
+    v4.sin_port = htons(port);
+    std::memcpy(&address.storage, &v4, sizeof v4);
+    address.length = sizeof v4;
+  } else if (::inet_pton(AF_INET6, name.c_str(), &v6.sin6_addr) == 1) {
+    v6.sin6_family = AF_INET6;
+    v6.sin6_port = htons(port);
+    std::memcpy(&address.storage, &v6, sizeof v6);
+    address.length = sizeof v6;
+  } else {
+    throw SocketError("cannot resolve address \"" + host + "\": this build takes numeric addresses only (HERMES_NO_RESOLVER)");
+  }
+  return address;
+}
+
+#endif // HERMES_NO_RESOLVER
 
 // The address a socket is bound to; nullopt when the kernel cannot tell.
 inline std::optional<SocketAddress> local_address(int fd) {
@@ -10194,6 +10319,9 @@ inline void push_options_from(Options &options, const Config &config, const Envi
 
 inline Options options_from_environment(const Config &config, const Environment &env) {
   using detail::override_from;
+  for (const detail::PartSetting &variable : detail::part_variables)
+    if (!variable.part.built && detail::first_set(env, {variable.name}))
+      throw UsageError(std::string(variable.name) + ": " + detail::not_built(variable.part));
   Options options;
   if (!config.listen_address.empty()) options.udp_address = config.listen_address;
   if (config.listen_port) options.udp_port = *config.listen_port;
@@ -10241,7 +10369,8 @@ inline Options options_from_environment(const Config &config, const Environment 
   override_from(options.tls_client_ca_file, env, {"HERMES_TLS_CLIENT_CA_FILE"}, detail::any_text, "");
   override_from(options.statsd_mapping_file, env, {"HERMES_STATSD_MAPPING"}, detail::any_text, "");
   options.remote_write = config.remote_write;
-  if (auto target = detail::remote_write_from_environment(env)) options.remote_write.push_back(std::move(*target));
+  if (auto target = has_remote_write ? detail::remote_write_from_environment(env) : std::nullopt)
+    options.remote_write.push_back(std::move(*target));
   detail::push_options_from(options, config, env);
   return options;
 }
@@ -10623,7 +10752,7 @@ inline detail::Metric *Registry::find(std::string_view name) {
 
 inline IngestResult Registry::ingest(std::string_view datagram, Now now) {
   IngestResult result;
-  const Wire wire = statsd_ && detail::is_statsd(datagram) ? Wire::statsd : Wire::json;
+  const Wire wire = has_statsd && statsd_ && detail::is_statsd(datagram) ? Wire::statsd : Wire::json;
   if (wire == Wire::statsd) ingest_statsd(datagram, now, result);
   else ingest_json(datagram, now, result);
   received_[static_cast<std::size_t>(wire)] += result.accepted + result.rejected_total();
@@ -11048,7 +11177,7 @@ inline Format negotiate_format(std::string_view accept, bool openmetrics, bool p
     if (allowed && quality[static_cast<std::size_t>(format)] > quality[static_cast<std::size_t>(chosen)]) chosen = format;
   };
   consider(Format::openmetrics, openmetrics);
-  consider(Format::protobuf, protobuf);
+  consider(Format::protobuf, has_protobuf && protobuf);
   return chosen;
 }
 
@@ -11478,7 +11607,7 @@ using Figure = std::optional<double>; // absent: the family is left out
 // One family of Hermes' own: either one series without labels (`value`), or labelled
 // series that `write` adds after the family's HELP and TYPE lines.
 struct SelfMetric {
-  enum class Scope { registry, server, process, statsd_tcp, tls, remote_write }; // statsd_tcp: a server's, when its TCP listener is on; tls: a server whose HTTP port speaks TLS; remote_write: one with a target
+  enum class Scope { registry, server, process, statsd_tcp, tls, remote_write, push, state }; // statsd_tcp: a server's, when its TCP listener is on; tls: a server whose HTTP port speaks TLS; remote_write: one with a target; push, state: a server's, in a build with that part
   const char *name;
   const char *help;
   MetricType type;
@@ -11612,11 +11741,11 @@ inline const SelfMetric self_metrics[] = {
     {"hermes_metric_series", "Live series of each configured metric.", self_gauge, Scope::registry, nullptr,
      write_per_metric<&Registry::MetricFill::series>},
     {"hermes_push_group_bytes", "Bytes of the memory budget that the groups pushed over the Pushgateway API hold.",
-     self_gauge, Scope::server, [](const SelfView &v) -> Figure { return v.server->push_group_bytes; }, nullptr},
-    {"hermes_push_groups", "Groups pushed over the Pushgateway API.", self_gauge, Scope::server,
+     self_gauge, Scope::push, [](const SelfView &v) -> Figure { return v.server->push_group_bytes; }, nullptr},
+    {"hermes_push_groups", "Groups pushed over the Pushgateway API.", self_gauge, Scope::push,
      [](const SelfView &v) -> Figure { return v.server->push_groups; }, nullptr},
     {"hermes_push_requests_total", "Requests of the Pushgateway API answered, by method and status code.", self_counter,
-     Scope::server, nullptr, write_push_requests},
+     Scope::push, nullptr, write_push_requests},
     {"hermes_remote_storage_connections_total",
      "Connections opened to a remote-write receiver (with a TLS handshake over https); one serves requests while the receiver keeps it.",
      self_counter, Scope::remote_write, nullptr, remote_count<&RemoteWriteStats::connections>},
@@ -11662,10 +11791,10 @@ inline const SelfMetric self_metrics[] = {
      [](const SelfView &v) { return count(v.registry.expired()); }, nullptr},
     {"hermes_state_last_write_timestamp_seconds",
      "When the state file was last written, in seconds since the epoch; 0 before the first write.", self_gauge,
-     Scope::server, [](const SelfView &v) -> Figure { return v.server->state_last_write_seconds; }, nullptr},
-    {"hermes_state_restored_series", "Series restored from the state file at start.", self_gauge, Scope::server,
+     Scope::state, [](const SelfView &v) -> Figure { return v.server->state_last_write_seconds; }, nullptr},
+    {"hermes_state_restored_series", "Series restored from the state file at start.", self_gauge, Scope::state,
      [](const SelfView &v) { return count(v.server->state_restored_series); }, nullptr},
-    {"hermes_state_writes_total", "Writes of the state file, by result.", self_counter, Scope::server, nullptr,
+    {"hermes_state_writes_total", "Writes of the state file, by result.", self_counter, Scope::state, nullptr,
      write_state_writes},
     {"hermes_statsd_tcp_connections", "Open StatsD TCP connections.", self_gauge, Scope::statsd_tcp,
      [](const SelfView &v) { return count(v.server->statsd_tcp_connections); }, nullptr},
@@ -11710,6 +11839,8 @@ inline bool has_scope(const SelfView &view, SelfMetric::Scope scope) {
   case Scope::statsd_tcp: return view.server != nullptr && view.server->statsd_tcp;
   case Scope::remote_write: return view.server != nullptr && !view.server->remote_write.empty();
   case Scope::tls: return view.server != nullptr && view.server->tls;
+  case Scope::push: return view.server != nullptr && has_push;
+  case Scope::state: return view.server != nullptr && has_state;
   }
   return false;
 }
@@ -11911,7 +12042,7 @@ class Renderer {
 public:
   Renderer(std::string &out, const Registry &registry, SelfView self, Format format)
       : metrics_(registry.metrics_), self_(self), text_(out, format), protobuf_(out),
-        writer_(format == Format::protobuf ? static_cast<Writer &>(protobuf_) : text_), out_(out), format_(format) {
+        writer_(has_protobuf && format == Format::protobuf ? static_cast<Writer &>(protobuf_) : text_), out_(out), format_(format) {
     out.clear(); // its memory is the caller's: a server takes it from the budget first
     if (self.pushed) pushed_ = self.pushed->families().begin(), pushed_end_ = self.pushed->families().end();
   }
@@ -12046,6 +12177,8 @@ inline void render_metrics(std::string &out, const Registry &registry, Format fo
 }
 
 } // namespace hermes
+
+#ifndef HERMES_NO_REMOTE_WRITE
 
 // ===== DETAIL: REMOTE WRITE SNAPSHOT ======================================================
 //
@@ -13088,6 +13221,28 @@ private:
 } // namespace detail
 } // namespace hermes
 
+#else // HERMES_NO_REMOTE_WRITE: the server's side of remote write, with no targets
+
+namespace hermes {
+namespace detail {
+
+class RemoteWriter {
+public:
+  using Render = std::function<void(Writer &)>;
+
+  RemoteWriter(const std::vector<RemoteWriteConfig> &, const std::string &, const Registry &, const Logger &, MemoryBudget &) {}
+  bool enabled() const { return false; }
+  std::optional<Clock::time_point> next_due() const { return std::nullopt; }
+  void step(Clock::time_point, const Render &) {}
+  void stop(const Render &) {}
+  void add_stats(ServerStats &) const {}
+};
+
+} // namespace detail
+} // namespace hermes
+
+#endif // HERMES_NO_REMOTE_WRITE
+
 // ===== SERVER =============================================================================
 
 namespace hermes {
@@ -13118,6 +13273,22 @@ inline std::shared_ptr<MemoryBudget> budget_with_fixed_buffers(std::size_t limit
     throw UsageError("HERMES_MAX_MEMORY: " + std::to_string(limit) + " bytes is less than the " +
                      std::to_string(fixed_buffer_bytes) + " bytes of Hermes' fixed buffers");
   return budget;
+}
+
+// Options (or a Config built in code) that ask for a part this build leaves out: an
+// error at start, where a setting of the part would otherwise do nothing.
+inline void check_parts_built(const Config &config, const Options &options) {
+  const std::pair<bool, const char *> wanted[] = {
+      {options.statsd, "Options::statsd"},
+      {options.statsd_tcp_port.has_value(), "Options::statsd_tcp_port"},
+      {!options.statsd_mapping_file.empty() || !config.statsd.mapping_file.empty(), "statsd_mapping_file"}};
+  for (const auto &[set, name] : wanted)
+    if (set && !has_statsd) throw UsageError(std::string(name) + ": " + not_built(statsd_part));
+  if (options.protobuf && !has_protobuf) throw UsageError("Options::protobuf: " + not_built(protobuf_part));
+  if (!options.state_file.empty() && !has_state) throw UsageError("Options::state_file: " + not_built(state_part));
+  if (options.push && !has_push) throw UsageError("Options::push: " + not_built(push_part));
+  if (!options.remote_write.empty() && !has_remote_write)
+    throw UsageError("Options::remote_write: " + not_built(remote_write_part));
 }
 
 } // namespace detail
@@ -13177,7 +13348,7 @@ struct Server::Impl {
     Options named;
     named.statsd_mapping_file = statsd_mapping_file;
     const std::string path = statsd_mapping_path(config, named);
-    return path.empty() ? StatsdMappingFile{} : hermes::load_statsd_mapping(path);
+    return !has_statsd || path.empty() ? StatsdMappingFile{} : hermes::load_statsd_mapping(path);
   }
 
   void log_statsd_mapping(const StatsdMappingFile &file) {
@@ -13232,7 +13403,8 @@ struct Server::Impl {
   void render_snapshot(detail::Writer &writer);
 };
 
-inline Server::Server(const Config &config, Options options) : impl_(std::make_unique<Impl>(config, options)) {
+inline Server::Server(const Config &config, Options options)
+    : impl_((detail::check_parts_built(config, options), std::make_unique<Impl>(config, options))) {
   const std::string udp = udp_endpoint(), http = http_endpoint();
   detail::LogFields fields = {{"udp", udp}, {"http", http}};
   if (impl_->input.fd(Impl::Source::unix_socket) >= 0) fields.emplace_back("unix", impl_->input.unix_path());
@@ -13249,7 +13421,7 @@ inline Server::Server(const Config &config, Options options) : impl_(std::make_u
   fields.insert(fields.end(), {{"service", config.service_name}, {"version", HERMES_VERSION_STR}});
   impl_->logger.log(LogLevel::info, "hermes listening", fields);
   impl_->log_statsd_mapping(std::exchange(impl_->mapping_at_start, {}));
-  impl_->state.restore(impl_->registry, monotonic_seconds());
+  if (has_state) impl_->state.restore(impl_->registry, monotonic_seconds());
 }
 
 inline Server::Server(Server &&) noexcept = default;
@@ -13440,7 +13612,7 @@ inline void Server::Impl::poll_once(int timeout_ms) {
   poll_fds.push_back({input.fd(Source::unix_socket), POLLIN, 0});
   http.add_poll_fds(poll_fds, now);
   const std::size_t statsd_tcp_slot = poll_fds.size();
-  statsd_tcp.add_poll_fds(poll_fds, now);
+  if (has_statsd) statsd_tcp.add_poll_fds(poll_fds, now);
   const int ready = detail::wait_for_events(poll_fds, poll_timeout(timeout_ms, now));
   now = Clock::now();
   const double monotonic_now = detail::seconds_of(now); // the clock monotonic_seconds() reads
@@ -13448,13 +13620,13 @@ inline void Server::Impl::poll_once(int timeout_ms) {
     const Now received{monotonic_now, wall_clock_seconds()}; // ttl and windows on the first, _created on the second
     if (poll_fds[udp_slot].revents) input.receive(Source::udp, registry, rejects, received);
     if (poll_fds[unix_slot].revents) input.receive(Source::unix_socket, registry, rejects, received);
-    statsd_tcp.serve(poll_fds.data() + statsd_tcp_slot, registry, rejects, received, now);
+    if (has_statsd) statsd_tcp.serve(poll_fds.data() + statsd_tcp_slot, registry, rejects, received, now);
   }
-  statsd_tcp.close_idle(registry, rejects, now);
+  if (has_statsd) statsd_tcp.close_idle(registry, rejects, now);
   http.serve(&poll_fds[http_slot], now); // also ends connections past their deadline
   rejects.flush(now, false);
   sweep(now);
-  if (state.due(registry, monotonic_now)) save_state();
+  if (has_state && state.due(registry, monotonic_now)) save_state();
   if (remote.enabled()) remote_write_step(now);
 }
 
@@ -13479,7 +13651,7 @@ inline void Server::Impl::remote_write_step(Clock::time_point now) {
 
 // PUT, POST and DELETE on /metrics/job/..., and PUT /api/v1/admin/wipe when allowed.
 inline detail::PushEndpoint Server::Impl::push_endpoint(const Options &options) {
-  if (!options.push) return {};
+  if (!has_push || !options.push) return {};
   const bool admin = options.push_admin;
   detail::PushEndpoint endpoint;
   endpoint.takes = [admin](const detail::HttpRequest &request) {
@@ -13527,7 +13699,7 @@ inline void Server::Impl::save_state() {
 // At stop: the samples still queued on the sockets are applied, then the state is
 // written, and run() returns once it is on disk.
 inline void Server::Impl::save_state_at_stop() {
-  if (!state.enabled()) return;
+  if (!has_state || !state.enabled()) return;
   constexpr int most_rounds = 1024; // of HERMES_DATAGRAMS_PER_STEP: more than a receive buffer holds
   for (int round = 0; round < most_rounds; ++round) {
     const ServerStats before = stats();

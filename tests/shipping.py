@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import tempfile
 
-from blackbox import Hermes, SAMPLE_CONFIG, ROOT, check_equal, run_suite
+from blackbox import Hermes, SAMPLE_CONFIG, ROOT, check_equal, clean_env, run_suite, write_config
 
 TESTS = []
 STRICT = ["-std=c++17", "-Wall", "-Wextra", "-Wpedantic", "-Wshadow", "-Wconversion", "-Werror"]
@@ -98,7 +98,7 @@ def the_header_is_clean_and_inline_in_two_units_under_gcc_and_clang(_):
 @test
 def cxxflags_cppflags_and_ldflags_reach_every_build(_):
     flags = ["CXXFLAGS=-O2 -DHERMES_MAX_CONNECTIONS=256", "CPPFLAGS=-DHERMES_PROBE_CPP", "LDFLAGS=-Wl,--as-needed"]
-    for target in ("hermes", "build/static/hermes", "build/unit_tests", "cross"):
+    for target in ("hermes", "build/static/hermes", "build/tiny/hermes", "build/unit_tests", "cross"):
         result = subprocess.run(["make", "-n", "-B", "-C", ROOT, target, *flags], capture_output=True, text=True)
         check_equal(result.returncode, 0, f"make -n {target}: {result.stderr}")
         lines = [line for line in result.stdout.splitlines() if "g++" in line and " -o " in line]
@@ -111,6 +111,123 @@ def cxxflags_cppflags_and_ldflags_reach_every_build(_):
                 assert "-Wl,--as-needed" in line, f"LDFLAGS missing from: {line}"
             if "-static" in line and "-Os" in line:  # the binary that ships stays optimised for size
                 assert line.index("-O2") < line.index("-Os"), f"-Os must come after CXXFLAGS' -O2: {line}"
+
+
+# ---- the tiny build: every HERMES_NO_* part left out ---------------------------------------
+
+TINY = os.path.join(ROOT, "build", "tiny", "hermes")
+TINY_CONFIG = {"service_name": "tiny",
+               "counters": [{"metric_name": "jobs_total", "metric_description": "Jobs done.", "labels": ["queue"]}]}
+TINY_FAMILIES = [
+    "hermes_build_info", "hermes_config_last_reload_success_timestamp_seconds", "hermes_config_reloads_total",
+    "hermes_http_metrics_bytes_total", "hermes_http_metrics_gzip_uncompressed_bytes_total", "hermes_http_requests_total",
+    "hermes_memory_budget_bytes", "hermes_memory_committed_bytes", "hermes_memory_used_bytes", "hermes_metric_max_series",
+    "hermes_metric_series", "hermes_samples_accepted_total", "hermes_samples_received_total",
+    "hermes_samples_rejected_total", "hermes_series", "hermes_series_expired_total", "hermes_udp_packets_total",
+    "hermes_udp_receive_buffer_bytes", "hermes_udp_receive_drops_total", "hermes_unix_datagrams_total", "jobs_total",
+    "process_cpu_seconds_total", "process_max_fds", "process_open_fds", "process_resident_memory_bytes",
+    "process_start_time_seconds", "process_virtual_memory_bytes"]
+# Each macro, the name its errors give the part, and a config key and a variable of it.
+PARTS = [("HERMES_NO_STATSD", "StatsD", ("statsd_undeclared", "accept"), ("HERMES_STATSD_TCP_PORT", "9125")),
+         ("HERMES_NO_PROTOBUF", "protobuf format", None, ("HERMES_PROTOBUF", "on")),
+         ("HERMES_NO_STATE", "state file", ("state_file", "/tmp/state.json"), ("HERMES_STATE_FILE", "/tmp/state.json")),
+         ("HERMES_NO_PUSH", "Pushgateway API", ("max_push_groups", 10), ("HERMES_PUSH", "on")),
+         ("HERMES_NO_REMOTE_WRITE", "remote write", ("remote_write", [{"url": "http://127.0.0.1:9/api/v1/write"}]),
+          ("HERMES_REMOTE_WRITE_URL", "http://127.0.0.1:9/api/v1/write"))]
+
+
+def makefile_number(name):
+    with open(os.path.join(ROOT, "Makefile")) as file:
+        for line in file:
+            if line.startswith(name + " := "):
+                return int(line.split(":=")[1])
+    raise AssertionError(f"no {name} in the Makefile")
+
+
+@test
+def the_tiny_build_is_static_and_within_its_limit(_):
+    assert os.access(TINY, os.X_OK), f"{TINY} is missing: make tiny"
+    size, limit = os.path.getsize(TINY), makefile_number("TINY_LIMIT")
+    assert size <= limit, f"{TINY} is {size} bytes, over TINY_LIMIT {limit}"
+    result = subprocess.run(["file", TINY], capture_output=True, text=True)
+    assert "statically linked" in result.stdout, result.stdout
+
+
+@test
+def the_tiny_build_takes_json_over_udp_and_serves_text_metrics(_):
+    path = write_config(TINY_CONFIG)
+    hermes = Hermes(command=[TINY, path])
+    try:
+        hermes.push('{"metric_name": "jobs_total", "payload": {"labels": {"queue": "mail"}, "value": 2}}', "jobs:1|c")
+        protobuf = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited"
+        for accept in ("", f"Accept: {protobuf}\r\n"):  # no protobuf to offer: text
+            head, _, body = hermes.request(f"GET /metrics HTTP/1.0\r\n{accept}\r\n").partition("\r\n\r\n")
+            check_equal(head, "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+                        f"Content-Length: {len(body)}\r\nConnection: close", "head")
+            family = body[body.index("# HELP jobs_total"):]
+            check_equal(family[:family.index("# HELP process_")],
+                        '# HELP jobs_total Jobs done.\n# TYPE jobs_total counter\njobs_total{queue="mail"} 2\n', "the family")
+            assert 'hermes_samples_rejected_total{reason="malformed_json"} 1\n' in body, "a StatsD line is not JSON"
+            families = [line.split()[2] for line in body.splitlines() if line.startswith("# TYPE ")]
+            check_equal(families, TINY_FAMILIES, "no family of a part left out")
+        head = hermes.request("PUT /metrics/job/x HTTP/1.0\r\nContent-Length: 4\r\n\r\nx 1\n").split("\r\n")[0]
+        check_equal(head, "HTTP/1.0 405 Method Not Allowed", "a push")
+        check_equal(hermes.stop()[0], 0, "exit code after SIGTERM")
+    finally:
+        hermes.close()
+        os.unlink(path)
+
+
+@test
+def the_tiny_build_refuses_the_settings_of_the_parts_it_left_out(_):
+    for macro, part, key, variable in PARTS:
+        if key:
+            path = write_config(dict(TINY_CONFIG, **{key[0]: key[1]}))
+            try:
+                result = subprocess.run([TINY, "--check-config", path], capture_output=True, text=True, env=clean_env())
+            finally:
+                os.unlink(path)
+            check_equal((result.returncode, result.stderr),
+                        (2, f"hermes: {path}: {key[0]}: this build has no {part} ({macro})\n"), key[0])
+        path = write_config(TINY_CONFIG)
+        try:
+            result = subprocess.run([TINY, "--check-config", path], capture_output=True, text=True,
+                                    env=clean_env(**{variable[0]: variable[1]}))
+        finally:
+            os.unlink(path)
+        check_equal((result.returncode, result.stderr),
+                    (2, f"hermes: {variable[0]}: this build has no {part} ({macro})\n"), variable[0])
+
+
+@test
+def the_tiny_build_takes_numeric_addresses_only(_):
+    path = write_config(TINY_CONFIG)
+    try:
+        result = subprocess.run([TINY, path], capture_output=True, text=True, timeout=10,
+                                env=clean_env(HERMES_UDP_ADDRESS="localhost", HERMES_UDP_PORT="0", HERMES_HTTP_PORT="0"))
+    finally:
+        os.unlink(path)
+    check_equal((result.returncode, result.stderr),
+                (1, 'hermes: cannot resolve address "localhost": this build takes numeric addresses only '
+                    "(HERMES_NO_RESOLVER)\n"), "a name")
+
+
+def syntax_check(*macros):
+    features = ["-DHERMES_GZIP", "-DHERMES_TLS", "-DHERMES_YAML"]
+    return subprocess.run(["g++", *STRICT, *features, *("-D" + macro for macro in macros), "-fsyntax-only",
+                           "-I" + ROOT, os.path.join(ROOT, "main.cpp")], capture_output=True, text=True)
+
+
+@test
+def each_part_left_out_alone_compiles_cleanly(_):
+    for macro, _, _, _ in PARTS:
+        result = syntax_check(macro)
+        check_equal((result.returncode, result.stderr), (0, ""), macro)
+    result = syntax_check("HERMES_NO_RESOLVER", "HERMES_NO_REMOTE_WRITE")
+    check_equal((result.returncode, result.stderr), (0, ""), "HERMES_NO_RESOLVER")
+    result = syntax_check("HERMES_NO_RESOLVER")  # remote write looks names up: a wrong combination
+    assert result.returncode != 0 and "#error \"HERMES_NO_RESOLVER: remote write looks its receivers' names up; " \
+        "define HERMES_NO_REMOTE_WRITE too\"" in result.stderr, result.stderr
 
 
 if __name__ == "__main__":
