@@ -24,10 +24,15 @@ import tempfile
 import threading
 import time
 import traceback
+import urllib.error
 import urllib.parse
 import urllib.request
 
-from blackbox import HERMES, Hermes, check_equal
+from blackbox import HERMES, Hermes, check_equal, debian_module
+
+debian_module("tls", "prometheus_client", "python3-prometheus-client")
+from prometheus_client import CollectorRegistry, Gauge, delete_from_gateway, push_to_gateway, pushadd_to_gateway  # noqa: E402
+from prometheus_client.exposition import default_handler, tls_auth_handler  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = []
@@ -276,6 +281,127 @@ def a_certificate_from_another_ca_is_logged_as_not_signed_by_a_trusted_ca():
         assert "certificate verification failed" in line and "not correctly signed by the trusted CA" in line, line
     finally:
         hermes.close()
+
+
+# ---- pushes ---------------------------------------------------------------------------------------
+
+PUSH_TOKEN = "s3cret-push-token"
+
+
+def push_handler(token=None, client=None):
+    """A push_to_gateway handler that trusts the test root and sends `token` as a bearer
+    token: the library's tls_auth_handler with `client`'s certificate, else its
+    default_handler with the root as the CA file OpenSSL reads by default."""
+    root = CERTS.path(f"{CERTS.root}.pem")
+
+    def handler(url, method, timeout, headers, data):
+        headers = headers + ([("Authorization", f"Bearer {token}")] if token else [])
+        if client:
+            return tls_auth_handler(url, method, timeout, headers, data, CERTS.path(f"{client}.pem"),
+                                    CERTS.path(f"{client}.key"), cafile=root)
+        push = default_handler(url, method, timeout, headers, data)
+
+        def handle():
+            before = os.environ.get("SSL_CERT_FILE")
+            os.environ["SSL_CERT_FILE"] = root
+            try:
+                push()
+            finally:
+                if before is None:
+                    del os.environ["SSL_CERT_FILE"]
+                else:
+                    os.environ["SSL_CERT_FILE"] = before
+        return handle
+    return handler
+
+
+def one_gauge(name, value):
+    registry = CollectorRegistry()
+    Gauge(name, "A pushed gauge.", registry=registry).set(value)
+    return registry
+
+
+def curl_push(hermes, method, path, body=None, token=PUSH_TOKEN, client=None):
+    """curl --cacert's exit code and HTTP status for a push to hermes over https."""
+    command = ["curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "-X", method,
+               "--cacert", CERTS.path(f"{CERTS.root}.pem"), f"https://127.0.0.1:{hermes.http_port}{path}"]
+    if body is not None:
+        command += ["--data-binary", body]
+    if token:
+        command += ["-H", f"Authorization: Bearer {token}"]
+    if client:
+        command += ["--cert", CERTS.path(f"{client}.pem"), "--key", CERTS.path(f"{client}.key")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=10)
+    return result.returncode, int(result.stdout or 0)
+
+
+def token_env(folder):
+    path = os.path.join(folder, "push-token")
+    with open(path, "w") as file:
+        file.write(PUSH_TOKEN + "\n")
+    return {"HERMES_PUSH_TOKEN_FILE": path}
+
+
+@test
+def push_to_gateway_and_curl_push_over_https_with_the_token():
+    folder = tempfile.mkdtemp(prefix="hermes-tls-push-")
+    hermes = TlsHermes(env=token_env(folder))
+    gateway = f"https://127.0.0.1:{hermes.http_port}"
+    try:
+        push_to_gateway(gateway, job="nightly", registry=one_gauge("batch_done", 7), handler=push_handler(PUSH_TOKEN))
+        pushadd_to_gateway(gateway, job="nightly", registry=one_gauge("batch_left", 2), handler=push_handler(PUSH_TOKEN))
+        try:
+            push_to_gateway(gateway, job="intruder", registry=one_gauge("batch_done", 1), handler=push_handler("wrong"))
+            raise AssertionError("a push with a wrong token was taken")
+        except urllib.error.HTTPError as error:
+            check_equal(error.code, 401, "a wrong token")
+        metrics = hermes.metrics()  # over https
+        check_equal(metrics.get('batch_done{instance="",job="nightly"}'), 7, "PUT by push_to_gateway")
+        check_equal(metrics.get('batch_left{instance="",job="nightly"}'), 2, "POST by pushadd_to_gateway")
+        check_equal(metrics.get('batch_done{instance="",job="intruder"}'), None, "the refused push")
+        check_equal(curl_push(hermes, "PUT", "/metrics/job/curl/instance/a", "curl_items 3\n"), (0, 200), "curl PUT")
+        check_equal(curl_push(hermes, "POST", "/metrics/job/curl/instance/a", "curl_more 4\n"), (0, 200), "curl POST")
+        check_equal(curl_push(hermes, "PUT", "/metrics/job/curl", "curl_items 5\n", token=None), (0, 401), "no token")
+        metrics = hermes.metrics()
+        check_equal((metrics.get('curl_items{instance="a",job="curl"}'), metrics.get('curl_more{instance="a",job="curl"}')),
+                    (3, 4), "curl's pushes")
+        check_equal(curl_push(hermes, "DELETE", "/metrics/job/curl/instance/a"), (0, 202), "curl DELETE")
+        delete_from_gateway(gateway, job="nightly", handler=push_handler(PUSH_TOKEN))
+        check_equal(hermes.metric("hermes_push_groups"), 0, "groups after the deletes")
+        check_equal(hermes.metric('hermes_push_requests_total{method="PUT",code="401"}'), 2, "refused PUTs")
+        check_equal(hermes.handshakes()["failed"], 0, "failed handshakes")
+    finally:
+        hermes.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@test
+def with_client_ca_file_a_push_without_a_client_certificate_is_refused_and_counted():
+    folder = tempfile.mkdtemp(prefix="hermes-tls-push-")
+    hermes = TlsHermes(client_ca=True, client=CERTS.client, env=token_env(folder))
+    gateway = f"https://127.0.0.1:{hermes.http_port}"
+    try:
+        push_to_gateway(gateway, job="mutual", registry=one_gauge("batch_done", 1),
+                        handler=push_handler(PUSH_TOKEN, client=CERTS.client))
+        check_equal(curl_push(hermes, "PUT", "/metrics/job/curl", "curl_items 3\n", client=CERTS.client), (0, 200),
+                    "curl with its certificate")
+        failed = hermes.handshakes()["failed"]
+        try:
+            push_to_gateway(gateway, job="anonymous", registry=one_gauge("batch_done", 2), handler=push_handler(PUSH_TOKEN))
+            raise AssertionError("a push without a client certificate was taken")
+        except (urllib.error.URLError, ssl.SSLError, ConnectionError):
+            pass
+        code, status = curl_push(hermes, "PUT", "/metrics/job/anonymous", "curl_items 4\n")
+        assert code != 0 and status == 0, f"curl without a certificate: exit {code}, status {status}"
+        check_equal(hermes.handshakes()["failed"], failed + 2, "the two pushes without a certificate")
+        assert 'msg="TLS handshake failed"' in hermes.read_log_line()
+        metrics = hermes.metrics()
+        check_equal((metrics.get('batch_done{instance="",job="mutual"}'), metrics.get('curl_items{instance="",job="curl"}')),
+                    (1, 3), "the pushes with a certificate")
+        check_equal(hermes.metric("hermes_push_groups"), 2, "no group for the refused pushes")
+    finally:
+        hermes.close()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # ---- start-up and reloads -----------------------------------------------------------------------
