@@ -544,6 +544,17 @@ def client_hello():
     return outgoing.read()
 
 
+def silent_connection(hermes):
+    """A connection to hermes' port, connecting and then sending nothing."""
+    sock = socket.socket()
+    sock.setblocking(False)
+    try:
+        sock.connect(("127.0.0.1", hermes.http_port))
+    except BlockingIOError:
+        pass
+    return sock
+
+
 SANITIZED = False  # set by run(): resident memory is checked only without AddressSanitizer
 
 
@@ -598,13 +609,7 @@ def a_thousand_silent_connections_garbage_and_a_slow_handshake_leave_good_client
     attackers = [threading.Thread(target=garbage)] + [threading.Thread(target=one_byte_a_second) for _ in range(4)]
     try:
         for _ in range(1000):
-            sock = socket.socket()
-            sock.setblocking(False)
-            try:
-                sock.connect(("127.0.0.1", hermes.http_port))
-            except BlockingIOError:
-                pass
-            silent.append(sock)
+            silent.append(silent_connection(hermes))
         for thread in attackers:
             thread.start()
         good_clients_keep_being_served(hermes, 8)
@@ -619,6 +624,125 @@ def a_thousand_silent_connections_garbage_and_a_slow_handshake_leave_good_client
         stop.set()
         for sock in silent:
             sock.close()
+        hermes.close()
+
+
+# A paced UDP sender in a process of its own: argv host, port, rate, seconds; prints the
+# datagrams it sent and the seconds it took.
+SENDER = """
+import socket, sys, time
+host, port, rate, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+datagram, total, sent = b'{"metric_name": "plain_counter", "payload": {}}', int(rate * seconds), 0
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    started = time.monotonic()
+    while sent < total:
+        due = min(total, int((time.monotonic() - started) * rate) + 100)
+        for _ in range(due - sent):
+            sock.sendto(datagram, (host, port))
+        sent = max(sent, due)
+        time.sleep(0.0002)
+    print(sent, time.monotonic() - started)
+"""
+STREAM_RATE, STREAM_SECONDS = 100_000, 4  # datagrams a second, for how long
+
+
+def handshake_flood(hermes, stop, counts):
+    """Until `stop`: threads that complete handshakes and close, threads that send a
+    ClientHello, read the server's first flight (its signature, the costly part) and
+    leave, and one that keeps 300 connections open with half a handshake (a ClientHello,
+    or nothing), replacing a third of them every half second. The attackers run at nice
+    19: the test's two cores are shared with them, and the CPU they need is not Hermes'
+    to lose; what is measured is Hermes' own handshake work against its ingest."""
+    hello = client_hello()
+
+    def attacker(attack):
+        def run():
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+            while not stop.is_set():
+                try:
+                    attack()
+                except OSError:
+                    counts["refused"] += 1  # pushed out by newer connections, or closed at the read timeout
+        return threading.Thread(target=run)
+
+    def full_handshake():
+        with socket.create_connection(("127.0.0.1", hermes.http_port), timeout=GOOD_SCRAPE_SECONDS) as plain:
+            with hermes.context.wrap_socket(plain, server_hostname="127.0.0.1"):
+                counts["completed"] += 1
+
+    def first_flight():
+        with socket.create_connection(("127.0.0.1", hermes.http_port), timeout=GOOD_SCRAPE_SECONDS) as sock:
+            sock.sendall(hello)
+            if sock.recv(65536):
+                counts["first_flights"] += 1
+
+    def half_open():
+        held = []
+        while not stop.is_set():
+            while len(held) < 300:
+                held.append(silent_connection(hermes))
+                counts["half_open"] += 1
+            time.sleep(0.1)
+            for sock in held[:100:2]:
+                try:
+                    sock.send(hello)
+                except OSError:
+                    pass
+            time.sleep(0.4)
+            for sock in held[:100]:
+                sock.close()
+            del held[:100]
+        for sock in held:
+            sock.close()
+    return [attacker(full_handshake) for _ in range(3)] + [attacker(first_flight) for _ in range(3)] + [attacker(half_open)]
+
+
+@test
+def a_handshake_flood_beside_a_100k_datagram_stream_applies_or_counts_every_datagram():
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(limit[0], 4096), limit[1]), limit[1]))
+    hermes = TlsHermes()
+    stop, counts = threading.Event(), {"completed": 0, "first_flights": 0, "refused": 0, "half_open": 0}
+    flood, sender = handshake_flood(hermes, stop, counts), None
+    try:
+        before = hermes.metrics()
+        for thread in flood:
+            thread.start()
+        time.sleep(0.5)  # the flood first
+        sender = subprocess.Popen([sys.executable, "-c", SENDER, hermes.udp_host, str(hermes.udp_port), str(STREAM_RATE),
+                                   str(STREAM_SECONDS)], stdout=subprocess.PIPE, text=True)
+        slowest = 0.0
+        while sender.poll() is None:
+            started = time.monotonic()
+            check_equal(hermes.request("GET /metrics HTTP/1.0\r\n\r\n").split("\r\n")[0], "HTTP/1.0 200 OK", "a scrape")
+            slowest = max(slowest, time.monotonic() - started)
+            time.sleep(0.2)
+        sent, seconds = sender.stdout.read().split()
+        sent, seconds = int(sent), float(seconds)
+        stop.set()
+        for thread in flood:
+            thread.join()
+        assert slowest < GOOD_SCRAPE_SECONDS, f"a scrape took {slowest:.1f} s"
+
+        def taken():
+            metrics = hermes.metrics()
+            return (metrics["hermes_udp_packets_total"] - before["hermes_udp_packets_total"] +
+                    metrics["hermes_udp_receive_drops_total"] - before["hermes_udp_receive_drops_total"])
+        wait_until(lambda: taken() == sent, f"{sent} datagrams applied or counted as dropped (now {taken()})")
+        after = hermes.metrics()
+        applied = after["plain_counter"] - before.get("plain_counter", 0)
+        check_equal(applied, after["hermes_udp_packets_total"] - before["hermes_udp_packets_total"], "every datagram taken applied")
+        drops = after["hermes_udp_receive_drops_total"] - before["hermes_udp_receive_drops_total"]
+        handshakes = hermes.handshakes()
+        print(f"     {sent} datagrams at {sent / seconds:.0f}/s: {applied:.0f} applied, {drops:.0f} dropped and counted; "
+              f"handshakes {handshakes}, client side {counts}; slowest scrape {slowest:.2f} s; hermes' CPU "
+              f"{after['process_cpu_seconds_total'] - before['process_cpu_seconds_total']:.2f} s")
+        assert handshakes["ok"] + handshakes["failed"] >= 100, f"the flood's handshakes: {handshakes}"
+    finally:
+        stop.set()
+        if sender and sender.poll() is None:
+            sender.kill()
+            sender.wait()
         hermes.close()
 
 
