@@ -276,8 +276,11 @@
 // make the HTTP port speak only TLS 1.2, ECDHE with AES-GCM or ChaCha20-Poly1305, sending
 // the whole chain of the certificate file. tls_client_ca_file ("client_ca_file") asks
 // every client for a certificate those CAs signed, and fails the handshake without one.
-// The handshake runs in the loop within HERMES_HTTP_READ_TIMEOUT_MS; each connection
-// Hermes may hold takes HERMES_TLS_CONNECTION_BYTES of the budget at start. A missing or
+// The handshake runs in the loop within HERMES_HTTP_READ_TIMEOUT_MS, at most
+// HERMES_TLS_HANDSHAKES_PER_STEP steps of it (oldest connection first) between two
+// reads of the datagram sockets, none while datagrams wait unread (one every
+// HERMES_TLS_HANDSHAKE_WAIT_MS at least), so that a flood of handshakes cannot starve ingest;
+// each connection Hermes may hold takes HERMES_TLS_CONNECTION_BYTES of the budget at start. A missing or
 // unreadable file, a key that does not match, an expired certificate: ConfigError naming
 // the file. Server::reload() reads the pair again; a bad pair keeps the one in force and
 // the reload counts as failed. Without HERMES_TLS, setting a file is a ConfigError.
@@ -320,6 +323,8 @@
 //     HERMES_GZIP_PAUSE_BYTES      65536   /metrics text compressed between looks at the sockets
 //     HERMES_TLS_CONNECTION_BYTES  57344   the budget's share for each TLS connection (HERMES_TLS)
 //     HERMES_TLS_CA_BUNDLE    /etc/ssl/certs/ca-certificates.crt   the CAs a TLS client trusts by default
+//     HERMES_TLS_HANDSHAKES_PER_STEP  1   TLS handshake steps (each may sign) between looks at the sockets
+//     HERMES_TLS_HANDSHAKE_WAIT_MS    5   longest handshakes wait while datagrams wait unread
 //     HERMES_DEFAULT_MAX_UNDECLARED_METRICS 1000  metrics StatsD lines may make (max_undeclared_metrics)
 //     HERMES_STATSD_MAPPING_CACHE   1000   StatsD names whose mapping result is kept
 //     HERMES_MAX_MAPPING_SIZE   16777216   bytes of StatsD mapping file
@@ -455,6 +460,12 @@
 #ifndef HERMES_TLS_CA_BUNDLE
 #define HERMES_TLS_CA_BUNDLE "/etc/ssl/certs/ca-certificates.crt" // the CAs a TLS client trusts unless told others
 #endif
+#ifndef HERMES_TLS_HANDSHAKES_PER_STEP
+#define HERMES_TLS_HANDSHAKES_PER_STEP 1 // a step costs milliseconds of signing; the datagrams are read between
+#endif
+#ifndef HERMES_TLS_HANDSHAKE_WAIT_MS
+#define HERMES_TLS_HANDSHAKE_WAIT_MS 5 // while datagrams wait unread, at most one handshake step this often
+#endif
 #ifndef HERMES_DEFAULT_MAX_UNDECLARED_METRICS
 #define HERMES_DEFAULT_MAX_UNDECLARED_METRICS 1000 // metrics StatsD lines may make, unless max_undeclared_metrics says
 #endif
@@ -547,6 +558,10 @@ static_assert(HERMES_STATSD_TCP_READS >= 1 && HERMES_STATSD_TCP_READS <= 65536,
               "HERMES_STATSD_TCP_READS must be between 1 and 65536");
 static_assert(HERMES_TLS_CONNECTION_BYTES >= 40 * 1024,
               "HERMES_TLS_CONNECTION_BYTES must be at least 40 KiB: mbedTLS' two 16 KiB record buffers and a handshake");
+static_assert(HERMES_TLS_HANDSHAKES_PER_STEP >= 1 && HERMES_TLS_HANDSHAKES_PER_STEP <= HERMES_MAX_CONNECTIONS,
+              "HERMES_TLS_HANDSHAKES_PER_STEP must be between 1 and HERMES_MAX_CONNECTIONS");
+static_assert(HERMES_TLS_HANDSHAKE_WAIT_MS >= 1 && HERMES_TLS_HANDSHAKE_WAIT_MS <= 1000,
+              "HERMES_TLS_HANDSHAKE_WAIT_MS must be between 1 and 1000: handshakes must go on under any stream");
 static_assert(HERMES_DEFAULT_MAX_UNDECLARED_METRICS >= 1, "HERMES_DEFAULT_MAX_UNDECLARED_METRICS must be at least 1");
 static_assert(HERMES_STATSD_MAPPING_CACHE >= 1, "HERMES_STATSD_MAPPING_CACHE must be at least 1 name");
 static_assert(HERMES_MAX_MAPPING_SIZE >= 4096, "HERMES_MAX_MAPPING_SIZE must be at least 4096 bytes");
@@ -5408,12 +5423,13 @@ inline std::string tls_error_text(int code) {
 
 // The ciphers a review accepts: forward secrecy (ECDHE) and authenticated encryption
 // (GCM, ChaCha20-Poly1305), as Go's and Mozilla's "intermediate" lists.
-// AES-GCM first: with AES-NI, mbedTLS encrypts a body faster than with ChaCha20 (14 ms
-// against 16 for 3 MB, make bench).
+// ChaCha20-Poly1305 first: mbedTLS 2.28 runs GCM's hash 16 bytes a call even with AES-NI,
+// and a scrape of 100k series (3 MB) took 21 ms of CPU with ChaCha20 against 27 to 28
+// with AES-128-GCM (make bench); boards without AES instructions gain more.
 inline const int tls_cipher_suites[] = {
+    MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, MBEDTLS_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
     MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,       MBEDTLS_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
     MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,       MBEDTLS_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-    MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, MBEDTLS_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
     0};
 
 // The key exchange's curves, X25519 first: a handshake takes a third less CPU than with
@@ -5904,6 +5920,7 @@ struct Connection {
   bool refused = false;       // admitted over HERMES_MAX_CONNECTIONS: answered 503 once its head is read
   bool forbidden = false;     // from outside Options::http_allow: answered 403 once its head is read
   bool heard = false;         // has sent something: on its way (a TLS handshake takes round trips)
+  std::chrono::steady_clock::time_point last_heard{}; // when it last had bytes for us: waiting on us is not idling
   Phase phase = Phase::reading;
   std::string input;
   std::string head; // the response's, sent before its body: the body is not copied
@@ -7629,8 +7646,8 @@ public:
 
   // Reads and applies what waits on one socket, up to HERMES_DATAGRAMS_PER_STEP, all
   // at the time `now`: a step is short, and reading the clocks for each batch cost more
-  // than a tenth of a datagram's CPU when the batches are small.
-  void receive(Source source, Registry &registry, RejectLog &rejects, Now now) {
+  // than a tenth of a datagram's CPU when the batches are small. False when more waits.
+  bool receive(Source source, Registry &registry, RejectLog &rejects, Now now) {
     for (int taken = 0; taken < HERMES_DATAGRAMS_PER_STEP;) {
       const int got = batch_.receive(fd(source), HERMES_RECEIVE_BATCH, filtered(source), carries_drops(source));
       for (int i = 0; i < got; ++i) {
@@ -7643,9 +7660,10 @@ public:
         }
         take(batch_.datagram(i), batch_.truncated(i), source, registry, rejects, now);
       }
-      if (got < HERMES_RECEIVE_BATCH) return; // all read
+      if (got < HERMES_RECEIVE_BATCH) return true; // all read
       taken += got;
     }
+    return false;
   }
 
   // Takes what waits on both sockets into the hold, as far as its budget allows: the
@@ -8353,8 +8371,10 @@ public:
   }
 
   // Serves what poll() found, from the listener's entry on, then drops finished connections.
-  void serve(const pollfd *fds, Clock::time_point now) {
+  // While datagrams wait (`ingest_behind`), handshakes make way for them.
+  void serve(const pollfd *fds, Clock::time_point now, bool ingest_behind = false) {
     const std::size_t polled = connections_.size();
+    allow_handshakes(now, ingest_behind);
     for (std::size_t i = 0; i < polled; ++i)
       if (fds[i + 1].revents) serve(*connections_[i], now);
     if (fds[0].revents) accept_connections(now);
@@ -8413,6 +8433,7 @@ private:
   void end_output(Connection &connection);
   void count_unfinished(const Connection &connection);
   void add_tls_stats(ServerStats &stats) const;
+  void allow_handshakes(Clock::time_point now, bool ingest_behind);
   static short poll_events(const Connection &connection);
 
   // The latest body of a format and encoding: shared by the scrapes that come within
@@ -8449,6 +8470,8 @@ private:
 #ifdef HERMES_TLS
   std::shared_ptr<const TlsContext> tls_;
   std::uint64_t tls_ok_ = 0, tls_failed_ = 0, tls_timeout_ = 0, tls_failures_unlogged_ = 0;
+  int handshakes_left_ = 0; // in this step; a connection past them stays readable and waits for the next
+  Clock::time_point handshakes_allowed_{}; // when a step last allowed handshakes
   Clock::time_point next_tls_warning_{};
 #endif
 };
@@ -8504,7 +8527,8 @@ inline void HttpFrontEnd::admit(FileDescriptor fd, bool forbidden, Clock::time_p
 // A full house is most often idle or slow clients: one still sending its request head
 // gives its place to the newcomer, a forbidden one first, then one that has sent nothing
 // (so that a flood of silent connections cannot push out a client mid-handshake), else
-// the one waiting longest.
+// the one silent longest: a client whose handshake waits its turn with Hermes is not
+// pushed out by clients that sent a ClientHello and went quiet.
 // A forbidden newcomer takes only a forbidden one's place: clients outside the allow
 // list cannot push out those inside it.
 inline bool HttpFrontEnd::close_oldest_reader(bool forbidden_only) {
@@ -8512,7 +8536,7 @@ inline bool HttpFrontEnd::close_oldest_reader(bool forbidden_only) {
   for (const auto &connection : connections_) {
     if (connection->phase != Connection::Phase::reading || connection->refused || (forbidden_only && !connection->forbidden))
       continue;
-    const auto rank = [](const Connection &c) { return std::make_tuple(!c.forbidden, c.heard, c.sequence); };
+    const auto rank = [](const Connection &c) { return std::make_tuple(!c.forbidden, c.heard, c.last_heard, c.sequence); };
     if (!oldest || rank(*connection) < rank(*oldest)) oldest = connection.get();
   }
   if (!oldest) return false;
@@ -8526,6 +8550,7 @@ inline void HttpFrontEnd::serve(Connection &connection, Clock::time_point now) {
   switch (connection.phase) {
   case Connection::Phase::reading:
     connection.heard = true;
+    connection.last_heard = now;
     read_request(connection, now);
     break;
   case Connection::Phase::writing: write_response(connection, now); break;
@@ -8804,12 +8829,27 @@ inline void HttpFrontEnd::open_tls([[maybe_unused]] Connection &connection) {
 #endif
 }
 
+// Each handshake step may sign, for milliseconds: a loop step allows
+// HERMES_TLS_HANDSHAKES_PER_STEP of them, none while datagrams wait unread, unless
+// HERMES_TLS_HANDSHAKE_WAIT_MS have passed without any (so that a stream over Hermes'
+// capacity slows handshakes down without stopping them).
+inline void HttpFrontEnd::allow_handshakes([[maybe_unused]] Clock::time_point now, [[maybe_unused]] bool ingest_behind) {
+#ifdef HERMES_TLS
+  handshakes_left_ = 0;
+  if (ingest_behind && now < handshakes_allowed_ + std::chrono::milliseconds(HERMES_TLS_HANDSHAKE_WAIT_MS)) return;
+  handshakes_left_ = HERMES_TLS_HANDSHAKES_PER_STEP;
+  handshakes_allowed_ = now;
+#endif
+}
+
 // One step of a connection's handshake: true once its request may be read. A failed one
 // is counted and logged, at most one line per interval, with mbedTLS' reason and the
 // client's address; the alert mbedTLS sent says the same to the client.
 inline bool HttpFrontEnd::handshake([[maybe_unused]] Connection &connection, [[maybe_unused]] Clock::time_point now) {
 #ifdef HERMES_TLS
   if (!connection.tls || connection.tls->handshake_done()) return true;
+  if (handshakes_left_ == 0) return false;
+  --handshakes_left_;
   if (connection.tls->handshake()) return ++tls_ok_, true;
   if (!connection.tls->failed()) return false;
   ++tls_failed_;
@@ -13616,14 +13656,15 @@ inline void Server::Impl::poll_once(int timeout_ms) {
   const int ready = detail::wait_for_events(poll_fds, poll_timeout(timeout_ms, now));
   now = Clock::now();
   const double monotonic_now = detail::seconds_of(now); // the clock monotonic_seconds() reads
+  bool ingest_behind = false; // datagrams left waiting: handshakes wait, up to HERMES_TLS_HANDSHAKE_WAIT_MS
   if (ready > 0) {
     const Now received{monotonic_now, wall_clock_seconds()}; // ttl and windows on the first, _created on the second
-    if (poll_fds[udp_slot].revents) input.receive(Source::udp, registry, rejects, received);
-    if (poll_fds[unix_slot].revents) input.receive(Source::unix_socket, registry, rejects, received);
+    if (poll_fds[udp_slot].revents) ingest_behind = !input.receive(Source::udp, registry, rejects, received);
+    if (poll_fds[unix_slot].revents) ingest_behind |= !input.receive(Source::unix_socket, registry, rejects, received);
     if (has_statsd) statsd_tcp.serve(poll_fds.data() + statsd_tcp_slot, registry, rejects, received, now);
   }
   if (has_statsd) statsd_tcp.close_idle(registry, rejects, now);
-  http.serve(&poll_fds[http_slot], now); // also ends connections past their deadline
+  http.serve(&poll_fds[http_slot], now, ingest_behind); // also ends connections past their deadline
   rejects.flush(now, false);
   sweep(now);
   if (has_state && state.due(registry, monotonic_now)) save_state();

@@ -5,6 +5,7 @@ temporary config, push real datagrams, scrape, signal it, and read its exit code
 usage: blackbox.py PATH_TO_HERMES
 Ends with the line "blackbox: N passed, N failed".
 """
+import importlib
 import json
 import os
 import re
@@ -34,6 +35,22 @@ SAMPLE_CONFIG = {
 def test(function):
     TESTS.append(function)
     return function
+
+
+DEBIAN_PYTHON = "/usr/bin/python3"  # Debian's python3-* packages install where it looks
+
+
+def debian_module(suite, module, package):
+    """Imports `module`; when this python lacks it, runs the suite again under Debian's
+    python3, where `package` installs it; without it there either, the suite fails."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if os.path.realpath(sys.executable) != os.path.realpath(DEBIAN_PYTHON) and os.path.exists(DEBIAN_PYTHON):
+            os.execv(DEBIAN_PYTHON, [DEBIAN_PYTHON] + sys.argv)
+        print(f"{suite}: {package} is missing (make test-deps installs it)", file=sys.stderr)
+        print(f"{suite}: 0 passed, 1 failed")
+        sys.exit(1)
 
 
 def write_config(content):

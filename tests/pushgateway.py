@@ -21,22 +21,14 @@ import tempfile
 import threading
 import time
 
-DEBIAN_PYTHON = "/usr/bin/python3"  # python3-prometheus-client installs where Debian's python3 looks
-try:
-    import prometheus_client  # noqa: F401
-except ImportError:
-    if os.path.realpath(sys.executable) != os.path.realpath(DEBIAN_PYTHON) and os.path.exists(DEBIAN_PYTHON):
-        os.execv(DEBIAN_PYTHON, [DEBIAN_PYTHON] + sys.argv)
-    print("pushgateway: python3-prometheus-client is missing (make test-deps installs it)", file=sys.stderr)
-    print("pushgateway: 0 passed, 1 failed")
-    sys.exit(1)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from blackbox import Hermes, check_equal, debian_module  # noqa: E402
 
+debian_module("pushgateway", "prometheus_client", "python3-prometheus-client")
 from prometheus_client import (CollectorRegistry, Counter, Enum, Gauge, Histogram, Info, Summary,  # noqa: E402
                                delete_from_gateway, push_to_gateway, pushadd_to_gateway)
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from blackbox import Hermes, check_equal  # noqa: E402
 from pushgateway_diff import send as send_to  # noqa: E402
 from state import run_suite  # noqa: E402
 

@@ -245,6 +245,38 @@ TEST_CASE("a TLS port takes every connection's TLS share of the memory budget at
   CHECK_THROWS_AS(hermes::Server(test::sample_config(), small), hermes::UsageError);
 }
 
+// Each step of a handshake may sign (milliseconds of CPU): a loop step takes at most
+// HERMES_TLS_HANDSHAKES_PER_STEP of them, oldest connection first, and reads the
+// datagram sockets before the next, so that a flood of ClientHellos cannot starve ingest.
+TEST_CASE("a loop step takes HERMES_TLS_HANDSHAKES_PER_STEP handshake steps, oldest first, and reads datagrams between") {
+  hermes::Server server(test::sample_config(), tls_options());
+  const auto context = client_context();
+  constexpr std::size_t count = HERMES_TLS_HANDSHAKES_PER_STEP * 3;
+  std::vector<FileDescriptor> fds;
+  std::vector<std::unique_ptr<TlsStream>> clients;
+  for (std::size_t i = 0; i < count; ++i) fds.push_back(connect_to(server.http_port()));
+  server.poll_once(100); // accepts them all, in the order they came
+  for (std::size_t i = 0; i < count; ++i) {
+    clients.push_back(std::make_unique<TlsStream>(context, fds[i].get(), "localhost"));
+    REQUIRE_FALSE(clients.back()->handshake()); // its ClientHello, sent
+  }
+  const auto answered = [&] {
+    std::size_t first_flights = 0;
+    for (std::size_t i = 0; i < count; ++i) {
+      pollfd entry{fds[i].get(), POLLIN, 0};
+      if (::poll(&entry, 1, 0) == 1) CHECK(i == first_flights++); // in the order they came
+    }
+    return first_flights;
+  };
+  for (std::size_t step = 1; step <= 3; ++step) {
+    CAPTURE(step);
+    test::send_udp(server.udp_port(), R"({"metric_name": "plain_counter", "payload": {}})");
+    server.poll_once(100);
+    CHECK(answered() == step * HERMES_TLS_HANDSHAKES_PER_STEP);
+    CHECK(server.stats().udp_packets == step);
+  }
+}
+
 // The heap a server stream holds, measured over many connections through socket pairs:
 // mid-handshake (after its first flight, the handshake's keys alive) and once
 // established, with client certificates asked for (the peer's certificate is kept).

@@ -1493,7 +1493,7 @@ void measure_tls(const std::string &binary) {
     return R"({"metric_name":"series_total","payload":{"labels":{"id":")" + std::to_string(id) + R"("},"value":)" +
            std::to_string(id) + "}}";
   });
-  std::printf("\n| TLS 1.2 (ECDSA P-256 key, X25519, AES-128-GCM) | in clear | over TLS | ratio |\n|---|---:|---:|---:|\n");
+  std::printf("\n| TLS 1.2 (ECDSA P-256 key, X25519, ChaCha20-Poly1305) | in clear | over TLS | ratio |\n|---|---:|---:|---:|\n");
   if (!push_series_over_tls(tls, context)) std::printf("MISMATCH: the TLS hermes does not show 100000 series\n");
   std::string response;
   for (int i = 0; i < 2; ++i) http_get_into(response, plain.http_port, "/metrics"), https_get_into(response, tls.http_port, context, "/metrics");
