@@ -13486,7 +13486,8 @@ inline void Server::run(const std::atomic<bool> &stop, std::atomic<bool> *reload
 inline bool Server::reload() {
   Impl &impl = *impl_;
   const bool config = impl.reload_config();
-  const bool token = impl.reload_token() & impl.reload_push_token(); // both, whatever the first did
+  const bool scrape_token = impl.reload_token(), push_token = impl.reload_push_token(); // both, whatever the first did
+  const bool token = scrape_token && push_token;
   const bool tls = impl.reload_tls();
   ++(config && token && tls ? impl.reloads_succeeded : impl.reloads_failed);
   if (config && token && tls) impl.last_reload_success_seconds = wall_clock_seconds();
