@@ -67,6 +67,17 @@ def clean_env(**extra):
     return env
 
 
+def read_to_end(sock):
+    """Everything `sock` gives until the peer closes, as text."""
+    chunks = []
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8")
+
+
 class Hermes:
     """A running hermes on loopback, ports chosen by the kernel."""
 
@@ -127,13 +138,7 @@ class Hermes:
         family = socket.AF_INET6 if ":" in self.http_host else socket.AF_INET
         with socket.create_connection((self.http_host, self.http_port), timeout=5) as sock:
             sock.sendall(raw if isinstance(raw, bytes) else raw.encode())
-            chunks = []
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        return b"".join(chunks).decode("utf-8")
+            return read_to_end(sock)
 
     def scrape(self):
         response = self.request("GET /metrics HTTP/1.0\r\n\r\n")

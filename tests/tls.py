@@ -23,12 +23,12 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
 
-from blackbox import HERMES, Hermes, check_equal, debian_module
+from blackbox import HERMES, Hermes, check_equal, debian_module, read_to_end
+from state import run_suite
 
 debian_module("tls", "prometheus_client", "python3-prometheus-client")
 from prometheus_client import CollectorRegistry, Gauge, delete_from_gateway, push_to_gateway, pushadd_to_gateway  # noqa: E402
@@ -127,13 +127,7 @@ class TlsHermes(Hermes):
         with socket.create_connection((self.http_host, self.http_port), timeout=timeout) as plain:
             with (context or self.context).wrap_socket(plain, server_hostname=self.http_host) as sock:
                 sock.sendall(raw if isinstance(raw, bytes) else raw.encode())
-                chunks = []
-                while True:
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-        return b"".join(chunks).decode("utf-8")
+                return read_to_end(sock)
 
     def handshakes(self):
         return {result: self.metric(f'hermes_tls_handshakes_total{{result="{result}"}}') for result in ("ok", "failed", "timeout")}
@@ -771,28 +765,13 @@ def built_with_address_sanitizer(path):
 
 def run():
     global CERTS, SANITIZED
-    if not os.access(HERMES, os.X_OK):
-        print(f"tls: {HERMES} is not an executable; build it first", file=sys.stderr)
-        print("tls: 0 passed, 1 failed")
-        return 1
+    chosen = [t for t in TESTS if len(sys.argv) < 3 or sys.argv[2] in t.__name__]  # tls.py HERMES PART: names holding PART
     CERTS = Certificates()
-    SANITIZED = built_with_address_sanitizer(HERMES)
-    passed = failed = 0
     try:
-        for function in TESTS:
-            if len(sys.argv) > 2 and sys.argv[2] not in function.__name__:
-                continue  # tls.py HERMES PART runs the tests whose names hold PART
-            try:
-                function()
-                passed += 1
-                print(f"ok   {function.__name__}")
-            except Exception:  # a failed assertion or a crash both count as a failure
-                failed += 1
-                print(f"FAIL {function.__name__}\n{traceback.format_exc()}")
+        SANITIZED = os.access(HERMES, os.X_OK) and built_with_address_sanitizer(HERMES)
+        return run_suite("tls", chosen)  # which fails at once when HERMES is not an executable
     finally:
         CERTS.close()
-    print(f"tls: {passed} passed, {failed} failed")
-    return 1 if failed else 0
 
 
 if __name__ == "__main__":
