@@ -6086,6 +6086,22 @@ private:
     seconds = value->get<double>();
   }
 
+  // A basic_auth password: the file's bytes without the line end that ends it. Base64
+  // carries any byte, so spaces and UTF-8 are kept, as Prometheus keeps them; only control
+  // characters, which no password holds, are refused, as in the username.
+  std::string read_password(const std::string &path, const std::string &place) const {
+    std::string password;
+    if (const int error = read_file(path.c_str(), HERMES_MAX_TOKEN_SIZE + 3, password))
+      fail(place, "password file " + path + ": cannot read: " + std::strerror(error));
+    while (!password.empty() && (password.back() == '\n' || password.back() == '\r')) password.pop_back();
+    if (password.empty()) fail(place, "password file " + path + ": empty: it must hold the password");
+    if (password.size() > HERMES_MAX_TOKEN_SIZE)
+      fail(place, "password file " + path + ": longer than " + std::to_string(HERMES_MAX_TOKEN_SIZE) + " bytes");
+    if (std::any_of(password.begin(), password.end(), [](char c) { return (c >= 0 && c < 0x20) || c == 0x7f; }))
+      fail(place, "password file " + path + ": holds a control character, which a password cannot");
+    return password;
+  }
+
   void read_auth(const picojson::object &object, const std::string &place, RemoteWriteConfig &target) const {
     if (const auto *file = member(object, "bearer_token_file")) {
       target.bearer_token_file = text_at(*file, place + ".bearer_token_file");
@@ -6108,7 +6124,7 @@ private:
         !std::all_of(target.basic_auth_username.begin(), target.basic_auth_username.end(), [](char c) { return c >= 0x20 && c != 0x7f; }))
       fail(at + ".username", "must be non-empty, without ':' or control characters");
     target.basic_auth_password_file = text_at(*file, at + ".password_file");
-    const std::string password = read_secret(target.basic_auth_password_file, at + ".password_file");
+    const std::string password = read_password(target.basic_auth_password_file, at + ".password_file");
     target.authorization = "Basic " + base64(target.basic_auth_username + ":" + password);
   }
 

@@ -23,7 +23,7 @@ const char *no_variables(const char *) { return nullptr; }
 TEST_CASE("remote_write: every key is read, several targets kept in order") {
   test::TempDir dir;
   write_text(dir.file("token"), "s3cret\n");
-  write_text(dir.file("password"), "pa:ss\n");
+  write_text(dir.file("password"), "pa:ss w\xc3\xb6rd\n"); // a space and UTF-8: base64 carries any byte
   const auto config = hermes::parse_config(with_remote_write(R"([
     {"url": "http://127.0.0.1:9090/api/v1/write", "interval_seconds": 5, "timeout_seconds": 2,
      "max_samples_per_send": 500, "max_backoff_seconds": 8, "bearer_token_file": ")" + dir.file("token") + R"(",
@@ -44,7 +44,7 @@ TEST_CASE("remote_write: every key is read, several targets kept in order") {
   CHECK(second.timeout_seconds == HERMES_REMOTE_WRITE_TIMEOUT_S);
   CHECK(second.max_samples_per_send == HERMES_REMOTE_WRITE_BATCH);
   CHECK(second.max_backoff_seconds == HERMES_REMOTE_WRITE_MAX_BACKOFF_S);
-  CHECK(second.authorization == "Basic aGVybWVzOnBhOnNz"); // base64("hermes:pa:ss")
+  CHECK(second.authorization == "Basic aGVybWVzOnBhOnNzIHfDtnJk"); // base64("hermes:pa:ss wörd")
   hermes::RemoteWriteUrl url;
   REQUIRE(hermes::parse_remote_write_url(second.url, url).empty());
   CHECK(url.host == "::1");
@@ -55,6 +55,7 @@ TEST_CASE("remote_write: every key is read, several targets kept in order") {
 TEST_CASE("remote_write: errors name the file, the place and the problem") {
   test::TempDir dir;
   write_text(dir.file("empty"), "\n");
+  write_text(dir.file("tab"), "pass\tword\n");
   write_text(dir.file("ca.pem"), "x");
   CHECK(config_error(with_remote_write("{}")) == "config.json: remote_write: expected a list of receivers, got an object");
   CHECK(config_error(with_remote_write("[{}]")) ==
@@ -89,6 +90,15 @@ TEST_CASE("remote_write: errors name the file, the place and the problem") {
         "config.json: remote_write[0].bearer_token_file: token file " + dir.file("empty") + ": empty: it must hold the bearer token");
   CHECK(config_error(with_remote_write(R"([{"url": "http://h/x", "basic_auth": {"username": "u"}}])")) ==
         "config.json: remote_write[0].basic_auth.password_file: missing: the password is read from a file, never from the config");
+  const auto basic_auth = [&](const char *file) {
+    return with_remote_write(R"([{"url": "http://h/x", "basic_auth": {"username": "u", "password_file": ")" + dir.file(file) + R"("}}])");
+  };
+  CHECK(config_error(basic_auth("none")) ==
+        "config.json: remote_write[0].basic_auth.password_file: password file " + dir.file("none") + ": cannot read: No such file or directory");
+  CHECK(config_error(basic_auth("empty")) ==
+        "config.json: remote_write[0].basic_auth.password_file: password file " + dir.file("empty") + ": empty: it must hold the password");
+  CHECK(config_error(basic_auth("tab")) == "config.json: remote_write[0].basic_auth.password_file: password file " + dir.file("tab") +
+                                               ": holds a control character, which a password cannot");
   CHECK(config_error(with_remote_write(R"([{"url": "http://h/x", "headers": {"Content-Type": "x"}}])")) ==
         "config.json: remote_write[0].headers.Content-Type: set by Hermes itself; use bearer_token_file or basic_auth for Authorization");
   CHECK(config_error(with_remote_write(R"([{"url": "http://h/x", "external_labels": {"__name__": "x"}}])")) ==
