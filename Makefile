@@ -295,7 +295,7 @@ test-deps: deps
 	  command:prometheus:prometheus command:clang++:clang python:yaml:python3-yaml \
 	  file:/usr/share/i18n/locales/de_DE:locales command:localedef:libc-bin command:faketime:faketime \
 	  command:stunnel4:stunnel4 command:openssl:openssl \
-	  debian-python:prometheus_client.openmetrics.parser:python3-prometheus-client debian-python:snappy:python3-snappy \
+	  debian-python:prometheus_client.openmetrics.parser:python3-prometheus-client debian-python:snappy:python3-snappy debian-python:bcrypt:python3-bcrypt \
 	  file:/usr/bin/prometheus-pushgateway:prometheus-pushgateway
 	@tests/ensure.sh command:curl:curl # the README's examples, run by tests/docs.py
 

@@ -7,8 +7,15 @@ with the values, labels and buckets /metrics shows; a native histogram arrives a
 a series that expires is gone from an instant query within one interval.
 Faults, with a receiver of the test's own that decodes every request with Debian's
 python3-snappy: 500 and the backoff schedule, 429 with Retry-After, a receiver that
-never answers, one that is down and comes back, 400 (the batch dropped and counted),
-and the accounting: samples in = sent + failed + dropped once nothing is pending.
+never answers, 400 (the batch dropped and counted), and the accounting: samples in =
+sent + failed + dropped once nothing is pending. Prometheus out of reach for a minute
+behind a proxy of the test's own, then back: the backoff schedule of the whole outage,
+and Prometheus holds every sample Hermes counts as sent; that test runs beside the
+others, so that its minute overlaps their waiting.
+Over TLS, with certificates made by openssl here: Prometheus serving https with a client
+certificate required, and with basic_auth_users (a bcrypt hash from Debian's
+python3-bcrypt), a wrong password refused (401, counted as failed); a stranger CA, an
+expired certificate and a certificate for another host refused in the handshake.
 
 usage: remote_write.py PATH_TO_HERMES
 Ends with the line "remote_write: N passed, N failed".
@@ -38,6 +45,7 @@ import tempfile
 import threading
 import time
 import traceback
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -134,7 +142,7 @@ def decode_request(body):
 class Receiver:
     """A remote-write receiver of the test's own; `answer(request_index)` picks the reply."""
 
-    def __init__(self, answer=lambda index: (204, {}, b"")):
+    def __init__(self, answer=lambda index: (204, {}, b""), tls=None):
         self.answer = answer
         self.requests = []  # (monotonic time, decoded series, status)
         self.lock = threading.Lock()
@@ -168,6 +176,8 @@ class Receiver:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if tls:  # a handshake the client refuses ends in accept(), which the server shrugs off
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -258,8 +268,8 @@ def exposition(text, names):
 # ---- end to end with Prometheus ------------------------------------------------------------
 
 class Prometheus:
-    def __init__(self, flags=(), scheme="http", context=None):
-        self.scheme, self.context = scheme, context
+    def __init__(self, flags=(), scheme="http", context=None, headers=None):
+        self.scheme, self.context, self.headers = scheme, context, headers or {}
         self.folder = tempfile.mkdtemp(prefix="hermes-rw-prom-")
         self.address = f"127.0.0.1:{free_port()}"
         with open(os.path.join(self.folder, "prometheus.yml"), "w") as file:
@@ -283,7 +293,8 @@ class Prometheus:
         return answer["data"]["result"]
 
     def get(self, path, timeout=5):
-        with urllib.request.urlopen(f"{self.scheme}://{self.address}{path}", timeout=timeout, context=self.context) as response:
+        request = urllib.request.Request(f"{self.scheme}://{self.address}{path}", headers=self.headers)
+        with urllib.request.urlopen(request, timeout=timeout, context=self.context) as response:
             return response.read().decode("utf-8")
 
     def close(self):
@@ -448,44 +459,118 @@ def never_answers():
         receiver.close()
 
 
-def down_then_back():
-    """Down for 5 s (connection refused), then back: the counter is right at the next send."""
-    port = free_port()
-    hermes = Hermes(small_config(f"http://127.0.0.1:{port}/api/v1/write", max_backoff_seconds=1))
+OUTAGE_SECONDS = 60
+
+
+def out_of_reach_for_a_minute():
+    """Prometheus out of reach for 60 s (connections refused), then back: retried 0.5, 1, 2, 4, 5, 5 ... s apart
+    (max_backoff_seconds 5); every snapshot lands after, in order; Prometheus stored what Hermes sent, counters right."""
+    prometheus = Prometheus()
+    gate = Gate(int(prometheus.address.rsplit(":", 1)[1]))
+    hermes = Hermes(dict(small_config(f"http://127.0.0.1:{gate.port}/api/v1/write", interval_seconds=1, max_backoff_seconds=5),
+                         service_name="rw-outage"))
+    series = 'jobs_total{job="rw-outage", queue="q"}'
     try:
         hermes.push([{"metric_name": "jobs_total", "payload": {"labels": {"queue": "q"}, "value": 5}}])
-        time.sleep(2.5)
-        hermes.push([{"metric_name": "jobs_total", "payload": {"labels": {"queue": "q"}, "value": 5}}])
-        time.sleep(2.5)
-        refused = hermes.figure("hermes_remote_storage_requests_total", code="0")
-        assert refused >= 3, refused
-        # The receiver comes back on the port hermes writes to, through a proxy to the
-        # test's own receiver, which listens on a port of its own.
-        receiver = Receiver()
-        proxy = socket.socket()
-        proxy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        proxy.bind(("127.0.0.1", port))
-        proxy.listen(16)
-        threading.Thread(target=forward, args=(proxy, receiver.port), daemon=True).start()
-        wait_for(lambda: any(v == 10 and s == 204 for v, s in jobs_values(receiver)), "the counter at 10", 10)
-        values = [v for v, s in jobs_values(receiver)]
-        assert values == sorted(values), f"snapshots out of order: {values}"
-        accounting_holds(hermes)
-        proxy.close()
-        receiver.close()
+        wait_for(lambda: prometheus.query(series + " == 5"), "the counter before the outage", 10)
+        sends = hermes.figure("hermes_remote_storage_requests_total", code="204")
+        wait_for(lambda: hermes.figure("hermes_remote_storage_requests_total", code="204") > sends, "a send", 5)
+        gate.shut()  # just after a send: none is under way
+        down_at = time.time()
+        try:
+            socket.create_connection(("127.0.0.1", gate.port), timeout=1).close()
+            raise AssertionError("the gate still takes connections")
+        except ConnectionRefusedError:
+            pass
+        attempts = attempt_times(hermes, OUTAGE_SECONDS, pushes={OUTAGE_SECONDS / 3: 3})
+        pending = hermes.figure("hermes_remote_storage_pending_snapshots")
+        gate.open()
+        up_at = time.time()
+        expected = [min(0.5 * 2 ** i, 5) for i in range(len(attempts) - 1)]
+        schedule = [round(b - a, 2) for a, b in zip(attempts, attempts[1:])]
+        # The first attempt within the interval (1 s), four more by 7.5 s, then one every 5 s.
+        assert len(attempts) >= 5 + (OUTAGE_SECONDS - 8.5) // 5, schedule
+        assert all(abs(g - e) < 0.15 for g, e in zip(schedule, expected)), schedule
+        assert hermes.figure("hermes_remote_storage_unanswered_requests_total", reason="connect") == len(attempts)
+        assert pending >= OUTAGE_SECONDS - 3, f"{pending} snapshots pending: one a second waits"
+        wait_for(lambda: prometheus.query(series + " == 8"), "the counter after the outage", 10)
+        figures = accounting_holds(hermes)
+        assert figures["failed"] == 0 and figures["dropped"] == 0 and figures[""] == figures["in"], figures
+        wait_for(lambda: stored_is_sent(prometheus, hermes), "Prometheus to hold every sample Hermes counts as sent", 5)
+        stored = prometheus.query(f"{series}[{int(time.time() - down_at) + 30}s]")[0]["values"]
+        stamps = [float(t) for t, _ in stored]
+        assert all(0.9 < b - a < 1.5 for a, b in zip(stamps, stamps[1:])), "a snapshot missing: " + repr(stamps)
+        assert sum(down_at < t < up_at for t in stamps) >= OUTAGE_SECONDS - 2, "snapshots of the outage missing"
+        values = [float(v) for _, v in stored]
+        assert values == sorted(values) and values[0] == 5 and values[-1] == 8, values
     finally:
         hermes.stop()
+        gate.shut()
+        prometheus.close()
 
 
-def forward(listener, port):
-    while True:
-        try:
-            client, _ = listener.accept()
-        except OSError:
-            return
-        upstream = socket.create_connection(("127.0.0.1", port))
-        for a, b in ((client, upstream), (upstream, client)):
-            threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+def attempt_times(hermes, seconds, pushes):
+    """The times at which hermes' count of unanswered requests grew, looked at every 20 ms
+    for `seconds`; `pushes` {after seconds: value} are pushed to jobs_total{queue=q} meanwhile."""
+    times, started = [], time.monotonic()
+    last = hermes.figure("hermes_remote_storage_requests_total", code="0")
+    while time.monotonic() - started < seconds:
+        for after in [after for after in pushes if time.monotonic() - started >= after]:
+            hermes.push([{"metric_name": "jobs_total", "payload": {"labels": {"queue": "q"}, "value": pushes.pop(after)}}])
+        now = hermes.figure("hermes_remote_storage_requests_total", code="0")
+        if now != last:
+            assert now == last + 1, f"{now - last} attempts within 20 ms"
+            times.append(time.monotonic())
+        last = now
+        time.sleep(0.02)
+    return times
+
+
+def stored_is_sent(prometheus, hermes):
+    """Whether the samples Prometheus appended (it scrapes nothing: all came from remote
+    write) are those Hermes counts as sent, read twice around Prometheus' figure."""
+    sent = hermes.figure("hermes_remote_storage_samples_total")
+    text = prometheus.get("/metrics")
+    appended = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("prometheus_tsdb_head_samples_appended_total"))
+    return sent == appended == hermes.figure("hermes_remote_storage_samples_total")
+
+
+class Gate:
+    """A TCP proxy on a port of its own in front of `port`: shut() cuts every connection
+    and closes the port, so that connections are refused; open() takes the port again."""
+
+    def __init__(self, port):
+        self.upstream, self.port, self.sockets = port, free_port(), []
+        self.open()
+
+    def open(self):
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", self.port))
+        self.listener.listen(16)
+        threading.Thread(target=self.accept, args=(self.listener,), daemon=True).start()
+
+    def accept(self, listener):
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream))
+            self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+    def shut(self):
+        # close() alone leaves the port listening while accept() blocks on it; shutdown wakes it.
+        for each in [self.listener] + self.sockets:
+            try:
+                each.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            each.close()
+        self.sockets = []
 
 
 def pipe(source, sink):
@@ -655,8 +740,9 @@ def openssl(*args, cwd):
 
 
 class Certificates:
-    """A CA that signs the receiver's certificate (localhost, 127.0.0.1) and Hermes' client
-    certificate, and a stranger CA that signs nothing Hermes meets."""
+    """A CA that signs the receiver's certificate (localhost, 127.0.0.1), Hermes' client
+    certificate, one for localhost that expired in 2020 and one for another host
+    (elsewhere.example, 10.9.9.9); and a stranger CA that signs nothing Hermes meets."""
 
     def __init__(self):
         self.folder = tempfile.mkdtemp(prefix="hermes-rw-tls-")
@@ -666,17 +752,32 @@ class Certificates:
                     cwd=self.folder)
         self.leaf("receiver", "subjectAltName=DNS:localhost,IP:127.0.0.1")
         self.leaf("client", "extendedKeyUsage=clientAuth")
+        self.leaf("elsewhere", "subjectAltName=DNS:elsewhere.example,IP:10.9.9.9")
+        self.leaf("expired", "subjectAltName=DNS:localhost,IP:127.0.0.1", valid=("20200101000000Z", "20200102000000Z"))
 
     def key(self, name):
         openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", f"{name}.key", cwd=self.folder)
 
-    def leaf(self, name, extensions):
+    def leaf(self, name, extensions, valid=None):
+        """A certificate signed by the CA for a day from now, or from and until `valid`'s
+        dates (YYYYMMDDHHMMSSZ): OpenSSL 3.0's `x509 -req` only counts days from now, its
+        `ca` takes both dates."""
         self.key(name)
         with open(self.path(f"{name}.ext"), "w") as file:
             file.write(extensions + "\n")
         openssl("req", "-new", "-key", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=self.folder)
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext", cwd=self.folder)
+        if valid is None:
+            openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                    "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext", cwd=self.folder)
+            return
+        with open(self.path("signer.cnf"), "w") as file:
+            file.write("[ca]\ndefault_ca = signer\n[signer]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\n"
+                       "default_md = sha256\npolicy = any\n[any]\ncommonName = supplied\n")
+        open(self.path("index.txt"), "w").close()
+        with open(self.path("serial"), "w") as file:
+            file.write("1000\n")
+        openssl("ca", "-batch", "-notext", "-config", "signer.cnf", "-cert", "ca.pem", "-keyfile", "ca.key", "-in", f"{name}.csr",
+                "-out", f"{name}.pem", "-startdate", valid[0], "-enddate", valid[1], "-extfile", f"{name}.ext", cwd=self.folder)
 
     def path(self, name):
         return os.path.join(self.folder, name)
@@ -750,19 +851,122 @@ def prometheus_receives_over_https_with_a_client_certificate():
         assert good.figure("hermes_remote_storage_requests_total", code="0") == 0
         assert b"POST" not in recorder.sent and b"jobs_total" not in recorder.sent, "sent in clear"
         assert recorder.sent[:1] == b"\x16", "the first byte is a TLS handshake record"
-        for hermes, why in ((wrong_ca, "signed by the trusted CA"), (wrong_name, "expected CN")):
-            wait_for(lambda: hermes.figure("hermes_remote_storage_unanswered_requests_total", reason="tls_handshake") >= 2,
-                     "handshakes refused", 10)
-            assert hermes.figure("hermes_remote_storage_unanswered_requests_total") == \
-                hermes.figure("hermes_remote_storage_unanswered_requests_total", reason="tls_handshake")
-            assert hermes.figure("hermes_remote_storage_samples_total") == 0
-            wait_for(lambda: any("TLS handshake" in line and why in line for line in hermes.log), f"the log line: {why}", 5)
+        refused_in_the_handshake(wrong_ca, "signed by the trusted CA")
+        refused_in_the_handshake(wrong_name, "expected CN")
         for job in ("rw-stranger", "rw-elsewhere"):
             assert not prometheus.query(f'{{job="{job}"}}'), f"{job} reached Prometheus"
     finally:
         for hermes in (good, wrong_ca, wrong_name):
             hermes.stop()
         recorder.close()
+        prometheus.close()
+        certs.close()
+
+
+def refused_in_the_handshake(hermes, why):
+    """Every request of `hermes` failed in the TLS handshake (at least two, retried), none
+    was answered or took a connection, and the log says `why` in mbedTLS' words."""
+    wait_for(lambda: hermes.figure("hermes_remote_storage_unanswered_requests_total", reason="tls_handshake") >= 2,
+             "handshakes refused", 10)
+    text = hermes.metrics()
+    figures = exposition(text, ["hermes_remote_storage_requests_total", "hermes_remote_storage_unanswered_requests_total"])
+    requests = sum(v for (name, _), v in figures.items() if name == "hermes_remote_storage_requests_total")
+    by_reason = {dict(labels)["reason"]: v for (name, labels), v in figures.items()
+                 if name == "hermes_remote_storage_unanswered_requests_total"}
+    assert requests == by_reason["tls_handshake"] and sum(by_reason.values()) == requests, (requests, by_reason)
+    assert hermes.figure("hermes_remote_storage_samples_total") == 0
+    assert hermes.figure("hermes_remote_storage_connections_total") == 0
+    wait_for(lambda: any("TLS handshake" in line and why in line for line in hermes.log), f"the log line: {why}", 5)
+
+
+def expired_or_other_host_certificates_are_refused():
+    """A receiver certificate that expired, or one made for another host than the URL's
+    (its DNS name, its IP address), fails the handshake: counted, logged, nothing sent; the
+    same receiver is reached under the name its certificate holds."""
+    import ssl
+    certs = Certificates()
+    receivers = {}
+    for name in ("expired", "elsewhere"):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certs.path(f"{name}.pem"), certs.path(f"{name}.key"))
+        receivers[name] = Receiver(tls=context)
+
+    def over_https(host, receiver, service, **tls):
+        return Hermes(dict(small_config(f"https://{host}:{receiver.port}/api/v1/write", interval_seconds=0.5,
+                                        tls=dict(ca_file=certs.path("ca.pem"), **tls)), service_name=service))
+    started = [over_https("127.0.0.1", receivers["expired"], "rw-expired"),
+               over_https("localhost", receivers["elsewhere"], "rw-by-name"),
+               over_https("127.0.0.1", receivers["elsewhere"], "rw-by-address"),
+               over_https("127.0.0.1", receivers["elsewhere"], "rw-named", server_name="elsewhere.example")]
+    expired, by_name, by_address, named = started
+    try:
+        wait_for(lambda: named.figure("hermes_remote_storage_requests_total", code="204") >= 2, "sends under the right name", 10)
+        refused_in_the_handshake(expired, "validity has expired")
+        refused_in_the_handshake(by_name, "expected CN")
+        refused_in_the_handshake(by_address, "expected CN")
+        assert not receivers["expired"].requests, "a request reached the receiver with the expired certificate"
+        jobs = {labels["job"] for _, series, _, _ in receivers["elsewhere"].requests for labels, _, _, _ in series}
+        assert jobs == {"rw-named"}, jobs
+    finally:
+        for hermes in started:
+            hermes.stop()
+        for receiver in receivers.values():
+            receiver.close()
+        certs.close()
+
+
+def prometheus_takes_basic_auth_over_https():
+    """Prometheus 2.42 over https with basic_auth_users (a bcrypt hash): with the right
+    password the series arrive; with a wrong one every request gets 401, each batch is
+    dropped and counted as failed, logged with Prometheus' answer, and nothing is stored."""
+    import base64
+    import bcrypt  # Debian's python3-bcrypt
+    import ssl
+    certs = Certificates()
+    password, wrong = "correct horse: battery", "correct horse: battery!"
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()  # 4: the fewest Go's bcrypt takes
+    with open(certs.path("web.yml"), "w") as file:
+        file.write(f"tls_server_config:\n  cert_file: {certs.path('receiver.pem')}\n  key_file: {certs.path('receiver.key')}\n"
+                   f"basic_auth_users:\n  hermes: '{hashed}'\n")
+    for name, secret in (("right", password), ("wrong", wrong)):
+        with open(certs.path(name), "w") as file:
+            file.write(secret + "\n")
+    authorization = "Basic " + base64.b64encode(f"hermes:{password}".encode()).decode()
+    prometheus = Prometheus(["--web.config.file=" + certs.path("web.yml")], scheme="https",
+                            context=ssl.create_default_context(cafile=certs.path("ca.pem")),
+                            headers={"Authorization": authorization})
+
+    def writer(service, password_file):
+        return Hermes(dict(small_config(f"https://localhost:{prometheus.address.rsplit(':', 1)[1]}/api/v1/write",
+                                        interval_seconds=0.5, tls={"ca_file": certs.path("ca.pem")},
+                                        basic_auth={"username": "hermes", "password_file": certs.path(password_file)}),
+                           service_name=service))
+    good, refused = writer("rw-basic", "right"), writer("rw-wrong-password", "wrong")
+    try:
+        prometheus.headers = {}
+        try:
+            prometheus.get("/api/v1/query?query=up")
+            raise AssertionError("Prometheus answered without a password")
+        except urllib.error.HTTPError as error:
+            assert error.code == 401, error.code
+        prometheus.headers = {"Authorization": authorization}
+        for hermes in (good, refused):
+            hermes.push([{"metric_name": "jobs_total", "payload": {"labels": {"queue": "q"}, "value": 7}}])
+        wait_for(lambda: prometheus.query('jobs_total{job="rw-basic", queue="q"} == 7'), "the series with basic auth", 15)
+        assert good.figure("hermes_remote_storage_requests_total", code="401") == 0
+        wait_for(lambda: refused.figure("hermes_remote_storage_requests_total", code="401") >= 3, "three refusals", 10)
+        wait_for(lambda: any("batches refused" in line and "401 Unauthorized" in line for line in refused.log),
+                 "the log line with Prometheus' answer", 5)
+        figures = accounting_holds(refused)
+        assert figures[""] == 0 and figures["dropped"] == 0 and figures["failed"] == figures["in"] > 0, figures
+        answered = refused.figure("hermes_remote_storage_requests_total")
+        assert answered == refused.figure("hermes_remote_storage_requests_total", code="401"), "a request not refused"
+        assert not prometheus.query('{job="rw-wrong-password"}'), "a wrong password reached Prometheus' storage"
+        for hermes in (good, refused):
+            assert not any(password in line or wrong in line for line in hermes.log), "a password in the log"
+    finally:
+        for hermes in (good, refused):
+            hermes.stop()
         prometheus.close()
         certs.close()
 
@@ -774,11 +978,30 @@ def client_context(certs):
     return context
 
 
+def failure_of(test):
+    """None when `test` passes, else its traceback."""
+    try:
+        test()
+        return None
+    except Exception:
+        return traceback.format_exc()
+
+
 def main():
     passed = failed = 0
+
+    def report(what, failure):
+        nonlocal passed, failed
+        passed, failed = (passed + 1, failed) if failure is None else (passed, failed + 1)
+        print(f"ok   {what}" if failure is None else f"FAIL {what}\n{failure}")
+
+    # The minute-long outage runs beside the other tests, so that it costs the suite
+    # little more than the time they take anyway.
+    outage = {}
+    beside = threading.Thread(target=lambda: outage.update(failure=failure_of(out_of_reach_for_a_minute)), daemon=True)
+    beside.start()
     if shutil.which("prometheus") is None:
-        print("FAIL prometheus is not installed (apt-get install prometheus)")
-        failed += 1
+        report("Prometheus is installed", "prometheus is not installed (apt-get install prometheus)")
     else:
         checks = {}
         try:
@@ -786,19 +1009,15 @@ def main():
         except Exception:
             checks.setdefault("end to end with Prometheus", traceback.format_exc())
         for what, failure in checks.items():
-            passed, failed = (passed + 1, failed) if failure is None else (passed, failed + 1)
-            print(f"ok   {what}" if failure is None else f"FAIL {what}\n{failure}")
-    for test in (backoff_after_500, retry_after_429, never_answers, down_then_back, bad_request_drops_the_batch,
+            report(what, failure)
+    for test in (backoff_after_500, retry_after_429, never_answers, bad_request_drops_the_batch,
                  last_send_at_sigterm, stale_markers_after_expiry, pending_snapshots_stay_within_the_budget,
                  pushed_groups_are_in_snapshots_and_a_deleted_group_goes_stale,
-                 prometheus_receives_over_https_with_a_client_certificate):
-        try:
-            test()
-            passed += 1
-            print(f"ok   {test.__doc__.splitlines()[0]}")
-        except Exception:
-            failed += 1
-            print(f"FAIL {test.__doc__.splitlines()[0]}\n{traceback.format_exc()}")
+                 prometheus_receives_over_https_with_a_client_certificate, expired_or_other_host_certificates_are_refused,
+                 prometheus_takes_basic_auth_over_https):
+        report(test.__doc__.splitlines()[0], failure_of(test))
+    beside.join()
+    report(out_of_reach_for_a_minute.__doc__.splitlines()[0], outage["failure"])
     print(f"remote_write: {passed} passed, {failed} failed")
     return 1 if failed else 0
 
