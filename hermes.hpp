@@ -6354,10 +6354,24 @@ inline std::string read_grouping_labels(std::string_view rest, std::map<std::str
   return "";
 }
 
+// Whether path.Clean leaves the decoded path as it is, a trailing slash aside: no empty,
+// "." or ".." segment. Pushgateway redirects any other path (301) without taking the
+// push, and a client that does not follow (prom-client, whose '/' in a value arrives as
+// a separator) loses it unknowingly; Hermes refuses it rather than read shifted labels.
+inline bool is_clean_path(std::string_view path) {
+  const std::vector<std::string_view> segments = split(path, '/');
+  for (std::size_t i = 1; i < segments.size(); ++i)
+    if ((segments[i].empty() && i + 1 < segments.size()) || segments[i] == "." || segments[i] == "..") return false;
+  return true;
+}
+
 inline GroupingKey parse_grouping_key(std::string_view raw_path) {
   GroupingKey key;
   const auto path = percent_decoded(raw_path);
   if (!path) return key.problem = "invalid URL escape in " + go_quote(raw_path), key;
+  if (!is_clean_path(*path))
+    return key.problem = "the path " + go_quote(*path) + " has an empty, \".\" or \"..\" segment once decoded: " +
+                         "send such a value as NAME@base64/BASE64URL", key;
   std::string_view rest = std::string_view(*path).substr(sizeof "/metrics/" - 1);
   const bool base64 = starts_with(rest, "job@base64/");
   rest.remove_prefix(base64 ? sizeof "job@base64/" - 1 : sizeof "job/" - 1);

@@ -54,6 +54,14 @@ TEST_CASE("the grouping key comes from the path, base64url values decoded") {
   CHECK(hermes::detail::parse_grouping_key("/metrics/job@base64/=").problem == "job name is required");
   CHECK(hermes::detail::parse_grouping_key("/metrics/job/j/a/%zz").problem == "invalid URL escape in \"/metrics/job/j/a/%zz\"");
   CHECK(hermes::detail::parse_grouping_key("/metrics/job/j/a%2Fb").labels == PushLabels{{"a", "b"}, {"job", "j"}});
+  // A '/' escaped as %2F is a separator once decoded: an empty segment, or a "." or "..",
+  // which Pushgateway redirects, is refused rather than read as shifted labels.
+  CHECK(hermes::detail::parse_grouping_key("/metrics/job/j/path/%2Fvar%2Flib").problem ==
+        "the path \"/metrics/job/j/path//var/lib\" has an empty, \".\" or \"..\" segment once decoded: "
+        "send such a value as NAME@base64/BASE64URL");
+  for (const char *unclean : {"/metrics/job//x", "/metrics/job/j/a/.", "/metrics/job/j/a/../b/c", "/metrics/job/j/a/%2E/b/c"})
+    CHECK_MESSAGE(!hermes::detail::parse_grouping_key(unclean).problem.empty(), unclean);
+  CHECK(hermes::detail::parse_grouping_key("/metrics/job/j/a/x/b/").labels == PushLabels{{"a", "x"}, {"b", ""}, {"job", "j"}});
 }
 
 TEST_CASE("the text parser reads families, types, HELP and the samples of summaries and histograms") {
