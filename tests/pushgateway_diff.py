@@ -160,6 +160,15 @@ BAD_BODIES = [
 
 
 @both
+def chunked_bodies_are_read_as_pushgateway_reads_them(gateway, hermes):
+    """A body of chunks, without Content-Length, as Node sends one (prom-client's)."""
+    step(gateway, hermes, "PUT", "/metrics/job/chunks", [b"# TYPE c counter\nc 1", b"\nd 2\n"])
+    step(gateway, hermes, "POST", "/metrics/job/chunks", [b"d 3\n"])
+    step(gateway, hermes, "PUT", "/metrics/job/pb", [EVERY_TYPE[:40], EVERY_TYPE[40:]], headers=PROTOBUF)
+    check_groups(gateway, hermes, "chunked pushes")
+
+
+@both
 def bad_bodies_get_the_same_message(gateway, hermes):
     for body in BAD_BODIES:
         step(gateway, hermes, "PUT", "/metrics/job/bad", body.encode("latin-1") if "\xff" in body else body)
