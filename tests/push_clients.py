@@ -190,6 +190,61 @@ def client_golang_add_replaces_its_families_push_replaces_all_delete_removes(gat
     check_equal(hermes.metric("hermes_push_groups"), 0, "no group left")
 
 
+# ---- prom-client's Pushgateway --------------------------------------------------------------
+
+PROM_GROUPING = {"job": "nightly", "instance": "i-1", "path": "/var/lib"}
+OTHER_GROUPING = {"job": "nightly", "instance": "i-2", "path": None}  # None: without the label
+
+
+def prom_client(port, step):
+    """What prom-client reported for one step of prom_client.js: status and body, or the error."""
+    node = shutil.which("node")
+    assert node, "node is missing: apt-get install nodejs (make push-clients)"
+    assert os.path.isdir(os.path.join(NODE_MODULES, "prom-client")), f"prom-client is missing in {NODE_MODULES}: make push-clients"
+    result = subprocess.run([node, os.path.join(ROOT, "tests", "clients", "prom_client.js"), url(port), step],
+                            env=clean_env(NODE_PATH=NODE_MODULES), capture_output=True, text=True, timeout=30)
+    check_equal((result.returncode, result.stderr), (0, ""), f"prom_client.js {step}")
+    return json.loads(result.stdout)
+
+
+def prom_step(gateway, hermes, step, expected):
+    """One step against both: prom-client reports `expected` from each."""
+    check_equal(prom_client(gateway.port, step), expected, f"prom-client {step}, Pushgateway")
+    check_equal(prom_client(hermes.http_port, step), expected, f"prom-client {step}, hermes")
+    check_groups(gateway, hermes, f"prom-client {step}")
+
+
+@with_both
+def prom_client_pushes_push_adds_and_deletes_with_groupings(gateway, hermes):
+    prom_step(gateway, hermes, "push", {"status": 200, "body": ""})
+    check_group(hermes, PROM_GROUPING, EVERY_TYPE, EVERY_TYPE_TYPES)
+    prom_step(gateway, hermes, "add", {"status": 200, "body": ""})
+    check_group(hermes, PROM_GROUPING, {**EVERY_TYPE, **ADDED}, dict(EVERY_TYPE_TYPES, batch_retries="counter"))
+    prom_step(gateway, hermes, "other", {"status": 200, "body": ""})
+    check_group(hermes, OTHER_GROUPING, EVERY_TYPE, EVERY_TYPE_TYPES)
+    prom_step(gateway, hermes, "delete", {"status": 202, "body": ""})
+    check_equal(group(hermes, PROM_GROUPING), ({}, {}), "the deleted group is gone")
+    check_group(hermes, OTHER_GROUPING, EVERY_TYPE, EVERY_TYPE_TYPES)
+    check_equal(hermes.metric("hermes_push_groups"), 1, "the other group stays")
+
+
+@with_both
+def prom_client_sends_a_slash_in_a_value_as_a_path_separator(gateway, hermes):
+    """prom-client escapes a value's '/' as %2F, which the path decodes to a separator:
+    "var/lib" makes an odd path, refused by both; "/var/lib" an empty segment, which
+    Pushgateway redirects (301, which prom-client reports as success, the push lost) and
+    Hermes refuses (400), rather than read path="" and var="lib"."""
+    prom_step(gateway, hermes, "slash", {"error": 'push failed with status 400, odd number of components in label string '
+                                                  '"/path/var/lib"\n'})
+    check_equal(prom_client(gateway.port, "rooted"), {"status": 301, "body": ""}, "Pushgateway redirects")
+    check_equal(prom_client(hermes.http_port, "rooted"),
+                {"error": 'push failed with status 400, the path "/metrics/job/nightly/path//var/lib" has an empty, "." '
+                          'or ".." segment once decoded: send such a value as NAME@base64/BASE64URL\n'},
+                "hermes refuses")
+    check_groups(gateway, hermes, "nothing pushed")
+    check_equal(hermes.metric("hermes_push_groups"), 0, "no group")
+
+
 if __name__ == "__main__":
     if not os.access(PUSHGATEWAY, os.X_OK):
         print(f"push_clients: {PUSHGATEWAY} is missing (make test-deps installs prometheus-pushgateway)", file=sys.stderr)
