@@ -41,7 +41,7 @@ UNIT_OBJECTS := $(UNIT_SOURCES:tests/%.cpp=$(BUILD)/%.o)
 # their -O1. `make check UNIT_OPT=` builds the tests with CXXFLAGS alone.
 UNIT_OPT ?= -Og
 
-.PHONY: all help run test check bench soak clean deps check-deps test-deps statsd-clients bench-deps fuzz fuzz-smoke fuzz-deps sanitize valgrind valgrind-deps static tiny cross cross-deps
+.PHONY: all help run test check bench soak clean deps check-deps test-deps statsd-clients push-clients npm-clients bench-deps fuzz fuzz-smoke fuzz-deps sanitize valgrind valgrind-deps static tiny cross cross-deps
 
 all: hermes
 
@@ -65,6 +65,7 @@ help:
 	@echo 'make check-deps   install what make check needs too (doctest-dev, openssl)'
 	@echo 'make test-deps    install what make test needs (prometheus, clang, faketime, ...)'
 	@echo 'make statsd-clients  install the StatsD clients make test pushes with'
+	@echo 'make push-clients    install prom-client and build client_golang's push package, which make test pushes with'
 	@echo 'make fuzz-deps, valgrind-deps, cross-deps, bench-deps  install what those gates need'
 	@echo 'Builds run as many jobs as cores unless -j is given; CXXFLAGS, CPPFLAGS, LDFLAGS reach all.'
 
@@ -74,7 +75,7 @@ hermes: main.cpp hermes.hpp | deps
 run: hermes
 	./hermes config.json
 
-test: hermes $(BUILD)/unit_tests $(BUILD)/allocation_tests $(BUILD)/static/hermes $(BUILD)/tiny/hermes $(BUILD)/statsd_send | test-deps statsd-clients
+test: hermes $(BUILD)/unit_tests $(BUILD)/allocation_tests $(BUILD)/static/hermes $(BUILD)/tiny/hermes $(BUILD)/statsd_send | test-deps statsd-clients push-clients
 	@tests/run.sh
 
 check: $(BUILD)/unit_tests
@@ -101,13 +102,28 @@ $(BUILD)/statsd_send: example/statsd_send.c
 	$(CC) -std=c99 $(WARNINGS) -O2 -o $@ $<
 
 # Real StatsD clients for tests/statsd_clients.py and tests/statsd_tcp.py: Debian's python3-statsd, hot-shots
-# (DogStatsD and telegraf tags) from npm into build/npm, and nc for the README's one-liner.
-HOT_SHOTS := hot-shots@17.1.1
+# (DogStatsD and telegraf tags) from npm, and nc for the README's one-liner.
+statsd-clients: npm-clients
+	@tests/ensure.sh debian-python:statsd:python3-statsd command:nc:netcat-openbsd
 
-statsd-clients:
-	@tests/ensure.sh debian-python:statsd:python3-statsd command:node:nodejs command:npm:npm command:nc:netcat-openbsd
-	@test -f $(BUILD)/npm/node_modules/hot-shots/package.json || \
-	  npm install --prefix $(BUILD)/npm --no-save --no-audit --no-fund --omit=optional $(HOT_SHOTS)
+# Real Pushgateway clients for tests/push_clients.py: prom-client from npm, and
+# client_golang's push package from Debian (test-deps installs it), built in GOPATH mode.
+push-clients: npm-clients $(BUILD)/push_golang
+
+# The clients from npm, into build/npm in one run: npm removes from its directory what
+# a run does not name.
+HOT_SHOTS := hot-shots@17.1.1
+PROM_CLIENT := prom-client@15.1.3
+
+npm-clients:
+	@tests/ensure.sh command:node:nodejs command:npm:npm
+	@test -f $(BUILD)/npm/node_modules/hot-shots/package.json && test -f $(BUILD)/npm/node_modules/prom-client/package.json || \
+	  npm install --prefix $(BUILD)/npm --no-save --no-audit --no-fund --omit=optional $(HOT_SHOTS) $(PROM_CLIENT)
+
+# Built once; its cache in build/go-cache. GOPROXY=off: Debian's sources, nothing fetched.
+$(BUILD)/push_golang: tests/clients/push_golang.go | test-deps
+	@mkdir -p $(BUILD)
+	GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=$(CURDIR)/$(BUILD)/go-cache GOPROXY=off GOFLAGS= go build -o $@ $<
 
 # The benchmark: hermes against a bare UDP receiver, scrapes of up to 100k series, and
 # state writes of 100k series against ingest.
@@ -297,6 +313,8 @@ test-deps: deps
 	  command:stunnel4:stunnel4 command:openssl:openssl \
 	  debian-python:prometheus_client.openmetrics.parser:python3-prometheus-client debian-python:snappy:python3-snappy debian-python:bcrypt:python3-bcrypt \
 	  file:/usr/bin/prometheus-pushgateway:prometheus-pushgateway
+	@tests/ensure.sh command:go:golang-go \
+	  file:/usr/share/gocode/src/github.com/prometheus/client_golang/prometheus/push/push.go:golang-github-prometheus-client-golang-dev
 	@tests/ensure.sh command:curl:curl # the README's examples, run by tests/docs.py
 
 clean:

@@ -178,8 +178,9 @@
 // group's, two samples with the same labels) is 400 and changes nothing but the failure
 // time. Each group takes its bytes and its room in the bodies from the memory budget: a
 // push with no room, or one group past max_push_groups, is 507. A body over
-// max_push_bytes is 413, one without Content-Length 411, a Content-Encoding 415. Groups
-// not pushed for push_ttl_seconds disappear; push_token_file guards pushes (401).
+// max_push_bytes is 413, one with neither Content-Length nor chunks 411, a
+// Content-Encoding 415. Groups not pushed for push_ttl_seconds disappear;
+// push_token_file guards pushes (401).
 //
 // Server::reload() (SIGHUP in the daemon) takes the config file again; an optional unix
 // datagram socket (Options::unix_socket_path) takes samples beside UDP.
@@ -5933,6 +5934,10 @@ struct Connection {
 #endif
   std::optional<HttpRequest> push; // a push whose body is being read, after its head in `input`
   std::size_t body_start = 0, body_length = 0;
+  // A chunked push body is decoded in place as it comes: its data at body_start, the
+  // chunks not yet decoded from chunk_at on.
+  bool chunked = false, last_chunk = false;
+  std::size_t chunk_at = 0;
   MemoryBudget *budget = nullptr; // where the push body's bytes were taken from
   std::size_t body_taken = 0;
   ~Connection() {
@@ -6370,10 +6375,24 @@ inline std::string read_grouping_labels(std::string_view rest, std::map<std::str
   return "";
 }
 
+// Whether path.Clean leaves the decoded path as it is, a trailing slash aside: no empty,
+// "." or ".." segment. Pushgateway redirects any other path (301) without taking the
+// push, and a client that does not follow (prom-client, whose '/' in a value arrives as
+// a separator) loses it unknowingly; Hermes refuses it rather than read shifted labels.
+inline bool is_clean_path(std::string_view path) {
+  const std::vector<std::string_view> segments = split(path, '/');
+  for (std::size_t i = 1; i < segments.size(); ++i)
+    if ((segments[i].empty() && i + 1 < segments.size()) || segments[i] == "." || segments[i] == "..") return false;
+  return true;
+}
+
 inline GroupingKey parse_grouping_key(std::string_view raw_path) {
   GroupingKey key;
   const auto path = percent_decoded(raw_path);
   if (!path) return key.problem = "invalid URL escape in " + go_quote(raw_path), key;
+  if (!is_clean_path(*path))
+    return key.problem = "the path " + go_quote(*path) + " has an empty, \".\" or \"..\" segment once decoded: " +
+                         "send such a value as NAME@base64/BASE64URL", key;
   std::string_view rest = std::string_view(*path).substr(sizeof "/metrics/" - 1);
   const bool base64 = starts_with(rest, "job@base64/");
   rest.remove_prefix(base64 ? sizeof "job@base64/" - 1 : sizeof "job/" - 1);
@@ -8433,6 +8452,7 @@ private:
   enum class PushStart { not_push, answered, reading_body };
   PushStart begin_push(Connection &connection, std::string_view head, Clock::time_point now);
   std::optional<int> push_refusal(const HttpRequest &request, std::size_t &length, std::string &why);
+  std::optional<HttpResponse> take_chunk_bytes(Connection &connection, std::size_t bytes);
   std::shared_ptr<const BudgetedBody> metrics_body(Format format, bool gzip, Clock::time_point now);
   std::shared_ptr<const BudgetedBody> refuse_body(std::size_t wanted);
   void respond(Connection &connection, HttpResponse response, Clock::time_point now);
@@ -8575,12 +8595,71 @@ inline void HttpFrontEnd::serve(Connection &connection, Clock::time_point now) {
   }
 }
 
+// A push without Content-Length whose body comes in chunks (prom-client's, as Node sends
+// a body written in parts).
+inline bool is_chunked(const HttpRequest &request) {
+  return header(request, "content-length").empty() && lowercase(header(request, "transfer-encoding")) == "chunked";
+}
+
+// The chunks received so far, decoded in place: each chunk's data moved to the end of
+// the body decoded before it, its size line and CRLF dropped; chunk extensions and
+// trailer fields are ignored, as Go's server ignores them. `done` once the zero chunk
+// and the empty line after its trailer section have come.
+enum class ChunkState { more, done, bad, too_large };
+
+inline ChunkState decode_chunks(Connection &connection, std::size_t max_body) {
+  std::string &input = connection.input;
+  for (;;) {
+    const std::size_t line_end = input.find("\r\n", connection.chunk_at);
+    if (line_end == std::string::npos) return ChunkState::more;
+    const std::string_view line = std::string_view(input).substr(connection.chunk_at, line_end - connection.chunk_at);
+    if (connection.last_chunk) { // the trailer section: field lines until an empty one
+      connection.chunk_at = line_end + 2;
+      if (line.empty()) return ChunkState::done;
+      continue;
+    }
+    std::string_view digits = line.substr(0, line.find(';'));
+    while (!digits.empty() && (digits.back() == ' ' || digits.back() == '\t')) digits.remove_suffix(1);
+    std::size_t size = 0;
+    const auto parsed = std::from_chars(digits.data(), digits.data() + digits.size(), size, 16);
+    if (digits.empty() || parsed.ptr != digits.data() + digits.size()) return ChunkState::bad;
+    if (parsed.ec != std::errc() || size > max_body - connection.body_length) return ChunkState::too_large;
+    const std::size_t data_at = line_end + 2;
+    if (size > 0 && input.size() < data_at + size + 2) return ChunkState::more; // from this size line again
+    if (size > 0 && input.compare(data_at + size, 2, "\r\n") != 0) return ChunkState::bad;
+    const auto data = input.begin() + static_cast<std::ptrdiff_t>(data_at);
+    std::copy(data, data + static_cast<std::ptrdiff_t>(size),
+              input.begin() + static_cast<std::ptrdiff_t>(connection.body_start + connection.body_length));
+    connection.body_length += size;
+    connection.chunk_at = size > 0 ? data_at + size + 2 : data_at;
+    connection.last_chunk = size == 0;
+  }
+}
+
+// A push answered before its body is whole, with what to fix.
+inline HttpResponse refusal_response(int status, const std::string &why) {
+  HttpResponse response = error_response(status);
+  if (!why.empty()) response.body = why + "\n";
+  return response;
+}
+
+inline HttpResponse chunk_refusal(ChunkState state, std::size_t max_body) {
+  if (state == ChunkState::bad) return refusal_response(400, "a chunked body whose chunk framing does not parse");
+  return refusal_response(413, "a chunked body larger than the limit of " + std::to_string(max_body) +
+                                   " bytes, its framing counted");
+}
+
 inline void HttpFrontEnd::read_request(Connection &connection, Clock::time_point now) {
   if (!handshake(connection, now)) return;
   char buffer[4096];
   for (;;) {
-    const std::size_t wanted = connection.push ? connection.body_start + connection.body_length : HERMES_MAX_REQUEST_HEAD + 1;
-    if (connection.push && connection.input.size() >= wanted) {
+    const std::size_t wanted = !connection.push ? HERMES_MAX_REQUEST_HEAD + 1
+                               : connection.chunked ? connection.input.size() + sizeof buffer
+                                                    : connection.body_start + connection.body_length;
+    const ChunkState chunks = connection.chunked ? decode_chunks(connection, push_.max_body) : ChunkState::more;
+    if (chunks == ChunkState::bad || chunks == ChunkState::too_large)
+      return respond(connection, chunk_refusal(chunks, push_.max_body), now);
+    if (connection.push && (connection.chunked ? chunks == ChunkState::done : connection.input.size() >= wanted)) {
       const std::string_view body = std::string_view(connection.input).substr(connection.body_start, connection.body_length);
       return respond(connection, push_.answer(*connection.push, body), now);
     }
@@ -8592,6 +8671,9 @@ inline void HttpFrontEnd::read_request(Connection &connection, Clock::time_point
       return;
     }
     if (connection.push) {
+      if (connection.chunked)
+        if (auto refusal = take_chunk_bytes(connection, static_cast<std::size_t>(length)))
+          return respond(connection, std::move(*refusal), now);
       connection.input.append(buffer, static_cast<std::size_t>(length));
       continue;
     }
@@ -8623,6 +8705,17 @@ inline std::optional<std::size_t> parse_decimal_size(std::string_view text) {
   return value;
 }
 
+// Each read of a chunked body takes its bytes from the budget before they are kept,
+// and counts them against the limit: the body's size is not known before its end.
+inline std::optional<HttpResponse> HttpFrontEnd::take_chunk_bytes(Connection &connection, std::size_t bytes) {
+  if (connection.body_taken + bytes > push_.max_body) return chunk_refusal(ChunkState::too_large, push_.max_body);
+  if (!budget_.take(bytes))
+    return refusal_response(507, "no room in the memory budget for " + std::to_string(connection.body_taken + bytes) +
+                                     " bytes of a chunked body");
+  connection.body_taken += bytes;
+  return std::nullopt;
+}
+
 // A request of the Pushgateway API goes on to read its body, within HERMES_HTTP_READ_TIMEOUT_MS
 // more, its bytes taken from the memory budget; or is answered at once when it lacks the
 // push token, a length, or an encoding Hermes reads, or when its body is too large for
@@ -8637,18 +8730,23 @@ inline HttpFrontEnd::PushStart HttpFrontEnd::begin_push(Connection &connection, 
   const auto count = [&](int status) { ++push_requests_[{request->method, status}]; };
   if (const auto refusal = push_refusal(*request, length, why)) {
     count(*refusal);
-    HttpResponse response = error_response(*refusal);
-    if (!why.empty()) response.body = why + "\n";
-    respond(connection, std::move(response), now);
+    respond(connection, refusal_response(*refusal, why), now);
     return PushStart::answered;
   }
   connection.budget = &budget_;
   connection.body_taken = length;
   connection.body_start = head.size();
   connection.body_length = length;
+  connection.chunked = is_chunked(*request);
+  connection.chunk_at = head.size();
   connection.input.reserve(head.size() + length);
   connection.push = std::move(*request);
   connection.deadline = now + std::chrono::milliseconds(HERMES_HTTP_READ_TIMEOUT_MS);
+  if (connection.chunked) // what came with the head
+    if (auto refusal = take_chunk_bytes(connection, connection.input.size() - head.size())) {
+      respond(connection, std::move(*refusal), now);
+      return PushStart::answered;
+    }
   return PushStart::reading_body;
 }
 
@@ -8661,7 +8759,8 @@ inline std::optional<int> HttpFrontEnd::push_refusal(const HttpRequest &request,
     return why = "Content-Encoding " + std::string(encoding) + " is not supported: send the body as it is", 415;
   const std::string_view length_text = header(request, "content-length");
   if (length_text.empty() && request.method == "DELETE" && header(request, "transfer-encoding").empty()) return std::nullopt;
-  if (length_text.empty()) return why = "a push needs a Content-Length", 411;
+  if (length_text.empty() && is_chunked(request)) return std::nullopt; // each chunk's bytes are taken as they come
+  if (length_text.empty()) return why = "a push needs a Content-Length or chunks", 411;
   const auto parsed = parse_decimal_size(length_text);
   if (!parsed) return why = "Content-Length " + std::string(length_text) + " is not a number of bytes", 400;
   if (*parsed > push_.max_body)

@@ -246,7 +246,7 @@ def a_name_is_either_pushed_or_made_by_statsd_lines_or_configured_never_two(herm
 
 @with_hermes(env={"HERMES_MAX_PUSH_BYTES": "2048"})
 def length_size_and_encoding_are_checked_before_the_body_is_read(hermes):
-    check_equal(curl(hermes, "-X", "PUT", "/metrics/job/j")[0], 411, "no Content-Length")
+    check_equal(curl(hermes, "-X", "PUT", "/metrics/job/j")[0], 411, "neither Content-Length nor chunks")
     check_equal(curl(hermes, "--data-binary", "a 1\n" * 600, "/metrics/job/j")[0], 413, "over HERMES_MAX_PUSH_BYTES")
     check_equal(curl(hermes, "-H", "Content-Encoding: gzip", "--data-binary", "a 1\n", "/metrics/job/j")[0], 415, "gzip")
     check_equal(curl(hermes, "-H", "Content-Type: application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily;"
@@ -258,6 +258,26 @@ def length_size_and_encoding_are_checked_before_the_body_is_read(hermes):
     check_equal(hermes.metric('hermes_push_requests_total{method="POST",code="413"}'), 1, "413 counted")
     check_equal(hermes.metric('hermes_push_requests_total{method="DELETE",code="202"}'), 1, "202 counted")
     check_equal(hermes.metric("hermes_push_groups"), 0, "nothing was applied")
+
+
+@with_hermes(env={"HERMES_MAX_PUSH_BYTES": "2048"})
+def a_chunked_body_is_read_within_the_limit(hermes):
+    """As Node sends a body written in parts (prom-client's): no Content-Length, chunks."""
+    def chunked(path, chunks, end=b"0\r\nX-Trailer: t\r\n\r\n"):
+        raw = f"PUT {path} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        answer = hermes.request(raw + b"".join(b"%x;e=1\r\n%s\r\n" % (len(c), c) for c in chunks) + end)
+        head, _, body = answer.partition("\r\n\r\n")
+        return int(head.split(" ")[1]), body
+
+    check_equal(chunked("/metrics/job/c", [b"x 1\ny", b" 2\n"]), (200, ""))
+    metrics = hermes.metrics()
+    check_equal((metrics.get('x{instance="",job="c"}'), metrics.get('y{instance="",job="c"}')), (1, 2), "both chunks")
+    check_equal(chunked("/metrics/job/c", [b"z 1\n" * 100] * 6),
+                (413, "a chunked body larger than the limit of 2048 bytes, its framing counted\n"))
+    check_equal(chunked("/metrics/job/c", [], b"zz\r\nz 1\n\r\n0\r\n\r\n"),
+                (400, "a chunked body whose chunk framing does not parse\n"))
+    check_equal(hermes.metric('z{instance="",job="c"}'), None, "nothing of a refused body")
+    check_equal(hermes.metric('hermes_push_requests_total{method="PUT",code="413"}'), 1, "413 counted")
 
 
 @with_hermes(env={"HERMES_MAX_MEMORY": "8MiB"})

@@ -160,6 +160,15 @@ BAD_BODIES = [
 
 
 @both
+def chunked_bodies_are_read_as_pushgateway_reads_them(gateway, hermes):
+    """A body of chunks, without Content-Length, as Node sends one (prom-client's)."""
+    step(gateway, hermes, "PUT", "/metrics/job/chunks", [b"# TYPE c counter\nc 1", b"\nd 2\n"])
+    step(gateway, hermes, "POST", "/metrics/job/chunks", [b"d 3\n"])
+    step(gateway, hermes, "PUT", "/metrics/job/pb", [EVERY_TYPE[:40], EVERY_TYPE[40:]], headers=PROTOBUF)
+    check_groups(gateway, hermes, "chunked pushes")
+
+
+@both
 def bad_bodies_get_the_same_message(gateway, hermes):
     for body in BAD_BODIES:
         step(gateway, hermes, "PUT", "/metrics/job/bad", body.encode("latin-1") if "\xff" in body else body)
@@ -210,6 +219,11 @@ def where_hermes_differs_on_purpose(gateway, hermes):
     # A PUT without Content-Length: Pushgateway reads an empty body, Hermes asks for a length.
     raw = b"PUT /metrics/job/nolength HTTP/1.0\r\n\r\n"
     check_equal(hermes.request(raw).split("\r\n")[0], "HTTP/1.0 411 Length Required", "Hermes: 411")
+    # A path with an empty, "." or ".." segment once decoded (prom-client's '/' in a value):
+    # Pushgateway redirects it without taking the push, Hermes refuses it.
+    for path in ("/metrics/job/j/path/%2Fvar%2Flib", "/metrics/job/j/a/."):
+        check_equal(send(gateway.port, "PUT", path, b"g 1\n")[0], 301, f"Pushgateway redirects {path}")
+        check_equal(send(hermes.http_port, "PUT", path, b"g 1\n")[0], 400, f"Hermes refuses {path}")
     # A family of Hermes' own or configured is refused.
     check_equal(send(hermes.http_port, "PUT", "/metrics/job/x", b"configured_gauge 1\n")[0], 400, "configured")
 

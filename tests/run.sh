@@ -28,7 +28,7 @@ done
 # The Python suites close with "NAME: P passed, F failed". build/suite-times.log keeps
 # how long each took, to find where the minutes of make test go.
 : >build/suite-times.log
-for suite in tests/blackbox.py tests/statsd_clients.py tests/statsd_tcp.py tests/state.py tests/openmetrics.py tests/pushgateway.py tests/pushgateway_diff.py tests/hostile.py tests/shipping.py tests/e2e_prometheus.py tests/remote_write.py tests/operating.py tests/pressure.py tests/tls.py tests/mapping.py tests/docs.py tests/tooling.py; do
+for suite in tests/blackbox.py tests/statsd_clients.py tests/statsd_tcp.py tests/state.py tests/openmetrics.py tests/pushgateway.py tests/pushgateway_diff.py tests/push_clients.py tests/hostile.py tests/shipping.py tests/e2e_prometheus.py tests/remote_write.py tests/operating.py tests/pressure.py tests/tls.py tests/mapping.py tests/docs.py tests/tooling.py; do
   started=$(date +%s)
   python3 "$suite" ./hermes 2>&1 | tee build/suite.log
   echo "$suite took $(($(date +%s) - started)) s" >>build/suite-times.log

@@ -54,6 +54,38 @@ TEST_CASE("the grouping key comes from the path, base64url values decoded") {
   CHECK(hermes::detail::parse_grouping_key("/metrics/job@base64/=").problem == "job name is required");
   CHECK(hermes::detail::parse_grouping_key("/metrics/job/j/a/%zz").problem == "invalid URL escape in \"/metrics/job/j/a/%zz\"");
   CHECK(hermes::detail::parse_grouping_key("/metrics/job/j/a%2Fb").labels == PushLabels{{"a", "b"}, {"job", "j"}});
+  // A '/' escaped as %2F is a separator once decoded: an empty segment, or a "." or "..",
+  // which Pushgateway redirects, is refused rather than read as shifted labels.
+  CHECK(hermes::detail::parse_grouping_key("/metrics/job/j/path/%2Fvar%2Flib").problem ==
+        "the path \"/metrics/job/j/path//var/lib\" has an empty, \".\" or \"..\" segment once decoded: "
+        "send such a value as NAME@base64/BASE64URL");
+  for (const char *unclean : {"/metrics/job//x", "/metrics/job/j/a/.", "/metrics/job/j/a/../b/c", "/metrics/job/j/a/%2E/b/c"})
+    CHECK_MESSAGE(!hermes::detail::parse_grouping_key(unclean).problem.empty(), unclean);
+  CHECK(hermes::detail::parse_grouping_key("/metrics/job/j/a/x/b/").labels == PushLabels{{"a", "x"}, {"b", ""}, {"job", "j"}});
+}
+
+TEST_CASE("a chunked body is decoded in place as its chunks come, trailers and extensions ignored") {
+  hermes::detail::Connection connection;
+  const std::string head = "PUT /metrics/job/j HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+  connection.input = head + "4;ext=1\r\nx 1\n\r\n";
+  connection.body_start = connection.chunk_at = head.size();
+  using hermes::detail::ChunkState;
+  CHECK(decode_chunks(connection, 100) == ChunkState::more);
+  connection.input += "4\r\ny 2";
+  CHECK(decode_chunks(connection, 100) == ChunkState::more); // the chunk's data is not whole
+  connection.input += "\n\r\n0\r\nX-Trailer: t\r\n";
+  CHECK(decode_chunks(connection, 100) == ChunkState::more); // nor the trailer section
+  connection.input += "\r\n";
+  CHECK(decode_chunks(connection, 100) == ChunkState::done);
+  CHECK(connection.input.substr(connection.body_start, connection.body_length) == "x 1\ny 2\n");
+  for (const char *bad : {"x\r\n", "\r\n", "-1\r\n", "2\r\nabc\r\n", "0x2\r\nab\r\n"}) {
+    connection.input = head + bad;
+    connection.chunk_at = head.size(), connection.body_length = 0, connection.last_chunk = false;
+    CHECK_MESSAGE(decode_chunks(connection, 100) == ChunkState::bad, bad);
+  }
+  connection.input = head + "65\r\n";
+  connection.chunk_at = head.size();
+  CHECK(decode_chunks(connection, 100) == ChunkState::too_large); // 0x65 = 101 bytes
 }
 
 TEST_CASE("the text parser reads families, types, HELP and the samples of summaries and histograms") {
