@@ -1537,6 +1537,7 @@ void measure_remote_write() {
     for (int id = 0; id < count; ++id)
       registry.ingest(R"({"metric_name":"series_gauge","payload":{"labels":{"id":")" + std::to_string(id) + R"("},"value":)" +
                       std::to_string(id) + "}}");
+    registry.expire(); // as a server does before every scrape and snapshot: new series sorted into place once
     const hermes::ServerStats stats;
     const auto median = [](const std::function<void()> &work) {
       std::vector<double> times;
@@ -1560,14 +1561,13 @@ void measure_remote_write() {
     std::string compressed, previous_text;
     std::vector<hermes::detail::SeriesKey> previous_keys;
     const double cycle = median([&] { // as a server does it: sized as the last one, stale markers against it
-      hermes::detail::SnapshotWriter writer({&job, &instance, &external, 2000, raw, previous_keys.size()}, 1764000000000,
-                                            [](std::size_t) { return true; });
+      hermes::detail::SnapshotWriter writer({&job, &instance, &external, 2000, raw, previous_keys.size(), &previous_text, &previous_keys},
+                                            1764000000000, [](std::size_t) { return true; });
       hermes::detail::Renderer renderer(writer, registry, {registry, &stats, nullptr});
       while (!renderer.write_some(HERMES_RENDER_PAUSE_STRIDE)) {
       }
       writer.add_stale_markers(previous_text, previous_keys);
-      previous_text.swap(writer.key_text());
-      previous_keys.swap(writer.keys());
+      if (!writer.same_keys()) previous_text.swap(writer.key_text()), previous_keys.swap(writer.keys());
       const hermes::detail::PendingSnapshot &snapshot = writer.snapshot();
       raw = packed = 0;
       for (std::size_t b = 0, start = 0; b < snapshot.batch_ends.size(); start = snapshot.batch_ends[b++]) {
