@@ -1133,27 +1133,36 @@ std::uint16_t free_tcp_port() {
 
 bool answers_200(const std::string &response) { return response.compare(0, 12, "HTTP/1.1 200") == 0 || response.compare(0, 12, "HTTP/1.0 200") == 0; }
 
-// Pushgateway on loopback, once /-/ready answers 200. Debian's default persistence file
-// would carry the groups of an earlier run into this one, so it gets none, and the store
-// is checked empty after the idle figures are read.
-Receiver start_pushgateway() {
-  Receiver gateway;
-  gateway.http_port = free_tcp_port();
-  const std::string listen = "--web.listen-address=127.0.0.1:" + std::to_string(gateway.http_port);
-  gateway.pid = ::fork();
-  if (gateway.pid == 0) {
+// A server of Prometheus' own (Pushgateway, Prometheus) on a free loopback port, its
+// output discarded, once /-/ready answers 200; the bench stops if it does not within
+// `seconds`.
+Receiver start_prometheus_server(const char *binary, std::vector<std::string> args, int seconds) {
+  Receiver server;
+  server.http_port = free_tcp_port();
+  args.insert(args.begin(), binary);
+  args.push_back("--web.listen-address=127.0.0.1:" + std::to_string(server.http_port));
+  server.pid = ::fork();
+  if (server.pid == 0) {
     const int null = ::open("/dev/null", O_WRONLY);
     ::dup2(null, 1), ::dup2(null, 2);
-    ::execl(pushgateway_binary, pushgateway_binary, listen.c_str(), "--persistence.file=", static_cast<char *>(nullptr));
+    std::vector<char *> argv;
+    for (std::string &arg : args) argv.push_back(&arg[0]);
+    argv.push_back(nullptr);
+    ::execv(binary, argv.data());
     std::_Exit(1);
   }
-  for (int tries = 0; tries < 1000; ++tries) {
-    if (answers_200(http_get(gateway.http_port, "/-/ready"))) return gateway;
+  for (int tries = 0; tries < seconds * 100; ++tries) {
+    if (answers_200(http_get(server.http_port, "/-/ready"))) return server;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  std::fprintf(stderr, "bench: %s did not answer on 127.0.0.1:%u\n", pushgateway_binary, gateway.http_port);
+  std::fprintf(stderr, "bench: %s did not answer on 127.0.0.1:%u\n", binary, server.http_port);
   std::exit(1);
 }
+
+// Pushgateway on loopback. Debian's default persistence file would carry the groups of an
+// earlier run into this one, so it gets none, and the store is checked empty after the
+// idle figures are read.
+Receiver start_pushgateway() { return start_prometheus_server(pushgateway_binary, {"--persistence.file="}, 10); }
 
 void expect_empty_store(const Receiver &gateway) {
   if (http_get(gateway.http_port, "/metrics").find("\npush_time_seconds{") != std::string::npos) {
@@ -1653,24 +1662,8 @@ Receiver start_prometheus_agent(const std::string &dir, std::uint16_t target, st
                "remote_write: [{url: 'http://127.0.0.1:%u/api/v1/write'}]\n",
                target, receiver_port);
   std::fclose(file);
-  Receiver agent;
-  agent.http_port = free_tcp_port();
-  const std::string listen = "--web.listen-address=127.0.0.1:" + std::to_string(agent.http_port);
-  const std::string config_flag = "--config.file=" + config, storage = "--storage.agent.path=" + dir + "/wal";
-  agent.pid = ::fork();
-  if (agent.pid == 0) {
-    const int null = ::open("/dev/null", O_WRONLY);
-    ::dup2(null, 1), ::dup2(null, 2);
-    ::execl(prometheus_binary, prometheus_binary, "--enable-feature=agent", config_flag.c_str(), storage.c_str(), listen.c_str(),
-            static_cast<char *>(nullptr));
-    std::_Exit(1);
-  }
-  for (int tries = 0; tries < 3000; ++tries) {
-    if (answers_200(http_get(agent.http_port, "/-/ready"))) return agent;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  std::fprintf(stderr, "bench: %s --enable-feature=agent did not answer on 127.0.0.1:%u\n", prometheus_binary, agent.http_port);
-  std::exit(1);
+  return start_prometheus_server(prometheus_binary, {"--enable-feature=agent", "--config.file=" + config, "--storage.agent.path=" + dir + "/wal"},
+                                 30);
 }
 
 // 14b. What remote write adds to hermes' resident memory at 10k series, against
