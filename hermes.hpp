@@ -12678,7 +12678,7 @@ inline bool SnapshotWriter::add_stale_markers(const std::string &previous_text, 
   const std::size_t mask = slot_count - 1;
   for (std::size_t at = shared; at < keys_.size(); ++at) {
     const std::uint64_t hash = label_set_hash(new_labels(at));
-    std::size_t slot = hash & mask;
+    std::size_t slot = static_cast<std::size_t>(hash) & mask;
     while (slots[slot] != 0) slot = (slot + 1) & mask;
     slots[slot] = (hash >> 32 << 32) | (at + 1);
   }
@@ -12687,8 +12687,8 @@ inline bool SnapshotWriter::add_stale_markers(const std::string &previous_text, 
   for (std::size_t at = shared; at < previous.size(); ++at) {
     const std::uint64_t hash = label_set_hash(old_labels(at));
     bool present = false;
-    for (std::size_t slot = hash & mask; !present && slots[slot] != 0; slot = (slot + 1) & mask)
-      present = slots[slot] >> 32 == hash >> 32 && new_labels((slots[slot] & 0xffffffffu) - 1) == old_labels(at);
+    for (std::size_t slot = static_cast<std::size_t>(hash) & mask; !present && slots[slot] != 0; slot = (slot + 1) & mask)
+      present = slots[slot] >> 32 == hash >> 32 && new_labels(static_cast<std::size_t>(slots[slot] & 0xffffffffu) - 1) == old_labels(at);
     if (!present) gone.emplace_back(hash, static_cast<std::uint32_t>(at));
   }
   std::sort(gone.begin(), gone.end());
