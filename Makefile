@@ -134,9 +134,10 @@ $(BUILD)/bench: tests/bench/bench.cpp hermes.hpp | deps
 bench: hermes $(BUILD)/static/hermes $(BUILD)/bench | bench-deps
 	$(BUILD)/bench ./hermes $(BUILD)/static/hermes
 
-# What the bench measures hermes beside: Debian's Pushgateway (its --peers part).
+# What the bench measures hermes beside: Debian's Pushgateway (its --peers part) and
+# Prometheus in agent mode (its remote-write part).
 bench-deps:
-	@tests/ensure.sh file:/usr/bin/prometheus-pushgateway:prometheus-pushgateway
+	@tests/ensure.sh file:/usr/bin/prometheus-pushgateway:prometheus-pushgateway file:/usr/bin/prometheus:prometheus
 
 # The soak, not part of make test: the mixed workload of tests/pressure.py for
 # SOAK_SECONDS, a scrape every second and a SIGHUP every 30 s, reported per minute.

@@ -2566,35 +2566,39 @@ constexpr std::size_t snappy_table_size = 1 << 14; // positions remembered per b
 
 inline std::size_t snappy_max_compressed_length(std::size_t length) { return 32 + length + length / 6; }
 
-inline void snappy_literal(std::string &out, const char *bytes, std::size_t length) {
+// Each writer below writes at `out`, into room for snappy_max_compressed_length, and
+// returns the end: appending to a string a byte at a time was most of the compressor's time.
+inline char *snappy_literal(char *out, const char *bytes, std::size_t length) {
   const std::size_t n = length - 1;
   if (n < 60) {
-    out += static_cast<char>(n << 2);
+    *out++ = static_cast<char>(n << 2);
   } else {
     const std::size_t width = n < 0x100 ? 1 : n < 0x10000 ? 2 : n < 0x1000000 ? 3 : 4;
-    out += static_cast<char>((59 + width) << 2);
-    for (std::size_t i = 0; i < width; ++i) out += static_cast<char>((n >> (8 * i)) & 0xff);
+    *out++ = static_cast<char>((59 + width) << 2);
+    for (std::size_t i = 0; i < width; ++i) *out++ = static_cast<char>((n >> (8 * i)) & 0xff);
   }
-  out.append(bytes, length);
+  std::memcpy(out, bytes, length);
+  return out + length;
 }
 
 // One copy element of 1 to 64 bytes.
-inline void snappy_copy_element(std::string &out, std::size_t offset, std::size_t length) {
+inline char *snappy_copy_element(char *out, std::size_t offset, std::size_t length) {
   if (length >= 4 && length <= 11 && offset < 2048) {
-    out += static_cast<char>(1 | ((length - 4) << 2) | ((offset >> 8) << 5));
-    out += static_cast<char>(offset & 0xff);
+    *out++ = static_cast<char>(1 | ((length - 4) << 2) | ((offset >> 8) << 5));
+    *out++ = static_cast<char>(offset & 0xff);
   } else {
-    out += static_cast<char>(2 | ((length - 1) << 2));
-    out += static_cast<char>(offset & 0xff);
-    out += static_cast<char>(offset >> 8);
+    *out++ = static_cast<char>(2 | ((length - 1) << 2));
+    *out++ = static_cast<char>(offset & 0xff);
+    *out++ = static_cast<char>(offset >> 8);
   }
+  return out;
 }
 
 // A match of 4 bytes or more as copies of at most 64, none left shorter than 4.
-inline void snappy_copy(std::string &out, std::size_t offset, std::size_t length) {
-  for (; length >= 68; length -= 64) snappy_copy_element(out, offset, 64);
-  if (length > 64) snappy_copy_element(out, offset, 60), length -= 60;
-  snappy_copy_element(out, offset, length);
+inline char *snappy_copy(char *out, std::size_t offset, std::size_t length) {
+  for (; length >= 68; length -= 64) out = snappy_copy_element(out, offset, 64);
+  if (length > 64) out = snappy_copy_element(out, offset, 60), length -= 60;
+  return snappy_copy_element(out, offset, length);
 }
 
 inline std::uint32_t load32(const char *at) {
@@ -2603,7 +2607,33 @@ inline std::uint32_t load32(const char *at) {
   return value;
 }
 
-inline void snappy_compress_block(std::string &out, const char *block, std::size_t size, std::uint16_t *table) {
+inline std::uint64_t load64(const char *at) {
+  std::uint64_t value;
+  std::memcpy(&value, at, sizeof value);
+  return value;
+}
+
+// How far the bytes at `from` repeat those at `candidate`, up to `end`: eight at a time,
+// the first that differs found from the lowest set bit of their difference.
+inline std::size_t snappy_match_length(const char *candidate, const char *from, const char *end) {
+  const char *at = from;
+  for (; at + 8 <= end; at += 8, candidate += 8) {
+    const std::uint64_t differ = load64(candidate) ^ load64(at);
+    if (differ != 0) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+      const int bit = __builtin_clzll(differ); // the first byte in memory is the highest
+#else
+      const int bit = __builtin_ctzll(differ);
+#endif
+      return static_cast<std::size_t>(at - from) + static_cast<std::size_t>(bit >> 3);
+    }
+  }
+  for (; at < end && *candidate == *at; ++at, ++candidate) {
+  }
+  return static_cast<std::size_t>(at - from);
+}
+
+inline char *snappy_compress_block(char *out, const char *block, std::size_t size, std::uint16_t *table) {
   std::fill(table, table + snappy_table_size, std::uint16_t{0});
   std::size_t literal_start = 0, at = 0, misses = 0;
   while (at + 4 <= size) {
@@ -2615,23 +2645,23 @@ inline void snappy_compress_block(std::string &out, const char *block, std::size
       at += 1 + (misses++ >> 5); // data that does not repeat is passed over faster and faster
       continue;
     }
-    std::size_t length = 4;
-    while (at + length < size && block[candidate + length] == block[at + length]) ++length;
-    if (literal_start < at) snappy_literal(out, block + literal_start, at - literal_start);
-    snappy_copy(out, at - candidate, length);
+    const std::size_t length = 4 + snappy_match_length(block + candidate + 4, block + at + 4, block + size);
+    if (literal_start < at) out = snappy_literal(out, block + literal_start, at - literal_start);
+    out = snappy_copy(out, at - candidate, length);
     at += length, literal_start = at, misses = 0;
   }
-  if (literal_start < size) snappy_literal(out, block + literal_start, size - literal_start);
+  if (literal_start < size) out = snappy_literal(out, block + literal_start, size - literal_start);
+  return out;
 }
 
 // Compresses `input` over `out`, whose memory is reused.
 inline void snappy_compress(std::string_view input, std::string &out) {
-  out.clear();
-  out.reserve(snappy_max_compressed_length(input.size()));
-  append_varint(out, input.size());
-  std::vector<std::uint16_t> table(snappy_table_size);
+  out.resize(snappy_max_compressed_length(input.size()));
+  char *end = put_varint(&out[0], input.size());
+  std::unique_ptr<std::uint16_t[]> table(new std::uint16_t[snappy_table_size]); // cleared for each block
   for (std::size_t start = 0; start < input.size(); start += snappy_block)
-    snappy_compress_block(out, input.data() + start, std::min(snappy_block, input.size() - start), table.data());
+    end = snappy_compress_block(end, input.data() + start, std::min(snappy_block, input.size() - start), table.get());
+  out.resize(static_cast<std::size_t>(end - out.data()));
 }
 
 } // namespace detail
@@ -12358,10 +12388,10 @@ inline double stale_nan() {
 
 inline std::int64_t milliseconds_of(double seconds) { return static_cast<std::int64_t>(std::llround(seconds * 1000)); }
 
-// One series' label set, encoded, with its hash: what tells a series gone since the last snapshot.
+// Where one series' label set, encoded, lies in the key text: what tells a series gone
+// since the last snapshot.
 struct SeriesKey {
-  std::uint64_t hash;
-  std::uint32_t offset, size; // in the key text
+  std::uint32_t offset, size;
 };
 
 // A snapshot on its way: its bytes and where each batch ends.
@@ -12386,12 +12416,18 @@ public:
     const std::vector<std::pair<std::string, std::string>> *external_labels;
     std::size_t max_samples_per_send;
     std::size_t expected_bytes = 0, expected_series = 0; // the last snapshot's: room taken at once
+    // The last snapshot's keys, kept by the caller: this one's are compared with them as
+    // they come, and copied only from where they differ (most snapshots, never).
+    const std::string *previous_text = nullptr;
+    const std::vector<SeriesKey> *previous_keys = nullptr;
   };
   SnapshotWriter(Context context, std::int64_t timestamp_ms, MakeRoom make_room)
-      : context_(context), make_room_(std::move(make_room)) {
+      : context_(context), make_room_(std::move(make_room)), comparing_(context.previous_keys != nullptr) {
     snapshot_.timestamp_ms = timestamp_ms;
+    append_double_field(sample_, 1, 0);
+    append_uint_field(sample_, 2, static_cast<std::uint64_t>(timestamp_ms));
     // As large as the last one, so that a snapshot is not copied as it grows.
-    if (context.expected_bytes > 0 && fit(snapshot_.series, context.expected_bytes + context.expected_bytes / 16)) {
+    if (context.expected_bytes > 0 && fit(snapshot_.series, context.expected_bytes + context.expected_bytes / 16) && !comparing_) {
       const std::size_t keys = context.expected_series + context.expected_series / 16;
       if (make_room_(keys * sizeof(SeriesKey))) snapshot_.taken += keys * sizeof(SeriesKey), keys_.reserve(keys);
       else failed_ = true;
@@ -12402,16 +12438,18 @@ public:
   void series(const MetricConfig &config, const LabelValues &labels, const Series &series) override;
   void sample(std::string_view name, LabelPairs labels, double value) override {
     pairs_.clear();
-    for (const auto &pair : labels) pairs_.push_back(pair);
-    add_float(name, value);
+    for (const auto &pair : labels) pairs_.push_back({pair.first, pair.second});
+    encode_labels(name);
+    add_float(value);
   }
   void pushed_sample(std::string_view name, const PushLabels &labels, LabelPairs extra, double value) override {
     pairs_.clear();
-    for (const auto &pair : labels) pairs_.emplace_back(pair.first, pair.second);
-    for (const auto &pair : extra) pairs_.push_back(pair);
+    for (const auto &pair : labels) pairs_.push_back({pair.first, pair.second});
+    for (const auto &pair : extra) pairs_.push_back({pair.first, pair.second});
     pushed_ = true;
-    add_float(name, value);
+    encode_labels(name);
     pushed_ = false;
+    add_float(value);
   }
   void finish() override {}
 
@@ -12419,33 +12457,74 @@ public:
   // false when the memory for them was not to be had.
   bool add_stale_markers(const std::string &previous_text, const std::vector<SeriesKey> &previous);
   bool failed() const { return failed_; }
+  // After add_stale_markers: the keys are the previous_keys of the context, not key_text() and keys().
+  bool same_keys() const { return same_keys_; }
   PendingSnapshot &snapshot() { return snapshot_; }
   std::string &key_text() { return key_text_; }
   std::vector<SeriesKey> &keys() { return keys_; }
 
 private:
-  using Pair = std::pair<std::string_view, std::string_view>;
-  void add_float(std::string_view name, double value);
-  void add_native(const MetricConfig &config, const LabelValues &labels, const Distribution &seen);
-  void with_series_labels(const MetricConfig &config, const LabelValues &labels, Pair extra = {});
+  static constexpr std::uint32_t constant = UINT32_MAX;
+  // One label: its name and value, and in a family's layout which of the series' own
+  // values it stands for (constant: none, its value is known).
+  struct Label {
+    std::string_view name, value;
+    std::uint32_t source = constant;
+  };
+  // The samples series() writes for one series: each has its own name and extra label.
+  enum class Part : std::uint8_t { value, bucket, quantile, sum, count };
+  // The labels of a family's series in the order they are sent, worked out once per
+  // family, part and snapshot: sorting each series' labels again was a third of a
+  // snapshot's time. Runs of constant pairs, encoded, each followed by one of the
+  // series' own labels (none after the last run).
+  struct LabelLayout {
+    const MetricConfig *config = nullptr;
+    Part part = Part::value;
+    std::string name; // the samples' __name__
+    struct Step {
+      std::string constant_pairs;
+      std::string_view name;
+      std::uint32_t source = constant;
+    };
+    std::vector<Step> steps;
+    bool each_sorted = false; // a name twice after renaming: each series sorted on its own
+  };
+  void add_float(double value);
+  void add_native(const MetricConfig &config, const Distribution &seen);
+  void add_part(const MetricConfig &config, Part part, std::string_view extra, double value);
+  const LabelLayout &layout(const MetricConfig &config, Part part);
+  void with_series_labels(const MetricConfig &config, Part part, std::string_view extra);
+  void order_labels(std::string_view name);
   void encode_labels(std::string_view name);
+  char *open_series(std::size_t labels_size, std::size_t message_size);
+  void count_sample();
   void append_series(std::string_view labels_bytes, std::uint32_t field, std::string_view message);
   bool fit(std::string &text, std::size_t more);
-  void add_key();
+  void add_key(std::string_view labels);
+  bool copy_matched_keys();
+  void close_batch();
 
   Context context_;
   MakeRoom make_room_;
   PendingSnapshot snapshot_;
   std::string key_text_;
   std::vector<SeriesKey> keys_;
-  std::vector<Pair> pairs_;                  // one series' labels, before sorting
-  std::string labels_, message_, piece_, deltas_, le_; // scratch, reused
+  std::vector<Label> pairs_;                 // one series' labels, before sorting
+  std::vector<std::string_view> values_;     // the series' own label values, in configured order
+  std::vector<LabelLayout> layouts_;         // of the families seen last, a few at most
+  std::size_t last_layout_ = 0;
+  std::string sample_; // a Sample at the snapshot's time, its value written for each series
+  std::string labels_, message_, deltas_, le_; // scratch, reused
   std::size_t in_batch_ = 0;
+  bool comparing_ = false;   // every key so far as the previous snapshot's
+  std::size_t matched_ = 0;  // how many of its keys came again, in its order
+  bool same_keys_ = false;
   bool failed_ = false;
   bool pushed_ = false; // the sample being added is a pushed group's
 };
 
-// A label set's hash, eight bytes at a time: it only tells candidates apart, the bytes decide.
+// A label set's hash, eight bytes at a time: it only tells candidates apart, the bytes
+// decide. Worked out only for the series that changed since the last snapshot.
 inline std::uint64_t label_set_hash(std::string_view bytes) {
   std::uint64_t hash = bytes.size() * 0x9e3779b97f4a7c15ull;
   std::size_t at = 0;
@@ -12471,64 +12550,157 @@ inline bool SnapshotWriter::fit(std::string &text, std::size_t more) {
 }
 
 // Remembers the label set just written, for the stale markers of the next snapshot.
-inline void SnapshotWriter::add_key() {
-  if (failed_ || !fit(key_text_, labels_.size())) return;
+inline void SnapshotWriter::add_key(std::string_view labels) {
+  if (failed_) return;
+  if (comparing_) {
+    const std::vector<SeriesKey> &previous = *context_.previous_keys;
+    if (matched_ < previous.size() &&
+        std::string_view(context_.previous_text->data() + previous[matched_].offset, previous[matched_].size) == labels)
+      return void(++matched_);
+    if (!copy_matched_keys()) return;
+  }
+  if (!fit(key_text_, labels.size())) return;
   if (keys_.size() == keys_.capacity()) {
     const std::size_t more = std::max<std::size_t>(keys_.capacity(), 256);
     if (!make_room_(more * sizeof(SeriesKey))) return void(failed_ = true);
     snapshot_.taken += more * sizeof(SeriesKey);
     keys_.reserve(keys_.capacity() + more);
   }
-  keys_.push_back({label_set_hash(labels_), static_cast<std::uint32_t>(key_text_.size()), static_cast<std::uint32_t>(labels_.size())});
-  key_text_ += labels_;
+  keys_.push_back({static_cast<std::uint32_t>(key_text_.size()), static_cast<std::uint32_t>(labels.size())});
+  key_text_ += labels;
+}
+
+// The keys matched so far, copied from the previous snapshot's once this one's differ,
+// with room for as many keys as it had.
+inline bool SnapshotWriter::copy_matched_keys() {
+  comparing_ = false;
+  const std::vector<SeriesKey> &previous = *context_.previous_keys;
+  const std::size_t keys = previous.size() + previous.size() / 16 + 1, text = context_.previous_text->size();
+  if (!make_room_(keys * sizeof(SeriesKey))) return failed_ = true, false;
+  snapshot_.taken += keys * sizeof(SeriesKey);
+  keys_.reserve(keys);
+  if (!fit(key_text_, text + text / 16)) return false;
+  keys_.assign(previous.begin(), previous.begin() + static_cast<std::ptrdiff_t>(matched_));
+  key_text_.assign(*context_.previous_text, 0, matched_ == 0 ? 0 : previous[matched_ - 1].offset + previous[matched_ - 1].size);
+  return true;
 }
 
 // The labels a scrape gives: the series' own (job and instance renamed exported_*, as a
 // scrape without honor_labels does; a pushed group's kept, as Pushgateway is scraped
 // with honor_labels), job and instance, then external labels for names still free (job
-// and instance among them); sorted by name, empty values left out.
-inline void SnapshotWriter::encode_labels(std::string_view name) {
+// and instance among them); sorted by name. Only names decide the order.
+inline void SnapshotWriter::order_labels(std::string_view name) {
   static const std::string exported_job = "exported_job", exported_instance = "exported_instance";
   bool own_job = false, own_instance = false;
-  for (Pair &pair : pairs_) {
-    if (pair.first != "job" && pair.first != "instance") continue;
-    if (pushed_) (pair.first == "job" ? own_job : own_instance) = true;
-    else pair.first = pair.first == "job" ? exported_job : exported_instance;
+  for (Label &label : pairs_) {
+    if (label.name != "job" && label.name != "instance") continue;
+    if (pushed_) (label.name == "job" ? own_job : own_instance) = true;
+    else label.name = label.name == "job" ? exported_job : exported_instance;
   }
   std::string_view job = *context_.job, instance = *context_.instance;
   const std::size_t own = pairs_.size();
   for (const auto &external : *context_.external_labels) {
-    const std::string &label = external.first;
-    if (label == "job") job = external.second;
-    else if (label == "instance") instance = external.second;
-    else if (std::none_of(pairs_.begin(), pairs_.begin() + static_cast<std::ptrdiff_t>(own), [&](const Pair &p) { return p.first == label; }))
-      pairs_.emplace_back(label, external.second);
+    const std::string &name_of_external = external.first;
+    if (name_of_external == "job") job = external.second;
+    else if (name_of_external == "instance") instance = external.second;
+    else if (std::none_of(pairs_.begin(), pairs_.begin() + static_cast<std::ptrdiff_t>(own),
+                          [&](const Label &l) { return l.name == name_of_external; }))
+      pairs_.push_back({name_of_external, external.second});
   }
-  pairs_.emplace_back("__name__", name);
-  if (!own_job) pairs_.emplace_back("job", job);
-  if (!own_instance) pairs_.emplace_back("instance", instance);
-  std::sort(pairs_.begin(), pairs_.end(), [](const Pair &a, const Pair &b) { return a.first < b.first; });
+  pairs_.push_back({"__name__", name});
+  if (!own_job) pairs_.push_back({"job", job});
+  if (!own_instance) pairs_.push_back({"instance", instance});
+  std::sort(pairs_.begin(), pairs_.end(), [](const Label &a, const Label &b) { return a.name < b.name; });
+}
+
+// The labels of pairs_ into labels_, empty values left out.
+inline void SnapshotWriter::encode_labels(std::string_view name) {
+  order_labels(name);
   labels_.clear();
-  for (const Pair &pair : pairs_)
-    if (!pair.second.empty()) append_label_pair(labels_, 1, pair.first, pair.second);
+  for (const Label &label : pairs_)
+    if (!label.value.empty()) append_label_pair(labels_, 1, label.name, label.value);
 }
 
-inline void SnapshotWriter::with_series_labels(const MetricConfig &config, const LabelValues &labels, Pair extra) {
+// The layout of the family's part, made the first time it is asked for.
+inline const SnapshotWriter::LabelLayout &SnapshotWriter::layout(const MetricConfig &config, Part part) {
+  const auto is_it = [&](const LabelLayout &made) { return made.config == &config && made.part == part; };
+  if (last_layout_ < layouts_.size() && is_it(layouts_[last_layout_])) return layouts_[last_layout_];
+  for (std::size_t i = 0; i < layouts_.size(); ++i)
+    if (is_it(layouts_[i])) return layouts_[last_layout_ = i];
+  constexpr std::size_t kept = 8; // a histogram's series use three, a summary's three
+  if (layouts_.size() == kept) layouts_.clear();
+  static constexpr std::string_view suffixes[] = {"", "_bucket", "", "_sum", "_count"};
+  LabelLayout made{&config, part, config.name + std::string(suffixes[static_cast<int>(part)]), {}, false};
   pairs_.clear();
-  for (std::size_t i = 0; i < labels.size(); ++i) pairs_.emplace_back(config.labels[i], labels[i]);
-  if (!extra.first.empty()) pairs_.push_back(extra);
+  for (std::uint32_t i = 0; i < config.labels.size(); ++i) pairs_.push_back({config.labels[i], {}, i});
+  const auto extra = static_cast<std::uint32_t>(config.labels.size());
+  if (part == Part::bucket) pairs_.push_back({"le", {}, extra});
+  if (part == Part::quantile) pairs_.push_back({"quantile", {}, extra});
+  order_labels(made.name);
+  for (std::size_t i = 1; i < pairs_.size(); ++i) made.each_sorted = made.each_sorted || pairs_[i - 1].name == pairs_[i].name;
+  made.steps.emplace_back();
+  for (const Label &label : pairs_) {
+    if (label.source == constant) {
+      if (!label.value.empty()) append_label_pair(made.steps.back().constant_pairs, 1, label.name, label.value);
+      continue;
+    }
+    made.steps.back().name = label.name, made.steps.back().source = label.source;
+    made.steps.emplace_back();
+  }
+  layouts_.push_back(std::move(made));
+  return layouts_[last_layout_ = layouts_.size() - 1];
 }
 
-// A TimeSeries field: the labels, then one Sample (field 2) or Histogram (field 4).
-inline void SnapshotWriter::append_series(std::string_view labels_bytes, std::uint32_t field, std::string_view message) {
-  piece_.clear();
-  const std::size_t body = labels_bytes.size() + 1 + varint_size(message.size()) + message.size();
-  append_tag(piece_, 1, WireType::length_delimited);
-  append_varint(piece_, body);
-  piece_ += labels_bytes;
-  append_bytes_field(piece_, field, message);
-  if (!fit(snapshot_.series, piece_.size())) return;
-  snapshot_.series += piece_;
+// The sample of a series of values_ (and `extra`, its le or quantile), written in place
+// as the family's layout orders its labels.
+inline void SnapshotWriter::add_part(const MetricConfig &config, Part part, std::string_view extra, double value) {
+  const LabelLayout &made = layout(config, part);
+  if (made.each_sorted) {
+    with_series_labels(config, part, extra);
+    encode_labels(made.name);
+    return add_float(value);
+  }
+  const auto value_of = [&](const LabelLayout::Step &step) { return step.source < values_.size() ? values_[step.source] : extra; };
+  std::size_t size = 0;
+  for (const LabelLayout::Step &step : made.steps) {
+    size += step.constant_pairs.size();
+    if (step.source == constant || value_of(step).empty()) continue;
+    const std::size_t pair = label_pair_size(step.name, value_of(step));
+    size += 1 + varint_size(pair) + pair;
+  }
+  put_double_field(&sample_[0], 1, value);
+  char *at = open_series(size, sample_.size());
+  if (at == nullptr) return;
+  const char *labels = at;
+  for (const LabelLayout::Step &step : made.steps) {
+    at = std::copy(step.constant_pairs.begin(), step.constant_pairs.end(), at);
+    if (step.source != constant && !value_of(step).empty()) at = put_label_pair(at, 1, step.name, value_of(step));
+  }
+  put_bytes_field(at, 2, sample_);
+  count_sample();
+  add_key({labels, size});
+}
+
+inline void SnapshotWriter::with_series_labels(const MetricConfig &config, Part part, std::string_view extra) {
+  pairs_.clear();
+  for (std::size_t i = 0; i < values_.size(); ++i) pairs_.push_back({config.labels[i], values_[i]});
+  if (part == Part::bucket) pairs_.push_back({"le", extra});
+  if (part == Part::quantile) pairs_.push_back({"quantile", extra});
+}
+
+// Room for a TimeSeries field (labels, then one Sample as field 2 or Histogram as field 4)
+// of `labels_size` bytes of labels and a message of `message_size`: its head written, and
+// where the labels go returned; nullptr where there is no room.
+inline char *SnapshotWriter::open_series(std::size_t labels_size, std::size_t message_size) {
+  const std::size_t body = labels_size + 1 + varint_size(message_size) + message_size;
+  std::string &out = snapshot_.series;
+  if (!fit(out, 1 + varint_size(body) + body)) return nullptr;
+  const std::size_t start = out.size();
+  out.resize(start + 1 + varint_size(body) + body);
+  return put_varint(put_tag(&out[start], 1, WireType::length_delimited), body);
+}
+
+inline void SnapshotWriter::count_sample() {
   ++snapshot_.samples;
   if (++in_batch_ == context_.max_samples_per_send) {
     snapshot_.batch_ends.push_back(snapshot_.series.size());
@@ -12537,54 +12709,54 @@ inline void SnapshotWriter::append_series(std::string_view labels_bytes, std::ui
   }
 }
 
-inline void SnapshotWriter::add_float(std::string_view name, double value) {
-  encode_labels(name);
-  message_.clear();
-  append_double_field(message_, 1, value);
-  append_uint_field(message_, 2, static_cast<std::uint64_t>(snapshot_.timestamp_ms));
-  append_series(labels_, 2, message_);
-  add_key();
+inline void SnapshotWriter::append_series(std::string_view labels_bytes, std::uint32_t field, std::string_view message) {
+  char *at = open_series(labels_bytes.size(), message.size());
+  if (at == nullptr) return;
+  put_bytes_field(std::copy(labels_bytes.begin(), labels_bytes.end(), at), field, message);
+  count_sample();
+}
+
+// A Sample of the labels in labels_.
+inline void SnapshotWriter::add_float(double value) {
+  put_double_field(&sample_[0], 1, value);
+  append_series(labels_, 2, sample_);
+  add_key(labels_);
 }
 
 // As the text format writes them: buckets with le, the +Inf one, _sum and _count; a
 // summary's quantiles, _sum and _count. A native histogram is one Histogram, beside
 // its classic buckets where it has any.
 inline void SnapshotWriter::series(const MetricConfig &config, const LabelValues &labels, const Series &series) {
-  if (config.type == MetricType::counter || config.type == MetricType::gauge) {
-    with_series_labels(config, labels);
-    return add_float(config.name, series.value);
-  }
+  values_.clear();
+  for (const std::string_view value : labels) values_.push_back(value);
+  if (config.type == MetricType::counter || config.type == MetricType::gauge) return add_part(config, Part::value, {}, series.value);
   const Distribution &seen = *series.distribution;
   if (config.type == MetricType::summary) {
     for (const auto &objective : config.objectives) {
       le_ = format_double(objective.first);
-      with_series_labels(config, labels, {"quantile", le_});
-      add_float(config.name, seen.quantiles->query(objective.first));
+      add_part(config, Part::quantile, le_, seen.quantiles->query(objective.first));
     }
   } else {
-    if (seen.native) add_native(config, labels, seen);
+    if (seen.native) add_native(config, seen);
     if (seen.native && config.buckets.empty()) return;
     std::uint64_t cumulative = 0;
-    const std::string bucket = config.name + "_bucket";
     for (std::size_t i = 0; i < seen.bucket_counts.size(); ++i) {
       cumulative += seen.bucket_counts[i];
       le_ = i < config.buckets.size() ? format_double(config.buckets[i]) : "+Inf";
-      with_series_labels(config, labels, {"le", le_});
-      add_float(bucket, static_cast<double>(cumulative));
+      add_part(config, Part::bucket, le_, static_cast<double>(cumulative));
     }
   }
-  with_series_labels(config, labels);
-  add_float(config.name + "_sum", seen.sum);
-  with_series_labels(config, labels);
-  add_float(config.name + "_count", static_cast<double>(seen.count));
+  add_part(config, Part::sum, {}, seen.sum);
+  add_part(config, Part::count, {}, static_cast<double>(seen.count));
 }
 
 // Histogram {count_int = 1, sum = 3, schema = 4, zero_threshold = 5, zero_count_int = 6,
 // negative_spans = 8, negative_deltas = 9, positive_spans = 11, positive_deltas = 12,
 // timestamp = 15}: the spans and deltas as the exposition writes them.
-inline void SnapshotWriter::add_native(const MetricConfig &config, const LabelValues &labels, const Distribution &seen) {
-  with_series_labels(config, labels);
-  encode_labels(config.name);
+inline void SnapshotWriter::add_native(const MetricConfig &config, const Distribution &seen) {
+  const LabelLayout &made = layout(config, Part::value);
+  with_series_labels(config, Part::value, {});
+  encode_labels(made.name);
   const NativeHistogram &native = *seen.native;
   message_.clear();
   append_uint_field(message_, 1, seen.count);
@@ -12596,31 +12768,58 @@ inline void SnapshotWriter::add_native(const MetricConfig &config, const LabelVa
   append_native_side(message_, deltas_, native.positive, 11, 12);
   append_uint_field(message_, 15, static_cast<std::uint64_t>(snapshot_.timestamp_ms));
   append_series(labels_, 4, message_);
-  add_key();
+  add_key(labels_);
 }
 
+// Both lists of keys are in the order the renders wrote them, which stays from one
+// snapshot to the next while the series do: the run they share is passed over a
+// neighbour at a time, and only the last snapshot's keys after it are looked up, in an
+// index of this one's made for them. Markers go out in the order of the label sets' hashes.
 inline bool SnapshotWriter::add_stale_markers(const std::string &previous_text, const std::vector<SeriesKey> &previous) {
-  const auto by_hash = [](const SeriesKey &a, const SeriesKey &b) { return a.hash < b.hash; };
-  std::sort(keys_.begin(), keys_.end(), by_hash);
-  message_.clear();
-  append_double_field(message_, 1, stale_nan());
-  append_uint_field(message_, 2, static_cast<std::uint64_t>(snapshot_.timestamp_ms));
-  const std::string marker = message_;
-  auto next = keys_.begin(); // both sorted by hash: one pass over each
-  for (const SeriesKey &old : previous) {
-    const std::string_view old_labels(previous_text.data() + old.offset, old.size);
-    while (next != keys_.end() && next->hash < old.hash) ++next;
-    bool present = false;
-    for (auto it = next; !present && it != keys_.end() && it->hash == old.hash; ++it)
-      present = std::string_view(key_text_.data() + it->offset, it->size) == old_labels;
-    if (!present) append_series(old_labels, 2, marker);
+  const auto old_labels = [&](std::size_t at) { return std::string_view(previous_text.data() + previous[at].offset, previous[at].size); };
+  const auto new_labels = [&](std::size_t at) { return std::string_view(key_text_.data() + keys_[at].offset, keys_[at].size); };
+  if (comparing_ && matched_ == previous.size()) return same_keys_ = true, close_batch(), !failed_;
+  if (comparing_ && !copy_matched_keys()) return false;
+  std::size_t shared = matched_;
+  while (shared < previous.size() && shared < keys_.size() && old_labels(shared) == new_labels(shared)) ++shared;
+  if (shared == previous.size() || failed_) return close_batch(), !failed_;
+  std::size_t slot_count = 16;
+  while (slot_count < 2 * (keys_.size() - shared)) slot_count *= 2;
+  using Gone = std::pair<std::uint64_t, std::uint32_t>; // hash, place in previous
+  const std::size_t bytes = slot_count * sizeof(std::uint64_t) + (previous.size() - shared) * sizeof(Gone);
+  if (!make_room_(bytes)) return failed_ = true, false;
+  snapshot_.taken += bytes;
+  std::vector<std::uint64_t> slots(slot_count, 0); // the hash's upper half, and the key's place + 1
+  const std::size_t mask = slot_count - 1;
+  for (std::size_t at = shared; at < keys_.size(); ++at) {
+    const std::uint64_t hash = label_set_hash(new_labels(at));
+    std::size_t slot = static_cast<std::size_t>(hash) & mask;
+    while (slots[slot] != 0) slot = (slot + 1) & mask;
+    slots[slot] = (hash >> 32 << 32) | (at + 1);
   }
+  std::vector<Gone> gone;
+  gone.reserve(previous.size() - shared);
+  for (std::size_t at = shared; at < previous.size(); ++at) {
+    const std::uint64_t hash = label_set_hash(old_labels(at));
+    bool present = false;
+    for (std::size_t slot = static_cast<std::size_t>(hash) & mask; !present && slots[slot] != 0; slot = (slot + 1) & mask)
+      present = slots[slot] >> 32 == hash >> 32 && new_labels(static_cast<std::size_t>(slots[slot] & 0xffffffffu) - 1) == old_labels(at);
+    if (!present) gone.emplace_back(hash, static_cast<std::uint32_t>(at));
+  }
+  std::sort(gone.begin(), gone.end());
+  put_double_field(&sample_[0], 1, stale_nan());
+  for (const Gone &old : gone) append_series(old_labels(old.second), 2, sample_);
+  close_batch();
+  return !failed_;
+}
+
+// The last batch, however few samples it holds.
+inline void SnapshotWriter::close_batch() {
   if (in_batch_ > 0) {
     snapshot_.batch_ends.push_back(snapshot_.series.size());
     snapshot_.batch_samples.push_back(in_batch_);
     in_batch_ = 0;
   }
-  return !failed_;
 }
 
 } // namespace detail
@@ -13299,6 +13498,7 @@ private:
     };
     SnapshotWriter::Context context = target.context();
     context.expected_bytes = slot.last_bytes, context.expected_series = slot.keys.size();
+    context.previous_text = &slot.key_text, context.previous_keys = &slot.keys;
     SnapshotWriter writer(context, milliseconds_of(wall_clock_seconds()), make_room);
     render(writer);
     const bool whole = !writer.failed() && writer.add_stale_markers(slot.key_text, slot.keys);
@@ -13313,11 +13513,13 @@ private:
       give_back(taking);
       return logger_.log(LogLevel::warn, "remote write snapshot skipped: no room in the memory budget", {{"url", target.config().url}});
     }
-    const std::size_t keys_taken = writer.key_text().capacity() + writer.keys().capacity() * sizeof(SeriesKey);
-    give_back(slot.keys_taken);
-    slot.key_text = std::move(writer.key_text());
-    slot.keys = std::move(writer.keys());
-    slot.keys_taken = keys_taken;
+    const std::size_t keys_taken = writer.same_keys() ? 0 : writer.key_text().capacity() + writer.keys().capacity() * sizeof(SeriesKey);
+    if (!writer.same_keys()) {
+      give_back(slot.keys_taken);
+      slot.key_text = std::move(writer.key_text());
+      slot.keys = std::move(writer.keys());
+      slot.keys_taken = keys_taken;
+    }
     slot.last_bytes = made.series.size();
     made.taken = taking - std::min(keys_taken, taking);
     target.enqueue(std::make_unique<PendingSnapshot>(std::move(made)));

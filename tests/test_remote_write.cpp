@@ -356,3 +356,76 @@ TEST_CASE("remote write snapshot: batches of max_samples_per_send, and stale mar
   const Snapshot third = take_snapshot(registry, target, 3000, &second);
   CHECK(third.series.size() == second.series.size() - 4); // a marker once, not again
 }
+
+namespace {
+
+// The last snapshot's label sets as a server keeps them, and the snapshot's bytes.
+struct KeptKeys {
+  std::string text;
+  std::vector<hermes::detail::SeriesKey> keys;
+  bool same = false; // the last snapshot's label sets were those kept before it
+};
+
+// A snapshot as a server makes it: its label sets compared with the kept ones as they come.
+std::string take_snapshot_against(const hermes::Registry &registry, const hermes::RemoteWriteConfig &target,
+                                  std::int64_t timestamp_ms, KeptKeys &kept) {
+  static const std::string job = "boards", instance = "board-1";
+  hermes::detail::SnapshotWriter writer({&job, &instance, &target.external_labels, target.max_samples_per_send, 0, 0, &kept.text, &kept.keys},
+                                        timestamp_ms, [](std::size_t) { return true; });
+  hermes::detail::Renderer renderer(writer, registry, {registry, nullptr, nullptr});
+  while (!renderer.write_some(SIZE_MAX)) {
+  }
+  REQUIRE(writer.add_stale_markers(kept.text, kept.keys));
+  kept.same = writer.same_keys();
+  if (!kept.same) kept.text = std::move(writer.key_text()), kept.keys = std::move(writer.keys());
+  return writer.snapshot().series;
+}
+
+} // namespace
+
+TEST_CASE("remote write snapshot: label sets compared in place with the last ones give the same bytes, kept while unchanged") {
+  hermes::Registry registry(hermes::parse_config(
+      R"({"service_name": "s", "gauges": [{"metric_name": "g", "labels": ["k"], "ttl_seconds": 10}]})", "config.json"));
+  const auto set = [&](const std::string &k, double now) {
+    registry.ingest(R"({"metric_name": "g", "payload": {"labels": {"k": ")" + k + R"("}, "value": 1}})", now);
+  };
+  for (int i = 1; i <= 5; ++i) set(std::to_string(i), 1000);
+  hermes::RemoteWriteConfig target;
+  target.max_samples_per_send = 3;
+  KeptKeys kept;
+  const Snapshot *last = nullptr;
+  std::vector<Snapshot> made;
+  made.reserve(5);
+  double now = 1000;
+  const auto both_ways = [&](std::int64_t timestamp_ms) { // the same bytes whichever way the keys are kept
+    registry.expire(now);
+    made.push_back(take_snapshot(registry, target, timestamp_ms, last));
+    last = &made.back();
+    CHECK(take_snapshot_against(registry, target, timestamp_ms, kept) == last->pending.series);
+  };
+  both_ways(1000);
+  CHECK_FALSE(kept.same); // the first: nothing kept before
+  both_ways(2000);
+  CHECK(kept.same);
+  set("0", now += 6), set("3", now), set("6", now); // one before all, one after all; 1, 2, 4 and 5 are not refreshed
+  both_ways(3000);
+  CHECK_FALSE(kept.same);
+  now += 6; // 1, 2, 4 and 5 expire: their stale markers
+  both_ways(4000);
+  CHECK_FALSE(kept.same);
+  const auto count_g = [&](bool stale) {
+    std::size_t count = 0;
+    for (const test::DecodedSeries &series : last->series) {
+      std::uint64_t bits;
+      std::memcpy(&bits, &series.samples.at(0).first, sizeof bits);
+      count += series.label("__name__") == "g" && (bits == 0x7ff0000000000002ull) == stale;
+    }
+    return count;
+  };
+  CHECK(count_g(true) == 4);
+  CHECK(count_g(false) == 3);
+  both_ways(5000);
+  CHECK(kept.same);
+  CHECK(count_g(true) == 0); // markers once, not again
+  CHECK(count_g(false) == 3); // 0, 3 and 6
+}
