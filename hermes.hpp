@@ -7036,14 +7036,12 @@ struct HeldFamily {
   const PushedFamily *family;
 };
 
-// Each family name over the groups: its type, the HELP of its latest push, the groups
-// that hold it and a hash of each sample's labels, so that a push is checked against
-// the others without reading them but where two hashes meet.
+// Each family name over the groups: its type, the HELP of its latest push and the groups
+// that hold it, so that a push is checked against the others without reading them.
 struct PushFamilyIndex {
   PushType type = PushType::untyped;
   std::optional<std::string> help;
   std::vector<HeldFamily> groups;
-  std::unordered_multimap<std::uint64_t, const PushGroup *> series; // labels_hash -> its group
 };
 
 // What a pushed family may add to one /metrics body, in the format that writes the most
@@ -7222,7 +7220,9 @@ public:
 
 private:
   std::string check(const PushGroup &candidate, const PushGroup *old) const;
-  std::string check_family(const PushedFamily &family, const PushGroup &candidate, const PushGroup *old) const;
+  std::string check_family(const PushedFamily &family, const PushGroup &candidate, const PushGroup *old,
+                           const std::vector<const PushGroup *> &overlapping) const;
+  static bool keys_agree(const PushLabels &a, const PushLabels &b);
   std::optional<PushType> other_type(std::string_view name, const PushGroup &candidate, const PushGroup *old) const;
   static bool holds_sample(const PushGroup &group, const std::string &name, const PushLabelViews &labels);
   std::string commit(PushGroup &candidate, Groups::iterator old);
@@ -7290,11 +7290,27 @@ inline PushOutcome PushStore::push(const PushLabels &key, std::map<std::string, 
 
 // Why `candidate` would make /metrics inconsistent, or "".
 inline std::string PushStore::check(const PushGroup &candidate, const PushGroup *old) const {
+  std::vector<const PushGroup *> overlapping;
+  for (const auto &[key, group] : groups_)
+    if (&group != old && keys_agree(key, candidate.key)) overlapping.push_back(&group);
   for (const auto &entry : candidate.families) {
-    const std::string problem = check_family(entry.second, candidate, old);
+    const std::string problem = check_family(entry.second, candidate, old, overlapping);
     if (!problem.empty()) return problem;
   }
   return "";
+}
+
+// Whether two grouping keys give no label two values: only then may a sample of one
+// group show the same labels as a sample of the other (every sample shows its key). Keys
+// differ in a value where groups differ by job, instance or another grouping label, so
+// that a push is checked against the samples of few groups, without an index of them.
+inline bool PushStore::keys_agree(const PushLabels &a, const PushLabels &b) {
+  for (auto i = a.begin(), j = b.begin(); i != a.end() && j != b.end();) {
+    if (i->first == j->first && i->second != j->second) return false;
+    if (i->first <= j->first) ++i;
+    else ++j;
+  }
+  return true;
 }
 
 // The type of another family named `name`: in the candidate, or in another group.
@@ -7310,7 +7326,8 @@ inline std::optional<PushType> PushStore::other_type(std::string_view name, cons
 
 // A family against Hermes' own names, the other groups' families of the same or a
 // colliding name (as client_golang's gatherer checks them), and each sample's labels.
-inline std::string PushStore::check_family(const PushedFamily &family, const PushGroup &candidate, const PushGroup *old) const {
+inline std::string PushStore::check_family(const PushedFamily &family, const PushGroup &candidate, const PushGroup *old,
+                                           const std::vector<const PushGroup *> &overlapping) const {
   const std::string &name = family.name;
   const PushType type = *family.type;
   if (!is_metric_name(name)) return "family " + go_quote(name) + ": not a metric name";
@@ -7338,7 +7355,6 @@ inline std::string PushStore::check_family(const PushedFamily &family, const Pus
       if ((type == PushType::histogram || std::strcmp(suffix, "_bucket") != 0) && other_type(name + suffix, candidate, old))
         return "the " + std::string(to_string(type)) + " \"" + name + "\" collides with the family \"" + name + suffix + "\"";
   std::vector<std::pair<std::uint64_t, std::size_t>> hashes; // of each sample's labels, and the sample
-  const auto found = index_.find(name);
   PushLabelViews labels;
   for (const PushedMetric &metric : family.metrics) {
     if (metric.kind != type) return "family \"" + name + "\": a sample that is not a " + to_string(type);
@@ -7353,10 +7369,8 @@ inline std::string PushStore::check_family(const PushedFamily &family, const Pus
       if (!is_valid_utf8(value)) return "family \"" + name + "\": the value of label \"" + std::string(label) + "\" is not UTF-8";
     }
     hashes.emplace_back(labels_hash(labels), hashes.size());
-    if (found == index_.end()) continue;
-    const auto owners = found->second.series.equal_range(hashes.back().first);
-    for (auto owner = owners.first; owner != owners.second; ++owner)
-      if (owner->second != old && holds_sample(*owner->second, name, labels))
+    for (const PushGroup *other : overlapping)
+      if (holds_sample(*other, name, labels))
         return "family \"" + name + "\": the labels " + labels_text(labels) + " are another group's already";
   }
   std::sort(hashes.begin(), hashes.end());
@@ -7469,38 +7483,20 @@ inline std::size_t PushStore::expire(double monotonic_now) {
 }
 
 inline void PushStore::index(const PushGroup &group) {
-  PushLabelViews labels;
   for (const auto &[name, family] : group.families) {
     PushFamilyIndex &entry = index_[name];
     entry.type = *family.type;
     entry.help = family.help;
     entry.groups.push_back({&group, &family});
-    for (const PushedMetric &metric : family.metrics) {
-      shown_labels(group.key, metric.labels, labels);
-      entry.series.emplace(labels_hash(labels), &group);
-    }
   }
 }
 
 inline void PushStore::unindex(const PushGroup &group) {
-  PushLabelViews labels;
   for (const auto &[name, family] : group.families) {
     const auto found = index_.find(name);
     PushFamilyIndex &entry = found->second;
     entry.groups.erase(std::find_if(entry.groups.begin(), entry.groups.end(), [&](const HeldFamily &held) { return held.group == &group; }));
-    if (entry.groups.empty()) {
-      index_.erase(found);
-      continue;
-    }
-    for (const PushedMetric &metric : family.metrics) {
-      shown_labels(group.key, metric.labels, labels);
-      const auto hashed = entry.series.equal_range(labels_hash(labels));
-      for (auto it = hashed.first; it != hashed.second; ++it)
-        if (it->second == &group) {
-          entry.series.erase(it);
-          break;
-        }
-    }
+    if (entry.groups.empty()) index_.erase(found);
   }
 }
 
@@ -7512,10 +7508,10 @@ inline void PushStore::drop(Groups::iterator group) {
 }
 
 // The heap a group holds, its share of the index included: each allocation's bytes and
-// malloc's header (strings past the small-string buffer, vectors by their capacity), a
-// map node's overhead, and a hash node and bucket per sample in the index.
+// malloc's header (strings past the small-string buffer, vectors by their capacity), and
+// a map node's overhead.
 inline std::size_t PushStore::own_bytes(const PushGroup &group) {
-  constexpr std::size_t node = 64, small_string = 15, header = 16, hashed = 32 + 2 * sizeof(void *);
+  constexpr std::size_t node = 64, small_string = 15, header = 16;
   const auto text = [](const std::string &s) { return s.size() > small_string ? s.size() + 1 + header : 0; };
   const auto labels = [&](const PushLabels &pairs) {
     std::size_t bytes = pairs.capacity() == 0 ? 0 : pairs.capacity() * sizeof(pairs[0]) + header;
@@ -7528,7 +7524,7 @@ inline std::size_t PushStore::own_bytes(const PushGroup &group) {
     bytes += node + sizeof(PushFamilyIndex) + sizeof(HeldFamily); // its share of the index
     bytes += family.metrics.capacity() * sizeof(PushedMetric) + header;
     for (const PushedMetric &metric : family.metrics) {
-      bytes += labels(metric.labels) + text(metric.native) + hashed;
+      bytes += labels(metric.labels) + text(metric.native);
       if (metric.points.capacity() > 0) bytes += metric.points.capacity() * sizeof(metric.points[0]) + header;
     }
   }
