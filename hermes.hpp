@@ -7079,8 +7079,11 @@ namespace detail {
 constexpr const char *push_time_name = "push_time_seconds";
 constexpr const char *push_failure_name = "push_failure_time_seconds";
 
+// A held sample keeps only its own labels (those the grouping labels do not override,
+// sorted): the grouping labels are the group's, once; shown_labels puts them together.
+// Each family's samples are held in the order /metrics shows them (pushed_labels_less).
 struct PushGroup {
-  PushLabels key;                                          // the grouping labels, job among them
+  PushLabels key;                                          // the grouping labels, job among them, sorted
   std::map<std::string, PushedFamily, std::less<>> families; // with the two push_* gauges
   double last_push = 0;                                    // monotonic seconds: when its TTL starts
   std::size_t own_bytes = 0, body_bytes = 0;               // what it took from the budget
@@ -7092,60 +7095,135 @@ struct PushOutcome {
   std::string message;
 };
 
-// Each family name over the groups: its type, the HELP of its latest push, the groups
-// that hold it and the label sets of its samples, so that a push is checked against the
-// others without reading them.
+// A family as one group holds it.
+struct HeldFamily {
+  const PushGroup *group;
+  const PushedFamily *family;
+};
+
+// Each family name over the groups: its type, the HELP of its latest push and the groups
+// that hold it, so that a push is checked against the others without reading them.
 struct PushFamilyIndex {
   PushType type = PushType::untyped;
   std::optional<std::string> help;
-  std::vector<const PushGroup *> groups;
-  std::map<std::string, const PushGroup *> series; // label set (series_key) -> its group
+  std::vector<HeldFamily> groups;
 };
 
 // What a pushed family may add to one /metrics body, in the format that writes the most
 // of it; defined with the formatting, which writes it.
 inline std::size_t pushed_body_bytes(const PushGroup &group);
 
-// A label set as one string: each name and value followed by 0xFF, a byte UTF-8 never holds.
-inline std::string series_key(const PushLabels &labels) {
-  std::string key;
-  for (const auto &[name, value] : labels) key.append(name).append(1, '\xff').append(value).append(1, '\xff');
-  return key;
+using PushLabelViews = std::vector<std::pair<std::string_view, std::string_view>>;
+
+// A label set's FNV-1a hash: each name and value followed by 0xFF, a byte UTF-8 never holds.
+inline std::uint64_t labels_hash(const PushLabelViews &labels) {
+  std::uint64_t hash = 14695981039346656037ull;
+  const auto add = [&](std::string_view text) {
+    for (const char c : text) hash = (hash ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+    hash = (hash ^ 0xffu) * 1099511628211ull;
+  };
+  for (const auto &[name, value] : labels) add(name), add(value);
+  return hash;
 }
 
-// Pushgateway's sanitizeLabels: the grouping labels over the pushed ones, instance=""
-// when there is no instance, sorted by name.
-inline void add_grouping_labels(PushLabels &labels, const PushLabels &key) {
+// What a pushed sample keeps of its labels: those the grouping key does not override
+// (the first of each name, as Pushgateway's sanitizeLabels overrides it), sorted, less
+// an instance="" that its group shows anyway (as a state file has it).
+inline void strip_grouping_labels(PushLabels &labels, const PushLabels &key) {
+  const auto named = [&](const std::string &name) { return [&](const auto &pair) { return pair.first == name; }; };
   for (const auto &grouping : key) {
-    const auto found = std::find_if(labels.begin(), labels.end(), [&](const auto &pair) { return pair.first == grouping.first; });
-    if (found != labels.end()) {
-      found->second = grouping.second;
-    } else {
-      labels.push_back(grouping);
+    const auto found = std::find_if(labels.begin(), labels.end(), named(grouping.first));
+    if (found != labels.end()) labels.erase(found);
+  }
+  const std::string instance = "instance";
+  const auto found = std::find_if(labels.begin(), labels.end(), named(instance));
+  if (std::none_of(key.begin(), key.end(), named(instance)) && std::count_if(labels.begin(), labels.end(), named(instance)) == 1 &&
+      found->second.empty())
+    labels.erase(found);
+  std::sort(labels.begin(), labels.end());
+  if (labels.capacity() > labels.size()) labels.shrink_to_fit();
+}
+
+// The labels a held sample shows, as Pushgateway's sanitizeLabels makes them: its own and
+// the grouping labels, instance="" when neither has an instance, sorted by name and value.
+// A scrape makes them for each sample of a group with one GroupLabels.
+class GroupLabels {
+public:
+  explicit GroupLabels(const PushLabels &key) {
+    for (const auto &[name, value] : key) without_.emplace_back(name, value);
+    with_ = without_;
+    if (std::none_of(key.begin(), key.end(), is_instance<PushLabels::value_type>))
+      with_.insert(std::lower_bound(with_.begin(), with_.end(), View(instance, "")), View(instance, ""));
+  }
+  // Both lists are sorted already: a merge, in std::merge's order (the key's first between equals).
+  void shown(const PushLabels &own, PushLabelViews &out) const {
+    const PushLabelViews &grouping = std::any_of(own.begin(), own.end(), is_instance<PushLabels::value_type>) ? without_ : with_;
+    out.clear();
+    auto k = grouping.begin();
+    auto o = own.begin();
+    while (k != grouping.end() || o != own.end()) {
+      const bool from_key = k != grouping.end() && (o == own.end() || !(View(*o) < *k));
+      out.push_back(from_key ? *k++ : View(*o++));
     }
   }
-  if (std::none_of(labels.begin(), labels.end(), [](const auto &pair) { return pair.first == "instance"; }))
-    labels.emplace_back("instance", "");
-  std::sort(labels.begin(), labels.end());
+
+private:
+  using View = std::pair<std::string_view, std::string_view>;
+  static constexpr std::string_view instance = "instance";
+  template <typename Pair> static bool is_instance(const Pair &pair) { return std::string_view(pair.first) == instance; }
+  PushLabelViews without_, with_; // the key, and with instance="" when it has none
+};
+
+inline void shown_labels(const PushLabels &key, const PushLabels &own, PushLabelViews &out) { GroupLabels(key).shown(own, out); }
+
+inline PushLabels shown_labels(const PushLabels &key, const PushLabels &own) {
+  PushLabelViews views;
+  shown_labels(key, own, views);
+  PushLabels labels;
+  for (const auto &[name, value] : views) labels.emplace_back(name, value);
+  return labels;
+}
+
+// The order of samples on /metrics, client_golang's: fewer labels first, then by label
+// values in the order of the label names.
+inline bool pushed_labels_less(const PushLabelViews &a, const PushLabelViews &b) {
+  if (a.size() != b.size()) return a.size() < b.size();
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (a[i].second != b[i].second) return a[i].second < b[i].second;
+  return a < b; // the same values under other names: an order that does not depend on the groups'
+}
+
+// Puts a family's samples in the order /metrics shows them, once, when they are held, in
+// vectors no larger than they need: a group's bytes do not depend on how it came.
+inline void arrange_held_samples(PushedFamily &family, const PushLabels &key) {
+  for (PushedMetric &metric : family.metrics) metric.points.shrink_to_fit();
+  family.metrics.shrink_to_fit();
+  std::vector<std::pair<PushLabelViews, std::size_t>> order(family.metrics.size());
+  for (std::size_t i = 0; i < order.size(); ++i) shown_labels(key, family.metrics[i].labels, order[i].first), order[i].second = i;
+  const auto less = [](const auto &a, const auto &b) { return pushed_labels_less(a.first, b.first); };
+  if (std::is_sorted(order.begin(), order.end(), less)) return;
+  std::sort(order.begin(), order.end(), less);
+  std::vector<PushedMetric> sorted;
+  sorted.reserve(order.size());
+  for (const auto &entry : order) sorted.push_back(std::move(family.metrics[entry.second]));
+  family.metrics = std::move(sorted);
 }
 
 // A push_time_seconds or push_failure_time_seconds family of one group.
-inline PushedFamily push_time_family(const char *name, const PushLabels &key, double seconds) {
+inline PushedFamily push_time_family(const char *name, double seconds) {
   PushedFamily family;
   family.name = name;
   family.help = name == push_time_name ? "Last Unix time when changing this group in the Pushgateway succeeded."
                                        : "Last Unix time when changing this group in the Pushgateway failed.";
   family.type = PushType::gauge;
-  family.metrics.emplace_back();
-  family.metrics.back().labels = key;
-  add_grouping_labels(family.metrics.back().labels, key);
+  family.metrics.emplace_back(); // the grouping labels only: none of its own
   family.metrics.back().value = seconds;
   family.metrics.back().kind = PushType::gauge;
   return family;
 }
 
 // Labels as the text format writes them, for messages: {a="1",b="2"}.
-inline std::string labels_text(const PushLabels &labels) {
+template <typename Labels> std::string labels_text(const Labels &labels) {
   std::string out = "{";
   for (const auto &[name, value] : labels) {
     if (out.size() > 1) out += ',';
@@ -7207,8 +7285,11 @@ public:
 
 private:
   std::string check(const PushGroup &candidate, const PushGroup *old) const;
-  std::string check_family(const PushedFamily &family, const PushGroup &candidate, const PushGroup *old) const;
+  std::string check_family(const PushedFamily &family, const PushGroup &candidate, const PushGroup *old,
+                           const std::vector<const PushGroup *> &overlapping) const;
+  static bool keys_agree(const PushLabels &a, const PushLabels &b);
   std::optional<PushType> other_type(std::string_view name, const PushGroup &candidate, const PushGroup *old) const;
+  static bool holds_sample(const PushGroup &group, const std::string &name, const PushLabelViews &labels);
   std::string commit(PushGroup &candidate, Groups::iterator old);
   void record_failure(const PushLabels &key, Now now);
   void index(const PushGroup &group);
@@ -7252,14 +7333,14 @@ inline PushOutcome PushStore::push(const PushLabels &key, std::map<std::string, 
   for (auto &[name, family] : families) {
     if (is_push_time(name)) continue; // Pushgateway writes its own over them
     for (PushedMetric &metric : family.metrics) {
-      add_grouping_labels(metric.labels, key);
+      strip_grouping_labels(metric.labels, key);
       timestamps = timestamps || metric.has_timestamp;
     }
     candidate.families[name] = std::move(family);
   }
-  candidate.families[push_time_name] = push_time_family(push_time_name, key, now.wall);
+  candidate.families[push_time_name] = push_time_family(push_time_name, now.wall);
   if (!candidate.families.count(push_failure_name))
-    candidate.families[push_failure_name] = push_time_family(push_failure_name, key, 0);
+    candidate.families[push_failure_name] = push_time_family(push_failure_name, 0);
   std::string problem = timestamps ? "pushed metrics must not have timestamps"
                                    : check(candidate, old == groups_.end() ? nullptr : &old->second);
   ++changes_; // a success, or a failure time kept
@@ -7274,11 +7355,27 @@ inline PushOutcome PushStore::push(const PushLabels &key, std::map<std::string, 
 
 // Why `candidate` would make /metrics inconsistent, or "".
 inline std::string PushStore::check(const PushGroup &candidate, const PushGroup *old) const {
+  std::vector<const PushGroup *> overlapping;
+  for (const auto &[key, group] : groups_)
+    if (&group != old && keys_agree(key, candidate.key)) overlapping.push_back(&group);
   for (const auto &entry : candidate.families) {
-    const std::string problem = check_family(entry.second, candidate, old);
+    const std::string problem = check_family(entry.second, candidate, old, overlapping);
     if (!problem.empty()) return problem;
   }
   return "";
+}
+
+// Whether two grouping keys give no label two values: only then may a sample of one
+// group show the same labels as a sample of the other (every sample shows its key). Keys
+// differ in a value where groups differ by job, instance or another grouping label, so
+// that a push is checked against the samples of few groups, without an index of them.
+inline bool PushStore::keys_agree(const PushLabels &a, const PushLabels &b) {
+  for (auto i = a.begin(), j = b.begin(); i != a.end() && j != b.end();) {
+    if (i->first == j->first && i->second != j->second) return false;
+    if (i->first <= j->first) ++i;
+    else ++j;
+  }
+  return true;
 }
 
 // The type of another family named `name`: in the candidate, or in another group.
@@ -7288,13 +7385,14 @@ inline std::optional<PushType> PushStore::other_type(std::string_view name, cons
   const auto found = index_.find(name);
   if (found == index_.end()) return std::nullopt;
   const auto &groups = found->second.groups;
-  if (groups.size() == 1 && groups.front() == old) return std::nullopt;
+  if (groups.size() == 1 && groups.front().group == old) return std::nullopt;
   return found->second.type;
 }
 
 // A family against Hermes' own names, the other groups' families of the same or a
 // colliding name (as client_golang's gatherer checks them), and each sample's labels.
-inline std::string PushStore::check_family(const PushedFamily &family, const PushGroup &candidate, const PushGroup *old) const {
+inline std::string PushStore::check_family(const PushedFamily &family, const PushGroup &candidate, const PushGroup *old,
+                                           const std::vector<const PushGroup *> &overlapping) const {
   const std::string &name = family.name;
   const PushType type = *family.type;
   if (!is_metric_name(name)) return "family " + go_quote(name) + ": not a metric name";
@@ -7306,7 +7404,7 @@ inline std::string PushStore::check_family(const PushedFamily &family, const Pus
       return "family \"" + name + "\" writes " + sample + ", a metric Hermes serves already";
   if (const auto found = index_.find(name); found != index_.end() && found->second.type != type) {
     const auto &groups = found->second.groups;
-    if (!(groups.size() == 1 && groups.front() == old))
+    if (!(groups.size() == 1 && groups.front().group == old))
       return "family \"" + name + "\" is pushed as " + to_string(type) + " but another group has it as " +
              to_string(found->second.type);
   }
@@ -7321,29 +7419,50 @@ inline std::string PushStore::check_family(const PushedFamily &family, const Pus
     for (const char *suffix : {"_count", "_sum", "_bucket"})
       if ((type == PushType::histogram || std::strcmp(suffix, "_bucket") != 0) && other_type(name + suffix, candidate, old))
         return "the " + std::string(to_string(type)) + " \"" + name + "\" collides with the family \"" + name + suffix + "\"";
-  std::vector<std::string> keys;
-  const auto found = index_.find(name);
+  std::vector<std::pair<std::uint64_t, std::size_t>> hashes; // of each sample's labels, and the sample
+  PushLabelViews labels;
   for (const PushedMetric &metric : family.metrics) {
     if (metric.kind != type) return "family \"" + name + "\": a sample that is not a " + to_string(type);
-    for (std::size_t i = 0; i + 1 < metric.labels.size(); ++i)
-      if (metric.labels[i].first == metric.labels[i + 1].first)
-        return "family \"" + name + "\": two labels named \"" + metric.labels[i].first + "\" on one sample";
-    for (const auto &[label, value] : metric.labels) {
+    shown_labels(candidate.key, metric.labels, labels);
+    for (std::size_t i = 0; i + 1 < labels.size(); ++i)
+      if (labels[i].first == labels[i + 1].first)
+        return "family \"" + name + "\": two labels named \"" + std::string(labels[i].first) + "\" on one sample";
+    for (const auto &[label, value] : labels) {
       if (!is_label_name(label) || starts_with(label, "__")) return "family \"" + name + "\": the label name " + go_quote(label) + " is not one";
       if ((type == PushType::summary && label == "quantile") || (type == PushType::histogram && label == "le"))
-        return "family \"" + name + "\": a " + to_string(type) + " must not have an explicit \"" + label + "\" label";
-      if (!is_valid_utf8(value)) return "family \"" + name + "\": the value of label \"" + label + "\" is not UTF-8";
+        return "family \"" + name + "\": a " + to_string(type) + " must not have an explicit \"" + std::string(label) + "\" label";
+      if (!is_valid_utf8(value)) return "family \"" + name + "\": the value of label \"" + std::string(label) + "\" is not UTF-8";
     }
-    keys.push_back(series_key(metric.labels));
-    if (found == index_.end()) continue;
-    const auto owner = found->second.series.find(keys.back());
-    if (owner != found->second.series.end() && owner->second != old)
-      return "family \"" + name + "\": the labels " + labels_text(metric.labels) + " are another group's already";
+    hashes.emplace_back(labels_hash(labels), hashes.size());
+    for (const PushGroup *other : overlapping)
+      if (holds_sample(*other, name, labels))
+        return "family \"" + name + "\": the labels " + labels_text(labels) + " are another group's already";
   }
-  std::sort(keys.begin(), keys.end());
-  if (std::adjacent_find(keys.begin(), keys.end()) != keys.end())
-    return "family \"" + name + "\": two samples with the same labels";
+  std::sort(hashes.begin(), hashes.end());
+  PushLabelViews other;
+  for (std::size_t i = 0; i + 1 < hashes.size(); ++i) {
+    if (hashes[i].first != hashes[i + 1].first) continue;
+    shown_labels(candidate.key, family.metrics[hashes[i].second].labels, labels);
+    shown_labels(candidate.key, family.metrics[hashes[i + 1].second].labels, other);
+    if (labels == other) return "family \"" + name + "\": two samples with the same labels";
+  }
   return "";
+}
+
+// Whether `group` holds a sample of the family `name` with these labels: a binary search,
+// its samples being held in order.
+inline bool PushStore::holds_sample(const PushGroup &group, const std::string &name, const PushLabelViews &labels) {
+  const auto family = group.families.find(name);
+  if (family == group.families.end()) return false;
+  PushLabelViews held;
+  const auto below = [&](const PushedMetric &metric, const PushLabelViews &wanted) {
+    shown_labels(group.key, metric.labels, held);
+    return pushed_labels_less(held, wanted);
+  };
+  const auto at = std::lower_bound(family->second.metrics.begin(), family->second.metrics.end(), labels, below);
+  if (at == family->second.metrics.end()) return false;
+  shown_labels(group.key, at->labels, held);
+  return held == labels;
 }
 
 // Puts the candidate in place of the old group, within the budget and max_push_groups;
@@ -7352,6 +7471,7 @@ inline std::string PushStore::commit(PushGroup &candidate, Groups::iterator old)
   const bool fresh = old == groups_.end();
   if (fresh && groups_.size() >= max_groups_)
     return "no room for one more group: max_push_groups (" + std::to_string(max_groups_) + ") groups are held";
+  for (auto &entry : candidate.families) arrange_held_samples(entry.second, candidate.key);
   candidate.own_bytes = own_bytes(candidate);
   candidate.body_bytes = pushed_body_bytes(candidate);
   if (budget_) {
@@ -7392,8 +7512,8 @@ inline void PushStore::record_failure(const PushLabels &key, Now now) {
   PushGroup group;
   group.key = key;
   group.last_push = now.monotonic;
-  group.families[push_time_name] = push_time_family(push_time_name, key, 0);
-  group.families[push_failure_name] = push_time_family(push_failure_name, key, now.wall);
+  group.families[push_time_name] = push_time_family(push_time_name, 0);
+  group.families[push_failure_name] = push_time_family(push_failure_name, now.wall);
   if (check(group, nullptr).empty()) commit(group, groups_.end());
 }
 
@@ -7402,11 +7522,13 @@ inline void PushStore::remove(const PushLabels &key) {
 }
 
 inline std::string PushStore::restore(PushGroup group, double push_time, double push_failure_time) {
+  std::sort(group.key.begin(), group.key.end());
+  group.key.shrink_to_fit();
   if (groups_.count(group.key)) return "the group is in the file twice";
   for (auto &[name, family] : group.families)
-    for (PushedMetric &metric : family.metrics) add_grouping_labels(metric.labels, group.key);
-  group.families[push_time_name] = push_time_family(push_time_name, group.key, push_time);
-  group.families[push_failure_name] = push_time_family(push_failure_name, group.key, push_failure_time);
+    for (PushedMetric &metric : family.metrics) strip_grouping_labels(metric.labels, group.key);
+  group.families[push_time_name] = push_time_family(push_time_name, push_time);
+  group.families[push_failure_name] = push_time_family(push_failure_name, push_failure_time);
   std::string problem = check(group, nullptr);
   if (problem.empty()) problem = commit(group, groups_.end());
   changes_ += problem.empty() ? 1 : 0;
@@ -7430,8 +7552,7 @@ inline void PushStore::index(const PushGroup &group) {
     PushFamilyIndex &entry = index_[name];
     entry.type = *family.type;
     entry.help = family.help;
-    entry.groups.push_back(&group);
-    for (const PushedMetric &metric : family.metrics) entry.series.emplace(series_key(metric.labels), &group);
+    entry.groups.push_back({&group, &family});
   }
 }
 
@@ -7439,12 +7560,8 @@ inline void PushStore::unindex(const PushGroup &group) {
   for (const auto &[name, family] : group.families) {
     const auto found = index_.find(name);
     PushFamilyIndex &entry = found->second;
-    entry.groups.erase(std::find(entry.groups.begin(), entry.groups.end(), &group));
-    if (entry.groups.empty()) {
-      index_.erase(found);
-      continue;
-    }
-    for (const PushedMetric &metric : family.metrics) entry.series.erase(series_key(metric.labels));
+    entry.groups.erase(std::find_if(entry.groups.begin(), entry.groups.end(), [&](const HeldFamily &held) { return held.group == &group; }));
+    if (entry.groups.empty()) index_.erase(found);
   }
 }
 
@@ -7455,21 +7572,25 @@ inline void PushStore::drop(Groups::iterator group) {
   groups_.erase(group);
 }
 
-// The heap a group holds, its copy of each label set in the index included: strings
-// past the small-string buffer, vectors, and a map or hash node's overhead each.
+// The heap a group holds, its share of the index included: each allocation's bytes and
+// malloc's header (strings past the small-string buffer, vectors by their capacity), and
+// a map node's overhead.
 inline std::size_t PushStore::own_bytes(const PushGroup &group) {
-  constexpr std::size_t node = 64, small_string = 15;
-  const auto text = [](const std::string &s) { return s.size() > small_string ? s.size() + 1 : 0; };
-  std::size_t bytes = sizeof(PushGroup) + node;
-  for (const auto &[label, value] : group.key) bytes += sizeof(group.key[0]) + text(label) + text(value);
+  constexpr std::size_t node = 64, small_string = 15, header = 16;
+  const auto text = [](const std::string &s) { return s.size() > small_string ? s.size() + 1 + header : 0; };
+  const auto labels = [&](const PushLabels &pairs) {
+    std::size_t bytes = pairs.capacity() == 0 ? 0 : pairs.capacity() * sizeof(pairs[0]) + header;
+    for (const auto &[label, value] : pairs) bytes += text(label) + text(value);
+    return bytes;
+  };
+  std::size_t bytes = sizeof(PushGroup) + node + labels(group.key);
   for (const auto &[name, family] : group.families) {
     bytes += node + sizeof(PushedFamily) + 2 * text(name) + (family.help ? text(*family.help) : 0);
-    bytes += node + sizeof(PushFamilyIndex) + sizeof(void *); // its share of the index
+    bytes += node + sizeof(PushFamilyIndex) + sizeof(HeldFamily); // its share of the index
+    bytes += family.metrics.capacity() * sizeof(PushedMetric) + header;
     for (const PushedMetric &metric : family.metrics) {
-      bytes += sizeof(PushedMetric) + metric.points.size() * sizeof(metric.points[0]) + node + small_string + 1;
-      bytes += text(metric.native);
-      for (const auto &[label, value] : metric.labels)
-        bytes += sizeof(metric.labels[0]) + text(label) + text(value) + label.size() + value.size() + 2;
+      bytes += labels(metric.labels) + text(metric.native);
+      if (metric.points.capacity() > 0) bytes += metric.points.capacity() * sizeof(metric.points[0]) + header;
     }
   }
   return bytes;
@@ -9459,9 +9580,10 @@ inline void append_state_labels(std::string &out, const PushLabels &labels) {
   out += ']';
 }
 
-inline void write_pushed_metric(std::string &out, PushType type, const PushedMetric &metric) {
+// A held sample with the labels it shows, as Pushgateway's persistence file keeps them.
+inline void write_pushed_metric(std::string &out, PushType type, const PushedMetric &metric, const PushLabels &key) {
   append_state_key(out += '{', "labels", true);
-  append_state_labels(out, metric.labels);
+  append_state_labels(out, shown_labels(key, metric.labels));
   if (type == PushType::summary || type == PushType::histogram) {
     append_state_key(out, "count");
     append_state_number(out, metric.count);
@@ -9514,7 +9636,7 @@ inline void StateCodec::write_push_group(std::string &out, const PushGroup &grou
     append_json_string(out, to_string(*family.type));
     append_state_key(out, "metrics");
     const PushType type = *family.type; // a lambda may not capture a structured binding in C++17
-    append_state_list(out, family.metrics, [&](const PushedMetric &metric) { write_pushed_metric(out, type, metric); });
+    append_state_list(out, family.metrics, [&](const PushedMetric &metric) { write_pushed_metric(out, type, metric, group.key); });
     out += '}';
   }
   out += "]}";
@@ -9526,11 +9648,14 @@ inline std::size_t StateCodec::push_group_text_bound(const PushGroup &group) {
     for (const auto &[name, value] : labels) bytes += json_string_size(name) + json_string_size(value) + 4;
     return bytes;
   };
+  // A sample's labels are its own, the grouping labels and at most instance="".
+  const std::size_t grouping = labels_bound(group.key) + labels_bound({{"instance", ""}});
   std::size_t bytes = state_keys + labels_bound(group.key) + 3 * state_number;
   for (const auto &[name, family] : group.families) {
     bytes += state_keys + json_string_size(name) + (family.help ? json_string_size(*family.help) : 0);
     for (const PushedMetric &metric : family.metrics)
-      bytes += state_keys + labels_bound(metric.labels) + (3 + 2 * metric.points.size()) * state_number + 2 * metric.native.size();
+      bytes += state_keys + grouping + labels_bound(metric.labels) + (3 + 2 * metric.points.size()) * state_number +
+               2 * metric.native.size();
   }
   return bytes;
 }
@@ -12049,41 +12174,48 @@ inline void write_self_metric(Writer &out, const SelfMetric &metric, const SelfV
 // sorted as client_golang sorts them (fewer labels first, then by label values in the
 // order of the label names), and a histogram's +Inf bucket added when it was not pushed.
 
-inline bool pushed_metric_less(const PushedMetric *a, const PushedMetric *b) {
-  if (a->labels.size() != b->labels.size()) return a->labels.size() < b->labels.size();
-  for (std::size_t i = 0; i < a->labels.size(); ++i)
-    if (a->labels[i].second != b->labels[i].second) return a->labels[i].second < b->labels[i].second;
-  return a->labels < b->labels; // the same values under other names: an order that does not depend on the groups'
-}
-
-inline void append_pushed_line(std::string &out, std::string_view name, std::string_view suffix, const PushLabels &labels,
-                               double value, std::string_view extra_name = {}, double extra = 0) {
-  out += name;
-  out += suffix;
-  if (!labels.empty() || !extra_name.empty()) {
-    char separator = '{';
-    for (const auto &[label, text] : labels) {
-      out += separator;
-      out.append(label).append("=\"");
-      append_escaped(out, text, true);
-      out += '"';
-      separator = ',';
-    }
-    if (!extra_name.empty()) {
-      out += separator;
-      out.append(extra_name).append("=\"");
-      append_double(out, extra == 0 ? 0.0 : extra);
-      out += '"';
-    }
-    out += '}';
+// A label value as the text formats write it, into room enough (escaped_size).
+inline char *put_escaped(char *at, std::string_view text) {
+  for (const char c : text) {
+    const bool escaped = c == '\\' || c == '\n' || c == '"';
+    if (escaped) *at++ = '\\';
+    *at++ = escaped && c == '\n' ? 'n' : c;
   }
-  out += ' ';
-  append_double(out, value == 0 ? 0.0 : value); // -0 too: client_golang's text writer spells every zero 0
-  out += '\n';
+  return at;
 }
 
-inline void append_pushed_text(std::string &out, std::string_view name, PushType type, const PushedMetric &metric) {
-  const PushLabels &labels = metric.labels;
+// One line, its length counted first and written in place: a scrape writes a line a
+// pushed sample, where appending piece by piece took most of its time.
+inline void append_pushed_line(std::string &out, std::string_view name, std::string_view suffix, const PushLabelViews &labels,
+                               double value, std::string_view extra_name = {}, double extra = 0) {
+  char number[number_room], extra_number[number_room]; // -0 as 0: client_golang's text writer spells every zero 0
+  const std::size_t number_size = static_cast<std::size_t>(put_double(number, value == 0 ? 0.0 : value) - number);
+  const std::size_t extra_size =
+      extra_name.empty() ? 0 : static_cast<std::size_t>(put_double(extra_number, extra == 0 ? 0.0 : extra) - extra_number);
+  const bool braces = !labels.empty() || !extra_name.empty();
+  std::size_t size = name.size() + suffix.size() + (braces ? 2 : 0) + 1 + number_size + 1;
+  for (const auto &[label, text] : labels) size += label.size() + escaped_size(text) + sizeof ",=\"\"" - 1;
+  if (!extra_name.empty()) size += extra_name.size() + extra_size + sizeof ",=\"\"" - 1;
+  if (braces) --size; // one comma fewer than pairs
+  const std::size_t start = out.size();
+  out.resize(start + size);
+  char *at = &out[start];
+  const auto put = [&](std::string_view text) { at = std::copy(text.begin(), text.end(), at); };
+  put(name), put(suffix);
+  char separator = '{';
+  for (const auto &[label, text] : labels) {
+    *at++ = separator, put(label), put("=\""), at = put_escaped(at, text), *at++ = '"';
+    separator = ',';
+  }
+  if (!extra_name.empty()) *at++ = separator, put(extra_name), put("=\""), put({extra_number, extra_size}), *at++ = '"';
+  if (braces) *at++ = '}';
+  *at++ = ' ';
+  put({number, number_size});
+  *at = '\n';
+}
+
+inline void append_pushed_text(std::string &out, std::string_view name, PushType type, const PushedMetric &metric,
+                               const PushLabelViews &labels) {
   if (type == PushType::summary) {
     for (const auto &[quantile, value] : metric.points) append_pushed_line(out, name, "", labels, value, "quantile", quantile);
   } else if (type == PushType::histogram) {
@@ -12102,8 +12234,8 @@ inline void append_pushed_text(std::string &out, std::string_view name, PushType
 
 // A pushed metric's samples through a writer, as append_pushed_text writes them: the
 // series a scrape of the text makes.
-inline void write_pushed_samples(Writer &out, const std::string &name, PushType type, const PushedMetric &metric) {
-  const PushLabels &labels = metric.labels;
+inline void write_pushed_samples(Writer &out, const std::string &name, PushType type, const PushedMetric &metric,
+                                 const PushLabels &labels) {
   std::string suffixed, bound;
   const auto with = [&](const char *suffix) -> const std::string & { return suffixed = name + suffix; };
   const auto number = [&](double value) -> const std::string & { return bound.clear(), append_double(bound, value == 0 ? 0.0 : value), bound; };
@@ -12141,8 +12273,9 @@ inline void append_pushed_head(std::string &out, Format format, std::string_view
 }
 
 // A Metric {label = 1, gauge = 2, counter = 3, summary = 4, untyped = 5, histogram = 7}.
-inline void append_pushed_protobuf(std::string &out, PushType type, const PushedMetric &metric, std::string &inner) {
-  for (const auto &[label, text] : metric.labels) append_label_pair(out, 1, label, text);
+inline void append_pushed_protobuf(std::string &out, PushType type, const PushedMetric &metric, const PushLabelViews &labels,
+                                   std::string &inner) {
+  for (const auto &[label, text] : labels) append_label_pair(out, 1, label, text);
   inner.clear();
   if (type == PushType::summary || type == PushType::histogram) {
     append_uint_field(inner, 1, static_cast<std::uint64_t>(metric.count));
@@ -12164,39 +12297,85 @@ inline void append_pushed_protobuf(std::string &out, PushType type, const Pushed
   append_bytes_field(out, fields[static_cast<std::size_t>(type)], inner);
 }
 
-// One family with the given samples, sorted, in a format; `scratch` holds a protobuf
-// family while it is made.
-inline void write_pushed_family(std::string &out, Format format, std::string_view name, PushType type,
-                                const std::optional<std::string> &help, std::vector<const PushedMetric *> &metrics,
-                                std::string &scratch) {
-  std::sort(metrics.begin(), metrics.end(), pushed_metric_less);
+// Calls `visit(metric, labels)` for each sample of the parts (a family as groups hold
+// it) in the order /metrics shows them. Each part holds its samples in that order: where
+// the parts, ordered by their first sample, follow one another without overlapping (as
+// groups that differ in a grouping label's value do), they are read one after another;
+// otherwise every sample is sorted.
+template <typename Visit> void visit_pushed_samples(const std::vector<HeldFamily> &held, Visit visit) {
+  struct Shown {
+    const PushedFamily *family;
+    GroupLabels grouping;
+    PushLabelViews first; // the labels of its first sample
+  };
+  std::vector<Shown> parts;
+  parts.reserve(held.size());
+  for (const HeldFamily &part : held) {
+    if (part.family->metrics.empty()) continue;
+    parts.push_back({part.family, GroupLabels(part.group->key), {}});
+    parts.back().grouping.shown(part.family->metrics.front().labels, parts.back().first);
+  }
+  std::sort(parts.begin(), parts.end(), [](const Shown &x, const Shown &y) { return pushed_labels_less(x.first, y.first); });
+  PushLabelViews labels;
+  bool apart = true;
+  for (std::size_t i = 0; apart && i + 1 < parts.size(); ++i) {
+    parts[i].grouping.shown(parts[i].family->metrics.back().labels, labels);
+    apart = pushed_labels_less(labels, parts[i + 1].first);
+  }
+  if (apart) {
+    for (const Shown &part : parts) {
+      const std::vector<PushedMetric> &metrics = part.family->metrics;
+      for (std::size_t i = 0; i < metrics.size(); ++i) {
+        // Each sample's labels are an allocation of their own: ask for the next ones early.
+        if (i + 4 < metrics.size()) __builtin_prefetch(metrics[i + 4].labels.data());
+        part.grouping.shown(metrics[i].labels, labels);
+        visit(metrics[i], labels);
+      }
+    }
+    return;
+  }
+  std::vector<std::pair<PushLabelViews, const PushedMetric *>> samples;
+  for (const Shown &part : parts)
+    for (const PushedMetric &metric : part.family->metrics) {
+      samples.emplace_back(PushLabelViews(), &metric);
+      part.grouping.shown(metric.labels, samples.back().first);
+    }
+  std::sort(samples.begin(), samples.end(), [](const auto &x, const auto &y) { return pushed_labels_less(x.first, y.first); });
+  for (const auto &[sample_labels, metric] : samples) visit(*metric, sample_labels);
+}
+
+// One family with the samples of the parts, in the order /metrics shows them, in a
+// format; `scratch` holds a protobuf family while it is made. Returns how many samples.
+inline std::size_t write_pushed_family(std::string &out, Format format, std::string_view name, PushType type,
+                                       const std::optional<std::string> &help, const std::vector<HeldFamily> &parts,
+                                       std::string &scratch) {
+  std::size_t samples = 0;
   if (format != Format::protobuf) {
     append_pushed_head(out, format, name, type, help);
-    for (const PushedMetric *metric : metrics) append_pushed_text(out, name, type, *metric);
-    return;
+    visit_pushed_samples(parts, [&](const PushedMetric &metric, const PushLabelViews &labels) {
+      append_pushed_text(out, name, type, metric, labels), ++samples;
+    });
+    return samples;
   }
   scratch.clear();
   append_bytes_field(scratch, 1, name);
   if (help) append_bytes_field(scratch, 2, *help);
   append_uint_field(scratch, 3, static_cast<std::uint64_t>(type));
   std::string metric_message, inner;
-  for (const PushedMetric *metric : metrics) {
+  visit_pushed_samples(parts, [&](const PushedMetric &metric, const PushLabelViews &labels) {
     metric_message.clear();
-    append_pushed_protobuf(metric_message, type, *metric, inner);
-    append_bytes_field(scratch, 4, metric_message);
-  }
+    append_pushed_protobuf(metric_message, type, metric, labels, inner);
+    append_bytes_field(scratch, 4, metric_message), ++samples;
+  });
   append_varint(out, scratch.size());
   out += scratch;
+  return samples;
 }
 
 // A family of the pushed groups, its samples from every group that holds it.
 inline std::size_t write_pushed_family(std::string &out, Format format, const std::string &name, const PushFamilyIndex &index,
                                        std::string &scratch) {
-  std::vector<const PushedMetric *> metrics;
-  for (const PushGroup *group : index.groups)
-    for (const PushedMetric &metric : group->families.find(name)->second.metrics) metrics.push_back(&metric);
-  write_pushed_family(out, format, name, index.type, index.help, metrics, scratch);
-  return metrics.size();
+  return write_pushed_family(out, format, name, index.type, index.help, index.groups, scratch);
 }
 
 // Each family of a group written alone, in the format that writes the most of it: what
@@ -12205,12 +12384,10 @@ inline std::size_t pushed_body_bytes(const PushGroup &group) {
   std::string out, scratch;
   std::size_t bytes = 0;
   for (const auto &[name, family] : group.families) {
-    std::vector<const PushedMetric *> metrics;
-    for (const PushedMetric &metric : family.metrics) metrics.push_back(&metric);
     std::size_t most = 0;
     for (const Format format : {Format::text, Format::openmetrics, Format::protobuf}) {
       out.clear();
-      write_pushed_family(out, format, name, *family.type, family.help, metrics, scratch);
+      write_pushed_family(out, format, name, *family.type, family.help, {{&group, &family}}, scratch);
       most = std::max(most, out.size());
     }
     bytes += most + (is_push_time(name) ? longest_number : 0); // a later push may write a longer time
@@ -12251,9 +12428,10 @@ public:
         writer_.series(current_->config, entry.first, entry.second);
         ++written;
       } else if (pushed_comes_next() && &out_ == &unused_) { // a snapshot: through the caller's writer
-        for (const PushGroup *group : pushed_->second.groups)
-          for (const PushedMetric &metric : group->families.find(pushed_->first)->second.metrics)
-            write_pushed_samples(writer_, pushed_->first, pushed_->second.type, metric), ++written;
+        for (const HeldFamily &part : pushed_->second.groups)
+          for (const PushedMetric &metric : part.family->metrics)
+            write_pushed_samples(writer_, pushed_->first, pushed_->second.type, metric, shown_labels(part.group->key, metric.labels)),
+                ++written;
         ++pushed_;
       } else if (pushed_comes_next()) {
         if (format_ == Format::protobuf) protobuf_.finish(); // closes the family before, if open

@@ -156,6 +156,23 @@ TEST_CASE("grouping labels win over pushed labels of the same name, and instance
   CHECK(shown(store) == "# TYPE a untyped\na{instance=\"i\",job=\"j\",z=\"1\"} 1\n");
 }
 
+TEST_CASE("a group holds its grouping labels once: samples show them, sorted across the groups that overlap") {
+  PushStore store(nullptr, 100, 0);
+  CHECK(push(store, key("j"), "m{a=\"3\"} 3\nm{a=\"1\",instance=\"\"} 1\n").status == 200);
+  CHECK(push(store, key("k"), "m{a=\"2\",job=\"x\"} 2\n").status == 200);
+  CHECK(push(store, key("l", {{"g", "1"}}), "m{a=\"0\",instance=\"i\"} 0\n").status == 200);
+  CHECK(shown(store) == "# TYPE m untyped\nm{a=\"1\",instance=\"\",job=\"j\"} 1\nm{a=\"2\",instance=\"\",job=\"k\"} 2\n"
+                        "m{a=\"3\",instance=\"\",job=\"j\"} 3\nm{a=\"0\",g=\"1\",instance=\"i\",job=\"l\"} 0\n");
+  // Another key that shows the same labels: instance="" is what the group of job j shows.
+  const auto taken = push(store, key("j", {{"instance", ""}}), "m{a=\"1\"} 5\n");
+  CHECK(taken.message == "pushed metrics are invalid or inconsistent with existing metrics: family \"m\": the labels "
+                         "{a=\"1\",instance=\"\",job=\"j\"} are another group's already");
+  CHECK(push(store, key("j", {{"instance", ""}}), "m{a=\"4\"} 4\n").message ==
+        "pushed metrics are invalid or inconsistent with existing metrics: family \"push_failure_time_seconds\": the labels "
+        "{instance=\"\",job=\"j\"} are another group's already"); // its push times, too
+  CHECK(store.group_count() == 3);
+}
+
 TEST_CASE("a push that would make /metrics inconsistent is refused whole, keeping only its failure time") {
   PushStore store(nullptr, 100, 0);
   store.reserve_names({"configured_total"});
