@@ -256,9 +256,9 @@ def the_example_script_pushes_the_sample_metrics(hermes):
 
 @test
 def http_answers(hermes):
-    metrics = hermes.request("GET /metrics?x=1 HTTP/1.1\r\nHost: h\r\n\r\n")
+    metrics = hermes.request("GET /metrics?x=1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
     head, _, body = metrics.partition("\r\n\r\n")
-    check_equal(head, "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+    check_equal(head, "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
                       f"Content-Length: {len(body.encode())}\r\nConnection: close", "GET /metrics")
     check_equal(hermes.request("HEAD /metrics HTTP/1.0\r\n\r\n").partition("\r\n\r\n")[2], "", "HEAD body")
     check_equal(hermes.request("GET /-/healthy HTTP/1.0\r\n\r\n").partition("\r\n\r\n")[2], "Hermes is Healthy.\n")
