@@ -155,9 +155,11 @@
 // (what a client sends ahead waits, within HERMES_MAX_REQUEST_HEAD). A request that does
 // not parse, or whose body Hermes does not read (refused before it, or on a path that
 // takes none), closes the connection, as does a 403 or a 503 for a full house. An idle
-// connection closes after Options::http_idle_timeout_seconds (HERMES_HTTP_IDLE_TIMEOUT_SECONDS,
-// 0: every answer closes), and is the first to give its place when every connection is taken; once a request's first byte arrives, its head (and a
-// push's body) has HERMES_HTTP_READ_TIMEOUT_MS, as on a new connection.
+// connection closes after Options::http_idle_timeout_seconds (default
+// HERMES_HTTP_IDLE_TIMEOUT_S; 0: every answer closes), and gives its place to a newcomer
+// before a client mid-request does when every connection is taken. Once a request's first
+// byte arrives, its head (and a push's body) has HERMES_HTTP_READ_TIMEOUT_MS, as on a
+// new connection. HTTP connections set TCP_NODELAY.
 //     GET|HEAD /metrics          200, Prometheus text format 0.0.4, or OpenMetrics 1.0.0 or
 //                                Prometheus' delimited protobuf format (the one with native
 //                                histograms) when the Accept header prefers it and Options allow it
