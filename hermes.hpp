@@ -148,7 +148,18 @@
 //
 // ---- HTTP -----------------------------------------------------------------------------
 //
-// HTTP/1.0, one request per connection:
+// HTTP/1.1 and 1.0, with persistent connections as RFC 9112 has them: an HTTP/1.1 connection
+// stays open after an answer unless the request says "Connection: close", an HTTP/1.0 one
+// only when it says "Connection: keep-alive"; an answer after which Hermes closes says
+// "Connection: close". Requests on one connection are answered in order, one at a time
+// (what a client sends ahead waits, within HERMES_MAX_REQUEST_HEAD). A request that does
+// not parse, or whose body Hermes does not read (refused before it, or on a path that
+// takes none), closes the connection, as does a 403 or a 503 for a full house. An idle
+// connection closes after Options::http_idle_timeout_seconds (default
+// HERMES_HTTP_IDLE_TIMEOUT_S; 0: every answer closes), and gives its place to a newcomer
+// before a client mid-request does when every connection is taken. Once a request's first
+// byte arrives, its head (and a push's body) has HERMES_HTTP_READ_TIMEOUT_MS, as on a
+// new connection. HTTP connections set TCP_NODELAY.
 //     GET|HEAD /metrics          200, Prometheus text format 0.0.4, or OpenMetrics 1.0.0 or
 //                                Prometheus' delimited protobuf format (the one with native
 //                                histograms) when the Accept header prefers it and Options allow it
@@ -297,6 +308,7 @@
 //     HERMES_HTTP_READ_TIMEOUT_MS   5000   time a client has to send its request head
 //     HERMES_HTTP_WRITE_TIMEOUT_MS 10000   time a client has to read its response
 //     HERMES_HTTP_LINGER_MS         1000   time a client has to close after its response
+//     HERMES_HTTP_IDLE_TIMEOUT_S      90   default time a kept-alive connection may wait for its next request (Options)
 //     HERMES_RECEIVE_BATCH            32   datagrams one recvmmsg() call may take
 //     HERMES_UDP_RECEIVE_BUFFER  4194304   default SO_RCVBUF of the UDP socket (Options)
 //     HERMES_DATAGRAMS_PER_STEP      256   datagrams read before HTTP gets a turn
@@ -379,6 +391,9 @@
 #endif
 #ifndef HERMES_HTTP_LINGER_MS
 #define HERMES_HTTP_LINGER_MS 1000 // after the response, how long to wait for the client to close
+#endif
+#ifndef HERMES_HTTP_IDLE_TIMEOUT_S
+#define HERMES_HTTP_IDLE_TIMEOUT_S 90 // default; a kept-alive connection's wait for its next request, as Go's clients keep theirs
 #endif
 #ifndef HERMES_RECEIVE_BATCH
 #define HERMES_RECEIVE_BATCH 32 // datagrams one recvmmsg() call may take
@@ -521,6 +536,7 @@ static_assert(HERMES_MAX_REFUSED_CONNECTIONS >= 0, "HERMES_MAX_REFUSED_CONNECTIO
 static_assert(HERMES_HTTP_READ_TIMEOUT_MS >= 1, "HERMES_HTTP_READ_TIMEOUT_MS must be at least 1 ms");
 static_assert(HERMES_HTTP_WRITE_TIMEOUT_MS >= 1, "HERMES_HTTP_WRITE_TIMEOUT_MS must be at least 1 ms");
 static_assert(HERMES_HTTP_LINGER_MS >= 0, "HERMES_HTTP_LINGER_MS must not be negative");
+static_assert(HERMES_HTTP_IDLE_TIMEOUT_S >= 0, "HERMES_HTTP_IDLE_TIMEOUT_S must not be negative (0: no persistent connections)");
 static_assert(HERMES_RECEIVE_BATCH >= 1 && HERMES_RECEIVE_BATCH <= 1024, "HERMES_RECEIVE_BATCH must be between 1 and 1024");
 static_assert(HERMES_UDP_RECEIVE_BUFFER >= 4096, "HERMES_UDP_RECEIVE_BUFFER must be at least 4096 bytes");
 static_assert(HERMES_DATAGRAMS_PER_STEP >= HERMES_RECEIVE_BATCH,
@@ -626,6 +642,7 @@ static_assert(HERMES_REMOTE_WRITE_MAX_RESPONSE >= 256, "HERMES_REMOTE_WRITE_MAX_
 #include <linux/sock_diag.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
@@ -958,6 +975,7 @@ struct Options {
   AllowList udp_allow;  // UDP senders outside these ranges are dropped (forbidden_source); empty: everyone
   AllowList http_allow; // HTTP clients outside these ranges are answered 403; empty: everyone
   std::string http_token_file; // a file holding the bearer token /metrics and / ask for; empty: none
+  double http_idle_timeout_seconds = HERMES_HTTP_IDLE_TIMEOUT_S; // a kept-alive connection's wait for a request; 0: none kept
   // StatsD lines over TCP, on udp_address (statsd_exporter's --statsd.listen-tcp); see "StatsD over TCP".
   std::optional<std::uint16_t> statsd_tcp_port; // none: no TCP listener; 0: the kernel chooses
   std::size_t statsd_tcp_max_connections = HERMES_MAX_STATSD_CONNECTIONS; // more are refused (connection_limit)
@@ -989,7 +1007,8 @@ using Environment = std::function<const char *(const char *name)>;
 // HERMES_STATSD (on or off), HERMES_MAX_MEMORY (bytes), HERMES_COMPRESSION (off, on, or a gzip level 1-9),
 // HERMES_STATE_FILE and HERMES_STATE_INTERVAL (seconds, over the config's state_* keys),
 // HERMES_UDP_ALLOW and HERMES_HTTP_ALLOW (comma-separated CIDR ranges, over the config's
-// udp_allow and http_allow), HERMES_HTTP_TOKEN_FILE, HERMES_STATSD_TCP_PORT,
+// udp_allow and http_allow), HERMES_HTTP_TOKEN_FILE, HERMES_HTTP_IDLE_TIMEOUT_SECONDS (0: no
+// persistent connections), HERMES_STATSD_TCP_PORT,
 // HERMES_MAX_STATSD_CONNECTIONS and HERMES_STATSD_TCP_IDLE_SECONDS (0: never), HERMES_TLS_CERT_FILE,
 // HERMES_TLS_KEY_FILE and HERMES_TLS_CLIENT_CA_FILE (over the config's tls_server).
 // An empty variable counts as unset. Throws UsageError naming a bad variable.
@@ -5821,17 +5840,21 @@ struct HttpResponse {
   const std::string &text() const { return shared_body ? *shared_body : body; }
 };
 
-// The status line and headers, up to the blank line. A 503 asks to come back in a second.
-inline std::string response_head(const HttpResponse &response) {
-  std::string out = "HTTP/1.0 " + std::to_string(response.status) + " " + status_text(response.status) + "\r\n";
+// The status line and headers, up to the blank line: HTTP/1.1 to an HTTP/1.1 request, and
+// whether the connection stays open in the words of the request's version (HTTP/1.1
+// keeps it unless told "close", 1.0 closes it unless told "keep-alive"). A 503 asks to
+// come back in a second.
+inline std::string response_head(const HttpResponse &response, bool http11 = false, bool keep_alive = false) {
+  std::string out = (http11 ? "HTTP/1.1 " : "HTTP/1.0 ") + std::to_string(response.status) + " " + status_text(response.status) + "\r\n";
   out += "Content-Type: " + response.content_type + "\r\n";
   if (response.gzip) out += "Content-Encoding: gzip\r\n";
   out += "Content-Length: " + std::to_string(response.text().size()) + "\r\n";
   if (response.status == 401) out += "WWW-Authenticate: Bearer\r\n";
   if (response.status == 405) out += "Allow: GET, HEAD\r\n";
   if (response.status == 503) out += "Retry-After: 1\r\n";
-  out += "Connection: close\r\n\r\n";
-  return out;
+  if (!keep_alive) out += "Connection: close\r\n";
+  else if (!http11) out += "Connection: keep-alive\r\n";
+  return out + "\r\n";
 }
 
 inline std::string serialize_response(const HttpResponse &response) {
@@ -5895,6 +5918,36 @@ inline bool bearer_matches(std::string_view authorization, std::string_view toke
   return equal_in_constant_time(trim(authorization.substr(scheme.size())), token);
 }
 
+// Whether a request's Connection headers name `option` ("close", "keep-alive"): a
+// comma-separated list, in any case (RFC 9110, section 7.6.1).
+inline bool names_connection_option(const HttpRequest &request, std::string_view option) {
+  for (const auto &[name, value] : request.headers) {
+    if (name != "connection") continue;
+    for (std::string_view rest = value; !rest.empty();) {
+      const std::size_t comma = rest.find(',');
+      if (lowercase(trim(rest.substr(0, comma))) == option) return true;
+      rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+    }
+  }
+  return false;
+}
+
+// Whether the request is HTTP/1.1 or a later 1.x, whose answers say HTTP/1.1.
+inline bool is_http11(const HttpRequest &request) { return request.version[5] == '1' && request.version[7] >= '1'; }
+
+// Whether the connection may carry another request after this one (RFC 9112, section
+// 9.3): HTTP/1.1 unless it says "close", HTTP/1.0 only when it says "keep-alive", and
+// never when a body that Hermes has not read follows the head (its bytes would be read
+// as the next request).
+inline bool keeps_connection(const HttpRequest &request, bool body_read) {
+  if (request.version[5] != '1') return false;
+  if (!body_read) {
+    const std::string_view length = header(request, "content-length");
+    if (!header(request, "transfer-encoding").empty() || (!length.empty() && length != "0")) return false;
+  }
+  return is_http11(request) ? !names_connection_option(request, "close") : names_connection_option(request, "keep-alive");
+}
+
 // The paths a bearer token guards; the probes' paths stay open.
 inline bool needs_token(const std::string &path) { return path == "/metrics" || path == "/"; }
 
@@ -5940,10 +5993,11 @@ struct PushEndpoint {
   std::string token_file;    // a bearer token pushes must carry; empty: none
 };
 
-// One HTTP client: its request head as it arrives, then its response as it leaves.
-// After the response it lingers: reads and drops what the client still sends until
-// the client closes, because closing a socket with unread input resets the connection
-// and can destroy the response before the client has read it.
+// One HTTP client: each request head as it arrives, then its response as it leaves,
+// then, when the connection persists, the next request. After its last response it
+// lingers: reads and drops what the client still sends until the client closes, because
+// closing a socket with unread input resets the connection and can destroy the response
+// before the client has read it.
 struct Connection {
   enum class Phase { reading, writing, lingering, done };
   FileDescriptor fd;
@@ -5951,6 +6005,10 @@ struct Connection {
   bool refused = false;       // admitted over HERMES_MAX_CONNECTIONS: answered 503 once its head is read
   bool forbidden = false;     // from outside Options::http_allow: answered 403 once its head is read
   bool heard = false;         // has sent something: on its way (a TLS handshake takes round trips)
+  bool idle = false;          // kept open after an answer, no byte of the next request yet: the first to give way
+  bool ready = false;         // has input poll() does not report: bytes sent ahead, or TLS bytes already decrypted
+  bool keep_alive = false;    // the request being answered leaves the connection open for the next
+  bool http11 = false;        // the request being answered is HTTP/1.1: so is its answer
   std::chrono::steady_clock::time_point last_heard{}; // when it last had bytes for us: waiting on us is not idling
   Phase phase = Phase::reading;
   std::string input;
@@ -5963,7 +6021,7 @@ struct Connection {
   std::unique_ptr<TlsStream> tls; // on a TLS port: what the socket's bytes go through
 #endif
   std::optional<HttpRequest> push; // a push whose body is being read, after its head in `input`
-  std::size_t body_start = 0, body_length = 0;
+  std::size_t body_start = 0, body_length = 0; // the request in `input`: its head, then its body (a push's)
   // A chunked push body is decoded in place as it comes: its data at body_start, the
   // chunks not yet decoded from chunk_at on.
   bool chunked = false, last_chunk = false;
@@ -8526,7 +8584,9 @@ public:
   HttpFrontEnd(const Options &options, const Logger &logger, MemoryBudget &budget, RenderBody render, PushEndpoint push = {})
       : listener_(open_tcp_listener(options.http_address, options.http_port)), logger_(logger), budget_(budget),
         openmetrics_(options.openmetrics), protobuf_(options.protobuf), gzip_(options.gzip_level > 0), render_(std::move(render)),
-        allow_(options.http_allow), token_file_(options.http_token_file), push_(std::move(push)) {
+        allow_(options.http_allow), token_file_(options.http_token_file),
+        idle_timeout_(std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.http_idle_timeout_seconds))),
+        push_(std::move(push)) {
     start_tls(options);
     if (!push_.token_file.empty()) {
       const std::string problem = read_token_file(push_.token_file, push_token_, "push token file");
@@ -8561,17 +8621,23 @@ public:
   void serve(const pollfd *fds, Clock::time_point now, bool ingest_behind = false) {
     const std::size_t polled = connections_.size();
     allow_handshakes(now, ingest_behind);
-    for (std::size_t i = 0; i < polled; ++i)
-      if (fds[i + 1].revents) serve(*connections_[i], now);
+    for (std::size_t i = 0; i < polled; ++i) {
+      Connection &connection = *connections_[i];
+      if (fds[i + 1].revents) serve(connection, now);
+      else if (connection.ready && connection.phase == Connection::Phase::reading) read_request(connection, now);
+    }
     if (fds[0].revents) accept_connections(now);
     remove_finished(now);
   }
 
-  // The next deadline of a connection, or the end of a pause in accepting.
+  // The next deadline of a connection, now for one with input to read, or the end of a
+  // pause in accepting.
   std::optional<Clock::time_point> due(Clock::time_point now) const {
     std::optional<Clock::time_point> due;
-    for (const auto &connection : connections_)
-      if (!due || connection->deadline < *due) due = connection->deadline;
+    for (const auto &connection : connections_) {
+      const Clock::time_point when = connection->ready ? now : connection->deadline;
+      if (!due || when < *due) due = when;
+    }
     if (accept_paused_until_ > now && (!due || accept_paused_until_ < *due)) due = accept_paused_until_;
     return due;
   }
@@ -8599,7 +8665,9 @@ private:
   bool close_oldest_reader(bool forbidden_only = false);
   void serve(Connection &connection, Clock::time_point now);
   void read_request(Connection &connection, Clock::time_point now);
-  HttpResponse answer(const Connection &connection, std::string_view head, Clock::time_point now);
+  enum class HeadStep { incomplete, answered, reading_body };
+  HeadStep take_head(Connection &connection, std::size_t &searched, Clock::time_point now);
+  HttpResponse answer(Connection &connection, std::string_view head, Clock::time_point now);
   enum class PushStart { not_push, answered, reading_body };
   PushStart begin_push(Connection &connection, std::string_view head, Clock::time_point now);
   std::optional<int> push_refusal(const HttpRequest &request, std::size_t &length, std::string &why);
@@ -8608,6 +8676,7 @@ private:
   std::shared_ptr<const BudgetedBody> refuse_body(std::size_t wanted);
   void respond(Connection &connection, HttpResponse response, Clock::time_point now);
   void write_response(Connection &connection, Clock::time_point now);
+  void await_next_request(Connection &connection, Clock::time_point now);
   void drain(Connection &connection);
   void remove_finished(Clock::time_point now);
 
@@ -8643,6 +8712,7 @@ private:
   AllowList allow_;        // clients; empty: everyone
   std::string token_file_; // empty: no token asked for
   std::string token_;
+  Clock::duration idle_timeout_; // of a connection kept open between requests; 0: none kept
   std::vector<std::unique_ptr<Connection>> connections_;
   std::map<int, std::uint64_t> requests_ = ServerStats().http_requests; // by status, every one from 0
   PushEndpoint push_;
@@ -8701,6 +8771,12 @@ inline void HttpFrontEnd::admit(FileDescriptor fd, bool forbidden, Clock::time_p
     refuse = true;
     ++refusing_;
   }
+  // An answer goes out as it is written, as Go's servers send theirs: with Nagle's
+  // algorithm the last part of an answer on a kept-alive connection (over TLS, the body's
+  // record after the head's) would wait for the client to acknowledge the first, which
+  // it delays by up to 40 ms.
+  const int one = 1;
+  ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   auto connection = std::make_unique<Connection>();
   connection->fd = std::move(fd);
   connection->sequence = ++accepted_;
@@ -8712,7 +8788,9 @@ inline void HttpFrontEnd::admit(FileDescriptor fd, bool forbidden, Clock::time_p
 }
 
 // A full house is most often idle or slow clients: one still sending its request head
-// gives its place to the newcomer, a forbidden one first, then one that has sent nothing
+// gives its place to the newcomer, a forbidden one first, then one kept open between
+// requests (its client opens another when it needs one, while closing one mid-request
+// loses the request), then one that has sent nothing
 // (so that a flood of silent connections cannot push out a client mid-handshake), else
 // the one silent longest: a client whose handshake waits its turn with Hermes is not
 // pushed out by clients that sent a ClientHello and went quiet.
@@ -8723,7 +8801,7 @@ inline bool HttpFrontEnd::close_oldest_reader(bool forbidden_only) {
   for (const auto &connection : connections_) {
     if (connection->phase != Connection::Phase::reading || connection->refused || (forbidden_only && !connection->forbidden))
       continue;
-    const auto rank = [](const Connection &c) { return std::make_tuple(!c.forbidden, c.heard, c.last_heard, c.sequence); };
+    const auto rank = [](const Connection &c) { return std::make_tuple(!c.forbidden, !c.idle, c.heard, c.last_heard, c.sequence); };
     if (!oldest || rank(*connection) < rank(*oldest)) oldest = connection.get();
   }
   if (!oldest) return false;
@@ -8801,8 +8879,10 @@ inline HttpResponse chunk_refusal(ChunkState state, std::size_t max_body) {
 }
 
 inline void HttpFrontEnd::read_request(Connection &connection, Clock::time_point now) {
+  connection.ready = false;
   if (!handshake(connection, now)) return;
   char buffer[4096];
+  std::size_t searched = 0; // where in the input a head's end may begin: bytes before were searched
   for (;;) {
     const std::size_t wanted = !connection.push ? HERMES_MAX_REQUEST_HEAD + 1
                                : connection.chunked ? connection.input.size() + sizeof buffer
@@ -8812,7 +8892,13 @@ inline void HttpFrontEnd::read_request(Connection &connection, Clock::time_point
       return respond(connection, chunk_refusal(chunks, push_.max_body), now);
     if (connection.push && (connection.chunked ? chunks == ChunkState::done : connection.input.size() >= wanted)) {
       const std::string_view body = std::string_view(connection.input).substr(connection.body_start, connection.body_length);
+      connection.keep_alive = idle_timeout_ > Clock::duration::zero() && keeps_connection(*connection.push, true);
       return respond(connection, push_.answer(*connection.push, body), now);
+    }
+    if (!connection.push) {
+      const HeadStep step = take_head(connection, searched, now);
+      if (step == HeadStep::answered) return;
+      if (step == HeadStep::reading_body) continue;
     }
     const std::size_t room = std::min(sizeof buffer, wanted - connection.input.size());
     const ssize_t length = receive(connection, buffer, room);
@@ -8821,31 +8907,40 @@ inline void HttpFrontEnd::read_request(Connection &connection, Clock::time_point
       if (length == 0 || !is_not_now(errno)) connection.phase = Connection::Phase::done;
       return;
     }
-    if (connection.push) {
-      if (connection.chunked)
-        if (auto refusal = take_chunk_bytes(connection, static_cast<std::size_t>(length)))
-          return respond(connection, std::move(*refusal), now);
-      connection.input.append(buffer, static_cast<std::size_t>(length));
-      continue;
+    if (connection.idle) { // the next request has begun: its head has the time a new connection's has
+      connection.idle = false;
+      connection.deadline = now + std::chrono::milliseconds(HERMES_HTTP_READ_TIMEOUT_MS);
     }
-    std::size_t searched = connection.input.size() >= 2 ? connection.input.size() - 2 : 0;
+    if (connection.push && connection.chunked)
+      if (auto refusal = take_chunk_bytes(connection, static_cast<std::size_t>(length)))
+        return respond(connection, std::move(*refusal), now);
     connection.input.append(buffer, static_cast<std::size_t>(length));
-    // Empty lines before the request line are ignored (RFC 9112, section 2.2).
-    if (const std::size_t start = connection.input.find_first_not_of("\r\n"); start != 0) {
-      connection.input.erase(0, start);
-      searched = 0;
-    }
-    if (connection.input.empty()) continue;
-    const std::size_t head_end = find_head_end(std::string_view(connection.input).substr(searched));
-    if (head_end == std::string::npos && connection.input.size() <= HERMES_MAX_REQUEST_HEAD) continue;
-    if (head_end == std::string::npos || searched + head_end > HERMES_MAX_REQUEST_HEAD)
-      return respond(connection, error_response(connection.forbidden ? 403 : 431), now);
-    const std::string_view head = std::string_view(connection.input).substr(0, searched + head_end);
-    const PushStart push = begin_push(connection, head, now);
-    if (push == PushStart::answered) return;
-    if (push == PushStart::reading_body) continue;
-    return respond(connection, answer(connection, head, now), now);
   }
+}
+
+// Looks for a whole request head in the input, from `searched` on (moved past what has
+// been searched when there is none yet), and answers it or starts reading its push body.
+inline HttpFrontEnd::HeadStep HttpFrontEnd::take_head(Connection &connection, std::size_t &searched, Clock::time_point now) {
+  // Empty lines before the request line are ignored (RFC 9112, section 2.2).
+  if (const std::size_t start = connection.input.find_first_not_of("\r\n"); start != 0) {
+    connection.input.erase(0, start);
+    searched = 0;
+  }
+  if (connection.input.empty()) return HeadStep::incomplete;
+  const std::size_t head_end = find_head_end(std::string_view(connection.input).substr(searched));
+  if (head_end == std::string::npos && connection.input.size() <= HERMES_MAX_REQUEST_HEAD) {
+    searched = connection.input.size() >= 2 ? connection.input.size() - 2 : 0;
+    return HeadStep::incomplete;
+  }
+  if (head_end == std::string::npos || searched + head_end > HERMES_MAX_REQUEST_HEAD)
+    return respond(connection, error_response(connection.forbidden ? 403 : 431), now), HeadStep::answered;
+  const std::string_view head = std::string_view(connection.input).substr(0, searched + head_end);
+  connection.body_start = head.size();
+  const PushStart push = begin_push(connection, head, now);
+  if (push == PushStart::answered) return HeadStep::answered;
+  if (push == PushStart::reading_body) return HeadStep::reading_body;
+  respond(connection, answer(connection, head, now), now);
+  return HeadStep::answered;
 }
 
 // A Content-Length: decimal digits only.
@@ -8876,6 +8971,7 @@ inline HttpFrontEnd::PushStart HttpFrontEnd::begin_push(Connection &connection, 
   if (!push_.takes || connection.forbidden || connection.refused) return PushStart::not_push;
   auto request = parse_request_head(head);
   if (!request || request->version[5] != '1' || !push_.takes(*request)) return PushStart::not_push;
+  connection.http11 = is_http11(*request); // a refused push closes the connection: its body is not read
   std::size_t length = 0;
   std::string why;
   const auto count = [&](int status) { ++push_requests_[{request->method, status}]; };
@@ -8911,6 +9007,8 @@ inline std::optional<int> HttpFrontEnd::push_refusal(const HttpRequest &request,
   const std::string_view length_text = header(request, "content-length");
   if (length_text.empty() && request.method == "DELETE" && header(request, "transfer-encoding").empty()) return std::nullopt;
   if (length_text.empty() && is_chunked(request)) return std::nullopt; // each chunk's bytes are taken as they come
+  if (!length_text.empty() && !header(request, "transfer-encoding").empty()) // which one ends the body is ambiguous
+    return why = "a push with both Content-Length and Transfer-Encoding", 400;
   if (length_text.empty()) return why = "a push needs a Content-Length or chunks", 411;
   const auto parsed = parse_decimal_size(length_text);
   if (!parsed) return why = "Content-Length " + std::string(length_text) + " is not a number of bytes", 400;
@@ -8923,10 +9021,14 @@ inline std::optional<int> HttpFrontEnd::push_refusal(const HttpRequest &request,
 }
 
 // A forbidden client learns nothing but 403, whatever it asked; a request without the
-// token for a path that needs it gets 401, whatever its method.
-inline HttpResponse HttpFrontEnd::answer(const Connection &connection, std::string_view head, Clock::time_point now) {
+// token for a path that needs it gets 401, whatever its method. After a 403, a 400 or a
+// 503 for a full house the connection closes.
+inline HttpResponse HttpFrontEnd::answer(Connection &connection, std::string_view head, Clock::time_point now) {
   const auto request = parse_request_head(head);
   const bool head_only = request && request->method == "HEAD";
+  connection.http11 = request && is_http11(*request);
+  connection.keep_alive = request && !connection.forbidden && !connection.refused && idle_timeout_ > Clock::duration::zero() &&
+                          keeps_connection(*request, false);
   if (connection.forbidden) return error_response(403, head_only);
   if (!request) return error_response(400);
   if (connection.refused) return error_response(503);
@@ -8986,13 +9088,15 @@ inline std::shared_ptr<const BudgetedBody> HttpFrontEnd::metrics_body(Format for
 inline void HttpFrontEnd::respond(Connection &connection, HttpResponse response, Clock::time_point now) {
   ++requests_[response.status];
   if (connection.push) ++push_requests_[{connection.push->method, response.status}];
-  connection.head = response_head(response);
+  connection.head = response_head(response, connection.http11, connection.keep_alive);
   if (!response.head_only) {
     connection.body = std::move(response.body);
     connection.shared_body = std::move(response.shared_body);
   }
-  connection.input.clear();
-  connection.input.shrink_to_fit();
+  // Bytes the client sent after the request wait for their turn, in a string of their
+  // size: a push body's memory goes back with its bytes.
+  const std::size_t request_end = connection.chunked ? connection.chunk_at : connection.body_start + connection.body_length;
+  connection.input = connection.keep_alive ? connection.input.substr(request_end) : std::string();
   if (connection.budget) connection.budget->give_back(connection.body_taken), connection.body_taken = 0;
   connection.phase = Connection::Phase::writing;
   connection.deadline = now + std::chrono::milliseconds(HERMES_HTTP_WRITE_TIMEOUT_MS);
@@ -9019,9 +9123,26 @@ inline void HttpFrontEnd::write_response(Connection &connection, Clock::time_poi
   connection.head = std::string();
   connection.body = std::string();
   connection.shared_body.reset(); // the last connection sending a body that is not the latest frees it
-  end_output(connection); // the end of the body, for an HTTP/1.0 client
+  if (connection.keep_alive) return await_next_request(connection, now);
+  end_output(connection); // the end of the stream: the client reads the answer's end in it too
   connection.phase = Connection::Phase::lingering;
   connection.deadline = now + std::chrono::milliseconds(HERMES_HTTP_LINGER_MS);
+}
+
+// A connection kept open reads its next request in the next step, from the bytes it sent
+// ahead or from the socket: one request at a time, so that a client that sends many at
+// once holds the loop no longer than one that sends one. It waits
+// Options::http_idle_timeout_seconds for the request's first byte.
+inline void HttpFrontEnd::await_next_request(Connection &connection, Clock::time_point now) {
+  connection.phase = Connection::Phase::reading;
+  connection.sent = 0;
+  connection.keep_alive = connection.http11 = false;
+  connection.push.reset();
+  connection.body_start = connection.body_length = connection.chunk_at = 0;
+  connection.chunked = connection.last_chunk = false;
+  connection.idle = connection.input.empty();
+  connection.ready = true; // TLS may hold decrypted bytes that poll() cannot see
+  connection.deadline = now + (connection.idle ? idle_timeout_ : std::chrono::milliseconds(HERMES_HTTP_READ_TIMEOUT_MS));
 }
 
 inline void HttpFrontEnd::drain(Connection &connection) {
@@ -10665,6 +10786,8 @@ inline Options options_from_environment(const Config &config, const Environment 
   detail::allow_list_from(options.udp_allow, env, "HERMES_UDP_ALLOW");
   detail::allow_list_from(options.http_allow, env, "HERMES_HTTP_ALLOW");
   override_from(options.http_token_file, env, {"HERMES_HTTP_TOKEN_FILE"}, detail::any_text, "");
+  override_from(options.http_idle_timeout_seconds, env, {"HERMES_HTTP_IDLE_TIMEOUT_SECONDS"}, detail::seconds_or_never,
+                "a number of seconds (0: no persistent connections)");
   override_from(options.statsd_tcp_port, env, {"HERMES_STATSD_TCP_PORT"}, parse_port, "a port number (0-65535)");
   override_from(
       options.statsd_tcp_max_connections, env, {"HERMES_MAX_STATSD_CONNECTIONS"},

@@ -146,9 +146,31 @@ public:
     REQUIRE(pump_until(server, [&] { return read_available(); }));
     return received_;
   }
+  // Steps the server until one whole answer has arrived, its head and as many bytes of
+  // body as its Content-Length says (none for a HEAD request), and takes it from what
+  // was received: an answer on a connection that stays open.
+  std::string next_answer(hermes::Server &server, bool head_only = false) {
+    std::size_t length = 0;
+    REQUIRE(pump_until(server, [&] {
+      read_available();
+      return (length = whole_answer_length(head_only)) != 0;
+    }));
+    const std::string answer = received_.substr(0, length);
+    received_.erase(0, length);
+    return answer;
+  }
   void close() { fd_.reset(); }
 
 private:
+  // The length of the first answer received, once it is whole; 0 before.
+  std::size_t whole_answer_length(bool head_only) const {
+    const std::size_t head_end = received_.find("\r\n\r\n");
+    if (head_end == std::string::npos) return 0;
+    const std::size_t field = received_.find("\r\nContent-Length: ");
+    REQUIRE(field < head_end);
+    const std::size_t body = head_only ? 0 : std::stoul(received_.substr(field + 18));
+    return received_.size() >= head_end + 4 + body ? head_end + 4 + body : 0;
+  }
   hermes::detail::FileDescriptor fd_;
   std::string received_;
 };

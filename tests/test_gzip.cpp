@@ -200,7 +200,7 @@ TEST_CASE("the compressor's memory is taken from the budget for as long as it li
 
 namespace {
 
-const char *gzip_scrape = "GET /metrics HTTP/1.1\r\nAccept-Encoding: gzip\r\n\r\n";
+const char *gzip_scrape = "GET /metrics HTTP/1.1\r\nConnection: close\r\nAccept-Encoding: gzip\r\n\r\n";
 
 // The lines of a text body that show configured metrics: Hermes' own change from one
 // scrape to the next.
@@ -239,8 +239,8 @@ TEST_CASE("a scraper that asks for gzip gets Content-Encoding: gzip and, inflate
   hermes::Server server = server_with_series(test::loopback_options());
   for (const char *accept : {"", "Accept: application/openmetrics-text;version=1.0.0\r\n"}) {
     CAPTURE(accept);
-    const std::string plain = http(server, std::string("GET /metrics HTTP/1.1\r\n") + accept + "\r\n");
-    const std::string gzip = http(server, std::string("GET /metrics HTTP/1.1\r\n") + accept + "Accept-Encoding: gzip\r\n\r\n");
+    const std::string plain = http(server, std::string("GET /metrics HTTP/1.1\r\nConnection: close\r\n") + accept + "\r\n");
+    const std::string gzip = http(server, std::string("GET /metrics HTTP/1.1\r\nConnection: close\r\n") + accept + "Accept-Encoding: gzip\r\n\r\n");
     CHECK(head_of(plain).find("Content-Encoding") == std::string::npos);
     CHECK(head_of(gzip).find("\r\nContent-Encoding: gzip\r\n") != std::string::npos);
     CHECK(head_of(gzip).find("\r\nContent-Length: " + std::to_string(body_of(gzip).size()) + "\r\n") != std::string::npos);
@@ -250,13 +250,13 @@ TEST_CASE("a scraper that asks for gzip gets Content-Encoding: gzip and, inflate
     CHECK(configured_lines(inflated).find("sample_counter{label_1=\"series-2999\"} 7\n") != std::string::npos);
     CHECK(body_of(gzip).size() < body_of(plain).size() / 4);
   }
-  const std::string protobuf = http(server, "GET /metrics HTTP/1.1\r\nAccept: application/vnd.google.protobuf;"
+  const std::string protobuf = http(server, "GET /metrics HTTP/1.1\r\nConnection: close\r\nAccept: application/vnd.google.protobuf;"
                                             "proto=io.prometheus.client.MetricFamily;encoding=delimited\r\nAccept-Encoding: gzip\r\n\r\n");
   CHECK(head_of(protobuf).find("\r\nContent-Encoding: gzip\r\n") != std::string::npos);
   CHECK(gunzip(body_of(protobuf)).substr(1, 19) == "\x0a\x11hermes_build_info");
   CHECK(gunzip(body_of(protobuf)).find("series-2999") != std::string::npos);
   // HEAD: the headers of GET, the gzip body's length among them.
-  const std::string head = http(server, "HEAD /metrics HTTP/1.1\r\nAccept-Encoding: gzip\r\n\r\n");
+  const std::string head = http(server, "HEAD /metrics HTTP/1.1\r\nConnection: close\r\nAccept-Encoding: gzip\r\n\r\n");
   CHECK(head.find("\r\nContent-Encoding: gzip\r\n") != std::string::npos);
   CHECK(body_of(head).empty());
 }
@@ -265,9 +265,9 @@ TEST_CASE("a scraper without Accept-Encoding, or with gzip;q=0, or any with comp
   hermes::Options off = test::loopback_options();
   off.gzip_level = 0;
   hermes::Server plain_only = server_with_series(off), server = server_with_series(test::loopback_options());
-  for (auto [target, request] : {std::make_pair(&server, "GET /metrics HTTP/1.1\r\n\r\n"),
-                                 std::make_pair(&server, "GET /metrics HTTP/1.1\r\nAccept-Encoding: gzip;q=0\r\n\r\n"),
-                                 std::make_pair(&server, "GET /metrics HTTP/1.1\r\nAccept-Encoding: identity, *\r\n\r\n"),
+  for (auto [target, request] : {std::make_pair(&server, "GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n"),
+                                 std::make_pair(&server, "GET /metrics HTTP/1.1\r\nConnection: close\r\nAccept-Encoding: gzip;q=0\r\n\r\n"),
+                                 std::make_pair(&server, "GET /metrics HTTP/1.1\r\nConnection: close\r\nAccept-Encoding: identity, *\r\n\r\n"),
                                  std::make_pair(&plain_only, gzip_scrape)}) {
     CAPTURE(request);
     const std::string response = http(*target, request);

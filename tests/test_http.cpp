@@ -115,6 +115,34 @@ TEST_CASE("responses are HTTP/1.0 with exact headers") {
         "Retry-After: 1\r\nConnection: close\r\n\r\n503 Service Unavailable\n");
 }
 
+TEST_CASE("an answer names its version and whether the connection stays open in that version's words") {
+  const hermes::detail::HttpResponse response = hermes::detail::error_response(404);
+  const std::string fields = " 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 14\r\n";
+  CHECK(hermes::detail::response_head(response, true, true) == "HTTP/1.1" + fields + "\r\n");
+  CHECK(hermes::detail::response_head(response, true, false) == "HTTP/1.1" + fields + "Connection: close\r\n\r\n");
+  CHECK(hermes::detail::response_head(response, false, true) == "HTTP/1.0" + fields + "Connection: keep-alive\r\n\r\n");
+  CHECK(hermes::detail::response_head(response, false, false) == "HTTP/1.0" + fields + "Connection: close\r\n\r\n");
+}
+
+TEST_CASE("a connection persists in HTTP/1.1 unless told close, in HTTP/1.0 only when told keep-alive, never past an unread body") {
+  const auto keeps = [](const std::string &head, bool body_read = false) {
+    return hermes::detail::keeps_connection(*parse_request_head(head + "\r\n"), body_read);
+  };
+  CHECK(keeps("GET / HTTP/1.1\r\n"));
+  CHECK(keeps("GET / HTTP/1.9\r\n"));
+  CHECK(keeps("GET / HTTP/1.1\r\nConnection: Upgrade, Keep-Alive\r\n"));
+  CHECK_FALSE(keeps("GET / HTTP/1.1\r\nConnection: close\r\n"));
+  CHECK_FALSE(keeps("GET / HTTP/1.1\r\nConnection: keep-alive\r\nConnection: te,  Close \r\n"));
+  CHECK_FALSE(keeps("GET / HTTP/1.0\r\n"));
+  CHECK(keeps("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n"));
+  CHECK_FALSE(keeps("GET / HTTP/1.0\r\nConnection: keep-alive-ish\r\n"));
+  CHECK_FALSE(keeps("GET / HTTP/2.0\r\n"));
+  CHECK(keeps("GET / HTTP/1.1\r\nContent-Length: 0\r\n"));
+  CHECK_FALSE(keeps("GET / HTTP/1.1\r\nContent-Length: 3\r\n"));
+  CHECK(keeps("PUT /metrics/job/j HTTP/1.1\r\nContent-Length: 3\r\n", true));
+  CHECK_FALSE(keeps("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"));
+}
+
 TEST_CASE("HEAD /metrics has exactly the headers of GET /metrics, Content-Length included") {
   const auto render = [](hermes::Format) { return std::make_shared<const std::string>("metric_a 1\nmetric_b 22\n"); };
   const auto get = hermes::detail::route(*parse_request_head("GET /metrics HTTP/1.0\r\n\r\n"), true, true, render);

@@ -75,9 +75,9 @@ TEST_CASE("a datagram of exactly the limit is read; one byte more is too_large a
 
 TEST_CASE("HTTP answers: status, headers and bodies") {
   hermes::Server server(test::sample_config(), test::loopback_options());
-  const std::string metrics = http(server, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+  const std::string metrics = http(server, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
   const std::string body = body_of(metrics);
-  CHECK(metrics.rfind("HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: " +
+  CHECK(metrics.rfind("HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: " +
                           std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n",
                       0) == 0);
   CHECK(body.back() == '\n');

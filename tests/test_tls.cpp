@@ -104,8 +104,15 @@ std::string handshake(hermes::Server *server, int fd, TlsStream &client) {
   return "";
 }
 
-// Writes `request` and reads until the other side ends the stream.
-std::string exchange(hermes::Server *server, int fd, TlsStream &client, const std::string &request) {
+// Whether `received` holds one whole answer, as far as its Content-Length says.
+bool whole_answer(const std::string &received) {
+  const std::size_t head_end = received.find("\r\n\r\n"), field = received.find("\r\nContent-Length: ");
+  return head_end != std::string::npos && field < head_end && received.size() == head_end + 4 + std::stoul(received.substr(field + 18));
+}
+
+// Writes `request` and reads until the other side ends the stream, or with `kept` (a
+// connection that stays open) until one whole answer has come.
+std::string exchange(hermes::Server *server, int fd, TlsStream &client, const std::string &request, bool kept = false) {
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30); // valgrind is slow
   std::size_t sent = 0;
   std::string received;
@@ -119,6 +126,7 @@ std::string exchange(hermes::Server *server, int fd, TlsStream &client, const st
       const std::ptrdiff_t n = client.read(buffer, sizeof buffer);
       if (n == 0) return received;
       if (n > 0) received.append(buffer, static_cast<std::size_t>(n));
+      if (kept && whole_answer(received)) return received;
     }
     REQUIRE_MESSAGE(!client.failed(), client.error());
     if (client.wait() != hermes::detail::TlsWait::nothing) step(server, fd, client);
@@ -160,6 +168,24 @@ TEST_CASE("the TLS client verifies Hermes' certificate by DNS name and by IP add
   REQUIRE(test::pump_until(server, [&] { return server.stats().tls_handshakes_failed == 3; }));
   CHECK(server.stats().tls_handshakes_ok == 2);
   CHECK(server.stats().tls_handshakes_timeout == 0);
+}
+
+TEST_CASE("a TLS connection carries one request after another, sent ahead too, on one handshake") {
+  hermes::Server server(test::sample_config(), tls_options());
+  FileDescriptor fd = connect_to(server.http_port());
+  TlsStream client(client_context(), fd.get(), "localhost");
+  REQUIRE(handshake(&server, fd.get(), client) == "");
+  const std::string healthy = "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 19\r\n\r\nHermes is Healthy.\n";
+  const std::string ready = "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 17\r\n\r\nHermes is Ready.\n";
+  CHECK(exchange(&server, fd.get(), client, "GET /-/healthy HTTP/1.1\r\n\r\n", true) == healthy);
+  CHECK(exchange(&server, fd.get(), client, "GET /-/ready HTTP/1.1\r\n\r\n", true) == ready);
+  const std::string metrics = exchange(&server, fd.get(), client, "GET /metrics HTTP/1.1\r\n\r\n", true);
+  CHECK(test::body_of(metrics).rfind("# HELP hermes_build_info", 0) == 0);
+  CHECK(exchange(&server, fd.get(), client, "GET /-/ready HTTP/1.1\r\n\r\nGET /-/healthy HTTP/1.1\r\nConnection: close\r\n\r\n") ==
+        ready + "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 19\r\nConnection: close\r\n\r\n"
+                "Hermes is Healthy.\n");
+  CHECK(server.stats().tls_handshakes_ok == 1);
+  CHECK(server.stats().http_requests.at(200) == 5);
 }
 
 TEST_CASE("the TLS client shows its certificate when the server asks, and is refused without one") {

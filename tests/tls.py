@@ -27,7 +27,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from blackbox import HERMES, Hermes, check_equal, debian_module, read_to_end
+from blackbox import HERMES, Hermes, check_equal, debian_module, kept_alive_answers, read_to_end
 from state import run_suite
 
 debian_module("tls", "prometheus_client", "python3-prometheus-client")
@@ -753,6 +753,19 @@ def renegotiation_is_refused_and_the_connection_goes_on_or_ends():
         assert "no renegotiation" in result.stderr + result.stdout, (result.stdout + result.stderr)[-600:]
         good_clients_keep_being_served(hermes, 1)
         check_equal(hermes.handshakes()["failed"], 0.0, "failed handshakes: the first one succeeded")
+    finally:
+        hermes.close()
+
+
+@test
+def a_kept_alive_connection_carries_requests_on_one_handshake():
+    hermes = TlsHermes()
+    try:
+        with socket.create_connection((hermes.http_host, hermes.http_port), timeout=GOOD_SCRAPE_SECONDS) as plain:
+            with hermes.context.wrap_socket(plain, server_hostname=hermes.http_host) as sock:
+                kept_alive_answers(sock)
+        # One handshake for twelve requests; the scrape that reads the count makes the second.
+        check_equal(hermes.handshakes(), {"ok": 2.0, "failed": 0.0, "timeout": 0.0}, "handshakes")
     finally:
         hermes.close()
 
