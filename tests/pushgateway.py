@@ -264,7 +264,7 @@ def length_size_and_encoding_are_checked_before_the_body_is_read(hermes):
 def a_chunked_body_is_read_within_the_limit(hermes):
     """As Node sends a body written in parts (prom-client's): no Content-Length, chunks."""
     def chunked(path, chunks, end=b"0\r\nX-Trailer: t\r\n\r\n"):
-        raw = f"PUT {path} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        raw = f"PUT {path} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".encode()
         answer = hermes.request(raw + b"".join(b"%x;e=1\r\n%s\r\n" % (len(c), c) for c in chunks) + end)
         head, _, body = answer.partition("\r\n\r\n")
         return int(head.split(" ")[1]), body
