@@ -12041,7 +12041,7 @@ inline void write_pushed_family(std::string &out, Format format, std::string_vie
                                 const std::optional<std::string> &help, std::vector<const PushedMetric *> &metrics,
                                 std::string &scratch) {
   std::sort(metrics.begin(), metrics.end(), pushed_metric_less);
-  if (format != Format::protobuf) {
+  if (!has_protobuf || format != Format::protobuf) {
     append_pushed_head(out, format, name, type, help);
     for (const PushedMetric *metric : metrics) append_pushed_text(out, name, type, *metric);
     return;
@@ -12097,14 +12097,14 @@ inline std::size_t pushed_body_bytes(const PushGroup &group) {
 class Renderer {
 public:
   Renderer(std::string &out, const Registry &registry, SelfView self, Format format)
-      : metrics_(registry.metrics_), self_(self), text_(out, format), protobuf_(out),
-        writer_(has_protobuf && format == Format::protobuf ? static_cast<Writer &>(protobuf_) : text_), out_(out), format_(format) {
+      : metrics_(registry.metrics_), self_(self), text_(out, format), protobuf_(protobuf_writer(out, format)),
+        writer_(protobuf_ ? static_cast<Writer &>(*protobuf_) : text_), out_(out), format_(format) {
     out.clear(); // its memory is the caller's: a server takes it from the budget first
     if (self.pushed) pushed_ = self.pushed->families().begin(), pushed_end_ = self.pushed->families().end();
   }
   // Every series through a writer of the caller's (a remote-write snapshot).
   Renderer(Writer &writer, const Registry &registry, SelfView self)
-      : metrics_(registry.metrics_), self_(self), text_(unused_, Format::text), protobuf_(unused_), writer_(writer),
+      : metrics_(registry.metrics_), self_(self), text_(unused_, Format::text), writer_(writer),
         out_(unused_), format_(Format::text) {
     if (self.pushed) pushed_ = self.pushed->families().begin(), pushed_end_ = self.pushed->families().end();
   }
@@ -12127,7 +12127,7 @@ public:
             write_pushed_samples(writer_, pushed_->first, pushed_->second.type, metric), ++written;
         ++pushed_;
       } else if (pushed_comes_next()) {
-        if (format_ == Format::protobuf) protobuf_.finish(); // closes the family before, if open
+        if (protobuf_) protobuf_->finish(); // closes the family before, if open
         written += write_pushed_family(out_, format_, pushed_->first, pushed_->second, scratch_) + 1;
         ++pushed_;
       } else if (next_self_ < std::size(self_metrics) && (next_metric_ == metrics_.size() || self_comes_next())) {
@@ -12148,6 +12148,16 @@ public:
   static std::size_t fixed_bound(const Registry &registry);
 
 private:
+  // The writer of a protobuf body. A build without the format (HERMES_NO_PROTOBUF) names
+  // the text writer here and never makes one: a protobuf writer merely declared would
+  // keep all its code, through its destructor's vtable.
+  using ProtobufWriter = std::conditional_t<has_protobuf, ProtobufExposition, Exposition>;
+  template <typename Protobuf = ProtobufWriter> static std::optional<Protobuf> protobuf_writer(std::string &out, Format format) {
+    if constexpr (has_protobuf) {
+      if (format == Format::protobuf) return std::optional<Protobuf>(std::in_place, out);
+    }
+    return std::nullopt;
+  }
   bool self_comes_next() const { return std::string_view(self_metrics[next_self_].name) < metrics_[next_metric_].config.name; }
   // Whether a family of the pushed groups comes before the next of the others: names
   // never clash (PushStore keeps Hermes' names out).
@@ -12162,7 +12172,7 @@ private:
   SelfView self_;
   std::string unused_; // the text writers' target when the caller's writer is used
   Exposition text_;
-  ProtobufExposition protobuf_;
+  std::optional<ProtobufWriter> protobuf_;
   Writer &writer_; // one of the two
   std::size_t next_metric_ = 0, next_self_ = 0;
   const Metric *current_ = nullptr;

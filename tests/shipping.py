@@ -170,6 +170,14 @@ def the_tiny_build_takes_json_over_udp_and_serves_text_metrics(_):
             assert 'hermes_samples_rejected_total{reason="malformed_json"} 1\n' in body, "a StatsD line is not JSON"
             families = [line.split()[2] for line in body.splitlines() if line.startswith("# TYPE ")]
             check_equal(families, TINY_FAMILIES, "no family of a part left out")
+        # Prometheus with native histograms on asks for protobuf first: it gets the next it
+        # prefers, OpenMetrics, as from a Pushgateway or client_golang that has no protobuf.
+        prometheus = (f"{protobuf},application/openmetrics-text;version=1.0.0;q=0.8,"
+                      "application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+        head, _, body = hermes.request(f"GET /metrics HTTP/1.0\r\nAccept: {prometheus}\r\n\r\n").partition("\r\n\r\n")
+        check_equal(head, "HTTP/1.0 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close", "the head of Prometheus' protobuf-first scrape")
+        assert body.startswith("# HELP hermes_build_info ") and body.endswith("# EOF\n"), body[:200]
         head = hermes.request("PUT /metrics/job/x HTTP/1.0\r\nContent-Length: 4\r\n\r\nx 1\n").split("\r\n")[0]
         check_equal(head, "HTTP/1.0 405 Method Not Allowed", "a push")
         check_equal(hermes.stop()[0], 0, "exit code after SIGTERM")
