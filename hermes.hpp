@@ -862,9 +862,21 @@ inline std::optional<bool> parse_switch(std::string_view text);        // on/off
 using LogSink = std::function<void(const std::string &line)>;
 
 #ifdef HERMES_GZIP
+constexpr bool has_gzip = true;
 constexpr int default_gzip_level = HERMES_GZIP_LEVEL;
 #else
+constexpr bool has_gzip = false;
 constexpr int default_gzip_level = 0; // a build without HERMES_GZIP has no gzip
+#endif
+#ifdef HERMES_TLS
+constexpr bool has_tls = true;
+#else
+constexpr bool has_tls = false;
+#endif
+#ifdef HERMES_YAML
+constexpr bool has_yaml = true;
+#else
+constexpr bool has_yaml = false;
 #endif
 
 // The parts this build has: each HERMES_NO_* macro leaves one out (see "Leaving parts out").
@@ -11663,7 +11675,7 @@ using Figure = std::optional<double>; // absent: the family is left out
 // One family of Hermes' own: either one series without labels (`value`), or labelled
 // series that `write` adds after the family's HELP and TYPE lines.
 struct SelfMetric {
-  enum class Scope { registry, server, process, statsd_tcp, tls, remote_write, push, state }; // statsd_tcp: a server's, when its TCP listener is on; tls: a server whose HTTP port speaks TLS; remote_write: one with a target; push, state: a server's, in a build with that part
+  enum class Scope { registry, server, process, statsd_tcp, tls, remote_write, push, state, gzip }; // statsd_tcp: a server's, when its TCP listener is on; tls: a server whose HTTP port speaks TLS; remote_write: one with a target; push, state, gzip: a server's, in a build with that part
   const char *name;
   const char *help;
   MetricType type;
@@ -11676,9 +11688,16 @@ inline void write_build_info(Writer &out, const char *name, const SelfView &view
   out.sample(name, {{"version", HERMES_VERSION_STR}, {"service", view.registry.service_name()}}, 1);
 }
 
+// The reasons only StatsD lines are refused for: a build without StatsD never shows them.
+inline bool statsd_only(Reject reason) {
+  return reason == Reject::unsupported_type || reason == Reject::dropped || reason == Reject::type_mismatch ||
+         reason == Reject::metric_limit;
+}
+
 inline void write_rejects(Writer &out, const char *name, const SelfView &view) {
   for (std::size_t i = 0; i < reject_reason_count; ++i) {
     const auto reason = static_cast<Reject>(i);
+    if (!has_statsd && statsd_only(reason)) continue;
     out.sample(name, {{"reason", to_string(reason)}}, static_cast<double>(view.registry.rejected(reason)));
   }
 }
@@ -11686,6 +11705,7 @@ inline void write_rejects(Writer &out, const char *name, const SelfView &view) {
 inline void write_received(Writer &out, const char *name, const SelfView &view) {
   for (std::size_t i = 0; i < wire_count; ++i) {
     const auto wire = static_cast<Wire>(i);
+    if (!has_statsd && wire == Wire::statsd) continue;
     out.sample(name, {{"format", to_string(wire)}}, static_cast<double>(view.registry.received(wire)));
   }
 }
@@ -11701,7 +11721,7 @@ inline void write_state_writes(Writer &out, const char *name, const SelfView &vi
 }
 
 inline void write_metrics_bytes(Writer &out, const char *name, const SelfView &view) {
-  out.sample(name, {{"encoding", "gzip"}}, static_cast<double>(view.server->metrics_bytes_gzip));
+  if (has_gzip) out.sample(name, {{"encoding", "gzip"}}, static_cast<double>(view.server->metrics_bytes_gzip));
   out.sample(name, {{"encoding", "identity"}}, static_cast<double>(view.server->metrics_bytes_identity));
 }
 
@@ -11781,7 +11801,7 @@ inline const SelfMetric self_metrics[] = {
     {"hermes_http_metrics_bytes_total", "Bytes of /metrics bodies sent, by Content-Encoding.", self_counter, Scope::server,
      nullptr, write_metrics_bytes},
     {"hermes_http_metrics_gzip_uncompressed_bytes_total", "Bytes the gzip /metrics bodies sent hold uncompressed.",
-     self_counter, Scope::server, [](const SelfView &v) { return count(v.server->metrics_gzip_uncompressed_bytes); }, nullptr},
+     self_counter, Scope::gzip, [](const SelfView &v) { return count(v.server->metrics_gzip_uncompressed_bytes); }, nullptr},
     {"hermes_http_requests_total", "HTTP requests answered, by status code.", self_counter, Scope::server, nullptr,
      write_http_requests},
     {"hermes_memory_budget_bytes", "The memory budget: bytes Hermes may hold for what input can grow.", self_gauge,
@@ -11897,6 +11917,7 @@ inline bool has_scope(const SelfView &view, SelfMetric::Scope scope) {
   case Scope::tls: return view.server != nullptr && view.server->tls;
   case Scope::push: return view.server != nullptr && has_push;
   case Scope::state: return view.server != nullptr && has_state;
+  case Scope::gzip: return view.server != nullptr && has_gzip;
   }
   return false;
 }
@@ -13314,7 +13335,11 @@ public:
 namespace hermes {
 
 inline ServerStats::ServerStats() {
-  for (const detail::HttpStatus &status : detail::http_statuses) http_requests[status.code] = 0;
+  // Every status Hermes may send; those only the Pushgateway API answers where the build has it.
+  constexpr int push_only[] = {202, 411, 413, 415, 507};
+  for (const detail::HttpStatus &status : detail::http_statuses)
+    if (has_push || std::find(std::begin(push_only), std::end(push_only), status.code) == std::end(push_only))
+      http_requests[status.code] = 0;
   // Each answer a method can get: a push 200, a delete (or the PUT of a wipe) 202.
   for (const char *method : {"POST", "PUT"})
     for (const int code : {200, 400, 401, 411, 413, 415, 507}) push_requests[{method, code}] = 0;

@@ -120,13 +120,22 @@ TINY_CONFIG = {"service_name": "tiny",
                "counters": [{"metric_name": "jobs_total", "metric_description": "Jobs done.", "labels": ["queue"]}]}
 TINY_FAMILIES = [
     "hermes_build_info", "hermes_config_last_reload_success_timestamp_seconds", "hermes_config_reloads_total",
-    "hermes_http_metrics_bytes_total", "hermes_http_metrics_gzip_uncompressed_bytes_total", "hermes_http_requests_total",
+    "hermes_http_metrics_bytes_total", "hermes_http_requests_total",
     "hermes_memory_budget_bytes", "hermes_memory_committed_bytes", "hermes_memory_used_bytes", "hermes_metric_max_series",
     "hermes_metric_series", "hermes_samples_accepted_total", "hermes_samples_received_total",
     "hermes_samples_rejected_total", "hermes_series", "hermes_series_expired_total", "hermes_udp_packets_total",
     "hermes_udp_receive_buffer_bytes", "hermes_udp_receive_drops_total", "hermes_unix_datagrams_total", "jobs_total",
     "process_cpu_seconds_total", "process_max_fds", "process_open_fds", "process_resident_memory_bytes",
     "process_start_time_seconds", "process_virtual_memory_bytes"]
+# The series of Hermes' families that a part left out would add to: no gzip encoding, no
+# StatsD format or reasons, no status only the Pushgateway API sends.
+TINY_SERIES = {
+    "hermes_http_metrics_bytes_total": ['{encoding="identity"}'],
+    "hermes_http_requests_total": [f'{{code="{code}"}}' for code in (200, 400, 401, 403, 404, 405, 431, 503, 505)],
+    "hermes_samples_received_total": ['{format="json"}'],
+    "hermes_samples_rejected_total": [f'{{reason="{reason}"}}' for reason in (
+        "malformed_json", "malformed_sample", "unknown_metric", "label_mismatch", "invalid_label_value", "invalid_value",
+        "invalid_operation", "series_limit", "too_large", "memory_limit", "forbidden_source")]}
 # Each macro, the name its errors give the part, and a config key and a variable of it.
 PARTS = [("HERMES_NO_STATSD", "StatsD", ("statsd_undeclared", "accept"), ("HERMES_STATSD_TCP_PORT", "9125")),
          ("HERMES_NO_PROTOBUF", "protobuf format", None, ("HERMES_PROTOBUF", "on")),
@@ -170,6 +179,9 @@ def the_tiny_build_takes_json_over_udp_and_serves_text_metrics(_):
             assert 'hermes_samples_rejected_total{reason="malformed_json"} 1\n' in body, "a StatsD line is not JSON"
             families = [line.split()[2] for line in body.splitlines() if line.startswith("# TYPE ")]
             check_equal(families, TINY_FAMILIES, "no family of a part left out")
+            for family, series in TINY_SERIES.items():
+                shown = [line.split()[0][len(family):] for line in body.splitlines() if line.startswith(family + "{")]
+                check_equal(shown, series, f"the series of {family}")
         # Prometheus with native histograms on asks for protobuf first: it gets the next it
         # prefers, OpenMetrics, as from a Pushgateway or client_golang that has no protobuf.
         prometheus = (f"{protobuf},application/openmetrics-text;version=1.0.0;q=0.8,"
