@@ -37,7 +37,8 @@
 //     HERMES_NO_RESOLVER      host names: addresses must be numeric, and getaddrinfo and
 //                             the C library's resolver stay out (needs HERMES_NO_REMOTE_WRITE)
 // hermes::has_statsd, has_protobuf, has_state, has_push and has_remote_write tell which
-// parts a build has.
+// parts a build has, has_gzip, has_tls and has_yaml which optional libraries; Hermes' own
+// figures and environment_help() (hermes --help) show only what it has.
 //
 // ---- Config file ----------------------------------------------------------------------
 //
@@ -1005,6 +1006,9 @@ using Environment = std::function<const char *(const char *name)>;
 // HERMES_TLS_KEY_FILE and HERMES_TLS_CLIENT_CA_FILE (over the config's tls_server).
 // An empty variable counts as unset. Throws UsageError naming a bad variable.
 inline Options options_from_environment(const Config &config, const Environment &env);
+// The variables options_from_environment reads, as `hermes --help` lists them: only those
+// of the parts this build has (HERMES_NO_*, HERMES_GZIP, HERMES_TLS, HERMES_YAML).
+inline std::string environment_help();
 
 // ---- StatsD mapping ----
 
@@ -10441,6 +10445,62 @@ inline Options options_from_environment(const Config &config, const Environment 
     options.remote_write.push_back(std::move(*target));
   detail::push_options_from(options, config, env);
   return options;
+}
+
+namespace detail {
+
+// A paragraph of environment_help, shown where the build has its part.
+struct HelpSection {
+  bool built;
+  const char *text;
+};
+inline constexpr HelpSection environment_help_sections[] = {
+    {true, "Environment:\n"
+           "  HERMES_UDP_ADDRESS (LISTEN_ADDRESS), HERMES_UDP_PORT (LISTEN_PORT)\n"
+           "  HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (LOG_LEVEL), HERMES_OPENMETRICS\n"
+           "  HERMES_MAX_MEMORY (bytes, or with KiB, MiB, GiB)\n"
+           "  HERMES_UNIX_SOCKET, HERMES_UNIX_SOCKET_MODE, HERMES_UDP_RECEIVE_BUFFER\n"},
+    {has_protobuf, "  HERMES_PROTOBUF (off: scrapers that ask for protobuf get text or OpenMetrics)\n"},
+    {has_gzip, "  HERMES_COMPRESSION (off, on, or a gzip level 1-9 for scrapers that ask for gzip)\n"},
+    {has_state, "  HERMES_STATE_FILE (the config's state_file: keep the series there across restarts)\n"
+                "  HERMES_STATE_INTERVAL (state_interval_seconds: seconds between writes, default 10)\n"},
+    {has_statsd, "  HERMES_STATSD (off: every datagram is JSON)\n"
+                 "  HERMES_STATSD_TCP_PORT (StatsD lines over TCP too; off unless set)\n"
+                 "  HERMES_MAX_STATSD_CONNECTIONS (default 256)\n"
+                 "  HERMES_STATSD_TCP_IDLE_SECONDS (seconds without a whole line; default 300, 0: never)\n"},
+    {has_statsd && has_yaml, "  HERMES_STATSD_MAPPING (the config's statsd_mapping_file: statsd_exporter's YAML mapping)\n"},
+    {has_remote_write, "\n"
+                       "Remote write (one receiver; the config's \"remote_write\" list takes more):\n"
+                       "  HERMES_REMOTE_WRITE_URL                http://host:port/api/v1/write\n"
+                       "  HERMES_REMOTE_WRITE_INTERVAL           seconds between snapshots (default 15)\n"
+                       "  HERMES_REMOTE_WRITE_BEARER_TOKEN_FILE  a file holding its bearer token\n"},
+    {true, "\n"
+           "Access control:\n"
+           "  HERMES_UDP_ALLOW        CIDR ranges, comma-separated (10.0.0.0/8,2001:db8::/32,::1):\n"
+           "                          datagrams from elsewhere are dropped (forbidden_source);\n"
+           "                          over the config's \"udp_allow\"; unset: everyone\n"
+           "  HERMES_HTTP_ALLOW       the same for HTTP clients, answered 403; over \"http_allow\"\n"
+           "  HERMES_HTTP_TOKEN_FILE  a file holding a token that /metrics and / then ask for\n"
+           "                          as \"Authorization: Bearer TOKEN\" (else 401)\n"},
+    {has_tls, "  HERMES_TLS_CERT_FILE, HERMES_TLS_KEY_FILE  a PEM certificate chain and its key: the\n"
+              "                          HTTP port then speaks only TLS; over the config's \"tls_server\"\n"
+              "  HERMES_TLS_CLIENT_CA_FILE  clients must show a certificate these CAs signed\n"},
+    {has_push, "\n"
+               "Pushgateway API (PUT, POST, DELETE on /metrics/job/JOB/NAME/VALUE...):\n"
+               "  HERMES_PUSH             off: no push API (default on)\n"
+               "  HERMES_MAX_PUSH_BYTES   the largest push body (default 4MiB); more is 413\n"
+               "  HERMES_MAX_PUSH_GROUPS  groups at most (the config's max_push_groups, default 10000)\n"
+               "  HERMES_PUSH_TTL         seconds a group lives without a push (push_ttl_seconds; 0: ever)\n"
+               "  HERMES_PUSH_TOKEN_FILE  a file holding a token that pushes and deletes must carry\n"
+               "  HERMES_PUSH_ADMIN       on: PUT /api/v1/admin/wipe deletes every group\n"}};
+
+} // namespace detail
+
+inline std::string environment_help() {
+  std::string text;
+  for (const detail::HelpSection &section : detail::environment_help_sections)
+    if (section.built) text += section.text;
+  return text;
 }
 
 // ===== ACCESS =============================================================================

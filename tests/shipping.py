@@ -7,11 +7,12 @@ usage: shipping.py PATH_TO_HERMES   (the static binary is build/static/hermes)
 Ends with the line "shipping: N passed, N failed".
 """
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 
-from blackbox import Hermes, SAMPLE_CONFIG, ROOT, check_equal, clean_env, run_suite, write_config
+from blackbox import HERMES, Hermes, SAMPLE_CONFIG, ROOT, check_equal, clean_env, run_suite, write_config
 
 TESTS = []
 STRICT = ["-std=c++17", "-Wall", "-Wextra", "-Wpedantic", "-Wshadow", "-Wconversion", "-Werror"]
@@ -230,6 +231,38 @@ def the_tiny_build_takes_numeric_addresses_only(_):
     check_equal((result.returncode, result.stderr),
                 (1, 'hermes: cannot resolve address "localhost": this build takes numeric addresses only '
                     "(HERMES_NO_RESOLVER)\n"), "a name")
+
+
+# The variables hermes --help names in every build, and those of each part a build may leave out.
+CORE_VARIABLES = ["CONFIG_FILE_PATH", "HERMES_CONFIG_PATH", "HERMES_HTTP_ADDRESS", "HERMES_HTTP_ALLOW", "HERMES_HTTP_PORT",
+                  "HERMES_HTTP_TOKEN_FILE", "HERMES_LOG_LEVEL", "HERMES_MAX_MEMORY", "HERMES_OPENMETRICS", "HERMES_UDP_ADDRESS",
+                  "HERMES_UDP_ALLOW", "HERMES_UDP_PORT", "HERMES_UDP_RECEIVE_BUFFER", "HERMES_UNIX_SOCKET",
+                  "HERMES_UNIX_SOCKET_MODE", "LISTEN_ADDRESS", "LISTEN_PORT", "LOG_LEVEL"]
+PART_VARIABLES = {
+    "HERMES_NO_STATSD": ["HERMES_STATSD", "HERMES_STATSD_TCP_PORT", "HERMES_MAX_STATSD_CONNECTIONS",
+                         "HERMES_STATSD_TCP_IDLE_SECONDS", "HERMES_STATSD_MAPPING"],  # the mapping with HERMES_YAML
+    "HERMES_NO_PROTOBUF": ["HERMES_PROTOBUF"],
+    "HERMES_NO_STATE": ["HERMES_STATE_FILE", "HERMES_STATE_INTERVAL"],
+    "HERMES_NO_PUSH": ["HERMES_PUSH", "HERMES_MAX_PUSH_BYTES", "HERMES_MAX_PUSH_GROUPS", "HERMES_PUSH_TTL",
+                       "HERMES_PUSH_TOKEN_FILE", "HERMES_PUSH_ADMIN"],
+    "HERMES_NO_REMOTE_WRITE": ["HERMES_REMOTE_WRITE_URL", "HERMES_REMOTE_WRITE_INTERVAL",
+                               "HERMES_REMOTE_WRITE_BEARER_TOKEN_FILE"],
+    "HERMES_GZIP": ["HERMES_COMPRESSION"],
+    "HERMES_TLS": ["HERMES_TLS_CERT_FILE", "HERMES_TLS_KEY_FILE", "HERMES_TLS_CLIENT_CA_FILE"]}
+
+
+def help_variables(binary):
+    result = subprocess.run([binary, "--help"], capture_output=True, text=True, env=clean_env())
+    check_equal((result.returncode, result.stderr), (0, ""), f"{binary} --help")
+    names = set(re.findall(r"\b[A-Z]+(?:_[A-Z]+)+\b", result.stdout)) - {"CONFIG_PATH"}  # the argument
+    return sorted(names)
+
+
+@test
+def the_help_names_the_variables_of_the_parts_a_build_has_and_no_others(_):
+    every = CORE_VARIABLES + [name for names in PART_VARIABLES.values() for name in names]
+    check_equal(help_variables(HERMES), sorted(every), "hermes, with every part")
+    check_equal(help_variables(TINY), sorted(CORE_VARIABLES), "the tiny build")
 
 
 def syntax_check(*macros):
