@@ -9976,7 +9976,9 @@ public:
         pushes_(pushes) {}
   StateKeeper(const StateKeeper &) = delete;
   StateKeeper &operator=(const StateKeeper &) = delete;
-  ~StateKeeper() { wait(); }
+  ~StateKeeper() {
+    if (has_state) wait(); // without the part no write starts: no std::thread, nor the C library's threads, linked
+  }
 
   bool enabled() const { return !path_.empty(); }
   void restore(Registry &registry, double monotonic_now);
