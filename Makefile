@@ -168,7 +168,7 @@ STATIC_FLAGS := -Os -static -s -ffunction-sections -fdata-sections -Wl,--gc-sect
 # and OpenMetrics out, numeric addresses only. Each HERMES_NO_* macro, one line each,
 # leaves a part out (see the doc block of hermes.hpp), and no optional library is linked.
 # The goal was 600 KiB, but glibc's static C library alone is 667 KiB for a C program
-# that calls printf, and libstdc++'s strings, maps, threads and number conversions add
+# that calls printf, and libstdc++'s strings, maps and number conversions add
 # 150 KiB more: the limit holds the size where it is. A smaller binary needs a C++
 # runtime built on musl, which Debian does not ship.
 TINY_FLAGS :=

@@ -37,7 +37,8 @@
 //     HERMES_NO_RESOLVER      host names: addresses must be numeric, and getaddrinfo and
 //                             the C library's resolver stay out (needs HERMES_NO_REMOTE_WRITE)
 // hermes::has_statsd, has_protobuf, has_state, has_push and has_remote_write tell which
-// parts a build has.
+// parts a build has, has_gzip, has_tls and has_yaml which optional libraries; Hermes' own
+// figures and environment_help() (hermes --help) show only what it has.
 //
 // ---- Config file ----------------------------------------------------------------------
 //
@@ -880,9 +881,21 @@ inline std::optional<bool> parse_switch(std::string_view text);        // on/off
 using LogSink = std::function<void(const std::string &line)>;
 
 #ifdef HERMES_GZIP
+constexpr bool has_gzip = true;
 constexpr int default_gzip_level = HERMES_GZIP_LEVEL;
 #else
+constexpr bool has_gzip = false;
 constexpr int default_gzip_level = 0; // a build without HERMES_GZIP has no gzip
+#endif
+#ifdef HERMES_TLS
+constexpr bool has_tls = true;
+#else
+constexpr bool has_tls = false;
+#endif
+#ifdef HERMES_YAML
+constexpr bool has_yaml = true;
+#else
+constexpr bool has_yaml = false;
 #endif
 
 // The parts this build has: each HERMES_NO_* macro leaves one out (see "Leaving parts out").
@@ -1013,6 +1026,9 @@ using Environment = std::function<const char *(const char *name)>;
 // HERMES_TLS_KEY_FILE and HERMES_TLS_CLIENT_CA_FILE (over the config's tls_server).
 // An empty variable counts as unset. Throws UsageError naming a bad variable.
 inline Options options_from_environment(const Config &config, const Environment &env);
+// The variables options_from_environment reads, as `hermes --help` lists them: only those
+// of the parts this build has (HERMES_NO_*, HERMES_GZIP, HERMES_TLS, HERMES_YAML).
+inline std::string environment_help();
 
 // ---- StatsD mapping ----
 
@@ -10335,7 +10351,9 @@ public:
         pushes_(pushes) {}
   StateKeeper(const StateKeeper &) = delete;
   StateKeeper &operator=(const StateKeeper &) = delete;
-  ~StateKeeper() { wait(); }
+  ~StateKeeper() {
+    if (has_state) wait(); // without the part no write starts: no std::thread, nor the C library's threads, linked
+  }
 
   bool enabled() const { return !path_.empty(); }
   void restore(Registry &registry, double monotonic_now);
@@ -10806,6 +10824,64 @@ inline Options options_from_environment(const Config &config, const Environment 
     options.remote_write.push_back(std::move(*target));
   detail::push_options_from(options, config, env);
   return options;
+}
+
+namespace detail {
+
+// A paragraph of environment_help, shown where the build has its part.
+struct HelpSection {
+  bool built;
+  const char *text;
+};
+inline constexpr HelpSection environment_help_sections[] = {
+    {true, "Environment:\n"
+           "  HERMES_UDP_ADDRESS (LISTEN_ADDRESS), HERMES_UDP_PORT (LISTEN_PORT)\n"
+           "  HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (LOG_LEVEL), HERMES_OPENMETRICS\n"
+           "  HERMES_MAX_MEMORY (bytes, or with KiB, MiB, GiB)\n"
+           "  HERMES_UNIX_SOCKET, HERMES_UNIX_SOCKET_MODE, HERMES_UDP_RECEIVE_BUFFER\n"
+           "  HERMES_HTTP_IDLE_TIMEOUT_SECONDS (how long a kept-alive HTTP connection waits for its\n"
+           "    next request; default 90, 0: every answer closes its connection)\n"},
+    {has_protobuf, "  HERMES_PROTOBUF (off: scrapers that ask for protobuf get text or OpenMetrics)\n"},
+    {has_gzip, "  HERMES_COMPRESSION (off, on, or a gzip level 1-9 for scrapers that ask for gzip)\n"},
+    {has_state, "  HERMES_STATE_FILE (the config's state_file: keep the series there across restarts)\n"
+                "  HERMES_STATE_INTERVAL (state_interval_seconds: seconds between writes, default 10)\n"},
+    {has_statsd, "  HERMES_STATSD (off: every datagram is JSON)\n"
+                 "  HERMES_STATSD_TCP_PORT (StatsD lines over TCP too; off unless set)\n"
+                 "  HERMES_MAX_STATSD_CONNECTIONS (default 256)\n"
+                 "  HERMES_STATSD_TCP_IDLE_SECONDS (seconds without a whole line; default 300, 0: never)\n"},
+    {has_statsd && has_yaml, "  HERMES_STATSD_MAPPING (the config's statsd_mapping_file: statsd_exporter's YAML mapping)\n"},
+    {has_remote_write, "\n"
+                       "Remote write (one receiver; the config's \"remote_write\" list takes more):\n"
+                       "  HERMES_REMOTE_WRITE_URL                http://host:port/api/v1/write\n"
+                       "  HERMES_REMOTE_WRITE_INTERVAL           seconds between snapshots (default 15)\n"
+                       "  HERMES_REMOTE_WRITE_BEARER_TOKEN_FILE  a file holding its bearer token\n"},
+    {true, "\n"
+           "Access control:\n"
+           "  HERMES_UDP_ALLOW        CIDR ranges, comma-separated (10.0.0.0/8,2001:db8::/32,::1):\n"
+           "                          datagrams from elsewhere are dropped (forbidden_source);\n"
+           "                          over the config's \"udp_allow\"; unset: everyone\n"
+           "  HERMES_HTTP_ALLOW       the same for HTTP clients, answered 403; over \"http_allow\"\n"
+           "  HERMES_HTTP_TOKEN_FILE  a file holding a token that /metrics and / then ask for\n"
+           "                          as \"Authorization: Bearer TOKEN\" (else 401)\n"},
+    {has_tls, "  HERMES_TLS_CERT_FILE, HERMES_TLS_KEY_FILE  a PEM certificate chain and its key: the\n"
+              "                          HTTP port then speaks only TLS; over the config's \"tls_server\"\n"
+              "  HERMES_TLS_CLIENT_CA_FILE  clients must show a certificate these CAs signed\n"},
+    {has_push, "\n"
+               "Pushgateway API (PUT, POST, DELETE on /metrics/job/JOB/NAME/VALUE...):\n"
+               "  HERMES_PUSH             off: no push API (default on)\n"
+               "  HERMES_MAX_PUSH_BYTES   the largest push body (default 4MiB); more is 413\n"
+               "  HERMES_MAX_PUSH_GROUPS  groups at most (the config's max_push_groups, default 10000)\n"
+               "  HERMES_PUSH_TTL         seconds a group lives without a push (push_ttl_seconds; 0: ever)\n"
+               "  HERMES_PUSH_TOKEN_FILE  a file holding a token that pushes and deletes must carry\n"
+               "  HERMES_PUSH_ADMIN       on: PUT /api/v1/admin/wipe deletes every group\n"}};
+
+} // namespace detail
+
+inline std::string environment_help() {
+  std::string text;
+  for (const detail::HelpSection &section : detail::environment_help_sections)
+    if (section.built) text += section.text;
+  return text;
 }
 
 // ===== ACCESS =============================================================================
@@ -12040,7 +12116,7 @@ using Figure = std::optional<double>; // absent: the family is left out
 // One family of Hermes' own: either one series without labels (`value`), or labelled
 // series that `write` adds after the family's HELP and TYPE lines.
 struct SelfMetric {
-  enum class Scope { registry, server, process, statsd_tcp, tls, remote_write, push, state }; // statsd_tcp: a server's, when its TCP listener is on; tls: a server whose HTTP port speaks TLS; remote_write: one with a target; push, state: a server's, in a build with that part
+  enum class Scope { registry, server, process, statsd_tcp, tls, remote_write, push, state, gzip }; // statsd_tcp: a server's, when its TCP listener is on; tls: a server whose HTTP port speaks TLS; remote_write: one with a target; push, state, gzip: a server's, in a build with that part
   const char *name;
   const char *help;
   MetricType type;
@@ -12053,9 +12129,16 @@ inline void write_build_info(Writer &out, const char *name, const SelfView &view
   out.sample(name, {{"version", HERMES_VERSION_STR}, {"service", view.registry.service_name()}}, 1);
 }
 
+// The reasons only StatsD lines are refused for: a build without StatsD never shows them.
+inline bool statsd_only(Reject reason) {
+  return reason == Reject::unsupported_type || reason == Reject::dropped || reason == Reject::type_mismatch ||
+         reason == Reject::metric_limit;
+}
+
 inline void write_rejects(Writer &out, const char *name, const SelfView &view) {
   for (std::size_t i = 0; i < reject_reason_count; ++i) {
     const auto reason = static_cast<Reject>(i);
+    if (!has_statsd && statsd_only(reason)) continue;
     out.sample(name, {{"reason", to_string(reason)}}, static_cast<double>(view.registry.rejected(reason)));
   }
 }
@@ -12063,6 +12146,7 @@ inline void write_rejects(Writer &out, const char *name, const SelfView &view) {
 inline void write_received(Writer &out, const char *name, const SelfView &view) {
   for (std::size_t i = 0; i < wire_count; ++i) {
     const auto wire = static_cast<Wire>(i);
+    if (!has_statsd && wire == Wire::statsd) continue;
     out.sample(name, {{"format", to_string(wire)}}, static_cast<double>(view.registry.received(wire)));
   }
 }
@@ -12078,7 +12162,7 @@ inline void write_state_writes(Writer &out, const char *name, const SelfView &vi
 }
 
 inline void write_metrics_bytes(Writer &out, const char *name, const SelfView &view) {
-  out.sample(name, {{"encoding", "gzip"}}, static_cast<double>(view.server->metrics_bytes_gzip));
+  if (has_gzip) out.sample(name, {{"encoding", "gzip"}}, static_cast<double>(view.server->metrics_bytes_gzip));
   out.sample(name, {{"encoding", "identity"}}, static_cast<double>(view.server->metrics_bytes_identity));
 }
 
@@ -12158,7 +12242,7 @@ inline const SelfMetric self_metrics[] = {
     {"hermes_http_metrics_bytes_total", "Bytes of /metrics bodies sent, by Content-Encoding.", self_counter, Scope::server,
      nullptr, write_metrics_bytes},
     {"hermes_http_metrics_gzip_uncompressed_bytes_total", "Bytes the gzip /metrics bodies sent hold uncompressed.",
-     self_counter, Scope::server, [](const SelfView &v) { return count(v.server->metrics_gzip_uncompressed_bytes); }, nullptr},
+     self_counter, Scope::gzip, [](const SelfView &v) { return count(v.server->metrics_gzip_uncompressed_bytes); }, nullptr},
     {"hermes_http_requests_total", "HTTP requests answered, by status code.", self_counter, Scope::server, nullptr,
      write_http_requests},
     {"hermes_memory_budget_bytes", "The memory budget: bytes Hermes may hold for what input can grow.", self_gauge,
@@ -12274,6 +12358,7 @@ inline bool has_scope(const SelfView &view, SelfMetric::Scope scope) {
   case Scope::tls: return view.server != nullptr && view.server->tls;
   case Scope::push: return view.server != nullptr && has_push;
   case Scope::state: return view.server != nullptr && has_state;
+  case Scope::gzip: return view.server != nullptr && has_gzip;
   }
   return false;
 }
@@ -12473,7 +12558,7 @@ inline std::size_t write_pushed_family(std::string &out, Format format, std::str
                                        const std::optional<std::string> &help, const std::vector<HeldFamily> &parts,
                                        std::string &scratch) {
   std::size_t samples = 0;
-  if (format != Format::protobuf) {
+  if (!has_protobuf || format != Format::protobuf) {
     append_pushed_head(out, format, name, type, help);
     visit_pushed_samples(parts, [&](const PushedMetric &metric, const PushLabelViews &labels) {
       append_pushed_text(out, name, type, metric, labels), ++samples;
@@ -12526,14 +12611,14 @@ inline std::size_t pushed_body_bytes(const PushGroup &group) {
 class Renderer {
 public:
   Renderer(std::string &out, const Registry &registry, SelfView self, Format format)
-      : metrics_(registry.metrics_), self_(self), text_(out, format), protobuf_(out),
-        writer_(has_protobuf && format == Format::protobuf ? static_cast<Writer &>(protobuf_) : text_), out_(out), format_(format) {
+      : metrics_(registry.metrics_), self_(self), text_(out, format), protobuf_(protobuf_writer(out, format)),
+        writer_(protobuf_ ? static_cast<Writer &>(*protobuf_) : text_), out_(out), format_(format) {
     out.clear(); // its memory is the caller's: a server takes it from the budget first
     if (self.pushed) pushed_ = self.pushed->families().begin(), pushed_end_ = self.pushed->families().end();
   }
   // Every series through a writer of the caller's (a remote-write snapshot).
   Renderer(Writer &writer, const Registry &registry, SelfView self)
-      : metrics_(registry.metrics_), self_(self), text_(unused_, Format::text), protobuf_(unused_), writer_(writer),
+      : metrics_(registry.metrics_), self_(self), text_(unused_, Format::text), writer_(writer),
         out_(unused_), format_(Format::text) {
     if (self.pushed) pushed_ = self.pushed->families().begin(), pushed_end_ = self.pushed->families().end();
   }
@@ -12557,7 +12642,7 @@ public:
                 ++written;
         ++pushed_;
       } else if (pushed_comes_next()) {
-        if (format_ == Format::protobuf) protobuf_.finish(); // closes the family before, if open
+        if (protobuf_) protobuf_->finish(); // closes the family before, if open
         written += write_pushed_family(out_, format_, pushed_->first, pushed_->second, scratch_) + 1;
         ++pushed_;
       } else if (next_self_ < std::size(self_metrics) && (next_metric_ == metrics_.size() || self_comes_next())) {
@@ -12578,6 +12663,16 @@ public:
   static std::size_t fixed_bound(const Registry &registry);
 
 private:
+  // The writer of a protobuf body. A build without the format (HERMES_NO_PROTOBUF) names
+  // the text writer here and never makes one: a protobuf writer merely declared would
+  // keep all its code, through its destructor's vtable.
+  using ProtobufWriter = std::conditional_t<has_protobuf, ProtobufExposition, Exposition>;
+  template <typename Protobuf = ProtobufWriter> static std::optional<Protobuf> protobuf_writer(std::string &out, Format format) {
+    if constexpr (has_protobuf) {
+      if (format == Format::protobuf) return std::optional<Protobuf>(std::in_place, out);
+    }
+    return std::nullopt;
+  }
   bool self_comes_next() const { return std::string_view(self_metrics[next_self_].name) < metrics_[next_metric_].config.name; }
   // Whether a family of the pushed groups comes before the next of the others: names
   // never clash (PushStore keeps Hermes' names out).
@@ -12592,7 +12687,7 @@ private:
   SelfView self_;
   std::string unused_; // the text writers' target when the caller's writer is used
   Exposition text_;
-  ProtobufExposition protobuf_;
+  std::optional<ProtobufWriter> protobuf_;
   Writer &writer_; // one of the two
   std::size_t next_metric_ = 0, next_self_ = 0;
   const Metric *current_ = nullptr;
@@ -13906,7 +14001,11 @@ public:
 namespace hermes {
 
 inline ServerStats::ServerStats() {
-  for (const detail::HttpStatus &status : detail::http_statuses) http_requests[status.code] = 0;
+  // Every status Hermes may send; those only the Pushgateway API answers where the build has it.
+  constexpr int push_only[] = {202, 411, 413, 415, 507};
+  for (const detail::HttpStatus &status : detail::http_statuses)
+    if (has_push || std::find(std::begin(push_only), std::end(push_only), status.code) == std::end(push_only))
+      http_requests[status.code] = 0;
   // Each answer a method can get: a push 200, a delete (or the PUT of a wipe) 202.
   for (const char *method : {"POST", "PUT"})
     for (const int code : {200, 400, 401, 411, 413, 415, 507}) push_requests[{method, code}] = 0;

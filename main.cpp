@@ -27,44 +27,10 @@ constexpr const char *usage_text =
     "                  a good one may still get warnings on names that promtool would lint\n"
     "  --version       print the version and exit\n"
     "  --help          print this text and exit\n"
-    "\n"
-    "Environment: HERMES_UDP_ADDRESS (LISTEN_ADDRESS), HERMES_UDP_PORT (LISTEN_PORT),\n"
-    "HERMES_HTTP_ADDRESS, HERMES_HTTP_PORT, HERMES_LOG_LEVEL (LOG_LEVEL), HERMES_OPENMETRICS,\n"
-    "HERMES_STATSD, HERMES_MAX_MEMORY (bytes, or with KiB, MiB, GiB),\n"
-    "HERMES_COMPRESSION (off, on, or a gzip level 1-9 for scrapers that ask for gzip),\n"
-    "HERMES_UNIX_SOCKET, HERMES_UNIX_SOCKET_MODE, HERMES_UDP_RECEIVE_BUFFER,\n"
-    "HERMES_STATE_FILE (the config's state_file: keep the series there across restarts),\n"
-    "HERMES_STATE_INTERVAL (state_interval_seconds: seconds between writes, default 10),\n"
-    "HERMES_STATSD_TCP_PORT (StatsD lines over TCP too; off unless set),\n"
-    "HERMES_MAX_STATSD_CONNECTIONS (default 256),\n"
-    "HERMES_STATSD_TCP_IDLE_SECONDS (seconds without a whole line; default 300, 0: never),\n"
-    "HERMES_STATSD_MAPPING (the config's statsd_mapping_file: statsd_exporter's YAML mapping),\n"
-    "HERMES_HTTP_IDLE_TIMEOUT_SECONDS (how long a kept-alive HTTP connection waits for its\n"
-    "next request; default 90, 0: every answer closes its connection).\n"
-    "\n"
-    "Remote write (one receiver; the config's \"remote_write\" list takes more):\n"
-    "  HERMES_REMOTE_WRITE_URL                http://host:port/api/v1/write\n"
-    "  HERMES_REMOTE_WRITE_INTERVAL           seconds between snapshots (default 15)\n"
-    "  HERMES_REMOTE_WRITE_BEARER_TOKEN_FILE  a file holding its bearer token\n"
-    "\n"
-    "Access control:\n"
-    "  HERMES_UDP_ALLOW        CIDR ranges, comma-separated (10.0.0.0/8,2001:db8::/32,::1):\n"
-    "                          datagrams from elsewhere are dropped (forbidden_source);\n"
-    "                          over the config's \"udp_allow\"; unset: everyone\n"
-    "  HERMES_HTTP_ALLOW       the same for HTTP clients, answered 403; over \"http_allow\"\n"
-    "  HERMES_HTTP_TOKEN_FILE  a file holding a token that /metrics and / then ask for\n"
-    "                          as \"Authorization: Bearer TOKEN\" (else 401)\n"
-    "  HERMES_TLS_CERT_FILE, HERMES_TLS_KEY_FILE  a PEM certificate chain and its key: the\n"
-    "                          HTTP port then speaks only TLS; over the config's \"tls_server\"\n"
-    "  HERMES_TLS_CLIENT_CA_FILE  clients must show a certificate these CAs signed\n"
-    "\n"
-    "Pushgateway API (PUT, POST, DELETE on /metrics/job/JOB/NAME/VALUE...):\n"
-    "  HERMES_PUSH             off: no push API (default on)\n"
-    "  HERMES_MAX_PUSH_BYTES   the largest push body (default 4MiB); more is 413\n"
-    "  HERMES_MAX_PUSH_GROUPS  groups at most (the config's max_push_groups, default 10000)\n"
-    "  HERMES_PUSH_TTL         seconds a group lives without a push (push_ttl_seconds; 0: ever)\n"
-    "  HERMES_PUSH_TOKEN_FILE  a file holding a token that pushes and deletes must carry\n"
-    "  HERMES_PUSH_ADMIN       on: PUT /api/v1/admin/wipe deletes every group\n"
+    "\n";
+
+// After the environment variables this build reads (hermes::environment_help).
+constexpr const char *signals_text =
     "\n"
     "Signals: SIGTERM and SIGINT write the state file, if any, and stop; SIGHUP reloads the\n"
     "config file, the token file and the TLS certificate and key.\n";
@@ -173,7 +139,7 @@ int fail(int code, const std::string &message) {
 int main(int argc, char **argv) {
   try {
     const CommandLine line = parse_command_line(argc, argv);
-    if (line.help) return std::fputs(usage_text, stdout), 0;
+    if (line.help) return std::printf("%s%s%s", usage_text, hermes::environment_help().c_str(), signals_text), 0;
     if (line.version) return std::printf("hermes %s\n", HERMES_VERSION_STR), 0;
     const std::string path = config_path(line);
     const hermes::Config config = hermes::load_config(path);

@@ -7,11 +7,12 @@ usage: shipping.py PATH_TO_HERMES   (the static binary is build/static/hermes)
 Ends with the line "shipping: N passed, N failed".
 """
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 
-from blackbox import Hermes, SAMPLE_CONFIG, ROOT, check_equal, clean_env, run_suite, write_config
+from blackbox import HERMES, Hermes, SAMPLE_CONFIG, ROOT, check_equal, clean_env, run_suite, write_config
 
 TESTS = []
 STRICT = ["-std=c++17", "-Wall", "-Wextra", "-Wpedantic", "-Wshadow", "-Wconversion", "-Werror"]
@@ -120,13 +121,22 @@ TINY_CONFIG = {"service_name": "tiny",
                "counters": [{"metric_name": "jobs_total", "metric_description": "Jobs done.", "labels": ["queue"]}]}
 TINY_FAMILIES = [
     "hermes_build_info", "hermes_config_last_reload_success_timestamp_seconds", "hermes_config_reloads_total",
-    "hermes_http_metrics_bytes_total", "hermes_http_metrics_gzip_uncompressed_bytes_total", "hermes_http_requests_total",
+    "hermes_http_metrics_bytes_total", "hermes_http_requests_total",
     "hermes_memory_budget_bytes", "hermes_memory_committed_bytes", "hermes_memory_used_bytes", "hermes_metric_max_series",
     "hermes_metric_series", "hermes_samples_accepted_total", "hermes_samples_received_total",
     "hermes_samples_rejected_total", "hermes_series", "hermes_series_expired_total", "hermes_udp_packets_total",
     "hermes_udp_receive_buffer_bytes", "hermes_udp_receive_drops_total", "hermes_unix_datagrams_total", "jobs_total",
     "process_cpu_seconds_total", "process_max_fds", "process_open_fds", "process_resident_memory_bytes",
     "process_start_time_seconds", "process_virtual_memory_bytes"]
+# The series of Hermes' families that a part left out would add to: no gzip encoding, no
+# StatsD format or reasons, no status only the Pushgateway API sends.
+TINY_SERIES = {
+    "hermes_http_metrics_bytes_total": ['{encoding="identity"}'],
+    "hermes_http_requests_total": [f'{{code="{code}"}}' for code in (200, 400, 401, 403, 404, 405, 431, 503, 505)],
+    "hermes_samples_received_total": ['{format="json"}'],
+    "hermes_samples_rejected_total": [f'{{reason="{reason}"}}' for reason in (
+        "malformed_json", "malformed_sample", "unknown_metric", "label_mismatch", "invalid_label_value", "invalid_value",
+        "invalid_operation", "series_limit", "too_large", "memory_limit", "forbidden_source")]}
 # Each macro, the name its errors give the part, and a config key and a variable of it.
 PARTS = [("HERMES_NO_STATSD", "StatsD", ("statsd_undeclared", "accept"), ("HERMES_STATSD_TCP_PORT", "9125")),
          ("HERMES_NO_PROTOBUF", "protobuf format", None, ("HERMES_PROTOBUF", "on")),
@@ -170,6 +180,17 @@ def the_tiny_build_takes_json_over_udp_and_serves_text_metrics(_):
             assert 'hermes_samples_rejected_total{reason="malformed_json"} 1\n' in body, "a StatsD line is not JSON"
             families = [line.split()[2] for line in body.splitlines() if line.startswith("# TYPE ")]
             check_equal(families, TINY_FAMILIES, "no family of a part left out")
+            for family, series in TINY_SERIES.items():
+                shown = [line.split()[0][len(family):] for line in body.splitlines() if line.startswith(family + "{")]
+                check_equal(shown, series, f"the series of {family}")
+        # Prometheus with native histograms on asks for protobuf first: it gets the next it
+        # prefers, OpenMetrics, as from a Pushgateway or client_golang that has no protobuf.
+        prometheus = (f"{protobuf},application/openmetrics-text;version=1.0.0;q=0.8,"
+                      "application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+        head, _, body = hermes.request(f"GET /metrics HTTP/1.0\r\nAccept: {prometheus}\r\n\r\n").partition("\r\n\r\n")
+        check_equal(head, "HTTP/1.0 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close", "the head of Prometheus' protobuf-first scrape")
+        assert body.startswith("# HELP hermes_build_info ") and body.endswith("# EOF\n"), body[:200]
         head = hermes.request("PUT /metrics/job/x HTTP/1.0\r\nContent-Length: 4\r\n\r\nx 1\n").split("\r\n")[0]
         check_equal(head, "HTTP/1.0 405 Method Not Allowed", "a push")
         check_equal(hermes.stop()[0], 0, "exit code after SIGTERM")
@@ -210,6 +231,38 @@ def the_tiny_build_takes_numeric_addresses_only(_):
     check_equal((result.returncode, result.stderr),
                 (1, 'hermes: cannot resolve address "localhost": this build takes numeric addresses only '
                     "(HERMES_NO_RESOLVER)\n"), "a name")
+
+
+# The variables hermes --help names in every build, and those of each part a build may leave out.
+CORE_VARIABLES = ["CONFIG_FILE_PATH", "HERMES_CONFIG_PATH", "HERMES_HTTP_ADDRESS", "HERMES_HTTP_ALLOW", "HERMES_HTTP_IDLE_TIMEOUT_SECONDS", "HERMES_HTTP_PORT",
+                  "HERMES_HTTP_TOKEN_FILE", "HERMES_LOG_LEVEL", "HERMES_MAX_MEMORY", "HERMES_OPENMETRICS", "HERMES_UDP_ADDRESS",
+                  "HERMES_UDP_ALLOW", "HERMES_UDP_PORT", "HERMES_UDP_RECEIVE_BUFFER", "HERMES_UNIX_SOCKET",
+                  "HERMES_UNIX_SOCKET_MODE", "LISTEN_ADDRESS", "LISTEN_PORT", "LOG_LEVEL"]
+PART_VARIABLES = {
+    "HERMES_NO_STATSD": ["HERMES_STATSD", "HERMES_STATSD_TCP_PORT", "HERMES_MAX_STATSD_CONNECTIONS",
+                         "HERMES_STATSD_TCP_IDLE_SECONDS", "HERMES_STATSD_MAPPING"],  # the mapping with HERMES_YAML
+    "HERMES_NO_PROTOBUF": ["HERMES_PROTOBUF"],
+    "HERMES_NO_STATE": ["HERMES_STATE_FILE", "HERMES_STATE_INTERVAL"],
+    "HERMES_NO_PUSH": ["HERMES_PUSH", "HERMES_MAX_PUSH_BYTES", "HERMES_MAX_PUSH_GROUPS", "HERMES_PUSH_TTL",
+                       "HERMES_PUSH_TOKEN_FILE", "HERMES_PUSH_ADMIN"],
+    "HERMES_NO_REMOTE_WRITE": ["HERMES_REMOTE_WRITE_URL", "HERMES_REMOTE_WRITE_INTERVAL",
+                               "HERMES_REMOTE_WRITE_BEARER_TOKEN_FILE"],
+    "HERMES_GZIP": ["HERMES_COMPRESSION"],
+    "HERMES_TLS": ["HERMES_TLS_CERT_FILE", "HERMES_TLS_KEY_FILE", "HERMES_TLS_CLIENT_CA_FILE"]}
+
+
+def help_variables(binary):
+    result = subprocess.run([binary, "--help"], capture_output=True, text=True, env=clean_env())
+    check_equal((result.returncode, result.stderr), (0, ""), f"{binary} --help")
+    names = set(re.findall(r"\b[A-Z]+(?:_[A-Z]+)+\b", result.stdout)) - {"CONFIG_PATH"}  # the argument
+    return sorted(names)
+
+
+@test
+def the_help_names_the_variables_of_the_parts_a_build_has_and_no_others(_):
+    every = CORE_VARIABLES + [name for names in PART_VARIABLES.values() for name in names]
+    check_equal(help_variables(HERMES), sorted(every), "hermes, with every part")
+    check_equal(help_variables(TINY), sorted(CORE_VARIABLES), "the tiny build")
 
 
 def syntax_check(*macros):
