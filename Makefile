@@ -65,7 +65,8 @@ help:
 	@echo 'make check-deps   install what make check needs too (doctest-dev, openssl)'
 	@echo 'make test-deps    install what make test needs (prometheus, clang, faketime, ...)'
 	@echo 'make statsd-clients  install the StatsD clients make test pushes with'
-	@echo 'make push-clients    install prom-client and build client_golang's push package, which make test pushes with'
+	@echo 'make push-clients    install prom-client and build the push package of client_golang, which make test pushes with'
+	@echo 'make npm-clients     install the npm clients (hot-shots, prom-client) into build/npm in one npm run'
 	@echo 'make fuzz-deps, valgrind-deps, cross-deps, bench-deps  install what those gates need'
 	@echo 'Builds run as many jobs as cores unless -j is given; CXXFLAGS, CPPFLAGS, LDFLAGS reach all.'
 
