@@ -304,6 +304,7 @@
 //     HERMES_MAX_JSON_DEPTH           16   nested arrays and objects in a datagram or config
 //     HERMES_MAX_CONFIG_SIZE     1048576   bytes of config file
 //     HERMES_MAX_REQUEST_HEAD       8192   bytes of HTTP request line and headers
+//     HERMES_MAX_CHUNK_LINE         4096   bytes of a chunked push body's size or trailer line
 //     HERMES_MAX_CONNECTIONS          64   open HTTP connections
 //     HERMES_MAX_REFUSED_CONNECTIONS  16   more connections, read and answered 503; beyond, closed
 //     HERMES_HTTP_READ_TIMEOUT_MS   5000   time a client has to send its request head
@@ -377,6 +378,9 @@
 #endif
 #ifndef HERMES_MAX_REQUEST_HEAD
 #define HERMES_MAX_REQUEST_HEAD 8192 // request line and headers; more is answered 431
+#endif
+#ifndef HERMES_MAX_CHUNK_LINE
+#define HERMES_MAX_CHUNK_LINE 4096 // a longer chunk size or trailer line is 400, as Go's server has it
 #endif
 #ifndef HERMES_MAX_CONNECTIONS
 #define HERMES_MAX_CONNECTIONS 64 // when full, the oldest connection still reading is dropped
@@ -531,6 +535,7 @@ static_assert(HERMES_MAX_DATAGRAM_SIZE >= 64 && HERMES_MAX_DATAGRAM_SIZE <= 6553
 static_assert(HERMES_MAX_JSON_DEPTH >= 4, "HERMES_MAX_JSON_DEPTH must be at least 4: a batch of samples nests 4 levels deep");
 static_assert(HERMES_MAX_CONFIG_SIZE >= 1024, "HERMES_MAX_CONFIG_SIZE must be at least 1024 bytes");
 static_assert(HERMES_MAX_REQUEST_HEAD >= 256, "HERMES_MAX_REQUEST_HEAD must be at least 256 bytes");
+static_assert(HERMES_MAX_CHUNK_LINE >= 64, "HERMES_MAX_CHUNK_LINE must be at least 64 bytes");
 static_assert(HERMES_MAX_CONNECTIONS >= 1 && HERMES_MAX_CONNECTIONS <= 65536,
               "HERMES_MAX_CONNECTIONS must be between 1 and 65536");
 static_assert(HERMES_MAX_REFUSED_CONNECTIONS >= 0, "HERMES_MAX_REFUSED_CONNECTIONS must not be negative");
@@ -5964,6 +5969,25 @@ inline bool keeps_connection(const HttpRequest &request, bool body_read) {
   return is_http11(request) ? !names_connection_option(request, "close") : names_connection_option(request, "keep-alive");
 }
 
+// Why the request's body framing is ambiguous, or "": more than one Content-Length or
+// Transfer-Encoding, an empty Transfer-Encoding, both at once, or Transfer-Encoding in
+// HTTP/1.0 (RFC 9112, section 6). On a kept-alive connection, or behind a proxy that
+// frames the body another way, such a body could be read as the next request; it is
+// answered 400 and the connection closes.
+inline std::string framing_problem(const HttpRequest &request) {
+  std::size_t lengths = 0, encodings = 0;
+  bool empty_encoding = false;
+  for (const auto &[name, value] : request.headers) {
+    lengths += name == "content-length";
+    if (name == "transfer-encoding") ++encodings, empty_encoding |= value.empty();
+  }
+  if (lengths > 1) return "more than one Content-Length";
+  if (encodings > 1 || empty_encoding) return "more than one Transfer-Encoding, or an empty one";
+  if (lengths == 1 && encodings == 1) return "both Content-Length and Transfer-Encoding";
+  if (encodings == 1 && !is_http11(request)) return "Transfer-Encoding in an HTTP/1.0 request";
+  return "";
+}
+
 // The paths a bearer token guards; the probes' paths stay open.
 inline bool needs_token(const std::string &path) { return path == "/metrics" || path == "/"; }
 
@@ -7364,6 +7388,8 @@ private:
   static bool keys_agree(const PushLabels &a, const PushLabels &b);
   std::optional<PushType> other_type(std::string_view name, const PushGroup &candidate, const PushGroup *old) const;
   static bool holds_sample(const PushGroup &group, const std::string &name, const PushLabelViews &labels);
+  static std::string held_sample_of(const PushedFamily &family, const PushGroup &candidate,
+                                    const std::vector<std::pair<std::uint64_t, std::size_t>> &hashes, const PushGroup &group);
   std::string commit(PushGroup &candidate, Groups::iterator old);
   void record_failure(const PushLabels &key, Now now);
   void index(const PushGroup &group);
@@ -7508,17 +7534,47 @@ inline std::string PushStore::check_family(const PushedFamily &family, const Pus
       if (!is_valid_utf8(value)) return "family \"" + name + "\": the value of label \"" + std::string(label) + "\" is not UTF-8";
     }
     hashes.emplace_back(labels_hash(labels), hashes.size());
-    for (const PushGroup *other : overlapping)
-      if (holds_sample(*other, name, labels))
-        return "family \"" + name + "\": the labels " + labels_text(labels) + " are another group's already";
   }
   std::sort(hashes.begin(), hashes.end());
+  for (const PushGroup *group : overlapping) {
+    const std::string held = held_sample_of(family, candidate, hashes, *group);
+    if (!held.empty()) return "family \"" + name + "\": the labels " + held + " are another group's already";
+  }
   PushLabelViews other;
   for (std::size_t i = 0; i + 1 < hashes.size(); ++i) {
     if (hashes[i].first != hashes[i + 1].first) continue;
     shown_labels(candidate.key, family.metrics[hashes[i].second].labels, labels);
     shown_labels(candidate.key, family.metrics[hashes[i + 1].second].labels, other);
     if (labels == other) return "family \"" + name + "\": two samples with the same labels";
+  }
+  return "";
+}
+
+// The labels of a sample of `family` (the candidate's, its samples' `hashes` sorted) that
+// `group` holds too, as text; or "". The smaller side is walked and looked up in the
+// other, so that a push costs at most the samples the other groups hold, however many
+// small groups its key agrees with.
+inline std::string PushStore::held_sample_of(const PushedFamily &family, const PushGroup &candidate,
+                                             const std::vector<std::pair<std::uint64_t, std::size_t>> &hashes,
+                                             const PushGroup &group) {
+  const auto held = group.families.find(family.name);
+  if (held == group.families.end()) return "";
+  PushLabelViews labels, other;
+  if (held->second.metrics.size() >= family.metrics.size()) {
+    for (const PushedMetric &metric : family.metrics) {
+      shown_labels(candidate.key, metric.labels, labels);
+      if (holds_sample(group, family.name, labels)) return labels_text(labels);
+    }
+    return "";
+  }
+  for (const PushedMetric &metric : held->second.metrics) {
+    shown_labels(group.key, metric.labels, labels);
+    const std::uint64_t hash = labels_hash(labels);
+    for (auto at = std::lower_bound(hashes.begin(), hashes.end(), std::make_pair(hash, std::size_t{0}));
+         at != hashes.end() && at->first == hash; ++at) {
+      shown_labels(candidate.key, family.metrics[at->second].labels, other);
+      if (other == labels) return labels_text(labels);
+    }
   }
   return "";
 }
@@ -8856,7 +8912,9 @@ inline ChunkState decode_chunks(Connection &connection, std::size_t max_body) {
   std::string &input = connection.input;
   for (;;) {
     const std::size_t line_end = input.find("\r\n", connection.chunk_at);
-    if (line_end == std::string::npos) return ChunkState::more;
+    if (line_end == std::string::npos) // a line that never ends is searched again at each read: bounded, as Go's
+      return input.size() - connection.chunk_at > HERMES_MAX_CHUNK_LINE ? ChunkState::bad : ChunkState::more;
+    if (line_end - connection.chunk_at > HERMES_MAX_CHUNK_LINE) return ChunkState::bad;
     const std::string_view line = std::string_view(input).substr(connection.chunk_at, line_end - connection.chunk_at);
     if (connection.last_chunk) { // the trailer section: field lines until an empty one
       connection.chunk_at = line_end + 2;
@@ -9017,14 +9075,13 @@ inline HttpFrontEnd::PushStart HttpFrontEnd::begin_push(Connection &connection, 
 // with `length` its body's and the bytes taken from the budget.
 inline std::optional<int> HttpFrontEnd::push_refusal(const HttpRequest &request, std::size_t &length, std::string &why) {
   if (!push_token_.empty() && !bearer_matches(header(request, "authorization"), push_token_)) return 401;
+  if (const std::string problem = framing_problem(request); !problem.empty()) return why = "a push with " + problem, 400;
   const std::string_view encoding = header(request, "content-encoding");
   if (!encoding.empty() && lowercase(encoding) != "identity")
     return why = "Content-Encoding " + std::string(encoding) + " is not supported: send the body as it is", 415;
   const std::string_view length_text = header(request, "content-length");
   if (length_text.empty() && request.method == "DELETE" && header(request, "transfer-encoding").empty()) return std::nullopt;
   if (length_text.empty() && is_chunked(request)) return std::nullopt; // each chunk's bytes are taken as they come
-  if (!length_text.empty() && !header(request, "transfer-encoding").empty()) // which one ends the body is ambiguous
-    return why = "a push with both Content-Length and Transfer-Encoding", 400;
   if (length_text.empty()) return why = "a push needs a Content-Length or chunks", 411;
   const auto parsed = parse_decimal_size(length_text);
   if (!parsed) return why = "Content-Length " + std::string(length_text) + " is not a number of bytes", 400;
@@ -9047,6 +9104,7 @@ inline HttpResponse HttpFrontEnd::answer(Connection &connection, std::string_vie
                           keeps_connection(*request, false);
   if (connection.forbidden) return error_response(403, head_only);
   if (!request) return error_response(400);
+  if (!framing_problem(*request).empty()) return connection.keep_alive = false, error_response(400);
   if (connection.refused) return error_response(503);
   if (!token_.empty() && needs_token(request->path) && !bearer_matches(header(*request, "authorization"), token_))
     return error_response(401, head_only);

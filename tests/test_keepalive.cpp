@@ -101,6 +101,28 @@ TEST_CASE("a push with both Content-Length and Transfer-Encoding is 400 and clos
   CHECK(server.stats().push_requests.at({"PUT", 400}) == 1);
 }
 
+TEST_CASE("a request whose body framing is ambiguous is 400 and closes: its body is never read as the next request") {
+  hermes::Server server(test::sample_config(), test::loopback_options());
+  const std::string smuggled = "GET /smuggled HTTP/1.1\r\n\r\n";
+  const std::string length = std::to_string(smuggled.size());
+  for (const std::string &framing : std::vector<std::string>{
+           "GET /-/healthy HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: " + length + "\r\n\r\n",
+        "GET /-/healthy HTTP/1.1\r\nTransfer-Encoding:\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "PUT /metrics/job/j HTTP/1.1\r\nTransfer-Encoding:\r\nTransfer-Encoding: chunked\r\nContent-Length: " + length +
+            "\r\n\r\n",
+        "PUT /metrics/job/j HTTP/1.1\r\nContent-Length: " + length + "\r\nContent-Length: " + length + "\r\n\r\n",
+        "PUT /metrics/job/j HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"}) {
+    RawClient client(server.http_port());
+    client.send(framing + smuggled);
+    const std::string answer = client.finish(server);
+    CHECK_MESSAGE(answer.find(" 400 Bad Request\r\n") == 8, framing);
+    CHECK_MESSAGE(answer.find("Connection: close\r\n") != std::string::npos, framing);
+    CHECK_MESSAGE(answer.find("404") == std::string::npos, framing);
+  }
+  CHECK(server.stats().http_requests.at(400) == 5);
+  CHECK(server.stats().http_requests.at(404) == 0);
+}
+
 TEST_CASE("a request that does not parse, or whose body is not read, is answered and closes the connection") {
   hermes::Server server(test::sample_config(), test::loopback_options());
   const std::string next = "GET /-/healthy HTTP/1.1\r\n\r\n"; // never answered: the connection closes before it

@@ -86,6 +86,14 @@ TEST_CASE("a chunked body is decoded in place as its chunks come, trailers and e
   connection.input = head + "65\r\n";
   connection.chunk_at = head.size();
   CHECK(decode_chunks(connection, 100) == ChunkState::too_large); // 0x65 = 101 bytes
+  // A size or trailer line is searched again at each read until it ends: it has a limit.
+  connection.input = head + std::string(HERMES_MAX_CHUNK_LINE, '0');
+  CHECK(decode_chunks(connection, 100) == ChunkState::more);
+  connection.input += "0";
+  CHECK(decode_chunks(connection, 100) == ChunkState::bad);
+  connection.input = head + "0\r\nX-Trailer: " + std::string(HERMES_MAX_CHUNK_LINE, 't') + "\r\n\r\n";
+  connection.last_chunk = false;
+  CHECK(decode_chunks(connection, 100) == ChunkState::bad);
 }
 
 TEST_CASE("the text parser reads families, types, HELP and the samples of summaries and histograms") {
@@ -170,6 +178,10 @@ TEST_CASE("a group holds its grouping labels once: samples show them, sorted acr
   CHECK(push(store, key("j", {{"instance", ""}}), "m{a=\"4\"} 4\n").message ==
         "pushed metrics are invalid or inconsistent with existing metrics: family \"push_failure_time_seconds\": the labels "
         "{instance=\"\",job=\"j\"} are another group's already"); // its push times, too
+  // A push of more samples than the group it meets: the group's samples are looked up in it.
+  CHECK(push(store, key("j", {{"instance", ""}}), "m{a=\"9\"} 9\nm{a=\"8\"} 8\nm{a=\"3\"} 7\n").message ==
+        "pushed metrics are invalid or inconsistent with existing metrics: family \"m\": the labels "
+        "{a=\"3\",instance=\"\",job=\"j\"} are another group's already");
   CHECK(store.group_count() == 3);
 }
 
