@@ -18,7 +18,8 @@ CXXFLAGS ?= -O2
 WARNINGS := -Wall -Wextra -Wpedantic -Wshadow -Wconversion -Werror
 HERMES_FLAGS := -std=c++17 $(WARNINGS) $(CPPFLAGS)
 # Optional parts, one line each: the macro that compiles a part in and the libraries it
-# links. The daemon, the static build and the tests take them; the cross builds do not.
+# links. The daemon, the static build and the tests take them; the cross builds take
+# those of CROSS_FEATURE_FLAGS.
 FEATURE_FLAGS :=
 FEATURE_LIBS :=
 # gzip /metrics bodies for scrapers that ask, with zlib (zlib1g-dev)
@@ -208,13 +209,21 @@ QEMU_armhf := qemu-arm
 CROSS := $(CROSS_$(ARCH))
 CROSS_BUILD := $(BUILD)/$(ARCH)
 CROSS_FLAGS := $(HERMES_FLAGS) -Wno-psabi -isystem $(CROSS_BUILD)/include # psabi: notes on an ABI change of GCC 7
+# A board reached over a network it does not trust needs TLS most: the cross builds have
+# it, with Debian's mbedTLS for the board's architecture (multiarch).
+DEB_ARCH_aarch64 := arm64
+DEB_ARCH_armhf := armhf
+DEB_ARCH := $(DEB_ARCH_$(ARCH))
+CROSS_FEATURE_FLAGS := -DHERMES_TLS
+CROSS_FEATURE_LIBS := -lmbedtls -lmbedx509 -lmbedcrypto
 
 cross: | cross-deps
 	@test -n "$(CROSS)" || { echo "ARCH must be aarch64 or armhf"; exit 1; }
 	@mkdir -p $(CROSS_BUILD)/include && cp /usr/include/picojson.h $(CROSS_BUILD)/include/ && cp -r /usr/include/doctest $(CROSS_BUILD)/include/
-	$(CROSS)-g++ $(CROSS_FLAGS) $(CXXFLAGS) $(STATIC_FLAGS) $(LDFLAGS) -o $(CROSS_BUILD)/hermes main.cpp
-	$(CROSS)-g++ $(CROSS_FLAGS) $(CXXFLAGS) -O1 -static -pthread -I. -DHERMES_TEST_DIR='"$(CURDIR)/tests"' \
-	  $(LDFLAGS) -o $(CROSS_BUILD)/unit_tests $(UNIT_SOURCES)
+	$(CROSS)-g++ $(CROSS_FLAGS) $(CROSS_FEATURE_FLAGS) $(CXXFLAGS) $(STATIC_FLAGS) $(LDFLAGS) -o $(CROSS_BUILD)/hermes main.cpp \
+	  $(CROSS_FEATURE_LIBS)
+	$(CROSS)-g++ $(CROSS_FLAGS) $(CROSS_FEATURE_FLAGS) $(CXXFLAGS) -O1 -static -pthread -I. -DHERMES_TEST_DIR='"$(CURDIR)/tests"' \
+	  $(LDFLAGS) -o $(CROSS_BUILD)/unit_tests $(UNIT_SOURCES) $(CROSS_FEATURE_LIBS)
 	@file $(CROSS_BUILD)/hermes | grep -q "statically linked" && echo "$(CROSS_BUILD)/hermes: $$(stat -c %s $(CROSS_BUILD)/hermes) bytes"
 	$(QEMU_$(ARCH)) $(CROSS_BUILD)/hermes --version
 	$(QEMU_$(ARCH)) $(CROSS_BUILD)/unit_tests --no-intro=true --test-case-exclude='*the kernel drops*'
@@ -224,6 +233,9 @@ cross: | cross-deps
 
 cross-deps:
 	@tests/ensure.sh command:$(CROSS)-g++:g++-$(CROSS) command:$(QEMU_$(ARCH)):qemu-user command:file:file
+	@test -e /usr/lib/$(CROSS)/libmbedtls.a || dpkg --print-foreign-architectures | grep -qx $(DEB_ARCH) || \
+	  dpkg --add-architecture $(DEB_ARCH) # root's, as ensure.sh's apt-get is
+	@tests/ensure.sh file:/usr/lib/$(CROSS)/libmbedtls.a:libmbedtls-dev:$(DEB_ARCH)
 
 # ---- the heavier gates, run by CI after make test -----------------------------------------
 
