@@ -6230,7 +6230,7 @@ private:
     if (password.empty()) fail(place, "password file " + path + ": empty: it must hold the password");
     if (password.size() > HERMES_MAX_TOKEN_SIZE)
       fail(place, "password file " + path + ": longer than " + std::to_string(HERMES_MAX_TOKEN_SIZE) + " bytes");
-    if (std::any_of(password.begin(), password.end(), [](char c) { return (c >= 0 && c < 0x20) || c == 0x7f; }))
+    if (std::any_of(password.begin(), password.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; }))
       fail(place, "password file " + path + ": holds a control character, which a password cannot");
     return password;
   }
