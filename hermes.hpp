@@ -652,6 +652,7 @@ static_assert(HERMES_REMOTE_WRITE_MAX_RESPONSE >= 256, "HERMES_REMOTE_WRITE_MAX_
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -8734,7 +8735,8 @@ public:
 private:
   void accept_connections(Clock::time_point now);
   void admit(FileDescriptor fd, bool forbidden, Clock::time_point now);
-  bool close_oldest_reader(bool forbidden_only = false);
+  bool close_oldest_reader(Clock::time_point now, bool forbidden_only = false);
+  void note_waiting_bytes(Clock::time_point now);
   void serve(Connection &connection, Clock::time_point now);
   void read_request(Connection &connection, Clock::time_point now);
   enum class HeadStep { incomplete, answered, reading_body };
@@ -8818,7 +8820,7 @@ inline void HttpFrontEnd::accept_connections(Clock::time_point now) {
     }
     if (errno == EMFILE || errno == ENFILE) {
       // Out of descriptors: an idle client gives its own up for the newcomer.
-      if (close_oldest_reader()) continue;
+      if (close_oldest_reader(now)) continue;
     }
     if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
       // The pending connection stays queued and the socket stays readable: without a
@@ -8838,7 +8840,7 @@ inline void HttpFrontEnd::accept_connections(Clock::time_point now) {
 // request unread, would reset the connection and the client would see no answer.
 inline void HttpFrontEnd::admit(FileDescriptor fd, bool forbidden, Clock::time_point now) {
   bool refuse = false;
-  if (connections_.size() - refusing_ >= HERMES_MAX_CONNECTIONS && !close_oldest_reader(forbidden)) {
+  if (connections_.size() - refusing_ >= HERMES_MAX_CONNECTIONS && !close_oldest_reader(now, forbidden)) {
     if (refusing_ >= HERMES_MAX_REFUSED_CONNECTIONS) return; // closes: no room even to refuse
     refuse = true;
     ++refusing_;
@@ -8868,7 +8870,8 @@ inline void HttpFrontEnd::admit(FileDescriptor fd, bool forbidden, Clock::time_p
 // pushed out by clients that sent a ClientHello and went quiet.
 // A forbidden newcomer takes only a forbidden one's place: clients outside the allow
 // list cannot push out those inside it.
-inline bool HttpFrontEnd::close_oldest_reader(bool forbidden_only) {
+inline bool HttpFrontEnd::close_oldest_reader(Clock::time_point now, bool forbidden_only) {
+  note_waiting_bytes(now);
   Connection *oldest = nullptr;
   for (const auto &connection : connections_) {
     if (connection->phase != Connection::Phase::reading || connection->refused || (forbidden_only && !connection->forbidden))
@@ -8881,6 +8884,18 @@ inline bool HttpFrontEnd::close_oldest_reader(bool forbidden_only) {
   const auto position = std::find_if(connections_.begin(), connections_.end(), [&](const auto &c) { return c.get() == oldest; });
   connections_.erase(position);
   return true;
+}
+
+// A connection accepted in this step, or waiting for its turn, has not been served yet;
+// when its bytes (a ClientHello, a request head) already wait in the kernel it has spoken,
+// and a burst of silent newcomers accepted before its turn must not push it out.
+inline void HttpFrontEnd::note_waiting_bytes(Clock::time_point now) {
+  for (const auto &connection : connections_) {
+    if (connection->heard || connection->phase != Connection::Phase::reading) continue;
+    int waiting = 0;
+    if (::ioctl(connection->fd.get(), FIONREAD, &waiting) == 0 && waiting > 0)
+      connection->heard = true, connection->last_heard = now;
+  }
 }
 
 inline void HttpFrontEnd::serve(Connection &connection, Clock::time_point now) {

@@ -185,6 +185,25 @@ TEST_CASE("HERMES_HTTP_IDLE_TIMEOUT_SECONDS sets the idle timeout; 0 keeps no co
                        hermes::UsageError);
 }
 
+TEST_CASE("a newcomer whose request waits unread is not pushed out by silent newcomers accepted before its turn") {
+  hermes::Server server(test::sample_config(), test::loopback_options());
+  std::vector<std::unique_ptr<RawClient>> slow;
+  for (int i = 0; i + 1 < HERMES_MAX_CONNECTIONS; ++i) {
+    slow.push_back(std::make_unique<RawClient>(server.http_port()));
+    slow.back()->send("G"); // heard, mid-request
+  }
+  for (int i = 0; i < 5; ++i) server.poll_once(1);
+  RawClient client(server.http_port());
+  client.send("GET /-/healthy HTTP/1.0\r\n\r\n");
+  std::vector<std::unique_ptr<RawClient>> silent;
+  for (int i = 0; i < 3; ++i) silent.push_back(std::make_unique<RawClient>(server.http_port()));
+  usleep(20000); // every connection is in the listen queue, its bytes in its socket, before one step takes them all
+  CHECK(client.finish(server) == "HTTP/1.0 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 19\r\n"
+                                 "Connection: close\r\n\r\nHermes is Healthy.\n");
+  CHECK(slow[0]->read_available()); // the longest silent of those mid-request made room
+  CHECK(server.stats().http_requests.at(503) == 0);
+}
+
 TEST_CASE("when every connection is taken, the one idle longest between requests gives way, not one mid-request") {
   hermes::Server server(test::sample_config(), test::loopback_options());
   std::vector<std::unique_ptr<RawClient>> kept;
