@@ -20,10 +20,25 @@ std::string render_as_server(const hermes::Registry &registry, hermes::Format fo
   return out;
 }
 
+// The expected files are the full build's: its lines of gzip's figures go in a build
+// without HERMES_GZIP (the cross builds).
+std::string without_gzip_lines(const std::string &text) {
+  std::string kept;
+  std::size_t start = 0;
+  while (start < text.size()) {
+    const std::size_t end = std::min(text.find('\n', start), text.size() - 1) + 1;
+    const std::string_view line(text.data() + start, end - start);
+    if (line.find("gzip") == std::string_view::npos) kept.append(line);
+    start = end;
+  }
+  return kept;
+}
+
 // HERMES_UPDATE_EXPECTED=1 rewrites the file from the body instead; read the diff before committing it.
 void check_against_file(const std::string &body, const std::string &name) {
   if (std::getenv("HERMES_UPDATE_EXPECTED")) std::ofstream(test::test_path("expected/" + name), std::ios::binary) << body;
-  const std::string expected = test::read_file(test::test_path("expected/" + name));
+  std::string expected = test::read_file(test::test_path("expected/" + name));
+  if (!hermes::has_gzip) expected = without_gzip_lines(expected); // a build without gzip shows none of its figures
   CHECK_MESSAGE(body == expected, "tests/expected/" << name << " differs; the body was:\n" << body);
 }
 
